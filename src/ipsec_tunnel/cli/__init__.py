@@ -1,0 +1,1 @@
+"""ipsecadm: the command-line administration tool."""

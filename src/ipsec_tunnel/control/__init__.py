@@ -1,0 +1,1 @@
+"""The request/response protocol between ipsecd and ipsecadm."""

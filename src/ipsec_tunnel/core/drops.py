@@ -1,0 +1,82 @@
+"""Why a packet was dropped: one reason per failure, each with its own counter."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Drop(enum.Enum):
+    """A dropped packet's reason. Receive reasons first, then send reasons."""
+
+    # Receive side (the seed's counters, then the ones the original lacked).
+    UNKNOWN_SA = "unknown_sa"
+    AUTH_FAILED = "auth_failed"
+    BAD_PADDING = "bad_padding"
+    NOT_TUNNEL_MODE = "not_tunnel_mode"
+    NO_TUNNEL = "no_tunnel"
+    REPLAYED = "replayed"
+    EXPIRED = "expired"
+    MALFORMED = "malformed"
+    DUMMY = "dummy"  # RFC 4303 §2.6: next header 59, traffic-flow-confidentiality padding packet
+    POLICY = "policy"  # inner source outside the tunnel's --peer-net
+    NON_ESP = "non_esp"  # RFC 3948 §2.2: non-ESP marker (IKE) on the encapsulation port; we run no IKE
+    ECN = "ecn"  # RFC 6040 §4.2: CE outer with a Not-ECT inner must be dropped
+    # Send side.
+    NO_SA = "no_sa"
+    SEQ_EXHAUSTED = "seq_exhausted"
+    TOO_BIG = "too_big"
+    NOT_IP = "not_ip"
+    NO_ROUTE = "no_route"
+    OTHER = "other"
+
+    @property
+    def label(self) -> str:
+        """A short human label for tables."""
+        return _LABELS[self]
+
+
+_LABELS: dict[Drop, str] = {
+    Drop.UNKNOWN_SA: "unknown SA",
+    Drop.AUTH_FAILED: "authentication failed",
+    Drop.BAD_PADDING: "bad padding",
+    Drop.NOT_TUNNEL_MODE: "not tunnel mode",
+    Drop.NO_TUNNEL: "no matching tunnel",
+    Drop.REPLAYED: "replayed",
+    Drop.EXPIRED: "expired",
+    Drop.MALFORMED: "malformed",
+    Drop.DUMMY: "dummy (TFC)",
+    Drop.POLICY: "inner address not allowed",
+    Drop.NON_ESP: "non-ESP (IKE)",
+    Drop.ECN: "ECN mismatch",
+    Drop.NO_SA: "unknown SA",
+    Drop.SEQ_EXHAUSTED: "sequence exhausted",
+    Drop.TOO_BIG: "packet too big",
+    Drop.NOT_IP: "not IP",
+    Drop.NO_ROUTE: "no route",
+    Drop.OTHER: "other",
+}
+
+RECEIVE_DROPS: tuple[Drop, ...] = (
+    Drop.UNKNOWN_SA,
+    Drop.AUTH_FAILED,
+    Drop.BAD_PADDING,
+    Drop.NOT_TUNNEL_MODE,
+    Drop.NO_TUNNEL,
+    Drop.REPLAYED,
+    Drop.EXPIRED,
+    Drop.MALFORMED,
+    Drop.DUMMY,
+    Drop.POLICY,
+    Drop.NON_ESP,
+    Drop.ECN,
+    Drop.OTHER,
+)
+SEND_DROPS: tuple[Drop, ...] = (
+    Drop.NO_SA,
+    Drop.SEQ_EXHAUSTED,
+    Drop.EXPIRED,
+    Drop.TOO_BIG,
+    Drop.NOT_IP,
+    Drop.NO_ROUTE,
+    Drop.OTHER,
+)

@@ -1,0 +1,258 @@
+"""The data plane without I/O: an inner packet from a tunnel device becomes an outer ESP datagram, and a
+received ESP datagram becomes an inner packet for a device, or a counted drop.
+
+`Engine` owns the SA database, the tunnel table and the global counters; the daemon owns the sockets
+and devices and calls `send`, `receive` and `tick` with the current time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import ip
+from .drops import Drop
+from .esp import HEADER_LEN, NH_IPV4, NH_IPV6, NH_NONE
+from .events import SAEvent
+from .sa import SecurityAssociation, UdpEncap
+from .sad import SADatabase
+from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
+
+UDP_HEADER_LEN = 8  # RFC 768
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
+NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: an IKE packet on the encapsulation port
+ICMP_RATE = 10.0  # ICMP errors per second we send at most (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
+ICMP_BURST = 20.0
+
+
+@dataclass(slots=True)
+class Outbound:
+    """An ESP datagram to send to the remote peer."""
+
+    dst: bytes  # packed outer destination
+    src: bytes  # packed outer source
+    payload: bytes  # the ESP packet (the UDP payload when `encap` is set)
+    tos: int  # outer TOS / traffic class: DSCP copied, ECN per RFC 6040 §4.1
+    ttl: int  # outer TTL / hop limit, inherited from the inner packet
+    df: bool
+    encap: UdpEncap | None
+    nextdev: str | None
+
+
+@dataclass(slots=True)
+class Deliver:
+    """A packet to write into a tunnel device (a decrypted inner packet, or an ICMP error for it)."""
+
+    device: str
+    packet: bytes
+
+
+@dataclass(slots=True)
+class Reject:
+    """An ICMP error (a whole IP packet) to send to the outer sender."""
+
+    packet: bytes
+
+
+@dataclass
+class TunnelStats:
+    """Per-tunnel counters."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_drops: Counter[Drop] = field(default_factory=Counter)
+    tx_drops: Counter[Drop] = field(default_factory=Counter)
+
+
+def overhead(sa: SecurityAssociation) -> int:
+    """The most bytes ESP tunnel mode can add around an inner packet with `sa` (RFC 4303 §2)."""
+    c = sa.config
+    outer = ip.IPV4_HEADER_LEN if c.family == 4 else ip.IPV6_HEADER_LEN
+    udp = UDP_HEADER_LEN if c.encap else 0
+    icv: int = sa.auth.icv_len if sa.auth else sa.cipher.icv_len
+    block: int = max(4, sa.cipher.block)
+    iv_len: int = sa.cipher.iv_len
+    return outer + udp + HEADER_LEN + iv_len + (block - 1) + 2 + icv
+
+
+class Engine:
+    """SAs, tunnels, counters and the per-packet work of both directions."""
+
+    def __init__(self) -> None:
+        self.sad = SADatabase()
+        self.tunnels = TunnelTable()
+        self.path_mtu: dict[str, int] = {}  # tunnel name -> MTU of the path to its remote
+        self.rx_accepted = 0
+        self.tx_accepted = 0
+        self.rx_drops: Counter[Drop] = Counter()
+        self.tx_drops: Counter[Drop] = Counter()
+        self.keepalives = 0
+        self.icmp_sent = 0
+        self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
+        self.events: list[SAEvent] = []
+        self._icmp_tokens = ICMP_BURST
+        self._icmp_time = 0.0
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _emit(self, event: SAEvent) -> None:
+        self.events.append(event)
+
+    def take_events(self) -> list[SAEvent]:
+        """The events raised since the last call."""
+        events, self.events = self.events, []
+        return events
+
+    def stats_for(self, name: str) -> TunnelStats:
+        """The counters of tunnel (or base device) `name`."""
+        stats = self.tunnel_stats.get(name)
+        if stats is None:
+            stats = self.tunnel_stats[name] = TunnelStats()
+        return stats
+
+    def _icmp_allowed(self, now: float) -> bool:
+        self._icmp_tokens = min(ICMP_BURST, self._icmp_tokens + (now - self._icmp_time) * ICMP_RATE)
+        self._icmp_time = now
+        if self._icmp_tokens < 1:
+            return False
+        self._icmp_tokens -= 1
+        self.icmp_sent += 1
+        return True
+
+    def sa_for(self, tunnel: Tunnel) -> SecurityAssociation | None:
+        """The SA tunnel `tunnel` sends with now."""
+        return self.sad.for_tunnel(tunnel.remote_packed, tunnel.local_packed, tunnel.spi)
+
+    def mtu_for(self, tunnel: Tunnel) -> int | None:
+        """The largest inner packet tunnel `tunnel` can carry on its path, or None when unknown."""
+        path = self.path_mtu.get(tunnel.name)
+        sa = self.sa_for(tunnel)
+        if path is None or sa is None:
+            return None
+        return path - overhead(sa)
+
+    def tick(self, now: float) -> None:
+        """Fire time-based lifetimes due at `now`."""
+        for sa in self.sad:
+            sa.tick(now, self._emit)
+
+    # -- send ---------------------------------------------------------------------------------------------
+
+    def _tx_drop(self, stats: TunnelStats, reason: Drop) -> Drop:
+        self.tx_drops[reason] += 1
+        stats.tx_drops[reason] += 1
+        return reason
+
+    def send(self, device: str, inner: bytes, now: float) -> Outbound | Deliver | Drop:
+        """What to do with packet `inner` read from tunnel device `device`."""
+        stats = self.stats_for(device)
+        tunnel = self.tunnels.get(device)
+        if tunnel is None:
+            return self._tx_drop(stats, Drop.NO_SA)
+        hdr = ip.parse(inner)
+        if hdr is None:
+            return self._tx_drop(stats, Drop.NOT_IP)
+        inner = inner[: hdr.length]
+        sa = self.sa_for(tunnel)
+        if sa is None:
+            return self._tx_drop(stats, Drop.NO_SA)
+        path = self.path_mtu.get(device)
+        if path is not None:
+            limit = path - overhead(sa)
+            if len(inner) > limit and hdr.df:
+                self._tx_drop(stats, Drop.TOO_BIG)
+                icmp = ip.too_big(hdr.dst, inner, limit) if self._icmp_allowed(now) else None
+                return Deliver(device, icmp) if icmp else Drop.TOO_BIG
+        nh = NH_IPV4 if hdr.version == 4 else NH_IPV6
+        packet = sa.encrypt(inner, nh, now, self._emit)
+        if isinstance(packet, Drop):
+            return self._tx_drop(stats, packet)
+        self.tx_accepted += 1
+        stats.tx_packets += 1
+        stats.tx_bytes += len(inner)
+        return Outbound(
+            sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, hdr.df, sa.config.encap, tunnel.nextdev
+        )
+
+    # -- receive ------------------------------------------------------------------------------------------
+
+    def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None) -> Drop:
+        self.rx_drops[reason] += 1
+        if stats is not None:
+            stats.rx_drops[reason] += 1
+        return reason
+
+    def receive_udp(
+        self, src: bytes, dst: bytes, payload: bytes, now: float, tos: int = 0
+    ) -> Deliver | Reject | Drop | None:
+        """A datagram from the ESP-in-UDP port (RFC 3948 §2): keepalives are absorbed (None)."""
+        if payload == NAT_KEEPALIVE:
+            self.keepalives += 1
+            return None
+        if payload[:4] == NON_ESP_MARKER:
+            return self._rx_drop(Drop.NON_ESP)
+        return self.receive(src, dst, payload, now, tos)
+
+    def receive(
+        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0
+    ) -> Deliver | Reject | Drop:
+        """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses)."""
+        if len(esp) < HEADER_LEN:
+            return self._rx_drop(Drop.MALFORMED)
+        spi = int.from_bytes(esp[:4], "big")
+        sa = self.sad.get(dst, src, spi)
+        if sa is None:
+            return self._rx_drop(Drop.UNKNOWN_SA)
+        result = sa.decrypt(esp, now, self._emit)
+        if isinstance(result, Drop):
+            return self._rx_drop(result)
+        inner, nh = result
+        if nh == NH_NONE:
+            return self._rx_drop(Drop.DUMMY)
+        if nh not in (NH_IPV4, NH_IPV6):
+            return self._rx_drop(Drop.NOT_TUNNEL_MODE)
+        hdr = ip.parse(inner)
+        if hdr is None or hdr.version != (4 if nh == NH_IPV4 else 6):
+            return self._rx_drop(Drop.MALFORMED)
+        inner = inner[: hdr.length]  # RFC 4303 §2.4: TFC padding after the inner packet
+        tunnel = self.tunnels.for_receive(dst, src)
+        if tunnel is None:
+            if not self.tunnels.base_up:
+                self._rx_drop(Drop.NO_TUNNEL)
+                if self._icmp_allowed(now):
+                    icmp = self._unreachable(src, dst, esp)
+                    if icmp is not None:
+                        return Reject(icmp)
+                return Drop.NO_TUNNEL
+            device = BASE_DEVICE
+        else:
+            device = tunnel.name
+            if not tunnel.allows(hdr.src):
+                return self._rx_drop(Drop.POLICY, self.stats_for(device))
+        stats = self.stats_for(device)
+        ecn = ip.decap_ecn(hdr.tos & ip.ECN_MASK, tos & ip.ECN_MASK)
+        if ecn is None:
+            return self._rx_drop(Drop.ECN, stats)
+        if ecn != hdr.tos & ip.ECN_MASK:
+            inner = ip.set_ecn(inner, ecn)
+        self.rx_accepted += 1
+        stats.rx_packets += 1
+        stats.rx_bytes += len(inner)
+        return Deliver(device, inner)
+
+    @staticmethod
+    def _unreachable(src: bytes, dst: bytes, esp: bytes) -> bytes | None:
+        """ICMP protocol-unreachable to `src` quoting the ESP packet it sent to `dst`."""
+        if len(src) == 4:
+            outer = ip.build_ipv4(src, dst, ip.PROTO_ESP, len(esp))
+        else:
+            outer = ip.build_ipv6(src, dst, ip.PROTO_ESP, len(esp))
+        return ip.proto_unreachable(dst, outer + esp[:64])
+
+
+def packed(address: str) -> bytes:
+    """An address in text form, packed."""
+    return ipaddress.ip_address(address).packed

@@ -1,0 +1,334 @@
+"""Security associations: the validated configuration (`SAConfig`) and the live SA with its sequence
+counter, replay window, lifetimes and counters (`SecurityAssociation`)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from . import esp
+from .algorithms import AlgorithmError, find_auth, find_cipher, make_auth, make_cipher
+from .drops import Drop
+from .events import EventKind, SAEvent
+from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
+
+SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA, 0 is local use only
+SPI_MAX = 0xFFFFFFFF
+SEQ_MAX_32 = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
+SEQ_MAX_64 = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
+SEQ_MAX_SPLIT = (1 << 63) - 1  # counter IVs with the --duplex direction bit use 63 bits
+NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class SAError(ValueError):
+    """An SA configuration that cannot be used; `errno` names the control protocol's error code."""
+
+    def __init__(self, message: str, errno: str = "EINVAL") -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A lifetime: any of bytes, packets, seconds; 0 means no limit."""
+
+    bytes: int = 0
+    packets: int = 0
+    seconds: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.bytes or self.packets or self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class UdpEncap:
+    """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire."""
+
+    sport: int = NAT_T_PORT
+    dport: int = NAT_T_PORT
+
+
+def parse_address(text: str, what: str) -> Address:
+    """A unicast, specified IP address from `text`, or SAError naming `what`."""
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise SAError(f"Bad {what} address: {text!r}") from None
+    if addr.is_unspecified or addr.is_multicast or (addr.version == 4 and str(addr) == "255.255.255.255"):
+        raise SAError(f"Wildcard or multicast {what} address not allowed: {text}")
+    return addr
+
+
+@dataclass(frozen=True)
+class SAConfig:
+    """What `ipsecadm sa add` says about one direction; keys never appear in repr()."""
+
+    spi: int
+    dst: str
+    src: str
+    cipher: str | None = None
+    cipher_key: bytes = field(default=b"", repr=False)
+    digest: str | None = None
+    digest_key: bytes = field(default=b"", repr=False)
+    digest_bits: int | None = None  # --digest-hmac: ICV bits for HMAC; ICV bits of an AEAD cipher
+    replay_window: int = DEFAULT_WINDOW
+    esn: bool = False
+    encap: UdpEncap | None = None
+    soft: Limits = Limits()
+    hard: Limits = Limits()
+    iv_split: int | None = None  # --duplex with a counter-mode cipher: the IV direction bit (0 or 1)
+
+    def validated(self) -> SAConfig:
+        """This configuration with canonical names and addresses, or SAError saying what is wrong."""
+        if not SPI_MIN <= self.spi <= SPI_MAX:
+            raise SAError(f"SPI {self.spi:#x} is reserved or out of range (valid: 0x100 to 0xffffffff)")
+        dst = parse_address(self.dst, "destination")
+        src = parse_address(self.src, "source")
+        if dst.version != src.version:
+            raise SAError("Source and destination must both be IPv4 or both IPv6")
+        if dst == src:
+            raise SAError("Source and destination must differ")
+        if not self.cipher and not self.digest:
+            raise SAError("An SA needs a cipher, a digest, or both")
+        if not 0 <= self.replay_window <= MAX_WINDOW:
+            raise SAError(f"Replay window must be 0 (off) to {MAX_WINDOW} packets")
+        if self.encap and not (0 < self.encap.sport < 65536 and 0 < self.encap.dport < 65536):
+            raise SAError("UDP encapsulation ports must be 1 to 65535")
+        for name, limit in (("soft", self.soft), ("hard", self.hard)):
+            if min(limit.bytes, limit.packets, limit.seconds) < 0:
+                raise SAError(f"{name} lifetimes must not be negative")
+        cipher = digest = None
+        try:
+            if self.cipher:
+                alg, icv = find_cipher(self.cipher)
+                cipher = alg.name
+                if alg.aead and self.digest:
+                    raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
+                if not alg.aead and not self.digest:
+                    raise SAError(
+                        f"{alg.name} without a digest gives no integrity (RFC 8221 §5): forged packets "
+                        "could not be detected. Add --digest=sha256 with a key"
+                    )
+                if alg.aead and icv is not None and self.digest_bits is None:
+                    return replace(
+                        self, cipher=cipher, dst=str(dst), src=str(src), digest_bits=icv * 8
+                    )._checked_keys()
+            if self.digest:
+                digest = find_auth(self.digest).name
+        except AlgorithmError as exc:
+            raise SAError(str(exc)) from None
+        return replace(self, cipher=cipher, digest=digest, dst=str(dst), src=str(src))._checked_keys()
+
+    def _checked_keys(self) -> SAConfig:
+        try:
+            build_transforms(self)
+        except AlgorithmError as exc:
+            raise SAError(str(exc), "EINVAL") from None
+        return self
+
+    @property
+    def key(self) -> tuple[bytes, bytes, int]:
+        """The SA database key: (packed destination, packed source, SPI)."""
+        return ipaddress.ip_address(self.dst).packed, ipaddress.ip_address(self.src).packed, self.spi
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return ipaddress.ip_address(self.dst).version
+
+    @property
+    def seq_max(self) -> int:
+        """The last sequence number this SA may send."""
+        if self.iv_split is not None and self.esn:
+            return SEQ_MAX_SPLIT
+        return SEQ_MAX_64 if self.esn else SEQ_MAX_32
+
+    def reversed(self) -> SAConfig:
+        """The same SA for the opposite direction (what `--duplex` adds)."""
+        return replace(self, dst=self.src, src=self.dst)
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild this configuration, keys included (for the state store only)."""
+        rec = asdict(self)
+        rec["cipher_key"] = self.cipher_key.hex()
+        rec["digest_key"] = self.digest_key.hex()
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> SAConfig:
+        """The configuration `to_record` wrote."""
+        data = dict(rec)
+        data["cipher_key"] = bytes.fromhex(data.get("cipher_key", ""))
+        data["digest_key"] = bytes.fromhex(data.get("digest_key", ""))
+        data["encap"] = UdpEncap(**data["encap"]) if data.get("encap") else None
+        data["soft"] = Limits(**data.get("soft") or {})
+        data["hard"] = Limits(**data.get("hard") or {})
+        return cls(**data)
+
+
+def build_transforms(config: SAConfig) -> tuple[Any, Any]:
+    """(cipher transform, auth transform or None) for a configuration; raises AlgorithmError."""
+    if config.cipher:
+        alg, _icv = find_cipher(config.cipher)
+        icv_len = (config.digest_bits // 8) if (alg.aead and config.digest_bits) else None
+        cipher = make_cipher(alg, config.cipher_key, icv_len)
+    else:
+        alg, _icv = find_cipher("null")
+        cipher = make_cipher(alg, b"")
+    auth = None
+    if config.digest:
+        auth = make_auth(find_auth(config.digest), config.digest_key, config.digest_bits)
+    return cipher, auth
+
+
+Reserve = Callable[["SecurityAssociation", str, int], int]
+"""Persist that sequence numbers up to at least the given one may be used ('out') or have been accepted
+('in'); returns the new limit. Raises OSError when the store cannot be written."""
+
+Emit = Callable[[SAEvent], None]
+
+
+class SecurityAssociation:
+    """A live SA: sends with a never-repeating sequence number, receives through the replay window."""
+
+    def __init__(
+        self,
+        config: SAConfig,
+        now: float,
+        *,
+        created: float | None = None,
+        seq_out: int = 0,
+        replay: ReplayWindow | None = None,
+    ) -> None:
+        self.config = config
+        self.cipher, self.auth = build_transforms(config)
+        self.key = config.key
+        self.created = now if created is None else created
+        self.seq_out = seq_out  # last sequence number sent
+        self.seq_limit = config.seq_max  # highest number the store allows to send
+        self.in_limit = config.seq_max  # highest number the store allows to accept
+        self.replay = replay or ReplayWindow(config.replay_window, esn=config.esn)
+        self.reserve: Reserve | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.drops: Counter[Drop] = Counter()
+        self.soft_fired = False
+        self.dead: str | None = None  # why the SA no longer passes traffic
+        self.used: float | None = None
+        self._deadline_soft = self.created + config.soft.seconds if config.soft.seconds else None
+        self._deadline_hard = self.created + config.hard.seconds if config.hard.seconds else None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"<SA spi={c.spi:#x} {c.src}->{c.dst} {c.cipher}/{c.digest}>"
+
+    # -- lifetimes -----------------------------------------------------------------------------------------
+
+    def tick(self, now: float, emit: Emit) -> None:
+        """Fire time-based soft and hard expiry due at `now`."""
+        if self.dead:
+            return
+        if self._deadline_hard is not None and now >= self._deadline_hard:
+            self._expire(EventKind.HARD_EXPIRE, "seconds", now, emit)
+        elif self._deadline_soft is not None and now >= self._deadline_soft and not self.soft_fired:
+            self.soft_fired = True
+            emit(self._event(EventKind.SOFT_EXPIRE, "seconds", now))
+
+    def _event(self, kind: EventKind, limit: str, now: float) -> SAEvent:
+        c = self.config
+        return SAEvent(kind, c.dst, c.src, c.spi, limit, now)
+
+    def _expire(self, kind: EventKind, limit: str, now: float, emit: Emit) -> None:
+        self.dead = f"{kind.value} ({limit})"
+        emit(self._event(kind, limit, now))
+
+    def _account(self, size: int, now: float, emit: Emit) -> None:
+        self.packets += 1
+        self.bytes += size
+        self.used = now
+        soft, hard = self.config.soft, self.config.hard
+        if hard and (
+            (hard.packets and self.packets >= hard.packets) or (hard.bytes and self.bytes >= hard.bytes)
+        ):
+            self._expire(
+                EventKind.HARD_EXPIRE,
+                "packets" if hard.packets and self.packets >= hard.packets else "bytes",
+                now,
+                emit,
+            )
+        elif (
+            soft
+            and not self.soft_fired
+            and ((soft.packets and self.packets >= soft.packets) or (soft.bytes and self.bytes >= soft.bytes))
+        ):
+            self.soft_fired = True
+            emit(
+                self._event(
+                    EventKind.SOFT_EXPIRE,
+                    "packets" if soft.packets and self.packets >= soft.packets else "bytes",
+                    now,
+                )
+            )
+
+    def _drop(self, reason: Drop) -> Drop:
+        self.drops[reason] += 1
+        return reason
+
+    # -- data path -----------------------------------------------------------------------------------------
+
+    def encrypt(self, inner: bytes, next_header: int, now: float, emit: Emit) -> bytes | Drop:
+        """The ESP packet for `inner` with the next sequence number, or why it cannot be sent."""
+        if self._deadline_hard is not None or self._deadline_soft is not None:
+            self.tick(now, emit)
+        if self.dead:
+            return self._drop(Drop.EXPIRED)
+        seq = self.seq_out + 1
+        if seq > self.config.seq_max:
+            self.dead = "sequence numbers exhausted"
+            emit(self._event(EventKind.SEQ_EXHAUSTED, "sequence", now))
+            return self._drop(Drop.SEQ_EXHAUSTED)
+        if seq > self.seq_limit:
+            if self.reserve is None:
+                return self._drop(Drop.OTHER)
+            try:
+                self.seq_limit = self.reserve(self, "out", seq)
+            except OSError:
+                return self._drop(Drop.OTHER)
+            if seq > self.seq_limit:
+                return self._drop(Drop.OTHER)
+        self.seq_out = seq
+        c = self.config
+        packet = esp.seal(c.spi, seq, c.esn, self.cipher, self.auth, inner, next_header, iv_split=c.iv_split)
+        self._account(len(inner), now, emit)
+        return packet
+
+    def decrypt(self, packet: bytes, now: float, emit: Emit) -> tuple[bytes, int] | Drop:
+        """(inner packet, next header) from an ESP packet for this SA, or why it was dropped."""
+        if self._deadline_hard is not None or self._deadline_soft is not None:
+            self.tick(now, emit)
+        if self.dead:
+            return self._drop(Drop.EXPIRED)
+        header = esp.parse_header(packet)
+        if header is None:
+            return self._drop(Drop.MALFORMED)
+        seq = self.replay.infer(header[1])
+        if not self.replay.check(seq):  # RFC 4303 §3.4.3: before the ICV ...
+            return self._drop(Drop.REPLAYED)
+        result = esp.open_packet(packet, seq, self.config.esn, self.cipher, self.auth)
+        if isinstance(result, Drop):
+            return self._drop(result)
+        if seq > self.in_limit:
+            if self.reserve is None:
+                return self._drop(Drop.OTHER)
+            try:
+                self.in_limit = self.reserve(self, "in", seq)
+            except OSError:
+                return self._drop(Drop.OTHER)
+        self.replay.accept(seq)  # ... and the window moves only after it passed
+        self._account(len(result[0]), now, emit)
+        return result

@@ -1,0 +1,1 @@
+"""ipsecd: the daemon that owns the tunnel devices and moves packets."""

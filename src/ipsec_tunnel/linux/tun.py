@@ -1,0 +1,309 @@
+"""Kernel TUN devices: the inner side of every tunnel.
+
+Owns opening ``/dev/net/tun``, naming the device, its queues and its offload settings. A device opened
+here is never persistent, so it disappears when its last queue is closed. Everything else about the
+device (addresses, routes, MTU, up/down) is done on it as on any other netdev, by ``link`` or by
+``ip``/``ifconfig``/``route``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from types import TracebackType
+from typing import NamedTuple, Self
+
+__all__ = [
+    "IFF_MULTI_QUEUE",
+    "IFF_NO_PI",
+    "IFF_TUN",
+    "IFF_VNET_HDR",
+    "IFNAMSIZ",
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
+    "TUN_F_TSO_ECN",
+    "TUN_F_USO4",
+    "TUN_F_USO6",
+    "VIRTIO_NET_HDR_F_DATA_VALID",
+    "VIRTIO_NET_HDR_F_NEEDS_CSUM",
+    "VIRTIO_NET_HDR_GSO_NONE",
+    "VIRTIO_NET_HDR_GSO_TCPV4",
+    "VIRTIO_NET_HDR_GSO_TCPV6",
+    "VIRTIO_NET_HDR_GSO_UDP_L4",
+    "VIRTIO_NET_HDR_LEN",
+    "TunDevice",
+    "VnetHeader",
+    "open_tun",
+    "tun_features",
+]
+
+TUN_PATH = "/dev/net/tun"
+IFNAMSIZ = 16  # linux/if.h, including the terminating NUL
+
+# ioctl numbers, linux/if_tun.h: _IOW('T', 202, int) etc.
+TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+TUNSETPERSIST = 0x400454CB  # _IOW('T', 203, int)
+TUNGETFEATURES = 0x800454CF  # _IOR('T', 207, unsigned int)
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+TUNGETVNETHDRSZ = 0x800454D7  # _IOR('T', 215, int)
+TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
+TUNSETQUEUE = 0x400454D9  # _IOW('T', 217, int)
+
+# TUNSETIFF flags, linux/if_tun.h
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
+IFF_VNET_HDR = 0x4000
+
+# TUNSETOFFLOAD flags, linux/if_tun.h
+TUN_F_CSUM = 0x01  # the peer (we) can handle partial checksums
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_UFO = 0x10
+TUN_F_USO4 = 0x20  # Linux 6.2
+TUN_F_USO6 = 0x40  # Linux 6.2
+
+# struct virtio_net_hdr, linux/virtio_net.h (legacy layout, native byte order on a TUN device)
+VIRTIO_NET_HDR_LEN = 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP = 3
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+
+_IFREQ = struct.Struct(f"{IFNAMSIZ}sH22x")  # struct ifreq: name + ifr_flags, 40 bytes
+_VNET = struct.Struct("=BBHHHH")
+
+
+class VnetHeader(NamedTuple):
+    """struct virtio_net_hdr: what precedes every packet on a TUN queue opened with ``vnet_hdr``."""
+
+    flags: int = 0
+    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        """The 10-byte header as the kernel reads it."""
+        return _VNET.pack(*self)
+
+    @classmethod
+    def unpack(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
+        """The header at the start of ``data`` (which must hold at least 10 bytes)."""
+        return cls(*_VNET.unpack_from(data))
+
+
+def _check_name(name: str) -> bytes:
+    raw = name.encode()
+    if len(raw) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise ValueError(f"invalid interface name: {name!r}")
+    return raw
+
+
+def tun_features() -> int:
+    """The TUNSETIFF flags this kernel supports (TUNGETFEATURES)."""
+    fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, TUNGETFEATURES, buf)
+        (features,) = struct.unpack("=I", buf)
+        return int(features)
+    finally:
+        os.close(fd)
+
+
+class TunDevice:
+    """One queue (file descriptor) of a layer-3 TUN device; packets are bare IP, no packet info.
+
+    ``read`` returns one whole packet, or None when nothing is queued (non-blocking mode).
+    With ``vnet_hdr`` every packet read or written is preceded by a ``VnetHeader`` of
+    ``vnet_hdr_len`` bytes. Closing the last queue removes the device.
+    """
+
+    def __init__(self, fd: int, name: str, flags: int, *, blocking: bool) -> None:
+        self._fd = fd
+        self._name = name
+        self._flags = flags
+        self._blocking = blocking
+        self._vnet_hdr_len = VIRTIO_NET_HDR_LEN if flags & IFF_VNET_HDR else 0
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The queue's file descriptor (for selectors); -1 once closed."""
+        return self._fd
+
+    def fileno(self) -> int:
+        """The queue's file descriptor."""
+        if self._fd < 0:
+            raise ValueError("TUN device is closed")
+        return self._fd
+
+    @property
+    def name(self) -> str:
+        """The kernel's name for the device."""
+        return self._name
+
+    @property
+    def flags(self) -> int:
+        """The TUNSETIFF flags the device was opened with."""
+        return self._flags
+
+    @property
+    def vnet_hdr(self) -> bool:
+        """Whether packets carry a virtio-net header."""
+        return bool(self._flags & IFF_VNET_HDR)
+
+    @property
+    def vnet_hdr_len(self) -> int:
+        """The virtio-net header length in bytes (0 without ``vnet_hdr``)."""
+        return self._vnet_hdr_len
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._fd < 0
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def read(self, n: int = 65536 + VIRTIO_NET_HDR_LEN) -> bytes | None:
+        """One packet of at most ``n`` bytes (longer packets are truncated); None if none is queued."""
+        try:
+            return os.read(self.fileno(), n)
+        except BlockingIOError:
+            return None
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        """Hand one packet to the kernel as if received on the device; returns the bytes written.
+
+        Raises OSError as the kernel reports it (EINVAL for a malformed packet, EIO when down...).
+        """
+        return os.write(self.fileno(), packet)
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def set_blocking(self, blocking: bool) -> None:
+        """Switch between blocking and non-blocking reads."""
+        os.set_blocking(self.fileno(), blocking)
+        self._blocking = blocking
+
+    @property
+    def blocking(self) -> bool:
+        """Whether reads block."""
+        return self._blocking
+
+    def set_offload(self, flags: int) -> bool:
+        """Ask for TUN_F_* offloads (TUNSETOFFLOAD); True if the kernel accepted all of them.
+
+        Only meaningful with ``vnet_hdr``: the offloads are described per packet in that header.
+        """
+        if flags and not self.vnet_hdr:
+            raise ValueError("offloads need a device opened with vnet_hdr=True")
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            raise
+        return True
+
+    def set_vnet_hdr_len(self, size: int) -> None:
+        """Set the virtio-net header length (TUNSETVNETHDRSZ; at least 10, 12 with mergeable buffers)."""
+        if not self.vnet_hdr:
+            raise ValueError("the device was opened without vnet_hdr")
+        fcntl.ioctl(self.fileno(), TUNSETVNETHDRSZ, struct.pack("=i", size))
+        self._vnet_hdr_len = size
+
+    def get_vnet_hdr_len(self) -> int:
+        """The virtio-net header length the kernel uses (TUNGETVNETHDRSZ)."""
+        buf = bytearray(4)
+        fcntl.ioctl(self.fileno(), TUNGETVNETHDRSZ, buf)
+        (size,) = struct.unpack("=i", buf)
+        return int(size)
+
+    def open_queue(self) -> TunDevice:
+        """Another queue of this multi-queue device, with the same flags and blocking mode."""
+        if not self._flags & IFF_MULTI_QUEUE:
+            raise ValueError("the device was opened without multi_queue")
+        queue = _open(self._name, self._flags, blocking=self._blocking)
+        queue._vnet_hdr_len = self._vnet_hdr_len
+        if self.vnet_hdr and self._vnet_hdr_len != VIRTIO_NET_HDR_LEN:
+            queue.set_vnet_hdr_len(self._vnet_hdr_len)
+        return queue
+
+    def set_queue_enabled(self, enabled: bool) -> None:
+        """Attach or detach this queue of a multi-queue device (TUNSETQUEUE)."""
+        flag = IFF_ATTACH_QUEUE if enabled else IFF_DETACH_QUEUE
+        fcntl.ioctl(self.fileno(), TUNSETQUEUE, _IFREQ.pack(b"", flag))
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close this queue; the device goes away with its last queue. Idempotent."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<TunDevice {self._name!r} fd={self._fd} flags={self._flags:#x}>"
+
+
+def _open(name: str, flags: int, *, blocking: bool) -> TunDevice:
+    raw = _check_name(name)
+    fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifr = bytearray(_IFREQ.pack(raw, flags))
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        actual = bytes(ifr[:IFNAMSIZ]).split(b"\0", 1)[0].decode()
+        os.set_blocking(fd, blocking)
+    except BaseException:
+        os.close(fd)
+        raise
+    return TunDevice(fd, actual, flags, blocking=blocking)
+
+
+def open_tun(
+    name: str,
+    *,
+    vnet_hdr: bool = False,
+    multi_queue: bool = False,
+    blocking: bool = False,
+) -> TunDevice:
+    """Create (or attach to) the layer-3 TUN device ``name`` (IFF_TUN | IFF_NO_PI).
+
+    ``name`` may contain ``%d`` to let the kernel pick the number; the chosen name is ``.name``.
+    The device starts down with no address. It is not persistent: closing every queue removes it.
+    Opening an existing TUN device fails with EBUSY unless both openings ask for ``multi_queue``;
+    an existing non-TUN device of that name fails with EINVAL. Needs CAP_NET_ADMIN.
+    """
+    flags = IFF_TUN | IFF_NO_PI
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
+    if multi_queue:
+        flags |= IFF_MULTI_QUEUE
+    return _open(name, flags, blocking=blocking)

@@ -1,0 +1,1 @@
+"""Fakes and helpers for tests: in-memory devices, network namespaces."""

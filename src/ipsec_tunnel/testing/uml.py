@@ -1,0 +1,546 @@
+"""The Linux kernel's own ESP stack as a test peer: a user-mode-linux guest behind a TAP device.
+
+Owns one guest's whole lifetime: its private network namespace (holding the TAP device and the host-side
+addresses), its temporary directory (generated init script, console log, hostfs command channel) and
+its linux.uml processes. ``close()`` removes all of them, also after a failed boot.
+
+Topology (defaults)::
+
+    netns <netns>: TAP <tap> 192.0.2.1/24, 2001:db8::1/64  <==>  guest eth0 192.0.2.2/24, 2001:db8::2/64
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import itertools
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+UML_BINARY = "/usr/bin/linux.uml"
+UML_MODULE_ROOT = Path("/usr/lib/uml/modules")
+
+# Preloaded at boot; names that are built in or missing are tolerated (the guest also autoloads).
+DEFAULT_MODULES: tuple[str, ...] = (
+    "xfrm_algo", "xfrm_user", "ipv6", "esp4", "esp6", "tunnel4", "xfrm4_tunnel", "tunnel6",
+    "xfrm6_tunnel", "udp_tunnel", "ip6_udp_tunnel", "jitterentropy_rng", "drbg", "aes", "gcm",
+    "ghash_generic", "ctr", "seqiv", "echainiv", "authenc", "authencesn", "hmac", "cbc", "ecb",
+    "des_generic", "sha1_generic", "sha256_generic", "sha512_generic", "md5", "crypto_null",
+    "chacha_generic", "poly1305_generic", "chacha20poly1305", "dummy",
+)  # fmt: skip
+
+_GUEST_INIT = r"""#!/bin/bash
+# PID 1 of an ipsec_tunnel UmlPeer guest (generated; the host root is mounted read-only over hostfs).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/root LANG=C
+SHARE=@SHARE@ MODDIR=@MODDIR@ MODULES=@MODULES@ ADDR4=@ADDR4@ ADDR6=@ADDR6@
+mount -t proc proc /proc
+read -r T0 _ < /proc/uptime
+mount -t sysfs sysfs /sys
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=755,size=32m tmpfs /run
+mkdir -p /run/root /run/tmp && cd /run/root
+export TMPDIR=/run/tmp
+# modprobe (also the kernel's request_module) looks for the UML modules under /run/modroot
+KVER=$(uname -r)
+mkdir -p /run/modroot/lib/modules && ln -s "$MODDIR" "/run/modroot/lib/modules/$KVER"
+printf '#!/bin/sh\nexec /sbin/modprobe -d /run/modroot "$@"\n' > /run/modprobe
+chmod 755 /run/modprobe && echo /run/modprobe > /proc/sys/kernel/modprobe
+if ! mount -t hostfs -o "$SHARE" none "$SHARE"; then
+    echo "[guest-init] cannot mount $SHARE"; echo o > /proc/sysrq-trigger; sleep 10
+fi
+failed=
+for m in $MODULES; do /run/modprobe -q "$m" 2>/dev/null || failed="$failed $m"; done
+status=ok
+ip link set lo up
+ip link set eth0 up || status="eth0 missing"
+if [ -n "$ADDR4" ]; then ip addr add "$ADDR4" dev eth0 || status="cannot add $ADDR4"; fi
+if [ -n "$ADDR6" ]; then ip -6 addr add "$ADDR6" dev eth0 nodad || status="cannot add $ADDR6"; fi
+{
+    echo "status=$status"
+    echo "kernel=$KVER"
+    echo "init_start=$T0"
+    read -r T1 _ < /proc/uptime; echo "ready_at=$T1"
+    echo "failed=$failed"
+    echo "loaded=$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+} > "$SHARE/ready.tmp" 2>&1
+mv "$SHARE/ready.tmp" "$SHARE/ready"
+# Command channel: the host renames <id>.tmp to <id>.cmd (first line "#timeout=N"); the output goes to
+# <id>.out, then the exit status to <id>.rc, which marks the job done.
+shopt -s nullglob
+mkfifo /run/tick && exec 3<>/run/tick
+while [ ! -e "$SHARE/halt" ]; do
+    for f in "$SHARE"/cmd/*.cmd; do
+        id=${f%.cmd}
+        mv "$f" "$id.run" || continue
+        IFS= read -r first < "$id.run"
+        t=${first#\#timeout=}
+        timeout -k 1 "${t:-20}" /bin/bash "$id.run" > "$id.out.tmp" 2>&1 < /dev/null
+        echo $? > "$id.rc.tmp"
+        mv "$id.out.tmp" "$id.out" && mv "$id.rc.tmp" "$id.rc"
+        rm -f "$id.run"
+    done
+    read -t 0.05 -u 3 _ 2>/dev/null
+done
+echo "[guest-init] halt requested"; sync
+echo o > /proc/sysrq-trigger
+sleep 10
+"""
+
+# Runs inside the namespace: ICMP echo to argv[1], argv[2] times, within argv[3] seconds; prints replies.
+_PING = r"""
+import os, socket, struct, sys, time
+dst, count, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+v6 = ":" in dst
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                  socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+ident, got, seen = os.getpid() & 0xFFFF, 0, set()
+def csum(b):
+    b += b"\0" * (len(b) % 2); t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+deadline = time.monotonic() + wait
+for seq in range(1, count + 1):
+    m = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq) + b"ipsec-tunnel-uml"
+    s.sendto(m if v6 else m[:2] + struct.pack("!H", csum(m)) + m[4:], (dst, 0))
+    end = min(deadline, time.monotonic() + max(wait / count, 0.2))
+    while seq not in seen and time.monotonic() < end:
+        s.settimeout(max(end - time.monotonic(), 0.01))
+        try: r = s.recv(2048)
+        except socket.timeout: break
+        if not v6: r = r[(r[0] & 15) * 4:]
+        t, _, _, i, q = struct.unpack("!BBHHH", r[:8])
+        if t == (129 if v6 else 0) and i == ident: seen.add(q)
+print(len(seen))
+"""
+
+# Runs inside the namespace: prints "ready", then the hex of IP packets carrying ESP (IP proto 50 or
+# UDP port 4500) that arrive from the guest on TAP argv[1], until argv[2] were seen or argv[3] s passed.
+_CAPTURE = r"""
+import socket, struct, sys, time
+tap, count, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+s.bind((tap, 3))
+print("ready", flush=True)
+deadline, n = time.monotonic() + wait, 0
+while n < count and time.monotonic() < deadline:
+    s.settimeout(max(deadline - time.monotonic(), 0.01))
+    try: p, addr = s.recvfrom(65535)
+    except socket.timeout: break
+    if addr[2] == socket.PACKET_OUTGOING or not p: continue
+    v = p[0] >> 4
+    if v == 4: proto, l4 = p[9], p[(p[0] & 15) * 4:]
+    elif v == 6: proto, l4 = p[6], p[40:]
+    else: continue
+    if proto == 50 or (proto == 17 and 4500 in struct.unpack("!HH", l4[:4]) and l4[8:12] != bytes(4)):
+        print(p.hex(), flush=True); n += 1
+"""
+
+
+class UmlError(RuntimeError):
+    """The UML guest could not be prepared, reached or stopped."""
+
+
+class UmlBootError(UmlError):
+    """The UML guest did not come up (it exited, or was not ready in time)."""
+
+
+def _module_dir() -> Path | None:
+    dirs = sorted(d for d in UML_MODULE_ROOT.glob("*") if (d / "modules.dep").exists())
+    return dirs[-1] if dirs else None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise UmlError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def _session_processes(sid: int, binary: str) -> list[int]:
+    """Host pids of `binary` processes in session `sid`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and os.readlink(d / "exe") == binary:
+                found.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+class UmlPeer:
+    """A booted user-mode-linux guest running the kernel's XFRM/ESP stack, reachable through a TAP."""
+
+    _counter = itertools.count()
+
+    def __init__(
+        self,
+        *,
+        host_addr: str = "192.0.2.1/24",
+        guest_addr: str = "192.0.2.2/24",
+        host_addr6: str | None = "2001:db8::1/64",
+        guest_addr6: str | None = "2001:db8::2/64",
+        modules: Sequence[str] = DEFAULT_MODULES,
+        mem: str = "256M",
+        boot_timeout: float = 60.0,
+        uml_binary: str = UML_BINARY,
+        tap: str = "utap0",
+        guest_mac: str = "fe:fd:c0:00:02:02",
+    ) -> None:
+        self.host_addr = ipaddress.IPv4Interface(host_addr)
+        self.guest_addr = ipaddress.IPv4Interface(guest_addr)
+        self.host_addr6 = ipaddress.IPv6Interface(host_addr6) if host_addr6 else None
+        self.guest_addr6 = ipaddress.IPv6Interface(guest_addr6) if guest_addr6 else None
+        self.modules = tuple(modules)
+        self.mem = mem
+        self.boot_timeout = boot_timeout
+        self.uml_binary = uml_binary
+        self.tap = tap
+        self.guest_mac = guest_mac
+        self.netns = ""
+        self.workdir: Path | None = None
+        self.boot_seconds = 0.0
+        self.kernel_release = ""
+        self.modules_loaded: tuple[str, ...] = ()
+        self.modules_failed: tuple[str, ...] = ()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def available(uml_binary: str = UML_BINARY) -> str | None:
+        """None if a guest can be booted here, else the reason why not."""
+        if not sys.platform.startswith("linux"):
+            return "user-mode-linux needs a Linux host"
+        if not os.access(uml_binary, os.X_OK):
+            return f"{uml_binary} not found (apt-get install user-mode-linux)"
+        if _module_dir() is None:
+            return f"no UML kernel modules under {UML_MODULE_ROOT}"
+        if os.geteuid() != 0:
+            return "needs root (network namespaces, TAP devices)"
+        if not os.path.exists("/dev/net/tun"):
+            return "no /dev/net/tun"
+        if shutil.which("ip") is None:
+            return "iproute2 'ip' not found"
+        return None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> Self:
+        """Create the namespace and TAP, boot the guest and wait until it runs commands."""
+        if self._proc is not None or self._closed:
+            raise UmlError("a UmlPeer can be started only once")
+        reason = self.available(self.uml_binary)
+        if reason is not None:
+            raise UmlError(f"UML peer unavailable: {reason}")
+        atexit.register(self.close)
+        try:
+            self._setup_host()
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _setup_host(self) -> None:
+        for _ in range(100):
+            name = f"itu{os.getpid()}x{next(self._counter)}"
+            if (
+                not Path("/run/netns", name).exists()
+                and _ip("netns", "add", name, check=False).returncode == 0
+            ):
+                self.netns = name
+                break
+        else:
+            raise UmlError("cannot create a network namespace")
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"ipsec-uml-{self.netns}-"))
+        (self.workdir / "share" / "cmd").mkdir(parents=True)
+        (self.workdir / "run").mkdir()
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+        _ip("-n", self.netns, "tuntap", "add", "dev", self.tap, "mode", "tap")
+        _ip("-n", self.netns, "addr", "add", str(self.host_addr), "dev", self.tap)
+        if self.host_addr6 is not None:
+            _ip("-n", self.netns, "addr", "add", str(self.host_addr6), "dev", self.tap, "nodad")
+        _ip("-n", self.netns, "link", "set", self.tap, "up")
+
+    def _boot(self) -> None:
+        assert self.workdir is not None
+        share, run = self.workdir / "share", self.workdir / "run"
+        values = {
+            "@SHARE@": str(share),
+            "@MODDIR@": str(_module_dir()),
+            "@MODULES@": " ".join(self.modules),
+            "@ADDR4@": str(self.guest_addr),
+            "@ADDR6@": str(self.guest_addr6 or ""),
+        }
+        script = _GUEST_INIT
+        for key, value in values.items():
+            script = script.replace(key, shlex.quote(value))
+        init = self.workdir / "guest-init.sh"
+        init.write_text(script)
+        init.chmod(0o755)
+        argv = [
+            "ip", "netns", "exec", self.netns, self.uml_binary, f"mem={self.mem}", "rootfstype=hostfs",
+            "rootflags=/", "ro", f"eth0=tuntap,{self.tap},{self.guest_mac}", f"init={init}",
+            "con0=null,fd:1", "con=null", "ssl=null", f"umid={self.netns}", f"uml_dir={run}",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        with open(self.workdir / "console.log", "wb") as log:
+            # A new session: the guest's processes are recognisable (and killable) as this instance's.
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "TMPDIR": str(run)}, start_new_session=True,
+            )  # fmt: skip
+        ready = share / "ready"
+        while not ready.exists():
+            if self._proc.poll() is not None:
+                raise UmlBootError(f"linux.uml exited ({self._proc.returncode}) during boot\n{self._tail()}")
+            if time.monotonic() - t0 > self.boot_timeout:
+                raise UmlBootError(f"guest not ready after {self.boot_timeout:.0f} s\n{self._tail()}")
+            time.sleep(0.02)
+        self.boot_seconds = time.monotonic() - t0
+        info = dict(line.split("=", 1) for line in ready.read_text().splitlines() if "=" in line)
+        self.kernel_release = info.get("kernel", "")
+        self.modules_failed = tuple(info.get("failed", "").split())
+        self.modules_loaded = tuple(info.get("loaded", "").split())
+        if info.get("status") != "ok":
+            raise UmlBootError(f"guest network setup failed: {info.get('status')}\n{self._tail()}")
+
+    def close(self) -> None:
+        """Stop the guest and remove the TAP, the namespace and the temporary directory (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        try:
+            self._stop_guest()
+        finally:
+            if self.netns:
+                _ip("-n", self.netns, "link", "del", self.tap, check=False)
+                r = _ip("netns", "del", self.netns, check=False)
+                if r.returncode != 0 and Path("/run/netns", self.netns).exists():
+                    warnings.warn(f"cannot delete netns {self.netns}: {r.stderr.strip()}", stacklevel=2)
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_guest(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        assert self.workdir is not None
+        if proc.poll() is None:
+            try:
+                (self.workdir / "share" / "halt").touch()
+            except OSError:
+                pass
+            self._wait(proc, 5.0)
+        if proc.poll() is None:
+            try:
+                self.mconsole("halt", timeout=2.0)
+            except (OSError, UmlError):
+                pass
+            self._wait(proc, 3.0)
+        for pid in _session_processes(proc.pid, os.path.realpath(self.uml_binary)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            warnings.warn(f"linux.uml pid {proc.pid} survived SIGKILL", stacklevel=3)
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen[bytes], seconds: float) -> None:
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+    # ------------------------------------------------------------------ guest access
+
+    @property
+    def pid(self) -> int | None:
+        """Host pid of the main linux.uml process, while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def host_ip(self) -> str:
+        return str(self.host_addr.ip)
+
+    @property
+    def guest_ip(self) -> str:
+        return str(self.guest_addr.ip)
+
+    @property
+    def host_ip6(self) -> str | None:
+        return str(self.host_addr6.ip) if self.host_addr6 is not None else None
+
+    @property
+    def guest_ip6(self) -> str | None:
+        return str(self.guest_addr6.ip) if self.guest_addr6 is not None else None
+
+    def console_log(self) -> str:
+        """The guest's console output so far."""
+        if self.workdir is None:
+            return ""
+        try:
+            return (self.workdir / "console.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _tail(self, lines: int = 30) -> str:
+        return "\n".join(self.console_log().splitlines()[-lines:])
+
+    def run(self, cmd: str, timeout: float = 20) -> tuple[int, str]:
+        """Run a bash command line in the guest as root; return its exit status and combined output.
+
+        Raises TimeoutError if it does not finish within `timeout` seconds (the guest kills it).
+        """
+        proc = self._proc
+        if proc is None or proc.poll() is not None or self.workdir is None:
+            raise UmlError("the guest is not running")
+        base = self.workdir / "share" / "cmd" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        limit = max(1, math.ceil(timeout))
+        tmp = base.with_suffix(".tmp")
+        tmp.write_text(f"#timeout={limit}\n{cmd}\n")
+        tmp.rename(base.with_suffix(".cmd"))
+        rc_file, out_file = base.with_suffix(".rc"), base.with_suffix(".out")
+        deadline = time.monotonic() + limit + 10
+        while not rc_file.exists():
+            if proc.poll() is not None:
+                raise UmlError(f"the guest died while running {cmd!r}\n{self._tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest command did not return: {cmd!r}")
+            time.sleep(0.005)
+        out = out_file.read_text(errors="replace")
+        rc = int(rc_file.read_text().strip() or "126")
+        out_file.unlink()
+        rc_file.unlink()
+        if rc == 124:
+            raise TimeoutError(f"guest command timed out after {limit} s: {cmd!r}\n{out}")
+        return rc, out
+
+    def check(self, cmd: str, timeout: float = 20) -> str:
+        """Run a command in the guest; return its output, raise UmlError if it fails."""
+        rc, out = self.run(cmd, timeout)
+        if rc != 0:
+            raise UmlError(f"guest command failed ({rc}): {cmd}\n{out}")
+        return out
+
+    def mconsole(self, command: str, timeout: float = 5.0) -> str:
+        """Send a UML management console command (``version``, ``sysrq X``, ``halt``...)."""
+        if self.workdir is None:
+            raise UmlError("the guest was never started")
+        server = self.workdir / "run" / self.netns / "mconsole"
+        me = self.workdir / f"mc-{uuid.uuid4().hex[:8]}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(str(me))
+            try:
+                s.settimeout(timeout)
+                data = command.encode()
+                s.sendto(struct.pack("<III", 0xCAFEBABE, 2, len(data)) + data.ljust(512, b"\0"), str(server))
+                out, more = b"", 1
+                while more:
+                    reply = s.recv(4096)
+                    err, more, length = struct.unpack("<III", reply[:12])
+                    out += reply[12 : 12 + length]
+                    if err:
+                        raise UmlError(f"mconsole {command!r}: {out.decode(errors='replace')}")
+                return out.decode(errors="replace")
+            except TimeoutError:
+                if command == "halt":  # the guest may be gone before it answers
+                    return ""
+                raise
+            finally:
+                me.unlink(missing_ok=True)
+
+    def add_inner_address(self, cidr: str, dev: str = "inner0") -> None:
+        """Add an address (e.g. ``10.0.1.1/24``) to a dummy interface `dev` in the guest, creating it."""
+        nodad = " nodad" if ipaddress.ip_interface(cidr).version == 6 else ""
+        self.check(
+            f"ip link show dev {dev} >/dev/null 2>&1 || ip link add {dev} type dummy\n"
+            f"ip link set {dev} up\nip addr add {shlex.quote(cidr)} dev {dev}{nodad}"
+        )
+
+    def xfrm_state_stats(self) -> str:
+        """``ip -s xfrm state`` in the guest."""
+        return self.check("ip -s xfrm state")
+
+    def xfrm_stat(self) -> dict[str, int]:
+        """The guest's /proc/net/xfrm_stat counters by name."""
+        stats = {}
+        for line in self.check("cat /proc/net/xfrm_stat").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                stats[parts[0]] = int(parts[1])
+        return stats
+
+    # ------------------------------------------------------------------ host side (inside the namespace)
+
+    def host_exec(
+        self, argv: Sequence[str], timeout: float = 20, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a program in the host-side namespace, capturing its output."""
+        if not self.netns:
+            raise UmlError("the namespace does not exist")
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *argv],
+            capture_output=True, text=True, timeout=timeout, check=check,
+        )  # fmt: skip
+
+    def ping(self, dst: str | None = None, count: int = 1, timeout: float = 5.0) -> int:
+        """ICMP echo from the host namespace to `dst` (default: the guest's eth0); the number answered."""
+        target = dst or self.guest_ip
+        r = self.host_exec([sys.executable, "-c", _PING, target, str(count), str(timeout)], timeout + 10)
+        if r.returncode != 0:
+            raise UmlError(f"ping {target} failed: {r.stderr.strip()}")
+        return int(r.stdout.strip() or "0")
+
+    def capture_esp(self, trigger: Callable[[], object], count: int = 1, timeout: float = 5.0) -> list[bytes]:
+        """Outer IP packets carrying ESP that the guest sends on the TAP while `trigger()` runs.
+
+        Returns after `count` packets or `timeout` seconds, whichever comes first.
+        """
+        if not self.netns:
+            raise UmlError("the namespace does not exist")
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-c", _CAPTURE, self.tap]
+        with subprocess.Popen(
+            [*argv, str(count), str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as sniffer:
+            assert sniffer.stdout is not None
+            if sniffer.stdout.readline().strip() != "ready":
+                sniffer.kill()
+                raise UmlError(f"packet capture did not start: {sniffer.communicate()[1]}")
+            try:
+                trigger()
+                out, _ = sniffer.communicate(timeout=timeout + 10)
+            finally:
+                if sniffer.poll() is None:
+                    sniffer.kill()
+        return [bytes.fromhex(line) for line in out.split()]
