@@ -81,7 +81,10 @@ class SAConfig:
     encap: UdpEncap | None = None
     soft: Limits = Limits()
     hard: Limits = Limits()
-    iv_split: int | None = None  # --duplex with a counter-mode cipher: the IV direction bit (0 or 1)
+    # Counter-mode ciphers (GCM, ChaCha20-Poly1305, CTR): the IV's top bit says the direction (0 when the
+    # source sorts below the destination), so the two directions of a shared --duplex key never share a
+    # nonce. Derived by validated().
+    iv_split: int | None = None
 
     def validated(self) -> SAConfig:
         """This configuration with canonical names and addresses, or SAError saying what is wrong."""
@@ -122,7 +125,12 @@ class SAConfig:
                 digest = find_auth(self.digest).name
         except AlgorithmError as exc:
             raise SAError(str(exc)) from None
-        return replace(self, cipher=cipher, digest=digest, dst=str(dst), src=str(src))._checked_keys()
+        split = None
+        if cipher and find_cipher(cipher)[0].iv_len and (find_cipher(cipher)[0].aead or cipher == "aes-ctr"):
+            split = 0 if src.packed < dst.packed else 1
+        return replace(
+            self, cipher=cipher, digest=digest, dst=str(dst), src=str(src), iv_split=split
+        )._checked_keys()
 
     def _checked_keys(self) -> SAConfig:
         try:
@@ -144,13 +152,14 @@ class SAConfig:
     @property
     def seq_max(self) -> int:
         """The last sequence number this SA may send."""
-        if self.iv_split is not None and self.esn:
+        if self.iv_split is not None and self.esn:  # the IV's top bit is the direction
             return SEQ_MAX_SPLIT
         return SEQ_MAX_64 if self.esn else SEQ_MAX_32
 
     def reversed(self) -> SAConfig:
         """The same SA for the opposite direction (what `--duplex` adds)."""
-        return replace(self, dst=self.src, src=self.dst)
+        split = None if self.iv_split is None else 1 - self.iv_split
+        return replace(self, dst=self.src, src=self.dst, iv_split=split)
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to rebuild this configuration, keys included (for the state store only)."""
