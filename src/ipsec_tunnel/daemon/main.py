@@ -1,0 +1,181 @@
+"""ipsecd: what `modprobe ipsec` was. Creates the inactive base device ipsec0, restores stored SAs and
+tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from .. import __version__
+from ..control.protocol import DEFAULT_SOCKET
+from ..core.engine import Engine
+from ..core.tunnel import BASE_DEVICE
+from .dataplane import NAT_T_PORT, DataPlane
+from .manager import Manager
+from .server import ControlServer
+from .state import DEFAULT_DIR, StateError, Store
+
+log = logging.getLogger("ipsecd")
+
+DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="ipsecd", description="Userspace IPsec ESP tunnel daemon (ipsec-tunnel)."
+    )
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    p.add_argument(
+        "--socket",
+        default=os.environ.get("IPSEC_TUNNEL_SOCKET", DEFAULT_SOCKET),
+        help=f"control socket path (default {DEFAULT_SOCKET})",
+    )
+    p.add_argument("--state-dir", default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
+    p.add_argument(
+        "--pidfile", default=None, help=f"pid file (default {DEFAULT_PIDFILE}, or beside --socket)"
+    )
+    p.add_argument(
+        "--udp-port", type=int, default=NAT_T_PORT, help="ESP-in-UDP port to listen on (default 4500)"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
+    return p.parse_args(argv)
+
+
+class PidFile:
+    """An exclusively locked pid file: a second ipsecd finds it locked and refuses to start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise RuntimeError(f"ipsecd is already running (pid {other or '?'}, lock {path})") from None
+
+    def write(self) -> None:
+        """Record this process's pid."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Remove the pid file."""
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
+def _daemonize() -> None:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.chdir("/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ipsecd; returns the exit status."""
+    args = parse_args(argv)
+    handlers: list[logging.Handler] = []
+    if args.foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    else:
+        try:
+            from logging.handlers import SysLogHandler
+
+            handlers.append(SysLogHandler(address="/dev/log"))
+        except OSError:
+            handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        handlers=handlers,
+        format="ipsecd[%(process)d]: %(levelname)s %(message)s",
+    )
+    if os.geteuid() != 0:
+        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
+        return 1
+    pid_path = (
+        Path(args.pidfile)
+        if args.pidfile
+        else (
+            Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
+        )
+    )
+    try:
+        pidfile = PidFile(pid_path)
+    except (RuntimeError, OSError) as exc:
+        print(f"ipsecd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        store = Store(args.state_dir)
+    except StateError as exc:
+        print(f"ipsecd: {exc}", file=sys.stderr)
+        pidfile.release()
+        return 1
+    if not args.foreground:
+        _daemonize()
+        pidfile.write()  # flock survives fork: the lock is on the open file
+    else:
+        pidfile.write()
+    try:
+        return _serve(args, store)
+    except Exception as exc:
+        log.error("%s", exc)
+        print(f"ipsecd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        pidfile.release()
+
+
+def _serve(args: argparse.Namespace, store: Store) -> int:
+    engine = Engine()
+    plane = DataPlane(engine, udp_port=args.udp_port)
+    server = None
+    try:
+        plane.open_transports()
+        plane.devices.create(BASE_DEVICE)
+        manager = Manager(engine, store, plane.devices)
+        manager.restore()
+        server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            plane.running = False
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+
+        def every() -> None:
+            server.expire_idle() if server else None
+            manager.refresh_mtus()
+
+        plane.run(every)
+        log.info("stopping: recording sequence positions and removing devices")
+        store.save_exact(list(engine.sad))
+        return 0
+    finally:
+        if server is not None:
+            server.close()
+        plane.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The control operations of ipsecd: SAs and tunnels added, changed, removed and shown, kept in step
+with the engine, the state store and the kernel's tunnel devices."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..control.protocol import VERSION, ProtocolError, arg
+from ..core import algorithms
+from ..core.drops import RECEIVE_DROPS, SEND_DROPS
+from ..core.engine import Engine, TunnelStats, overhead
+from ..core.sa import Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
+from ..core.tunnel import BASE_DEVICE, Tunnel
+from .state import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH_MTU = 1500  # used when the kernel has no route to the remote yet
+
+
+class Devices:
+    """What the manager needs from the kernel side (the daemon's `Devices` or a test fake)."""
+
+    def create(self, name: str) -> None:
+        """Create tunnel device `name` (down, no address)."""
+        raise NotImplementedError
+
+    def remove(self, name: str) -> None:
+        """Remove tunnel device `name`."""
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        """Whether any network device `name` exists."""
+        raise NotImplementedError
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        """Set the MTU of device `name`."""
+        raise NotImplementedError
+
+    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
+        """The MTU of the route to `remote`, or None when there is none."""
+        raise NotImplementedError
+
+
+def _addr(args: dict[str, Any], name: str) -> bytes | None:
+    text = arg(args, name, str)
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text).packed
+    except ValueError:
+        raise ProtocolError("EINVAL", f"Bad {name} address: {text!r}") from None
+
+
+def _limits(args: dict[str, Any], name: str) -> Limits:
+    raw = arg(args, name, dict, {})
+    try:
+        return Limits(**{k: int(raw.get(k, 0) or 0) for k in ("bytes", "packets", "seconds")})
+    except (TypeError, ValueError):
+        raise ProtocolError("EINVAL", f"bad {name} lifetime") from None
+
+
+def _drops(counter: Any) -> dict[str, int]:
+    return {reason.value: n for reason, n in counter.items() if n}
+
+
+class Manager:
+    """Carries out control requests; every change is stored before it takes effect."""
+
+    def __init__(
+        self, engine: Engine, store: Store, devices: Devices, now: Callable[[], float] = time.time
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.devices = devices
+        self.now = now
+        self.mtu_set: dict[str, int] = {}
+
+    def handle(self, op: str, args: dict[str, Any]) -> Any:
+        """The result of operation `op`; ProtocolError for a refused request."""
+        handler = getattr(self, "op_" + op.replace(".", "_"))
+        try:
+            return handler(args)
+        except SAError as exc:
+            raise ProtocolError(exc.errno, str(exc)) from None
+        except OSError as exc:
+            raise ProtocolError("EIO", f"{exc.strerror or exc}") from None
+
+    # -- restore -------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Bring back every stored SA and tunnel (devices recreated without addresses)."""
+        for sa in self.store.load_sas(self.now()):
+            self.engine.sad.add(sa)
+        for tunnel in self.store.load_tunnels():
+            self.engine.tunnels.add(tunnel)
+            self.devices.create(tunnel.name)
+        self.refresh_mtus()
+        log.info("restored %d SAs and %d tunnels", len(self.engine.sad), len(self.engine.tunnels))
+
+    # -- SAs -------------------------------------------------------------------------------------------
+
+    def op_sa_add(self, args: dict[str, Any]) -> Any:
+        encap_arg = arg(args, "encap", dict)
+        encap = None
+        if encap_arg is not None:
+            encap = UdpEncap(int(encap_arg.get("sport", 4500)), int(encap_arg.get("dport", 4500)))
+        try:
+            config = SAConfig(
+                spi=arg(args, "spi", int, required=True),
+                dst=arg(args, "dst", str, required=True),
+                src=arg(args, "src", str, required=True),
+                cipher=arg(args, "cipher", str),
+                cipher_key=bytes.fromhex(arg(args, "cipher_key", str, "")),
+                digest=arg(args, "digest", str),
+                digest_key=bytes.fromhex(arg(args, "digest_key", str, "")),
+                digest_bits=arg(args, "digest_bits", int),
+                replay_window=arg(args, "replay_window", int, 128),
+                esn=bool(arg(args, "esn", bool, False)),
+                encap=encap,
+                soft=_limits(args, "soft"),
+                hard=_limits(args, "hard"),
+            ).validated()
+        except ValueError as exc:
+            if isinstance(exc, SAError):
+                raise
+            raise ProtocolError("EINVAL", "Bad key: not hexadecimal") from None
+        configs = [config, config.reversed()] if arg(args, "duplex", bool, False) else [config]
+        for c in configs:
+            if self.engine.sad.get(*c.key) is not None:
+                raise SAError("SA already exists", "EEXIST")
+        self._check_nonce_domain(configs)
+        now = self.now()
+        added = []
+        for c in configs:
+            sa = SecurityAssociation(c, now)
+            self.store.add_sa(sa)
+            self.engine.sad.add(sa)
+            added.append(self.sa_dict(sa, False))
+            log.info("SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher, c.digest)
+        self.refresh_mtus()
+        return {"added": added}
+
+    def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
+        """Refuse a counter-mode key already sending in the same direction: its nonces would repeat."""
+        for c in configs:
+            if c.iv_split is None:
+                continue
+            for sa in self.engine.sad:
+                o = sa.config
+                if o.iv_split == c.iv_split and o.cipher == c.cipher and o.cipher_key == c.cipher_key:
+                    raise SAError(
+                        f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
+                        "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
+                        "EEXIST",
+                    )
+
+    def _select(self, args: dict[str, Any]) -> list[SecurityAssociation]:
+        spi = arg(args, "spi", int)
+        return self.engine.sad.find(_addr(args, "dst"), _addr(args, "src"), spi)
+
+    def op_sa_del(self, args: dict[str, Any]) -> Any:
+        filters = [k for k in ("dst", "src", "spi") if args.get(k) is not None]
+        if not filters and not arg(args, "all", bool, False):
+            raise ProtocolError("EINVAL", "sa del needs --dst, --src, --spi or --all")
+        victims = self._select(args)
+        if arg(args, "duplex", bool, False):
+            for sa in list(victims):
+                twin = self.engine.sad.get(sa.key[1], sa.key[0], sa.key[2])
+                if twin is not None and twin not in victims:
+                    victims.append(twin)
+        if not victims:
+            raise ProtocolError("ENOENT", "No such SA!")
+        for sa in victims:
+            self.store.remove_sa(sa)
+            self.engine.sad.remove(sa)
+            log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
+        self.refresh_mtus()
+        return {"deleted": len(victims)}
+
+    def op_sa_show(self, args: dict[str, Any]) -> Any:
+        stats = bool(arg(args, "stats", bool, False))
+        return [self.sa_dict(sa, stats) for sa in self._select(args)]
+
+    @staticmethod
+    def sa_dict(sa: SecurityAssociation, stats: bool) -> dict[str, Any]:
+        """An SA as `sa show` reports it: never a key."""
+        c = sa.config
+        cipher_alg = algorithms.find_cipher(c.cipher)[0] if c.cipher else None
+        aead = bool(cipher_alg and cipher_alg.aead)
+        state = sa.dead or ("dying" if sa.soft_fired else "mature")
+        out: dict[str, Any] = {
+            "dst": c.dst, "src": c.src, "spi": c.spi,
+            "cipher": c.cipher or "null",
+            "cipher_bits": cipher_alg.key_bits(len(c.cipher_key)) if cipher_alg else 0,
+            "aead": aead,
+            "digest": c.digest,
+            "digest_bits": (sa.auth.icv_len * 8 if sa.auth else (sa.cipher.icv_len * 8 if aead else 0)),
+            "digest_key_bits": len(c.digest_key) * 8,
+            "replay_window": c.replay_window, "esn": c.esn,
+            "encap": {"sport": c.encap.sport, "dport": c.encap.dport} if c.encap else None,
+            "soft": {"bytes": c.soft.bytes, "packets": c.soft.packets, "seconds": c.soft.seconds},
+            "hard": {"bytes": c.hard.bytes, "packets": c.hard.packets, "seconds": c.hard.seconds},
+            "state": state, "created": sa.created,
+        }  # fmt: skip
+        if stats:
+            out["stats"] = {
+                "packets": sa.packets, "bytes": sa.bytes, "seq_out": sa.seq_out, "replay_top": sa.replay.top,
+                "drops": _drops(sa.drops),
+            }  # fmt: skip
+        return out
+
+    # -- tunnels ---------------------------------------------------------------------------------------
+
+    def _tunnel_fields(self, args: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name in ("local", "remote", "nextdev"):
+            if name in args:
+                fields[name] = arg(args, name, str)
+        if "spi" in args:
+            fields["spi"] = arg(args, "spi", int, 0)
+        if "peer_nets" in args:
+            nets = arg(args, "peer_nets", list, [])
+            if not all(isinstance(n, str) for n in nets):
+                raise ProtocolError("EINVAL", "peer_nets must be a list of CIDR strings")
+            fields["peer_nets"] = tuple(nets)
+        return fields
+
+    def op_tunnel_add(self, args: dict[str, Any]) -> Any:
+        name = arg(args, "name", str, "") or self.engine.tunnels.free_name()
+        fields = self._tunnel_fields(args)
+        if "local" not in fields or "remote" not in fields:
+            raise ProtocolError("EINVAL", "tunnel add needs --local and --remote")
+        tunnel = Tunnel(name=name, **fields).validated()
+        if self.engine.tunnels.get(name) is None and self.devices.exists(name):
+            raise SAError(f"A network device named {name} already exists", "EEXIST")
+        tunnel = self.engine.tunnels.add(tunnel)
+        try:
+            self.devices.create(name)
+        except OSError:
+            self.engine.tunnels.remove(name)
+            raise
+        try:
+            self.store.save_tunnel(tunnel)
+        except OSError:
+            self.engine.tunnels.remove(name)
+            self.devices.remove(name)
+            raise
+        self.refresh_mtus()
+        log.info("tunnel added: %s %s -> %s", name, tunnel.local, tunnel.remote)
+        return self.tunnel_dict(tunnel, False)
+
+    def op_tunnel_change(self, args: dict[str, Any]) -> Any:
+        name = arg(args, "name", str, required=True)
+        tunnel = self.engine.tunnels.change(name, **self._tunnel_fields(args))
+        self.store.save_tunnel(tunnel)
+        self.refresh_mtus()
+        return self.tunnel_dict(tunnel, False)
+
+    def op_tunnel_del(self, args: dict[str, Any]) -> Any:
+        name = arg(args, "name", str)
+        if name:
+            names = [name]
+        elif arg(args, "all", bool, False):
+            names = [t.name for t in self.engine.tunnels]
+        else:
+            raise ProtocolError("EINVAL", "tunnel del needs a device name or --all")
+        for n in names:
+            self.engine.tunnels.remove(n)
+            self.store.remove_tunnel(n)
+            self.devices.remove(n)
+            self.mtu_set.pop(n, None)
+            self.engine.path_mtu.pop(n, None)
+            log.info("tunnel removed: %s", n)
+        return {"deleted": names}
+
+    def op_tunnel_show(self, args: dict[str, Any]) -> Any:
+        name = arg(args, "name", str)
+        stats = bool(arg(args, "stats", bool, False))
+        if name:
+            tunnel = self.engine.tunnels.get(name)
+            if tunnel is None:
+                raise ProtocolError("ENOENT", f"No such tunnel: {name}")
+            return [self.tunnel_dict(tunnel, stats)]
+        return [self.tunnel_dict(t, stats) for t in self.engine.tunnels]
+
+    def tunnel_dict(self, tunnel: Tunnel, stats: bool) -> dict[str, Any]:
+        """A tunnel as `tunnel show` reports it."""
+        sa = self.engine.sa_for(tunnel)
+        out: dict[str, Any] = {
+            "name": tunnel.name, "local": tunnel.local, "remote": tunnel.remote, "spi": tunnel.spi,
+            "nextdev": tunnel.nextdev, "peer_nets": list(tunnel.peer_nets),
+            "mtu": self.mtu_set.get(tunnel.name),
+            "sa": sa.config.spi if sa else None,
+        }  # fmt: skip
+        if stats:
+            s: TunnelStats = self.engine.stats_for(tunnel.name)
+            out["stats"] = {
+                "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "tx_packets": s.tx_packets,
+                "tx_bytes": s.tx_bytes, "rx_drops": _drops(s.rx_drops), "tx_drops": _drops(s.tx_drops),
+            }  # fmt: skip
+        return out
+
+    def refresh_mtus(self) -> None:
+        """Set each tunnel device's MTU to its path MTU less the worst-case overhead of its SA."""
+        for tunnel in self.engine.tunnels:
+            path = self.devices.path_mtu(tunnel.remote, tunnel.nextdev) or DEFAULT_PATH_MTU
+            self.engine.path_mtu[tunnel.name] = path
+            sa = self.engine.sa_for(tunnel)
+            mtu = path - (overhead(sa) if sa else 100)
+            if self.mtu_set.get(tunnel.name) != mtu:
+                try:
+                    self.devices.set_mtu(tunnel.name, max(mtu, 68))
+                    self.mtu_set[tunnel.name] = mtu
+                except OSError as exc:
+                    log.warning("cannot set MTU %d on %s: %s", mtu, tunnel.name, exc.strerror)
+
+    # -- the rest --------------------------------------------------------------------------------------
+
+    def op_stats(self, args: dict[str, Any]) -> Any:
+        e = self.engine
+        receive = {"accepted": e.rx_accepted} | {d.value: e.rx_drops[d] for d in RECEIVE_DROPS}
+        send = {"accepted": e.tx_accepted} | {d.value: e.tx_drops[d] for d in SEND_DROPS}
+        return {"receive": receive, "send": send, "keepalives": e.keepalives, "icmp_sent": e.icmp_sent}
+
+    def op_algos(self, args: dict[str, Any]) -> Any:
+        return {
+            "ciphers": [{"name": a.name, "kernel": a.kernel, "aliases": list(a.aliases),
+                         "key_bits": [k * 8 for k in a.key_sizes], "salt_bits": a.salt_len * 8,
+                         "aead": a.aead,
+                         "icv_bits": [i * 8 for i in a.icv_lens], "rfc": a.rfc} for a in algorithms.CIPHERS],
+            "digests": [{"name": a.name, "kernel": a.kernel, "aliases": list(a.aliases),
+                         "key_bits": a.key_len * 8, "icv_bits": a.default_icv_bits, "rfc": a.rfc}
+                        for a in algorithms.AUTHS],
+        }  # fmt: skip
+
+    def op_version(self, args: dict[str, Any]) -> Any:
+        return {"version": __version__, "protocol": VERSION}
+
+    def op_ping(self, args: dict[str, Any]) -> Any:
+        return {"pong": True, "base_device": BASE_DEVICE}

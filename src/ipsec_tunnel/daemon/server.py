@@ -1,0 +1,174 @@
+"""The control socket: a Unix stream socket (mode 0600) whose peers must be root or hold CAP_NET_ADMIN.
+Requests are served one line at a time inside the data-plane event loop; a bad request gets an error
+response and never takes the daemon down."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..control.protocol import MAX_MESSAGE, ProtocolError, decode_request, encode_error, encode_result
+
+log = logging.getLogger(__name__)
+
+CAP_NET_ADMIN = 12  # linux/capability.h
+MAX_CLIENTS = 64
+IDLE_TIMEOUT = 30.0  # seconds a client may hold a connection without finishing a request
+SEND_TIMEOUT = 5.0
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_allowed(sock: socket.socket) -> tuple[bool, str]:
+    """Whether the peer is root or holds CAP_NET_ADMIN, and who it is (for the log)."""
+    pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    who = f"pid {pid} uid {uid}"
+    if uid == 0:
+        return True, who
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1), who
+    except (OSError, ValueError):
+        pass
+    return False, who
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.since = time.monotonic()
+
+
+class ControlServer:
+    """Accepts control connections and answers each request line with `handle(op, args)`."""
+
+    def __init__(
+        self,
+        path: str,
+        handle: Callable[[str, dict[str, Any]], Any],
+        watch: Callable[[int, Callable[[], None]], None],
+        unwatch: Callable[[int], None],
+    ) -> None:
+        self.path = Path(path)
+        self.handle = handle
+        self._watch = watch
+        self._unwatch = unwatch
+        self.clients: dict[int, _Client] = {}
+        self.sock = self._listen()
+        watch(self.sock.fileno(), self._accept)
+
+    def _listen(self) -> socket.socket:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise OSError(f"{self.path} exists and is not a socket")
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        sock.setblocking(False)
+        return sock
+
+    def close(self) -> None:
+        """Stop serving and remove the socket file."""
+        for fd in list(self.clients):
+            self._drop(fd)
+        self._unwatch(self.sock.fileno())
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        allowed, who = peer_allowed(conn)
+        if not allowed:
+            log.warning("control connection refused: %s is neither root nor CAP_NET_ADMIN", who)
+            self._send(conn, encode_error("EACCES", "permission denied: ipsecadm must run as root"))
+            conn.close()
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            self._send(conn, encode_error("EBUSY", "too many control connections"))
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.clients[conn.fileno()] = _Client(conn)
+        self._watch(conn.fileno(), functools.partial(self._readable, conn.fileno()))
+
+    def _drop(self, fd: int) -> None:
+        client = self.clients.pop(fd, None)
+        if client is not None:
+            self._unwatch(fd)
+            client.sock.close()
+
+    def _send(self, sock: socket.socket, data: bytes) -> bool:
+        try:
+            sock.settimeout(SEND_TIMEOUT)
+            sock.sendall(data)
+            sock.setblocking(False)
+            return True
+        except OSError:
+            return False
+
+    def _readable(self, fd: int) -> None:
+        client = self.clients.get(fd)
+        if client is None:
+            return
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not data:
+            self._drop(fd)
+            return
+        client.buf += data
+        while b"\n" in client.buf:
+            line, _, rest = bytes(client.buf).partition(b"\n")
+            client.buf = bytearray(rest)
+            if not self._send(client.sock, self.answer(line)):
+                self._drop(fd)
+                return
+            client.since = time.monotonic()
+        if len(client.buf) > MAX_MESSAGE:
+            self._send(client.sock, encode_error("EMSGSIZE", f"request longer than {MAX_MESSAGE} bytes"))
+            self._drop(fd)
+
+    def answer(self, line: bytes) -> bytes:
+        """The response line for request `line`."""
+        try:
+            req = decode_request(line)
+            return encode_result(self.handle(req.op, req.args))
+        except ProtocolError as exc:
+            return encode_error(exc.errno, exc.message)
+        except Exception:  # a bug must cost one request, never the daemon
+            log.exception("control request failed")
+            return encode_error("EIO", "internal error in ipsecd (see its log)")
+
+    def expire_idle(self) -> None:
+        """Close connections that have sat on an unfinished request too long."""
+        now = time.monotonic()
+        for fd, client in list(self.clients.items()):
+            if now - client.since > IDLE_TIMEOUT:
+                self._drop(fd)
