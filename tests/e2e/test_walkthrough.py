@@ -1,0 +1,85 @@
+"""The seed's walk-through between two hosts, for each cipher family, over raw ESP and ESP-in-UDP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ipsec_tunnel.testing.hosts import TwoHosts
+
+pytestmark = pytest.mark.root
+
+# (cipher args, key sizes) for the suites the issue names.
+SUITES = {
+    "3des-sha1": (("--cipher=des_ede3-cbc", 24), ("--digest=sha1", 20)),
+    "aes-cbc-sha256": (("--cipher=aes-cbc", 32), ("--digest=sha256", 32)),
+    "aes-gcm": (("--cipher=aes-gcm", 20), None),
+    "chacha20-poly1305": (("--cipher=chacha20-poly1305", 36), None),
+}
+
+
+def add_suite(h: TwoHosts, suite: str, *extra: str) -> None:
+    (cipher, ksize), digest = SUITES[suite]
+    args = [cipher, f"--cipher-keyfile={h.key('c.key', ksize)}"]
+    if digest:
+        args += [digest[0], f"--digest-keyfile={h.key('d.key', digest[1])}"]
+    h.sa_pair(*args, *extra)
+
+
+def stats(host, what: str = "stats") -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(host.adm("-j", *what.split()).stdout)
+
+
+@pytest.mark.parametrize("encap", ["raw", "udp"])
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_ping_through_tunnel(hosts: TwoHosts, suite: str, encap: str) -> None:
+    add_suite(hosts, suite, *(["--encap=udp"] if encap == "udp" else []))
+    a_in, b_in = hosts.tunnels()
+    out = hosts.a.sh(f"ping -c 3 -i 0.2 -W 2 -I {a_in} {b_in}")
+    assert " 0% packet loss" in out.stdout
+    a = stats(hosts.a)
+    b = stats(hosts.b)
+    assert a["send"]["accepted"] >= 3 and a["receive"]["accepted"] >= 3
+    assert b["receive"]["accepted"] >= 3
+    assert sum(v for k, v in b["receive"].items() if k != "accepted") == 0
+
+
+def test_ipsec0_is_created_down(hosts: TwoHosts) -> None:
+    out = hosts.a.sh("ip -o link show ipsec0").stdout
+    assert "ipsec0" in out and "state DOWN" in out
+
+
+def test_ipv6_inner_over_ipv4_outer(hosts: TwoHosts) -> None:
+    add_suite(hosts, "aes-gcm")
+    a_in, b_in = hosts.tunnels(inner6=True)
+    out = hosts.a.sh(f"ping -6 -c 3 -i 0.2 -W 2 {b_in}")
+    assert " 0% packet loss" in out.stdout
+
+
+def test_ipv4_inner_over_ipv6_outer(hosts6: TwoHosts) -> None:
+    add_suite(hosts6, "aes-cbc-sha256")
+    a_in, b_in = hosts6.tunnels()
+    out = hosts6.a.sh(f"ping -c 3 -i 0.2 -W 2 -I {a_in} {b_in}")
+    assert " 0% packet loss" in out.stdout
+
+
+def test_tunnel_device_mtu_leaves_room_for_esp(hosts: TwoHosts) -> None:
+    add_suite(hosts, "aes-cbc-sha256")
+    hosts.tunnels()
+    mtu = int(hosts.a.sh("cat /sys/class/net/ipsec1/mtu").stdout)
+    # RFC 4303 worst case for AES-CBC + HMAC-SHA-256-128 over IPv4: 20 + 8 + 16 + 15 + 2 + 16
+    assert mtu == 1500 - (20 + 8 + 16 + 15 + 2 + 16)
+    # a full-size DF packet passes; one byte more is refused by the kernel with the device MTU
+    ok = hosts.a.sh(f"ping -c 1 -W 2 -M do -s {mtu - 28} 10.0.2.1")
+    assert " 0% packet loss" in ok.stdout
+
+
+def test_df_packet_too_big_gets_icmp_frag_needed(hosts: TwoHosts) -> None:
+    add_suite(hosts, "aes-gcm")
+    hosts.tunnels()
+    hosts.a.sh("ip link set ipsec1 mtu 1500")  # an operator override larger than the path allows
+    out = hosts.a.sh("ping -c 2 -i 0.3 -W 1 -M do -s 1472 10.0.2.1", check=False)
+    assert "Frag needed" in out.stdout or "mtu = " in out.stdout, out.stdout + out.stderr
+    st = stats(hosts.a)
+    assert st["send"]["too_big"] >= 1
