@@ -165,3 +165,13 @@ def route_source(dst: str, *, oif: str | None = None) -> str | None:
     with sock:
         src: str = sock.getsockname()[0]
         return src.split("%", 1)[0]
+
+
+def no_ipv6_autoconf(name: str) -> None:
+    """Give device `name` no IPv6 link-local address (so it sends no router solicitations or MLD reports
+    of its own): addr_gen_mode 1, as point-to-point tunnels want. No error when IPv6 is absent."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode", "w") as f:
+            f.write("1")
+    except OSError:
+        pass

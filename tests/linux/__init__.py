@@ -1,0 +1,1 @@
+"""Tests of the kernel-facing code: TUN devices, links and routes, ESP/UDP transports, namespaces."""
