@@ -75,7 +75,7 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError("EMSGSIZE", f"request longer than {MAX_MESSAGE} bytes")
     try:
         msg = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ProtocolError("EPROTO", "request is not valid JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError("EPROTO", "request must be a JSON object")

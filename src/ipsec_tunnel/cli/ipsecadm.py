@@ -1,0 +1,234 @@
+"""ipsecadm: administer ipsecd's security associations and tunnels, with the original ipsec_tunnel
+grammar (`ipsecadm sa add ...`, `ipsecadm tunnel add ...`, `ipsecadm stats`).
+
+Exit status: 0 on success; 1 when ipsecd cannot be reached, refuses a request, or a filtered `sa show`
+matches nothing (also when run without parameters); 2 when the command line is wrong or a value (address,
+key, algorithm, ...) is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..control.client import Client, DaemonUnreachable, default_socket_path
+from ..control.protocol import VERSION, ProtocolError
+from . import render, requests
+from .grammar import MODES, PROG, SUBCOMMANDS, Invocation, UsageError, brief_help, parse_argv, resolve
+from .values import redact
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+NOT_RUNNING = (
+    "cannot reach ipsecd at {path}: is it running? Start it with 'ipsecd' (this replaces 'modprobe ipsec'). "
+    "Make sure the kernel module is loaded!"
+)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"{PROG}: {redact(line)}\n")
+
+
+def _warn(line: str) -> None:
+    _err(line)
+
+
+class _Session:
+    """One ipsecadm run: where ipsecd is and how results are printed."""
+
+    def __init__(self, inv: Invocation) -> None:
+        self.inv = inv
+        self.socket = inv.socket or default_socket_path()
+        self.client = Client(self.socket)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """The result of `op` from ipsecd."""
+        return self.client.call(op, args)
+
+    def show(self, result: Any, human: Callable[[Any], str | None]) -> None:
+        """Print `result` as JSON with -j, else as `human` renders it (None: print nothing)."""
+        if self.inv.json:
+            _out(render.json_text(result))
+            return
+        text = human(result)
+        if text:
+            _out(text)
+
+
+def _sa_add(s: _Session) -> int:
+    s.show(s.call("sa.add", requests.sa_add(s.inv, _warn)), lambda r: None)
+    return EXIT_OK
+
+
+def _sa_del(s: _Session) -> int:
+    s.show(s.call("sa.del", requests.sa_del(s.inv)), lambda r: None)
+    return EXIT_OK
+
+
+def _sa_show(s: _Session) -> int:
+    args = requests.sa_show(s.inv)
+    result = s.call("sa.show", args)
+    sas = result if isinstance(result, list) else []
+    s.show(sas, lambda r: render.sa_table(r, s.inv.stats) if r else "No such SA!\n")
+    filtered = any(k in args for k in ("dst", "src", "spi"))
+    return EXIT_FAIL if filtered and not sas else EXIT_OK
+
+
+def _tunnel_add(s: _Session) -> int:
+    args = requests.tunnel_add(s.inv)
+    result = s.call("tunnel.add", args)
+
+    def human(r: Any) -> str | None:  # the name matters only when ipsecd picked it
+        return f"{r.get('name')}\n" if not args["name"] and isinstance(r, dict) else None
+
+    s.show(result, human)
+    return EXIT_OK
+
+
+def _tunnel_change(s: _Session) -> int:
+    s.show(s.call("tunnel.change", requests.tunnel_change(s.inv)), lambda r: None)
+    return EXIT_OK
+
+
+def _tunnel_del(s: _Session) -> int:
+    s.show(s.call("tunnel.del", requests.tunnel_del(s.inv)), lambda r: None)
+    return EXIT_OK
+
+
+def _tunnel_show(s: _Session) -> int:
+    result = s.call("tunnel.show", requests.tunnel_show(s.inv))
+    tunnels = result if isinstance(result, list) else []
+    s.show(tunnels, lambda r: render.tunnel_table(r, s.inv.stats) if r else "No tunnels.\n")
+    return EXIT_OK
+
+
+def _stats(s: _Session) -> int:
+    result = s.call("stats")
+    s.show(result, lambda r: render.stats_text(r if isinstance(r, dict) else {}))
+    return EXIT_OK
+
+
+def _algos(s: _Session) -> int:
+    s.show(render.algorithm_list(), render.algos_text)
+    return EXIT_OK
+
+
+def _version(s: _Session) -> int:
+    daemon: Any = None
+    note = ""
+    try:
+        daemon = s.call("version")
+    except DaemonUnreachable as exc:
+        note = f"ipsecd: not reachable at {s.socket} ({exc.strerror})"
+    except ProtocolError as exc:
+        note = f"ipsecd: {exc.message}"
+    result = {"ipsecadm": __version__, "protocol": VERSION, "ipsecd": daemon}
+
+    def human(r: Any) -> str:
+        lines = [f"ipsecadm {__version__} (control protocol {VERSION})"]
+        if isinstance(daemon, dict):
+            proto = daemon.get("protocol")
+            mismatch = f", ipsecadm speaks {VERSION}" if proto != VERSION else ""
+            lines.append(f"ipsecd {daemon.get('version')} (control protocol {proto}{mismatch})")
+        elif note:
+            lines.append(redact(note))
+        return "\n".join(lines) + "\n"
+
+    s.show(result, human)
+    return EXIT_OK
+
+
+def _help(s: _Session) -> int:
+    topic = None
+    if s.inv.positional:
+        topic = resolve(s.inv.positional[0], {m: m for m in MODES}, "mode")
+    _out(brief_help(topic if topic in SUBCOMMANDS else None))
+    return EXIT_OK
+
+
+_HANDLERS: dict[tuple[str, str | None], Callable[[_Session], int]] = {
+    ("sa", "add"): _sa_add,
+    ("sa", "del"): _sa_del,
+    ("sa", "show"): _sa_show,
+    ("tunnel", "add"): _tunnel_add,
+    ("tunnel", "change"): _tunnel_change,
+    ("tunnel", "del"): _tunnel_del,
+    ("tunnel", "show"): _tunnel_show,
+    ("stats", None): _stats,
+    ("algos", None): _algos,
+    ("version", None): _version,
+    ("help", None): _help,
+}
+
+
+def run(argv: list[str]) -> int:
+    """Carry out the command line `argv`; exceptions are left to `main`."""
+    inv = parse_argv(argv)
+    if inv.help:
+        _out(brief_help(inv.help_topic))
+        return EXIT_OK
+    if inv.command is None:
+        sys.stderr.write(brief_help())
+        return EXIT_FAIL
+    return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv))
+
+
+def _unreachable(exc: DaemonUnreachable) -> str:
+    path = exc.filename
+    if exc.permission_denied:
+        return f"permission denied on ipsecd's socket {path}: run ipsecadm as root (or with CAP_NET_ADMIN)"
+    message = NOT_RUNNING.format(path=path)
+    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):  # the plain "not running" case
+        message = message.replace(": is it running?", f" ({exc.strerror}): is it running?")
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ipsecadm command; returns the exit status and never lets a traceback out."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        if exc.brief:
+            sys.stderr.write(brief_help())
+        hint = ""
+        if exc.hint:
+            topic = f" {exc.topic}" if exc.topic in SUBCOMMANDS else ""
+            hint = f" (see '{PROG} help{topic}')"
+        _err(f"{exc}{hint}")
+        return EXIT_USAGE
+    except DaemonUnreachable as exc:
+        _err(_unreachable(exc))
+        return EXIT_FAIL
+    except ProtocolError as exc:
+        _err(exc.message)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`ipsecadm sa show | head`): stop quietly, and keep Python from
+        # complaining when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAIL
+    except Exception as exc:  # the promise is one line, never a traceback
+        _err(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The client side of the control protocol: send one request to ipsecd and return its result.
+
+Each `Client.call` opens its own connection to the Unix socket, writes one request line, reads one response
+line and closes the connection, so a client object holds no socket between calls.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import socket
+from typing import Any
+
+from .protocol import DEFAULT_SOCKET, MAX_MESSAGE, ProtocolError, decode_response, encode_request
+
+ENV_SOCKET = "IPSEC_TUNNEL_SOCKET"
+
+
+def default_socket_path() -> str:
+    """The control socket path: $IPSEC_TUNNEL_SOCKET when set and not empty, else the protocol default."""
+    return os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
+
+
+class DaemonUnreachable(OSError):
+    """ipsecd's socket could not be connected to; `errno` says why and `filename` is the socket path."""
+
+    @property
+    def permission_denied(self) -> bool:
+        """True when the socket exists but this user may not connect to it."""
+        return self.errno in (_errno.EACCES, _errno.EPERM)
+
+
+class Client:
+    """A connection factory for ipsecd's control socket at `path`."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            code = exc.errno if exc.errno is not None else _errno.EINVAL
+            raise DaemonUnreachable(code, exc.strerror or str(exc), self.path) from None
+        return sock
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """The result of `op` with `args`.
+
+        Raises DaemonUnreachable when the socket cannot be connected to, and ProtocolError when ipsecd
+        refuses the request, answers with something that is not a response, or does not answer in time.
+        """
+        request = encode_request(op, args)
+        sock = self._connect()
+        try:
+            try:
+                sock.sendall(request)
+                line = self._read_line(sock)
+            except TimeoutError:
+                raise ProtocolError("EIO", f"ipsecd did not answer within {self.timeout:g} s") from None
+            except OSError as exc:
+                raise ProtocolError("EIO", f"connection to ipsecd lost: {exc.strerror or exc}") from None
+        finally:
+            sock.close()
+        return decode_response(line)
+
+    @staticmethod
+    def _read_line(sock: socket.socket) -> bytes:
+        buf = bytearray()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                if buf:
+                    raise ProtocolError("EPROTO", "ipsecd sent an incomplete response")
+                raise ProtocolError("EIO", "ipsecd closed the connection without answering")
+            buf += chunk
+            end = buf.find(b"\n")
+            if end >= 0:
+                if end > MAX_MESSAGE:
+                    break
+                return bytes(buf[:end])
+            if len(buf) > MAX_MESSAGE:
+                break
+        raise ProtocolError("EMSGSIZE", f"ipsecd sent a response longer than {MAX_MESSAGE} bytes")
