@@ -85,13 +85,14 @@ def test_restarts_never_reuse_sequence_numbers_and_replays_are_rejected(hosts: T
     packets = [p for src, _d, _s, _q, p in esp_headers(pcap) if src == a_pub]
     script = h.tmp / "replay.py"
     script.write_text(
-        "import socket,sys\n"
+        "import socket,sys,time\n"
         "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
         "data=open(sys.argv[1],'rb').read()\n"
-        "i=0\n"
+        "i=k=0\n"
         "while i<len(data):\n"
-        "    n=int.from_bytes(data[i:i+4],'big'); p=data[i+4:i+4+n]; i+=4+n\n"
+        "    n=int.from_bytes(data[i:i+4],'big'); p=data[i+4:i+4+n]; i+=4+n; k+=1\n"
         "    s.sendto(p,(socket.inet_ntoa(p[16:20]),0))\n"
+        "    if k%100==0: time.sleep(0.004)  # paced: B's socket buffer must not overflow\n"
     )
     blob = h.tmp / "replay.bin"
     blob.write_bytes(b"".join(len(p).to_bytes(4, "big") + p for p in packets))

@@ -21,12 +21,14 @@ from typing import Any
 from ..core.replay import ReplayWindow
 from ..core.sa import SAConfig, SecurityAssociation
 from ..core.tunnel import Tunnel
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_DIR = "/var/lib/ipsec-tunnel"
 DB_NAME = "state.db"
+JOURNAL_NAME = "journal"
 OUT_BLOCK = 1 << 16  # outbound numbers reserved per commit
 IN_BLOCK_MIN = 32  # inbound reservation grows from this ...
 IN_BLOCK_MAX = 1 << 16  # ... to this while the SA is busy
@@ -66,6 +68,11 @@ class Store:
         self.path = self.dir / DB_NAME
         self._in: dict[tuple[bytes, bytes, int], _InState] = {}
         self.db = self._open()
+        try:
+            self.journal = Journal(self.dir / JOURNAL_NAME)
+        except OSError as exc:
+            self.db.close()
+            raise StateError(f"cannot open sequence journal in {self.dir}: {exc.strerror or exc}") from None
 
     # -- opening and checking ------------------------------------------------------------------------
 
@@ -100,15 +107,26 @@ class Store:
                     f"state database {self.path} failed its integrity check ({check}); "
                     "move it away to start afresh"
                 )
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            # The version is checked before anything is written (found by the robustness tests: a newer
+            # database had this schema's tables added to it, and a garbled version raised ValueError).
+            row = None
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and not str(row[0]).isdigit():
+                db.close()
+                raise StateError(
+                    f"state database {self.path} has an unreadable schema version {row[0]!r}; "
+                    "move it away to start afresh"
+                )
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                db.close()
                 raise StateError(
                     f"state database {self.path} has schema {row[0]}, newer than this ipsecd "
                     f"understands ({SCHEMA_VERSION}); run the newer ipsecd"
                 )
+            db.executescript(_SCHEMA)
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"state database {self.path} is unreadable ({exc}); move it away to start afresh"
@@ -118,8 +136,13 @@ class Store:
         return db
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and the journal."""
         self.db.close()
+        self.journal.close()
+
+    def _attach(self, sa: SecurityAssociation) -> None:
+        sa.hot, sa.hot_off = self.journal.attach(sa.key, sa.replay.top, sa.seq_out)
+        sa.reserve = self.reserve
 
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         try:
@@ -150,13 +173,14 @@ class Store:
                 pos,
             ),
         )
-        sa.reserve = self.reserve
+        self._attach(sa)
 
     def remove_sa(self, sa: SecurityAssociation) -> None:
         """Forget an SA."""
         c = sa.config
         self._write("DELETE FROM sa WHERE dst=? AND src=? AND spi=?", (c.dst, c.src, c.spi))
         self._in.pop(sa.key, None)
+        self.journal.detach(sa.key)
 
     def reserve(self, sa: SecurityAssociation, direction: str, needed: int) -> int:
         """Commit a reservation covering `needed` and return its limit (the SA's `reserve` hook)."""
@@ -204,18 +228,23 @@ class Store:
         for config_json, created, seq_out, seq_in, bitmap, clean in rows:
             try:
                 config = SAConfig.from_record(json.loads(config_json)).validated()
+                # converted here so a garbled number is a StateError too (found by the robustness tests)
+                seq_out, seq_in, bits = int(seq_out), int(seq_in), int(bitmap or "0", 16)
             except (ValueError, TypeError, KeyError) as exc:
                 raise StateError(f"state database {self.path} holds an unusable SA ({exc})") from None
             replay = ReplayWindow(config.replay_window, esn=config.esn)
             if clean:
-                replay.top = int(seq_in)
-                replay.bitmap = int(bitmap or "0", 16) & ((1 << config.replay_window) - 1)
+                replay.top = seq_in
+                replay.bitmap = bits & ((1 << config.replay_window) - 1)
             else:
-                replay.seen_all_up_to(int(seq_in))
-            sa = SecurityAssociation(config, now, created=created, seq_out=int(seq_out), replay=replay)
+                journal = self.journal.previous.get(config.key)
+                if journal is not None:  # a crash within this boot: the journal is exact
+                    seq_in, seq_out = journal
+                replay.seen_all_up_to(seq_in)
+            sa = SecurityAssociation(config, now, created=created, seq_out=seq_out, replay=replay)
             sa.seq_limit = sa.seq_out  # the first send commits a fresh reservation
             sa.in_limit = replay.top
-            sa.reserve = self.reserve
+            self._attach(sa)
             out.append(sa)
         return out
 
