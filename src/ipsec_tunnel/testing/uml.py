@@ -142,14 +142,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _session_processes(sid: int, binary: str) -> list[int]:
-    """Host pids of `binary` processes in session `sid`."""
+    """Host pids of live (not zombie) `binary` processes in session `sid`."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and os.readlink(d / "exe") == binary:
+            if int(fields[3]) == sid and fields[0] != "Z" and os.readlink(d / "exe") == binary:
                 found.append(int(d.name))
         except (OSError, IndexError, ValueError):
             continue
@@ -180,6 +180,9 @@ class UmlPeer:
         self.guest_addr = ipaddress.IPv4Interface(guest_addr)
         self.host_addr6 = ipaddress.IPv6Interface(host_addr6) if host_addr6 else None
         self.guest_addr6 = ipaddress.IPv6Interface(guest_addr6) if guest_addr6 else None
+        self.host_ip, self.guest_ip = str(self.host_addr.ip), str(self.guest_addr.ip)
+        self.host_ip6 = str(self.host_addr6.ip) if self.host_addr6 else None
+        self.guest_ip6 = str(self.guest_addr6.ip) if self.guest_addr6 else None
         self.modules = tuple(modules)
         self.autoload_modules = autoload_modules
         self.mem = mem
@@ -339,13 +342,19 @@ class UmlPeer:
                 proc.wait(timeout=3.0)
             except (OSError, UmlError, subprocess.TimeoutExpired):
                 pass
-        for pid in _session_processes(proc.pid, os.path.realpath(self.uml_binary)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        deadline = time.monotonic() + 10
+        while pids := _session_processes(proc.pid, os.path.realpath(self.uml_binary)):
+            if time.monotonic() > deadline:
+                warnings.warn(f"linux.uml processes {pids} survived SIGKILL", stacklevel=3)
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             warnings.warn(f"linux.uml pid {proc.pid} survived SIGKILL", stacklevel=3)
 
@@ -356,28 +365,10 @@ class UmlPeer:
         """Host pid of the main linux.uml process, while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    @property
-    def host_ip(self) -> str:
-        return str(self.host_addr.ip)
-
-    @property
-    def guest_ip(self) -> str:
-        return str(self.guest_addr.ip)
-
-    @property
-    def host_ip6(self) -> str | None:
-        return str(self.host_addr6.ip) if self.host_addr6 is not None else None
-
-    @property
-    def guest_ip6(self) -> str | None:
-        return str(self.guest_addr6.ip) if self.guest_addr6 is not None else None
-
     def console_log(self) -> str:
         """The guest's console output so far."""
-        if self.workdir is None:
-            return ""
         try:
-            return (self.workdir / "console.log").read_text(errors="replace")
+            return (self.workdir / "console.log").read_text(errors="replace") if self.workdir else ""
         except OSError:
             return ""
 
@@ -474,7 +465,7 @@ class UmlPeer:
     def xfrm_stat(self) -> dict[str, int]:
         """The guest's /proc/net/xfrm_stat counters by name."""
         stats = {}
-        for line in self.check("cat /proc/net/xfrm_stat").splitlines():
+        for line in self.check('echo "$(< /proc/net/xfrm_stat)"').splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[1].isdigit():
                 stats[parts[0]] = int(parts[1])
@@ -528,7 +519,7 @@ class UmlPeer:
         with self.netns_socket(family, socket.SOCK_RAW, proto) as s:
             for seq in range(1, count + 1):
                 echo = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq) + b"ipsec-tunnel-uml"
-                if not v6:  # the kernel fills in the ICMPv6 checksum (RFC 3542 section 3.1)
+                if not v6:  # for ICMPv6 the kernel computes it (RFC 3542 section 3.1)
                     echo = echo[:2] + struct.pack("!H", _checksum(echo)) + echo[4:]
                 s.sendto(echo, (target, 0))
                 end = min(deadline, time.monotonic() + max(timeout / count, 0.2))
@@ -540,6 +531,8 @@ class UmlPeer:
                         break
                     if not v6:
                         reply = reply[(reply[0] & 0xF) * 4 :]
+                    if len(reply) < 8:
+                        continue
                     kind, _, _, rid, rseq = struct.unpack("!BBHHH", reply[:8])
                     if kind == (129 if v6 else 0) and rid == ident:
                         answered.add(rseq)
