@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 APT_PKGS = iproute2 iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install demo test lint typecheck pytest soak bench clean
+.PHONY: all deps venv install uninstall demo test lint typecheck pytest soak bench clean
 
 all: venv
 
@@ -29,14 +29,27 @@ $(VENV)/.stamp: pyproject.toml
 
 venv: $(VENV)/.stamp
 
-# The seed: "installed by running make install". Installs ipsecd, ipsecadm, man pages and the unit.
+# The seed: "installed by running make install". ipsec-tunnel goes into its own virtual environment
+# (Debian's Python refuses system-wide pip installs, PEP 668); ipsecd and ipsecadm are linked into sbin,
+# the man pages and the systemd unit go where man and systemd look.
+INSTALL_VENV = $(DESTDIR)$(PREFIX)/lib/ipsec-tunnel
 install:
-	$(PYTHON) -m pip install .
-	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	$(PYTHON) -m venv $(INSTALL_VENV) || (apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(INSTALL_VENV))
+	$(INSTALL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INSTALL_VENV)/bin/python -m pip install -q .
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)/etc/systemd/system
+	ln -sf $(PREFIX)/lib/ipsec-tunnel/bin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecd
+	ln -sf $(PREFIX)/lib/ipsec-tunnel/bin/ipsecadm $(DESTDIR)$(PREFIX)/sbin/ipsecadm
 	install -m 0644 docs/ipsecadm.8 docs/ipsecd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
-	install -d $(DESTDIR)/etc/systemd/system
-	install -m 0644 docs/ipsecd.service $(DESTDIR)/etc/systemd/system/ipsecd.service
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|' docs/ipsecd.service > $(DESTDIR)/etc/systemd/system/ipsecd.service
 	-mandb -q >/dev/null 2>&1
+	@echo "installed: $(PREFIX)/sbin/ipsecd, $(PREFIX)/sbin/ipsecadm; start with 'ipsecd' or 'systemctl enable --now ipsecd'"
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/lib/ipsec-tunnel
+	rm -f $(DESTDIR)$(PREFIX)/sbin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecadm
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/ipsecadm.8 $(DESTDIR)$(PREFIX)/share/man/man8/ipsecd.8
+	rm -f $(DESTDIR)/etc/systemd/system/ipsecd.service
 
 demo: deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/demo.sh

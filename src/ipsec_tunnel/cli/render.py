@@ -171,7 +171,7 @@ def stats_text(result: Mapping[str, Any]) -> str:
             lines.append(
                 (f"  dropped, {_LABELS.get(reason, reason.replace('_', ' '))}", counts.get(reason, 0))
             )
-    lines.append(("Keepalives sent", result.get("keepalives", 0)))
+    lines.append(("NAT keepalives received", result.get("keepalives", 0)))
     lines.append(("ICMP errors sent", result.get("icmp_sent", 0)))
     width = max(len(label) for label, _ in lines) + 2
     out = [label if value is None else f"{label.ljust(width)}{value:>12}" for label, value in lines]
@@ -182,7 +182,7 @@ def stats_text(result: Mapping[str, Any]) -> str:
 
 
 def _icv_names() -> dict[str, int]:
-    names: dict[str, int] = getattr(algorithms, "_GCM_ICV_NAMES", {})
+    names: dict[str, int] = algorithms.GCM_ICV_NAMES
     return dict(names)
 
 

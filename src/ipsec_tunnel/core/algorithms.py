@@ -289,7 +289,7 @@ AUTHS: tuple[AuthAlg, ...] = (
 )  # fmt: skip
 
 # AES-GCM with a shorter ICV has its own names, as strongSwan and the kernel's ICV bits say it.
-_GCM_ICV_NAMES = {"aes-gcm-12": 12, "aes-gcm-8": 8, "aes-gcm-96": 12, "aes-gcm-64": 8}
+GCM_ICV_NAMES = {"aes-gcm-12": 12, "aes-gcm-8": 8, "aes-gcm-96": 12, "aes-gcm-64": 8}
 
 _CIPHER_INDEX: dict[str, CipherAlg] = {n.lower(): alg for alg in CIPHERS for n in alg.names}
 _AUTH_INDEX: dict[str, AuthAlg] = {n.lower(): alg for alg in AUTHS for n in alg.names}
@@ -298,8 +298,8 @@ _AUTH_INDEX: dict[str, AuthAlg] = {n.lower(): alg for alg in AUTHS for n in alg.
 def find_cipher(name: str) -> tuple[CipherAlg, int | None]:
     """The cipher named `name` in any spelling, with the ICV length the name implies (AEAD only)."""
     key = name.strip().lower()
-    if key in _GCM_ICV_NAMES:
-        return _CIPHER_INDEX["aes-gcm"], _GCM_ICV_NAMES[key]
+    if key in GCM_ICV_NAMES:
+        return _CIPHER_INDEX["aes-gcm"], GCM_ICV_NAMES[key]
     alg = _CIPHER_INDEX.get(key)
     if alg is None:
         raise AlgorithmError(f"Unknown cipher or digest: {name!r} (see 'ipsecadm algos')")
