@@ -50,8 +50,11 @@ def test_tshark_decrypts_and_authenticates_our_packets(hosts: TwoHosts, case: st
     h.sa_pair(*args)
     a_in, b_in = h.tunnels()
     pcap = h.tmp / "wire.pcap"
-    cap = h.b.popen(["tcpdump", "-i", h.links[1], "-w", str(pcap), "-U", "--immediate-mode", "esp or udp port 4500"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    cap = h.b.popen(
+        ["tcpdump", "-i", h.links[1], "-w", str(pcap), "-U", "--immediate-mode", "esp or udp port 4500"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     assert cap.stderr is not None
     cap.stderr.readline()
     try:

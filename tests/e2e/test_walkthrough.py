@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import TwoHosts
+from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
 
 pytestmark = pytest.mark.root
 
@@ -27,8 +28,9 @@ def add_suite(h: TwoHosts, suite: str, *extra: str) -> None:
     h.sa_pair(*args, *extra)
 
 
-def stats(host, what: str = "stats") -> dict:  # type: ignore[no-untyped-def]
-    return json.loads(host.adm("-j", *what.split()).stdout)
+def stats(host: IpsecHost, what: str = "stats") -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(host.adm("-j", *what.split()).stdout)
+    return result
 
 
 @pytest.mark.parametrize("encap", ["raw", "udp"])
@@ -52,7 +54,7 @@ def test_ipsec0_is_created_down(hosts: TwoHosts) -> None:
 
 def test_ipv6_inner_over_ipv4_outer(hosts: TwoHosts) -> None:
     add_suite(hosts, "aes-gcm")
-    a_in, b_in = hosts.tunnels(inner6=True)
+    _a_in, b_in = hosts.tunnels(inner6=True)
     out = hosts.a.sh(f"ping -6 -c 3 -i 0.2 -W 2 {b_in}")
     assert " 0% packet loss" in out.stdout
 

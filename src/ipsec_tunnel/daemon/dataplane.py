@@ -38,6 +38,7 @@ class KernelDevices(Devices):
         if name in self.tun:
             return
         dev = open_tun(name)
+        link.no_ipv6_autoconf(name)
         self.tun[name] = dev
         self.loop.watch(dev.fileno(), functools.partial(self.loop.on_tun, dev))
 

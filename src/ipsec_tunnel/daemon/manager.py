@@ -109,7 +109,8 @@ class Manager:
         encap_arg = arg(args, "encap", dict)
         encap = None
         if encap_arg is not None:
-            encap = UdpEncap(int(encap_arg.get("sport", 4500)), int(encap_arg.get("dport", 4500)))
+            # arg() checks the type (found by the robustness tests: int("x") was an EIO internal error)
+            encap = UdpEncap(arg(encap_arg, "sport", int, 4500), arg(encap_arg, "dport", int, 4500))
         try:
             config = SAConfig(
                 spi=arg(args, "spi", int, required=True),

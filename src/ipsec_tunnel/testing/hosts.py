@@ -74,7 +74,9 @@ class IpsecHost:
         self.daemon = None
         return code
 
-    def sh(self, cmd: str | list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, cmd: str | list[str], *, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command on this host."""
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
         proc = subprocess.run(["ip", "netns", "exec", self.ns.name, *argv], capture_output=True, text=True,
@@ -108,7 +110,9 @@ class TwoHosts:
         try:
             self.a.ns.create()
             self.b.ns.create()
-            self.links = veth_pair(self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}")
+            self.links = veth_pair(
+                self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}"
+            )
             self.a.start()
             self.b.start()
         except BaseException:
@@ -116,8 +120,9 @@ class TwoHosts:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -139,10 +144,18 @@ class TwoHosts:
     def sa_pair(self, *sa_args: str) -> None:
         """`ipsecadm sa add --spi=0x1000 --dst=B --src=A ... --duplex` on both hosts."""
         for host in (self.a, self.b):
-            host.adm("sa", "add", "--spi=0x1000", f"--dst={self.b_pub}", f"--src={self.a_pub}", *sa_args, "--duplex")
+            host.adm(
+                "sa",
+                "add",
+                "--spi=0x1000",
+                f"--dst={self.b_pub}",
+                f"--src={self.a_pub}",
+                *sa_args,
+                "--duplex",
+            )
 
     def tunnels(self, *, inner6: bool = False, inner_on_lo: bool = False) -> tuple[str, str]:
-        """ipsec1 on both hosts with the seed's private addresses and routes; returns (A's, B's) inner address."""
+        """ipsec1 on both hosts with the seed's private addresses and routes; returns (A's, B's) inner one."""
         a_in, b_in = ("2001:db8:1::1", "2001:db8:2::1") if inner6 else ("10.0.1.1", "10.0.2.1")
         for host, local, remote, mine, theirs in (
             (self.a, self.a_pub, self.b_pub, a_in, b_in),
@@ -153,7 +166,9 @@ class TwoHosts:
         return a_in, b_in
 
     @staticmethod
-    def inner_up(host: IpsecHost, mine: str, theirs: str, *, inner6: bool = False, on_lo: bool = False) -> None:
+    def inner_up(
+        host: IpsecHost, mine: str, theirs: str, *, inner6: bool = False, on_lo: bool = False
+    ) -> None:
         """Address ipsec1 (or lo) with `mine` and route `theirs`' network through ipsec1."""
         if inner6:
             net = theirs.rsplit(":", 2)[0] + "::/64"
