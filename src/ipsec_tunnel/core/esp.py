@@ -19,6 +19,9 @@ NH_NONE = 59  # RFC 4303 §2.6: "no next header", a dummy packet for traffic flo
 _PAD = bytes(range(1, 256))  # RFC 4303 §2.4: padding bytes 1, 2, 3, ...
 _HDR = struct.Struct("!II")
 _SEQHI = struct.Struct("!I")
+_IV64 = struct.Struct("!Q")
+_SPLIT_BIT = 1 << 63
+_TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding || pad length || next header
 
 
 def parse_header(packet: bytes) -> tuple[int, int] | None:
@@ -58,11 +61,17 @@ def seal(
 ) -> bytes:
     """The ESP packet carrying `inner`; `seq` is the full (64-bit with ESN) sequence number."""
     header = _HDR.pack(spi, seq & 0xFFFFFFFF)
-    pad = padding(len(inner), max(4, cipher.block))
-    payload = inner + pad + bytes((len(pad), next_header))
+    # padding() and counter_iv() inlined, the trailer cached: this is the per-packet hot path. Every
+    # transform's block is at least ESP's 4 bytes (tests/core/test_algorithms.py checks it).
+    pad_len = (-(len(inner) + 2)) % cipher.block
+    key = pad_len << 8 | next_header
+    trailer = _TRAILERS.get(key)
+    if trailer is None:
+        trailer = _TRAILERS[key] = _PAD[:pad_len] + bytes((pad_len, next_header))
+    payload = inner + trailer
     if iv is None:
-        if getattr(cipher, "counter_iv", True):
-            iv = counter_iv(seq, iv_split) if cipher.iv_len else b""
+        if auth is None or cipher.counter_iv:  # AEAD transforms always use the counter
+            iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq) if cipher.iv_len else b""
         else:
             iv = random_bytes(cipher.iv_len)
     if auth is None:  # AEAD, RFC 4106 §5 / RFC 7634 §2.1: AAD = SPI || [seq hi ||] seq lo

@@ -36,6 +36,8 @@ class ReplayWindow:
         th = self.top >> 32
         if tl >= w - 1:  # Case A: window within one 2^32 subspace
             seqh = th if seq_lo >= tl - w + 1 else th + 1
+            if seqh >= SEQ32:  # no subspace after the last: an old number (robustness tests: it overflowed)
+                seqh = th
         else:  # Case B: window spans two subspaces
             seqh = th - 1 if seq_lo >= (tl - w + 1) % SEQ32 else th
             if seqh < 0:

@@ -1,0 +1,1 @@
+"""Tests of the sans-I/O ESP core (`ipsec_tunnel.core`)."""

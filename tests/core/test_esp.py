@@ -1,0 +1,279 @@
+"""The ESP codec (RFC 4303) against whole-packet vectors: RFC 3602 §4 (AES-CBC), RFC 7634 Appendix A
+(ChaCha20-Poly1305) and draft-mcgrew-gcm-test-01 (AES-GCM, with and without ESN); padding, IVs, the ICV's
+coverage and every way `open_packet` refuses a packet."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from ipsec_tunnel.core import esp
+from ipsec_tunnel.core.algorithms import AuthTransform, find_auth, find_cipher, make_auth, make_cipher
+from ipsec_tunnel.core.drops import Drop
+
+from .vectors import MCGREW_GCM_ESP, RFC3602_ESP, RFC7634_ESP, EspCase, GcmEspCase
+
+
+def _no_icv() -> AuthTransform:
+    """An integrity transform whose ICV is empty: RFC 3602's ESP cases are encryption-only, so this gives
+    their exact wire format while the packet still goes through the authenticated code path."""
+    return AuthTransform(hashes.SHA256(), b"unused", 0)
+
+
+def _cbc(key: bytes) -> Any:
+    return make_cipher(find_cipher("aes-cbc")[0], key)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole-packet vectors
+
+
+@pytest.mark.parametrize("case", RFC3602_ESP, ids=lambda c: c.name)
+def test_rfc3602_esp_packets_are_reproduced(case: EspCase) -> None:
+    packet = esp.seal(
+        case.spi, case.seq, False, _cbc(case.key), _no_icv(), case.payload, case.next_header, iv=case.iv
+    )
+    assert packet == case.packet
+
+
+@pytest.mark.parametrize("case", RFC3602_ESP, ids=lambda c: c.name)
+def test_rfc3602_esp_packets_open(case: EspCase) -> None:
+    assert esp.open_packet(case.packet, case.seq, False, _cbc(case.key), _no_icv()) == (
+        case.payload,
+        case.next_header,
+    )
+
+
+@pytest.mark.parametrize("case", RFC3602_ESP, ids=lambda c: c.name)
+def test_rfc3602_packets_with_an_icv_appended(case: EspCase) -> None:
+    """The same ciphertext with HMAC-SHA-256-128 added the RFC 4303 §2.8 way (over SPI to the end of the
+    trailer), computed here with the standard library: our ICV goes where RFC 4303 puts it."""
+    key = bytes(range(32))
+    icv = hmac.new(key, case.packet, hashlib.sha256).digest()[:16]
+    auth = make_auth(find_auth("sha256"), key)
+    sealed = esp.seal(
+        case.spi, case.seq, False, _cbc(case.key), auth, case.payload, case.next_header, iv=case.iv
+    )
+    assert sealed == case.packet + icv
+    assert esp.open_packet(sealed, case.seq, False, _cbc(case.key), auth) == (case.payload, case.next_header)
+
+
+def test_rfc7634_appendix_a_is_reproduced_and_opens() -> None:
+    case = RFC7634_ESP
+    cipher = make_cipher(find_cipher("chacha20-poly1305")[0], case.key)
+    packet = esp.seal(case.spi, case.seq, False, cipher, None, case.payload, case.next_header, iv=case.iv)
+    assert packet == case.packet
+    assert esp.open_packet(case.packet, case.seq, False, cipher, None) == (case.payload, case.next_header)
+
+
+def test_rfc7634_aad_without_esn_is_spi_and_sequence() -> None:
+    # RFC 7634 §2.1: without ESN the AAD is SPI || 32-bit sequence; with ESN it is 12 bytes, so the same
+    # packet taken as ESN (high bits 0) must fail.
+    case = RFC7634_ESP
+    cipher = make_cipher(find_cipher("chacha20-poly1305")[0], case.key)
+    assert esp.open_packet(case.packet, case.seq, True, cipher, None) is Drop.AUTH_FAILED
+
+
+def _mcgrew_payload(case: GcmEspCase) -> tuple[bytes, int]:
+    pad_len = case.plaintext[-2]
+    return case.plaintext[: len(case.plaintext) - 2 - pad_len], case.plaintext[-1]
+
+
+@pytest.mark.parametrize("case", MCGREW_GCM_ESP, ids=lambda c: c.name)
+def test_mcgrew_gcm_esp_packets_are_reproduced(case: GcmEspCase) -> None:
+    cipher = make_cipher(find_cipher("aes-gcm")[0], case.key + case.nonce[:4], 16)
+    payload, nh = _mcgrew_payload(case)
+    packet = esp.seal(case.spi, case.seq, case.esn, cipher, None, payload, nh, iv=case.nonce[4:])
+    assert packet == case.packet
+
+
+@pytest.mark.parametrize("case", MCGREW_GCM_ESP, ids=lambda c: c.name)
+def test_mcgrew_gcm_esp_packets_open(case: GcmEspCase) -> None:
+    cipher = make_cipher(find_cipher("aes-gcm")[0], case.key + case.nonce[:4], 16)
+    assert esp.open_packet(case.packet, case.seq, case.esn, cipher, None) == _mcgrew_payload(case)
+
+
+def test_mcgrew_esn_cases_need_the_high_bits() -> None:
+    # RFC 4106 §5: with ESN the AAD carries all 64 bits; the wrong high half fails the ICV.
+    esn_cases = [c for c in MCGREW_GCM_ESP if c.esn and c.seq >> 32]
+    assert esn_cases
+    for case in esn_cases:
+        cipher = make_cipher(find_cipher("aes-gcm")[0], case.key + case.nonce[:4], 16)
+        assert esp.open_packet(case.packet, case.seq ^ (1 << 32), True, cipher, None) is Drop.AUTH_FAILED
+        assert esp.parse_header(case.packet) == (case.spi, case.seq & 0xFFFFFFFF)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Padding, IVs, headers
+
+
+@pytest.mark.parametrize("block", [4, 8, 16])
+def test_padding_is_the_rfc4303_minimum_with_monotonic_bytes(block: int) -> None:
+    # RFC 4303 §2.4: payload + padding + 2 aligned to the block; padding bytes are 1, 2, 3, ...
+    for length in range(0, 70):
+        pad = esp.padding(length, block)
+        assert (length + len(pad) + 2) % block == 0
+        assert len(pad) < block
+        assert pad == bytes(range(1, len(pad) + 1))
+
+
+def test_counter_iv_is_the_sequence_number_with_a_direction_bit() -> None:
+    # RFC 4106 §3.1 suggests the sequence number as the IV; the top bit splits a shared key's directions.
+    assert esp.counter_iv(5, None) == bytes.fromhex("0000000000000005")
+    assert esp.counter_iv(5, 0) == bytes.fromhex("0000000000000005")
+    assert esp.counter_iv(5, 1) == bytes.fromhex("8000000000000005")
+    assert esp.counter_iv((7 << 32) | 9, 1) == bytes.fromhex("8000000700000009")
+
+
+def test_parse_header() -> None:
+    assert esp.parse_header(b"\x00\x00\x01\x00\x00\x00\x00") is None
+    assert esp.parse_header(bytes.fromhex("0000010000000007") + b"rest") == (0x100, 7)
+
+
+def test_counter_mode_iv_defaults_to_the_counter_and_cbc_to_random() -> None:
+    gcm = make_cipher(find_cipher("aes-gcm")[0], bytes(20))
+    packet = esp.seal(0x100, 9, False, gcm, None, b"x" * 20, 4, iv_split=1)
+    assert packet[8:16] == esp.counter_iv(9, 1)
+    ctr = make_cipher(find_cipher("aes-ctr")[0], bytes(20))
+    auth = make_auth(find_auth("sha1"), bytes(20))
+    packet = esp.seal(0x100, 9, False, ctr, auth, b"x" * 20, 4)
+    assert packet[8:16] == esp.counter_iv(9, None)
+    cbc = _cbc(bytes(16))
+    first = esp.seal(0x100, 9, False, cbc, auth, b"x" * 20, 4)
+    second = esp.seal(0x100, 9, False, cbc, auth, b"x" * 20, 4)
+    assert first[8:24] != second[8:24]  # RFC 3602 §2.3: unpredictable IVs
+
+
+def test_esn_high_bits_are_authenticated_but_not_sent() -> None:
+    """RFC 4303 §2.2.1 and §3.3.2.1: only the low 32 bits travel; the high 32 are appended for the ICV."""
+    cbc = _cbc(bytes(range(16)))
+    key = bytes(range(32))
+    auth = make_auth(find_auth("sha256"), key)
+    iv = bytes(16)
+    low = esp.seal(0x100, 5, True, cbc, auth, b"payload!", 4, iv=iv)
+    high = esp.seal(0x100, (3 << 32) | 5, True, cbc, auth, b"payload!", 4, iv=iv)
+    plain = esp.seal(0x100, 5, False, cbc, auth, b"payload!", 4, iv=iv)
+    assert len(low) == len(high) == len(plain)
+    assert low[:-16] == high[:-16] == plain[:-16]  # same header, IV and ciphertext
+    assert low[-16:] != plain[-16:]  # with ESN even zero high bits are appended for the ICV
+    assert low[-16:] == hmac.new(key, low[:-16] + bytes(4), hashlib.sha256).digest()[:16]
+    assert high[-16:] == hmac.new(key, high[:-16] + struct.pack("!I", 3), hashlib.sha256).digest()[:16]
+    assert esp.open_packet(high, (3 << 32) | 5, True, cbc, auth) == (b"payload!", 4)
+    assert esp.open_packet(high, (4 << 32) | 5, True, cbc, auth) is Drop.AUTH_FAILED
+    assert esp.open_packet(high, 5, False, cbc, auth) is Drop.AUTH_FAILED
+
+
+def test_aead_esn_aad_is_spi_high_low() -> None:
+    # RFC 4106 §5: AAD = SPI || seq high || seq low; checked with `cryptography` directly.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, salt = bytes(range(16)), b"salt"
+    gcm = make_cipher(find_cipher("aes-gcm")[0], key + salt)
+    seq = (0x01020304 << 32) | 0x05060708
+    packet = esp.seal(0xABCDEF01, seq, True, gcm, None, b"inner", 4, iv=b"IVIVIVIV")
+    aad = bytes.fromhex("abcdef01 01020304 05060708")
+    pad = esp.padding(5, 4)
+    payload = b"inner" + pad + bytes((len(pad), 4))
+    assert packet == bytes.fromhex("abcdef01 05060708") + b"IVIVIVIV" + AESGCM(key).encrypt(
+        salt + b"IVIVIVIV", payload, aad
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Refusals
+
+
+def _sha256_cbc() -> tuple[Any, AuthTransform]:
+    return _cbc(bytes(range(16))), make_auth(find_auth("sha256"), bytes(range(32)))
+
+
+def test_short_or_misaligned_packets_are_malformed() -> None:
+    cbc, auth = _sha256_cbc()
+    packet = esp.seal(0x100, 1, False, cbc, auth, b"x" * 30, 4)
+    assert esp.open_packet(packet[:-1], 1, False, cbc, auth) is Drop.MALFORMED
+    assert esp.open_packet(packet + b"\x00", 1, False, cbc, auth) is Drop.MALFORMED
+    assert esp.open_packet(packet[: 8 + 16 + 16], 1, False, cbc, auth) is Drop.MALFORMED  # no ciphertext
+    assert esp.open_packet(b"", 1, False, cbc, auth) is Drop.MALFORMED
+    gcm = make_cipher(find_cipher("aes-gcm")[0], bytes(20))
+    assert esp.open_packet(bytes(8 + 8 + 16), 1, False, gcm, None) is Drop.MALFORMED  # empty payload
+    assert esp.open_packet(bytes(8 + 8 + 2 + 16), 1, False, gcm, None) is Drop.MALFORMED  # under 4 bytes
+
+
+class _SpyCipher:
+    """Wraps a block transform and counts decryptions."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.iv_len = inner.iv_len
+        self.block = inner.block
+        self.counter_iv = inner.counter_iv
+        self.decrypts = 0
+
+    def encrypt(self, iv: bytes, data: bytes) -> bytes:
+        result: bytes = self.inner.encrypt(iv, data)
+        return result
+
+    def decrypt(self, iv: bytes, data: bytes) -> bytes:
+        self.decrypts += 1
+        result: bytes = self.inner.decrypt(iv, data)
+        return result
+
+
+def test_icv_is_verified_before_anything_is_decrypted() -> None:
+    cbc, auth = _sha256_cbc()
+    spy = _SpyCipher(cbc)
+    packet = esp.seal(0x100, 1, False, spy, auth, b"x" * 30, 4)
+    for index in (0, 5, 9, 30, len(packet) - 1):
+        tampered = bytearray(packet)
+        tampered[index] ^= 0x01
+        assert esp.open_packet(bytes(tampered), 1, False, spy, auth) is Drop.AUTH_FAILED
+    assert spy.decrypts == 0
+    assert esp.open_packet(packet, 1, False, spy, auth) == (b"x" * 30, 4)
+    assert spy.decrypts == 1
+
+
+def _seal_raw_cbc(cbc: Any, auth: AuthTransform, trailer_plain: bytes) -> bytes:
+    """An ESP packet whose decrypted payload is `trailer_plain` exactly, with a valid ICV."""
+    iv = bytes(16)
+    body: bytes = struct.pack("!II", 0x100, 1) + iv + cbc.encrypt(iv, trailer_plain)
+    return body + auth.sign(body)
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        b"x" * 12 + b"\x01\x03" + b"\x02\x04",  # padding 1, 3 instead of 1, 2
+        b"x" * 11 + b"\x02\x03\x04" + b"\x03\x04",  # padding bytes not starting at 1
+        b"x" * 14 + b"\x20\x04",  # pad length beyond the payload
+        b"\xff" * 14 + b"\x0e\x04",  # fourteen bytes of padding that are not 1..14
+    ],
+)
+def test_bad_padding_is_refused(plain: bytes) -> None:
+    assert len(plain) == 16
+    cbc, auth = _sha256_cbc()
+    packet = _seal_raw_cbc(cbc, auth, plain)
+    assert esp.open_packet(packet, 1, False, cbc, auth) is Drop.BAD_PADDING
+
+
+def test_good_raw_padding_opens() -> None:
+    # The control for the test above: the same construction with RFC 4303 padding opens.
+    cbc, auth = _sha256_cbc()
+    packet = _seal_raw_cbc(cbc, auth, b"x" * 12 + b"\x01\x02\x02\x04")
+    assert esp.open_packet(packet, 1, False, cbc, auth) == (b"x" * 12, 4)
+
+
+@pytest.mark.parametrize("name", ["aes-gcm", "chacha20-poly1305"])
+def test_aead_tampering_is_auth_failed(name: str) -> None:
+    alg, _ = find_cipher(name)
+    cipher = make_cipher(alg, bytes(range(alg.key_sizes[-1] + alg.salt_len)))
+    packet = esp.seal(0x100, 1, False, cipher, None, b"y" * 40, 41)
+    assert esp.open_packet(packet, 1, False, cipher, None) == (b"y" * 40, 41)
+    for index in range(len(packet)):
+        tampered = bytearray(packet)
+        tampered[index] ^= 0x80
+        assert esp.open_packet(bytes(tampered), 1, False, cipher, None) is Drop.AUTH_FAILED
