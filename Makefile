@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 APT_PKGS = iproute2 iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install uninstall demo test lint typecheck pytest soak bench clean
+.PHONY: all deps venv install uninstall demo test lint typecheck pytest soak bench bench-deps bench-scale clean
 
 all: venv
 
@@ -67,10 +67,23 @@ pytest: venv
 test: deps venv lint typecheck pytest
 
 soak: deps venv
+	$(PY) -m pip install -q atheris
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -m soak --run-soak $(PYTEST_ARGS)
 
-bench: deps venv
+# bench/throughput's peers; --no-install-recommends (as deps uses) keeps wireguard-tools from pulling in a kernel
+BENCH_PKGS = iperf3 tcpdump strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+             libstrongswan-standard-plugins wireguard-go wireguard-tools
+BENCH_ARGS ?=
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps APT_PKGS="$(BENCH_PKGS)"
+
+bench: deps bench-deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/core.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/throughput.py $(BENCH_ARGS)
+
+bench-scale: deps venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -73,7 +73,7 @@ def test_oversized_response(sockdir: Path) -> None:
     path = str(sockdir / "s.sock")
     t = _one_shot(path, b"x" * (MAX_MESSAGE + 10))
     with pytest.raises(ProtocolError) as exc:
-        Client(path).call("ping")
+        Client(path, max_response=MAX_MESSAGE).call("ping")
     assert exc.value.errno == "EMSGSIZE"
     t.join(2)
 

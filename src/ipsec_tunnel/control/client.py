@@ -9,9 +9,10 @@ from __future__ import annotations
 import errno as _errno
 import os
 import socket
+import time
 from typing import Any
 
-from .protocol import DEFAULT_SOCKET, MAX_MESSAGE, ProtocolError, decode_response, encode_request
+from .protocol import DEFAULT_SOCKET, MAX_RESPONSE, ProtocolError, decode_response, encode_request
 
 ENV_SOCKET = "IPSEC_TUNNEL_SOCKET"
 
@@ -33,20 +34,26 @@ class DaemonUnreachable(OSError):
 class Client:
     """A connection factory for ipsecd's control socket at `path`."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
+    def __init__(self, path: str, timeout: float = 10.0, max_response: int = MAX_RESPONSE) -> None:
         self.path = path
         self.timeout = timeout
+        self.max_response = max_response
 
     def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            code = exc.errno if exc.errno is not None else _errno.EINVAL
-            raise DaemonUnreachable(code, exc.strerror or str(exc), self.path) from None
-        return sock
+        deadline = time.monotonic() + self.timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno == _errno.EAGAIN and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the daemon's listen queue is full: it is busy, not gone
+                    continue
+                code = exc.errno if exc.errno is not None else _errno.EINVAL
+                raise DaemonUnreachable(code, exc.strerror or str(exc), self.path) from None
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` with `args`.
@@ -59,7 +66,7 @@ class Client:
         try:
             try:
                 sock.sendall(request)
-                line = self._read_line(sock)
+                line = self._read_line(sock, self.max_response)
             except TimeoutError:
                 raise ProtocolError("EIO", f"ipsecd did not answer within {self.timeout:g} s") from None
             except OSError as exc:
@@ -69,7 +76,7 @@ class Client:
         return decode_response(line)
 
     @staticmethod
-    def _read_line(sock: socket.socket) -> bytes:
+    def _read_line(sock: socket.socket, limit: int) -> bytes:
         buf = bytearray()
         while True:
             chunk = sock.recv(65536)
@@ -80,9 +87,9 @@ class Client:
             buf += chunk
             end = buf.find(b"\n")
             if end >= 0:
-                if end > MAX_MESSAGE:
+                if end > limit:
                     break
                 return bytes(buf[:end])
-            if len(buf) > MAX_MESSAGE:
+            if len(buf) > limit:
                 break
-        raise ProtocolError("EMSGSIZE", f"ipsecd sent a response longer than {MAX_MESSAGE} bytes")
+        raise ProtocolError("EMSGSIZE", f"ipsecd sent a response longer than {limit} bytes")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 VERSION = 1
-MAX_MESSAGE = 1 << 20  # bytes; a longer line is refused as EMSGSIZE
+MAX_MESSAGE = 1 << 20  # bytes; a longer request line is refused as EMSGSIZE
+MAX_RESPONSE = 1 << 28  # bytes a client accepts in one response (`sa show` of 100,000s of SAs)
 DEFAULT_SOCKET = "/run/ipsec-tunnel/ipsecd.sock"
 
 OPS = (
@@ -79,7 +80,7 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError("EPROTO", "request is not valid JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError("EPROTO", "request must be a JSON object")
-    if msg.get("v") != VERSION:
+    if type(msg.get("v")) is not int or msg.get("v") != VERSION:
         raise ProtocolError(
             "EPROTO", f"unsupported protocol version {msg.get('v')!r} (ipsecd speaks {VERSION})"
         )

@@ -82,57 +82,92 @@ class Store:
             os.chmod(self.dir, 0o700)
         except OSError as exc:
             raise StateError(f"cannot create state directory {self.dir}: {exc.strerror}") from None
-        fresh = not self.path.exists()
-        if not fresh:
-            if self.path.stat().st_size == 0:
-                raise StateError(
-                    f"state database {self.path} is empty (truncated?); move it away to start afresh"
-                )
-            with open(self.path, "rb") as f:
-                if f.read(16) != b"SQLite format 3\x00":
-                    raise StateError(
-                        f"state database {self.path} is not an SQLite database (corrupted?); "
-                        "move it away to start afresh"
-                    )
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
+            if not self.path.exists():
+                self._create()
+            return self._check(self.path)
+        except sqlite3.OperationalError as exc:
+            if any(word in str(exc) for word in ("disk", "I/O", "readonly", "read-only")):
                 raise StateError(
-                    f"state database {self.path} failed its integrity check ({check}); "
-                    "move it away to start afresh"
-                )
-            # The version is checked before anything is written (found by the robustness tests: a newer
-            # database had this schema's tables added to it, and a garbled version raised ValueError).
-            row = None
-            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
-                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is not None and not str(row[0]).isdigit():
-                db.close()
-                raise StateError(
-                    f"state database {self.path} has an unreadable schema version {row[0]!r}; "
-                    "move it away to start afresh"
-                )
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                db.close()
-                raise StateError(
-                    f"state database {self.path} has schema {row[0]}, newer than this ipsecd "
-                    f"understands ({SCHEMA_VERSION}); run the newer ipsecd"
-                )
-            db.executescript(_SCHEMA)
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    f"cannot use state database {self.path}: {exc} (disk full or failing?). It was left as "
+                    "it is; keep it: it holds the sequence reservations that prevent nonce reuse"
+                ) from None
+            raise StateError(
+                f"state database {self.path} is unreadable ({exc}); move it away to start afresh"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"state database {self.path} is unreadable ({exc}); move it away to start afresh"
             ) from None
         except OSError as exc:
-            raise StateError(f"cannot open state database {self.path}: {exc.strerror}") from None
+            raise StateError(f"cannot open state database {self.path}: {exc.strerror or exc}") from None
+
+    def _create(self) -> None:
+        """A new, empty database, made beside the final name and renamed into place, so a crash never
+        leaves a half-made one under that name."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        finally:
+            db.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _check(self, path: Path) -> sqlite3.Connection:
+        """The open database at `path` after checking it is ours, whole and not newer than us."""
+        if path.stat().st_size == 0:
+            raise StateError(f"state database {path} is empty (truncated?); move it away to start afresh")
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise StateError(
+                    f"state database {path} is not an SQLite database (corrupted?); "
+                    "move it away to start afresh"
+                )
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise StateError(
+                    f"state database {path} failed its integrity check ({check}); "
+                    "move it away to start afresh"
+                )
+            # Checked before anything is written, so a database that is not ours is never changed.
+            row = None
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+                row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                raise StateError(f"{path} is not an ipsec-tunnel state database (no schema version)")
+            if not str(row[0]).isdigit():
+                raise StateError(
+                    f"state database {path} has an unreadable schema version {row[0]!r}; "
+                    "move it away to start afresh"
+                )
+            if int(row[0]) > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {path} has schema {row[0]}, newer than this ipsecd "
+                    f"understands ({SCHEMA_VERSION}); run the newer ipsecd"
+                )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def close(self) -> None:

@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""bench/scale: ipsecd's data plane with large tables, side by side with the plain configuration.
+
+Two ipsecd data planes (AES-128-GCM, ESP-in-UDP), each between two namespaces of its own (see
+benchlib.py), measured in interleaved rounds exactly as bench/throughput measures them:
+- plain: one SA pair and one tunnel per host;
+- scaled: 10,000 SAs and 256 tunnels per host (--sas, --tunnels). The filler SAs (duplex pairs with
+  fresh keys) and tunnels (remotes in 198.18.0.0/15, RFC 2544's benchmarking range, never reached) are
+  added first, then the measured SA pair and tunnel with ipsecadm as in the plain plane, so whatever
+  scans the tables meets every filler before the entry in use.
+
+Adding 10,000 SAs with one ipsecadm process each would take many minutes, so by default a sample
+(--adm-sample) is added with ipsecadm and the rest over one long-lived control-socket connection; both
+rates are reported (--via adm adds everything with ipsecadm). Also reported: the time of the last
+`ipsecadm sa add` / `tunnel add` into full tables, of `ipsecadm sa show` over them, ipsecd's resident
+memory and its CPU use while idle.
+
+Run as root: bench/scale [--runs 3] [--seconds 10] [--sas 10000] [--tunnels 256] [--json [FILE]].
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
+
+from bench.benchlib import (
+    PUB_A,
+    PUB_B,
+    BenchError,
+    ControlConnection,
+    Interrupted,
+    OursConfig,
+    OursPlane,
+    Plane,
+    Summary,
+    busy_note,
+    check_prerequisites,
+    close_planes,
+    emit,
+    fmt,
+    ipsecadm_works,
+    log,
+    open_planes,
+    raise_on_termination,
+    ratio,
+    run_rounds,
+    shield_cleanup,
+    table,
+    versions,
+    workdir,
+)
+from ipsec_tunnel.testing.hosts import IpsecHost
+
+FILLER_NET = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 §C.2.2: benchmarking, never routed here
+FILLER_SPI = 0x10000
+GCM_KEY = 20  # AES-128 + 4-byte salt
+
+
+def timed(fn: Any, *args: Any) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+class ScaledPlane(OursPlane):
+    """ipsecd with `sas` SAs and `tunnels` tunnels per host; one SA pair and one tunnel carry traffic."""
+
+    def __init__(
+        self, key: str, work: Path, config: OursConfig, sas: int, tunnels: int, sample: int, via_adm: bool
+    ) -> None:
+        super().__init__(key, work, config)
+        self.label = f"{config.label}, {sas:,} SAs + {tunnels} tunnels"
+        self.pairs = (sas - 2) // 2  # duplex filler pairs; the measured pair makes up the rest
+        self.fillers = tunnels - 1
+        self.sample = sample
+        self.via_adm = via_adm
+        self.remotes = [str(FILLER_NET.network_address + 1 + i) for i in range(self.fillers)]
+
+    def configure(self) -> None:
+        keys = [os.urandom(GCM_KEY) for _ in range(self.pairs)]  # one per pair, the same at both ends
+        load: dict[str, Any] = {}
+        for host, local in zip(self.hosts, (PUB_A, PUB_B), strict=True):
+            log(f"{self.label}: loading {host.label}: {self.pairs * 2:,} filler SAs, {self.fillers} tunnels")
+            load[host.label[-1]] = self.load(host, local, keys)
+        self.notes["load"] = load
+        super().configure()
+        for host in self.hosts:  # all there?
+            conn = ControlConnection(host.socket)
+            try:
+                n_sa = len(conn.call("sa.show", {}))
+                n_tun = len(conn.call("tunnel.show", {}))
+            finally:
+                conn.close()
+            if n_sa != self.pairs * 2 + 2 or n_tun != self.fillers + 1:
+                raise BenchError(f"{host.label}: ipsecd holds {n_sa} SAs and {n_tun} tunnels after loading")
+            t = time.perf_counter()
+            res = host.adm("sa", "show", check=False)
+            show: dict[str, Any] = {
+                "s": round(time.perf_counter() - t, 3),
+                "exit": res.returncode,
+                "lines": len(res.stdout.splitlines()),
+            }
+            if res.returncode:
+                show["error"] = res.stderr.strip()[-200:]
+            load[host.label[-1]]["ipsecadm_sa_show"] = show
+
+    def load(self, host: IpsecHost, local: str, keys: list[bytes]) -> dict[str, Any]:
+        """Add the filler SAs, then the filler tunnels; returns the timings."""
+        sample_sa = len(keys) if self.via_adm else min(self.sample, len(keys))
+        sample_tun = self.fillers if self.via_adm else min(self.sample, self.fillers)
+        keydir = self.dir / "filler-keys"
+        keydir.mkdir(exist_ok=True)
+        out: dict[str, Any] = {}
+
+        def sa_argv(i: int) -> list[str]:
+            path = keydir / f"{i}.key"
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(keys[i])
+            return [
+                "sa",
+                "add",
+                f"--spi={FILLER_SPI + i:#x}",
+                f"--dst={self.remotes[i % self.fillers]}",
+                f"--src={local}",
+                "--cipher=aes-gcm",
+                f"--cipher-keyfile={path}",
+                "--encap=udp",
+                "--duplex",
+            ]
+
+        t = time.perf_counter()
+        for i in range(sample_sa):
+            host.adm(*sa_argv(i))
+        out["sa_add_ipsecadm"] = {
+            "ops": sample_sa,
+            "sas": 2 * sample_sa,
+            "s": round(time.perf_counter() - t, 3),
+        }
+        conn = ControlConnection(host.socket)
+        try:
+            t = time.perf_counter()
+            for i in range(sample_sa, len(keys)):
+                conn.call(
+                    "sa.add",
+                    {
+                        "spi": FILLER_SPI + i,
+                        "dst": self.remotes[i % self.fillers],
+                        "src": local,
+                        "cipher": "aes-gcm",
+                        "cipher_key": keys[i].hex(),
+                        "duplex": True,
+                        "encap": {"sport": 4500, "dport": 4500},
+                    },
+                )
+            n = len(keys) - sample_sa
+            out["sa_add_socket"] = {"ops": n, "sas": 2 * n, "s": round(time.perf_counter() - t, 3)}
+            t = time.perf_counter()
+            for i in range(sample_tun):
+                host.adm("tunnel", "add", f"ipsec{i + 2}", f"--local={local}", f"--remote={self.remotes[i]}")
+            out["tunnel_add_ipsecadm"] = {"ops": sample_tun, "s": round(time.perf_counter() - t, 3)}
+            t = time.perf_counter()
+            for i in range(sample_tun, self.fillers):
+                conn.call("tunnel.add", {"name": f"ipsec{i + 2}", "local": local, "remote": self.remotes[i]})
+            n = self.fillers - sample_tun
+            out["tunnel_add_socket"] = {"ops": n, "s": round(time.perf_counter() - t, 3)}
+        finally:
+            conn.close()
+        return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/scale",
+        description="ipsecd (AES-GCM, ESP-in-UDP) with 10,000 SAs and 256 tunnels per host against the plain "
+        "1-SA configuration, in the same run (needs root).",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3); medians are reported")
+    p.add_argument("--sas", type=int, default=10_000, help="SAs per host in the scaled plane (default 10000)")
+    p.add_argument(
+        "--tunnels", type=int, default=256, help="tunnels per host in the scaled plane (default 256)"
+    )
+    p.add_argument(
+        "--adm-sample",
+        type=int,
+        default=20,
+        metavar="N",
+        help="filler SA pairs and tunnels added with ipsecadm before the control socket takes over "
+        "(default 20)",
+    )
+    p.add_argument(
+        "--via",
+        choices=["socket", "adm"],
+        default="socket",
+        help="add the fillers over the control socket after the sample (default) or all with ipsecadm",
+    )
+    p.add_argument("--pings", type=int, default=20, help="idle pings per round (default 20, 0.05 s apart)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON to FILE; without FILE, JSON on stdout and the table on stderr",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.seconds < 1 or args.pings < 1:
+        p.error("--runs, --seconds and --pings must be at least 1")
+    if args.sas < 4 or args.sas % 2 or args.tunnels < 2:
+        p.error("--sas must be even and at least 4 (duplex pairs), --tunnels at least 2")
+    return args
+
+
+def _rate(entry: dict[str, Any] | None, total: int | None = None) -> str:
+    """'N in S s = M ms each'; with `total`, also how long that many would take at this rate."""
+    if not entry or not entry.get("ops"):
+        return "-"
+    each = entry["s"] / entry["ops"]
+    text = f"{entry['ops']:,} in {entry['s']:.1f} s = {each * 1000:.1f} ms each"
+    if total and total > entry["ops"]:
+        text += f" (all {total:,} at this rate: ~{each * total:,.1f} s)"
+    return text
+
+
+def render(summaries: list[Summary], planes: list[Plane], args: argparse.Namespace) -> str:
+    plain = next((s for s in summaries if s.key == "plain"), None)
+    rows = []
+    for s, p in zip(summaries, planes, strict=True):
+        rss = [round(k / 1024) for k in p.notes.get("rss_kib", [])]
+        if s.error or s.mbps is None:
+            rows.append([s.label, "FAILED" if s.error or s.runs else "not run", *[""] * 7])
+            continue
+        rng = s.mbps_range
+        rows.append(
+            [
+                s.label,
+                fmt(s.mbps),
+                f"{rng[0]:,.0f}-{rng[1]:,.0f}" if rng else "-",
+                fmt(s.cpu_s_per_gb),
+                fmt(s.rtt_ms, 3),
+                fmt(s.retransmits, 0),
+                fmt(s.idle_cpu_pct, 1),
+                "/".join(str(r) for r in rss) or "-",
+                ratio(s.mbps, plain.mbps if plain else None) if s.key != "plain" else "",
+            ]
+        )
+    header = [
+        "data plane",
+        "Mbit/s",
+        "min-max",
+        "CPU-s/GB",
+        "RTT ms",
+        "retr",
+        "idle CPU%",
+        "RSS MiB A/B",
+        "vs plain",
+    ]
+    lines = [
+        f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds; "
+        "medians.",
+        "CPU-s/GB: utime+stime of both ipsecd per 10^9 bytes received. idle CPU%: both ipsecd during the",
+        "idle ping (no bulk traffic). RSS after the runs. vs plain: throughput of the scaled plane over",
+        "the plain one.",
+        "",
+        table(header, rows),
+    ]
+    for s, p in zip(summaries, planes, strict=True):
+        adm = p.notes.get("ipsecadm_s", {})
+        if adm:
+            lines.append("")
+            lines.append(
+                f"{s.label}: measured pair: ipsecadm sa add {adm.get('sa_add')} s, "
+                f"tunnel add {adm.get('tunnel_add')} s (host A, B)"
+            )
+        pairs, fillers = getattr(p, "pairs", None), getattr(p, "fillers", None)
+        for side, load in p.notes.get("load", {}).items():
+            show = load.get("ipsecadm_sa_show", {})
+            shown = f"{show.get('s')} s, {show.get('lines')} lines" + (
+                f", FAILED: {show['error']}" if show.get("error") else ""
+            )
+            lines += [
+                f"  host {side}: sa add (--duplex) via ipsecadm: {_rate(load.get('sa_add_ipsecadm'), pairs)}",
+                f"          sa.add (duplex) via control socket: {_rate(load.get('sa_add_socket'))}",
+                f"          tunnel add via ipsecadm: {_rate(load.get('tunnel_add_ipsecadm'), fillers)}",
+                f"          tunnel.add via control socket: {_rate(load.get('tunnel_add_socket'))}",
+                f"          ipsecadm sa show over the full table: {shown}",
+            ]
+        if s.error:
+            lines.append(f"FAILED {s.label}: {s.error}")
+        for r in s.runs:
+            if r.error:
+                lines.append(f"run {r.run} of {s.label} failed: {r.error}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_prerequisites({"ours"}, "bench/scale")
+    if why := ipsecadm_works():
+        print(f"bench/scale: ipsecadm does not run ({why})", file=sys.stderr)
+        return 2
+    raise_on_termination()
+    started = time.time()
+    load, busy = busy_note()
+    if busy:
+        log(busy)
+    planes: list[Plane] = []
+    results: dict[str, list[Any]] = {"plain": [], "scaled": []}
+    interrupted = False
+    config = OursConfig("gcm", udp=True)
+    try:
+        with workdir(args.keep, "ipsec-bench-scale-") as work:
+            try:
+                plain = OursPlane("plain", work, config)
+                plain.label = f"{config.label}, 2 SAs + 1 tunnel"
+                scaled = ScaledPlane(
+                    "scaled", work, config, args.sas, args.tunnels, args.adm_sample, args.via == "adm"
+                )
+                planes = [plain, scaled]
+                ready = open_planes(planes)
+                if ready:
+                    log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")
+                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results)
+                for p in ready:
+                    assert isinstance(p, OursPlane)
+                    p.notes["rss_kib"] = p.rss_kib()
+            except (KeyboardInterrupt, Interrupted):
+                interrupted = True
+                log("interrupted: cleaning up")
+            finally:
+                shield_cleanup()
+                close_planes(planes)
+    except BenchError as exc:
+        print(f"bench/scale: {exc}", file=sys.stderr)
+        return 1
+    summaries = [Summary(p.key, p.label, p.group, p.cipher, results[p.key], p.error, p.notes) for p in planes]
+    report = {
+        "bench": "scale",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "pings": args.pings,
+        "interrupted": interrupted,
+        "sas": args.sas,
+        "tunnels": args.tunnels,
+        "adm_sample": args.adm_sample,
+        "via": args.via,
+        "loadavg_at_start": round(load, 2),
+        "versions": versions(),
+        "planes": [s.to_json() for s in summaries],
+    }
+    text = render(summaries, planes, args)
+    if busy:
+        text += "\n" + busy
+    if interrupted:
+        text = "INTERRUPTED: partial results\n" + text
+    emit(report, text, args.json)
+    if interrupted:
+        return 130
+    return 0 if all(s.mbps is not None for s in summaries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

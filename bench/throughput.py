@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""bench/throughput: ipsecd's data plane against the userspace tunnels a user would pick instead.
+
+Each data plane runs between two network namespaces of its own (see benchlib.py): plain veth (the
+ceiling), ipsecd with AES-128-GCM and AES-128-CBC + HMAC-SHA256, each over raw ESP and ESP-in-UDP
+(configured only with ipsecadm), strongSwan kernel-libipsec (aes128gcm16, aes128-sha256; ESP-in-UDP)
+and wireguard-go. All are set up first, then measured in interleaved rounds: per round and plane an idle
+ping (median RTT) and one iperf3 TCP stream (receiver-side Mbit/s, retransmits, and the tunnel
+processes' CPU seconds per GB at both ends). One table of medians follows, with ours / each peer.
+
+Run as root: bench/throughput [--runs 3] [--seconds 10] [--only ours,strongswan] [--json [FILE]].
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
+
+from bench.benchlib import (
+    BenchError,
+    Interrupted,
+    OursConfig,
+    OursPlane,
+    Plane,
+    Summary,
+    VethPlane,
+    busy_note,
+    check_prerequisites,
+    close_planes,
+    emit,
+    fmt,
+    ipsecadm_works,
+    log,
+    open_planes,
+    raise_on_termination,
+    run_rounds,
+    shield_cleanup,
+    table,
+    versions,
+    workdir,
+)
+from bench.peers import StrongSwanPlane, WireGuardPlane
+
+# key -> group; in the order the table lists them
+PLANES = {
+    "veth": "veth",
+    "ours-gcm-esp": "ours",
+    "ours-gcm-udp": "ours",
+    "ours-cbc-esp": "ours",
+    "ours-cbc-udp": "ours",
+    "swan-gcm": "strongswan",
+    "swan-cbc": "strongswan",
+    "wg-go": "wireguard",
+}
+GROUP_ALIASES = {
+    "ours": "ours",
+    "ipsecd": "ours",
+    "strongswan": "strongswan",
+    "swan": "strongswan",
+    "libipsec": "strongswan",
+    "wireguard": "wireguard",
+    "wg": "wireguard",
+    "wireguard-go": "wireguard",
+    "veth": "veth",
+    "baseline": "veth",
+}
+
+
+def selection(text: str) -> set[str]:
+    """Plane keys named by a comma-separated list of groups (ours, strongswan, wireguard, veth) or keys."""
+    keys: set[str] = set()
+    for word in filter(None, (w.strip().lower() for w in text.split(","))):
+        if word in PLANES:
+            keys.add(word)
+        elif word in GROUP_ALIASES:
+            keys |= {k for k, g in PLANES.items() if g == GROUP_ALIASES[word]}
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown data plane {word!r}: name groups (ours, strongswan, wireguard, veth) "
+                f"or planes ({', '.join(PLANES)})"
+            )
+    return keys
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/throughput",
+        description="Throughput, CPU per GB, idle RTT and retransmits of ipsecd against strongSwan "
+        "kernel-libipsec, wireguard-go and plain veth, between two network namespaces (needs root).",
+        epilog=f"data planes: {', '.join(PLANES)}; groups: ours, strongswan, wireguard, veth",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3); medians are reported")
+    p.add_argument(
+        "--only",
+        type=selection,
+        default=None,
+        metavar="LIST",
+        help="measure only these groups or planes (comma-separated), e.g. --only ours,veth",
+    )
+    p.add_argument(
+        "--skip",
+        type=selection,
+        default=set(),
+        metavar="LIST",
+        help="leave these groups or planes out, e.g. --skip strongswan",
+    )
+    p.add_argument("--pings", type=int, default=20, help="idle pings per round (default 20, 0.05 s apart)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON to FILE; without FILE, JSON on stdout and the table on stderr",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, captures)")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.seconds < 1 or args.pings < 1:
+        p.error("--runs, --seconds and --pings must be at least 1")
+    return args
+
+
+def make_planes(keys: list[str], work: Path) -> list[Plane]:
+    planes: list[Plane] = []
+    for key in keys:
+        if key == "veth":
+            planes.append(VethPlane(key, "plain veth (no tunnel)", work))
+        elif key.startswith("ours-"):
+            _, cipher, encap = key.split("-")
+            planes.append(OursPlane(key, work, OursConfig(cipher, udp=encap == "udp")))
+        elif key == "swan-gcm":
+            planes.append(StrongSwanPlane(key, work, "aes128gcm16", "gcm"))
+        elif key == "swan-cbc":
+            planes.append(StrongSwanPlane(key, work, "aes128-sha256", "cbc"))
+        elif key == "wg-go":
+            planes.append(WireGuardPlane(key, work))
+    return planes
+
+
+def add_ratios(summaries: list[Summary]) -> None:
+    """Ours over strongSwan with the same algorithms, and over wireguard-go, for throughput."""
+    by_key = {s.key: s for s in summaries}
+    for s in summaries:
+        if s.group != "ours":
+            continue
+        for peer, key in (("strongswan", f"swan-{s.cipher}"), ("wireguard-go", "wg-go")):
+            other = by_key.get(key)
+            if other is not None:
+                s.ratios[peer] = s.mbps / other.mbps if s.mbps is not None and other.mbps else None
+
+
+def render(summaries: list[Summary], args: argparse.Namespace) -> str:
+    rows = []
+    for s in summaries:
+        rng = s.mbps_range
+        if s.error or s.mbps is None:
+            rows.append([s.label, "FAILED" if s.error or s.runs else "not run", *[""] * 6])
+            continue
+        rows.append(
+            [
+                s.label,
+                fmt(s.mbps),
+                f"{rng[0]:,.0f}-{rng[1]:,.0f}" if rng else "-",
+                fmt(s.cpu_s_per_gb),
+                fmt(s.rtt_ms, 3),
+                fmt(s.retransmits, 0),
+                fmt(s.ratios.get("strongswan"), 2) if s.group == "ours" else "",
+                fmt(s.ratios.get("wireguard-go"), 2) if s.group == "ours" else "",
+            ]
+        )
+    header = ["data plane", "Mbit/s", "min-max", "CPU-s/GB", "RTT ms", "retr", "ours/swan", "ours/wg-go"]
+    lines = [
+        f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds; "
+        "medians.",
+        "Mbit/s: iperf3 receiver side. CPU-s/GB: utime+stime of the tunnel processes at both ends",
+        "(ipsecd, charon, wireguard-go) per 10^9 bytes received. RTT: idle ping, median.",
+        "retr: TCP retransmits per run. ours/swan: throughput over strongSwan with the same algorithms",
+        "(strongSwan 5.9.8 does ESP-in-UDP only).",
+        "",
+        table(header, rows),
+    ]
+    for s in summaries:
+        if s.error:
+            lines.append(f"FAILED {s.label}: {s.error}")
+        for r in s.runs:
+            if r.error:
+                lines.append(f"run {r.run} of {s.label} failed: {r.error}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keys = [k for k in PLANES if (args.only is None or k in args.only) and k not in args.skip]
+    if not keys:
+        print("bench/throughput: nothing left to measure", file=sys.stderr)
+        return 2
+    check_prerequisites({PLANES[k] for k in keys}, "bench/throughput")
+    if any(PLANES[k] == "ours" for k in keys) and (why := ipsecadm_works()):
+        print(
+            f"bench/throughput: ipsecadm does not run ({why}); measure the peers with --skip ours",
+            file=sys.stderr,
+        )
+        return 2
+    raise_on_termination()
+    started = time.time()
+    load, busy = busy_note()
+    if busy:
+        log(busy)
+    planes: list[Plane] = []
+    results: dict[str, list[Any]] = {k: [] for k in keys}
+    interrupted = False
+    try:
+        with workdir(args.keep, "ipsec-bench-throughput-") as work:
+            try:
+                planes = make_planes(keys, work)
+                ready = open_planes(planes)
+                if ready:
+                    log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")
+                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results)
+            except (KeyboardInterrupt, Interrupted):
+                interrupted = True
+                log("interrupted: cleaning up")
+            finally:
+                shield_cleanup()
+                close_planes(planes)
+    except BenchError as exc:
+        print(f"bench/throughput: {exc}", file=sys.stderr)
+        return 1
+    summaries = [Summary(p.key, p.label, p.group, p.cipher, results[p.key], p.error, p.notes) for p in planes]
+    add_ratios(summaries)
+    report = {
+        "bench": "throughput",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "pings": args.pings,
+        "interrupted": interrupted,
+        "loadavg_at_start": round(load, 2),
+        "versions": versions(),
+        "planes": [s.to_json() for s in summaries],
+    }
+    text = render(summaries, args)
+    if busy:
+        text += "\n" + busy
+    if interrupted:
+        text = "INTERRUPTED: partial results\n" + text
+    emit(report, text, args.json)
+    if interrupted:
+        return 130
+    return 0 if all(s.mbps is not None for s in summaries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
