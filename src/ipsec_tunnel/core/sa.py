@@ -374,6 +374,8 @@ class SecurityAssociation:
                 self.in_limit = self.reserve(self, "in", seq)
             except OSError:
                 return self._drop(Drop.OTHER)
+            if seq > self.in_limit:
+                return self._drop(Drop.OTHER)
         self.replay.accept(seq)  # ... and the window moves only after it passed
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off, self.replay.top)
