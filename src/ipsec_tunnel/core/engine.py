@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import ip
@@ -38,6 +39,20 @@ class Outbound:
     df: bool
     encap: UdpEncap | None
     nextdev: str | None
+
+
+@dataclass(slots=True)
+class Burst:
+    """ESP datagrams to send to the remote peer in order, all with the same outer header fields."""
+
+    dst: bytes  # packed outer destination
+    src: bytes  # packed outer source
+    tos: int
+    ttl: int
+    df: bool
+    encap: UdpEncap | None
+    nextdev: str | None
+    payloads: list[bytes]
 
 
 @dataclass(slots=True)
@@ -177,7 +192,139 @@ class Engine:
             sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, hdr.df, sa.config.encap, tunnel.nextdev
         )
 
+    def send_batch(self, device: str, packets: Iterable[bytes], now: float) -> list[Burst | Deliver]:
+        """`send` for packets read from tunnel device `device` one after another: the same sequence
+        numbers, counters, drops and ICMP errors, with the ESP datagrams gathered into bursts of equal
+        outer header fields (in order)."""
+        out: list[Burst | Deliver] = []
+        tunnel = self.tunnels.get(device)
+        sa = self.sa_for(tunnel) if tunnel is not None else None
+        if tunnel is None or sa is None:
+            for inner in packets:
+                self._append(out, self.send(device, inner, now))
+            return out
+        path = self.path_mtu.get(device)
+        limit = path - overhead(sa) if path is not None else 1 << 17
+        encrypt, emit = sa.encrypt, self._emit
+        outer_dst, outer_src, encap, nextdev = sa.key[0], sa.key[1], sa.config.encap, tunnel.nextdev
+        burst: Burst | None = None
+        accepted = nbytes = 0
+        for inner in packets:
+            # ip.parse() inlined for the two common headers; anything else takes send()'s path
+            size = len(inner)
+            if size >= ip.IPV4_HEADER_LEN and inner[0] == 0x45:
+                length = inner[2] << 8 | inner[3]
+                tos, ttl, df, nh = inner[1], inner[8], bool(inner[6] & 0x40), NH_IPV4
+            elif size >= ip.IPV6_HEADER_LEN and inner[0] >> 4 == 6:
+                length = ip.IPV6_HEADER_LEN + (inner[4] << 8 | inner[5])
+                tos, ttl, df, nh = (inner[0] & 0x0F) << 4 | inner[1] >> 4, inner[7], True, NH_IPV6
+            else:
+                length = 0
+            if not ip.IPV4_HEADER_LEN <= length <= size or (length > limit and df):
+                burst = None
+                self._append(out, self.send(device, inner, now))
+                continue
+            if length != size:
+                inner = inner[:length]
+            packet = encrypt(inner, nh, now, emit)
+            if isinstance(packet, Drop):
+                self._tx_drop(self.stats_for(device), packet)
+                continue
+            accepted += 1
+            nbytes += length
+            if burst is None or burst.tos != tos or burst.ttl != ttl or burst.df != df:
+                burst = Burst(outer_dst, outer_src, tos, ttl, df, encap, nextdev, [])
+                out.append(burst)
+            burst.payloads.append(packet)
+        if accepted:
+            stats = self.stats_for(device)
+            self.tx_accepted += accepted
+            stats.tx_packets += accepted
+            stats.tx_bytes += nbytes
+        return out
+
+    @staticmethod
+    def _append(out: list[Burst | Deliver], result: Outbound | Deliver | Drop) -> None:
+        if isinstance(result, Outbound):
+            out.append(
+                Burst(result.dst, result.src, result.tos, result.ttl, result.df, result.encap,
+                      result.nextdev, [result.payload])
+            )  # fmt: skip
+        elif isinstance(result, Deliver):
+            out.append(result)
+
     # -- receive ------------------------------------------------------------------------------------------
+
+    def receive_batch(
+        self,
+        src: bytes,
+        dst: bytes,
+        payloads: Iterable[bytes],
+        now: float,
+        tos: int = 0,
+        *,
+        udp: bool = False,
+    ) -> tuple[dict[str, list[bytes]], list[Reject]]:
+        """`receive` (or `receive_udp` with `udp`) for datagrams that `src` sent to `dst` with outer TOS
+        `tos`, one after another, through the same SA code: the inner packets per device, in order, and
+        the ICMP errors to send."""
+        deliver: dict[str, list[bytes]] = {}
+        rejects: list[Reject] = []
+        tunnel = self.tunnels.for_receive(dst, src)
+        fast = (
+            tunnel is not None
+            and not tunnel.networks
+            and (tos & ip.ECN_MASK) in (ip.ECN_NOT_ECT, ip.ECN_ECT0)
+        )
+        out: list[bytes] = deliver.setdefault(tunnel.name, []) if tunnel is not None else []
+        emit = self._emit
+        last_spi, sa = b"", None
+        accepted = nbytes = 0
+        for esp in payloads:
+            result: Deliver | Reject | Drop | None
+            spi = esp[:4]
+            if len(esp) < HEADER_LEN or (udp and (esp == NAT_KEEPALIVE or spi == NON_ESP_MARKER)):
+                result = (
+                    self.receive_udp(src, dst, esp, now, tos)
+                    if udp
+                    else self.receive(src, dst, esp, now, tos)
+                )
+            else:
+                if spi != last_spi:
+                    last_spi, sa = spi, self.sad.get(dst, src, int.from_bytes(spi, "big"))
+                if sa is None:
+                    result = self._rx_drop(Drop.UNKNOWN_SA)
+                else:
+                    plain = sa.decrypt(esp, now, emit)
+                    if isinstance(plain, Drop):
+                        self._rx_drop(plain)
+                        continue
+                    inner, nh = plain
+                    # ip.parse() inlined for the common case; the rest goes the way receive() goes
+                    if fast and nh == NH_IPV4 and len(inner) >= ip.IPV4_HEADER_LEN and inner[0] == 0x45:
+                        length = inner[2] << 8 | inner[3]
+                    elif fast and nh == NH_IPV6 and len(inner) >= ip.IPV6_HEADER_LEN and inner[0] >> 4 == 6:
+                        length = ip.IPV6_HEADER_LEN + (inner[4] << 8 | inner[5])
+                    else:
+                        length = 0
+                    if ip.IPV4_HEADER_LEN <= length <= len(inner):
+                        out.append(inner if length == len(inner) else inner[:length])
+                        accepted += 1
+                        nbytes += length
+                        continue
+                    result = self._decrypted(src, dst, esp, inner, nh, now, tos)
+            if isinstance(result, Deliver):
+                deliver.setdefault(result.device, []).append(result.packet)
+            elif isinstance(result, Reject):
+                rejects.append(result)
+        if accepted and tunnel is not None:
+            stats = self.stats_for(tunnel.name)
+            self.rx_accepted += accepted
+            stats.rx_packets += accepted
+            stats.rx_bytes += nbytes
+        if tunnel is not None and not out:
+            del deliver[tunnel.name]
+        return deliver, rejects
 
     def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None) -> Drop:
         self.rx_drops[reason] += 1
@@ -209,7 +356,12 @@ class Engine:
         result = sa.decrypt(esp, now, self._emit)
         if isinstance(result, Drop):
             return self._rx_drop(result)
-        inner, nh = result
+        return self._decrypted(src, dst, esp, result[0], result[1], now, tos)
+
+    def _decrypted(
+        self, src: bytes, dst: bytes, esp: bytes, inner: bytes, nh: int, now: float, tos: int
+    ) -> Deliver | Reject | Drop:
+        """What to do with `inner`, decrypted from `esp` with next header `nh`."""
         if nh == NH_NONE:
             return self._rx_drop(Drop.DUMMY)
         if nh not in (NH_IPV4, NH_IPV6):

@@ -1,9 +1,14 @@
 """The kernel side of ipsecd: tunnel devices and outer sockets, and the loop moving packets between them
 through the engine. One event loop serves the data plane and the control socket, so no state is shared
-between threads."""
+between threads.
+
+Packets move in batches: what one readable event yields (up to BATCH reads) goes through the engine in
+one call, leaves as UDP GSO bursts, and arrives in the tunnel device as coalesced TCP super-packets.
+Every offload is asked of the kernel and dropped, for good, at its first refusal (`Offloads`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -11,20 +16,40 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
+from ..core import gso
 from ..core.drops import Drop
-from ..core.engine import Deliver, Engine, Outbound, Reject
+from ..core.engine import Burst, Deliver, Engine, Reject
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
-from ..linux.sockets import RawEsp, UdpEncap
-from ..linux.tun import TunDevice, open_tun
+from ..linux.offload import DEFAULT_TXQUEUELEN, OffloadUdp, TunQueue, open_offload_tun, set_txqueuelen
+from ..linux.sockets import RawEsp
 from .manager import Devices
 
 log = logging.getLogger(__name__)
 
-BATCH = 64  # packets handled per readable event before other sources get a turn
+BATCH = 64  # reads per readable event before other sources get a turn
+BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
 NAT_T_PORT = 4500  # RFC 3948 §2
+SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
+
+
+@dataclass(frozen=True)
+class Offloads:
+    """Which kernel offloads the data plane asks for (each falls back by itself when refused)."""
+
+    vnet: bool = True  # virtio-net headers on TUN queues: needed by everything below that touches TUN
+    tso: bool = False  # TUN hands over TCP/UDP super-packets (TSO/USO), split here (core.gso.split)
+    coalesce: bool = True  # TCP segments are written into TUN as GRO-style super-packets
+    gso: bool = True  # ESP-in-UDP leaves as UDP GSO bursts (UDP_SEGMENT)
+    gro: bool = True  # ESP-in-UDP arrives as UDP GRO batches (UDP_GRO)
+    txqueuelen: int = DEFAULT_TXQUEUELEN  # the TUN devices' transmit queues, in packets
+
+    @classmethod
+    def none(cls) -> Offloads:
+        """Everything one packet at a time, as before the fast path."""
+        return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0)
 
 
 class KernelDevices(Devices):
@@ -32,21 +57,31 @@ class KernelDevices(Devices):
 
     def __init__(self, loop: DataPlane) -> None:
         self.loop = loop
-        self.tun: dict[str, TunDevice] = {}
+        self.tun: dict[str, TunQueue] = {}
 
     def create(self, name: str) -> None:
         if name in self.tun:
             return
-        dev = open_tun(name)
-        link.no_ipv6_autoconf(name)
-        self.tun[name] = dev
-        self.loop.watch(dev.fileno(), functools.partial(self.loop.on_tun, dev))
+        opts = self.loop.offloads
+        dev = open_offload_tun(name, vnet=opts.vnet)
+        try:
+            link.no_ipv6_autoconf(name)
+            if opts.txqueuelen and not set_txqueuelen(name, opts.txqueuelen):
+                log.warning("cannot set the transmit queue length of %s", name)
+            queue = TunQueue(dev, tso=opts.tso, uso=opts.tso)
+        except BaseException:
+            dev.close()
+            raise
+        if opts.tso and not queue.tso:
+            log.info("%s: the kernel refused TSO on TUN; reading packets one by one", name)
+        self.tun[name] = queue
+        self.loop.watch(dev.fileno(), functools.partial(self.loop.on_tun, queue))
 
     def remove(self, name: str) -> None:
-        dev = self.tun.pop(name, None)
-        if dev is not None:
-            self.loop.unwatch(dev.fileno())
-            dev.close()
+        queue = self.tun.pop(name, None)
+        if queue is not None:
+            self.loop.unwatch(queue.fd)
+            queue.dev.close()
 
     def exists(self, name: str) -> bool:
         return link.exists(name)
@@ -70,14 +105,22 @@ class DataPlane:
     """The event loop: TUN devices, raw ESP and ESP-in-UDP sockets, and extra sources (the control server)."""
 
     def __init__(
-        self, engine: Engine, *, udp_port: int = NAT_T_PORT, clock: Callable[[], float] = time.time
+        self,
+        engine: Engine,
+        *,
+        udp_port: int = NAT_T_PORT,
+        clock: Callable[[], float] = time.time,
+        offloads: Offloads | None = None,
+        spin: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.spin = spin
         self.clock = clock
+        self.offloads = offloads or Offloads()
         self.sel = selectors.DefaultSelector()
         self.devices = KernelDevices(self)
         self.raw: dict[int, RawEsp] = {}
-        self.udp: dict[int, UdpEncap] = {}
+        self.udp: dict[int, OffloadUdp] = {}
         self.icmp: dict[int, socket.socket] = {}
         self.udp_port = udp_port
         self.running = True
@@ -99,7 +142,7 @@ class DataPlane:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
         for family in (4, 6):
             try:
-                raw = RawEsp(family)
+                raw = RawEsp(family, rcvbuf=SOCKET_BUFFER, sndbuf=SOCKET_BUFFER)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -108,7 +151,8 @@ class DataPlane:
             self.raw[family] = raw
             self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
-                udp = UdpEncap(family, self.udp_port)
+                opts = self.offloads
+                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=SOCKET_BUFFER)
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
@@ -135,64 +179,106 @@ class DataPlane:
 
     # -- packet handlers -----------------------------------------------------------------------------------
 
-    def on_tun(self, dev: TunDevice) -> None:
-        """Encrypt and send what the kernel routed into tunnel device `dev`."""
+    def on_tun(self, queue: TunQueue) -> None:
+        """Encrypt and send what the kernel routed into a tunnel device."""
         now = self.clock()
-        name = dev.name
+        name = queue.name
+        packets: list[bytes] = []
         for _ in range(BATCH):
             try:
-                packet = dev.read()
+                got = queue.read()
             except OSError as exc:
                 log.warning("read from %s failed: %s", name, exc.strerror)
-                return
-            if packet is None:
-                return
-            result = self.engine.send(name, packet, now)
-            if isinstance(result, Outbound):
+                break
+            if got is None:
+                break
+            offload, packet = got
+            if offload is None or not (offload.gso_type or offload.flags):
+                packets.append(packet)
+            else:
+                try:
+                    packets += gso.split(packet, offload)
+                except gso.OffloadError as exc:
+                    log.debug("%s: %s", name, exc)
+                    self.engine.tx_drops[Drop.NOT_IP] += 1
+                    self.engine.stats_for(name).tx_drops[Drop.NOT_IP] += 1
+            if len(packets) >= BATCH_PACKETS:
+                break
+        if not packets:
+            return
+        for result in self.engine.send_batch(name, packets, now):
+            if isinstance(result, Burst):
                 self.transmit(result)
-            elif isinstance(result, Deliver):
-                self.deliver(result)
-
-    def transmit(self, out: Outbound) -> None:
-        """Send one ESP datagram to the remote peer."""
-        family = 4 if len(out.dst) == 4 else 6
-        try:
-            if out.encap is None:
-                raw = self.raw.get(family)
-                if raw is None:
-                    return
-                raw.send(
-                    out.dst, out.payload, tos=out.tos, ttl=out.ttl, df=out.df, src=out.src, oif=out.nextdev
-                )
             else:
-                udp = self.udp.get(family)
-                if udp is None:
-                    return
-                udp.send(
-                    out.dst,
-                    out.encap.dport,
-                    out.payload,
-                    tos=out.tos,
-                    ttl=out.ttl,
-                    df=out.df,
-                    src=out.src,
-                    oif=out.nextdev,
-                )
-        except OSError as exc:
-            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
-                self.engine.tx_drops[Drop.NO_ROUTE] += 1
-            else:
-                log.debug("send failed: %s", exc)
+                self.deliver_now(result)
 
-    def deliver(self, d: Deliver) -> None:
-        """Write an inner packet into its tunnel device."""
-        dev = self.devices.tun.get(d.device)
-        if dev is None:
+    def transmit(self, burst: Burst) -> None:
+        """Send ESP datagrams to the remote peer."""
+        family = 4 if len(burst.dst) == 4 else 6
+        if burst.encap is None:
+            raw = self.raw.get(family)
+            if raw is None:
+                return
+            for payload in burst.payloads:
+                try:
+                    raw.send(
+                        burst.dst, payload, tos=burst.tos, ttl=burst.ttl, df=burst.df, src=burst.src,
+                        oif=burst.nextdev,
+                    )  # fmt: skip
+                except OSError as exc:
+                    self._send_failed(1, exc)
+            return
+        udp = self.udp.get(family)
+        if udp is None:
             return
         try:
-            dev.write(d.packet)
-        except OSError as exc:
-            log.debug("write to %s failed: %s", d.device, exc.strerror)
+            failed = udp.send_burst(
+                burst.dst, burst.encap.dport, burst.payloads, tos=burst.tos, ttl=burst.ttl, df=burst.df,
+                src=burst.src, oif=burst.nextdev,
+            )  # fmt: skip
+        except OSError as error:  # before anything was sent (an unknown --nextdev, say)
+            failed = [(len(burst.payloads), error)]
+        for count, why in failed:
+            self._send_failed(count, why)
+
+    def _send_failed(self, count: int, exc: OSError) -> None:
+        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+            self.engine.tx_drops[Drop.NO_ROUTE] += count
+        else:
+            log.debug("send failed: %s", exc)
+
+    def deliver_now(self, d: Deliver) -> None:
+        """Write one packet (an ICMP error for the sender) into its tunnel device."""
+        self.deliver({d.device: [d.packet]})
+
+    def deliver(self, packets: dict[str, list[bytes]]) -> None:
+        """Write inner packets into their tunnel devices, TCP segments coalesced where allowed."""
+        for device, batch in packets.items():
+            queue = self.devices.tun.get(device)
+            if queue is None:
+                continue
+            if self.offloads.coalesce and queue.vnet and len(batch) > 1:
+                items = gso.coalesce(batch)
+            else:
+                items = [(gso.NO_OFFLOAD, p) for p in batch]
+            for offload, packet in items:
+                try:
+                    queue.write(packet, offload)
+                except OSError as exc:
+                    if offload.gso_type and exc.errno == errno.EINVAL:
+                        self._refused(queue, packet, offload)
+                    else:
+                        log.debug("write to %s failed: %s", device, exc.strerror)
+
+    def _refused(self, queue: TunQueue, packet: bytes, offload: gso.Offload) -> None:
+        """The kernel refused a super-packet: write its segments, and coalesce no more."""
+        log.warning("%s refused a coalesced TCP packet: writing packets one by one from now on", queue.name)
+        self.offloads = dataclasses.replace(self.offloads, coalesce=False)
+        for segment in gso.split(packet, offload):
+            try:
+                queue.write(segment)
+            except OSError as exc:
+                log.debug("write to %s failed: %s", queue.name, exc.strerror)
 
     def reject(self, r: Reject) -> None:
         """Send an ICMP error to an outer sender."""
@@ -204,37 +290,57 @@ class DataPlane:
         except OSError as exc:
             log.debug("ICMP send failed: %s", exc)
 
-    def _received(self, result: Any) -> None:
-        if isinstance(result, Deliver):
-            self.deliver(result)
-        elif isinstance(result, Reject):
-            self.reject(result)
+    def _merge(
+        self, into: dict[str, list[bytes]], deliver: dict[str, list[bytes]], rejects: list[Reject]
+    ) -> None:
+        for device, batch in deliver.items():
+            if device in into:
+                into[device] += batch
+            else:
+                into[device] = batch
+        for r in rejects:
+            self.reject(r)
 
     def on_raw(self, raw: RawEsp) -> None:
         """Decrypt ESP packets from the raw socket."""
         now = self.clock()
+        pending: dict[str, list[bytes]] = {}
+        group: list[bytes] = []
+        key: tuple[bytes, bytes, int] | None = None
         for _ in range(BATCH):
             try:
                 dgram = raw.recv()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
-                return
+                break
             if dgram is None:
-                return
-            self._received(self.engine.receive(dgram.src, dgram.dst, dgram.esp, now, dgram.tos))
+                break
+            if key != (dgram.src, dgram.dst, dgram.tos):
+                if key is not None:
+                    self._merge(pending, *self.engine.receive_batch(key[0], key[1], group, now, key[2]))
+                key, group = (dgram.src, dgram.dst, dgram.tos), []
+            group.append(dgram.esp)
+        if key is not None:
+            self._merge(pending, *self.engine.receive_batch(key[0], key[1], group, now, key[2]))
+        if pending:
+            self.deliver(pending)
 
-    def on_udp(self, udp: UdpEncap) -> None:
+    def on_udp(self, udp: OffloadUdp) -> None:
         """Decrypt ESP-in-UDP datagrams."""
         now = self.clock()
+        pending: dict[str, list[bytes]] = {}
         for _ in range(BATCH):
             try:
-                dgram = udp.recv()
+                got = udp.recv_batch()
             except OSError as exc:
                 log.debug("UDP receive failed: %s", exc)
-                return
-            if dgram is None:
-                return
-            self._received(self.engine.receive_udp(dgram.src, dgram.dst, dgram.payload, now, dgram.tos))
+                break
+            if got is None:
+                break
+            d, payloads = got
+            self._merge(pending, *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True))
+        if pending:
+            self.deliver(pending)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -251,12 +357,17 @@ class DataPlane:
             )
 
     def run(self, every: Callable[[], None] | None = None) -> None:
-        """Serve until `running` turns false."""
-        last = 0.0
+        """Serve until `running` turns false. After each event the loop keeps polling, without sleeping,
+        for `spin` seconds: a reply that follows within that time is taken without a wake-up."""
+        last = spin_until = 0.0
+        select = self.sel.select
         while self.running:
-            for key, _mask in self.sel.select(timeout=0.5):
+            events = select(timeout=0 if time.monotonic() < spin_until else 0.5)
+            for key, _mask in events:
                 key.data()
             mono = time.monotonic()
+            if events:
+                spin_until = mono + self.spin
             if mono - last >= 1.0:
                 last = mono
                 self.periodic()

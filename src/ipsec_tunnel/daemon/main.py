@@ -16,7 +16,7 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
-from .dataplane import NAT_T_PORT, DataPlane
+from .dataplane import NAT_T_PORT, DataPlane, Offloads
 from .manager import Manager
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
@@ -24,6 +24,7 @@ from .state import DEFAULT_DIR, StateError, Store
 log = logging.getLogger("ipsecd")
 
 DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
+DEFAULT_SPIN_US = 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +44,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--udp-port", type=int, default=NAT_T_PORT, help="ESP-in-UDP port to listen on (default 4500)"
+    )
+    off = p.add_argument_group(
+        "offloads", "on by default where the kernel supports them; each falls back by itself"
+    )
+    off.add_argument(
+        "--no-offload",
+        action="store_true",
+        help="no offload at all: every packet read, sent and written alone",
+    )
+    off.add_argument(
+        "--tso",
+        action=argparse.BooleanOptionalAction,
+        default=Offloads.tso,
+        help="let tunnel devices hand over TCP/UDP super-packets (TSO/USO) and split them here "
+        f"(default {'on' if Offloads.tso else 'off'}: the kernel segments them, which costs less)",
+    )
+    off.add_argument(
+        "--no-gso", action="store_true", help="send ESP-in-UDP one datagram at a time, no UDP GSO"
+    )
+    off.add_argument(
+        "--no-gro", action="store_true", help="receive ESP-in-UDP one datagram at a time, no UDP GRO"
+    )
+    off.add_argument(
+        "--no-coalesce", action="store_true", help="write TCP segments into tunnel devices one at a time"
+    )
+    off.add_argument(
+        "--txqueuelen",
+        type=int,
+        default=Offloads.txqueuelen,
+        help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
+    )
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=DEFAULT_SPIN_US,
+        help=f"keep polling this long after each packet before sleeping (default {DEFAULT_SPIN_US}: never)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
@@ -144,9 +181,24 @@ def main(argv: list[str] | None = None) -> int:
         pidfile.release()
 
 
+def offloads(args: argparse.Namespace) -> Offloads:
+    """The offloads the command line asks for."""
+    if args.no_offload:
+        return Offloads.none()
+    return Offloads(
+        tso=args.tso,
+        coalesce=not args.no_coalesce,
+        gso=not args.no_gso,
+        gro=not args.no_gro,
+        txqueuelen=max(0, args.txqueuelen),
+    )
+
+
 def _serve(args: argparse.Namespace, store: Store) -> int:
     engine = Engine()
-    plane = DataPlane(engine, udp_port=args.udp_port)
+    plane = DataPlane(
+        engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
+    )
     server = None
     try:
         plane.open_transports()

@@ -1,0 +1,435 @@
+"""Segmentation and coalescing of IP super-packets, without I/O.
+
+A TUN device with offloads hands the daemon TCP super-packets of up to 64 KiB (TSO) or UDP ones (USO)
+whose transport checksum is only partial; `split` turns such a packet into the wire-sized packets the
+kernel would have sent, each with complete and correct IP and transport headers, exactly as Linux's
+software GSO does (tcp_gso_segment, __udp_gso_segment). In the other direction `coalesce` merges
+consecutive in-order TCP segments of one flow into one super-packet the kernel accepts as if its own GRO
+had built it (the rules of tcp_gro_receive), so that one write carries many segments.
+
+Offload metadata travels as `Offload`, the fields of struct virtio_net_hdr (linux/virtio_net.h) that
+precedes each packet on a TUN queue opened with IFF_VNET_HDR.
+
+Checksums are RFC 1071 one's-complement sums. The sum of a byte string's 16-bit big-endian words is
+congruent, modulo 0xFFFF, to the string read as one big-endian integer (2^16 = 1 mod 0xFFFF), so one
+`int.from_bytes` and one remainder, both in C, replace a Python loop over the words.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+# struct virtio_net_hdr, linux/virtio_net.h (also include/uapi/linux/virtio_net.h)
+F_NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: checksum at csum_start + csum_offset is partial
+F_DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID: the checksum was verified
+GSO_NONE = 0  # VIRTIO_NET_HDR_GSO_NONE
+GSO_TCPV4 = 1  # VIRTIO_NET_HDR_GSO_TCPV4
+GSO_UDP = 3  # VIRTIO_NET_HDR_GSO_UDP (UFO: IP fragmentation; never asked for)
+GSO_TCPV6 = 4  # VIRTIO_NET_HDR_GSO_TCPV6
+GSO_UDP_L4 = 5  # VIRTIO_NET_HDR_GSO_UDP_L4 (USO, Linux 6.2)
+GSO_ECN = 0x80  # VIRTIO_NET_HDR_GSO_ECN: the TCP packet had CWR set (RFC 3168)
+
+PROTO_TCP = 6  # IANA protocol numbers
+PROTO_UDP = 17
+IPV4_DF = 0x4000  # RFC 791 §3.1 flags/fragment-offset word: don't fragment
+IPV4_MF_OFFSET = 0x3FFF  # more fragments and fragment offset
+IP_MAXPACKET = 0xFFFF  # RFC 791 total length / RFC 8200 payload length: 16 bits
+TCP_CSUM_OFFSET = 16  # RFC 9293 §3.1: the checksum's offset in the TCP header
+UDP_CSUM_OFFSET = 6  # RFC 768
+# RFC 9293 §3.1 control bits (byte 13 of the TCP header)
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
+MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
+
+_TCP_VARY = TCP_FIN | TCP_PSH | TCP_CWR  # what may differ between a super-packet's segments
+_NO_COALESCE = TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR | TCP_FIN
+
+
+class Offload(NamedTuple):
+    """struct virtio_net_hdr (legacy layout): how a packet read from or written to TUN is offloaded."""
+
+    flags: int = 0
+    gso_type: int = GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+
+NO_OFFLOAD = Offload()
+
+
+class OffloadError(ValueError):
+    """A super-packet that cannot be segmented as its offload header says."""
+
+
+# -- checksums -----------------------------------------------------------------------------------------
+
+
+def fold(total: int) -> int:
+    """A non-negative sum of 16-bit words reduced to its one's-complement value (0 only for a zero sum)."""
+    return total % 0xFFFF or (0xFFFF if total else 0)
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The RFC 1071 one's-complement sum of `data` (a trailing odd byte padded with zero), folded."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return fold(value)
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """The RFC 1071 Internet checksum of `data`: the complement of its one's-complement sum."""
+    return 0xFFFF - ones_sum(data)
+
+
+def pseudo_sum(src: bytes | bytearray, dst: bytes | bytearray, proto: int, length: int) -> int:
+    """The one's-complement sum of the pseudo-header (RFC 9293 §3.1, RFC 768; RFC 8200 §8.1 for IPv6)."""
+    return fold(int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length)
+
+
+def _addresses(packet: bytes | memoryview, v4: bool) -> tuple[bytes, bytes]:
+    if v4:
+        return bytes(packet[12:16]), bytes(packet[16:20])
+    return bytes(packet[8:24]), bytes(packet[24:40])
+
+
+def complete_checksum(packet: bytes, csum_start: int, csum_offset: int, *, udp: bool = False) -> bytes:
+    """`packet` with the partial checksum at `csum_start + csum_offset` completed (what a NIC does for
+    CHECKSUM_PARTIAL): the field holds the pseudo-header sum, the sum runs from `csum_start` to the end.
+
+    A UDP checksum that computes to zero is sent as 0xFFFF (RFC 768); other protocols keep zero.
+    """
+    at = csum_start + csum_offset
+    if csum_start < 0 or at + 2 > len(packet):
+        raise OffloadError(f"checksum offset {csum_start}+{csum_offset} beyond a {len(packet)}-byte packet")
+    csum = checksum(packet[csum_start:])
+    if udp and csum == 0:
+        csum = 0xFFFF
+    return packet[:at] + csum.to_bytes(2, "big") + packet[at + 2 :]
+
+
+# -- segmentation ------------------------------------------------------------------------------------------
+
+
+def split(packet: bytes, offload: Offload) -> list[bytes]:
+    """The wire packets of a packet read with `offload`: the segments of a TSO/USO super-packet, else the
+    packet itself with any partial checksum completed. Raises OffloadError for a malformed super-packet."""
+    gso = offload.gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        if offload.flags & F_NEEDS_CSUM:
+            udp = (
+                offload.csum_offset == UDP_CSUM_OFFSET and _l4_proto(packet, offload.csum_start) == PROTO_UDP
+            )
+            return [complete_checksum(packet, offload.csum_start, offload.csum_offset, udp=udp)]
+        return [packet]
+    if not packet:
+        raise OffloadError("empty super-packet")
+    v4 = packet[0] >> 4 == 4
+    if gso in (GSO_TCPV4, GSO_TCPV6):
+        if v4 != (gso == GSO_TCPV4):
+            raise OffloadError("GSO type does not match the IP version")
+        return split_tcp(packet, offload.gso_size, _l4_offset(packet, v4, offload, PROTO_TCP))
+    if gso == GSO_UDP_L4:
+        return split_udp(packet, offload.gso_size, _l4_offset(packet, v4, offload, PROTO_UDP))
+    raise OffloadError(f"unsupported GSO type {offload.gso_type}")
+
+
+def _l4_proto(packet: bytes, l4: int) -> int:
+    """The transport protocol of a packet whose transport header starts at `l4` (0 when unknown)."""
+    if not packet:
+        return 0
+    if packet[0] >> 4 == 4:
+        return packet[9] if len(packet) >= 20 else 0
+    return packet[6] if len(packet) >= 40 and l4 == 40 else 0
+
+
+def _l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
+    """Where the transport header starts, checked against the IP header and the offload header."""
+    if v4:
+        if len(packet) < 20 or packet[9] != proto:
+            raise OffloadError("super-packet is not of the protocol its GSO type says")
+        l4 = (packet[0] & 0x0F) * 4
+        if l4 < 20 or int.from_bytes(packet[6:8], "big") & IPV4_MF_OFFSET:
+            raise OffloadError("bad IPv4 header in a super-packet")
+    else:
+        if len(packet) < 40:
+            raise OffloadError("short IPv6 super-packet")
+        # Extension headers: trust csum_start (the kernel sets it to the transport header), else none.
+        l4 = offload.csum_start if offload.flags & F_NEEDS_CSUM and offload.csum_start >= 40 else 40
+        if l4 == 40 and packet[6] != proto:
+            raise OffloadError("super-packet is not of the protocol its GSO type says")
+    if offload.flags & F_NEEDS_CSUM and offload.csum_start != l4:
+        raise OffloadError("csum_start does not point at the transport header")
+    if offload.gso_size <= 0:
+        raise OffloadError("GSO packet with gso_size 0")
+    return l4
+
+
+_V4_SEG = struct.Struct("!HH")  # total length, identification
+
+
+def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
+    """Segment a TCP super-packet (TSO) into packets of at most `mss` payload bytes, as tcp_gso_segment:
+    sequence numbers advance, FIN and PSH stay on the last segment, CWR on the first, the IPv4
+    identification increments, lengths and every checksum are recomputed."""
+    if len(packet) < l4 + 20:
+        raise OffloadError("truncated TCP header")
+    doff = (packet[l4 + 12] >> 4) * 4
+    hl = l4 + doff
+    if doff < 20 or len(packet) < hl:
+        raise OffloadError("bad TCP data offset")
+    v4 = packet[0] >> 4 == 4
+    end = len(packet)
+    if v4:
+        end = min(end, int.from_bytes(packet[2:4], "big"))
+    else:
+        end = min(end, 40 + int.from_bytes(packet[4:6], "big"))
+    if end < hl:
+        raise OffloadError("IP length shorter than the headers")
+    if end - hl <= mss:  # nothing to split: a single packet whose checksum is partial
+        return [complete_checksum(packet[:end], l4, TCP_CSUM_OFFSET)]
+    src, dst = _addresses(packet, v4)
+    addr_sum = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + PROTO_TCP
+    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    flags = packet[l4 + 13]
+    off_byte = packet[l4 + 12]
+    # The TCP header with sequence number, flags and checksum zeroed; its word sum is constant.
+    th_ports = packet[l4 : l4 + 4]
+    th_ack_off = packet[l4 + 8 : l4 + 13]
+    th_win = packet[l4 + 14 : l4 + 16]
+    th_rest = packet[l4 + 18 : hl]
+    th_sum = (
+        int.from_bytes(th_ports, "big")
+        + int.from_bytes(packet[l4 + 8 : l4 + 12], "big")
+        + int.from_bytes(th_win, "big")
+        + int.from_bytes(th_rest, "big")
+        + addr_sum
+    )
+    first_flags = flags & ~(TCP_FIN | TCP_PSH)
+    mid_flags = first_flags & ~TCP_CWR
+    last_flags = flags & ~TCP_CWR
+    if v4:
+        ip_a = packet[:2]
+        ip_b = packet[6:10]
+        ip_c = packet[12:l4]
+        ident = int.from_bytes(packet[4:6], "big")
+        ip_sum = int.from_bytes(ip_a, "big") + int.from_bytes(ip_b, "big") + int.from_bytes(ip_c, "big")
+    else:
+        ip6_a = packet[:4]
+        ip6_b = packet[6:l4]
+    out: list[bytes] = []
+    append = out.append
+    last_start = end - ((end - hl - 1) % mss + 1)
+    seq = seq0
+    for off in range(hl, end, mss):
+        payload = packet[off : off + mss] if off + mss <= end else packet[off:end]
+        n = len(payload)
+        tcp_len = doff + n
+        if off == hl:
+            f = first_flags
+        elif off == last_start:
+            f = last_flags
+        else:
+            f = mid_flags
+        value = int.from_bytes(payload, "big")
+        if n & 1:
+            value <<= 8
+        word12 = off_byte << 8 | f
+        total = value + th_sum + (seq >> 16) + (seq & 0xFFFF) + word12 + tcp_len
+        csum = 0xFFFF - (total % 0xFFFF or 0xFFFF)
+        tcp = (
+            th_ports
+            + seq.to_bytes(4, "big")
+            + th_ack_off
+            + bytes((f,))
+            + th_win
+            + csum.to_bytes(2, "big")
+            + th_rest
+        )
+        if v4:
+            length = l4 + tcp_len
+            s = ip_sum + length + ident
+            ipc = 0xFFFF - (s % 0xFFFF or 0xFFFF)
+            append(ip_a + _V4_SEG.pack(length, ident) + ip_b + ipc.to_bytes(2, "big") + ip_c + tcp + payload)
+            ident = (ident + 1) & 0xFFFF
+        else:
+            append(ip6_a + (l4 - 40 + tcp_len).to_bytes(2, "big") + ip6_b + tcp + payload)
+        seq = (seq + n) & 0xFFFFFFFF
+    return out
+
+
+def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
+    """Segment a UDP super-packet (USO, UDP_SEGMENT) into datagrams of at most `size` payload bytes, as
+    __udp_gso_segment: each with its own UDP length and checksum, the IPv4 identification incrementing."""
+    if len(packet) < l4 + 8:
+        raise OffloadError("truncated UDP header")
+    v4 = packet[0] >> 4 == 4
+    end = min(
+        len(packet), int.from_bytes(packet[2:4], "big") if v4 else 40 + int.from_bytes(packet[4:6], "big")
+    )
+    hl = l4 + 8
+    if end < hl:
+        raise OffloadError("IP length shorter than the headers")
+    src, dst = _addresses(packet, v4)
+    ports = packet[l4 : l4 + 4]
+    base = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + PROTO_UDP + int.from_bytes(ports, "big")
+    if v4:
+        ip_a, ip_b, ip_c = packet[:2], packet[6:10], packet[12:l4]
+        ident = int.from_bytes(packet[4:6], "big")
+        ip_sum = int.from_bytes(ip_a, "big") + int.from_bytes(ip_b, "big") + int.from_bytes(ip_c, "big")
+    else:
+        ip6_a, ip6_b = packet[:4], packet[6:l4]
+    out: list[bytes] = []
+    for off in range(hl, max(end, hl + 1), size):
+        payload = packet[off : min(off + size, end)]
+        ulen = 8 + len(payload)
+        value = int.from_bytes(payload, "big")
+        if len(payload) & 1:
+            value <<= 8
+        total = value + base + 2 * ulen  # the UDP length counts in the pseudo-header and in the header
+        csum = 0xFFFF - (total % 0xFFFF or 0xFFFF) or 0xFFFF  # RFC 768: a computed zero is sent as ones
+        udp = ports + ulen.to_bytes(2, "big") + csum.to_bytes(2, "big")
+        if v4:
+            length = l4 + ulen
+            s = ip_sum + length + ident
+            ipc = 0xFFFF - (s % 0xFFFF or 0xFFFF)
+            out.append(
+                ip_a + _V4_SEG.pack(length, ident) + ip_b + ipc.to_bytes(2, "big") + ip_c + udp + payload
+            )
+            ident = (ident + 1) & 0xFFFF
+        else:
+            out.append(ip6_a + (l4 - 40 + ulen).to_bytes(2, "big") + ip6_b + udp + payload)
+    return out
+
+
+# -- coalescing --------------------------------------------------------------------------------------------
+
+
+class _Flow:
+    """A super-packet being built: the segments so far, in order, and what the next one must be."""
+
+    __slots__ = ("closed", "even", "flags", "hl", "l4", "mss", "next_seq", "odd", "packets", "size", "small")
+
+    def __init__(self, packet: bytes, l4: int, hl: int, seq: int) -> None:
+        self.packets = [packet]
+        self.l4 = l4
+        self.hl = hl
+        self.mss = len(packet) - hl
+        self.size = len(packet)
+        self.next_seq = (seq + self.mss) & 0xFFFFFFFF
+        self.flags = packet[l4 + 13]
+        self.closed = bool(self.flags & TCP_PSH)
+        # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) and
+        # pseudo-header: 0 mod 0xFFFF when every checksum is right. Odd-sized segments are summed apart,
+        # to be shifted once as if each were padded with a zero byte.
+        self.even = 0
+        self.odd = 0
+        self.small = 0
+
+
+def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
+    """TCP segments merged per flow as Linux GRO would merge them, everything else unchanged, each with
+    the `Offload` to write it with.
+
+    A merged packet carries GSO_TCPV4/GSO_TCPV6 with the first segment's payload size as gso_size and
+    NEEDS_CSUM with the pseudo-header sum in the checksum field, as the kernel's GRO leaves it
+    (CHECKSUM_PARTIAL). Segments merge when they continue the flow's sequence with the same
+    acknowledgment, window, options (timestamps included), TOS, TTL or traffic class and flow label, and
+    DF; carry only ACK or PSH; and every earlier segment was full-sized. PSH or a short segment closes a
+    super-packet. Every checksum is verified first (those of a super-packet summed together, which
+    detects any one bad segment as surely as checking it alone): when that fails, the segments are
+    written one by one, as they came, for the kernel to drop the bad one. IPv4 with options or
+    fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
+    """
+    out: list[tuple[Offload, bytes] | _Flow] = []
+    flows: dict[tuple[bytes, ...], _Flow] = {}
+    from_bytes = int.from_bytes
+    for packet in packets:
+        size = len(packet)
+        b0 = packet[0] if size >= 40 else 0
+        if b0 == 0x45 and packet[9] == PROTO_TCP and not packet[6] & 0x3F and not packet[7]:
+            l4 = 20
+        elif b0 >> 4 == 6 and packet[6] == PROTO_TCP and size >= 60:
+            l4 = 40
+        else:
+            out.append((NO_OFFLOAD, packet))
+            continue
+        hl = l4 + (packet[l4 + 12] >> 2 & 0x3C)
+        flags = packet[l4 + 13]
+        n = size - hl
+        if n <= 0 or hl < l4 + 20 or flags & _NO_COALESCE:
+            out.append((NO_OFFLOAD, packet))
+            continue
+        seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
+        if l4 == 20:
+            # addresses and ports; DF and TTL; TOS; ack and data offset; window; options
+            key = (packet[12:24], packet[6:9], packet[1:2], packet[28:33], packet[34:36], packet[40:hl])
+            value = from_bytes(packet, "big")
+            small = from_bytes(packet[12:20], "big") + PROTO_TCP + size - 20
+        else:
+            # addresses and ports; version, traffic class and flow label; hop limit; as IPv4
+            key = (packet[8:44], packet[:4], packet[7:8], packet[48:53], packet[54:56], packet[60:hl])
+            value = from_bytes(packet[40:], "big")
+            small = from_bytes(packet[8:40], "big") + PROTO_TCP + size - 40
+        flow = flows.get(key)
+        if flow is None or (
+            flow.closed
+            or flow.next_seq != seq
+            or n > flow.mss
+            or flow.size + n - l4 > IP_MAXPACKET
+            or len(flow.packets) >= MAX_SEGMENTS
+        ):
+            if flow is not None:
+                flow.closed = True
+            flow = flows[key] = _Flow(packet, l4, hl, seq)
+            out.append(flow)
+        else:
+            flow.packets.append(packet)
+            flow.size += n
+            flow.next_seq = (seq + n) & 0xFFFFFFFF
+            flow.flags |= flags
+            if n < flow.mss or flags & TCP_PSH:
+                flow.closed = True
+        if n & 1:
+            flow.odd += value
+        else:
+            flow.even += value
+        flow.small += small
+    result: list[tuple[Offload, bytes]] = []
+    for item in out:
+        if isinstance(item, tuple):
+            result.append(item)
+        elif len(item.packets) == 1 or (item.even + (item.odd << 8) + item.small) % 0xFFFF:
+            result.extend((NO_OFFLOAD, p) for p in item.packets)
+        else:
+            result.append(_merged(item))
+    return result
+
+
+def _merged(flow: _Flow) -> tuple[Offload, bytes]:
+    """The super-packet of a flow with two or more segments."""
+    head = flow.packets[0]
+    l4, hl, size = flow.l4, flow.hl, flow.size
+    tcp_len = size - l4
+    flags = (head[l4 + 13] & ~TCP_PSH) | (flow.flags & TCP_PSH)
+    if l4 == 20:
+        ip_wo = head[:2] + size.to_bytes(2, "big") + head[4:10] + b"\x00\x00" + head[12:20]
+        ip = ip_wo[:10] + checksum(ip_wo).to_bytes(2, "big") + ip_wo[12:]
+        partial = pseudo_sum(head[12:16], head[16:20], PROTO_TCP, tcp_len)
+        gso = GSO_TCPV4
+    else:
+        ip = head[:4] + (size - 40).to_bytes(2, "big") + head[6:40]
+        partial = pseudo_sum(head[8:24], head[24:40], PROTO_TCP, tcp_len)
+        gso = GSO_TCPV6
+    tcp = (
+        head[l4 : l4 + 13]
+        + bytes((flags,))
+        + head[l4 + 14 : l4 + 16]
+        + partial.to_bytes(2, "big")
+        + head[l4 + 18 : hl]
+    )
+    offload = Offload(F_NEEDS_CSUM, gso, hl, flow.mss, l4, TCP_CSUM_OFFSET)
+    views = [memoryview(p)[hl:] for p in flow.packets]
+    return offload, b"".join([ip, tcp, *views])

@@ -1,0 +1,305 @@
+"""Kernel offloads for the data plane: ESP-in-UDP sent as UDP GSO bursts and received as UDP GRO
+batches, TUN queues carrying virtio-net headers (TSO/USO super-packets in, coalesced TCP out), the TUN
+transmit queue length, and batched raw ESP I/O.
+
+Each helper says whether the kernel accepted it, so the caller can fall back to one packet at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+
+from ipsec_tunnel.core.gso import Offload
+from ipsec_tunnel.linux._sockopt import (
+    IN6_PKTINFO,
+    IN_PKTINFO,
+    IP_PKTINFO,
+    IP_TOS,
+    IP_TTL,
+    IPV6_DONTFRAG,
+    IPV6_HOPLIMIT,
+    IPV6_PKTINFO,
+    IPV6_TCLASS,
+    Address,
+    cmsg_int,
+    int_cmsg,
+    pack_addr,
+)
+from ipsec_tunnel.linux.sockets import UdpDatagram, UdpEncap
+from ipsec_tunnel.linux.tun import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    VIRTIO_NET_HDR_LEN,
+    TunDevice,
+    open_tun,
+)
+
+__all__ = [
+    "UDP_GRO",
+    "UDP_MAX_SEGMENTS",
+    "UDP_SEGMENT",
+    "OffloadUdp",
+    "TunQueue",
+    "open_offload_tun",
+    "set_txqueuelen",
+]
+
+SOL_UDP = 17  # linux/socket.h (IPPROTO_UDP)
+UDP_SEGMENT = 103  # linux/udp.h: set the GSO segment size (Linux 4.18)
+UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams with the segment size in a cmsg (Linux 5.0)
+UDP_MAX_SEGMENTS = 64  # linux/udp.h: the most segments one UDP GSO send may carry (128 since 6.10)
+GSO_MAX_BYTES = 65535 - 8 - 40  # one UDP datagram's payload at most, under the largest IP header
+SIOCSIFTXQLEN = 0x8943  # linux/sockios.h
+DEFAULT_TXQUEUELEN = 5000
+_VNET = struct.Struct("=BBHHHH")  # struct virtio_net_hdr, native byte order on TUN (linux/virtio_net.h)
+_NO_VNET = bytes(VIRTIO_NET_HDR_LEN)
+_U16 = struct.Struct("=H")
+_GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+_GRO_ANCILLARY = socket.CMSG_SPACE(4) * 4 + 128
+
+
+def set_txqueuelen(name: str, length: int = DEFAULT_TXQUEUELEN) -> bool:
+    """Set device `name`'s transmit queue length (SIOCSIFTXQLEN); False if the kernel refused."""
+    ifreq = struct.pack("16si20x", name.encode(), length)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCSIFTXQLEN, ifreq)
+        except OSError:
+            return False
+    return True
+
+
+class TunQueue:
+    """A TUN queue read and written packet by packet, with or without virtio-net headers.
+
+    `read` gives (Offload, packet); with `tso` the kernel may hand over TCP (and UDP, with `uso`)
+    super-packets for `core.gso.split`. `write` takes an Offload from `core.gso.coalesce`.
+    """
+
+    def __init__(self, dev: TunDevice, *, tso: bool, uso: bool) -> None:
+        self.dev = dev
+        self.fd = dev.fileno()
+        self.vnet = dev.vnet_hdr
+        self.tso = self.uso = False
+        if self.vnet:
+            flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0
+            if tso and uso and dev.set_offload(flags | TUN_F_USO4 | TUN_F_USO6):
+                self.tso = self.uso = True
+            elif dev.set_offload(flags):
+                self.tso = tso
+            else:
+                dev.set_offload(0)
+        self._size = 65536 + VIRTIO_NET_HDR_LEN
+
+    @property
+    def name(self) -> str:
+        """The device's name."""
+        return self.dev.name
+
+    def read(self) -> tuple[Offload | None, bytes] | None:
+        """The next packet with its offload header (None without vnet headers); None when none is queued."""
+        try:
+            data = os.read(self.fd, self._size)
+        except BlockingIOError:
+            return None
+        if not self.vnet:
+            return None, data
+        if len(data) < VIRTIO_NET_HDR_LEN:
+            return Offload(), b""
+        hdr = Offload._make(_VNET.unpack_from(data))
+        return hdr, data[VIRTIO_NET_HDR_LEN:]
+
+    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+        """Hand one packet (or a GSO super-packet described by `offload`) to the kernel."""
+        if not self.vnet:
+            return os.write(self.fd, packet)
+        head = (
+            _NO_VNET if offload is None or not (offload.flags or offload.gso_type) else _VNET.pack(*offload)
+        )
+        return os.writev(self.fd, (head, packet))
+
+
+def open_offload_tun(name: str, *, vnet: bool) -> TunDevice:
+    """Open TUN device `name` with virtio-net headers when `vnet` and the kernel allows, else without."""
+    if vnet:
+        try:
+            return open_tun(name, vnet_hdr=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    return open_tun(name)
+
+
+class OffloadUdp(UdpEncap):
+    """The ESP-in-UDP socket with UDP GSO for bursts and UDP GRO for receiving, each used only when the
+    kernel accepts it (`gso`, `gro` tell which are on) and switched off at the first refusal."""
+
+    def __init__(self, family: int, port: int, *, gso: bool, gro: bool, buffer: int) -> None:
+        super().__init__(family, port, rcvbuf=buffer, sndbuf=buffer)
+        self.gso = gso
+        self.gro = False
+        if gro:
+            try:
+                self.socket.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
+        self._view = memoryview(self._buf)
+        self._cached: tuple[object, ...] = ()
+        self._cmsgs: list[tuple[int, int, bytes]] = []
+
+    def _burst_cmsgs(
+        self, tos: int, ttl: int, df: bool, src: Address | None, oif: str | int | None
+    ) -> list[tuple[int, int, bytes]]:
+        """The control messages UdpEncap.send would use (cached while they stay the same)."""
+        key = (tos, ttl, df, src, oif)
+        if key == self._cached:
+            if not self._v6:
+                self._set_df(df)
+            return self._cmsgs
+        cmsgs: list[tuple[int, int, bytes]] = []
+        if self._v6:
+            cmsgs.append(int_cmsg(socket.IPPROTO_IPV6, IPV6_TCLASS, tos))
+            cmsgs.append(int_cmsg(socket.IPPROTO_IPV6, IPV6_HOPLIMIT, ttl))
+            cmsgs.append(int_cmsg(socket.IPPROTO_IPV6, IPV6_DONTFRAG, int(df)))
+            if src is not None or oif is not None:
+                source = pack_addr(self.family, src) if src is not None else bytes(16)
+                cmsgs.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, IN6_PKTINFO.pack(source, self.ifindex(oif))))
+        else:
+            cmsgs.append(int_cmsg(socket.IPPROTO_IP, IP_TOS, tos))
+            cmsgs.append(int_cmsg(socket.IPPROTO_IP, IP_TTL, ttl))
+            self._set_df(df)
+            if src is not None or oif is not None:
+                source = pack_addr(self.family, src) if src is not None else bytes(4)
+                cmsgs.append(
+                    (socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO.pack(self.ifindex(oif), source, bytes(4)))
+                )
+        self._cached, self._cmsgs = key, cmsgs
+        return cmsgs
+
+    def send_burst(
+        self,
+        dst: Address,
+        dport: int,
+        payloads: Sequence[bytes],
+        *,
+        tos: int = 0,
+        ttl: int = 64,
+        df: bool = False,
+        src: Address | None = None,
+        oif: str | int | None = None,
+    ) -> list[tuple[int, OSError]]:
+        """Send datagrams to `dst`:`dport` in order, as few UDP GSO sends as their sizes allow (one send
+        per run of equal sizes, ending with at most one shorter). Datagrams the full socket buffer drops
+        are lost silently, as with UdpEncap.send; the others that fail are returned as (count, error),
+        and the rest of the burst still goes."""
+        cmsgs = self._burst_cmsgs(tos, ttl, df, src, oif)
+        address = self._sockaddr(dst, dport)
+        sock = self._sock
+        failed: list[tuple[int, OSError]] = []
+        if not self.gso:
+            for p in payloads:
+                try:
+                    self._retrying(lambda p=p: sock.sendmsg([p], cmsgs, 0, address))  # type: ignore[misc]
+                except OSError as exc:
+                    failed.append((1, exc))
+            return failed
+        for group, size in _gso_groups(payloads):
+            seg = cmsgs if len(group) == 1 else [*cmsgs, (SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+            try:
+                self._retrying(lambda g=group, s=seg: sock.sendmsg(g, s, 0, address))  # type: ignore[misc]
+            except OSError as exc:
+                if len(group) == 1 or exc.errno not in _GSO_REFUSED:
+                    failed.append((len(group), exc))
+                    continue
+                # Refused as a GSO send: one at a time; if that works, GSO itself was the problem.
+                sent = 0
+                for p in group:
+                    try:
+                        self._retrying(lambda p=p: sock.sendmsg([p], cmsgs, 0, address))  # type: ignore[misc]
+                        sent += 1
+                    except OSError as one:
+                        failed.append((1, one))
+                if sent:
+                    self.gso = False
+        return failed
+
+    def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
+        """The next datagram, or the next GRO batch split back into its datagrams: (the first's
+        addresses and TOS, every payload); None when nothing is queued."""
+        got = self._recvmsg()
+        if got is None:
+            return None
+        n, anc, addr = got
+        size = 0
+        rest = []
+        for level, kind, data in anc:
+            if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+                size = _U16.unpack_from(data)[0] if len(data) < 4 else struct.unpack_from("=i", data)[0]
+            else:
+                rest.append((level, kind, data))
+        dgram = self._datagram(n, rest, addr)
+        if size <= 0 or size >= n:
+            return dgram, [dgram.payload]
+        data = dgram.payload
+        return dgram, [data[i : i + size] for i in range(0, n, size)]
+
+    def _datagram(self, n: int, anc: list[tuple[int, int, bytes]], addr: object) -> UdpDatagram:
+        """The datagram in the buffer, as UdpEncap.recv reads it."""
+        dst = bytes(16 if self._v6 else 4)
+        tos = 0
+        for level, kind, data in anc:
+            if self._v6 and level == socket.IPPROTO_IPV6:
+                if kind == IPV6_PKTINFO and len(data) >= 16:
+                    dst = data[:16]
+                elif kind == IPV6_TCLASS:
+                    tos = cmsg_int(data)
+            elif not self._v6 and level == socket.IPPROTO_IP:
+                if kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
+                    dst = data[8:12]  # ipi_addr: the header's destination
+                elif kind == IP_TOS and data:
+                    tos = data[0]
+        host, port = addr[0], addr[1]  # type: ignore[index]
+        src = socket.inet_pton(self.family, str(host).split("%", 1)[0])
+        return UdpDatagram(src, int(port), dst, tos, bytes(self._buf[:n]))
+
+    def _recvmsg(self) -> tuple[int, list[tuple[int, int, bytes]], object] | None:
+        # UdpEncap's receive loop with room for the UDP_GRO control message
+        for _ in range(256):
+            try:
+                n, anc, flags, addr = self._sock.recvmsg_into([self._buf], _GRO_ANCILLARY)
+            except BlockingIOError:
+                self.poll_errors()
+                return None
+            except OSError as exc:
+                if self._note(exc):
+                    continue
+                raise
+            if flags & socket.MSG_TRUNC:
+                continue
+            return n, anc, addr
+        return None
+
+
+def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:
+    """Runs of payloads one UDP GSO send can carry: equal sizes, the last may be shorter, at most
+    UDP_MAX_SEGMENTS and GSO_MAX_BYTES in all."""
+    i, count = 0, len(payloads)
+    while i < count:
+        size = len(payloads[i])
+        j = i + 1
+        limit = min(count, i + UDP_MAX_SEGMENTS, i + max(1, GSO_MAX_BYTES // max(size, 1)))
+        while j < limit and len(payloads[j]) == size:
+            j += 1
+        if j < limit and len(payloads[j]) < size:
+            j += 1  # a shorter one may end the run
+        yield list(payloads[i:j]), size
+        i = j

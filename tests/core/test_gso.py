@@ -1,0 +1,391 @@
+"""core/gso.py: TSO/USO super-packets split into wire packets and TCP segments coalesced back, checked
+against scapy's independent header and checksum code."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet
+
+from ipsec_tunnel.core import gso
+from ipsec_tunnel.core.drops import Drop
+from ipsec_tunnel.core.engine import Burst, Deliver, Outbound, Reject, packed
+from ipsec_tunnel.core.gso import (
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    NO_OFFLOAD,
+    Offload,
+    OffloadError,
+)
+from ipsec_tunnel.core.tunnel import Tunnel
+from tests.core.test_engine import Pair, inner_packet, make_pair
+
+TS_OPTS = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
+
+
+def reference_checksum(data: bytes) -> int:
+    """RFC 1071 by the book: 16-bit words, end-around carry (independent of gso's big-integer trick)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return int(~total & 0xFFFF)
+
+
+def pseudo(packet: bytes, proto: int, length: int) -> bytes:
+    if packet[0] >> 4 == 4:
+        return packet[12:20] + struct.pack("!BBH", 0, proto, length)
+    return packet[8:40] + struct.pack("!I3xB", length, proto)
+
+
+def transport_valid(packet: bytes) -> bool:
+    """The transport checksum verifies (the sum over pseudo-header and segment is all ones)."""
+    v4 = packet[0] >> 4 == 4
+    l4 = (packet[0] & 0x0F) * 4 if v4 else 40
+    proto = packet[9] if v4 else packet[6]
+    seg = packet[l4:]
+    return reference_checksum(pseudo(packet, proto, len(seg)) + seg) == 0
+
+
+def tso(inner: Packet, mss: int) -> tuple[bytes, Offload]:
+    """A super-packet as Linux's TCP hands it to a TSO device: IP header complete (checksum included),
+    the TCP checksum field holding the pseudo-header sum (CHECKSUM_PARTIAL)."""
+    raw = bytearray(bytes(inner))
+    v4 = raw[0] >> 4 == 4
+    l4 = 20 if v4 else 40
+    partial = gso.pseudo_sum(*gso._addresses(bytes(raw), v4), 6, len(raw) - l4)
+    raw[l4 + 16 : l4 + 18] = partial.to_bytes(2, "big")
+    kind = GSO_TCPV4 if v4 else GSO_TCPV6
+    hl = l4 + (raw[l4 + 12] >> 4) * 4
+    return bytes(raw), Offload(F_NEEDS_CSUM, kind, hl, mss, l4, 16)
+
+
+def v4_tcp(payload: bytes, *, flags: str = "A", seq: int = 1000, ident: int = 77) -> Packet:
+    return (
+        IP(src="10.0.1.1", dst="10.0.2.1", id=ident, flags="DF", tos=0x10, ttl=63)
+        / TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, window=500, options=TS_OPTS)
+        / payload
+    )
+
+
+def v6_tcp(payload: bytes, *, flags: str = "A", seq: int = 1000) -> Packet:
+    return (
+        IPv6(src="2001:db8:1::1", dst="2001:db8:2::1", tc=0x20, fl=0x12345, hlim=63)
+        / TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, window=500, options=TS_OPTS)
+        / payload
+    )
+
+
+# -- checksums ---------------------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=3000))
+def test_checksum_equals_rfc1071(data: bytes) -> None:
+    assert gso.checksum(data) == reference_checksum(data)
+
+
+def test_checksum_edge_cases() -> None:
+    assert gso.checksum(b"") == 0xFFFF
+    assert gso.checksum(b"\0\0\0") == 0xFFFF
+    assert gso.checksum(b"\xff\xff") == 0  # sum is "negative zero": RFC 1071 complements it to zero
+    assert gso.checksum(b"\x12") == reference_checksum(b"\x12")
+
+
+def test_complete_checksum_matches_scapy() -> None:
+    pkt = bytes(v4_tcp(b"hello world!"))
+    partial, offload = tso(v4_tcp(b"hello world!"), 1400)
+    assert gso.split(partial, offload._replace(gso_type=GSO_NONE)) == [pkt]
+    udp = bytes(IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=1, dport=2) / b"abc")
+    raw = bytearray(udp)
+    raw[26:28] = gso.pseudo_sum(raw[12:16], raw[16:20], 17, len(raw) - 20).to_bytes(2, "big")
+    assert gso.split(bytes(raw), Offload(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6)) == [udp]
+
+
+def test_packet_without_offload_is_untouched() -> None:
+    pkt = b"\x45" + os.urandom(60)
+    assert gso.split(pkt, NO_OFFLOAD) == [pkt]
+
+
+# -- TCP segmentation ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [v4_tcp, v6_tcp], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("size,mss", [(14000, 1448), (2897, 1448), (1449, 1448), (5001, 1000), (777, 100)])
+def test_tcp_split_headers_and_checksums(make, size: int, mss: int) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(size)
+    flags = "PA" if make is v6_tcp else "FPA"
+    sup, offload = tso(make(data, flags=flags, seq=0xFFFFFF00), mss)
+    segs = gso.split(sup, offload)
+    assert len(segs) == -(-size // mss)
+    got = b""
+    for i, seg in enumerate(segs):
+        assert transport_valid(seg), f"segment {i}: bad TCP checksum"
+        p = IP(seg) if make is v4_tcp else IPv6(seg)
+        tcp = p[TCP]
+        body = bytes(tcp.payload)
+        assert len(body) == (mss if i < len(segs) - 1 else size - mss * (len(segs) - 1))
+        assert tcp.seq == (0xFFFFFF00 + i * mss) & 0xFFFFFFFF  # wraps
+        assert tcp.ack == 99 and tcp.window == 500 and tcp.options == make(b"").getlayer(TCP).options
+        last = i == len(segs) - 1
+        expected_flags = set(flags) if last else {"A"}
+        assert set(str(tcp.flags)) == expected_flags
+        if make is v4_tcp:
+            assert p.len == len(seg) and p.id == (77 + i) & 0xFFFF and p.ttl == 63 and p.tos == 0x10
+            assert str(p.flags) == "DF"
+            assert reference_checksum(seg[:20]) == 0, "IPv4 header checksum"
+            scapy_copy = IP(seg)
+            del scapy_copy.chksum, scapy_copy[TCP].chksum
+            assert bytes(scapy_copy) == seg  # scapy computes the same checksums
+        else:
+            assert p.plen == len(seg) - 40 and p.hlim == 63 and p.tc == 0x20 and p.fl == 0x12345
+            scapy_copy6 = IPv6(seg)
+            del scapy_copy6[TCP].chksum
+            assert bytes(scapy_copy6) == seg
+        got += body
+    assert got == data
+
+
+def test_tcp_split_cwr_only_on_first_segment() -> None:
+    sup, offload = tso(v4_tcp(os.urandom(3000), flags="CA"), 1000)
+    segs = gso.split(sup, offload._replace(gso_type=GSO_TCPV4 | gso.GSO_ECN))
+    flags = [str(IP(s)[TCP].flags) for s in segs]
+    assert flags == ["AC", "A", "A"]
+
+
+def test_tcp_split_ip_id_wraps() -> None:
+    sup, offload = tso(v4_tcp(os.urandom(3000), ident=0xFFFF), 1000)
+    assert [IP(s).id for s in gso.split(sup, offload)] == [0xFFFF, 0, 1]
+
+
+def test_small_tso_packet_only_gets_its_checksum() -> None:
+    pkt = v4_tcp(b"x" * 100)
+    sup, offload = tso(pkt, 1448)
+    assert gso.split(sup, offload) == [bytes(pkt)]
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda p, o: (p, o._replace(gso_type=GSO_TCPV6)),  # version mismatch
+        lambda p, o: (p, o._replace(gso_size=0)),
+        lambda p, o: (p, o._replace(csum_start=24)),
+        lambda p, o: (p[:30], o),
+        lambda p, o: (p[:9] + b"\x11" + p[10:], o),  # says UDP
+        lambda p, o: (b"", o),
+        lambda p, o: (p, o._replace(gso_type=gso.GSO_UDP)),
+    ],
+)
+def test_malformed_super_packets_are_refused(mangle) -> None:  # type: ignore[no-untyped-def]
+    sup, offload = tso(v4_tcp(os.urandom(3000)), 1000)
+    packet, off = mangle(sup, offload)
+    with pytest.raises(OffloadError):
+        gso.split(packet, off)
+
+
+# -- UDP segmentation ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("size,seg", [(3000, 1200), (2400, 1200), (501, 100)])
+def test_udp_split(v6: bool, size: int, seg: int) -> None:
+    data = os.urandom(size)
+    ip = IPv6(src="2001:db8:1::1", dst="2001:db8:2::1") if v6 else IP(src="10.0.1.1", dst="10.0.2.1", id=5)
+    raw = bytearray(bytes(ip / UDP(sport=4433, dport=443) / data))
+    l4 = 40 if v6 else 20
+    partial = gso.pseudo_sum(*gso._addresses(bytes(raw), not v6), 17, len(raw) - l4)
+    raw[l4 + 6 : l4 + 8] = partial.to_bytes(2, "big")
+    segs = gso.split(bytes(raw), Offload(F_NEEDS_CSUM, GSO_UDP_L4, l4 + 8, seg, l4, 6))
+    assert b"".join(bytes((IPv6(s) if v6 else IP(s))[UDP].payload) for s in segs) == data
+    for i, s in enumerate(segs):
+        assert transport_valid(s)
+        p = IPv6(s) if v6 else IP(s)
+        assert p[UDP].len == len(s) - l4
+        if not v6:
+            assert p.id == 5 + i and reference_checksum(s[:20]) == 0
+
+
+# -- coalescing --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [v4_tcp, v6_tcp], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("size,mss", [(14000, 1448), (2896, 1448), (4001, 1000), (63000, 1400)])
+def test_split_then_coalesce_round_trip(make, size: int, mss: int) -> None:  # type: ignore[no-untyped-def]
+    sup, offload = tso(make(os.urandom(size), flags="PA"), mss)
+    assert gso.coalesce(gso.split(sup, offload)) == [(offload, sup)]
+
+
+def test_coalesced_header_is_what_the_kernel_expects() -> None:
+    sup, _ = tso(v4_tcp(os.urandom(5000), flags="PA"), 1448)
+    [(off, merged)] = gso.coalesce(gso.split(sup, Offload(F_NEEDS_CSUM, GSO_TCPV4, 0, 1448, 20, 16)))
+    assert off.flags == F_NEEDS_CSUM and off.gso_type == GSO_TCPV4 and off.gso_size == 1448
+    assert off.csum_start == 20 and off.csum_offset == 16 and off.hdr_len == 20 + 32
+    p = IP(merged)
+    assert p.len == len(merged) == 20 + 32 + 5000 and reference_checksum(merged[:20]) == 0
+    # the checksum field holds the folded pseudo-header sum over the whole TCP length, not inverted
+    ph = merged[12:20] + struct.pack("!BBH", 0, 6, len(merged) - 20)
+    assert p[TCP].chksum == 0xFFFF - reference_checksum(ph)
+
+
+def test_coalesce_keeps_other_packets_and_order() -> None:
+    data = os.urandom(4000)
+    segs = gso.split(*tso(v4_tcp(data), 1000))
+    other = bytes(IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=1, dport=2) / b"udp")
+    syn = bytes(v4_tcp(b"", flags="S"))
+    out = gso.coalesce([segs[0], other, segs[1], syn, segs[2], segs[3]])
+    assert [o for o, _ in out] == [out[0][0], NO_OFFLOAD, NO_OFFLOAD]
+    assert out[0][0].gso_type == GSO_TCPV4 and bytes(IP(out[0][1])[TCP].payload) == data
+    assert [p for _, p in out[1:]] == [other, syn]
+
+
+def test_coalesce_stops_at_gaps_short_segments_and_changed_fields() -> None:
+    data = os.urandom(6000)
+    segs = gso.split(*tso(v4_tcp(data), 1000))
+    # a gap: segment 2 missing -> [0,1] merged, then [3,4,5]
+    out = gso.coalesce([segs[0], segs[1], segs[3], segs[4], segs[5]])
+    assert [len(bytes(IP(p)[TCP].payload)) for _, p in out] == [2000, 3000]
+    # a different ACK number does not merge
+    other_ack = IP(segs[1])
+    other_ack[TCP].ack = 100
+    del other_ack.chksum, other_ack[TCP].chksum
+    out = gso.coalesce([segs[0], bytes(other_ack), segs[2]])
+    assert len(out) == 3
+    # a short segment closes the super-packet
+    short = bytes(v4_tcp(os.urandom(500), seq=1000 + 6000))
+    after = bytes(v4_tcp(os.urandom(1000), seq=1000 + 6500))
+    out = gso.coalesce([*segs, short, after])
+    assert [len(bytes(IP(p)[TCP].payload)) for _, p in out] == [6500, 1000]
+
+
+def test_coalesce_does_not_merge_a_bad_checksum() -> None:
+    data = os.urandom(3000)
+    segs = gso.split(*tso(v4_tcp(data), 1000))
+    bad = bytearray(segs[1])
+    bad[-1] ^= 0x01
+    out = gso.coalesce([segs[0], bytes(bad), segs[2]])
+    assert out == [(NO_OFFLOAD, segs[0]), (NO_OFFLOAD, bytes(bad)), (NO_OFFLOAD, segs[2])]
+    bad_ip = bytearray(segs[2])
+    bad_ip[8] ^= 0x01  # TTL changed, header checksum not updated: different key, but still checked
+    out = gso.coalesce([segs[0], segs[1], bytes(bad_ip)])
+    assert out[-1] == (NO_OFFLOAD, bytes(bad_ip))
+
+
+def test_coalesce_odd_sized_last_segment() -> None:
+    sup, offload = tso(v4_tcp(os.urandom(2001), flags="PA"), 1000)
+    assert gso.coalesce(gso.split(sup, offload)) == [(offload, sup)]
+
+
+def test_coalesce_respects_64k_limit() -> None:
+    segs = gso.split(*tso(v4_tcp(os.urandom(60000)), 1400))
+    more = gso.split(*tso(v4_tcp(os.urandom(14000), seq=1000 + 60000), 1400))
+    out = gso.coalesce(segs + more)
+    assert all(len(p) <= 0xFFFF for _, p in out)
+    assert sum(len(bytes(IP(p)[TCP].payload)) for _, p in out) == 74000
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20000), st.integers(100, 1500), st.booleans())
+def test_round_trip_property(size: int, mss: int, v6: bool) -> None:
+    make = v6_tcp if v6 else v4_tcp
+    sup, offload = tso(make(os.urandom(size), flags="PA"), mss)
+    segs = gso.split(sup, offload)
+    assert all(transport_valid(s) for s in segs)
+    out = gso.coalesce(segs)
+    if len(segs) == 1:
+        assert out == [(NO_OFFLOAD, segs[0])]
+    elif len(segs) <= gso.MAX_SEGMENTS:
+        assert out == [(offload, sup)]
+    else:  # the kernel's GRO limit: more than one super-packet
+        assert len(out) == -(-len(segs) // gso.MAX_SEGMENTS) and out[0][0].gso_type == offload.gso_type
+        parse = IPv6 if v6 else IP
+        assert b"".join(bytes(parse(p)[TCP].payload) for _, p in out) == bytes(parse(sup)[TCP].payload)
+
+
+# -- the engine's batch APIs: the same results as packet by packet ------------------------------------------
+
+
+def _twins(cipher: str = "aes-gcm") -> tuple[Pair, Pair]:
+    """Two identical engine pairs (same keys, same state) for a differential test."""
+    return make_pair(cipher=cipher), make_pair(cipher=cipher)
+
+
+def _mixed_inner() -> list[bytes]:
+    return [
+        inner_packet(4, 100),
+        inner_packet(4, 1400, tos=0x10),
+        inner_packet(6, 300, ttl=9),
+        b"\x45\x00",  # not IP
+        inner_packet(4, 1400, tos=0x10) + b"trailing",  # longer than its IP length
+        inner_packet(4, 3000, df=True),  # too big for the path
+        inner_packet(6, 200),
+        bytes(v4_tcp(os.urandom(1000))),
+    ]
+
+
+def _delivered(results: list[object]) -> list[bytes]:
+    return [r.packet for r in results if isinstance(r, Deliver)]
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
+def test_send_batch_equals_send(cipher: str) -> None:
+    one, many = _twins(cipher)
+    for pair in (one, many):
+        pair.a.path_mtu["t0"] = 1500
+    packets = _mixed_inner()
+    singles = [one.a.send("t0", p, 5.0) for p in packets]
+    batch = many.a.send_batch("t0", packets, 5.0)
+    flat_single = [
+        r.payload if isinstance(r, Outbound) else r.packet for r in singles if not isinstance(r, Drop)
+    ]
+    flat_batch = [x for b in batch for x in (b.payloads if isinstance(b, Burst) else [b.packet])]
+    if cipher == "aes-gcm":  # counter IVs: byte-identical
+        assert flat_batch == flat_single
+    else:
+        assert len(flat_batch) == len(flat_single)
+    assert one.a.tx_accepted == many.a.tx_accepted and one.a.tx_drops == many.a.tx_drops
+    assert one.a.stats_for("t0") == many.a.stats_for("t0")
+    assert [type(b) for b in batch] == [Burst] * 4 + [Deliver] + [Burst] * 2  # by TOS/TTL/DF, ICMP apart
+    for r in singles:  # every datagram decrypts at B, in order
+        if isinstance(r, Outbound):
+            assert isinstance(many.b.receive(r.src, r.dst, r.payload, 5.0, r.tos), Deliver)
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_receive_batch_equals_receive(udp: bool) -> None:
+    one, many = _twins()
+    a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
+    wire = [r.payload for p in _mixed_inner() if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
+    junk = [wire[0], b"\x00\x00\x00\x01junkjunk", wire[3][:-1] + b"\x00", b"\xff", b"\x00\x00\x00\x00ike"]
+    wire = [wire[0], wire[1], *junk, wire[2], *wire[3:]]
+    receive = one.b.receive_udp if udp else one.b.receive
+    singles = [receive(a_addr, b_addr, w, 2.0, 0) for w in wire]
+    deliver, rejects = many.b.receive_batch(a_addr, b_addr, wire, 2.0, 0, udp=udp)
+    assert deliver.get("t0", []) == _delivered(list(singles))
+    assert one.b.rx_accepted == many.b.rx_accepted and one.b.rx_drops == many.b.rx_drops
+    assert one.b.keepalives == many.b.keepalives and one.b.stats_for("t0") == many.b.stats_for("t0")
+    assert len(rejects) == sum(1 for r in singles if isinstance(r, Reject))
+
+
+def test_receive_batch_slow_paths_match() -> None:
+    """ECN marks on the outer header and --peer-net policies take receive()'s own path."""
+    one, many = _twins()
+    for pair in (one, many):
+        pair.b.tunnels.remove("t0")
+        pair.b.tunnels.add(Tunnel("t0", pair.b_addr, pair.a_addr, peer_nets=("192.168.1.0/24",)))
+    pkts = [inner_packet(4, 100, tos=2), inner_packet(4, 100, src="192.168.9.9"), inner_packet(6, 100, tos=1)]
+    wire = [r.payload for p in pkts if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
+    a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
+    for tos in (0, 3, 1):
+        singles = [one.b.receive(a_addr, b_addr, w, 2.0, tos) for w in wire]
+        deliver, _ = many.b.receive_batch(a_addr, b_addr, wire, 2.0, tos)
+        assert deliver.get("t0", []) == _delivered(list(singles))
+        assert one.b.rx_drops == many.b.rx_drops

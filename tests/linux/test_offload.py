@@ -1,0 +1,148 @@
+"""linux/offload.py against the kernel: UDP GSO bursts arrive as the datagrams they were, with or without
+UDP GRO; TUN queues with virtio-net headers accept coalesced TCP super-packets and refuse malformed ones;
+transmit queue lengths are set."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP
+
+from ipsec_tunnel.core import gso
+from ipsec_tunnel.linux.offload import OffloadUdp, TunQueue, _gso_groups, open_offload_tun, set_txqueuelen
+from ipsec_tunnel.testing.netns import Netns
+
+from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
+
+pytestmark = pytest.mark.root
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+ADDRS: dict[int, tuple[str, str]] = {V4: (ADDR_A4, ADDR_B4), V6: (ADDR_A6, ADDR_B6)}
+
+
+def test_gso_groups() -> None:
+    p = [b"a" * 100] * 3 + [b"b" * 50] + [b"c" * 100] * 2 + [b"d" * 200]
+    assert [(len(g), s) for g, s in _gso_groups(p)] == [(4, 100), (2, 100), (1, 200)]
+    many = [b"x" * 1000] * 150
+    assert [len(g) for g, _ in _gso_groups(many)] == [64, 64, 22]
+    big = [b"y" * 9000] * 10
+    assert all(len(g) * 9000 <= 65535 for g, _ in _gso_groups(big))
+
+
+def _collect(rx: OffloadUdp, want: int) -> tuple[list[bytes], int]:
+    """Payloads until `want` arrived, and how many receive calls (GRO batches) they took."""
+    got: list[bytes] = []
+    calls = 0
+    while len(got) < want:
+        batch = wait_for(rx.recv_batch, rx.fileno())
+        got += batch[1]
+        calls += 1
+    return got, calls
+
+
+@pytest.mark.parametrize("gro", [True, False], ids=["gro", "no-gro"])
+@pytest.mark.parametrize("gso_on", [True, False], ids=["gso", "no-gso"])
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_udp_bursts_arrive_as_sent(pair: Pair, family: int, gso_on: bool, gro: bool) -> None:
+    with pair.a.enter():
+        tx = OffloadUdp(family, 0, gso=gso_on, gro=False, buffer=1 << 20)
+    with pair.b.enter():
+        rx = OffloadUdp(family, 4500, gso=False, gro=gro, buffer=8 << 20)
+    try:
+        payloads = (
+            [os.urandom(1200) for _ in range(40)] + [os.urandom(300)] + [os.urandom(80) for _ in range(5)]
+        )
+        assert tx.send_burst(ADDRS[family][1], 4500, payloads, tos=0x10, ttl=9, df=True) == []
+        got, calls = _collect(rx, len(payloads))
+        assert got == payloads
+        assert tx.gso == gso_on, "GSO was refused by the kernel"
+        if gso_on and gro:
+            assert calls < len(payloads), "nothing arrived coalesced"
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_gro_batch_carries_addresses_and_tos(pair: Pair) -> None:
+    with pair.a.enter():
+        tx = OffloadUdp(V4, 0, gso=True, gro=False, buffer=1 << 20)
+    with pair.b.enter():
+        rx = OffloadUdp(V4, 4500, gso=False, gro=True, buffer=8 << 20)
+    try:
+        tx.send_burst(ADDR_B4, 4500, [b"z" * 500] * 8, tos=0xB8)
+        dgram, payloads = wait_for(rx.recv_batch, rx.fileno())
+        assert dgram.src == socket.inet_aton(ADDR_A4) and dgram.dst == socket.inet_aton(ADDR_B4)
+        assert dgram.tos == 0xB8 and dgram.sport == tx.port
+        assert payloads[0] == b"z" * 500
+    finally:
+        tx.close()
+        rx.close()
+
+
+def _tcp_segments(n: int, mss: int = 1000) -> list[bytes]:
+    data = os.urandom(n * mss)
+    sup = (
+        IP(src="10.9.0.2", dst="10.9.0.1", flags="DF") / TCP(sport=1234, dport=5678, seq=1, flags="PA") / data
+    )
+    raw = bytearray(bytes(sup))
+    raw[36:38] = gso.pseudo_sum(raw[12:16], raw[16:20], 6, len(raw) - 20).to_bytes(2, "big")
+    return gso.split(bytes(raw), gso.Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, mss, 20, 16))
+
+
+def _stat(ns: Netns, name: str, counter: str) -> int:
+    return int(ns.check(f"cat /sys/class/net/{name}/statistics/{counter}"))
+
+
+def test_tun_accepts_coalesced_tcp_and_refuses_bad_headers(ns: Netns) -> None:
+    with ns.enter():
+        dev = open_offload_tun("ipsec7", vnet=True)
+        assert dev.vnet_hdr
+        queue = TunQueue(dev, tso=True, uso=True)
+        try:
+            ns.check("ip addr add 10.9.0.1/24 dev ipsec7 && ip link set ipsec7 up")
+            [(offload, packet)] = gso.coalesce(_tcp_segments(20))
+            assert offload.gso_type == gso.GSO_TCPV4
+            before = _stat(ns, "ipsec7", "rx_packets")
+            assert queue.write(packet, offload) == len(packet) + 10
+            assert _stat(ns, "ipsec7", "rx_packets") == before + 1
+            assert _stat(ns, "ipsec7", "rx_frame_errors") == 0
+            with pytest.raises(OSError):
+                queue.write(packet, offload._replace(gso_size=0))  # the kernel checks the header
+            assert queue.write(_tcp_segments(1)[0]) > 0  # no offload: a zeroed header
+        finally:
+            dev.close()
+
+
+def test_tun_without_vnet_headers(ns: Netns) -> None:
+    with ns.enter():
+        dev = open_offload_tun("ipsec8", vnet=False)
+        queue = TunQueue(dev, tso=True, uso=True)
+        try:
+            assert not queue.vnet and not queue.tso
+            ns.check("ip addr add 10.9.0.1/24 dev ipsec8 && ip link set ipsec8 up")
+            assert queue.write(_tcp_segments(1)[0]) > 0
+        finally:
+            dev.close()
+
+
+def test_tun_offloads_are_reported(ns: Netns) -> None:
+    with ns.enter():
+        dev = open_offload_tun("ipsec9", vnet=True)
+        try:
+            assert TunQueue(dev, tso=True, uso=False).tso
+            assert not TunQueue(dev, tso=False, uso=False).tso
+        finally:
+            dev.close()
+
+
+def test_set_txqueuelen(ns: Netns) -> None:
+    with ns.enter():
+        dev = open_offload_tun("ipsec6", vnet=False)
+        try:
+            assert set_txqueuelen("ipsec6", 4321)
+            assert ns.check("cat /sys/class/net/ipsec6/tx_queue_len").strip() == "4321"
+            assert not set_txqueuelen("nosuchdev", 10)
+        finally:
+            dev.close()
