@@ -146,7 +146,7 @@ def test_aes_gcm_spec_vectors(case: GcmCase, icv_len: int) -> None:
     iv = case.nonce[4:]
     sealed = cipher.seal(iv, case.plaintext, case.aad)
     assert sealed == case.ciphertext + case.tag[:icv_len]
-    assert cipher.open(iv, case.ciphertext, case.tag[:icv_len], case.aad) == case.plaintext
+    assert cipher.open(iv, case.ciphertext + case.tag[:icv_len], case.aad) == case.plaintext
 
 
 @pytest.mark.parametrize("icv_len", [16, 12, 8])
@@ -156,9 +156,9 @@ def test_aes_gcm_rejects_a_wrong_tag_or_aad(icv_len: int) -> None:
     cipher = make_cipher(alg, case.key + case.nonce[:4], icv_len)
     iv, tag = case.nonce[4:], case.tag[:icv_len]
     bad_tag = bytes([tag[0] ^ 1]) + tag[1:]
-    assert cipher.open(iv, case.ciphertext, bad_tag, case.aad) is None
-    assert cipher.open(iv, case.ciphertext, tag, case.aad + b"x") is None
-    assert cipher.open(iv, b"\x00" + case.ciphertext[1:], tag, case.aad) is None
+    assert cipher.open(iv, case.ciphertext + bad_tag, case.aad) is None
+    assert cipher.open(iv, case.ciphertext + tag, case.aad + b"x") is None
+    assert cipher.open(iv, b"\x00" + case.ciphertext[1:] + tag, case.aad) is None
 
 
 def test_3des_cbc_sp800_67_known_answer() -> None:

@@ -37,8 +37,8 @@ class AeadTransform(Protocol):
         """Ciphertext followed by the (possibly truncated) ICV."""
         ...
 
-    def open(self, iv: bytes, ciphertext: bytes, icv: bytes, aad: bytes) -> bytes | None:
-        """The plaintext, or None when the ICV does not verify."""
+    def open(self, iv: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+        """The plaintext of `sealed` (ciphertext then ICV), or None when the ICV does not verify."""
         ...
 
 
@@ -76,15 +76,19 @@ class _Gcm:
             return out
         return out[: len(out) - 16 + self.icv_len]
 
-    def open(self, iv: bytes, ciphertext: bytes, icv: bytes, aad: bytes) -> bytes | None:
+    def open(self, iv: bytes, sealed: bytes, aad: bytes) -> bytes | None:
         try:
             if self.icv_len == 16:
-                return self._aead.decrypt(self._salt + iv, ciphertext + icv, aad)
+                return self._aead.decrypt(self._salt + iv, sealed, aad)
+            cut = len(sealed) - self.icv_len
+            if cut < 0:
+                return None
             dec = Cipher(
-                algorithms.AES(self._key), modes.GCM(self._salt + iv, icv, min_tag_length=self.icv_len)
+                algorithms.AES(self._key),
+                modes.GCM(self._salt + iv, sealed[cut:], min_tag_length=self.icv_len),
             ).decryptor()
             dec.authenticate_additional_data(aad)
-            out = dec.update(ciphertext)
+            out = dec.update(sealed[:cut])
             return out + dec.finalize()
         except InvalidTag:
             return None
@@ -104,9 +108,9 @@ class _ChaCha:
     def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._aead.encrypt(self._salt + iv, plaintext, aad)
 
-    def open(self, iv: bytes, ciphertext: bytes, icv: bytes, aad: bytes) -> bytes | None:
+    def open(self, iv: bytes, sealed: bytes, aad: bytes) -> bytes | None:
         try:
-            return self._aead.decrypt(self._salt + iv, ciphertext + icv, aad)
+            return self._aead.decrypt(self._salt + iv, sealed, aad)
         except InvalidTag:
             return None
 

@@ -95,14 +95,14 @@ def open_packet(
     if body_len < 4 or body_len % block:
         return Drop.MALFORMED
     iv = packet[HEADER_LEN : HEADER_LEN + iv_len]
-    ct = packet[HEADER_LEN + iv_len : len(packet) - icv_len]
-    icv = packet[len(packet) - icv_len :]
     if auth is None:
         aad = packet[:4] + _SEQHI.pack(seq >> 32) + packet[4:8] if esn else packet[:HEADER_LEN]
-        plain = cipher.open(iv, ct, icv, aad)
+        plain = cipher.open(iv, packet[HEADER_LEN + iv_len :], aad)  # ciphertext and ICV, contiguous
         if plain is None:
             return Drop.AUTH_FAILED
     else:
+        ct = packet[HEADER_LEN + iv_len : len(packet) - icv_len]
+        icv = packet[len(packet) - icv_len :]
         signed = packet[: len(packet) - icv_len]
         ok = auth.verify(icv, signed, _SEQHI.pack(seq >> 32)) if esn else auth.verify(icv, signed)
         if not ok:
