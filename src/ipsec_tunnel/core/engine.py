@@ -399,14 +399,13 @@ class Engine:
     def _unreachable(src: bytes, dst: bytes, esp: bytes) -> bytes | None:
         """ICMP protocol-unreachable to `src` quoting the ESP packet it sent to `dst`."""
         if len(esp) > 0xFFFF - ip.IPV6_HEADER_LEN:  # no IP datagram carried it: no header can quote it
-            return None  # (found by the robustness tests: struct.error escaped from build_ipv4/6)
+            return None
         if len(src) == 4:
             outer = ip.build_ipv4(src, dst, ip.PROTO_ESP, len(esp))
         else:
             outer = ip.build_ipv6(src, dst, ip.PROTO_ESP, len(esp))
-        # Fixed by the core tests: quoting only esp[:64] under a header that claims the whole length made
-        # the quoted packet unparseable, so no ICMP was sent for any ESP packet over 64 bytes. The ICMP
-        # builders trim the quote themselves (RFC 1812 §4.3.2.3: 576 bytes; RFC 4443 §2.4 (c): 1280).
+        # The whole packet, so the quoted header's length is true; the ICMP builders trim the quote
+        # (RFC 1812 §4.3.2.3: 576 bytes; RFC 4443 §2.4 (c): 1280).
         return ip.proto_unreachable(dst, outer + esp)
 
 

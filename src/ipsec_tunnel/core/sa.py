@@ -320,8 +320,7 @@ class SecurityAssociation:
         if self._timed:
             self.tick(now, emit)
         if self.dead:
-            # Fixed by the core tests: an SA whose sequence numbers ran out kept counting later packets as
-            # "expired"; they are still refused for exhausted sequence numbers (the event fired once).
+            # An SA whose sequence numbers ran out keeps counting its refusals as exhausted (one event).
             exhausted = self.seq_out >= self._seq_max
             return self._drop(Drop.SEQ_EXHAUSTED if exhausted else Drop.EXPIRED)
         seq = self.seq_out + 1

@@ -109,7 +109,6 @@ class Manager:
         encap_arg = arg(args, "encap", dict)
         encap = None
         if encap_arg is not None:
-            # arg() checks the type (found by the robustness tests: int("x") was an EIO internal error)
             encap = UdpEncap(arg(encap_arg, "sport", int, 4500), arg(encap_arg, "dport", int, 4500))
         try:
             config = SAConfig(

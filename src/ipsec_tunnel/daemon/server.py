@@ -81,7 +81,7 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
         # A full backlog makes a client's connect() fail with EAGAIN (AF_UNIX, timeout set): leave room for
-        # every client we would serve (found by the robustness tests: 20 concurrent ipsecadm calls failed).
+        # every client we would serve.
         sock.listen(MAX_CLIENTS)
         sock.setblocking(False)
         return sock

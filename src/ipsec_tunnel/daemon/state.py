@@ -263,7 +263,7 @@ class Store:
         for config_json, created, seq_out, seq_in, bitmap, clean in rows:
             try:
                 config = SAConfig.from_record(json.loads(config_json)).validated()
-                # converted here so a garbled number is a StateError too (found by the robustness tests)
+                # converted inside the try: a garbled number is a StateError too
                 seq_out, seq_in, bits = int(seq_out), int(seq_in), int(bitmap or "0", 16)
             except (ValueError, TypeError, KeyError) as exc:
                 raise StateError(f"state database {self.path} holds an unusable SA ({exc})") from None
