@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ipsec_tunnel.testing.hosts import IpsecHost
 from ipsec_tunnel.testing.uml import UmlPeer
 
 
@@ -34,3 +35,17 @@ def uml_clean(uml_peer: UmlPeer) -> Iterator[UmlPeer]:
     uml_peer.check(flush)
     yield uml_peer
     uml_peer.check(flush)
+
+
+@pytest.fixture(scope="session")
+def uml_ipsecd(uml_peer: UmlPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpsecHost]:
+    """Host A: an ipsecd of its own in the UML guest's host-side namespace (on the TAP, 192.0.2.1),
+    driven with the real `ipsecadm` like any IpsecHost. The namespace belongs to the UmlPeer."""
+    host = IpsecHost("uml", tmp_path_factory.mktemp("ipsecd"))
+    host.ns.name = uml_peer.netns  # adopted, not created: delete() only ends what ipsecd started there
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop()
+        host.ns.delete()
