@@ -142,7 +142,9 @@ class Manager:
             self.store.add_sa(sa)
             self.engine.sad.add(sa)
             added.append(self.sa_dict(sa, False))
-            log.info("SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher, c.digest)
+            log.info(
+                "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
+            )
         self.refresh_mtus()
         return {"added": added}
 
