@@ -35,26 +35,19 @@ from bench.benchlib import (
     PUB_B,
     BenchError,
     ControlConnection,
-    Interrupted,
     OursConfig,
     OursPlane,
     Plane,
     Summary,
-    busy_note,
+    check_common,
     check_prerequisites,
-    close_planes,
-    emit,
+    common_args,
     fmt,
     ipsecadm_works,
     log,
-    open_planes,
-    raise_on_termination,
     ratio,
-    run_rounds,
-    shield_cleanup,
+    run_bench,
     table,
-    versions,
-    workdir,
 )
 from ipsec_tunnel.testing.hosts import IpsecHost
 
@@ -183,8 +176,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="ipsecd (AES-GCM, ESP-in-UDP) with 10,000 SAs and 256 tunnels per host against the plain "
         "1-SA configuration, in the same run (needs root).",
     )
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
-    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3); medians are reported")
     p.add_argument("--sas", type=int, default=10_000, help="SAs per host in the scaled plane (default 10000)")
     p.add_argument(
         "--tunnels", type=int, default=256, help="tunnels per host in the scaled plane (default 256)"
@@ -203,19 +194,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="socket",
         help="add the fillers over the control socket after the sample (default) or all with ipsecadm",
     )
-    p.add_argument("--pings", type=int, default=20, help="idle pings per round (default 20, 0.05 s apart)")
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        metavar="FILE",
-        help="write the results as JSON to FILE; without FILE, JSON on stdout and the table on stderr",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    common_args(p)
     args = p.parse_args(argv)
-    if args.runs < 1 or args.seconds < 1 or args.pings < 1:
-        p.error("--runs, --seconds and --pings must be at least 1")
+    check_common(p, args)
     if args.sas < 4 or args.sas % 2 or args.tunnels < 2:
         p.error("--sas must be even and at least 4 (duplex pairs), --tunnels at least 2")
     return args
@@ -309,66 +290,25 @@ def main(argv: list[str] | None = None) -> int:
     if why := ipsecadm_works():
         print(f"bench/scale: ipsecadm does not run ({why})", file=sys.stderr)
         return 2
-    raise_on_termination()
-    started = time.time()
-    load, busy = busy_note()
-    if busy:
-        log(busy)
-    planes: list[Plane] = []
-    results: dict[str, list[Any]] = {"plain": [], "scaled": []}
-    interrupted = False
     config = OursConfig("gcm", udp=True)
-    try:
-        with workdir(args.keep, "ipsec-bench-scale-") as work:
-            try:
-                plain = OursPlane("plain", work, config)
-                plain.label = f"{config.label}, 2 SAs + 1 tunnel"
-                scaled = ScaledPlane(
-                    "scaled", work, config, args.sas, args.tunnels, args.adm_sample, args.via == "adm"
-                )
-                planes = [plain, scaled]
-                ready = open_planes(planes)
-                if ready:
-                    log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")
-                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results)
-                for p in ready:
-                    assert isinstance(p, OursPlane)
-                    p.notes["rss_kib"] = p.rss_kib()
-            except (KeyboardInterrupt, Interrupted):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                shield_cleanup()
-                close_planes(planes)
-    except BenchError as exc:
-        print(f"bench/scale: {exc}", file=sys.stderr)
-        return 1
-    summaries = [Summary(p.key, p.label, p.group, p.cipher, results[p.key], p.error, p.notes) for p in planes]
-    report = {
-        "bench": "scale",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "elapsed_s": round(time.time() - started, 1),
-        "seconds": args.seconds,
-        "runs": args.runs,
-        "pings": args.pings,
-        "interrupted": interrupted,
-        "sas": args.sas,
-        "tunnels": args.tunnels,
-        "adm_sample": args.adm_sample,
-        "via": args.via,
-        "loadavg_at_start": round(load, 2),
-        "versions": versions(),
-        "planes": [s.to_json() for s in summaries],
-    }
-    text = render(summaries, planes, args)
-    if busy:
-        text += "\n" + busy
-    if interrupted:
-        text = "INTERRUPTED: partial results\n" + text
-    emit(report, text, args.json)
-    if interrupted:
-        return 130
-    return 0 if all(s.mbps is not None for s in summaries) else 1
+
+    def make_planes(work: Path) -> list[Plane]:
+        plain = OursPlane("plain", work, config)
+        plain.label = f"{config.label}, 2 SAs + 1 tunnel"
+        scaled = ScaledPlane(
+            "scaled", work, config, args.sas, args.tunnels, args.adm_sample, args.via == "adm"
+        )
+        return [plain, scaled]
+
+    extra = {"sas": args.sas, "tunnels": args.tunnels, "adm_sample": args.adm_sample, "via": args.via}
+    return run_bench(
+        "scale",
+        args,
+        make_planes,
+        lambda summaries, planes: render(summaries, planes, args),
+        keys=["plain", "scaled"],
+        extra=extra,
+    )
 
 
 if __name__ == "__main__":

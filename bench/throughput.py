@@ -15,34 +15,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
 from bench.benchlib import (
-    BenchError,
-    Interrupted,
     OursConfig,
     OursPlane,
     Plane,
     Summary,
     VethPlane,
-    busy_note,
+    check_common,
     check_prerequisites,
-    close_planes,
-    emit,
+    common_args,
     fmt,
     ipsecadm_works,
-    log,
-    open_planes,
-    raise_on_termination,
-    run_rounds,
-    shield_cleanup,
+    run_bench,
     table,
-    versions,
-    workdir,
 )
 from bench.peers import StrongSwanPlane, WireGuardPlane
 
@@ -94,8 +83,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "kernel-libipsec, wireguard-go and plain veth, between two network namespaces (needs root).",
         epilog=f"data planes: {', '.join(PLANES)}; groups: ours, strongswan, wireguard, veth",
     )
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (default 10)")
-    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3); medians are reported")
     p.add_argument(
         "--only",
         type=selection,
@@ -110,19 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LIST",
         help="leave these groups or planes out, e.g. --skip strongswan",
     )
-    p.add_argument("--pings", type=int, default=20, help="idle pings per round (default 20, 0.05 s apart)")
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        default=None,
-        metavar="FILE",
-        help="write the results as JSON to FILE; without FILE, JSON on stdout and the table on stderr",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, captures)")
+    common_args(p)
     args = p.parse_args(argv)
-    if args.runs < 1 or args.seconds < 1 or args.pings < 1:
-        p.error("--runs, --seconds and --pings must be at least 1")
+    check_common(p, args)
     return args
 
 
@@ -207,54 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    raise_on_termination()
-    started = time.time()
-    load, busy = busy_note()
-    if busy:
-        log(busy)
-    planes: list[Plane] = []
-    results: dict[str, list[Any]] = {k: [] for k in keys}
-    interrupted = False
-    try:
-        with workdir(args.keep, "ipsec-bench-throughput-") as work:
-            try:
-                planes = make_planes(keys, work)
-                ready = open_planes(planes)
-                if ready:
-                    log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")
-                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results)
-            except (KeyboardInterrupt, Interrupted):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                shield_cleanup()
-                close_planes(planes)
-    except BenchError as exc:
-        print(f"bench/throughput: {exc}", file=sys.stderr)
-        return 1
-    summaries = [Summary(p.key, p.label, p.group, p.cipher, results[p.key], p.error, p.notes) for p in planes]
-    add_ratios(summaries)
-    report = {
-        "bench": "throughput",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "elapsed_s": round(time.time() - started, 1),
-        "seconds": args.seconds,
-        "runs": args.runs,
-        "pings": args.pings,
-        "interrupted": interrupted,
-        "loadavg_at_start": round(load, 2),
-        "versions": versions(),
-        "planes": [s.to_json() for s in summaries],
-    }
-    text = render(summaries, args)
-    if busy:
-        text += "\n" + busy
-    if interrupted:
-        text = "INTERRUPTED: partial results\n" + text
-    emit(report, text, args.json)
-    if interrupted:
-        return 130
-    return 0 if all(s.mbps is not None for s in summaries) else 1
+    return run_bench(
+        "throughput",
+        args,
+        lambda work: make_planes(keys, work),
+        lambda summaries, _planes: render(summaries, args),
+        keys=keys,
+        after=lambda _planes, summaries: add_ratios(summaries),
+    )
 
 
 if __name__ == "__main__":
