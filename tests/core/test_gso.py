@@ -284,6 +284,22 @@ def test_coalesce_odd_sized_last_segment() -> None:
     assert gso.coalesce(gso.split(sup, offload)) == [(offload, sup)]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1001, 4999), st.booleans(), st.data())
+def test_coalesce_never_merges_a_corrupted_segment(size: int, v6: bool, data: st.DataObject) -> None:
+    make = v6_tcp if v6 else v4_tcp
+    good = gso.split(*tso(make(os.urandom(size), flags="PA"), 1000))
+    which = data.draw(st.integers(0, len(good) - 1))
+    bad = bytearray(good[which])
+    at = data.draw(st.integers(40 if v6 else 0, len(bad) - 1))  # IPv6 has no header checksum
+    bad[at] ^= data.draw(st.integers(1, 255))
+    out = gso.coalesce([*good[:which], bytes(bad), *good[which + 1 :]])
+    for offload, packet in out:
+        if offload.gso_type:  # whatever was merged is only segments that came in intact
+            assert all(part in good for part in gso.split(packet, offload))
+    assert (NO_OFFLOAD, bytes(bad)) in out
+
+
 def test_coalesce_respects_64k_limit() -> None:
     segs = gso.split(*tso(v4_tcp(os.urandom(60000)), 1400))
     more = gso.split(*tso(v4_tcp(os.urandom(14000), seq=1000 + 60000), 1400))

@@ -69,6 +69,11 @@ class _Gcm:
         self._salt = salt
         self._aead = AESGCM(key)
         self.icv_len = icv_len
+        # for callers that seal and open packets themselves (16-byte ICV only): encrypt(salt + iv,
+        # plaintext, aad) is seal(), decrypt(salt + iv, sealed, aad) is open() raising InvalidTag
+        self.salt = salt
+        self.full_icv_encrypt = self._aead.encrypt if icv_len == 16 else None
+        self.full_icv_decrypt = self._aead.decrypt if icv_len == 16 else None
 
     def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         out = self._aead.encrypt(self._salt + iv, plaintext, aad)
@@ -104,6 +109,9 @@ class _ChaCha:
     def __init__(self, key: bytes, salt: bytes, icv_len: int) -> None:
         self._salt = salt
         self._aead = ChaCha20Poly1305(key)
+        self.salt = salt  # as _Gcm
+        self.full_icv_encrypt = self._aead.encrypt
+        self.full_icv_decrypt = self._aead.decrypt
 
     def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._aead.encrypt(self._salt + iv, plaintext, aad)

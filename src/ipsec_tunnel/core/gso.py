@@ -41,6 +41,11 @@ UDP_CSUM_OFFSET = 6  # RFC 768
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
 
+# What segments of one super-packet share, besides the TCP options (the key of a flow in coalesce()).
+# IPv4: TOS; DF and TTL (and the protocol); addresses and ports; acknowledgment and data offset; window.
+_KEY4 = struct.Struct("!x1s4x3s3x12s4x5s1x2s").unpack_from
+# IPv6: version, traffic class and flow label; hop limit; addresses and ports; then as IPv4.
+_KEY6 = struct.Struct("!4s3x1s36s4x5s1x2s").unpack_from
 _TCP_VARY = TCP_FIN | TCP_PSH | TCP_CWR  # what may differ between a super-packet's segments
 _NO_COALESCE = TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR | TCP_FIN
 
@@ -310,7 +315,19 @@ def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
 class _Flow:
     """A super-packet being built: the segments so far, in order, and what the next one must be."""
 
-    __slots__ = ("closed", "even", "flags", "hl", "l4", "mss", "next_seq", "odd", "packets", "size", "small")
+    __slots__ = (
+        "base",
+        "closed",
+        "flags",
+        "hl",
+        "l4",
+        "lengths",
+        "mss",
+        "next_seq",
+        "packets",
+        "size",
+        "words",
+    )
 
     def __init__(self, packet: bytes, l4: int, hl: int, seq: int) -> None:
         self.packets = [packet]
@@ -321,12 +338,13 @@ class _Flow:
         self.next_seq = (seq + self.mss) & 0xFFFFFFFF
         self.flags = packet[l4 + 13]
         self.closed = bool(self.flags & TCP_PSH)
-        # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) and
-        # pseudo-header: 0 mod 0xFFFF when every checksum is right. Odd-sized segments are summed apart,
-        # to be shifted once as if each were padded with a zero byte.
-        self.even = 0
-        self.odd = 0
-        self.small = 0
+        # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) read
+        # little-endian, and the pseudo-headers' big-endian sum (see coalesce()): per segment `base` (the
+        # addresses and protocol, the same for all) plus the segment's length (IP length minus `l4`).
+        self.words = 0
+        addresses = packet[12:20] if l4 == 20 else packet[8:40]
+        self.base = int.from_bytes(addresses, "big") + PROTO_TCP - l4
+        self.lengths = 0
 
 
 def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
@@ -339,12 +357,14 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
     acknowledgment, window, options (timestamps included), TOS, TTL or traffic class and flow label, and
     DF; carry only ACK or PSH; and every earlier segment was full-sized. PSH or a short segment closes a
     super-packet. Every checksum is verified first (those of a super-packet summed together, which
-    detects any one bad segment as surely as checking it alone): when that fails, the segments are
+    detects any one bad segment as surely as checking it alone; the sum is taken of the segments read
+    as little-endian integers, which is 256 times the RFC 1071 sum modulo 0xFFFF, zero exactly when
+    that is, and needs no padding for odd sizes): when that fails, the segments are
     written one by one, as they came, for the kernel to drop the bad one. IPv4 with options or
     fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
     """
     out: list[tuple[Offload, bytes] | _Flow] = []
-    flows: dict[tuple[bytes, ...], _Flow] = {}
+    flows: dict[tuple[tuple[bytes, ...], bytes], _Flow] = {}
     from_bytes = int.from_bytes
     for packet in packets:
         size = len(packet)
@@ -364,15 +384,11 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
             continue
         seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
         if l4 == 20:
-            # addresses and ports; DF and TTL; TOS; ack and data offset; window; options
-            key = (packet[12:24], packet[6:9], packet[1:2], packet[28:33], packet[34:36], packet[40:hl])
-            value = from_bytes(packet, "big")
-            small = from_bytes(packet[12:20], "big") + PROTO_TCP + size - 20
+            key = (_KEY4(packet), packet[40:hl])
+            value = from_bytes(packet, "little")
         else:
-            # addresses and ports; version, traffic class and flow label; hop limit; as IPv4
-            key = (packet[8:44], packet[:4], packet[7:8], packet[48:53], packet[54:56], packet[60:hl])
-            value = from_bytes(packet[40:], "big")
-            small = from_bytes(packet[8:40], "big") + PROTO_TCP + size - 40
+            key = (_KEY6(packet), packet[60:hl])
+            value = from_bytes(packet[40:], "little")
         flow = flows.get(key)
         if flow is None or (
             flow.closed
@@ -392,16 +408,16 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
             flow.flags |= flags
             if n < flow.mss or flags & TCP_PSH:
                 flow.closed = True
-        if n & 1:
-            flow.odd += value
-        else:
-            flow.even += value
-        flow.small += small
+        flow.words += value
+        flow.lengths += size
     result: list[tuple[Offload, bytes]] = []
     for item in out:
         if isinstance(item, tuple):
             result.append(item)
-        elif len(item.packets) == 1 or (item.even + (item.odd << 8) + item.small) % 0xFFFF:
+        elif (
+            len(item.packets) == 1
+            or (item.words + ((item.base * len(item.packets) + item.lengths) << 8)) % 0xFFFF
+        ):
             result.extend((NO_OFFLOAD, p) for p in item.packets)
         else:
             result.append(_merged(item))

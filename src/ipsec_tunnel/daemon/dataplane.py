@@ -23,7 +23,14 @@ from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
-from ..linux.offload import DEFAULT_TXQUEUELEN, OffloadUdp, TunQueue, open_offload_tun, set_txqueuelen
+from ..linux.offload import (
+    DEFAULT_TXQUEUELEN,
+    OffloadUdp,
+    RawBatch,
+    TunQueue,
+    open_offload_tun,
+    set_txqueuelen,
+)
 from ..linux.sockets import RawEsp
 from .manager import Devices
 
@@ -45,11 +52,12 @@ class Offloads:
     gso: bool = True  # ESP-in-UDP leaves as UDP GSO bursts (UDP_SEGMENT)
     gro: bool = True  # ESP-in-UDP arrives as UDP GRO batches (UDP_GRO)
     txqueuelen: int = DEFAULT_TXQUEUELEN  # the TUN devices' transmit queues, in packets
+    mmsg: bool = True  # raw ESP (IPv4) is read and sent many packets per system call (recvmmsg/sendmmsg)
 
     @classmethod
     def none(cls) -> Offloads:
         """Everything one packet at a time, as before the fast path."""
-        return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0)
+        return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0, mmsg=False)
 
 
 class KernelDevices(Devices):
@@ -120,6 +128,7 @@ class DataPlane:
         self.sel = selectors.DefaultSelector()
         self.devices = KernelDevices(self)
         self.raw: dict[int, RawEsp] = {}
+        self.raw_batch: dict[int, RawBatch] = {}  # the raw sockets read and written in batches
         self.udp: dict[int, OffloadUdp] = {}
         self.icmp: dict[int, socket.socket] = {}
         self.udp_port = udp_port
@@ -149,7 +158,12 @@ class DataPlane:
                 log.warning("no IPv6 raw ESP socket: %s", exc.strerror)
                 continue
             self.raw[family] = raw
-            self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
+            batch = RawBatch(raw) if self.offloads.mmsg else None
+            if batch is not None and batch.available:
+                self.raw_batch[family] = batch
+                self.watch(raw.fileno(), functools.partial(self.on_raw_batch, batch))
+            else:
+                self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
                 opts = self.offloads
                 udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=SOCKET_BUFFER)
@@ -216,6 +230,18 @@ class DataPlane:
         """Send ESP datagrams to the remote peer."""
         family = 4 if len(burst.dst) == 4 else 6
         if burst.encap is None:
+            batch = self.raw_batch.get(family)
+            if batch is not None:
+                try:
+                    failed = batch.send(
+                        burst.dst, burst.payloads, tos=burst.tos, ttl=burst.ttl, df=burst.df, src=burst.src,
+                        oif=burst.nextdev,
+                    )  # fmt: skip
+                except OSError as error:
+                    failed = [(len(burst.payloads), error)]
+                for count, why in failed:
+                    self._send_failed(count, why)
+                return
             raw = self.raw.get(family)
             if raw is None:
                 return
@@ -322,6 +348,32 @@ class DataPlane:
             group.append(dgram.esp)
         if key is not None:
             self._merge(pending, *self.engine.receive_batch(key[0], key[1], group, now, key[2]))
+        if pending:
+            self.deliver(pending)
+
+    def on_raw_batch(self, batch: RawBatch) -> None:
+        """`on_raw`, reading many packets per system call."""
+        now = self.clock()
+        pending: dict[str, list[bytes]] = {}
+        group: list[bytes] = []
+        key: tuple[bytes, bytes, int] | None = None
+        receive, merge = self.engine.receive_batch, self._merge
+        for _ in range(max(1, BATCH_PACKETS // batch.batch)):
+            try:
+                got = batch.recv()
+            except OSError as exc:
+                log.debug("raw receive failed: %s", exc)
+                break
+            if got is None:
+                break
+            for src, dst, tos, esp in got:
+                if key is None or key[0] != src or key[1] != dst or key[2] != tos:
+                    if key is not None:
+                        merge(pending, *receive(key[0], key[1], group, now, key[2]))
+                    key, group = (src, dst, tos), []
+                group.append(esp)
+        if key is not None:
+            merge(pending, *receive(key[0], key[1], group, now, key[2]))
         if pending:
             self.deliver(pending)
 

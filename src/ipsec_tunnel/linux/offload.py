@@ -1,18 +1,20 @@
 """Kernel offloads for the data plane: ESP-in-UDP sent as UDP GSO bursts and received as UDP GRO
 batches, TUN queues carrying virtio-net headers (TSO/USO super-packets in, coalesced TCP out), the TUN
-transmit queue length, and batched raw ESP I/O.
+transmit queue length, and batched raw ESP I/O (recvmmsg/sendmmsg).
 
 Each helper says whether the kernel accepted it, so the caller can fall back to one packet at a time.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 from ipsec_tunnel.core.gso import Offload
 from ipsec_tunnel.linux._sockopt import (
@@ -30,7 +32,7 @@ from ipsec_tunnel.linux._sockopt import (
     int_cmsg,
     pack_addr,
 )
-from ipsec_tunnel.linux.sockets import UdpDatagram, UdpEncap
+from ipsec_tunnel.linux.sockets import RawEsp, UdpDatagram, UdpEncap
 from ipsec_tunnel.linux.tun import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -43,10 +45,12 @@ from ipsec_tunnel.linux.tun import (
 )
 
 __all__ = [
+    "MMSG_BATCH",
     "UDP_GRO",
     "UDP_MAX_SEGMENTS",
     "UDP_SEGMENT",
     "OffloadUdp",
+    "RawBatch",
     "TunQueue",
     "open_offload_tun",
     "set_txqueuelen",
@@ -61,7 +65,10 @@ SIOCSIFTXQLEN = 0x8943  # linux/sockios.h
 DEFAULT_TXQUEUELEN = 5000
 _VNET = struct.Struct("=BBHHHH")  # struct virtio_net_hdr, native byte order on TUN (linux/virtio_net.h)
 _NO_VNET = bytes(VIRTIO_NET_HDR_LEN)
+_NONE = Offload()
 _U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
+_SOCKADDR_IN = struct.Struct("=HH4s")  # struct sockaddr_in: family (native), port, address
 _GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 _GRO_ANCILLARY = socket.CMSG_SPACE(4) * 4 + 128
 
@@ -114,6 +121,8 @@ class TunQueue:
             return None, data
         if len(data) < VIRTIO_NET_HDR_LEN:
             return Offload(), b""
+        if data.startswith(_NO_VNET):  # the common case: a plain packet
+            return _NONE, data[VIRTIO_NET_HDR_LEN:]
         hdr = Offload._make(_VNET.unpack_from(data))
         return hdr, data[VIRTIO_NET_HDR_LEN:]
 
@@ -303,3 +312,203 @@ def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:
             j += 1  # a shorter one may end the run
         yield list(payloads[i:j]), size
         i = j
+
+
+# -- batched raw ESP I/O (recvmmsg/sendmmsg, Linux 2.6.33/3.0) -------------------------------------------
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))  # struct iovec, sys/uio.h
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = (  # struct msghdr, sys/socket.h
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(_Iovec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    )
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("hdr", _Msghdr), ("len", ctypes.c_uint))  # struct mmsghdr, sys/socket.h
+
+
+MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call
+_MMSG_SLOT = 65536  # room for the largest IPv4 datagram (RFC 791 total length: 16 bits)
+_MSG_DONTWAIT = 0x40  # sys/socket.h
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 §3.1, no options
+_IP_DF = 0x4000  # RFC 791: don't fragment
+_ESP = 50  # IANA protocol number of ESP (RFC 4303)
+_MSG_LEN = _Mmsghdr.len.offset
+_MSG_FLAGS = _Mmsghdr.hdr.offset + _Msghdr.flags.offset
+_MMSG_SIZE = ctypes.sizeof(_Mmsghdr)
+
+
+def _libc_call(name: str) -> Callable[..., int] | None:
+    """recvmmsg(fd, msgvec, vlen, flags, timeout) or sendmmsg(fd, msgvec, vlen, flags) from libc."""
+    try:
+        func = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (AttributeError, OSError):
+        return None
+    args: list[type] = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    if name == "recvmmsg":
+        args.append(ctypes.c_void_p)  # struct timespec *timeout: NULL
+    func.restype = ctypes.c_int
+    func.argtypes = args
+    return cast("Callable[..., int]", func)
+
+
+class RawBatch:
+    """Batched I/O on an IPv4 raw ESP socket (`RawEsp` with IP_HDRINCL): many datagrams per system call,
+    with the same results as its `recv` and `send` one at a time. `available` is False where libc lacks
+    recvmmsg/sendmmsg or the socket is IPv6; callers then use the socket packet by packet."""
+
+    def __init__(self, raw: RawEsp, batch: int = MMSG_BATCH) -> None:
+        self.raw = raw
+        self.batch = batch
+        self._recvmmsg = _libc_call("recvmmsg")
+        self._sendmmsg = _libc_call("sendmmsg")
+        self.available = raw.family == socket.AF_INET and None not in (self._recvmmsg, self._sendmmsg)
+        if not self.available:
+            return
+        self._fd = raw.fileno()
+        self._rx = ctypes.create_string_buffer(batch * _MMSG_SLOT)
+        self._tx = ctypes.create_string_buffer(batch * _MMSG_SLOT)
+        self._rx_view = memoryview(self._rx).cast("B")
+        self._tx_view = memoryview(self._tx).cast("B")
+        self._rx_iov = (_Iovec * batch)()
+        self._tx_iov = (_Iovec * batch)()
+        self._rx_msgs = (_Mmsghdr * batch)()
+        self._tx_msgs = (_Mmsghdr * batch)()
+        self._rx_hdrs = memoryview(self._rx_msgs).cast("B")
+        self._name = ctypes.create_string_buffer(16)  # struct sockaddr_in
+        self._name_view = memoryview(self._name).cast("B")
+        rx_base, tx_base = ctypes.addressof(self._rx), ctypes.addressof(self._tx)
+        for i in range(batch):
+            self._rx_iov[i].base = rx_base + i * _MMSG_SLOT
+            self._rx_iov[i].len = _MMSG_SLOT
+            self._rx_msgs[i].hdr.iov = ctypes.pointer(self._rx_iov[i])
+            self._rx_msgs[i].hdr.iovlen = 1
+            self._tx_iov[i].base = tx_base + i * _MMSG_SLOT
+            self._tx_msgs[i].hdr.iov = ctypes.pointer(self._tx_iov[i])
+            self._tx_msgs[i].hdr.iovlen = 1
+            self._tx_msgs[i].hdr.name = ctypes.addressof(self._name)
+            self._tx_msgs[i].hdr.namelen = 16
+
+    def recv(self) -> list[tuple[bytes, bytes, int, bytes]] | None:
+        """The queued ESP packets, up to `batch`, as (outer source, outer destination, outer TOS, ESP);
+        None when nothing is queued. Raises OSError as `RawEsp.recv` does."""
+        raw = self.raw
+        assert self._recvmmsg is not None
+        for _ in range(256):  # the kernel sets each message's msg_len and msg_flags
+            n = self._recvmmsg(self._fd, ctypes.addressof(self._rx_msgs), self.batch, _MSG_DONTWAIT, None)
+            if n > 0:
+                break
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raw.poll_errors()
+                return None
+            if err == errno.EINTR:
+                continue
+            exc = OSError(err, os.strerror(err))
+            if raw._note(exc):  # an ICMP error stored on the socket: the RawEsp.recv way
+                continue
+            raise exc
+        else:
+            return None
+        out: list[tuple[bytes, bytes, int, bytes]] = []
+        view, hdrs = self._rx_view, self._rx_hdrs
+        unpack = _U32.unpack_from
+        for i in range(n):
+            at = i * _MMSG_SIZE
+            size = unpack(hdrs, at + _MSG_LEN)[0]
+            if unpack(hdrs, at + _MSG_FLAGS)[0] & socket.MSG_TRUNC:
+                continue
+            off = i * _MMSG_SLOT
+            b0 = view[off]
+            if size < 20 or b0 >> 4 != 4:
+                continue
+            ihl = (b0 & 0x0F) * 4
+            total = view[off + 2] << 8 | view[off + 3]
+            if ihl < 20 or size < ihl:
+                continue
+            end = total if ihl <= total <= size else size
+            out.append(
+                (
+                    view[off + 12 : off + 16].tobytes(),
+                    view[off + 16 : off + 20].tobytes(),
+                    view[off + 1],
+                    view[off + ihl : off + end].tobytes(),
+                )
+            )
+        return out
+
+    def send(
+        self,
+        dst: bytes,
+        payloads: Sequence[bytes],
+        *,
+        tos: int = 0,
+        ttl: int = 64,
+        df: bool = False,
+        src: bytes | None = None,
+        oif: str | int | None = None,
+    ) -> list[tuple[int, OSError]]:
+        """Send ESP packets to `dst` in order, as `RawEsp.send` would one by one (a packet the full
+        socket buffer refuses is lost silently); the others that fail are returned as (count, error),
+        and the rest still goes. Packed addresses."""
+        failed: list[tuple[int, OSError]] = []
+        if oif is not None:  # IP_PKTINFO per message: left to the one-by-one path
+            return self._one_by_one(dst, payloads, 0, len(payloads), tos, ttl, df, src, oif)
+        assert self._sendmmsg is not None
+        _SOCKADDR_IN.pack_into(self._name_view, 0, socket.AF_INET, 0, dst)
+        saddr = src if src is not None else bytes(4)
+        frag = _IP_DF if df else 0
+        view, iov = self._tx_view, self._tx_iov
+        pack_into = _IPV4.pack_into
+        i, count = 0, len(payloads)
+        while i < count:
+            k = 0
+            while i + k < count and k < self.batch:
+                esp = payloads[i + k]
+                size = 20 + len(esp)
+                if size > _MMSG_SLOT - 1:
+                    break
+                off = k * _MMSG_SLOT
+                # ID 0 and checksum 0: the kernel fills in both, as in RawEsp.send
+                pack_into(view, off, 0x45, tos, size, 0, frag, ttl, _ESP, 0, saddr, dst)
+                view[off + 20 : off + size] = esp
+                iov[k].len = size
+                k += 1
+            sent = self._sendmmsg(self._fd, ctypes.addressof(self._tx_msgs), k, 0) if k else 0
+            if sent < 0:
+                sent = 0
+            i += sent
+            if sent < k or k == 0:  # the packet that stopped the batch goes the one-by-one way
+                failed += self._one_by_one(dst, payloads, i, i + 1, tos, ttl, df, src, oif)
+                i += 1
+        return failed
+
+    def _one_by_one(
+        self,
+        dst: bytes,
+        payloads: Sequence[bytes],
+        start: int,
+        stop: int,
+        tos: int,
+        ttl: int,
+        df: bool,
+        src: bytes | None,
+        oif: str | int | None,
+    ) -> list[tuple[int, OSError]]:
+        failed: list[tuple[int, OSError]] = []
+        for esp in payloads[start:stop]:
+            try:
+                self.raw.send(dst, esp, tos=tos, ttl=ttl, df=df, src=src, oif=oif)
+            except OSError as exc:
+                failed.append((1, exc))
+        return failed
