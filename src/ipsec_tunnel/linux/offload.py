@@ -28,7 +28,6 @@ from ipsec_tunnel.linux._sockopt import (
     IPV6_PKTINFO,
     IPV6_TCLASS,
     Address,
-    cmsg_int,
     int_cmsg,
     pack_addr,
 )
@@ -260,25 +259,6 @@ class OffloadUdp(UdpEncap):
             return dgram, [dgram.payload]
         data = dgram.payload
         return dgram, [data[i : i + size] for i in range(0, n, size)]
-
-    def _datagram(self, n: int, anc: list[tuple[int, int, bytes]], addr: object) -> UdpDatagram:
-        """The datagram in the buffer, as UdpEncap.recv reads it."""
-        dst = bytes(16 if self._v6 else 4)
-        tos = 0
-        for level, kind, data in anc:
-            if self._v6 and level == socket.IPPROTO_IPV6:
-                if kind == IPV6_PKTINFO and len(data) >= 16:
-                    dst = data[:16]
-                elif kind == IPV6_TCLASS:
-                    tos = cmsg_int(data)
-            elif not self._v6 and level == socket.IPPROTO_IP:
-                if kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
-                    dst = data[8:12]  # ipi_addr: the header's destination
-                elif kind == IP_TOS and data:
-                    tos = data[0]
-        host, port = addr[0], addr[1]  # type: ignore[index]
-        src = socket.inet_pton(self.family, str(host).split("%", 1)[0])
-        return UdpDatagram(src, int(port), dst, tos, bytes(self._buf[:n]))
 
     def _recvmsg(self) -> tuple[int, list[tuple[int, int, bytes]], object] | None:
         # UdpEncap's receive loop with room for the UDP_GRO control message

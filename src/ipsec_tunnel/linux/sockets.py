@@ -309,9 +309,11 @@ class UdpEncap(Transport):
         got = self._recvmsg()
         if got is None:
             return None
-        n, anc, addr = got
-        width = 16 if self._v6 else 4
-        dst = bytes(width)
+        return self._datagram(*got)
+
+    def _datagram(self, n: int, anc: list[tuple[int, int, bytes]], addr: object) -> UdpDatagram:
+        """The datagram of `n` bytes in the buffer, with what its control messages and sender say."""
+        dst = bytes(16 if self._v6 else 4)
         tos = 0
         for level, kind, data in anc:
             if self._v6 and level == socket.IPPROTO_IPV6:
