@@ -423,24 +423,7 @@ def capture_sent(
     peer: UmlPeer, trigger: Callable[[], object], count: int = 1, timeout: float = 3.0
 ) -> list[bytes]:
     """Outer ESP packets (raw or in UDP) that A's namespace sends to the guest while `trigger()` runs."""
-    packets: list[bytes] = []
-    with peer.netns_socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL)) as s:
-        s.bind((peer.tap, _ETH_P_ALL))
-        trigger()
-        deadline = time.monotonic() + timeout
-        while len(packets) < count and time.monotonic() < deadline:
-            s.settimeout(max(deadline - time.monotonic(), 0.001))
-            try:
-                pkt, addr = s.recvfrom(65535)
-            except TimeoutError:
-                break
-            if addr[2] != socket.PACKET_OUTGOING or pkt[0] >> 4 not in (4, 6):
-                continue
-            start, udp = esp_offset(pkt)
-            proto = pkt[9] if pkt[0] >> 4 == 4 else pkt[6]
-            if proto == 50 or (udp and struct.unpack("!H", pkt[start - 6 : start - 4])[0] == 4500):
-                packets.append(pkt)
-    return packets
+    return peer.capture_esp(trigger, count, timeout, to_guest=True)
 
 
 def inject(peer: UmlPeer, packet: bytes) -> None:

@@ -538,9 +538,12 @@ class UmlPeer:
                         answered.add(rseq)
         return len(answered)
 
-    def capture_esp(self, trigger: Callable[[], object], count: int = 1, timeout: float = 5.0) -> list[bytes]:
+    def capture_esp(
+        self, trigger: Callable[[], object], count: int = 1, timeout: float = 5.0, *, to_guest: bool = False
+    ) -> list[bytes]:
         """Outer IP packets carrying ESP (IP protocol 50, or UDP port 4500 but not IKE) that the guest
-        sends on the TAP while `trigger()` runs; returns after `count` of them or `timeout` seconds."""
+        sends on the TAP (with `to_guest`: that the host side sends to it) while `trigger()` runs; returns
+        after `count` of them or `timeout` seconds."""
         packets: list[bytes] = []
         with self.netns_socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL)) as s:
             s.bind((self.tap, _ETH_P_ALL))
@@ -552,7 +555,7 @@ class UmlPeer:
                     pkt, addr = s.recvfrom(65535)
                 except TimeoutError:
                     break
-                if addr[2] != socket.PACKET_OUTGOING and _carries_esp(pkt):
+                if (addr[2] == socket.PACKET_OUTGOING) == to_guest and _carries_esp(pkt):
                     packets.append(pkt)
         return packets
 
