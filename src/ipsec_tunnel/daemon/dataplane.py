@@ -15,7 +15,7 @@ import logging
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..core import gso
@@ -31,7 +31,7 @@ from ..linux.offload import (
     open_offload_tun,
     set_txqueuelen,
 )
-from ..linux.sockets import RawEsp
+from ..linux.sockets import EspDatagram, RawEsp
 from .manager import Devices
 
 log = logging.getLogger(__name__)
@@ -327,55 +327,54 @@ class DataPlane:
         for r in rejects:
             self.reject(r)
 
-    def on_raw(self, raw: RawEsp) -> None:
-        """Decrypt ESP packets from the raw socket."""
-        now = self.clock()
+    def _receive_runs(self, datagrams: Iterable[tuple[bytes, bytes, int, bytes]], now: float) -> None:
+        """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header, and deliver."""
         pending: dict[str, list[bytes]] = {}
         group: list[bytes] = []
         key: tuple[bytes, bytes, int] | None = None
+        receive, merge = self.engine.receive_batch, self._merge
+        for src, dst, tos, esp in datagrams:
+            if key is None or key[0] != src or key[1] != dst or key[2] != tos:
+                if key is not None:
+                    merge(pending, *receive(key[0], key[1], group, now, key[2]))
+                key, group = (src, dst, tos), []
+            group.append(esp)
+        if key is not None:
+            merge(pending, *receive(key[0], key[1], group, now, key[2]))
+        if pending:
+            self.deliver(pending)
+
+    @staticmethod
+    def _one_by_one(raw: RawEsp) -> Iterator[EspDatagram]:
         for _ in range(BATCH):
             try:
                 dgram = raw.recv()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
-                break
+                return
             if dgram is None:
-                break
-            if key != (dgram.src, dgram.dst, dgram.tos):
-                if key is not None:
-                    self._merge(pending, *self.engine.receive_batch(key[0], key[1], group, now, key[2]))
-                key, group = (dgram.src, dgram.dst, dgram.tos), []
-            group.append(dgram.esp)
-        if key is not None:
-            self._merge(pending, *self.engine.receive_batch(key[0], key[1], group, now, key[2]))
-        if pending:
-            self.deliver(pending)
+                return
+            yield dgram
 
-    def on_raw_batch(self, batch: RawBatch) -> None:
-        """`on_raw`, reading many packets per system call."""
-        now = self.clock()
-        pending: dict[str, list[bytes]] = {}
-        group: list[bytes] = []
-        key: tuple[bytes, bytes, int] | None = None
-        receive, merge = self.engine.receive_batch, self._merge
+    @staticmethod
+    def _many_at_once(batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
         for _ in range(max(1, BATCH_PACKETS // batch.batch)):
             try:
                 got = batch.recv()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
-                break
+                return
             if got is None:
-                break
-            for src, dst, tos, esp in got:
-                if key is None or key[0] != src or key[1] != dst or key[2] != tos:
-                    if key is not None:
-                        merge(pending, *receive(key[0], key[1], group, now, key[2]))
-                    key, group = (src, dst, tos), []
-                group.append(esp)
-        if key is not None:
-            merge(pending, *receive(key[0], key[1], group, now, key[2]))
-        if pending:
-            self.deliver(pending)
+                return
+            yield from got
+
+    def on_raw(self, raw: RawEsp) -> None:
+        """Decrypt ESP packets from the raw socket."""
+        self._receive_runs(self._one_by_one(raw), self.clock())
+
+    def on_raw_batch(self, batch: RawBatch) -> None:
+        """`on_raw`, reading many packets per system call."""
+        self._receive_runs(self._many_at_once(batch), self.clock())
 
     def on_udp(self, udp: OffloadUdp) -> None:
         """Decrypt ESP-in-UDP datagrams."""
