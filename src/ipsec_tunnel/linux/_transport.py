@@ -57,6 +57,8 @@ def _family(family: int) -> int:
 class Transport:
     """What both transports share: the socket, buffers, device binding, error collection."""
 
+    _ancillary = _ANCILLARY  # bytes of room for control messages per received datagram
+
     def __init__(
         self,
         family: int,
@@ -230,7 +232,7 @@ class Transport:
         """One datagram into the buffer: (length, ancillary data, source address); None when empty."""
         for _ in range(_MAX_ERRORS):
             try:
-                n, anc, flags, addr = self._sock.recvmsg_into([self._buf], _ANCILLARY)
+                n, anc, flags, addr = self._sock.recvmsg_into([self._buf], self._ancillary)
             except BlockingIOError:
                 self.poll_errors()
                 return None

@@ -150,6 +150,8 @@ class OffloadUdp(UdpEncap):
     """The ESP-in-UDP socket with UDP GSO for bursts and UDP GRO for receiving, each used only when the
     kernel accepts it (`gso`, `gro` tell which are on) and switched off at the first refusal."""
 
+    _ancillary = _GRO_ANCILLARY  # room for the UDP_GRO segment size as well
+
     def __init__(self, family: int, port: int, *, gso: bool, gro: bool, buffer: int) -> None:
         super().__init__(family, port, rcvbuf=buffer, sndbuf=buffer)
         self.gso = gso
@@ -259,23 +261,6 @@ class OffloadUdp(UdpEncap):
             return dgram, [dgram.payload]
         data = dgram.payload
         return dgram, [data[i : i + size] for i in range(0, n, size)]
-
-    def _recvmsg(self) -> tuple[int, list[tuple[int, int, bytes]], object] | None:
-        # UdpEncap's receive loop with room for the UDP_GRO control message
-        for _ in range(256):
-            try:
-                n, anc, flags, addr = self._sock.recvmsg_into([self._buf], _GRO_ANCILLARY)
-            except BlockingIOError:
-                self.poll_errors()
-                return None
-            except OSError as exc:
-                if self._note(exc):
-                    continue
-                raise
-            if flags & socket.MSG_TRUNC:
-                continue
-            return n, anc, addr
-        return None
 
 
 def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:
