@@ -859,3 +859,13 @@ def run_bench(
     if interrupted:
         return 130
     return 0 if all(s.mbps is not None for s in summaries) else 1
+
+
+def failures(summaries: Sequence[Summary]) -> list[str]:
+    """A line for every plane and every run that failed."""
+    lines = []
+    for s in summaries:
+        if s.error:
+            lines.append(f"FAILED {s.label}: {s.error}")
+        lines += [f"run {r.run} of {s.label} failed: {r.error}" for r in s.runs if r.error]
+    return lines

@@ -42,6 +42,7 @@ from bench.benchlib import (
     check_common,
     check_prerequisites,
     common_args,
+    failures,
     fmt,
     ipsecadm_works,
     log,
@@ -276,11 +277,7 @@ def render(summaries: list[Summary], planes: list[Plane], args: argparse.Namespa
                 f"          tunnel.add via control socket: {_rate(load.get('tunnel_add_socket'))}",
                 f"          ipsecadm sa show over the full table: {shown}",
             ]
-        if s.error:
-            lines.append(f"FAILED {s.label}: {s.error}")
-        for r in s.runs:
-            if r.error:
-                lines.append(f"run {r.run} of {s.label} failed: {r.error}")
+    lines += failures(summaries)
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from bench.benchlib import (
     check_common,
     check_prerequisites,
     common_args,
+    failures,
     fmt,
     ipsecadm_works,
     run_bench,
@@ -162,12 +163,7 @@ def render(summaries: list[Summary], args: argparse.Namespace) -> str:
         "",
         table(header, rows),
     ]
-    for s in summaries:
-        if s.error:
-            lines.append(f"FAILED {s.label}: {s.error}")
-        for r in s.runs:
-            if r.error:
-                lines.append(f"run {r.run} of {s.label} failed: {r.error}")
+    lines += failures(summaries)
     return "\n".join(lines)
 
 
