@@ -20,7 +20,7 @@ from ipsec_tunnel.core.engine import (
     Engine,
     Outbound,
     Reject,
-    overhead,
+    inner_mtu,
     packed,
 )
 from ipsec_tunnel.core.events import EventKind
@@ -224,13 +224,20 @@ def test_packets_up_to_the_tunnel_mtu_fit_the_path(cipher: str, outer: int) -> N
     assert tunnel is not None
     limit = pair.a.mtu_for(tunnel)
     sa = pair.a.sa_for(tunnel)
-    assert sa is not None and limit == 1400 - overhead(sa)
+    assert sa is not None and limit == inner_mtu(sa, 1400)
     outer_len = ip.IPV4_HEADER_LEN if outer == 4 else ip.IPV6_HEADER_LEN
+    sizes = []
     for size in range(limit - 40, limit + 1):  # every padding remainder near the limit
         inner = inner_packet(4, size - 28, df=True)
         assert len(inner) == size
         out = send(pair, inner)
         assert outer_len + len(out.payload) <= 1400
+        sizes.append(outer_len + len(out.payload))
+    # ... and the limit is the largest that fits: the next size up would need another block.
+    assert max(sizes) > 1400 - max(4, sa.cipher.block)
+    pair.a.path_mtu["t0"] = 9000
+    bigger = send(pair, inner_packet(4, limit + 1 - 28, df=True))
+    assert outer_len + len(bigger.payload) > 1400
 
 
 def test_too_big_with_df_gives_frag_needed_with_the_mtu() -> None:

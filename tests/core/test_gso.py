@@ -94,6 +94,27 @@ def test_checksum_equals_rfc1071(data: bytes) -> None:
     assert gso.checksum(data) == reference_checksum(data)
 
 
+@settings(max_examples=200)
+@given(st.binary(max_size=6000), st.integers(0, 40), st.integers(1, 1500))
+def test_chunk_sums_are_each_chunks_rfc1071_sum(data: bytes, start: int, size: int) -> None:
+    """The vectorised sums (full chunks of odd and even sizes) agree with RFC 1071 chunk by chunk."""
+    start = min(start, len(data))
+    sums = gso.chunk_sums(data, start, len(data), size)
+    chunks = [data[i : i + size] for i in range(start, len(data), size)] or [b""]
+    assert len(sums) == len(chunks)
+    assert [0xFFFF - gso.fold(s) for s in sums] == [reference_checksum(c) for c in chunks]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=1600), max_size=40))
+def test_packet_sums_are_256_times_each_packets_rfc1071_sum(packets: list[bytes]) -> None:
+    """Batches of every size, with odd-sized and empty packets, agree with RFC 1071 packet by packet."""
+    sums = gso.packet_sums(packets)
+    assert len(sums) == len(packets)
+    for value, packet in zip(sums, packets, strict=True):
+        assert gso.fold(value * 256) == gso.fold(0xFFFF - reference_checksum(packet))
+
+
 def test_checksum_edge_cases() -> None:
     assert gso.checksum(b"") == 0xFFFF
     assert gso.checksum(b"\0\0\0") == 0xFFFF

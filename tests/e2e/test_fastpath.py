@@ -29,8 +29,8 @@ PORT = 5001
 SIZE = 24 * 1024 * 1024
 SAMPLE = 1024 * 1024  # what the tshark checks capture
 MODES = {
-    "offloads": [],  # the default: everything the kernel supports
-    "tso": ["--tso"],  # super-packets from TUN split in userspace
+    "offloads": [],  # the default: everything the kernel supports, TUN super-packets split in userspace
+    "no-tso": ["--no-tso"],  # the kernel segments what goes into TUN
     "no-offload": ["--no-offload"],
     "no-gro-gso": ["--no-gso", "--no-gro"],
 }
@@ -87,9 +87,9 @@ def test_tcp_transfer_ipv6_inner_cbc(hosts: TwoHosts) -> None:
     assert drops(h.a) == {} and drops(h.b) == {}
 
 
-def test_tcp_transfer_ipv6_outer_tso(hosts6: TwoHosts) -> None:
+def test_tcp_transfer_ipv6_outer_no_tso(hosts6: TwoHosts) -> None:
     h = hosts6
-    restart(h, ["--tso"])
+    restart(h, ["--no-tso"])
     h.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={h.key('k', 20)}", "--encap=udp")
     _a_in, b_in = h.tunnels()
     transfer(h, b_in, 8 * 1024 * 1024)
@@ -140,7 +140,7 @@ def decode_checked(pcap: Path, sas: list[EspSa], fields: list[str]) -> list[list
     return [line.split("|") for line in proc.stdout.splitlines() if line]
 
 
-@pytest.mark.parametrize("mode", ["offloads", "tso"])
+@pytest.mark.parametrize("mode", ["offloads", "no-tso"])
 @pytest.mark.parametrize("encap", ["udp", "raw"])
 def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str) -> None:
     reason = tshark.available()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import NAT_KEEPALIVE, NON_ESP_MARKER, Deliver, Outbound, Reject, overhead
+from ipsec_tunnel.core.engine import NAT_KEEPALIVE, NON_ESP_MARKER, Deliver, Outbound, Reject, inner_mtu
 
 from .conftest import (
     DEVICE,
@@ -502,7 +502,7 @@ def test_send_garbage_from_a_device(
         elif hdr is None:
             assert result is Drop.NOT_IP
         elif isinstance(result, Outbound):
-            assert path_mtu is None or not hdr.df or hdr.length <= path_mtu - overhead(pair.tx_sa)
+            assert path_mtu is None or not hdr.df or hdr.length <= inner_mtu(pair.tx_sa, path_mtu)
             received = pair.receive(result.payload, tos=result.tos)
             assert isinstance(received, Deliver), received
             assert received.packet == data[: hdr.length]
@@ -513,5 +513,5 @@ def test_send_garbage_from_a_device(
             assert icmp is not None and icmp.dst == hdr.src
         else:
             assert result is Drop.TOO_BIG and path_mtu is not None and hdr.df
-            assert hdr.length > path_mtu - overhead(pair.tx_sa)
+            assert hdr.length > inner_mtu(pair.tx_sa, path_mtu)
     assert tx_total(pair.tx) == fed

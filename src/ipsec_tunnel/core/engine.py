@@ -82,15 +82,17 @@ class TunnelStats:
     tx_drops: Counter[Drop] = field(default_factory=Counter)
 
 
-def overhead(sa: SecurityAssociation) -> int:
-    """The most bytes ESP tunnel mode can add around an inner packet with `sa` (RFC 4303 §2)."""
+def inner_mtu(sa: SecurityAssociation, path: int) -> int:
+    """The largest inner packet that ESP tunnel mode with `sa` fits into `path` bytes: ESP's payload and
+    trailer padded to the cipher's block, at least 4 bytes (RFC 4303 §2.4), as Linux's esp4_get_mtu."""
     c = sa.config
     outer = ip.IPV4_HEADER_LEN if c.family == 4 else ip.IPV6_HEADER_LEN
     udp = UDP_HEADER_LEN if c.encap else 0
     icv: int = sa.auth.icv_len if sa.auth else sa.cipher.icv_len
     block: int = max(4, sa.cipher.block)
     iv_len: int = sa.cipher.iv_len
-    return outer + udp + HEADER_LEN + iv_len + (block - 1) + 2 + icv
+    room = path - (outer + udp + HEADER_LEN + iv_len + icv)
+    return room // block * block - 2  # 2: the pad length and next header bytes (RFC 4303 §2.5-2.6)
 
 
 class Engine:
@@ -147,7 +149,7 @@ class Engine:
         sa = self.sa_for(tunnel)
         if path is None or sa is None:
             return None
-        return path - overhead(sa)
+        return inner_mtu(sa, path)
 
     def tick(self, now: float) -> None:
         """Fire time-based lifetimes due at `now`."""
@@ -176,7 +178,7 @@ class Engine:
             return self._tx_drop(stats, Drop.NO_SA)
         path = self.path_mtu.get(device)
         if path is not None:
-            limit = path - overhead(sa)
+            limit = inner_mtu(sa, path)
             if len(inner) > limit and hdr.df:
                 self._tx_drop(stats, Drop.TOO_BIG)
                 icmp = ip.too_big(hdr.dst, inner, limit) if self._icmp_allowed(now) else None
@@ -204,7 +206,7 @@ class Engine:
                 self._append(out, self.send(device, inner, now))
             return out
         path = self.path_mtu.get(device)
-        limit = path - overhead(sa) if path is not None else 1 << 17
+        limit = inner_mtu(sa, path) if path is not None else 1 << 17
         encrypt, emit = sa.encrypt, self._emit
         outer_dst, outer_src, encap, nextdev = sa.key[0], sa.key[1], sa.config.encap, tunnel.nextdev
         burst: Burst | None = None

@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+import numpy as np
+
 # struct virtio_net_hdr, linux/virtio_net.h (also include/uapi/linux/virtio_net.h)
 F_NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: checksum at csum_start + csum_offset is partial
 F_DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID: the checksum was verified
@@ -172,7 +174,55 @@ def _l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
     return l4
 
 
-_V4_SEG = struct.Struct("!HH")  # total length, identification
+def chunk_sums(data: bytes, start: int, end: int, size: int) -> list[int]:
+    """The one's-complement sums, not folded (each congruent modulo 0xFFFF to the RFC 1071 sum), of
+    `data[start:end]` cut into `size`-byte chunks, the last one possibly shorter.
+
+    The full-sized chunks are summed in one vectorised call, as little-endian 16-bit words (an odd-sized
+    chunk padded with a zero byte), whose sum is congruent to 256 times the big-endian sum wanted (2^16 =
+    1 modulo 0xFFFF), which is therefore congruent to 256 times it (256 * 256 = 2^16)."""
+    if end <= start:
+        return [0]
+    full = (end - start) // size
+    sums: list[int] = []
+    if full > 1:
+        if size % 2:
+            raw = np.frombuffer(data, np.uint8, full * size, start).reshape(full, size)
+            padded = np.zeros((full, size + 1), np.uint8)
+            padded[:, :size] = raw
+            words = padded.view("<u2")
+        else:
+            words = np.frombuffer(data, "<u2", full * size // 2, start).reshape(full, size // 2)
+        # A chunk is at most 64 KiB: 2^15 words of less than 2^16 fit a 32-bit sum.
+        total = np.add.reduce(words, axis=1, dtype=np.uint32).astype(np.uint64) << np.uint64(8)
+        sums = total.tolist()
+    from_bytes = int.from_bytes
+    for off in range(start + len(sums) * size, end, size):
+        chunk = data[off : min(off + size, end)]
+        value = from_bytes(chunk, "big")
+        sums.append((value << 8 if len(chunk) & 1 else value) % 0xFFFF)
+    return sums
+
+
+def packet_sums(packets: list[bytes]) -> list[int]:
+    """Per packet, a number congruent modulo 0xFFFF to the packet read as one little-endian integer, and
+    so to its little-endian 16-bit word sum (an odd last byte padded with zero) and to 256 times its
+    RFC 1071 sum. Enough packets are summed in one vectorised call."""
+    if len(packets) < 8:
+        return [int.from_bytes(p, "little") % 0xFFFF for p in packets]
+    lengths = np.fromiter(map(len, packets), np.int64, len(packets))
+    if (lengths & 1).any() or not lengths.all():  # words need even, non-empty packets: zeros added
+        packets = [p + b"\0" if len(p) & 1 else p or b"\0\0" for p in packets]
+        lengths = np.fromiter(map(len, packets), np.int64, len(packets))
+    starts = np.zeros(len(packets), np.int64)
+    np.cumsum(lengths[:-1] >> 1, out=starts[1:])
+    words = np.frombuffer(b"".join(packets), "<u2")
+    sums: list[int] = np.add.reduceat(words, starts, dtype=np.uint64).tolist()
+    return sums
+
+
+def _folded_complement(total: int) -> int:
+    return 0xFFFF - (total % 0xFFFF or 0xFFFF)
 
 
 def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
@@ -196,71 +246,51 @@ def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
     if end - hl <= mss:  # nothing to split: a single packet whose checksum is partial
         return [complete_checksum(packet[:end], l4, TCP_CSUM_OFFSET)]
     src, dst = _addresses(packet, v4)
-    addr_sum = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + PROTO_TCP
-    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    from_bytes = int.from_bytes
+    seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
     flags = packet[l4 + 13]
     off_byte = packet[l4 + 12]
-    # The TCP header with sequence number, flags and checksum zeroed; its word sum is constant.
-    th_ports = packet[l4 : l4 + 4]
-    th_ack_off = packet[l4 + 8 : l4 + 13]
-    th_win = packet[l4 + 14 : l4 + 16]
-    th_rest = packet[l4 + 18 : hl]
+    # The TCP header but for sequence number, flags and checksum: its words' sum is the same throughout.
+    ports, ack_off = packet[l4 : l4 + 4], packet[l4 + 8 : l4 + 13]
+    window, rest = packet[l4 + 14 : l4 + 16], packet[l4 + 18 : hl]
     th_sum = (
-        int.from_bytes(th_ports, "big")
-        + int.from_bytes(packet[l4 + 8 : l4 + 12], "big")
-        + int.from_bytes(th_win, "big")
-        + int.from_bytes(th_rest, "big")
-        + addr_sum
-    )
+        from_bytes(src, "big") + from_bytes(dst, "big") + PROTO_TCP
+        + from_bytes(ports, "big") + from_bytes(packet[l4 + 8 : l4 + 12], "big")
+        + from_bytes(window, "big") + from_bytes(rest, "big")
+    )  # fmt: skip
     first_flags = flags & ~(TCP_FIN | TCP_PSH)
     mid_flags = first_flags & ~TCP_CWR
     last_flags = flags & ~TCP_CWR
-    if v4:
-        ip_a = packet[:2]
-        ip_b = packet[6:10]
-        ip_c = packet[12:l4]
-        ident = int.from_bytes(packet[4:6], "big")
-        ip_sum = int.from_bytes(ip_a, "big") + int.from_bytes(ip_b, "big") + int.from_bytes(ip_c, "big")
-    else:
-        ip6_a = packet[:4]
-        ip6_b = packet[6:l4]
+    sums = chunk_sums(packet, hl, end, mss)
+    last = len(sums) - 1
+    view = memoryview(packet)
+    join = b"".join
     out: list[bytes] = []
     append = out.append
-    last_start = end - ((end - hl - 1) % mss + 1)
-    seq = seq0
-    for off in range(hl, end, mss):
-        payload = packet[off : off + mss] if off + mss <= end else packet[off:end]
-        n = len(payload)
+    if v4:
+        ip_a, ip_b, ip_c = packet[:2], packet[6:10], packet[12:l4]
+        ident = from_bytes(packet[4:6], "big")
+        ip_sum = from_bytes(ip_a, "big") + from_bytes(ip_b, "big") + from_bytes(ip_c, "big")
+        pack = struct.Struct(f"!2sHH4sH{l4 - 12}s4sI5sB2sH").pack
+    else:
+        ip6_a, ip6_b = packet[:4], packet[6:l4]
+        pack6 = struct.Struct(f"!4sH{l4 - 6}s4sI5sB2sH").pack
+    for i, value in enumerate(sums):
+        off = hl + i * mss
+        n = mss if i < last else end - off
         tcp_len = doff + n
-        if off == hl:
-            f = first_flags
-        elif off == last_start:
-            f = last_flags
-        else:
-            f = mid_flags
-        value = int.from_bytes(payload, "big")
-        if n & 1:
-            value <<= 8
-        word12 = off_byte << 8 | f
-        total = value + th_sum + (seq >> 16) + (seq & 0xFFFF) + word12 + tcp_len
+        f = mid_flags if 0 < i < last else first_flags if i == 0 else last_flags
+        total = value + th_sum + (seq >> 16) + (seq & 0xFFFF) + (off_byte << 8 | f) + tcp_len
         csum = 0xFFFF - (total % 0xFFFF or 0xFFFF)
-        tcp = (
-            th_ports
-            + seq.to_bytes(4, "big")
-            + th_ack_off
-            + bytes((f,))
-            + th_win
-            + csum.to_bytes(2, "big")
-            + th_rest
-        )
         if v4:
             length = l4 + tcp_len
-            s = ip_sum + length + ident
-            ipc = 0xFFFF - (s % 0xFFFF or 0xFFFF)
-            append(ip_a + _V4_SEG.pack(length, ident) + ip_b + ipc.to_bytes(2, "big") + ip_c + tcp + payload)
+            total = ip_sum + length + ident
+            ipc = 0xFFFF - (total % 0xFFFF or 0xFFFF)
+            head = pack(ip_a, length, ident, ip_b, ipc, ip_c, ports, seq, ack_off, f, window, csum)
             ident = (ident + 1) & 0xFFFF
         else:
-            append(ip6_a + (l4 - 40 + tcp_len).to_bytes(2, "big") + ip6_b + tcp + payload)
+            head = pack6(ip6_a, l4 - 40 + tcp_len, ip6_b, ports, seq, ack_off, f, window, csum)
+        append(join((head, rest, view[off : off + n])))
         seq = (seq + n) & 0xFFFFFFFF
     return out
 
@@ -271,41 +301,39 @@ def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
     if len(packet) < l4 + 8:
         raise OffloadError("truncated UDP header")
     v4 = packet[0] >> 4 == 4
-    end = min(
-        len(packet), int.from_bytes(packet[2:4], "big") if v4 else 40 + int.from_bytes(packet[4:6], "big")
-    )
+    from_bytes = int.from_bytes
+    end = min(len(packet), from_bytes(packet[2:4], "big") if v4 else 40 + from_bytes(packet[4:6], "big"))
     hl = l4 + 8
     if end < hl:
         raise OffloadError("IP length shorter than the headers")
     src, dst = _addresses(packet, v4)
     ports = packet[l4 : l4 + 4]
-    base = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + PROTO_UDP + int.from_bytes(ports, "big")
+    base = from_bytes(src, "big") + from_bytes(dst, "big") + PROTO_UDP + from_bytes(ports, "big")
     if v4:
         ip_a, ip_b, ip_c = packet[:2], packet[6:10], packet[12:l4]
-        ident = int.from_bytes(packet[4:6], "big")
-        ip_sum = int.from_bytes(ip_a, "big") + int.from_bytes(ip_b, "big") + int.from_bytes(ip_c, "big")
+        ident = from_bytes(packet[4:6], "big")
+        ip_sum = from_bytes(ip_a, "big") + from_bytes(ip_b, "big") + from_bytes(ip_c, "big")
+        pack = struct.Struct(f"!2sHH4sH{l4 - 12}s4sHH").pack
     else:
         ip6_a, ip6_b = packet[:4], packet[6:l4]
+        pack6 = struct.Struct(f"!4sH{l4 - 6}s4sHH").pack
+    view = memoryview(packet)
     out: list[bytes] = []
-    for off in range(hl, max(end, hl + 1), size):
-        payload = packet[off : min(off + size, end)]
-        ulen = 8 + len(payload)
-        value = int.from_bytes(payload, "big")
-        if len(payload) & 1:
-            value <<= 8
-        total = value + base + 2 * ulen  # the UDP length counts in the pseudo-header and in the header
-        csum = 0xFFFF - (total % 0xFFFF or 0xFFFF) or 0xFFFF  # RFC 768: a computed zero is sent as ones
-        udp = ports + ulen.to_bytes(2, "big") + csum.to_bytes(2, "big")
+    for i, value in enumerate(chunk_sums(packet, hl, end, size)):
+        off = hl + i * size
+        n = max(0, min(size, end - off))
+        ulen = 8 + n
+        # The UDP length counts in the pseudo-header and in the header. RFC 768: a computed zero is sent
+        # as all ones.
+        csum = _folded_complement(value + base + 2 * ulen) or 0xFFFF
         if v4:
             length = l4 + ulen
-            s = ip_sum + length + ident
-            ipc = 0xFFFF - (s % 0xFFFF or 0xFFFF)
-            out.append(
-                ip_a + _V4_SEG.pack(length, ident) + ip_b + ipc.to_bytes(2, "big") + ip_c + udp + payload
-            )
+            ipc = _folded_complement(ip_sum + length + ident)
+            head = pack(ip_a, length, ident, ip_b, ipc, ip_c, ports, ulen, csum)
             ident = (ident + 1) & 0xFFFF
         else:
-            out.append(ip6_a + (l4 - 40 + ulen).to_bytes(2, "big") + ip6_b + udp + payload)
+            head = pack6(ip6_a, l4 - 40 + ulen, ip6_b, ports, ulen, csum)
+        out.append(head + view[off : off + n])
     return out
 
 
@@ -357,16 +385,15 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
     acknowledgment, window, options (timestamps included), TOS, TTL or traffic class and flow label, and
     DF; carry only ACK or PSH; and every earlier segment was full-sized. PSH or a short segment closes a
     super-packet. Every checksum is verified first (those of a super-packet summed together, which
-    detects any one bad segment as surely as checking it alone; the sum is taken of the segments read
-    as little-endian integers, which is 256 times the RFC 1071 sum modulo 0xFFFF, zero exactly when
-    that is, and needs no padding for odd sizes): when that fails, the segments are
+    detects any one bad segment as surely as checking it alone; the sums are `packet_sums`, 256 times
+    the RFC 1071 sums modulo 0xFFFF, zero exactly when those are): when that fails, the segments are
     written one by one, as they came, for the kernel to drop the bad one. IPv4 with options or
     fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
     """
     out: list[tuple[Offload, bytes] | _Flow] = []
     flows: dict[tuple[tuple[bytes, ...], bytes], _Flow] = {}
     from_bytes = int.from_bytes
-    for packet in packets:
+    for packet, value in zip(packets, packet_sums(packets), strict=True):
         size = len(packet)
         b0 = packet[0] if size >= 40 else 0
         if b0 == 0x45 and packet[9] == PROTO_TCP and not packet[6] & 0x3F and not packet[7]:
@@ -385,10 +412,9 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
         seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
         if l4 == 20:
             key = (_KEY4(packet), packet[40:hl])
-            value = from_bytes(packet, "little")
         else:
             key = (_KEY6(packet), packet[60:hl])
-            value = from_bytes(packet[40:], "little")
+            value -= from_bytes(packet[:40], "little")  # the sum starts at the TCP header
         flow = flows.get(key)
         if flow is None or (
             flow.closed

@@ -47,7 +47,7 @@ class Offloads:
     """Which kernel offloads the data plane asks for (each falls back by itself when refused)."""
 
     vnet: bool = True  # virtio-net headers on TUN queues: needed by everything below that touches TUN
-    tso: bool = False  # TUN hands over TCP/UDP super-packets (TSO/USO), split here (core.gso.split)
+    tso: bool = True  # TUN hands over TCP/UDP super-packets (TSO/USO), split here (core.gso.split)
     coalesce: bool = True  # TCP segments are written into TUN as GRO-style super-packets
     gso: bool = True  # ESP-in-UDP leaves as UDP GSO bursts (UDP_SEGMENT)
     gro: bool = True  # ESP-in-UDP arrives as UDP GRO batches (UDP_GRO)

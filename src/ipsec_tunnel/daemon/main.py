@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=Offloads.tso,
         help="let tunnel devices hand over TCP/UDP super-packets (TSO/USO) and split them here "
-        f"(default {'on' if Offloads.tso else 'off'}: the kernel segments them, which costs less)",
+        f"(default {'on' if Offloads.tso else 'off'}; off: the kernel segments them)",
     )
     off.add_argument(
         "--no-gso", action="store_true", help="send ESP-in-UDP one datagram at a time, no UDP GSO"

@@ -13,7 +13,7 @@ from .. import __version__
 from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
-from ..core.engine import Engine, TunnelStats, overhead
+from ..core.engine import Engine, TunnelStats, inner_mtu
 from ..core.sa import Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
 from ..core.tunnel import BASE_DEVICE, Tunnel
 from .state import Store
@@ -309,12 +309,12 @@ class Manager:
         return out
 
     def refresh_mtus(self) -> None:
-        """Set each tunnel device's MTU to its path MTU less the worst-case overhead of its SA."""
+        """Set each tunnel device's MTU to the largest inner packet its SA fits into the path MTU."""
         for tunnel in self.engine.tunnels:
             path = self.devices.path_mtu(tunnel.remote, tunnel.nextdev) or DEFAULT_PATH_MTU
             self.engine.path_mtu[tunnel.name] = path
             sa = self.engine.sa_for(tunnel)
-            mtu = path - (overhead(sa) if sa else 100)
+            mtu = inner_mtu(sa, path) if sa else path - 100
             if self.mtu_set.get(tunnel.name) != mtu:
                 try:
                     self.devices.set_mtu(tunnel.name, max(mtu, 68))
