@@ -70,9 +70,9 @@ def tso(inner: Packet, mss: int) -> tuple[bytes, Offload]:
     return bytes(raw), Offload(F_NEEDS_CSUM, kind, hl, mss, l4, 16)
 
 
-def v4_tcp(payload: bytes, *, flags: str = "A", seq: int = 1000, ident: int = 77) -> Packet:
+def v4_tcp(payload: bytes, *, flags: str = "A", seq: int = 1000, ident: int = 77, df: bool = True) -> Packet:
     return (
-        IP(src="10.0.1.1", dst="10.0.2.1", id=ident, flags="DF", tos=0x10, ttl=63)
+        IP(src="10.0.1.1", dst="10.0.2.1", id=ident, flags="DF" if df else 0, tos=0x10, ttl=63)
         / TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, window=500, options=TS_OPTS)
         / payload
     )
@@ -426,3 +426,34 @@ def test_receive_batch_slow_paths_match() -> None:
         deliver, _ = many.b.receive_batch(a_addr, b_addr, wire, 2.0, tos)
         assert deliver.get("t0", []) == _delivered(list(singles))
         assert one.b.rx_drops == many.b.rx_drops
+
+
+@pytest.mark.parametrize("make", [v4_tcp, v6_tcp])
+@pytest.mark.parametrize("mss", [1310, 1024, 1386])
+def test_coalesced_packets_fit_the_ip_length_field(make: object, mss: int) -> None:
+    """A super-packet's IPv4 total length (IPv6 payload length) stays within 16 bits, for every MSS,
+    also those where 64 KiB of payload plus the headers would just overflow it."""
+    segs: list[bytes] = []
+    for k in range(2):
+        extra = {"ident": 77 + 30 * k} if make is v4_tcp else {}
+        sup, offload = tso(make(os.urandom(mss * 30), seq=1000 + k * mss * 30, **extra), mss)  # type: ignore[operator]
+        segs += gso.split(sup, offload)
+    out = gso.coalesce(segs)
+    assert sum(len(p) - 52 - (20 if p[0] >> 4 == 6 else 0) for _, p in out) == mss * 60  # nothing lost
+    for _offload, packet in out:
+        length = len(packet) if packet[0] >> 4 == 4 else len(packet) - 40
+        assert length <= 0xFFFF
+    again = [seg for offload, packet in out for seg in gso.split(packet, offload)]
+    assert again == segs  # the kernel's segmentation of what we wrote gives back what came
+
+
+@pytest.mark.parametrize("df", [True, False])
+def test_ipv4_identification_must_go_up_without_df(df: bool) -> None:
+    """Without DF the identification is kept as it came: segments whose IDs do not go up by one stay
+    apart (RFC 6864 §4.1: with DF it means nothing, and they merge)."""
+    first = gso.split(*tso(v4_tcp(os.urandom(3000), ident=100, df=df), 1000))
+    second = gso.split(*tso(v4_tcp(os.urandom(3000), seq=4000, ident=500, df=df), 1000))
+    out = gso.coalesce(first + second)
+    assert [len(gso.split(p, o)) for o, p in out] == ([6] if df else [3, 3])
+    if not df:
+        assert [seg for o, p in out for seg in gso.split(p, o)] == first + second

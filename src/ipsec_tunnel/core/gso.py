@@ -351,6 +351,7 @@ class _Flow:
         "l4",
         "lengths",
         "mss",
+        "next_id",
         "next_seq",
         "packets",
         "size",
@@ -366,6 +367,11 @@ class _Flow:
         self.next_seq = (seq + self.mss) & 0xFFFFFFFF
         self.flags = packet[l4 + 13]
         self.closed = bool(self.flags & TCP_PSH)
+        # IPv4 without DF: the identification must go up by one per segment, as splitting makes it go
+        # (with DF it means nothing, RFC 6864 §4.1, and any may merge); -1: not checked.
+        self.next_id = (
+            (int.from_bytes(packet[4:6], "big") + 1) & 0xFFFF if l4 == 20 and not packet[6] & 0x40 else -1
+        )
         # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) read
         # little-endian, and the pseudo-headers' big-endian sum (see coalesce()): per segment `base` (the
         # addresses and protocol, the same for all) plus the segment's length (IP length minus `l4`).
@@ -416,12 +422,16 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
             key = (_KEY6(packet), packet[60:hl])
             value -= from_bytes(packet[:40], "little")  # the sum starts at the TCP header
         flow = flows.get(key)
-        if flow is None or (
-            flow.closed
-            or flow.next_seq != seq
-            or n > flow.mss
-            or flow.size + n - l4 > IP_MAXPACKET
-            or len(flow.packets) >= MAX_SEGMENTS
+        if (
+            flow is None
+            or (
+                flow.closed
+                or flow.next_seq != seq
+                or n > flow.mss
+                or flow.size + n - (0 if l4 == 20 else 40) > IP_MAXPACKET  # IPv4 total / IPv6 payload length
+                or len(flow.packets) >= MAX_SEGMENTS
+                or (flow.next_id >= 0 and from_bytes(packet[4:6], "big") != flow.next_id)
+            )
         ):
             if flow is not None:
                 flow.closed = True
@@ -429,6 +439,8 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
             out.append(flow)
         else:
             flow.packets.append(packet)
+            if flow.next_id >= 0:
+                flow.next_id = (flow.next_id + 1) & 0xFFFF
             flow.size += n
             flow.next_seq = (seq + n) & 0xFFFFFFFF
             flow.flags |= flags

@@ -133,6 +133,8 @@ class DataPlane:
         self.icmp: dict[int, socket.socket] = {}
         self.udp_port = udp_port
         self.running = True
+        self.failures = 0  # handler exceptions survived (bugs)
+        self._failure_logged = -1.0
 
     # -- sources -------------------------------------------------------------------------------------------
 
@@ -415,7 +417,13 @@ class DataPlane:
         while self.running:
             events = select(timeout=0 if time.monotonic() < spin_until else 0.5)
             for key, _mask in events:
-                key.data()
+                try:
+                    key.data()
+                except Exception:  # a bug must not take every tunnel down: what it was handling is lost
+                    self.failures += 1
+                    if time.monotonic() - self._failure_logged >= 1.0:
+                        self._failure_logged = time.monotonic()
+                        log.exception("data plane handler failed (%d so far)", self.failures)
             mono = time.monotonic()
             if events:
                 spin_until = mono + self.spin
