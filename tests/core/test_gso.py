@@ -4,8 +4,10 @@ against scapy's independent header and checksum code."""
 from __future__ import annotations
 
 import os
+import random
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet
 
-from ipsec_tunnel.core import gso
+from ipsec_tunnel.core import gro, gso
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Burst, Deliver, Outbound, Reject, packed
 from ipsec_tunnel.core.gso import (
@@ -242,12 +244,12 @@ def test_udp_split(v6: bool, size: int, seg: int) -> None:
 @pytest.mark.parametrize("size,mss", [(14000, 1448), (2896, 1448), (4001, 1000), (63000, 1400)])
 def test_split_then_coalesce_round_trip(make, size: int, mss: int) -> None:  # type: ignore[no-untyped-def]
     sup, offload = tso(make(os.urandom(size), flags="PA"), mss)
-    assert gso.coalesce(gso.split(sup, offload)) == [(offload, sup)]
+    assert gro.coalesce(gso.split(sup, offload)) == [(offload, sup)]
 
 
 def test_coalesced_header_is_what_the_kernel_expects() -> None:
     sup, _ = tso(v4_tcp(os.urandom(5000), flags="PA"), 1448)
-    [(off, merged)] = gso.coalesce(gso.split(sup, Offload(F_NEEDS_CSUM, GSO_TCPV4, 0, 1448, 20, 16)))
+    [(off, merged)] = gro.coalesce(gso.split(sup, Offload(F_NEEDS_CSUM, GSO_TCPV4, 0, 1448, 20, 16)))
     assert off.flags == F_NEEDS_CSUM and off.gso_type == GSO_TCPV4 and off.gso_size == 1448
     assert off.csum_start == 20 and off.csum_offset == 16 and off.hdr_len == 20 + 32
     p = IP(merged)
@@ -262,7 +264,7 @@ def test_coalesce_keeps_other_packets_and_order() -> None:
     segs = gso.split(*tso(v4_tcp(data), 1000))
     other = bytes(IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=1, dport=2) / b"udp")
     syn = bytes(v4_tcp(b"", flags="S"))
-    out = gso.coalesce([segs[0], other, segs[1], syn, segs[2], segs[3]])
+    out = gro.coalesce([segs[0], other, segs[1], syn, segs[2], segs[3]])
     assert [o for o, _ in out] == [out[0][0], NO_OFFLOAD, NO_OFFLOAD]
     assert out[0][0].gso_type == GSO_TCPV4 and bytes(IP(out[0][1])[TCP].payload) == data
     assert [p for _, p in out[1:]] == [other, syn]
@@ -272,18 +274,18 @@ def test_coalesce_stops_at_gaps_short_segments_and_changed_fields() -> None:
     data = os.urandom(6000)
     segs = gso.split(*tso(v4_tcp(data), 1000))
     # a gap: segment 2 missing -> [0,1] merged, then [3,4,5]
-    out = gso.coalesce([segs[0], segs[1], segs[3], segs[4], segs[5]])
+    out = gro.coalesce([segs[0], segs[1], segs[3], segs[4], segs[5]])
     assert [len(bytes(IP(p)[TCP].payload)) for _, p in out] == [2000, 3000]
     # a different ACK number does not merge
     other_ack = IP(segs[1])
     other_ack[TCP].ack = 100
     del other_ack.chksum, other_ack[TCP].chksum
-    out = gso.coalesce([segs[0], bytes(other_ack), segs[2]])
+    out = gro.coalesce([segs[0], bytes(other_ack), segs[2]])
     assert len(out) == 3
     # a short segment closes the super-packet
     short = bytes(v4_tcp(os.urandom(500), seq=1000 + 6000))
     after = bytes(v4_tcp(os.urandom(1000), seq=1000 + 6500))
-    out = gso.coalesce([*segs, short, after])
+    out = gro.coalesce([*segs, short, after])
     assert [len(bytes(IP(p)[TCP].payload)) for _, p in out] == [6500, 1000]
 
 
@@ -292,17 +294,17 @@ def test_coalesce_does_not_merge_a_bad_checksum() -> None:
     segs = gso.split(*tso(v4_tcp(data), 1000))
     bad = bytearray(segs[1])
     bad[-1] ^= 0x01
-    out = gso.coalesce([segs[0], bytes(bad), segs[2]])
+    out = gro.coalesce([segs[0], bytes(bad), segs[2]])
     assert out == [(NO_OFFLOAD, segs[0]), (NO_OFFLOAD, bytes(bad)), (NO_OFFLOAD, segs[2])]
     bad_ip = bytearray(segs[2])
     bad_ip[8] ^= 0x01  # TTL changed, header checksum not updated: different key, but still checked
-    out = gso.coalesce([segs[0], segs[1], bytes(bad_ip)])
+    out = gro.coalesce([segs[0], segs[1], bytes(bad_ip)])
     assert out[-1] == (NO_OFFLOAD, bytes(bad_ip))
 
 
 def test_coalesce_odd_sized_last_segment() -> None:
     sup, offload = tso(v4_tcp(os.urandom(2001), flags="PA"), 1000)
-    assert gso.coalesce(gso.split(sup, offload)) == [(offload, sup)]
+    assert gro.coalesce(gso.split(sup, offload)) == [(offload, sup)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -314,7 +316,7 @@ def test_coalesce_never_merges_a_corrupted_segment(size: int, v6: bool, data: st
     bad = bytearray(good[which])
     at = data.draw(st.integers(40 if v6 else 0, len(bad) - 1))  # IPv6 has no header checksum
     bad[at] ^= data.draw(st.integers(1, 255))
-    out = gso.coalesce([*good[:which], bytes(bad), *good[which + 1 :]])
+    out = gro.coalesce([*good[:which], bytes(bad), *good[which + 1 :]])
     for offload, packet in out:
         if offload.gso_type:  # whatever was merged is only segments that came in intact
             assert all(part in good for part in gso.split(packet, offload))
@@ -324,7 +326,7 @@ def test_coalesce_never_merges_a_corrupted_segment(size: int, v6: bool, data: st
 def test_coalesce_respects_64k_limit() -> None:
     segs = gso.split(*tso(v4_tcp(os.urandom(60000)), 1400))
     more = gso.split(*tso(v4_tcp(os.urandom(14000), seq=1000 + 60000), 1400))
-    out = gso.coalesce(segs + more)
+    out = gro.coalesce(segs + more)
     assert all(len(p) <= 0xFFFF for _, p in out)
     assert sum(len(bytes(IP(p)[TCP].payload)) for _, p in out) == 74000
 
@@ -336,13 +338,13 @@ def test_round_trip_property(size: int, mss: int, v6: bool) -> None:
     sup, offload = tso(make(os.urandom(size), flags="PA"), mss)
     segs = gso.split(sup, offload)
     assert all(transport_valid(s) for s in segs)
-    out = gso.coalesce(segs)
+    out = gro.coalesce(segs)
     if len(segs) == 1:
         assert out == [(NO_OFFLOAD, segs[0])]
-    elif len(segs) <= gso.MAX_SEGMENTS:
+    elif len(segs) <= gro.MAX_SEGMENTS:
         assert out == [(offload, sup)]
     else:  # the kernel's GRO limit: more than one super-packet
-        assert len(out) == -(-len(segs) // gso.MAX_SEGMENTS) and out[0][0].gso_type == offload.gso_type
+        assert len(out) == -(-len(segs) // gro.MAX_SEGMENTS) and out[0][0].gso_type == offload.gso_type
         parse = IPv6 if v6 else IP
         assert b"".join(bytes(parse(p)[TCP].payload) for _, p in out) == bytes(parse(sup)[TCP].payload)
 
@@ -438,7 +440,7 @@ def test_coalesced_packets_fit_the_ip_length_field(make: object, mss: int) -> No
         extra = {"ident": 77 + 30 * k} if make is v4_tcp else {}
         sup, offload = tso(make(os.urandom(mss * 30), seq=1000 + k * mss * 30, **extra), mss)  # type: ignore[operator]
         segs += gso.split(sup, offload)
-    out = gso.coalesce(segs)
+    out = gro.coalesce(segs)
     assert sum(len(p) - 52 - (20 if p[0] >> 4 == 6 else 0) for _, p in out) == mss * 60  # nothing lost
     for _offload, packet in out:
         length = len(packet) if packet[0] >> 4 == 4 else len(packet) - 40
@@ -453,7 +455,151 @@ def test_ipv4_identification_must_go_up_without_df(df: bool) -> None:
     apart (RFC 6864 §4.1: with DF it means nothing, and they merge)."""
     first = gso.split(*tso(v4_tcp(os.urandom(3000), ident=100, df=df), 1000))
     second = gso.split(*tso(v4_tcp(os.urandom(3000), seq=4000, ident=500, df=df), 1000))
-    out = gso.coalesce(first + second)
+    out = gro.coalesce(first + second)
     assert [len(gso.split(p, o)) for o, p in out] == ([6] if df else [3, 3])
     if not df:
         assert [seg for o, p in out for seg in gso.split(p, o)] == first + second
+
+
+# -- the vectorised single-flow path against the general one -----------------------------------------------
+
+
+def _segment(seq: int, size: int, *, psh: bool, ident: int, window: int = 500, tsval: int = 123456) -> bytes:
+    """An IPv4 (DF) TCP segment with timestamps and valid checksums, built without scapy (fast)."""
+    payload = bytes((seq + i) & 0xFF for i in range(size))
+    options = b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, 654321)
+    flags = 0x18 if psh else 0x10
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq & 0xFFFFFFFF, 99, 0x80, flags, window, 0, 0) + options
+    src, dst = bytes([10, 0, 1, 1]), bytes([10, 0, 2, 1])
+    csum = gso.checksum(src + dst + struct.pack("!BBH", 0, 6, len(tcp) + size) + tcp + payload)
+    tcp = tcp[:16] + csum.to_bytes(2, "big") + tcp[18:]
+    total = 20 + len(tcp) + size
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0x10, total, ident & 0xFFFF, 0x4000, 63, 6, 0, src, dst)
+    ip = ip[:10] + gso.checksum(ip).to_bytes(2, "big") + ip[12:]
+    return ip + tcp + payload
+
+
+def _run(segments: list[bytes]) -> list[tuple[Offload, bytes]] | None:
+    """The vectorised single-flow path, or None where it declines (or cannot take odd lengths)."""
+    lengths = np.fromiter(map(len, segments), np.int64, len(segments))
+    if (lengths & 1).any():
+        return None
+    return gro._coalesce_run(segments, lengths, b"".join(segments))
+
+
+@st.composite
+def one_flow(draw: st.DrawFn) -> list[bytes]:
+    mss = draw(st.sampled_from([536, 1000, 1310, 1386, 1448]))
+    count = draw(st.integers(8, 150))
+    segments, seq = [], draw(st.integers(0, 0xFFFFFFFF))
+    for i in range(count):
+        short = draw(st.integers(0, 9)) == 0
+        size = draw(st.integers(1, mss - 1)) if short else mss
+        if draw(st.integers(0, 3)):  # mostly even: the vectorised path takes even lengths only
+            size -= size & 1 if size > 1 else 0
+        segments.append(_segment(seq, size, psh=draw(st.integers(0, 12)) == 0, ident=1000 + i))
+        seq += size
+    if draw(st.booleans()):  # a damaged checksum somewhere
+        which = draw(st.integers(0, count - 1))
+        bad = bytearray(segments[which])
+        bad[-1] ^= 0x40
+        segments[which] = bytes(bad)
+    return segments
+
+
+@settings(max_examples=150, deadline=None)
+@given(one_flow())
+def test_single_flow_run_merges_exactly_as_the_general_path(segments: list[bytes]) -> None:
+    sums = gso.packet_sums(segments)
+    run = _run(segments)
+    assert run == gro._coalesce_flows(segments, sums) or run is None
+    out = gro.coalesce(segments)
+    assert [seg for o, p in out for seg in gso.split(p, o)] == segments  # GSO gives back what came
+
+
+def test_seeded_bulk_batches_mostly_go_the_vectorised_way_and_agree() -> None:
+    """200 seeded batches like a bulk transfer's (PSH, short segments and new timestamps here and there):
+    the vectorised path takes most of them, and gives what the general path gives."""
+    rng = random.Random(4303)
+    taken = 0
+    for _ in range(200):
+        mss = rng.choice([1000, 1386, 1448])
+        segments, seq = [], rng.randrange(1 << 32)
+        tick = rng.randrange(10, 80)  # the timestamp option moves on every `tick` segments
+        for i in range(rng.randrange(8, 120)):
+            size = mss if rng.random() > 0.03 else rng.randrange(1, mss // 2) * 2
+            segments.append(_segment(seq, size, psh=rng.random() < 0.02, ident=i, tsval=i // tick))
+            seq += size
+        run = _run(segments)
+        if run is not None:
+            taken += 1
+            assert run == gro._coalesce_flows(segments, gso.packet_sums(segments))
+    assert taken >= 150
+
+
+def test_bulk_batch_takes_the_vectorised_path_with_psh_and_short_cuts() -> None:
+    sizes = [1386] * 70 + [700] + [1386] * 50
+    segments, seq = [], 5000
+    for i, size in enumerate(sizes):
+        segments.append(_segment(seq, size, psh=i == 100, ident=i))
+        seq += size
+    sums = gso.packet_sums(segments)
+    run = _run(segments)
+    assert run is not None
+    assert run == gro._coalesce_flows(segments, sums)
+    # 47 full segments fill 64 KiB; the short one closes the next; PSH closes one at 101; then the rest.
+    assert [len(gso.split(p, o)) for o, p in run] == [47, 24, 30, 20]
+
+
+@pytest.mark.parametrize("spoil", ["second flow", "sequence gap", "no DF", "SYN", "short twice"])
+def test_other_batches_go_the_general_way(spoil: str) -> None:
+    sizes = [1000] * 5 + ([500, 500] if spoil == "short twice" else [1000, 1000]) + [1000] * 13
+    segments, seq = [], 1
+    for i, size in enumerate(sizes):
+        segments.append(
+            _segment(seq + (1 if spoil == "sequence gap" and i == 7 else 0), size, psh=False, ident=i)
+        )
+        seq += size
+    if spoil == "second flow":
+        other = bytearray(segments[7])
+        other[22:24] = (5202).to_bytes(2, "big")  # another port (its checksum no longer matters)
+        segments[7] = bytes(other)
+    elif spoil == "no DF":
+        segments = [s[:6] + b"\x00" + s[7:10] + b"\0\0" + s[12:] for s in segments]
+        segments = [s[:10] + gso.checksum(s[:20]).to_bytes(2, "big") + s[20:] for s in segments]
+    elif spoil == "SYN":
+        bad = bytearray(segments[3])
+        bad[33] |= 0x02
+        segments[3] = bytes(bad)
+    sums = gso.packet_sums(segments)
+    assert _run(segments) is None
+    out = gro.coalesce(segments)
+    assert out == gro._coalesce_flows(segments, sums) and len(out) >= 2
+
+
+def test_a_new_window_or_timestamp_cuts_a_run_as_a_new_flow_key_would() -> None:
+    segments, seq = [], 1
+    for i in range(60):
+        window = 500 if i < 20 else 600  # the window opens at 20 ...
+        stamp = 1 if i < 40 else 2  # ... a new timestamp at 40
+        segments.append(_segment(seq, 1386, psh=False, ident=i, window=window, tsval=stamp))
+        seq += 1386
+    run = _run(segments)
+    assert run is not None and run == gro._coalesce_flows(segments, gso.packet_sums(segments))
+    assert [len(gso.split(p, o)) for o, p in run] == [20, 20, 20]
+
+
+def test_a_damaged_segment_leaves_its_super_packet_unmerged_on_the_vectorised_path() -> None:
+    segments, seq = [], 1
+    for i in range(100):
+        segments.append(_segment(seq, 1386, psh=False, ident=i))
+        seq += 1386
+    bad = bytearray(segments[60])
+    bad[100] ^= 1
+    segments[60] = bytes(bad)
+    run = _run(segments)
+    assert run is not None
+    kinds = [o.gso_type for o, _ in run]
+    # 47 + 47 + 6: the second super-packet, with the damaged one, is written as it came, segment by segment
+    assert kinds == [gso.GSO_TCPV4] + [gso.GSO_NONE] * 47 + [gso.GSO_TCPV4]
+    assert [p for _, p in run[1:48]] == segments[47:94]

@@ -11,7 +11,7 @@ import socket
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from ipsec_tunnel.core import gso
+from ipsec_tunnel.core import gro, gso
 from ipsec_tunnel.linux.offload import (
     OffloadUdp,
     RawBatch,
@@ -111,7 +111,7 @@ def test_tun_accepts_coalesced_tcp_and_refuses_bad_headers(ns: Netns) -> None:
         queue = TunQueue(dev, tso=True, uso=True)
         try:
             ns.check("ip addr add 10.9.0.1/24 dev ipsec7 && ip link set ipsec7 up")
-            [(offload, packet)] = gso.coalesce(_tcp_segments(20))
+            [(offload, packet)] = gro.coalesce(_tcp_segments(20))
             assert offload.gso_type == gso.GSO_TCPV4
             before = _stat(ns, "ipsec7", "rx_packets")
             assert queue.write(packet, offload) == len(packet) + 10

@@ -1,18 +1,17 @@
-"""Segmentation and coalescing of IP super-packets, without I/O.
+"""Segmentation of IP super-packets and the checksums it needs, without I/O.
 
 A TUN device with offloads hands the daemon TCP super-packets of up to 64 KiB (TSO) or UDP ones (USO)
 whose transport checksum is only partial; `split` turns such a packet into the wire-sized packets the
 kernel would have sent, each with complete and correct IP and transport headers, exactly as Linux's
-software GSO does (tcp_gso_segment, __udp_gso_segment). In the other direction `coalesce` merges
-consecutive in-order TCP segments of one flow into one super-packet the kernel accepts as if its own GRO
-had built it (the rules of tcp_gro_receive), so that one write carries many segments.
+software GSO does (tcp_gso_segment, __udp_gso_segment). The other direction is `gro.coalesce`.
 
 Offload metadata travels as `Offload`, the fields of struct virtio_net_hdr (linux/virtio_net.h) that
 precedes each packet on a TUN queue opened with IFF_VNET_HDR.
 
 Checksums are RFC 1071 one's-complement sums. The sum of a byte string's 16-bit big-endian words is
 congruent, modulo 0xFFFF, to the string read as one big-endian integer (2^16 = 1 mod 0xFFFF), so one
-`int.from_bytes` and one remainder, both in C, replace a Python loop over the words.
+`int.from_bytes` and one remainder, both in C, replace a Python loop over the words; the many sums of a
+super-packet or a batch are taken in one NumPy call (`chunk_sums`, `packet_sums`).
 """
 
 from __future__ import annotations
@@ -41,15 +40,6 @@ TCP_CSUM_OFFSET = 16  # RFC 9293 §3.1: the checksum's offset in the TCP header
 UDP_CSUM_OFFSET = 6  # RFC 768
 # RFC 9293 §3.1 control bits (byte 13 of the TCP header)
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
-MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
-
-# What segments of one super-packet share, besides the TCP options (the key of a flow in coalesce()).
-# IPv4: TOS; DF and TTL (and the protocol); addresses and ports; acknowledgment and data offset; window.
-_KEY4 = struct.Struct("!x1s4x3s3x12s4x5s1x2s").unpack_from
-# IPv6: version, traffic class and flow label; hop limit; addresses and ports; then as IPv4.
-_KEY6 = struct.Struct("!4s3x1s36s4x5s1x2s").unpack_from
-_TCP_VARY = TCP_FIN | TCP_PSH | TCP_CWR  # what may differ between a super-packet's segments
-_NO_COALESCE = TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR | TCP_FIN
 
 
 class Offload(NamedTuple):
@@ -335,155 +325,3 @@ def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
             head = pack6(ip6_a, l4 - 40 + ulen, ip6_b, ports, ulen, csum)
         out.append(head + view[off : off + n])
     return out
-
-
-# -- coalescing --------------------------------------------------------------------------------------------
-
-
-class _Flow:
-    """A super-packet being built: the segments so far, in order, and what the next one must be."""
-
-    __slots__ = (
-        "base",
-        "closed",
-        "flags",
-        "hl",
-        "l4",
-        "lengths",
-        "mss",
-        "next_id",
-        "next_seq",
-        "packets",
-        "size",
-        "words",
-    )
-
-    def __init__(self, packet: bytes, l4: int, hl: int, seq: int) -> None:
-        self.packets = [packet]
-        self.l4 = l4
-        self.hl = hl
-        self.mss = len(packet) - hl
-        self.size = len(packet)
-        self.next_seq = (seq + self.mss) & 0xFFFFFFFF
-        self.flags = packet[l4 + 13]
-        self.closed = bool(self.flags & TCP_PSH)
-        # IPv4 without DF: the identification must go up by one per segment, as splitting makes it go
-        # (with DF it means nothing, RFC 6864 §4.1, and any may merge); -1: not checked.
-        self.next_id = (
-            (int.from_bytes(packet[4:6], "big") + 1) & 0xFFFF if l4 == 20 and not packet[6] & 0x40 else -1
-        )
-        # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) read
-        # little-endian, and the pseudo-headers' big-endian sum (see coalesce()): per segment `base` (the
-        # addresses and protocol, the same for all) plus the segment's length (IP length minus `l4`).
-        self.words = 0
-        addresses = packet[12:20] if l4 == 20 else packet[8:40]
-        self.base = int.from_bytes(addresses, "big") + PROTO_TCP - l4
-        self.lengths = 0
-
-
-def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
-    """TCP segments merged per flow as Linux GRO would merge them, everything else unchanged, each with
-    the `Offload` to write it with.
-
-    A merged packet carries GSO_TCPV4/GSO_TCPV6 with the first segment's payload size as gso_size and
-    NEEDS_CSUM with the pseudo-header sum in the checksum field, as the kernel's GRO leaves it
-    (CHECKSUM_PARTIAL). Segments merge when they continue the flow's sequence with the same
-    acknowledgment, window, options (timestamps included), TOS, TTL or traffic class and flow label, and
-    DF; carry only ACK or PSH; and every earlier segment was full-sized. PSH or a short segment closes a
-    super-packet. Every checksum is verified first (those of a super-packet summed together, which
-    detects any one bad segment as surely as checking it alone; the sums are `packet_sums`, 256 times
-    the RFC 1071 sums modulo 0xFFFF, zero exactly when those are): when that fails, the segments are
-    written one by one, as they came, for the kernel to drop the bad one. IPv4 with options or
-    fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
-    """
-    out: list[tuple[Offload, bytes] | _Flow] = []
-    flows: dict[tuple[tuple[bytes, ...], bytes], _Flow] = {}
-    from_bytes = int.from_bytes
-    for packet, value in zip(packets, packet_sums(packets), strict=True):
-        size = len(packet)
-        b0 = packet[0] if size >= 40 else 0
-        if b0 == 0x45 and packet[9] == PROTO_TCP and not packet[6] & 0x3F and not packet[7]:
-            l4 = 20
-        elif b0 >> 4 == 6 and packet[6] == PROTO_TCP and size >= 60:
-            l4 = 40
-        else:
-            out.append((NO_OFFLOAD, packet))
-            continue
-        hl = l4 + (packet[l4 + 12] >> 2 & 0x3C)
-        flags = packet[l4 + 13]
-        n = size - hl
-        if n <= 0 or hl < l4 + 20 or flags & _NO_COALESCE:
-            out.append((NO_OFFLOAD, packet))
-            continue
-        seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
-        if l4 == 20:
-            key = (_KEY4(packet), packet[40:hl])
-        else:
-            key = (_KEY6(packet), packet[60:hl])
-            value -= from_bytes(packet[:40], "little")  # the sum starts at the TCP header
-        flow = flows.get(key)
-        if (
-            flow is None
-            or (
-                flow.closed
-                or flow.next_seq != seq
-                or n > flow.mss
-                or flow.size + n - (0 if l4 == 20 else 40) > IP_MAXPACKET  # IPv4 total / IPv6 payload length
-                or len(flow.packets) >= MAX_SEGMENTS
-                or (flow.next_id >= 0 and from_bytes(packet[4:6], "big") != flow.next_id)
-            )
-        ):
-            if flow is not None:
-                flow.closed = True
-            flow = flows[key] = _Flow(packet, l4, hl, seq)
-            out.append(flow)
-        else:
-            flow.packets.append(packet)
-            if flow.next_id >= 0:
-                flow.next_id = (flow.next_id + 1) & 0xFFFF
-            flow.size += n
-            flow.next_seq = (seq + n) & 0xFFFFFFFF
-            flow.flags |= flags
-            if n < flow.mss or flags & TCP_PSH:
-                flow.closed = True
-        flow.words += value
-        flow.lengths += size
-    result: list[tuple[Offload, bytes]] = []
-    for item in out:
-        if isinstance(item, tuple):
-            result.append(item)
-        elif (
-            len(item.packets) == 1
-            or (item.words + ((item.base * len(item.packets) + item.lengths) << 8)) % 0xFFFF
-        ):
-            result.extend((NO_OFFLOAD, p) for p in item.packets)
-        else:
-            result.append(_merged(item))
-    return result
-
-
-def _merged(flow: _Flow) -> tuple[Offload, bytes]:
-    """The super-packet of a flow with two or more segments."""
-    head = flow.packets[0]
-    l4, hl, size = flow.l4, flow.hl, flow.size
-    tcp_len = size - l4
-    flags = (head[l4 + 13] & ~TCP_PSH) | (flow.flags & TCP_PSH)
-    if l4 == 20:
-        ip_wo = head[:2] + size.to_bytes(2, "big") + head[4:10] + b"\x00\x00" + head[12:20]
-        ip = ip_wo[:10] + checksum(ip_wo).to_bytes(2, "big") + ip_wo[12:]
-        partial = pseudo_sum(head[12:16], head[16:20], PROTO_TCP, tcp_len)
-        gso = GSO_TCPV4
-    else:
-        ip = head[:4] + (size - 40).to_bytes(2, "big") + head[6:40]
-        partial = pseudo_sum(head[8:24], head[24:40], PROTO_TCP, tcp_len)
-        gso = GSO_TCPV6
-    tcp = (
-        head[l4 : l4 + 13]
-        + bytes((flags,))
-        + head[l4 + 14 : l4 + 16]
-        + partial.to_bytes(2, "big")
-        + head[l4 + 18 : hl]
-    )
-    offload = Offload(F_NEEDS_CSUM, gso, hl, flow.mss, l4, TCP_CSUM_OFFSET)
-    views = [memoryview(p)[hl:] for p in flow.packets]
-    return offload, b"".join([ip, tcp, *views])

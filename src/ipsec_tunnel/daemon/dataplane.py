@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from ..core import gso
+from ..core import gro, gso
 from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
 from ..core.tunnel import BASE_DEVICE
@@ -286,7 +286,7 @@ class DataPlane:
             if queue is None:
                 continue
             if self.offloads.coalesce and queue.vnet and len(batch) > 1:
-                items = gso.coalesce(batch)
+                items = gro.coalesce(batch)
             else:
                 items = [(gso.NO_OFFLOAD, p) for p in batch]
             for offload, packet in items:

@@ -87,7 +87,7 @@ class TunQueue:
     """A TUN queue read and written packet by packet, with or without virtio-net headers.
 
     `read` gives (Offload, packet); with `tso` the kernel may hand over TCP (and UDP, with `uso`)
-    super-packets for `core.gso.split`. `write` takes an Offload from `core.gso.coalesce`.
+    super-packets for `core.gso.split`. `write` takes an Offload from `core.gro.coalesce`.
     """
 
     def __init__(self, dev: TunDevice, *, tso: bool, uso: bool) -> None:
