@@ -12,10 +12,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import ip
+from . import ip, tso
 from .drops import Drop
-from .esp import HEADER_LEN, NH_IPV4, NH_IPV6, NH_NONE
+from .esp import HEADER_LEN, NH_IPV4, NH_IPV6, NH_NONE, aead16_trailer
 from .events import SAEvent
+from .gso import Offload, OffloadError
 from .sa import SecurityAssociation, UdpEncap
 from .sad import SADatabase
 from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
@@ -244,6 +245,39 @@ class Engine:
             stats.tx_packets += accepted
             stats.tx_bytes += nbytes
         return out
+
+    def send_tso(self, device: str, packet: bytes, offload: Offload, now: float) -> Burst | None:
+        """`send_batch` of the segments of TCP super-packet `packet` (read with `offload`), made and sealed
+        many at a time: the same ESP packets, counters and sequence numbers. None, with nothing sent or
+        counted, where they must go one by one (`gso.split` and `send_batch`): an SA that cannot seal
+        rows, segments too big for the path, or a super-packet `tso.tcp_rows` refuses."""
+        tunnel = self.tunnels.get(device)
+        sa = self.sa_for(tunnel) if tunnel is not None else None
+        if tunnel is None or sa is None or not sa.seals_rows or len(packet) < ip.IPV6_HEADER_LEN:
+            return None
+        if packet[0] == 0x45:
+            tos, ttl, df, nh = packet[1], packet[8], bool(packet[6] & 0x40), NH_IPV4
+        elif packet[0] >> 4 == 6:
+            tos, ttl, df, nh = (packet[0] & 0x0F) << 4 | packet[1] >> 4, packet[7], True, NH_IPV6
+        else:
+            return None
+        try:
+            groups = tso.tcp_rows(packet, offload, lambda size: aead16_trailer(size, nh))
+        except OffloadError:
+            return None
+        path = self.path_mtu.get(device)
+        if df and path is not None and groups[0][1] > inner_mtu(sa, path):  # the full-sized are the largest
+            return None
+        payloads = sa.encrypt_rows(groups, now, self._emit)
+        if payloads is None:
+            return None
+        count = len(payloads)
+        nbytes = sum(len(rows) * size for rows, size in groups)
+        stats = self.stats_for(device)
+        self.tx_accepted += count
+        stats.tx_packets += count
+        stats.tx_bytes += nbytes
+        return Burst(sa.key[0], sa.key[1], tos, ttl, df, sa.config.encap, tunnel.nextdev, payloads)
 
     @staticmethod
     def _append(out: list[Burst | Deliver], result: Outbound | Deliver | Drop) -> None:

@@ -23,6 +23,7 @@ _PAD = bytes(range(1, 256))  # RFC 4303 §2.4: padding bytes 1, 2, 3, ...
 _HDR = struct.Struct("!II")
 _SEQHI = struct.Struct("!I")
 _IV64 = struct.Struct("!Q")
+_HDR_IV = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte IV
 _SPLIT_BIT = 1 << 63
 _TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding || pad length || next header
 
@@ -136,6 +137,30 @@ def seal_aead16(
     trailer = _trailer(-(len(inner) + 2) & 3, next_header)  # RFC 4303 §2.4: ESP's 4-byte alignment
     iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq)  # RFC 4106 §3.1: the counter
     return header + iv + encrypt(salt + iv, inner + trailer, header)
+
+
+def aead16_trailer(inner_len: int, next_header: int) -> bytes:
+    """The trailer `seal_aead16` puts after an inner packet of `inner_len` bytes (RFC 4303 §2.4-2.6)."""
+    return _trailer(-(inner_len + 2) & 3, next_header)
+
+
+def seal_rows(
+    spi: int, first_seq: int, iv_split: int | None, encrypt: Callable[[bytes, Any, bytes], bytes],
+    salt: bytes, rows: Any,
+) -> list[bytes]:  # fmt: skip
+    """`seal_aead16` for many inner packets at once, each already followed by its `aead16_trailer`: the
+    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on."""
+    count, width = rows.shape
+    flat = memoryview(rows).cast("B")
+    pack = _HDR_IV.pack
+    split = _SPLIT_BIT if iv_split else 0
+    out: list[bytes] = []
+    append = out.append
+    for i in range(count):
+        seq = first_seq + i
+        head = pack(spi, seq, seq | split)  # RFC 4106 §3.1: the IV is the counter
+        append(head + encrypt(salt + head[8:], flat[i * width : (i + 1) * width], head[:8]))
+    return out
 
 
 def open_aead16(

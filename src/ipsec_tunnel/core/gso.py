@@ -127,9 +127,9 @@ def split(packet: bytes, offload: Offload) -> list[bytes]:
     if gso in (GSO_TCPV4, GSO_TCPV6):
         if v4 != (gso == GSO_TCPV4):
             raise OffloadError("GSO type does not match the IP version")
-        return split_tcp(packet, offload.gso_size, _l4_offset(packet, v4, offload, PROTO_TCP))
+        return split_tcp(packet, offload.gso_size, l4_offset(packet, v4, offload, PROTO_TCP))
     if gso == GSO_UDP_L4:
-        return split_udp(packet, offload.gso_size, _l4_offset(packet, v4, offload, PROTO_UDP))
+        return split_udp(packet, offload.gso_size, l4_offset(packet, v4, offload, PROTO_UDP))
     raise OffloadError(f"unsupported GSO type {offload.gso_type}")
 
 
@@ -142,7 +142,7 @@ def _l4_proto(packet: bytes, l4: int) -> int:
     return packet[6] if len(packet) >= 40 and l4 == 40 else 0
 
 
-def _l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
+def l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
     """Where the transport header starts, checked against the IP header and the offload header."""
     if v4:
         if len(packet) < 20 or packet[9] != proto:

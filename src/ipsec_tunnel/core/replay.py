@@ -60,7 +60,8 @@ class ReplayWindow:
         if seq > self.top:
             if self.size:
                 shift = seq - self.top
-                self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+                if shift != 1 or self.bitmap != self._mask:  # in order with nothing missing: stays full
+                    self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
             self.top = seq
         elif self.size:
             self.bitmap |= 1 << (self.top - seq)

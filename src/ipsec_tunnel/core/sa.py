@@ -365,6 +365,48 @@ class SecurityAssociation:
             self.used = now
         return packet
 
+    @property
+    def seals_rows(self) -> bool:
+        """Whether `encrypt_rows` can take this SA's packets (AEAD framing, no volume lifetime)."""
+        return self._aead_encrypt is not None and not self._volume
+
+    def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
+        """`encrypt` for inner packets laid out as rows, each followed by its `esp.aead16_trailer`: per
+        (array, inner length) group, in order. None, with nothing used up, where `encrypt` must decide
+        packet by packet (an SA that is not `seals_rows`, dead, or at the end of its sequence numbers or
+        reservation)."""
+        encrypt = self._aead_encrypt
+        if encrypt is None or self._volume:
+            return None
+        if self._timed:
+            self.tick(now, emit)
+        if self.dead:
+            return None
+        count = sum(len(rows) for rows, _ in groups)
+        first, last = self.seq_out + 1, self.seq_out + count
+        if last > self._seq_max:
+            return None
+        if last > self.seq_limit:
+            if self.reserve is None:
+                return None
+            try:
+                self.seq_limit = self.reserve(self, "out", last)
+            except OSError:
+                return None
+            if last > self.seq_limit:
+                return None
+        self.seq_out = last  # before anything is sealed (and the journal, before anything is sent)
+        if self.hot is not None:
+            _U64.pack_into(self.hot, self.hot_off + 8, last)
+        out: list[bytes] = []
+        for rows, inner_len in groups:
+            out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+            first += len(rows)
+            self.bytes += len(rows) * inner_len
+        self.packets += count
+        self.used = now
+        return out
+
     def decrypt(self, packet: bytes, now: float, emit: Emit) -> tuple[bytes, int] | Drop:
         """(inner packet, next header) from an ESP packet for this SA, or why it was dropped."""
         if self._timed:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
+_TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
 NAT_T_PORT = 4500  # RFC 3948 §2
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
@@ -199,7 +200,10 @@ class DataPlane:
         """Encrypt and send what the kernel routed into a tunnel device."""
         now = self.clock()
         name = queue.name
-        packets: list[bytes] = []
+        engine = self.engine
+        results: list[Burst | Deliver] = []
+        packets: list[bytes] = []  # read, not yet through the engine
+        gathered = 0
         for _ in range(BATCH):
             try:
                 got = queue.read()
@@ -211,18 +215,30 @@ class DataPlane:
             offload, packet = got
             if offload is None or not (offload.gso_type or offload.flags):
                 packets.append(packet)
+                gathered += 1
             else:
-                try:
-                    packets += gso.split(packet, offload)
-                except gso.OffloadError as exc:
-                    log.debug("%s: %s", name, exc)
-                    self.engine.tx_drops[Drop.NOT_IP] += 1
-                    self.engine.stats_for(name).tx_drops[Drop.NOT_IP] += 1
-            if len(packets) >= BATCH_PACKETS:
+                burst = engine.send_tso(name, packet, offload, now) if offload.gso_type in _TCP_GSO else None
+                if burst is not None:  # sealed many at a time; what was read before it goes first
+                    if packets:
+                        results += engine.send_batch(name, packets, now)
+                        packets = []
+                    results.append(burst)
+                    gathered += len(burst.payloads)
+                else:
+                    try:
+                        segments = gso.split(packet, offload)
+                    except gso.OffloadError as exc:
+                        log.debug("%s: %s", name, exc)
+                        engine.tx_drops[Drop.NOT_IP] += 1
+                        engine.stats_for(name).tx_drops[Drop.NOT_IP] += 1
+                    else:
+                        packets += segments
+                        gathered += len(segments)
+            if gathered >= BATCH_PACKETS:
                 break
-        if not packets:
-            return
-        for result in self.engine.send_batch(name, packets, now):
+        if packets:
+            results += engine.send_batch(name, packets, now)
+        for result in results:
             if isinstance(result, Burst):
                 self.transmit(result)
             else:

@@ -1,0 +1,197 @@
+"""core/tso.py and the engine's `send_tso`: TCP super-packets segmented into rows and sealed many at a time
+give byte for byte what `gso.split` and `send_batch` give, packet by packet."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipsec_tunnel.core import esp, gso, tso
+from ipsec_tunnel.core.drops import Drop
+from ipsec_tunnel.core.engine import Burst, Deliver
+from ipsec_tunnel.core.gso import Offload, OffloadError
+from ipsec_tunnel.core.sa import Limits
+from ipsec_tunnel.core.tunnel import Tunnel
+from tests.core.test_engine import OUTER, Pair, make_pair
+from tests.core.test_gso import tso as make_tso
+from tests.core.test_gso import v4_tcp, v6_tcp
+
+
+def _tail(size: int) -> bytes:
+    return bytes([0xA0, size & 0xFF, size >> 8])
+
+
+def _unrowed(groups: list[tso.Rows], tail: Callable[[int], bytes] = _tail) -> list[bytes]:
+    out = []
+    for rows, size in groups:
+        for row in rows:
+            whole = row.tobytes()
+            assert whole[size:] == tail(size)
+            out.append(whole[:size])
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.sampled_from([v4_tcp, v6_tcp]),
+    st.integers(1, 1448),
+    st.integers(0, 40000),
+    st.sampled_from(["A", "PA", "FA", "CA", "FPA"]),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_rows_are_the_segments_split_makes(make: object, mss: int, size: int, flags: str, seq: int) -> None:
+    packet, offload = make_tso(make(os.urandom(size), flags=flags, seq=seq), mss)  # type: ignore[operator]
+    groups = tso.tcp_rows(packet, offload, _tail)
+    assert _unrowed(groups) == gso.split(packet, offload)
+    assert len(groups) <= 2 and all(rows.flags.c_contiguous for rows, _ in groups)
+
+
+def test_ipv4_identification_wraps_in_rows_as_in_split() -> None:
+    packet, offload = make_tso(v4_tcp(os.urandom(5000), ident=0xFFFE), 1000)
+    assert _unrowed(tso.tcp_rows(packet, offload, _tail)) == gso.split(packet, offload)
+
+
+@pytest.mark.parametrize(
+    "offload",
+    [
+        Offload(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 1000, 20, 6),  # not TCP
+        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV6, 52, 1000, 20, 16),  # the wrong IP version
+        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 0, 20, 16),  # gso_size 0
+        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16),  # csum_start elsewhere
+    ],
+)
+def test_rows_refuse_what_split_refuses(offload: Offload) -> None:
+    packet, _ = make_tso(v4_tcp(os.urandom(3000)), 1000)
+    with pytest.raises(OffloadError):
+        tso.tcp_rows(packet, offload, _tail)
+
+
+# -- sealing --------------------------------------------------------------------------------------------
+
+
+def _twins(outer: int = 4, cipher: str = "aes-gcm", **extra: object) -> tuple[Pair, Pair]:
+    """Two identical pairs: one sends row by row, the other packet by packet."""
+    return make_pair(outer, cipher, **extra), make_pair(outer, cipher, **extra)
+
+
+def _one_by_one(pair: Pair, packet: bytes, offload: Offload) -> list[bytes]:
+    out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
+    return [p for burst in out if isinstance(burst, Burst) for p in burst.payloads]
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
+@pytest.mark.parametrize("make", [v4_tcp, v6_tcp])
+@pytest.mark.parametrize("outer", [4, 6])
+def test_send_tso_seals_what_send_batch_seals(cipher: str, make: object, outer: int) -> None:
+    rows_pair, plain_pair = _twins(outer, cipher)
+    for round_ in range(3):  # the sequence numbers go on from one super-packet to the next
+        packet, offload = make_tso(make(os.urandom(20000 + 777 * round_), flags="PA"), 1386)  # type: ignore[operator]
+        burst = rows_pair.a.send_tso("t0", packet, offload, 1.0)
+        assert isinstance(burst, Burst)
+        assert burst.payloads == _one_by_one(plain_pair, packet, offload)
+        deliver, rejects = rows_pair.b.receive_batch(burst.src, burst.dst, burst.payloads, 1.0)
+        assert not rejects and deliver == {"t0": gso.split(packet, offload)}
+    a, b = rows_pair.a, plain_pair.a
+    assert (a.tx_accepted, a.stats_for("t0").tx_packets, a.stats_for("t0").tx_bytes) == (
+        b.tx_accepted, b.stats_for("t0").tx_packets, b.stats_for("t0").tx_bytes,
+    )  # fmt: skip
+    sa_a, sa_b = a.sa_for(_tunnel(rows_pair)), b.sa_for(_tunnel(plain_pair))
+    assert sa_a is not None and sa_b is not None
+    assert (sa_a.seq_out, sa_a.packets, sa_a.bytes) == (sa_b.seq_out, sa_b.packets, sa_b.bytes)
+
+
+def _tunnel(pair: Pair) -> Tunnel:
+    tunnel = pair.a.tunnels.get("t0")
+    assert tunnel is not None
+    return tunnel
+
+
+def _declined(pair: Pair, packet: bytes, offload: Offload) -> None:
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None
+    before = (sa.seq_out, sa.packets, pair.a.tx_accepted)
+    assert pair.a.send_tso("t0", packet, offload, 1.0) is None
+    assert (sa.seq_out, sa.packets, pair.a.tx_accepted) == before  # nothing used up, nothing counted
+
+
+def test_send_tso_declines_ciphers_with_hmac_and_volume_lifetimes() -> None:
+    packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
+    _declined(make_pair(4, "aes-cbc"), packet, offload)
+    _declined(make_pair(4, "aes-gcm", hard=Limits(packets=1000)), packet, offload)
+
+
+def test_send_tso_declines_segments_bigger_than_the_path_with_df() -> None:
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1200
+    packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1386)  # DF set
+    _declined(pair, packet, offload)
+    # ... which go the per-packet way: frag-needed back into the device, as for any too-big packet
+    out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
+    assert isinstance(out[0], Deliver) and pair.a.tx_drops[Drop.TOO_BIG] == 3  # the three full-sized
+
+
+def test_send_tso_declines_at_the_end_of_the_sequence_numbers_and_the_reservation() -> None:
+    packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)  # 5 segments
+    pair = make_pair()
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None
+    sa.seq_out = sa.config.seq_max - 3
+    _declined(pair, packet, offload)  # per packet, SEQ_EXHAUSTED is counted and the SA dies exactly there
+    pair = make_pair()
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None
+    refused: list[int] = []
+
+    def no_disk(_sa: object, _direction: str, needed: int) -> int:
+        refused.append(needed)
+        raise OSError(28, "No space left on device")
+
+    sa.seq_limit, sa.reserve = 3, no_disk
+    _declined(pair, packet, offload)
+    assert refused == [5]  # asked once, for the whole super-packet
+
+
+def test_send_tso_reserves_once_for_the_whole_super_packet() -> None:
+    packet, offload = make_tso(v4_tcp(os.urandom(45 * 1386)), 1386)
+    pair = make_pair()
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None
+    asked: list[int] = []
+
+    def reserve(_sa: object, direction: str, needed: int) -> int:
+        asked.append(needed)
+        return needed + 100
+
+    sa.seq_limit, sa.reserve = 10, reserve
+    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    assert burst is not None and len(burst.payloads) == 45
+    assert asked == [45] and sa.seq_out == 45 and sa.seq_limit == 145
+
+
+def test_seal_rows_is_seal_aead16_row_by_row() -> None:
+    pair = make_pair()
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None and sa.seals_rows
+    inner = [bytes([0x45]) + os.urandom(99) for _ in range(4)]
+    rows = np.frombuffer(b"".join(p + esp.aead16_trailer(100, 4) for p in inner), np.uint8).reshape(4, -1)
+    sealed = esp.seal_rows(0x1001, 7, 1, sa._aead_encrypt, sa._salt, rows)  # type: ignore[arg-type]
+    one = [esp.seal_aead16(0x1001, 7 + i, 1, sa._aead_encrypt, sa._salt, p, 4) for i, p in enumerate(inner)]  # type: ignore[arg-type]
+    assert sealed == one
+
+
+def test_outer_addresses_are_the_tunnels() -> None:
+    pair = make_pair(6)
+    packet, offload = make_tso(v4_tcp(os.urandom(4000)), 1000)
+    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    assert burst is not None
+    # A sends to B: the outer destination is B's address, the source A's.
+    assert (burst.dst, burst.src) == (
+        ipaddress.ip_address(OUTER[6][1]).packed,
+        ipaddress.ip_address(OUTER[6][0]).packed,
+    )
