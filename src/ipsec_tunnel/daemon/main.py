@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ log = logging.getLogger("ipsecd")
 
 DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
 DEFAULT_SPIN_US = 0
+GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,6 +216,10 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+        # The data plane makes no reference cycles of its own: what is loaded by now is kept out of the
+        # cycle collector, which runs less often (every GC_THRESHOLD new containers rather than 700).
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
 
         def every() -> None:
             server.expire_idle() if server else None
