@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -69,12 +70,12 @@ class Tunnel:
             self, local=str(local), remote=str(remote), peer_nets=tuple(str(n) for n in nets), networks=nets
         )
 
-    @property
+    @functools.cached_property
     def local_packed(self) -> bytes:
         """The local outer address, packed."""
         return ipaddress.ip_address(self.local).packed
 
-    @property
+    @functools.cached_property
     def remote_packed(self) -> bytes:
         """The remote outer address, packed."""
         return ipaddress.ip_address(self.remote).packed

@@ -12,7 +12,7 @@ import dataclasses
 import errno
 import functools
 import logging
-import selectors
+import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -126,7 +126,8 @@ class DataPlane:
         self.spin = spin
         self.clock = clock
         self.offloads = offloads or Offloads()
-        self.sel = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self.devices = KernelDevices(self)
         self.raw: dict[int, RawEsp] = {}
         self.raw_batch: dict[int, RawBatch] = {}  # the raw sockets read and written in batches
@@ -141,14 +142,16 @@ class DataPlane:
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
         """Call `callback` whenever `fd` is readable."""
-        self.sel.register(fd, selectors.EVENT_READ, callback)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = callback
 
     def unwatch(self, fd: int) -> None:
         """Stop watching `fd`."""
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):  # already closed
+                pass
 
     def open_transports(self) -> None:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
@@ -192,7 +195,7 @@ class DataPlane:
             t.close()
         for s in self.icmp.values():
             s.close()
-        self.sel.close()
+        self._epoll.close()
 
     # -- packet handlers -----------------------------------------------------------------------------------
 
@@ -429,12 +432,15 @@ class DataPlane:
         """Serve until `running` turns false. After each event the loop keeps polling, without sleeping,
         for `spin` seconds: a reply that follows within that time is taken without a wake-up."""
         last = spin_until = 0.0
-        select = self.sel.select
+        poll, handlers = self._epoll.poll, self._handlers
         while self.running:
-            events = select(timeout=0 if time.monotonic() < spin_until else 0.5)
-            for key, _mask in events:
+            events = poll(0 if time.monotonic() < spin_until else 0.5)
+            for fd, _mask in events:
+                handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
+                if handler is None:
+                    continue
                 try:
-                    key.data()
+                    handler()
                 except Exception:  # a bug must not take every tunnel down: what it was handling is lost
                     self.failures += 1
                     if time.monotonic() - self._failure_logged >= 1.0:
