@@ -603,3 +603,27 @@ def test_a_damaged_segment_leaves_its_super_packet_unmerged_on_the_vectorised_pa
     # 47 + 47 + 6: the second super-packet, with the damaged one, is written as it came, segment by segment
     assert kinds == [gso.GSO_TCPV4] + [gso.GSO_NONE] * 47 + [gso.GSO_TCPV4]
     assert [p for _, p in run[1:48]] == segments[47:94]
+
+
+def test_receive_batch_of_one_sa_equals_receive() -> None:
+    """A batch all of one SPI goes through `decrypt_many`: replays (also within the batch), a forged
+    packet and a short one are dropped and counted exactly as one by one, and the journal keeps up."""
+    one, many = _twins()
+    a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
+    wire = [r.payload for p in _mixed_inner() if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
+    forged = wire[2][:-1] + bytes([wire[2][-1] ^ 1])
+    wire = [wire[0], wire[1], wire[0], forged, *wire[2:], wire[1], wire[4][:9]]
+    for pair in (one, many):
+        pair.b.sad.get(a_addr, b_addr, 0x1001).hot = memoryview(bytearray(16))  # type: ignore[union-attr]
+    singles = [one.b.receive(a_addr, b_addr, w, 2.0, 0) for w in wire]
+    deliver, rejects = many.b.receive_batch(a_addr, b_addr, wire, 2.0, 0)
+    assert deliver.get("t0", []) == _delivered(list(singles))
+    assert one.b.rx_accepted == many.b.rx_accepted and one.b.rx_drops == many.b.rx_drops
+    assert many.b.rx_drops[Drop.REPLAYED] == 3 and many.b.rx_drops[Drop.AUTH_FAILED] == 1  # the cut one too
+    assert one.b.stats_for("t0") == many.b.stats_for("t0") and not rejects
+    sa_one, sa_many = (p.b.sad.get(a_addr, b_addr, 0x1001) for p in (one, many))
+    assert sa_one is not None and sa_many is not None
+    assert (sa_one.packets, sa_one.bytes, sa_one.replay.top, sa_one.replay.bitmap) == (
+        sa_many.packets, sa_many.bytes, sa_many.replay.top, sa_many.replay.bitmap,
+    )  # fmt: skip
+    assert bytes(sa_one.hot) == bytes(sa_many.hot)  # type: ignore[arg-type]

@@ -40,6 +40,6 @@ def test_a_failing_handler_is_counted_and_the_loop_goes_on(caplog: pytest.LogCap
         assert plane.failures == 1
         assert "data plane handler failed (1 so far)" in caplog.text
     finally:
-        plane.sel.close()
+        plane.close()
         for fd in (r1, w1, r2, w2):
             os.close(fd)
