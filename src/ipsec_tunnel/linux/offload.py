@@ -27,6 +27,7 @@ from ipsec_tunnel.linux._sockopt import (
     IPV6_HOPLIMIT,
     IPV6_PKTINFO,
     IPV6_TCLASS,
+    MSG_TRUNC,
     Address,
     int_cmsg,
     pack_addr,
@@ -391,7 +392,7 @@ class RawBatch:
         for i in range(n):
             at = i * _MMSG_SIZE
             size = unpack(hdrs, at + _MSG_LEN)[0]
-            if unpack(hdrs, at + _MSG_FLAGS)[0] & socket.MSG_TRUNC:
+            if unpack(hdrs, at + _MSG_FLAGS)[0] & MSG_TRUNC:  # a plain int: socket's enum is slow
                 continue
             off = i * _MMSG_SLOT
             b0 = view[off]
