@@ -3,6 +3,7 @@ counter, replay window, lifetimes and counters (`SecurityAssociation`)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections import Counter
@@ -155,7 +156,7 @@ class SAConfig:
         """The SA database key: (packed destination, packed source, SPI)."""
         return ipaddress.ip_address(self.dst).packed, ipaddress.ip_address(self.src).packed, self.spi
 
-    @property
+    @functools.cached_property
     def family(self) -> int:
         """4 or 6."""
         return ipaddress.ip_address(self.dst).version
