@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import os
 import select
 import socket
 import time
@@ -434,7 +435,10 @@ class DataPlane:
         last = spin_until = 0.0
         poll, handlers = self._epoll.poll, self._handlers
         while self.running:
-            events = poll(0 if time.monotonic() < spin_until else 0.5)
+            spinning = time.monotonic() < spin_until
+            events = poll(0 if spinning else 0.5)
+            if spinning and not events:
+                os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
             for fd, _mask in events:
                 handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
                 if handler is None:

@@ -25,7 +25,7 @@ from .state import DEFAULT_DIR, StateError, Store
 log = logging.getLogger("ipsecd")
 
 DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
-DEFAULT_SPIN_US = 0
+DEFAULT_SPIN_US = 300  # a wake-up from sleep costs more than this much polling under load
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--spin-us",
         type=int,
         default=DEFAULT_SPIN_US,
-        help=f"keep polling this long after each packet before sleeping (default {DEFAULT_SPIN_US}: never)",
+        help="after each burst of packets keep polling, yielding the CPU to anything runnable, this many "
+        f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
