@@ -164,17 +164,19 @@ def l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
     return l4
 
 
-def chunk_sums(data: bytes, start: int, end: int, size: int) -> list[int]:
+def chunk_sums(data: bytes, start: int, end: int, size: int) -> np.ndarray:
     """The one's-complement sums, not folded (each congruent modulo 0xFFFF to the RFC 1071 sum), of
-    `data[start:end]` cut into `size`-byte chunks, the last one possibly shorter.
+    `data[start:end]` cut into `size`-byte chunks, the last one possibly shorter; int64.
 
     The full-sized chunks are summed in one vectorised call, as little-endian 16-bit words (an odd-sized
     chunk padded with a zero byte), whose sum is congruent to 256 times the big-endian sum wanted (2^16 =
     1 modulo 0xFFFF), which is therefore congruent to 256 times it (256 * 256 = 2^16)."""
     if end <= start:
-        return [0]
+        return np.zeros(1, np.int64)
     full = (end - start) // size
-    sums: list[int] = []
+    count = -(-(end - start) // size)
+    sums = np.empty(count, np.int64)
+    done = 0
     if full > 1:
         if size % 2:
             raw = np.frombuffer(data, np.uint8, full * size, start).reshape(full, size)
@@ -184,13 +186,13 @@ def chunk_sums(data: bytes, start: int, end: int, size: int) -> list[int]:
         else:
             words = np.frombuffer(data, "<u2", full * size // 2, start).reshape(full, size // 2)
         # A chunk is at most 64 KiB: 2^15 words of less than 2^16 fit a 32-bit sum.
-        total = np.add.reduce(words, axis=1, dtype=np.uint32).astype(np.uint64) << np.uint64(8)
-        sums = total.tolist()
-    from_bytes = int.from_bytes
-    for off in range(start + len(sums) * size, end, size):
+        np.left_shift(np.add.reduce(words, axis=1, dtype=np.uint32), 8, out=sums[:full], dtype=np.int64)
+        done = full
+    for i in range(done, count):
+        off = start + i * size
         chunk = data[off : min(off + size, end)]
-        value = from_bytes(chunk, "big")
-        sums.append((value << 8 if len(chunk) & 1 else value) % 0xFFFF)
+        value = int.from_bytes(chunk, "big")
+        sums[i] = (value << 8 if len(chunk) & 1 else value) % 0xFFFF
     return sums
 
 
@@ -251,7 +253,7 @@ def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
     first_flags = flags & ~(TCP_FIN | TCP_PSH)
     mid_flags = first_flags & ~TCP_CWR
     last_flags = flags & ~TCP_CWR
-    sums = chunk_sums(packet, hl, end, mss)
+    sums = chunk_sums(packet, hl, end, mss).tolist()
     last = len(sums) - 1
     view = memoryview(packet)
     join = b"".join
@@ -309,7 +311,7 @@ def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
         pack6 = struct.Struct(f"!4sH{l4 - 6}s4sHH").pack
     view = memoryview(packet)
     out: list[bytes] = []
-    for i, value in enumerate(chunk_sums(packet, hl, end, size)):
+    for i, value in enumerate(chunk_sums(packet, hl, end, size).tolist()):
         off = hl + i * size
         n = max(0, min(size, end - off))
         ulen = 8 + n

@@ -8,6 +8,7 @@ field and checksum computed for all rows at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -28,17 +29,6 @@ from .gso import (
 )
 
 Rows = tuple[np.ndarray, int]  # segments, each followed by its tail; and the segments' length
-
-
-def _be16(values: np.ndarray) -> np.ndarray:
-    """16-bit values as big-endian byte pairs, one row each."""
-    return values.astype(">u2").view(np.uint8).reshape(-1, 2)
-
-
-def _complement(total: np.ndarray) -> np.ndarray:
-    """The Internet checksums (RFC 1071) of one's-complement sums not yet folded."""
-    folded = total % 0xFFFF
-    return 0xFFFF - np.where(folded == 0, 0xFFFF, folded)
 
 
 def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> list[Rows]:
@@ -70,15 +60,14 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
         return [(np.frombuffer(whole, np.uint8).reshape(1, len(whole)), len(segment))]
 
     count = -(-payload // mss)
+    full = payload // mss
+    last_size = payload - (count - 1) * mss
     index = np.arange(count, dtype=np.int64)
-    sizes = np.full(count, mss, np.int64)
-    sizes[-1] = payload - (count - 1) * mss
     flags = packet[l4 + 13]
-    row_flags = np.full(count, flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), np.int64)
-    row_flags[0] = flags & ~(TCP_FIN | TCP_PSH)  # CWR on the first, FIN and PSH on the last (tcp_gso_segment)
-    row_flags[-1] = flags & ~TCP_CWR
+    mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)  # CWR on the first, FIN and PSH on the last
     seq = (int.from_bytes(packet[l4 + 4 : l4 + 8], "big") + index * mss) & 0xFFFFFFFF
-    # TCP checksum: the payload's sum, the pseudo-header's, and the header's but for what varies per row.
+    # TCP checksum, per segment: the payload's sum, the pseudo-header's, the header's (what varies: the
+    # sequence number, the flags, the length). A sum S > 0 gives the checksum 0xFFFE - (S - 1) % 0xFFFF.
     if v4:
         addresses = int.from_bytes(packet[12:16], "big") + int.from_bytes(packet[16:20], "big")
     else:
@@ -89,40 +78,57 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
         + int.from_bytes(packet[l4 + 8 : l4 + 12], "big") % 0xFFFF  # acknowledgment
         + int.from_bytes(packet[l4 + 14 : l4 + 16], "big")  # window
         + int.from_bytes(packet[l4 + 18 : hl], "big") % 0xFFFF  # urgent pointer, options
+        + (packet[l4 + 12] << 8 | mid_flags) + doff + mss
     )  # fmt: skip
-    sums = np.array(chunk_sums(packet, hl, end, mss), dtype=np.int64) % 0xFFFF
-    total = sums + fixed + (seq >> 16) + (seq & 0xFFFF) + (packet[l4 + 12] << 8 | row_flags) + doff + sizes
-    tcp_csum = _complement(total)
+    total = chunk_sums(packet, hl, end, mss) + (seq >> 16) + (seq & 0xFFFF) + (fixed - 1)
+    total[0] += (flags & ~(TCP_FIN | TCP_PSH)) - mid_flags
+    total[-1] += (flags & ~TCP_CWR) - mid_flags + last_size - mss
+    tcp_csum = 0xFFFE - total % 0xFFFF
+    row_flags = np.full(count, mid_flags, np.uint8)
+    row_flags[0] = flags & ~(TCP_FIN | TCP_PSH)
+    row_flags[-1] = flags & ~TCP_CWR
     if v4:
         ident = (int.from_bytes(packet[4:6], "big") + index) & 0xFFFF
-        lengths = hl + sizes
         ip_fixed = (
             int.from_bytes(packet[0:2], "big") + int.from_bytes(packet[6:10], "big")
-            + int.from_bytes(packet[12:l4], "big") % 0xFFFF
+            + int.from_bytes(packet[12:l4], "big") % 0xFFFF - 1
         )  # fmt: skip
-        ip_csum = _complement(ip_fixed + lengths + ident)
 
     head = np.frombuffer(packet, np.uint8, hl)
     out: list[Rows] = []
-    full = payload // mss
     for lo, hi in ((0, full), (full, count)):
         if lo == hi:
             continue
-        size = int(sizes[lo])
+        size = mss if lo < full else last_size
         inner = hl + size
         trailer = tail(inner)
-        rows = np.empty((hi - lo, inner + len(trailer)), np.uint8)
+        width = inner + len(trailer)
+        rows = np.empty((hi - lo, width), np.uint8)
         rows[:, :hl] = head
         rows[:, hl:inner] = np.frombuffer(packet, np.uint8, (hi - lo) * size, hl + lo * mss).reshape(-1, size)
         rows[:, inner:] = np.frombuffer(trailer, np.uint8)
+        fields = rows.view(_fields(v4, l4, width)).reshape(-1)  # the varying header fields, big-endian
         if v4:
-            rows[:, 2:4] = _be16(lengths[lo:hi])
-            rows[:, 4:6] = _be16(ident[lo:hi])
-            rows[:, 10:12] = _be16(ip_csum[lo:hi])
+            fields["length"] = inner
+            fields["ident"] = ident[lo:hi]
+            fields["ip_csum"] = 0xFFFE - (ip_fixed + inner + ident[lo:hi]) % 0xFFFF
         else:
-            rows[:, 4:6] = _be16(np.array([inner - 40]))
-        rows[:, l4 + 4 : l4 + 8] = seq[lo:hi].astype(">u4").view(np.uint8).reshape(-1, 4)
-        rows[:, l4 + 13] = row_flags[lo:hi]
-        rows[:, l4 + 16 : l4 + 18] = _be16(tcp_csum[lo:hi])
+            fields["length"] = inner - 40
+        fields["seq"] = seq[lo:hi]
+        fields["flags"] = row_flags[lo:hi]
+        fields["tcp_csum"] = tcp_csum[lo:hi]
         out.append((rows, inner))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _fields(v4: bool, l4: int, width: int) -> np.dtype:
+    """The header fields of a segment row that differ from segment to segment, at their offsets."""
+    names = ["length", "seq", "flags", "tcp_csum"]
+    formats = [">u2", ">u4", "u1", ">u2"]
+    offsets = [2 if v4 else 4, l4 + 4, l4 + 13, l4 + 16]
+    if v4:
+        names += ["ident", "ip_csum"]
+        formats += [">u2", ">u2"]
+        offsets += [4, 10]
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": width})
