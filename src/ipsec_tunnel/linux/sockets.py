@@ -328,7 +328,7 @@ class UdpEncap(Transport):
                     tos = data[0]
         host, port = addr[0], addr[1]  # type: ignore[index]
         src = socket.inet_pton(self.family, str(host).split("%", 1)[0])
-        return UdpDatagram(src, int(port), dst, tos, bytes(self._buf[:n]))
+        return UdpDatagram(src, int(port), dst, tos, bytes(memoryview(self._buf)[:n]))  # one copy
 
     def send(
         self,
