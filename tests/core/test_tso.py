@@ -6,11 +6,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.layers import ipsec as scapy_ipsec
+from scapy.layers.inet import IP
+from scapy.layers.ipsec import ESP
+from scapy.packet import Raw
 
 from ipsec_tunnel.core import esp, gso, tso
 from ipsec_tunnel.core.drops import Drop
@@ -195,3 +200,22 @@ def test_outer_addresses_are_the_tunnels() -> None:
         ipaddress.ip_address(OUTER[6][1]).packed,
         ipaddress.ip_address(OUTER[6][0]).packed,
     )
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
+def test_scapy_decrypts_what_send_tso_seals(cipher: str) -> None:
+    """The independent check: scapy's ESP opens every packet of a super-packet sealed row by row, and
+    finds the segments `gso.split` makes."""
+    pair = make_pair(4, cipher)
+    packet, offload = make_tso(v4_tcp(os.urandom(30000), flags="PA"), 1386)
+    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    assert burst is not None
+    key = pair.ab.cipher_key
+    algo = "AES-GCM" if cipher == "aes-gcm" else "CHACHA20-POLY1305"
+    src, dst = (str(ipaddress.ip_address(a)) for a in (burst.src, burst.dst))
+    new_sa: Any = scapy_ipsec.SecurityAssociation
+    theirs = new_sa(ESP, spi=pair.ab.spi, crypt_algo=algo, crypt_key=key, tunnel_header=IP(src=src, dst=dst))
+    opened = [
+        bytes(theirs.decrypt(IP(bytes(IP(src=src, dst=dst, proto=50) / Raw(p))))) for p in burst.payloads
+    ]
+    assert opened == gso.split(packet, offload)
