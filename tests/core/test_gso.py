@@ -627,3 +627,29 @@ def test_receive_batch_of_one_sa_equals_receive() -> None:
         sa_many.packets, sa_many.bytes, sa_many.replay.top, sa_many.replay.bitmap,
     )  # fmt: skip
     assert bytes(sa_one.hot) == bytes(sa_many.hot)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("damage", ["none", "forged", "cut"])
+def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
+    """The in-order batch, the window checked and moved once for all: with a forged or cut packet among
+    them, the drops, counters and window are still those of one by one."""
+    one, many = _twins()
+    a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
+    inner = inner_packet(4, 300)
+    wire = [r.payload for _ in range(40) if isinstance(r := one.a.send("t0", inner, 1.0), Outbound)]
+    if damage == "forged":
+        wire[17] = wire[17][:-1] + bytes([wire[17][-1] ^ 0x80])
+    elif damage == "cut":
+        wire[30] = wire[30][:-5]
+    singles = [one.b.receive(a_addr, b_addr, w, 2.0, 0) for w in wire]
+    deliver, _ = many.b.receive_batch(a_addr, b_addr, wire, 2.0, 0)
+    assert deliver.get("t0", []) == _delivered(list(singles))
+    assert len(deliver["t0"]) == (40 if damage == "none" else 39)
+    assert one.b.rx_drops == many.b.rx_drops and one.b.stats_for("t0") == many.b.stats_for("t0")
+    sa_one, sa_many = (p.b.sad.get(a_addr, b_addr, 0x1001) for p in (one, many))
+    assert sa_one is not None and sa_many is not None
+    assert (sa_one.packets, sa_one.bytes, sa_one.drops) == (sa_many.packets, sa_many.bytes, sa_many.drops)
+    assert (sa_one.replay.top, sa_one.replay.bitmap) == (sa_many.replay.top, sa_many.replay.bitmap)
+    # ... and the batch again is all replays
+    again, _ = many.b.receive_batch(a_addr, b_addr, wire, 3.0, 0)
+    assert not again and many.b.rx_drops[Drop.REPLAYED] == (40 if damage == "none" else 39)

@@ -118,6 +118,27 @@ def test_long_in_order_runs_with_gaps_and_late_arrivals_match_the_model(size: in
             received.add(seq)
 
 
+@given(
+    st.sampled_from([1, 8, 64, 128, 1000]),
+    st.lists(st.integers(1, 3000), max_size=40),
+    st.integers(1, 200),
+    st.integers(1, 300),
+)
+@settings(max_examples=200, deadline=None)
+def test_accept_run_is_accept_of_each(size: int, before: list[int], gap: int, run: int) -> None:
+    """A run of new numbers recorded at once leaves the window as recording them one by one does."""
+    one, many = ReplayWindow(size), ReplayWindow(size)
+    for seq in before:
+        for window in (one, many):
+            if window.check(seq):
+                window.accept(seq)
+    first = one.top + gap
+    for seq in range(first, first + run):
+        one.accept(seq)
+    many.accept_run(first, first + run - 1)
+    assert (many.top, many.bitmap) == (one.top, one.bitmap)
+
+
 def test_check_changes_nothing() -> None:
     window = ReplayWindow(64)
     for seq in (1, 2, 5, 9):

@@ -66,6 +66,14 @@ class ReplayWindow:
         elif self.size:
             self.bitmap |= 1 << (self.top - seq)
 
+    def accept_run(self, first: int, last: int) -> None:
+        """Record `first` to `last`, all above the top, as received: what `accept` of each in turn does."""
+        if self.size:
+            ones = (1 << min(last - first + 1, self.size)) - 1
+            shift = last - self.top
+            self.bitmap = ((self.bitmap << shift) | ones) & self._mask if shift < self.size else ones
+        self.top = last
+
     def seen_all_up_to(self, seq: int) -> None:
         """Mark every sequence number up to `seq` as received (restored state after a restart)."""
         if seq > self.top:
