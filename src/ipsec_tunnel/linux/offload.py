@@ -257,11 +257,13 @@ class OffloadUdp(UdpEncap):
                 size = _U16.unpack_from(data)[0] if len(data) < 4 else struct.unpack_from("=i", data)[0]
             else:
                 rest.append((level, kind, data))
-        dgram = self._datagram(n, rest, addr)
         if size <= 0 or size >= n:
+            dgram = self._datagram(n, rest, addr)
             return dgram, [dgram.payload]
-        data = dgram.payload
-        return dgram, [data[i : i + size] for i in range(0, n, size)]
+        buf = memoryview(self._buf)
+        return self._datagram(n, rest, addr, payload=False), [
+            bytes(buf[i : min(i + size, n)]) for i in range(0, n, size)
+        ]  # each copied out of the buffer once
 
 
 def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:

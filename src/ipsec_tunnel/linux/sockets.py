@@ -311,8 +311,11 @@ class UdpEncap(Transport):
             return None
         return self._datagram(*got)
 
-    def _datagram(self, n: int, anc: list[tuple[int, int, bytes]], addr: object) -> UdpDatagram:
-        """The datagram of `n` bytes in the buffer, with what its control messages and sender say."""
+    def _datagram(
+        self, n: int, anc: list[tuple[int, int, bytes]], addr: object, *, payload: bool = True
+    ) -> UdpDatagram:
+        """The datagram of `n` bytes in the buffer, with what its control messages and sender say (its
+        payload left in the buffer, empty here, unless `payload`)."""
         dst = bytes(16 if self._v6 else 4)
         tos = 0
         for level, kind, data in anc:
@@ -328,7 +331,7 @@ class UdpEncap(Transport):
                     tos = data[0]
         host, port = addr[0], addr[1]  # type: ignore[index]
         src = socket.inet_pton(self.family, str(host).split("%", 1)[0])
-        return UdpDatagram(src, int(port), dst, tos, bytes(memoryview(self._buf)[:n]))  # one copy
+        return UdpDatagram(src, int(port), dst, tos, bytes(memoryview(self._buf)[:n]) if payload else b"")
 
     def send(
         self,
