@@ -217,24 +217,38 @@ def _folded_complement(total: int) -> int:
     return 0xFFFF - (total % 0xFFFF or 0xFFFF)
 
 
-def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
-    """Segment a TCP super-packet (TSO) into packets of at most `mss` payload bytes, as tcp_gso_segment:
-    sequence numbers advance, FIN and PSH stay on the last segment, CWR on the first, the IPv4
-    identification increments, lengths and every checksum are recomputed."""
+def tcp_layout(packet: bytes, l4: int) -> tuple[int, int, int]:
+    """(TCP header length, headers' length, where the IP length says the packet ends) of a TCP packet
+    whose header starts at `l4`; OffloadError where they do not fit."""
     if len(packet) < l4 + 20:
         raise OffloadError("truncated TCP header")
     doff = (packet[l4 + 12] >> 4) * 4
     hl = l4 + doff
     if doff < 20 or len(packet) < hl:
         raise OffloadError("bad TCP data offset")
-    v4 = packet[0] >> 4 == 4
-    end = len(packet)
-    if v4:
-        end = min(end, int.from_bytes(packet[2:4], "big"))
+    if packet[0] >> 4 == 4:
+        end = min(len(packet), int.from_bytes(packet[2:4], "big"))
     else:
-        end = min(end, 40 + int.from_bytes(packet[4:6], "big"))
+        end = min(len(packet), 40 + int.from_bytes(packet[4:6], "big"))
     if end < hl:
         raise OffloadError("IP length shorter than the headers")
+    return doff, hl, end
+
+
+def _ipv4_parts(packet: bytes, l4: int) -> tuple[bytes, bytes, bytes, int, int]:
+    """An IPv4 header's unchanging parts around total length, identification and checksum; the
+    identification; and the parts' word sum (for each segment's header checksum)."""
+    a, b, c = packet[:2], packet[6:10], packet[12:l4]
+    total = int.from_bytes(a, "big") + int.from_bytes(b, "big") + int.from_bytes(c, "big")
+    return a, b, c, int.from_bytes(packet[4:6], "big"), total
+
+
+def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
+    """Segment a TCP super-packet (TSO) into packets of at most `mss` payload bytes, as tcp_gso_segment:
+    sequence numbers advance, FIN and PSH stay on the last segment, CWR on the first, the IPv4
+    identification increments, lengths and every checksum are recomputed."""
+    doff, hl, end = tcp_layout(packet, l4)
+    v4 = packet[0] >> 4 == 4
     if end - hl <= mss:  # nothing to split: a single packet whose checksum is partial
         return [complete_checksum(packet[:end], l4, TCP_CSUM_OFFSET)]
     src, dst = _addresses(packet, v4)
@@ -260,9 +274,7 @@ def split_tcp(packet: bytes, mss: int, l4: int) -> list[bytes]:
     out: list[bytes] = []
     append = out.append
     if v4:
-        ip_a, ip_b, ip_c = packet[:2], packet[6:10], packet[12:l4]
-        ident = from_bytes(packet[4:6], "big")
-        ip_sum = from_bytes(ip_a, "big") + from_bytes(ip_b, "big") + from_bytes(ip_c, "big")
+        ip_a, ip_b, ip_c, ident, ip_sum = _ipv4_parts(packet, l4)
         pack = struct.Struct(f"!2sHH4sH{l4 - 12}s4sI5sB2sH").pack
     else:
         ip6_a, ip6_b = packet[:4], packet[6:l4]
@@ -302,9 +314,7 @@ def split_udp(packet: bytes, size: int, l4: int) -> list[bytes]:
     ports = packet[l4 : l4 + 4]
     base = from_bytes(src, "big") + from_bytes(dst, "big") + PROTO_UDP + from_bytes(ports, "big")
     if v4:
-        ip_a, ip_b, ip_c = packet[:2], packet[6:10], packet[12:l4]
-        ident = from_bytes(packet[4:6], "big")
-        ip_sum = from_bytes(ip_a, "big") + from_bytes(ip_b, "big") + from_bytes(ip_c, "big")
+        ip_a, ip_b, ip_c, ident, ip_sum = _ipv4_parts(packet, l4)
         pack = struct.Struct(f"!2sHH4sH{l4 - 12}s4sHH").pack
     else:
         ip6_a, ip6_b = packet[:4], packet[6:l4]

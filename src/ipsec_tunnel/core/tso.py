@@ -26,6 +26,7 @@ from .gso import (
     chunk_sums,
     l4_offset,
     split_tcp,
+    tcp_layout,
 )
 
 Rows = tuple[np.ndarray, int]  # segments, each followed by its tail; and the segments' length
@@ -43,16 +44,7 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
         raise OffloadError("GSO type does not match the IP version")
     l4 = l4_offset(packet, v4, offload, PROTO_TCP)
     mss = offload.gso_size
-    if len(packet) < l4 + 20:
-        raise OffloadError("truncated TCP header")
-    doff = (packet[l4 + 12] >> 4) * 4
-    hl = l4 + doff
-    if doff < 20 or len(packet) < hl:
-        raise OffloadError("bad TCP data offset")
-    length_field = int.from_bytes(packet[2:4] if v4 else packet[4:6], "big")
-    end = min(len(packet), length_field if v4 else 40 + length_field)
-    if end < hl:
-        raise OffloadError("IP length shorter than the headers")
+    doff, hl, end = tcp_layout(packet, l4)
     payload = end - hl
     if payload <= mss:  # one segment: split completes its checksum
         [segment] = split_tcp(packet, mss, l4)
