@@ -653,3 +653,9 @@ def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
     # ... and the batch again is all replays
     again, _ = many.b.receive_batch(a_addr, b_addr, wire, 3.0, 0)
     assert not again and many.b.rx_drops[Drop.REPLAYED] == (40 if damage == "none" else 39)
+
+
+def test_decrypt_many_of_nothing_is_nothing() -> None:
+    pair = make_pair()
+    sa = pair.b.sad.get(packed(pair.a_addr), packed(pair.b_addr), 0x1001)
+    assert sa is not None and sa.decrypt_many([], 1.0, lambda _e: None) == [] and sa.packets == 0

@@ -337,15 +337,8 @@ class SecurityAssociation:
             self.dead = "sequence numbers exhausted"
             emit(self._event(EventKind.SEQ_EXHAUSTED, "sequence", now))
             return self._drop(Drop.SEQ_EXHAUSTED)
-        if seq > self.seq_limit:
-            if self.reserve is None:
-                return self._drop(Drop.OTHER)
-            try:
-                self.seq_limit = self.reserve(self, "out", seq)
-            except OSError:
-                return self._drop(Drop.OTHER)
-            if seq > self.seq_limit:
-                return self._drop(Drop.OTHER)
+        if seq > self.seq_limit and not self._reserved("out", seq):
+            return self._drop(Drop.OTHER)
         self.seq_out = seq
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off + 8, seq)
@@ -387,15 +380,8 @@ class SecurityAssociation:
         first, last = self.seq_out + 1, self.seq_out + count
         if last > self._seq_max:
             return None
-        if last > self.seq_limit:
-            if self.reserve is None:
-                return None
-            try:
-                self.seq_limit = self.reserve(self, "out", last)
-            except OSError:
-                return None
-            if last > self.seq_limit:
-                return None
+        if last > self.seq_limit and not self._reserved("out", last):
+            return None
         self.seq_out = last  # before anything is sealed (and the journal, before anything is sent)
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off + 8, last)
@@ -409,69 +395,50 @@ class SecurityAssociation:
         return out
 
     def decrypt_many(self, packets: list[bytes], now: float, emit: Emit) -> list[tuple[bytes, int] | Drop]:
-        """`decrypt` of each packet, in order, with the same checks, drops and counters; the journal
-        records the window's new top once, after the last (before anything is delivered)."""
-        open_aead16, decrypt = esp.open_aead16, self._aead_decrypt
-        if decrypt is None or self._volume or self._timed or self.dead:
-            return [self.decrypt(packet, now, emit) for packet in packets]
-        replay, salt, unpack = self.replay, self._salt, _SEQ_LO.unpack_from
-        if all(len(packet) >= esp.HEADER_LEN for packet in packets):
-            seqs = [unpack(packet, 4)[0] for packet in packets]
-            first, last = seqs[0], seqs[-1]
-            if (
-                replay.top < first
-                and last <= self.in_limit
-                and last - first == len(seqs) - 1
-                and seqs == list(range(first, last + 1))
-            ):  # new and in order, as nearly always: the window is checked and moved once for all
-                opened = [open_aead16(packet, decrypt, salt) for packet in packets]
-                good = [result for result in opened if not isinstance(result, Drop)]
-                if len(good) == len(opened):
-                    replay.accept_run(first, last)
-                else:  # a forged or damaged one among them: the others move the window, one by one
-                    for seq, result in zip(seqs, opened, strict=True):
-                        if isinstance(result, Drop):
-                            self._drop(result)
-                        else:
-                            replay.accept(seq)
-                if good:
-                    self._received(len(good), sum(len(inner) for inner, _ in good), now)
-                return opened
-        check, accept = replay.check, replay.accept
-        out: list[tuple[bytes, int] | Drop] = []
-        append = out.append
-        count = nbytes = 0
-        for packet in packets:
-            if len(packet) < esp.HEADER_LEN:
-                append(self._drop(Drop.MALFORMED))
-                continue
-            seq = unpack(packet, 4)[0]
-            if not check(seq):  # RFC 4303 §3.4.3: before the ICV ...
-                append(self._drop(Drop.REPLAYED))
-                continue
-            result = open_aead16(packet, decrypt, salt)
-            if isinstance(result, Drop):
-                append(self._drop(result))
-                continue
-            if seq > self.in_limit:
-                if self.reserve is None:
-                    append(self._drop(Drop.OTHER))
-                    continue
-                try:
-                    self.in_limit = self.reserve(self, "in", seq)
-                except OSError:
-                    append(self._drop(Drop.OTHER))
-                    continue
-                if seq > self.in_limit:
-                    append(self._drop(Drop.OTHER))
-                    continue
-            accept(seq)  # ... and the window moves only after it passed
-            append(result)
-            count += 1
-            nbytes += len(result[0])
-        if count:
-            self._received(count, nbytes, now)
-        return out
+        """`decrypt` of each packet, in order, with the same checks, drops and counters. A batch of new
+        sequence numbers in order, as nearly always, has its window checked before the ICVs and moved
+        after them, and the journal written, once for all."""
+        decrypt, replay = self._aead_decrypt, self.replay
+        seqs: list[int] = []
+        plain = decrypt is not None and not (self._volume or self._timed or self.dead)
+        if plain and packets and all(len(packet) >= esp.HEADER_LEN for packet in packets):
+            seqs = [_SEQ_LO.unpack_from(packet, 4)[0] for packet in packets]
+        if not (
+            seqs
+            and replay.top < seqs[0]
+            and seqs[-1] <= self.in_limit
+            and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        ):
+            return [self.decrypt(packet, now, emit) for packet in packets]  # one by one
+        assert decrypt is not None
+        opened = [esp.open_aead16(packet, decrypt, self._salt) for packet in packets]
+        good = [result for result in opened if not isinstance(result, Drop)]
+        if len(good) == len(opened):
+            replay.accept_run(seqs[0], seqs[-1])
+        else:  # a forged or damaged one among them: the others move the window, one by one
+            for seq, result in zip(seqs, opened, strict=True):
+                if isinstance(result, Drop):
+                    self._drop(result)
+                else:
+                    replay.accept(seq)
+        if good:
+            self._received(len(good), sum(len(inner) for inner, _ in good), now)
+        return opened
+
+    def _reserved(self, direction: str, seq: int) -> bool:
+        """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
+        the new limit is kept. False without a store answer (no hook, a refusal, a failed write)."""
+        if self.reserve is None:
+            return False
+        try:
+            limit = self.reserve(self, direction, seq)
+        except OSError:
+            return False
+        if direction == "out":
+            self.seq_limit = limit
+        else:
+            self.in_limit = limit
+        return seq <= limit
 
     def _received(self, count: int, nbytes: int, now: float) -> None:
         """Count `count` packets of `nbytes` accepted, and journal the window's top."""
@@ -502,15 +469,8 @@ class SecurityAssociation:
             result = esp.open_aead16(packet, aead_decrypt, self._salt)
         if isinstance(result, Drop):
             return self._drop(result)
-        if seq > self.in_limit:
-            if self.reserve is None:
-                return self._drop(Drop.OTHER)
-            try:
-                self.in_limit = self.reserve(self, "in", seq)
-            except OSError:
-                return self._drop(Drop.OTHER)
-            if seq > self.in_limit:
-                return self._drop(Drop.OTHER)
+        if seq > self.in_limit and not self._reserved("in", seq):
+            return self._drop(Drop.OTHER)
         self.replay.accept(seq)  # ... and the window moves only after it passed
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off, self.replay.top)
