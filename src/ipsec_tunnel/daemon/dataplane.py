@@ -49,7 +49,7 @@ class Offloads:
     """Which kernel offloads the data plane asks for (each falls back by itself when refused)."""
 
     vnet: bool = True  # virtio-net headers on TUN queues: needed by everything below that touches TUN
-    tso: bool = True  # TUN hands over TCP/UDP super-packets (TSO/USO), split here (core.gso.split)
+    tso: bool = True  # TUN hands over TCP/UDP super-packets (TSO/USO), cut here (core.tso, core.gso)
     coalesce: bool = True  # TCP segments are written into TUN as GRO-style super-packets
     gso: bool = True  # ESP-in-UDP leaves as UDP GSO bursts (UDP_SEGMENT)
     gro: bool = True  # ESP-in-UDP arrives as UDP GRO batches (UDP_GRO)
@@ -430,8 +430,9 @@ class DataPlane:
             )
 
     def run(self, every: Callable[[], None] | None = None) -> None:
-        """Serve until `running` turns false. After each event the loop keeps polling, without sleeping,
-        for `spin` seconds: a reply that follows within that time is taken without a wake-up."""
+        """Serve until `running` turns false. After each event the loop keeps polling, without sleeping
+        but yielding the CPU, for `spin` seconds: what follows within that time is taken without a
+        wake-up."""
         last = spin_until = 0.0
         poll, handlers = self._epoll.poll, self._handlers
         while self.running:
