@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsec_tunnel.core import esp
 from ipsec_tunnel.core.algorithms import AuthTransform, find_auth, find_cipher, make_auth, make_cipher
@@ -277,3 +278,76 @@ def test_aead_tampering_is_auth_failed(name: str) -> None:
         tampered = bytearray(packet)
         tampered[index] ^= 0x80
         assert esp.open_packet(bytes(tampered), 1, False, cipher, None) is Drop.AUTH_FAILED
+
+
+# -- open_aead16_many: the batch opener hands whole inner IP packets over as bare bytes ---------------------
+
+_MANY_KEY, _MANY_SALT = bytes(range(16)), b"salt"
+
+
+def _v4(size: int, length: int | None = None) -> bytes:
+    """An IPv4 packet of `size` bytes (no options) whose total length field says `length` (default: size)."""
+    return bytes([0x45, 0]) + (size if length is None else length).to_bytes(2, "big") + bytes(size - 4)
+
+
+def _v6(size: int, length: int | None = None) -> bytes:
+    payload = size - 40 if length is None else length - 40
+    return bytes([0x60, 0, 0, 0]) + payload.to_bytes(2, "big") + bytes(size - 6)
+
+
+def _sealed_with(seq: int, plain: bytes) -> bytes:
+    """An AES-GCM ESP packet (RFC 4106) of `plain`, trailer included, as the peer would have sent it."""
+    header, iv = struct.pack("!II", 0x1001, seq), struct.pack("!Q", seq)
+    return header + iv + AESGCM(_MANY_KEY).encrypt(_MANY_SALT + iv, plain, header)
+
+
+def _trailed(inner: bytes, nh: int, extra_pad: int = 0, bad_pad: bool = False) -> bytes:
+    """`inner`, its RFC 4303 §2.4 padding (4 * `extra_pad` bytes more than needed, damaged with
+    `bad_pad`), pad length and next header `nh`."""
+    pad = bytearray(range(1, len(esp.padding(len(inner), 4)) + 4 * extra_pad + 1))
+    if bad_pad and pad:
+        pad[-1] ^= 0x40
+    return inner + bytes(pad) + bytes([len(pad), nh])
+
+
+_INNERS = [
+    ("v4", _trailed(_v4(120), 4)),
+    ("v4 odd", _trailed(_v4(121), 4)),
+    ("v4 with TFC padding", _trailed(_v4(100) + bytes(12), 4)),
+    ("v4 length too long", _trailed(_v4(100, 104), 4)),
+    ("v4 named IPv6", _trailed(_v4(120), 41)),
+    ("v4 with options", _trailed(bytes([0x46]) + _v4(124)[1:], 4)),
+    ("v6", _trailed(_v6(140), 41)),
+    ("v6 named IPv4", _trailed(_v6(140), 4)),
+    ("v6 with TFC padding", _trailed(_v6(140) + bytes(8), 41)),
+    ("v4 with more padding", _trailed(_v4(120), 4, extra_pad=3)),
+    ("bad padding", _trailed(_v4(120), 4, bad_pad=True)),
+    ("dummy", _trailed(bytes(30), 59)),
+    ("tiny", bytes([0x45, 0, 0, 2])),
+    ("padding longer than the payload", bytes([0x45, 0, 9, 4])),
+]
+
+
+@pytest.mark.parametrize(("name", "plain"), _INNERS, ids=[n for n, _ in _INNERS])
+def test_open_aead16_many_is_open_aead16_with_whole_packets_bare(name: str, plain: bytes) -> None:
+    """Each result is open_aead16's, except that a whole inner IPv4 (no options) or IPv6 packet that its
+    next header names comes as its bytes alone; the count says how many are not."""
+    decrypt = AESGCM(_MANY_KEY).decrypt
+    good = _sealed_with(1, _trailed(_v4(60), 4))
+    forged = bytearray(_sealed_with(2, plain))
+    forged[-1] ^= 1
+    packets = [good, _sealed_with(3, plain), bytes(forged), good[:30], good]
+    opened, others = esp.open_aead16_many(packets, decrypt, _MANY_SALT)
+    singles = [esp.open_aead16(p, decrypt, _MANY_SALT) for p in packets]
+    assert singles[2] == Drop.AUTH_FAILED and singles[3] == Drop.MALFORMED
+    bare = [r for r in opened if isinstance(r, bytes)]
+    assert others == len(packets) - len(bare)
+    for one, got in zip(singles, opened, strict=True):
+        if isinstance(got, bytes):  # only ever a whole packet of the version its next header names
+            assert one == (got, 4 if got[0] == 0x45 else 41)
+            length = got[2] << 8 | got[3] if got[0] == 0x45 else 40 + (got[4] << 8 | got[5])
+            assert length == len(got) and (got[0] == 0x45 or got[0] >> 4 == 6)
+        else:
+            assert got == one
+    whole = name in ("v4", "v4 odd", "v6", "v4 with more padding")
+    assert isinstance(opened[1], bytes) == whole

@@ -614,19 +614,19 @@ def test_receive_batch_of_one_sa_equals_receive() -> None:
     forged = wire[2][:-1] + bytes([wire[2][-1] ^ 1])
     wire = [wire[0], wire[1], wire[0], forged, *wire[2:], wire[1], wire[4][:9]]
     for pair in (one, many):
-        pair.b.sad.get(a_addr, b_addr, 0x1001).hot = memoryview(bytearray(16))  # type: ignore[union-attr]
+        pair.b.sad.get(b_addr, a_addr, 0x1001).hot = memoryview(bytearray(16))  # type: ignore[union-attr]
     singles = [one.b.receive(a_addr, b_addr, w, 2.0, 0) for w in wire]
     deliver, rejects = many.b.receive_batch(a_addr, b_addr, wire, 2.0, 0)
     assert deliver.get("t0", []) == _delivered(list(singles))
     assert one.b.rx_accepted == many.b.rx_accepted and one.b.rx_drops == many.b.rx_drops
     assert many.b.rx_drops[Drop.REPLAYED] == 3 and many.b.rx_drops[Drop.AUTH_FAILED] == 1  # the cut one too
     assert one.b.stats_for("t0") == many.b.stats_for("t0") and not rejects
-    sa_one, sa_many = (p.b.sad.get(a_addr, b_addr, 0x1001) for p in (one, many))
+    sa_one, sa_many = (p.b.sad.get(b_addr, a_addr, 0x1001) for p in (one, many))
     assert sa_one is not None and sa_many is not None
     assert (sa_one.packets, sa_one.bytes, sa_one.replay.top, sa_one.replay.bitmap) == (
         sa_many.packets, sa_many.bytes, sa_many.replay.top, sa_many.replay.bitmap,
     )  # fmt: skip
-    assert bytes(sa_one.hot) == bytes(sa_many.hot)  # type: ignore[arg-type]
+    assert bytes(sa_one.hot) == bytes(sa_many.hot) and sa_many.packets > 0  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("damage", ["none", "forged", "cut"])
@@ -646,16 +646,35 @@ def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
     assert deliver.get("t0", []) == _delivered(list(singles))
     assert len(deliver["t0"]) == (40 if damage == "none" else 39)
     assert one.b.rx_drops == many.b.rx_drops and one.b.stats_for("t0") == many.b.stats_for("t0")
-    sa_one, sa_many = (p.b.sad.get(a_addr, b_addr, 0x1001) for p in (one, many))
+    sa_one, sa_many = (p.b.sad.get(b_addr, a_addr, 0x1001) for p in (one, many))
     assert sa_one is not None and sa_many is not None
     assert (sa_one.packets, sa_one.bytes, sa_one.drops) == (sa_many.packets, sa_many.bytes, sa_many.drops)
+    assert sa_many.packets == len(deliver["t0"])
     assert (sa_one.replay.top, sa_one.replay.bitmap) == (sa_many.replay.top, sa_many.replay.bitmap)
     # ... and the batch again is all replays
     again, _ = many.b.receive_batch(a_addr, b_addr, wire, 3.0, 0)
     assert not again and many.b.rx_drops[Drop.REPLAYED] == (40 if damage == "none" else 39)
 
 
+@pytest.mark.parametrize("outer_tos", [0, 1])  # ECT(1) outside: each packet's ECN is looked at
+def test_in_order_batch_of_mixed_inner_packets_equals_receive(outer_tos: int) -> None:
+    """In order and all authentic, but not all whole inner packets (TFC padding, IPv6, TCP): each is
+    delivered and counted exactly as one by one, and the window moves once for all."""
+    one, many = _twins()
+    a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
+    inner = [*_mixed_inner(), *_mixed_inner()]
+    wire = [r.payload for p in inner if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
+    singles = [one.b.receive(a_addr, b_addr, w, 2.0, outer_tos) for w in wire]
+    deliver, rejects = many.b.receive_batch(a_addr, b_addr, wire, 2.0, outer_tos)
+    assert deliver.get("t0", []) == _delivered(list(singles)) and len(deliver["t0"]) == len(wire)
+    assert one.b.rx_drops == many.b.rx_drops and one.b.stats_for("t0") == many.b.stats_for("t0")
+    assert not rejects and one.b.rx_accepted == many.b.rx_accepted == len(wire)
+    sa_one, sa_many = (p.b.sad.get(b_addr, a_addr, 0x1001) for p in (one, many))
+    assert sa_one is not None and sa_many is not None
+    assert (sa_one.packets, sa_one.bytes, sa_one.replay.top) == (sa_many.packets, sa_many.bytes, len(wire))
+
+
 def test_decrypt_many_of_nothing_is_nothing() -> None:
     pair = make_pair()
     sa = pair.b.sad.get(packed(pair.a_addr), packed(pair.b_addr), 0x1001)
-    assert sa is not None and sa.decrypt_many([], 1.0, lambda _e: None) == [] and sa.packets == 0
+    assert sa is not None and sa.decrypt_many([], 1.0, lambda _e: None) == ([], 0) and sa.packets == 0

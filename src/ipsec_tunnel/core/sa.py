@@ -394,36 +394,46 @@ class SecurityAssociation:
         self.used = now
         return out
 
-    def decrypt_many(self, packets: list[bytes], now: float, emit: Emit) -> list[tuple[bytes, int] | Drop]:
-        """`decrypt` of each packet, in order, with the same checks, drops and counters. A batch of new
-        sequence numbers in order, as nearly always, has its window checked before the ICVs and moved
-        after them, and the journal written, once for all."""
-        decrypt, replay = self._aead_decrypt, self.replay
+    def decrypt_many(
+        self, packets: list[bytes], now: float, emit: Emit
+    ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
+        """`decrypt` of each packet, in order, with the same checks, drops and counters, except that a
+        whole inner IP packet may come as its bytes alone (as `esp.open_aead16_many` gives them); and
+        how many results are not such bytes. A batch of new sequence numbers in order, as nearly always,
+        has its window checked before the ICVs and moved after them, and the journal written, once for
+        all."""
+        decrypt, replay, unpack = self._aead_decrypt, self.replay, _SEQ_LO.unpack_from
         seqs: list[int] = []
-        plain = decrypt is not None and not (self._volume or self._timed or self.dead)
-        if plain and packets and all(len(packet) >= esp.HEADER_LEN for packet in packets):
-            seqs = [_SEQ_LO.unpack_from(packet, 4)[0] for packet in packets]
+        if decrypt is not None and packets and not (self._volume or self._timed or self.dead):
+            try:
+                seqs = [unpack(packet, 4)[0] for packet in packets]
+            except struct.error:  # shorter than an ESP header
+                seqs = []
         if not (
             seqs
             and replay.top < seqs[0]
             and seqs[-1] <= self.in_limit
             and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         ):
-            return [self.decrypt(packet, now, emit) for packet in packets]  # one by one
+            one_by_one = [self.decrypt(packet, now, emit) for packet in packets]
+            return one_by_one, len(one_by_one)  # type: ignore[return-value]
         assert decrypt is not None
-        opened = [esp.open_aead16(packet, decrypt, self._salt) for packet in packets]
-        good = [result for result in opened if not isinstance(result, Drop)]
-        if len(good) == len(opened):
+        opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+        if not others:
             replay.accept_run(seqs[0], seqs[-1])
-        else:  # a forged or damaged one among them: the others move the window, one by one
-            for seq, result in zip(seqs, opened, strict=True):
-                if isinstance(result, Drop):
-                    self._drop(result)
-                else:
-                    replay.accept(seq)
-        if good:
-            self._received(len(good), sum(len(inner) for inner, _ in good), now)
-        return opened
+            self._received(len(opened), sum(map(len, opened)), now)  # type: ignore[arg-type]
+            return opened, 0
+        accepted = nbytes = 0
+        for seq, result in zip(seqs, opened, strict=True):  # a forged or damaged one among them: the
+            if isinstance(result, Drop):  # others move the window one by one
+                self._drop(result)
+                continue
+            replay.accept(seq)
+            accepted += 1
+            nbytes += len(result) if isinstance(result, bytes) else len(result[0])
+        if accepted:
+            self._received(accepted, nbytes, now)
+        return opened, others
 
     def _reserved(self, direction: str, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
