@@ -260,10 +260,8 @@ class OffloadUdp(UdpEncap):
         if size <= 0 or size >= n:
             dgram = self._datagram(n, rest, addr)
             return dgram, [dgram.payload]
-        buf = memoryview(self._buf)
-        return self._datagram(n, rest, addr, payload=False), [
-            bytes(buf[i : min(i + size, n)]) for i in range(0, n, size)
-        ]  # each copied out of the buffer once
+        data = bytes(memoryview(self._buf)[:n])  # copied out at once, then sliced: cheaper per datagram
+        return self._datagram(n, rest, addr, payload=False), [data[i : i + size] for i in range(0, n, size)]
 
 
 def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:
