@@ -81,7 +81,7 @@ bench-deps:
 bench: deps bench-deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/core.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/throughput.py $(BENCH_ARGS)
-	$(PY) bench/wakeup.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/wakeup.py --ipsecd
 
 bench-scale: deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/scale.py $(BENCH_ARGS)

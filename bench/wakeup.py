@@ -10,9 +10,12 @@ prints, side by side in one run between two network namespaces joined by a veth:
 - the RTT of a minimal Python UDP echo (recvfrom, sendto; epoll between) at the far end and a Python
   client: two Python wake-ups per round trip, nothing else;
 - one AES-GCM seal of a 1,438-byte packet and a few lines of Python, warm (back to back) and cold (after
-  50 ms asleep), in this process.
+  50 ms asleep), in this process; and the same after shorter and longer gaps, asleep or busy (a loop
+  that never sleeps), which tells whether keeping the process awake would keep its caches warm;
+- with --ipsecd, where the time of an idle ping through ipsecd (AES-GCM, ESP-in-UDP) goes: tcpdump on
+  every interface of both namespaces timestamps each hop, and the medians of each are printed.
 
-Figures only; nothing is asserted. Run as root: bench/wakeup [--rounds 40].
+Figures only; nothing is asserted. Run as root: bench/wakeup [--rounds 40] [--ipsecd].
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.benchlib import PUB_A, PUB_B, Pair
+from bench.benchlib import IN_A, IN_B, PUB_A, PUB_B, OursConfig, OursPlane, Pair
 from ipsec_tunnel.testing.netns import Netns
 
 PORT = 9  # inside the bench's own namespaces only
@@ -103,9 +107,100 @@ def seal_us(rounds: int) -> tuple[float, float]:
     return statistics.median(warm), statistics.median(cold)
 
 
+def gap_us(rounds: int) -> list[tuple[float, float, float]]:
+    """(gap ms, median us of a seal after the gap asleep, after the gap busy) for gaps 0.1-50 ms."""
+    aead = AESGCM(os.urandom(16))
+    nonce, packet, aad = os.urandom(12), os.urandom(1438), os.urandom(8)
+
+    def busy(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    rows = []
+    for gap in (0.0001, 0.001, 0.005, 0.01, 0.05):
+        medians = []
+        for wait in (time.sleep, busy):
+            times = []
+            for _ in range(rounds):
+                wait(gap)
+                start = time.perf_counter()
+                aead.encrypt(nonce, packet, aad)
+                times.append((time.perf_counter() - start) * 1e6)
+            medians.append(statistics.median(times))
+        rows.append((gap * 1e3, medians[0], medians[1]))
+    return rows
+
+
+# The hops of one ping through ipsecd, as tcpdump sees them, (namespace, device, direction) of the event that
+# ends each -> what the time since the one before went on. The ping starts at ("A", "tun", "Out").
+HOPS: dict[tuple[str, str, str], str] = {
+    ("A", "wire", "Out"): "ipsecd A: wake up, read the request, seal, send",
+    ("B", "wire", "In"): "veth A -> B",
+    ("B", "tun", "In"): "ipsecd B: wake up, receive, open, write to ipsec1",
+    ("B", "tun", "Out"): "kernel B: the echo reply",
+    ("B", "wire", "Out"): "ipsecd B: read the reply, seal, send",
+    ("A", "wire", "In"): "veth B -> A",
+    ("A", "tun", "In"): "ipsecd A: receive, open, write to ipsec1",
+}
+
+
+TCPDUMP = ["tcpdump", "-i", "any", "-n", "-tt", "-l", "--time-stamp-precision=nano", "icmp or udp port 4500"]
+
+
+def ipsecd_hops(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
+    """Ping RTTs (ms) through ipsecd and, per hop of HOPS, the microseconds it took (tcpdump's clock)."""
+    work = Path(tempfile.mkdtemp(prefix="bench-wakeup-"))
+    plane = OursPlane(f"wk{os.getpid()}", work, OursConfig("gcm", True))
+    dumps: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        plane.pair.build()
+        plane.setup()
+        plane.a.run(["ping", "-n", "-c", "3", "-i", "0.05", "-W", "1", "-I", IN_A, IN_B], timeout=10)
+        dumps += [
+            (side, ns.popen(TCPDUMP, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+            for side, ns in (("A", plane.a), ("B", plane.b))
+        ]
+        time.sleep(1.5)  # tcpdump listening
+        out = plane.a.run(
+            ["ping", "-n", "-c", str(rounds), "-i", "0.05", "-W", "1", "-I", IN_A, IN_B], timeout=rounds + 10
+        )
+        time.sleep(0.5)
+        lines: list[tuple[float, str, str]] = []
+        for side, dump in dumps:
+            dump.terminate()
+            text, _ = dump.communicate(timeout=10)
+            lines += [(float(line.split()[0]), side, line) for line in text.splitlines() if line.strip()]
+    finally:
+        for _, dump in dumps:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait()
+        plane.close()
+    rtts = [float(line.split("time=")[1].split()[0]) for line in out.stdout.splitlines() if "time=" in line]
+    return rtts, _hop_times(sorted(lines))
+
+
+def _hop_times(lines: list[tuple[float, str, str]]) -> dict[str, list[float]]:
+    """Per hop of HOPS, the microseconds since the event before it, of `-i any -tt` tcpdump lines of both
+    namespaces in time order: (timestamp, namespace, line)."""
+    hops: dict[str, list[float]] = {label: [] for label in HOPS.values()}
+    previous: float | None = None
+    for stamp, side, line in lines:
+        fields = line.split()
+        key = (side, "tun" if fields[1].startswith("ipsec") else "wire", fields[2])
+        if key == ("A", "tun", "Out"):  # a ping leaves A's stack
+            previous = stamp
+        elif previous is not None and key in HOPS:
+            hops[HOPS[key]].append((stamp - previous) * 1e6)
+            previous = None if key == ("A", "tun", "In") else stamp
+    return hops
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/wakeup", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=40, help="round trips and seals measured (default 40)")
+    p.add_argument("--ipsecd", action="store_true", help="also time each hop of a ping through ipsecd")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/wakeup: needs root (network namespaces)", file=sys.stderr)
@@ -118,13 +213,34 @@ def main(argv: list[str] | None = None) -> int:
         echo = echo_rtts(pair, args.rounds)
     finally:
         pair.close()
+    hops: tuple[list[float], dict[str, list[float]]] | str | None = None
+    if args.ipsecd:
+        try:
+            hops = ipsecd_hops(args.rounds)
+        except Exception as exc:  # a report line, not a traceback: the other figures still stand
+            hops = f"{type(exc).__name__}: {exc}"
     warm, cold = seal_us(args.rounds)
+    gaps = gap_us(args.rounds)
     print(f"idle round trips between two namespaces, {args.rounds} each, 50 ms apart; medians")
     print(f"  plain veth ping (kernel only)                   {statistics.median(veth):7.3f} ms")
     print(f"  Python UDP echo (2 Python wake-ups per round)   {statistics.median(echo):7.3f} ms")
     print("one AES-GCM seal of 1,438 bytes with its framing, in Python")
     print(f"  warm (back to back)                             {warm:7.1f} us")
     print(f"  cold (after 50 ms asleep)                       {cold:7.1f} us   ({cold / warm:.0f}x)")
+    print("  the same AES-GCM call alone after a gap:      asleep        busy")
+    for gap, asleep, busy in gaps:
+        print(f"    {gap:5.1f} ms                                {asleep:7.1f} us  {busy:7.1f} us")
+    if isinstance(hops, str):
+        print(f"an idle ping through ipsecd: not measured ({hops})")
+    elif hops is not None:
+        rtts, times = hops
+        print(
+            f"an idle ping through ipsecd (AES-GCM, ESP-in-UDP): {statistics.median(rtts):.3f} ms median RTT"
+        )
+        print("  per hop, the median (tcpdump's clock, which adds its own wake-ups)")
+        for label, values in times.items():
+            if values:
+                print(f"    {label:52s} {statistics.median(values):7.1f} us")
     print(f"(addresses {PUB_A} and {PUB_B}, inside this bench's own namespaces)")
     return 0
 
