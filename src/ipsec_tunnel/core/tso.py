@@ -54,12 +54,13 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
     count = -(-payload // mss)
     full = payload // mss
     last_size = payload - (count - 1) * mss
-    index = np.arange(count, dtype=np.int64)
     flags = packet[l4 + 13]
     mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)  # CWR on the first, FIN and PSH on the last
-    seq = (int.from_bytes(packet[l4 + 4 : l4 + 8], "big") + index * mss) & 0xFFFFFFFF
+    first_seq = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    seq = np.arange(first_seq, first_seq + count * mss, mss, dtype=np.int64) & 0xFFFFFFFF
     # TCP checksum, per segment: the payload's sum, the pseudo-header's, the header's (what varies: the
-    # sequence number, the flags, the length). A sum S > 0 gives the checksum 0xFFFE - (S - 1) % 0xFFFF.
+    # sequence number, the flags, the length). A sum S > 0 gives the checksum 0xFFFE - (S - 1) % 0xFFFF;
+    # S counts only modulo 0xFFFF, where the 32-bit sequence number is the sum of its two halves.
     if v4:
         addresses = int.from_bytes(packet[12:16], "big") + int.from_bytes(packet[16:20], "big")
     else:
@@ -72,7 +73,9 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
         + int.from_bytes(packet[l4 + 18 : hl], "big") % 0xFFFF  # urgent pointer, options
         + (packet[l4 + 12] << 8 | mid_flags) + doff + mss
     )  # fmt: skip
-    total = chunk_sums(packet, hl, end, mss) + (seq >> 16) + (seq & 0xFFFF) + (fixed - 1)
+    total = chunk_sums(packet, hl, end, mss)
+    total += seq
+    total += fixed - 1
     total[0] += (flags & ~(TCP_FIN | TCP_PSH)) - mid_flags
     total[-1] += (flags & ~TCP_CWR) - mid_flags + last_size - mss
     tcp_csum = 0xFFFE - total % 0xFFFF
@@ -80,7 +83,8 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
     row_flags[0] = flags & ~(TCP_FIN | TCP_PSH)
     row_flags[-1] = flags & ~TCP_CWR
     if v4:
-        ident = (int.from_bytes(packet[4:6], "big") + index) & 0xFFFF
+        first_id = int.from_bytes(packet[4:6], "big")
+        ident = np.arange(first_id, first_id + count, dtype=np.int64) & 0xFFFF
         ip_fixed = (
             int.from_bytes(packet[0:2], "big") + int.from_bytes(packet[6:10], "big")
             + int.from_bytes(packet[12:l4], "big") % 0xFFFF - 1
