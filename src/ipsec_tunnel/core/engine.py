@@ -11,6 +11,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from . import ip, tso
 from .drops import Drop
@@ -329,8 +330,9 @@ class Engine:
             if sa is not None:
                 decrypted, others = sa.decrypt_many(items, now, emit)
                 if fast and not others:  # whole inner IP packets, all of them: nothing to look at
-                    out += decrypted  # type: ignore[arg-type]
-                    accepted, nbytes = len(decrypted), sum(map(len, decrypted))  # type: ignore[arg-type]
+                    whole = cast("list[bytes]", decrypted)
+                    out += whole
+                    accepted, nbytes = len(whole), sum(map(len, whole))
                     items = []
         for i, esp in enumerate(items):
             result: Deliver | Reject | Drop | None = None
