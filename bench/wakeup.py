@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.benchlib import IN_A, IN_B, PUB_A, PUB_B, OursConfig, OursPlane, Pair
+from bench.benchlib import PUB_A, PUB_B, OursConfig, OursPlane, Pair
+from bench.benchlib import ping_rtts as tunnel_rtts
 from ipsec_tunnel.testing.netns import Netns
 
 PORT = 9  # inside the bench's own namespaces only
@@ -156,15 +158,13 @@ def ipsecd_hops(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
     try:
         plane.pair.build()
         plane.setup()
-        plane.a.run(["ping", "-n", "-c", "3", "-i", "0.05", "-W", "1", "-I", IN_A, IN_B], timeout=10)
+        tunnel_rtts(plane.a, 3, 0.05)
         dumps += [
             (side, ns.popen(TCPDUMP, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
             for side, ns in (("A", plane.a), ("B", plane.b))
         ]
         time.sleep(1.5)  # tcpdump listening
-        out = plane.a.run(
-            ["ping", "-n", "-c", str(rounds), "-i", "0.05", "-W", "1", "-I", IN_A, IN_B], timeout=rounds + 10
-        )
+        rtts = tunnel_rtts(plane.a, rounds, 0.05)
         time.sleep(0.5)
         lines: list[tuple[float, str, str]] = []
         for side, dump in dumps:
@@ -177,7 +177,7 @@ def ipsecd_hops(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
                 dump.kill()
                 dump.wait()
         plane.close()
-    rtts = [float(line.split("time=")[1].split()[0]) for line in out.stdout.splitlines() if "time=" in line]
+        shutil.rmtree(work, ignore_errors=True)  # its keys too
     return rtts, _hop_times(sorted(lines))
 
 
