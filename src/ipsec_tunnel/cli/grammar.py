@@ -99,6 +99,26 @@ _TUNNEL = (
     Opt("local", "IP"), Opt("remote", "IP"), Opt("spi", "SPI"), Opt("nextdev", "IFNAME"),
     Opt("peer-net", "CIDR", repeat=True),
 )  # fmt: skip
+# -- ipsecadm ike ... (IKEv2 peers) -----------------------------------------------------------------------
+_IKE_ADD = (
+    Opt("local", "IP"), Opt("remote", "IP"), Opt("psk-file", "FILE"), Opt("local-id", "ID"),
+    Opt("remote-id", "ID"), Opt("local-net", "CIDR", repeat=True), Opt("remote-net", "CIDR", repeat=True),
+    Opt("proposals", "LIST"), Opt("esp-proposals", "LIST"), Opt("tunnel", "DEV"),
+    Opt("start", "none|now|on-traffic"), Opt("dpd", "SECONDS"),
+)  # fmt: skip
+_IKE: tuple[Command, ...] = (
+    Command("ike", "add", _IKE_ADD, 1,
+            "ike add NAME --local=IP --remote=IP|%any --psk-file=FILE [--local-id=ID] [--remote-id=ID]\n"
+            "       --local-net=CIDR... --remote-net=CIDR... [--proposals=LIST] [--esp-proposals=LIST]\n"
+            "       [--tunnel=DEV] [--start=none|now|on-traffic] [--dpd=SECONDS]"),
+    Command("ike", "show", (), 1, "ike show [NAME] [-s]"),
+    Command("ike", "up", (), 1, "ike up NAME"),
+    Command("ike", "down", (), 1, "ike down NAME"),
+    Command("ike", "del", (), 1, "ike del NAME"),
+)  # fmt: skip
+_IKE_WORDS = {"add": "add", "show": "show", "list": "show", "up": "up", "down": "down", "del": "del",
+              "delete": "del"}  # fmt: skip
+
 GLOBAL_OPTS = (Opt("json"), Opt("stats"), Opt("socket", "PATH"), Opt("help"))
 _SHORT = {"j": "json", "s": "stats", "h": "help"}
 
@@ -125,10 +145,11 @@ _ALL: tuple[Command, ...] = (
     Command("algos", None, (), 0, "algos"),
     Command("version", None, (), 0, "version"),
     Command("help", None, (), 1, "help [MODE]"),
+    *_IKE,
 )  # fmt: skip
 COMMANDS: dict[tuple[str, str | None], Command] = {(c.mode, c.sub): c for c in _ALL}
 
-MODES = ("sa", "tunnel", "stats", "algos", "version", "help")
+MODES = ("sa", "tunnel", "ike", "stats", "algos", "version", "help")
 # Command words per mode, each mapped to the command it names (aliases share a target).
 SUBCOMMANDS: dict[str, dict[str, str]] = {
     "sa": {"add": "add", "del": "del", "delete": "del", "show": "show", "list": "show"},
@@ -136,13 +157,14 @@ SUBCOMMANDS: dict[str, dict[str, str]] = {
         "add": "add", "change": "change", "modify": "change", "del": "del", "delete": "del",
         "show": "show", "list": "show",
     },
+    "ike": _IKE_WORDS,
 }  # fmt: skip
-STATS_COMMANDS = (("sa", "show"), ("tunnel", "show"))
+STATS_COMMANDS = (("sa", "show"), ("tunnel", "show"), ("ike", "show"))
 
 BRIEF_HEAD = f"Usage: {PROG} [-j] [--socket=PATH] MODE [COMMAND] [OPTIONS]"
 BRIEF_TAIL = """\
 Global options: -j, --json  machine output (JSON on stdout)
-                -s, --stats  counters in 'sa show' and 'tunnel show'
+                -s, --stats  counters in 'sa show', 'tunnel show' and 'ike show'
                 --socket=PATH  ipsecd's control socket (default $IPSEC_TUNNEL_SOCKET or
                                /run/ipsec-tunnel/ipsecd.sock)
 Any unambiguous prefix of a mode, command or option works ('ipsecadm sa a', 'ipsecadm tun sh').
@@ -308,4 +330,4 @@ def _check_shape(inv: Invocation, cmd: Command) -> None:
         what = "takes no arguments, only options" if not cmd.positional else "takes one device name"
         raise UsageError(f"'{cmd.title}' {what}: unexpected '{redact(extra)[:64]}'", cmd.mode)
     if inv.stats and (cmd.mode, cmd.sub) not in STATS_COMMANDS:
-        raise UsageError("-s/--stats applies only to 'sa show' and 'tunnel show'", cmd.mode)
+        raise UsageError("-s/--stats applies only to 'sa show', 'tunnel show' and 'ike show'", cmd.mode)

@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..control.client import Client, DaemonUnreachable, default_socket_path
 from ..control.protocol import VERSION, ProtocolError
+from . import ike as ike_cli
 from . import render, requests
 from .grammar import MODES, PROG, SUBCOMMANDS, Invocation, UsageError, brief_help, parse_argv, resolve
 from .values import redact
@@ -50,6 +51,7 @@ class _Session:
         self.inv = inv
         self.socket = inv.socket or default_socket_path()
         self.client = Client(self.socket)
+        self.warn = _warn
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` from ipsecd."""
@@ -168,6 +170,7 @@ _HANDLERS: dict[tuple[str, str | None], Callable[[_Session], int]] = {
     ("algos", None): _algos,
     ("version", None): _version,
     ("help", None): _help,
+    **ike_cli.HANDLERS,
 }
 
 

@@ -106,6 +106,9 @@ def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
     """The `sa show` table (the original's columns, then replay window, ESN, encapsulation, state)."""
     headers = ["Destination", "Source", "SPI", "Cipher/bits", "Digest-HMAC/bits", "Replay", "ESN", "Encap"]
     headers.append("State")
+    origins = any(sa.get("origin", "manual") != "manual" for sa in sas)  # IKE's SAs say whose they are
+    if origins:
+        headers.append("Origin")
     lifetimes = any(lifetime_text(sa) != "-" for sa in sas)
     if lifetimes:
         headers.append("Lifetime soft:hard")
@@ -119,6 +122,8 @@ def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
             digest_text(sa), "off" if window == 0 else _text(window), "yes" if sa.get("esn") else "no",
             _encap_text(sa.get("encap")), _text(sa.get("state")),
         ]  # fmt: skip
+        if origins:
+            row.append(_text(sa.get("origin"), "manual"))
         if lifetimes:
             row.append(lifetime_text(sa))
         if stats:
@@ -173,6 +178,12 @@ def stats_text(result: Mapping[str, Any]) -> str:
             )
     lines.append(("NAT keepalives received", result.get("keepalives", 0)))
     lines.append(("ICMP errors sent", result.get("icmp_sent", 0)))
+    ike = result.get("ike")
+    if isinstance(ike, Mapping):  # ipsecd with IKEv2: messages handled and dropped, by reason
+        lines.append(("IKE:", None))
+        lines.append(("  messages received", ike.get("received", 0)))
+        for reason, n in sorted((ike.get("drops") or {}).items()):
+            lines.append((f"  dropped, {str(reason).replace('_', ' ')}", n))
     width = max(len(label) for label, _ in lines) + 2
     out = [label if value is None else f"{label.ljust(width)}{value:>12}" for label, value in lines]
     return "\n".join(out) + "\n"

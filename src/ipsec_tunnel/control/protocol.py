@@ -3,7 +3,8 @@
 Request:  {"v": 1, "op": "sa.add", "args": {...}}
 Response: {"v": 1, "ok": true, "result": ...}  or  {"v": 1, "ok": false, "errno": "EEXIST", "error": "..."}
 
-Keys travel as hex inside `sa.add` only (the socket is root-only, mode 0600); no response ever holds one.
+Keys travel as hex inside `sa.add` and `ike.add` (the PSK) only (the socket is root-only, mode 0600); no
+response ever holds one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ OPS = (
     "algos",
     "version",
     "ping",
+    # IKEv2 peers (docs/control-protocol.md)
+    "ike.add",
+    "ike.del",
+    "ike.up",
+    "ike.down",
+    "ike.show",
 )
 
 # errno-style codes (names from errno.h) a response may carry, with their meaning here.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -112,6 +112,9 @@ class Engine:
         self.icmp_sent = 0
         self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
         self.events: list[SAEvent] = []
+        # Takes (source, destination, IKE message) for a datagram with the non-ESP marker on the
+        # encapsulation port (RFC 3948 §2.2), the marker stripped; None: such datagrams are dropped.
+        self.on_non_esp: Callable[[bytes, bytes, bytes], None] | None = None
         self._icmp_tokens = ICMP_BURST
         self._icmp_time = 0.0
 
@@ -400,7 +403,10 @@ class Engine:
             self.keepalives += 1
             return None
         if payload[:4] == NON_ESP_MARKER:
-            return self._rx_drop(Drop.NON_ESP)
+            if self.on_non_esp is None:
+                return self._rx_drop(Drop.NON_ESP)
+            self.on_non_esp(src, dst, payload[4:])
+            return None
         return self.receive(src, dst, payload, now, tos)
 
     def receive(

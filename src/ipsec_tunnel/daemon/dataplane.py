@@ -137,6 +137,9 @@ class DataPlane:
         self.udp_port = udp_port
         self.running = True
         self.failures = 0  # handler exceptions survived (bugs)
+        # Called every loop turn with time.monotonic(): runs what is due, returns the next deadline (IKE).
+        self.timer: Callable[[float], float | None] | None = None
+        self.udp_sport = 0  # the source port of the ESP-in-UDP datagrams the engine is looking at
         self._failure_logged = -1.0
 
     # -- sources -------------------------------------------------------------------------------------------
@@ -411,6 +414,7 @@ class DataPlane:
             if got is None:
                 break
             d, payloads = got
+            self.udp_sport = d.sport
             self._merge(pending, *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True))
         if pending:
             self.deliver(pending)
@@ -437,7 +441,12 @@ class DataPlane:
         poll, handlers = self._epoll.poll, self._handlers
         while self.running:
             spinning = time.monotonic() < spin_until
-            events = poll(0 if spinning else 0.5)
+            timeout = 0.0 if spinning else 0.5
+            if self.timer is not None:
+                due = self.timer(time.monotonic())
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.monotonic()))
+            events = poll(timeout)
             if spinning and not events:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
             for fd, _mask in events:

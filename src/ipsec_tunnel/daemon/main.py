@@ -10,14 +10,18 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from .ike_io import start_ike
+from .ike_runner import IKE_PORT
 from .manager import Manager
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
@@ -46,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--udp-port", type=int, default=NAT_T_PORT, help="ESP-in-UDP port to listen on (default 4500)"
+    )
+    p.add_argument(
+        "--ike-port", type=int, default=IKE_PORT, help="IKEv2 port to listen on (default 500; 0: no IKE)"
     )
     off = p.add_argument_group(
         "offloads", "on by default where the kernel supports them; each falls back by itself"
@@ -207,8 +214,13 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         plane.open_transports()
         plane.devices.create(BASE_DEVICE)
         manager = Manager(engine, store, plane.devices)
+        ike = start_ike(plane, manager, store, args.ike_port)  # IKE's own SAs go before the restore
         manager.restore()
-        server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch)
+        handle: Callable[[str, dict[str, Any]], Any] = manager.handle
+        if ike is not None:
+            ike.runner.restore()
+            handle = ike.handler(manager.handle)
+        server = ControlServer(args.socket, handle, plane.watch, plane.unwatch)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             plane.running = False
@@ -225,6 +237,8 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         def every() -> None:
             server.expire_idle() if server else None
             manager.refresh_mtus()
+            if ike is not None:
+                ike.runner.every_second()
 
         plane.run(every)
         log.info("stopping: recording sequence positions and removing devices")
