@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 IKE_PORT = 500  # RFC 7296 §2
 NAT_T_PORT = 4500  # RFC 7296 §2.23, RFC 3948 §2
 INBOX_MAX = 512  # IKE datagrams queued for the next loop turns; more are dropped (counted)
-PER_TURN = 8  # IKE datagrams handled per loop turn, so a flood never holds up the data plane
+PER_TURN = 8  # at most this many IKE datagrams per loop turn ...
+TURN_BUDGET = 0.001  # ... and no more once this many seconds went into them (one MODP DH is ~2 ms):
+# a flood of IKE_SA_INIT delays a data-plane packet by about one Diffie-Hellman, not by a queue of them
 STARTS = ("none", "now", "on-traffic")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
@@ -131,11 +133,14 @@ class IkeRunner:
         self.inbox.append((data, local, remote))
 
     def tick(self, now: float) -> float | None:
-        """Handle up to PER_TURN queued datagrams and any due timer; the next deadline (`now` while
-        datagrams wait). Never raises: a bug is counted and logged."""
+        """Handle queued datagrams (up to PER_TURN, within TURN_BUDGET) and any due timer; the next
+        deadline (`now` while datagrams wait). Never raises: a bug is counted and logged."""
         try:
             worked = False
+            started = self.clock()
             for _ in range(min(PER_TURN, len(self.inbox))):
+                if worked and self.clock() - started >= TURN_BUDGET:
+                    break
                 data, local, remote = self.inbox.popleft()
                 self.received += 1
                 self.ike.datagram_received(data, local, remote, now)
