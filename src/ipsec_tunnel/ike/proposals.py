@@ -61,17 +61,17 @@ _PRF_OF_INTEG = {
     Integ.HMAC_SHA2_512_256: Prf.HMAC_SHA2_512,
 }
 
-# The supported part of strongSwan 5.9's `default` (proposal_create_default/_aead in
-# libstrongswan/crypto/proposal/proposal.c): AES-GCM-16 and AES-CBC with HMAC-SHA2, SHA2 PRFs; of its
-# groups those we implement, ECP and Curve25519 before MODP as charon orders them. strongSwan also
-# offers AES-CCM, ChaCha20-Poly1305, SHA-1, AES-XCBC/CMAC and more groups (ecp521, curve448, modp4096+),
-# which we leave out.
-_GROUPS = "ecp256-ecp384-x25519-modp3072-modp2048"
+# The supported part of strongSwan 5.9.8's `default` (proposal_create_default, then _aead, in
+# libstrongswan/crypto/proposal/proposal.c), in charon's order as its log shows it ("configured
+# proposals", Debian 12 with the openssl plugin): AES-CBC with HMAC-SHA2 first, then AES-GCM-16; groups
+# Curve25519, ECP, then MODP 3072 before 2048. charon also offers AES-CTR, Camellia, 3DES, AES-CCM,
+# ChaCha20-Poly1305, GCM-8/12, SHA-1, AES-XCBC, curve448, ecp521, Brainpool and MODP 4096-8192: left out.
+_GROUPS = "x25519-ecp256-ecp384-modp3072-modp2048"
 DEFAULT_IKE = (
-    f"aes128gcm16-aes192gcm16-aes256gcm16-prfsha256-prfsha384-prfsha512-{_GROUPS}",
     f"aes128-aes192-aes256-sha256-sha384-sha512-prfsha256-prfsha384-prfsha512-{_GROUPS}",
+    f"aes128gcm16-aes192gcm16-aes256gcm16-prfsha256-prfsha384-prfsha512-{_GROUPS}",
 )
-DEFAULT_ESP = ("aes128gcm16-aes192gcm16-aes256gcm16", "aes128-aes192-aes256-sha256-sha384-sha512")
+DEFAULT_ESP = ("aes128-aes192-aes256-sha256-sha384-sha512", "aes128gcm16-aes192gcm16-aes256gcm16")
 
 
 @dataclass(frozen=True)
