@@ -10,10 +10,32 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SCRIPT = HERE / "charon-peer.sh"
 TEMPLATE = HERE / "psk.swanctl.conf.in"
-PLUGINS = (
-    "random nonce openssl pem pkcs1 pkcs8 x509 pubkey revocation constraints hmac kdf gcm aes sha1 sha2 "
-    "curve25519 chapoly vici kernel-libipsec kernel-netlink socket-default updown counters"
-).split()
+PLUGINS = [
+    "random",
+    "nonce",
+    "openssl",
+    "pem",
+    "pkcs1",
+    "pkcs8",
+    "x509",
+    "pubkey",
+    "revocation",
+    "constraints",
+    "hmac",
+    "kdf",
+    "gcm",
+    "aes",
+    "sha1",
+    "sha2",
+    "curve25519",
+    "chapoly",
+    "vici",
+    "kernel-libipsec",
+    "kernel-netlink",
+    "socket-default",
+    "updown",
+    "counters",
+]
 
 
 def charon_missing() -> str | None:

@@ -13,8 +13,13 @@ PSK = b"test-psk-for-unit-tests"
 
 def config(name: str, local: str, remote: str, lnet: str, rnet: str, **kw: object) -> PeerConfig:
     return PeerConfig(
-        name=name, local_addr=local, remote_addr=remote, psk=kw.pop("psk", PSK),  # type: ignore[arg-type]
-        local_nets=(lnet,), remote_nets=(rnet,), **kw,  # type: ignore[arg-type]
+        name=name,
+        local_addr=local,
+        remote_addr=remote,
+        psk=kw.pop("psk", PSK),  # type: ignore[arg-type]
+        local_nets=(lnet,),
+        remote_nets=(rnet,),
+        **kw,  # type: ignore[arg-type]
     )
 
 

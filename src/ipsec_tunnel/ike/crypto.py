@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac as _hmac
 import struct
+import warnings
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.utils import CryptographyDeprecationWarning
 
 from .constants import KEY_PAD, DhGroup, Encr, Integ, Prf
 from .proposals import Spec
@@ -55,6 +57,11 @@ class DhKey:
     """Our half of one key exchange: `public` is the KE payload's data, `shared()` gives g^ir."""
 
     def __init__(self, group: int, private: int | bytes | None = None) -> None:
+        with warnings.catch_warnings():  # FFDH is deprecated in `cryptography` 46 but still RFC 7296's MODP
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            self._init(group, private)
+
+    def _init(self, group: int, private: int | bytes | None) -> None:
         self.group = group
         if group in MODP_PRIMES:
             p = MODP_PRIMES[group]
@@ -90,6 +97,11 @@ class DhKey:
 
     def shared(self, peer: bytes) -> bytes:
         """g^ir for the peer's public value (RFC 7296 §2.14: MODP padded to the modulus length)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            return self._shared(peer)
+
+    def _shared(self, peer: bytes) -> bytes:
         try:
             if self.group in MODP_PRIMES:
                 p = MODP_PRIMES[self.group]
