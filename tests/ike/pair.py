@@ -12,15 +12,11 @@ PSK = b"test-psk-for-unit-tests"
 
 
 def config(name: str, local: str, remote: str, lnet: str, rnet: str, **kw: object) -> PeerConfig:
-    return PeerConfig(
-        name=name,
-        local_addr=local,
-        remote_addr=remote,
-        psk=kw.pop("psk", PSK),  # type: ignore[arg-type]
-        local_nets=(lnet,),
-        remote_nets=(rnet,),
-        **kw,  # type: ignore[arg-type]
-    )
+    remote = str(kw.pop("remote_addr", remote))
+    kw.setdefault("psk", PSK)
+    kw.setdefault("local_nets", (lnet,))
+    kw.setdefault("remote_nets", (rnet,))
+    return PeerConfig(name=name, local_addr=local, remote_addr=remote, **kw)  # type: ignore[arg-type]
 
 
 class Pair:
@@ -45,13 +41,13 @@ class Pair:
             moved = False
             for who, other in (("a", "b"), ("b", "a")):
                 for ev in self.ike(who).events():
+                    moved = True
                     self.events[who].append(ev)
                     if isinstance(ev, Send):
                         self.wire.append((who, ev))
                         sent = self.filter(who, ev)
                         if sent is not None:
                             self.ike(other).datagram_received(sent.data, sent.remote, sent.local, self.now)
-                            moved = True
             if not moved:
                 return
         raise AssertionError("no quiet after many rounds")

@@ -227,9 +227,13 @@ def start_initiator(ike: Ike, entry: PeerEntry, now: float) -> None:
     ike.emit_status(entry)
 
 
-def _nat_notifies(spi_i: int, spi_r: int, local: Addr, remote: Addr) -> Inner:
+def _nat_notifies(ike: Ike, sa: IkeSa, spi_r: int, local: Addr, remote: Addr) -> Inner:
+    """NAT_DETECTION_SOURCE_IP and _DESTINATION_IP (§2.23); with encap_always a random source hash
+    makes the peer see a NAT and encapsulate, as strongSwan's `encap = yes` does."""
+    spi_i = sa.spi_i
+    src = ike.random(20) if sa.cfg.encap_always else nat_hash(spi_i, spi_r, *local)
     return [
-        (Payload.NOTIFY, m.encode_notify(Notify.NAT_DETECTION_SOURCE_IP, nat_hash(spi_i, spi_r, *local))),
+        (Payload.NOTIFY, m.encode_notify(Notify.NAT_DETECTION_SOURCE_IP, src)),
         (
             Payload.NOTIFY,
             m.encode_notify(Notify.NAT_DETECTION_DESTINATION_IP, nat_hash(spi_i, spi_r, *remote)),
@@ -249,7 +253,7 @@ def send_init(ike: Ike, sa: IkeSa, now: float) -> None:
         (Payload.KE, m.encode_ke(sa.dh.group, sa.dh.public)),
         (Payload.NONCE, sa.ni),
     ]
-    payloads += _nat_notifies(sa.spi_i, 0, sa.local, sa.remote)
+    payloads += _nat_notifies(ike, sa, 0, sa.local, sa.remote)
     data = m.encode_message(sa.spi_i, 0, Exchange.IKE_SA_INIT, Flag.INITIATOR, 0, payloads)
     sa.init_request = data
     sa.next_mid = 1
@@ -343,7 +347,7 @@ def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: A
         (Payload.NONCE, sa.nr),
     ]
     if nat is not None:
-        payloads += _nat_notifies(sa.spi_i, sa.spi_r, local, remote)
+        payloads += _nat_notifies(ike, sa, sa.spi_r, local, remote)
     sa.init_request = data
     sa.init_response = m.encode_message(sa.spi_i, sa.spi_r, Exchange.IKE_SA_INIT, Flag.RESPONSE, 0, payloads)
     ike.sas[sa.spi_r] = sa
