@@ -1,4 +1,4 @@
-"""The IKE state machine as a table of exchanges: two `Ike` instances talking in memory (tests/ike/pair.py)."""
+"""The IKE state machine as a table of exchanges: two `Ike` instances talking in memory (pair.py)."""
 
 from __future__ import annotations
 
