@@ -1,10 +1,10 @@
-"""strongSwan's charon as an IKEv2 test peer (kernel-libipsec, its own netns, driven by swanctl), through
-charon/charon-peer.sh (from the strongswan-ike kit), and a topology with ipsecd on the other side."""
+"""ipsecd facing strongSwan's charon (tests/ike/charon.py: kernel-libipsec, its own netns, driven by
+swanctl) over a veth or through a NAT (charon/nat.sh from the strongswan-ike kit)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -14,83 +14,16 @@ from typing import Any, Self
 
 from ipsec_tunnel.testing.hosts import IpsecHost
 from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
+from tests.ike.charon import Charon
+from tests.ike.charon import charon_missing as ike_charon_missing
 
-HERE = Path(__file__).parent / "charon"
-SCRIPT = HERE / "charon-peer.sh"
-CHARON = Path("/usr/lib/ipsec/charon")
+HERE = Path(__file__).parent / "charon"  # nat.sh (from the strongswan-ike kit)
 PSK = "ikd-interop-psk-for-tests-only"
-PLUGINS_NEEDED = ("kernel-libipsec", "curve25519", "gcm", "openssl", "vici")
 
 
 def charon_missing() -> str | None:
     """Why charon cannot run here (None: it can)."""
-    reason = netns_available()
-    if reason:
-        return reason
-    if not CHARON.exists() or shutil.which("swanctl") is None:
-        return "strongSwan charon/swanctl not installed (make deps)"
-    for p in PLUGINS_NEEDED:
-        if not Path(f"/usr/lib/ipsec/plugins/libstrongswan-{p}.so").exists():
-            return f"strongSwan plugin {p} missing (make deps)"
-    return None
-
-
-class Charon:
-    """One charon instance in namespace `ns` (made by the caller, left to it)."""
-
-    def __init__(self, ns: Netns, workdir: Path, peer: str, **env: str) -> None:
-        self.ns = ns
-        self.dir = workdir / f"charon-{peer}"
-        self.env = {
-            **os.environ, "PEER": peer, "PEER_NS": ns.name, "PEER_DIR": str(self.dir),
-            "PEER_KEEP_LOG": "yes", **env,
-        }  # fmt: skip
-        self.started = False
-
-    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """charon-peer.sh ARGS."""
-        proc = subprocess.run(
-            ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=timeout
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"charon-peer.sh {' '.join(args)} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
-            )
-        return proc
-
-    def start(self) -> None:
-        self.started = True
-        self.run("start")
-
-    def stop(self) -> None:
-        if self.started:
-            self.run("stop", check=False)
-            self.started = False
-
-    def load(self, **values: str) -> None:
-        """Render the PSK template with `values` (LOCAL_ADDR ...) and load it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        text = (HERE / "psk.swanctl.conf.in").read_text()
-        defaults = {"CONN": "gw", "CHILD": "net", "PROPOSALS": "aes128gcm16-prfsha256-x25519",
-                    "ESP_PROPOSALS": "aes128gcm16", "DPD_DELAY": "0s", "START_ACTION": "none",
-                    "PSK": PSK}  # fmt: skip
-        for key, value in {**defaults, **values}.items():
-            text = text.replace(f"@{key}@", value)
-        assert "@" not in re.sub(r"#.*", "", text), text
-        conf = self.dir / "swanctl.conf"
-        conf.write_text(text)
-        self.run("load", str(conf))
-
-    def swanctl(self, *args: str, check: bool = True, timeout: float = 60) -> str:
-        return self.run("swanctl", *args, check=check, timeout=timeout).stdout
-
-    def sas(self) -> str:
-        """`swanctl --list-sas --raw`."""
-        return self.swanctl("--list-sas", "--raw")
-
-    def log(self, lines: int = 60) -> str:
-        path = self.dir / "charon.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    return netns_available() or ike_charon_missing()
 
 
 class IkePair:
@@ -101,12 +34,16 @@ class IkePair:
     D_IN, C_IN = "10.61.1.1", "10.61.2.1"
     D_NET, C_NET = "10.61.1.0/24", "10.61.2.0/24"
 
-    def __init__(self, **charon_env: str) -> None:
+    def __init__(self, *, nat: bool = False, **charon_env: str) -> None:
+        self.nat = f"ikd{os.getpid() % 100000}" if nat else None
+        if nat:  # nat.sh: ipsecd inside (192.0.2.2), charon outside (198.51.100.2), the NAT 198.51.100.1
+            self.D_OUT, self.C_OUT = "192.0.2.2", "198.51.100.2"
         self.tmp = Path(tempfile.mkdtemp(prefix="ikd-test-"))
         self.d = IpsecHost("A", self.tmp)
         self.d.ns = Netns("ikd")
         self.cns = Netns("ikdc")
-        self.charon = Charon(self.cns, self.tmp, f"ikd{os.getpid() % 100000}", **charon_env)
+        self.charon = Charon(f"ikd{os.getpid() % 100000}", self.cns.name, self.tmp, **charon_env)
+        self.charon_started = False
         self.psk_file = self.tmp / "psk"
         self.psk_file.write_text(PSK + "\n")
         self.psk_file.chmod(0o600)
@@ -115,11 +52,15 @@ class IkePair:
         try:
             self.d.ns.create()
             self.cns.create()
-            veth_pair(self.d.ns, self.cns, f"{self.D_OUT}/24", f"{self.C_OUT}/24")
+            if self.nat:
+                self._nat("up", self.d.ns.name, self.cns.name)
+            else:
+                veth_pair(self.d.ns, self.cns, f"{self.D_OUT}/24", f"{self.C_OUT}/24")
             self.d.sh(f"ip addr add {self.D_IN}/32 dev lo")
             self.cns.check(["ip", "addr", "add", f"{self.C_IN}/32", "dev", "lo"])
             self.d.start()
             self.charon.start()
+            self.charon_started = True
         except BaseException:
             self.close()
             raise
@@ -128,9 +69,19 @@ class IkePair:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _nat(self, *args: str) -> None:
+        env = {**os.environ, "NAT": self.nat or ""}
+        subprocess.run(
+            ["bash", str(HERE / "nat.sh"), *args], env=env, check=True, capture_output=True, timeout=30
+        )
+
     def close(self) -> None:
         try:
-            self.charon.stop()
+            if self.charon_started:
+                self.charon.stop()
+            if self.nat:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    self._nat("down")
         finally:
             try:
                 self.d.stop()
@@ -144,7 +95,8 @@ class IkePair:
 
     def load_charon(self, **values: str) -> None:
         base = {"LOCAL_ADDR": self.C_OUT, "REMOTE_ADDR": self.D_OUT, "LOCAL_ID": self.C_OUT,
-                "REMOTE_ID": self.D_OUT, "LOCAL_NET": self.C_NET, "REMOTE_NET": self.D_NET}  # fmt: skip
+                "REMOTE_ID": self.D_OUT, "LOCAL_NET": self.C_NET, "REMOTE_NET": self.D_NET,
+                "PSK": PSK}  # fmt: skip
         self.charon.load(**{**base, **values})
 
     def ike_add(self, *extra: str, name: str = "gw") -> None:

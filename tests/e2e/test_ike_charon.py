@@ -103,3 +103,20 @@ def test_kill9_restart_reestablishes(pair: IkePair) -> None:
     assert len(sas) == 2, sas  # the stale pair was not restored
     # INITIAL_CONTACT: charon holds one IKE SA only, the new one
     assert p.charon.sas().count("state=ESTABLISHED") == 1, p.charon.sas()
+
+
+def test_through_nat_ipsecd_inside(tmp_path: object) -> None:
+    reason = charon_missing()
+    if reason:
+        pytest.skip(reason)
+    with IkePair(nat=True, PEER_CHARON_EXTRA="keep_alive = 5s") as p:
+        p.load_charon(REMOTE_ADDR="%any", REMOTE_ID=p.D_OUT)
+        p.ike_add("--start=now")
+        p.wait("established through the NAT", lambda: p.charon_up() and p.ipsecd_up())
+        raw = p.charon.sas()
+        assert "nat-remote=yes" in raw and "remote-host=198.51.100.1" in raw, raw
+        show = json.loads(p.d.adm("ike", "show", "gw", "-j").stdout)[0]
+        assert show["remote_seen"] == f"{p.C_OUT}:4500"  # IKE moved to 4500
+        sas = _sas(p)
+        assert all(s["encap"] for s in sas)
+        p.ping_both()
