@@ -187,6 +187,8 @@ class World:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.sent: list[tuple[tuple[str, int], tuple[str, int], bytes]] = []
+        self.keepalives: list[tuple[tuple[str, int], tuple[str, int]]] = []
+        self.now = 5.0
         self.open()
 
     def open(self) -> None:
@@ -201,7 +203,8 @@ class World:
         self.routes = FakeRoutes()
         self.runner = IkeRunner(
             self.ike, PeerConfig, self.manager, self.ike_store,
-            send=lambda lo, re, d: self.sent.append((lo, re, d)), routes=self.routes, clock=lambda: 5.0,
+            send=lambda lo, re, d: self.sent.append((lo, re, d)), routes=self.routes, clock=lambda: self.now,
+            keepalive=lambda lo, re: self.keepalives.append((lo, re)),
         )  # fmt: skip
         self.runner.restore()
 
@@ -219,13 +222,13 @@ class World:
         }  # fmt: skip
         return self.handle("ike.add", args)
 
-    def child_up(self, peer: str = "gw", child_id: int = 1, aead: bool = True) -> ChildUp:
+    def child_up(self, peer: str = "gw", child_id: int = 1, aead: bool = True, nat: bool = False) -> ChildUp:
         ev = ChildUp(
             peer, child_id, 0xC0000001 + child_id, 0xD0000001 + child_id,
             "aes-gcm" if aead else "aes-cbc", 128 if aead else None, None if aead else "sha256",
             os.urandom(20 if aead else 16), os.urandom(20 if aead else 16),
             None if aead else os.urandom(32), None if aead else os.urandom(32),
-            LOCAL, REMOTE, (4500, 4500), "10.1.0.0/16", "10.2.0.0/16",
+            LOCAL, REMOTE, (4500, 4500), "10.1.0.0/16", "10.2.0.0/16", nat,
         )  # fmt: skip
         self.ike.queue.append(ev)
         self.runner.flush()
@@ -398,3 +401,41 @@ def test_event_for_unknown_peer_and_bad_sa_do_not_raise(world: World) -> None:
     world.runner.flush()
     assert world.manager.handle("sa.show", {}) == []
     assert ("terminate", "gw") in world.ike.calls
+
+
+def test_nat_keepalives_every_20_seconds_from_behind_a_nat(world: World) -> None:
+    world.add()
+    world.add("other", remote="192.0.2.3")
+    world.child_up(nat=True)
+    world.ike.queue.append(
+        ChildUp(
+            "other",
+            2,
+            0x5000,
+            0x6000,
+            "aes-gcm",
+            128,
+            None,
+            os.urandom(20),
+            os.urandom(20),
+            None,
+            None,
+            LOCAL,
+            "192.0.2.3",
+            (4500, 4500),
+            "10.1.0.0/16",
+            "10.3.0.0/16",
+            False,
+        )
+    )  # fmt: skip  (not behind a NAT: no keepalives)
+    world.runner.flush()
+    world.runner.every_second()
+    assert world.keepalives == []  # just came up
+    world.now += 20.0
+    world.runner.every_second()
+    world.now += 1.0
+    world.runner.every_second()
+    assert world.keepalives == [((LOCAL, 4500), (REMOTE, 4500))]
+    world.now += 19.0
+    world.runner.every_second()
+    assert len(world.keepalives) == 2

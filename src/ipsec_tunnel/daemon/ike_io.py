@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..core.engine import NON_ESP_MARKER
+from ..core.engine import NAT_KEEPALIVE, NON_ESP_MARKER
 from ..linux.sockets import UdpEncap
 from .dataplane import DataPlane
 from .ike_runner import IKE_PORT, PER_TURN, IkeRunner
@@ -35,6 +35,7 @@ class IkeIo:
         self.port = port
         self.sockets: dict[int, UdpEncap] = {}
         runner.send = self.send
+        runner.keepalive = self.keepalive
 
     def open(self) -> None:
         """Open UDP `port` (IPv4 and, where available, IPv6), take IKE from the encapsulation port, and
@@ -91,6 +92,16 @@ class IkeIo:
         except OSError as exc:
             self.runner.drops["send_failed"] += 1
             log.debug("IKE send to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
+
+    def keepalive(self, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """Send a NAT keepalive (RFC 3948 §2.3: one 0xFF byte) from the encapsulation port."""
+        sock = self.plane.udp.get(ipaddress.ip_address(remote[0]).version)
+        if sock is None:
+            return
+        try:
+            sock.send(remote[0], remote[1], NAT_KEEPALIVE, src=local[0])
+        except OSError as exc:
+            log.debug("NAT keepalive to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
 
     def handler(self, fallback: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
         """The control handler: `ike.*` here, the rest by `fallback` (with IKE's additions)."""
