@@ -439,3 +439,11 @@ def test_nat_keepalives_every_20_seconds_from_behind_a_nat(world: World) -> None
     world.now += 19.0
     world.runner.every_second()
     assert len(world.keepalives) == 2
+
+
+def test_shutdown_terminates_peers_that_are_up(world: World) -> None:
+    world.add()
+    world.add("idle", remote="192.0.2.3")
+    world.ike.status["gw"] = PeerStatus("gw", "established", None)
+    world.runner.shutdown()
+    assert ("terminate", "gw") in world.ike.calls and ("terminate", "idle") not in world.ike.calls

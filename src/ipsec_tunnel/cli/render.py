@@ -12,7 +12,7 @@ from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS, Drop
 from .values import Kind, format_lifetime
 
-_SECRET_FIELDS = frozenset({"cipher_key", "digest_key", "key", "keys"})
+_SECRET_FIELDS = frozenset({"cipher_key", "digest_key", "key", "keys", "psk"})
 _LABELS = {d.value: d.label for d in Drop}
 # The seed's counters first, in its order; the reasons it lacked follow; "other" stays last.
 _SEED_RECEIVE = ("unknown_sa", "auth_failed", "bad_padding", "not_tunnel_mode", "no_tunnel")

@@ -401,6 +401,12 @@ class IkeRunner:
         if self.peers:
             log.info("restored %d IKE peers", len(self.peers))
 
+    def shutdown(self) -> None:
+        """At a clean stop: tell every peer that is up that its IKE SA goes (INFORMATIONAL DELETE)."""
+        for peer in self.peers.values():
+            if getattr(self._statuses().get(peer.name), "state", "down") != "down":
+                self._call(functools.partial(self.ike.terminate, peer.name, self.clock()))
+
     # -- control operations ------------------------------------------------------------------------------
 
     def handle(self, op: str, args: dict[str, Any], fallback: Callable[[str, dict[str, Any]], Any]) -> Any:

@@ -210,6 +210,7 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
     )
     server = None
+    ike = None
     try:
         plane.open_transports()
         plane.devices.create(BASE_DEVICE)
@@ -241,12 +242,16 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
                 ike.runner.every_second()
 
         plane.run(every)
+        if ike is not None:
+            ike.runner.shutdown()
         log.info("stopping: recording sequence positions and removing devices")
         store.save_exact(list(engine.sad))
         return 0
     finally:
         if server is not None:
             server.close()
+        if ike is not None:
+            ike.close()
         plane.close()
 
 
