@@ -34,10 +34,16 @@ class IkePair:
     D_IN, C_IN = "10.61.1.1", "10.61.2.1"
     D_NET, C_NET = "10.61.1.0/24", "10.61.2.0/24"
 
-    def __init__(self, *, nat: bool = False, **charon_env: str) -> None:
+    def __init__(self, *, nat: str | None = None, **charon_env: str) -> None:
+        """`nat`: None (a veth), "ipsecd-inside" or "charon-inside" (nat.sh: inside 192.0.2.2, outside
+        198.51.100.2, the NAT's outside address 198.51.100.1)."""
         self.nat = f"ikd{os.getpid() % 100000}" if nat else None
-        if nat:  # nat.sh: ipsecd inside (192.0.2.2), charon outside (198.51.100.2), the NAT 198.51.100.1
+        self.nat_side = nat
+        self.nat_env = {"NAT_MASQ": "masquerade random"} if nat == "charon-inside" else {}
+        if nat == "ipsecd-inside":
             self.D_OUT, self.C_OUT = "192.0.2.2", "198.51.100.2"
+        elif nat == "charon-inside":
+            self.D_OUT, self.C_OUT = "198.51.100.2", "192.0.2.2"
         self.tmp = Path(tempfile.mkdtemp(prefix="ikd-test-"))
         self.d = IpsecHost("A", self.tmp)
         self.d.ns = Netns("ikd")
@@ -52,8 +58,10 @@ class IkePair:
         try:
             self.d.ns.create()
             self.cns.create()
-            if self.nat:
+            if self.nat_side == "ipsecd-inside":
                 self._nat("up", self.d.ns.name, self.cns.name)
+            elif self.nat_side == "charon-inside":
+                self._nat("up", self.cns.name, self.d.ns.name)
             else:
                 veth_pair(self.d.ns, self.cns, f"{self.D_OUT}/24", f"{self.C_OUT}/24")
             self.d.sh(f"ip addr add {self.D_IN}/32 dev lo")
@@ -70,7 +78,7 @@ class IkePair:
         self.close()
 
     def _nat(self, *args: str) -> None:
-        env = {**os.environ, "NAT": self.nat or ""}
+        env = {**os.environ, "NAT": self.nat or "", **self.nat_env}
         subprocess.run(
             ["bash", str(HERE / "nat.sh"), *args], env=env, check=True, capture_output=True, timeout=30
         )
@@ -99,9 +107,9 @@ class IkePair:
                 "PSK": PSK}  # fmt: skip
         self.charon.load(**{**base, **values})
 
-    def ike_add(self, *extra: str, name: str = "gw") -> None:
+    def ike_add(self, *extra: str, name: str = "gw", remote: str | None = None) -> None:
         self.d.adm(
-            "ike", "add", name, f"--local={self.D_OUT}", f"--remote={self.C_OUT}",
+            "ike", "add", name, f"--local={self.D_OUT}", f"--remote={remote or self.C_OUT}",
             f"--psk-file={self.psk_file}", f"--local-net={self.D_NET}", f"--remote-net={self.C_NET}", *extra,
         )  # fmt: skip
 

@@ -109,7 +109,7 @@ def test_through_nat_ipsecd_inside(tmp_path: object) -> None:
     reason = charon_missing()
     if reason:
         pytest.skip(reason)
-    with IkePair(nat=True, PEER_CHARON_EXTRA="keep_alive = 5s") as p:
+    with IkePair(nat="ipsecd-inside") as p:
         p.load_charon(REMOTE_ADDR="%any", REMOTE_ID=p.D_OUT)
         p.ike_add("--start=now")
         p.wait("established through the NAT", lambda: p.charon_up() and p.ipsecd_up())
@@ -119,4 +119,26 @@ def test_through_nat_ipsecd_inside(tmp_path: object) -> None:
         assert show["remote_seen"] == f"{p.C_OUT}:4500"  # IKE moved to 4500
         sas = _sas(p)
         assert all(s["encap"] for s in sas)
+        p.ping_both()
+
+
+def test_through_nat_charon_inside_random_ports() -> None:
+    reason = charon_missing()
+    if reason:
+        pytest.skip(reason)
+    with IkePair(nat="charon-inside", PEER_CHARON_EXTRA="keep_alive = 5s") as p:
+        p.load_charon()
+        p.ike_add("--remote-id=" + p.C_OUT, remote="%any")
+        out = p.charon.swanctl("--initiate", "--child", "net", "--timeout", "15", check=False)
+        assert "initiate completed successfully" in out, out + p.dlog() + p.charon.log()
+        p.wait("ipsecd established", p.ipsecd_up)
+        show = json.loads(p.d.adm("ike", "show", "gw", "-j").stdout)[0]
+        host, port = show["remote_seen"].rsplit(":", 1)
+        assert host == "198.51.100.1"  # the NAT, with a port of its choosing
+        sas = _sas(p)
+        outbound = [s for s in sas if s["src"] == p.D_OUT]
+        assert len(outbound) == 1 and outbound[0]["dst"] == "198.51.100.1"
+        assert outbound[0]["encap"] == {"sport": 4500, "dport": int(port)}
+        tunnel = json.loads(p.d.adm("tunnel", "show", "-j").stdout)
+        assert [t["remote"] for t in tunnel] == ["198.51.100.1"]
         p.ping_both()
