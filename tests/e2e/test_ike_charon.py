@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .charon_peer import IkePair, charon_missing
+from .charon_peer import PSK, IkePair, charon_missing
 
 pytestmark = pytest.mark.root
 PORT = 5201
@@ -142,3 +142,22 @@ def test_through_nat_charon_inside_random_ports() -> None:
         tunnel = json.loads(p.d.adm("tunnel", "show", "-j").stdout)
         assert [t["remote"] for t in tunnel] == ["198.51.100.1"]
         p.ping_both()
+
+
+def test_wrong_psk_is_reported_in_one_line(pair: IkePair) -> None:
+    p = pair
+    p.load_charon(PSK="not-the-same-psk")
+    p.ike_add("--start=now")
+
+    def reason() -> str | None:
+        show = json.loads(p.d.adm("ike", "show", "gw", "-j").stdout)[0]
+        return show["reason"] if show["state"] == "down" and show["reason"] else None
+
+    why = p.wait("AUTHENTICATION_FAILED in ike show", reason)
+    assert "AUTHENTICATION_FAILED" in why and "\n" not in why
+    line = p.d.adm("ike", "show").stdout.splitlines()[1]
+    assert line.split()[:2] == ["gw", "down"] and "AUTHENTICATION_FAILED" in line
+    assert _sas(p) == [] and "ESTABLISHED" not in p.charon.sas()
+    assert "AUTHENTICATION_FAILED" in p.d.log.read_text()
+    log = p.d.log.read_text()
+    assert PSK not in log and PSK.encode().hex() not in log  # ipsecd's key is never logged

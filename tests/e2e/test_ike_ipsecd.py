@@ -85,3 +85,18 @@ def test_ipsecd_to_ipsecd(hosts: TwoHosts, initiator: str) -> None:
     second.adm("ike", "down", "peer")
     _wait("both down", lambda: all(not json.loads(x.adm("sa", "show", "-j").stdout) for x in (h.a, h.b)), h)
     assert B_NET not in h.a.sh("ip route").stdout
+
+
+def test_on_traffic_starts_ike(hosts: TwoHosts) -> None:
+    h = hosts
+    psk = h.tmp / "psk"
+    h.a.adm("ike", "del", "peer")
+    h.a.adm("ike", "add", "peer", f"--local={h.a_pub}", f"--remote={h.b_pub}", f"--psk-file={psk}",
+            f"--local-net={A_NET}", f"--remote-net={B_NET}", "--start=on-traffic",
+            "--tunnel=ipsec3")  # fmt: skip
+    assert B_NET in h.a.sh("ip route show dev ipsec3").stdout  # routed before any SA
+    assert _show(h.a)["state"] == "down"
+    h.a.sh(f"ping -c 1 -W 1 -I {A_IN} {B_IN}", check=False)  # lost, but it starts IKE
+    _wait("established by traffic", lambda: _up(h), h)
+    _ping(h)
+    assert [s["origin"] for s in json.loads(h.a.adm("sa", "show", "-j").stdout)] == ["ike:peer"] * 2
