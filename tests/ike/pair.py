@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from ipsec_tunnel.ike import ChildDown, ChildUp, Event, Ike, PeerConfig, PeerStatus, Send
 
@@ -65,7 +66,7 @@ class Pair:
             self.pump()
         self.now = end
 
-    def of(self, who: str, kind: type) -> list:
+    def of(self, who: str, kind: type) -> list[Any]:
         return [e for e in self.events[who] if isinstance(e, kind)]
 
     def up(self, who: str) -> list[ChildUp]:
