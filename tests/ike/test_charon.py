@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.ike import ChildUp, Ike, PeerConfig, PeerStatus
+from ipsec_tunnel.ike import ChildDown, ChildUp, Ike, PeerConfig, PeerStatus
 from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
 
 from .charon import Charon, charon_missing
@@ -155,5 +155,27 @@ def test_dh_mismatch_settled_by_invalid_ke(setup: Setup, initiator: str) -> None
             assert d.ike.drops["invalid_ke_sent"] == 1
         else:
             assert "INVALID_KE_PAYLOAD" in setup.charon.log(60) or "unacceptable" in setup.charon.log(60)
+    finally:
+        d.close()
+
+
+def test_charon_dpd_answered_and_its_delete_honoured(setup: Setup) -> None:
+    """charon's liveness checks (dpd_delay 1s) are answered; `swanctl --terminate` brings our child down."""
+    setup.charon.env["DPD_DELAY"] = "1s"
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        up = _up(setup, d, "charon")
+
+        def answered() -> bool:
+            m = re.search(r"^\s*info-in-resp\s*:\s*(\d+)$", setup.charon.swanctl("--counters"), re.M)
+            return m is not None and int(m.group(1)) >= 2
+
+        assert d.wait(answered, 15), setup.charon.swanctl("--counters")
+        assert "state=ESTABLISHED" in setup.charon.sas()
+        setup.charon.swanctl("--terminate", "--ike", "gw", "--timeout", "10")
+        assert d.wait(lambda: any(x.spi_in == up.spi_in for x in d.events(ChildDown)), 10)
+        assert d.ike.peers()[0].state == "down" and d.ike.peers()[0].reason == "deleted by peer"
+        assert not d.ike.sas and not d.ike.drops
     finally:
         d.close()
