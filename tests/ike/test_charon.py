@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.ike import ChildDown, ChildUp, Ike, PeerConfig, PeerStatus
-from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
+from ipsec_tunnel.ike import ChildDown, ChildUp, Ike, PeerConfig, PeerStatus, Send
+from ipsec_tunnel.ike import message as m
+from ipsec_tunnel.ike.constants import Exchange, Notify
+from ipsec_tunnel.testing.netns import Netns, in_netns, netns_available, veth_pair
 
 from .charon import Charon, charon_missing
 from .driver import Driver
@@ -177,5 +180,32 @@ def test_charon_dpd_answered_and_its_delete_honoured(setup: Setup) -> None:
         assert d.wait(lambda: any(x.spi_in == up.spi_in for x in d.events(ChildDown)), 10)
         assert d.ike.peers()[0].state == "down" and d.ike.peers()[0].reason == "deleted by peer"
         assert not d.ike.sas and not d.ike.drops
+    finally:
+        d.close()
+
+
+def test_cookie_from_charon(setup: Setup, tmp_path: Path) -> None:
+    """charon with cookie_threshold = 1 and one half-open IKE SA demands a COOKIE (§2.6); we get in."""
+    setup.charon.stop()
+    setup.charon.env["PEER_CHARON_EXTRA"] = "cookie_threshold = 1"
+    setup.charon.start()
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    # a half-open IKE SA on charon: an IKE_SA_INIT from another port, never followed by IKE_AUTH
+    other = Ike()
+    other.add_peer(PeerConfig("x", US, THEM, b"x", proposals=("aes128gcm16-prfsha256-x25519",)))
+    other.initiate("x", 0.0)
+    (first,) = [e for e in other.events() if isinstance(e, Send)]
+    with in_netns(setup.us.name), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((US, 5000))
+        s.settimeout(5)
+        s.sendto(first.data, (THEM, 500))
+        s.recvfrom(4096)
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        _up(setup, d, "ipsecd")
+        inits = [e.data for e in d.events(Send) if m.parse_header(e.data).exchange == Exchange.IKE_SA_INIT]
+        assert len(inits) == 2, setup.charon.log(30)
+        first_payload = m.parse_chain(inits[1], m.parse_header(inits[1]).next_payload, 28).payloads[0]
+        assert m.decode_notify(first_payload.body).ntype == Notify.COOKIE
     finally:
         d.close()
