@@ -84,7 +84,8 @@ def _up(s: Setup, d: Driver, initiator: str) -> ChildUp:
     else:
         d.call(lambda ike, now: ike.initiate("ch", now))
     assert d.wait(lambda: bool(d.events(ChildUp)), 20), (d.ike.drops, d.events(PeerStatus), s.charon.log(40))
-    (up,) = d.events(ChildUp)
+    up: ChildUp = d.events(ChildUp)[0]
+    assert len(d.events(ChildUp)) == 1
     assert d.wait(lambda: "state=INSTALLED" in s.charon.sas(), 10), s.charon.log(40)
     sas = s.charon.sas()
     assert _charon_child(sas) == (up.spi_out, up.spi_in)

@@ -117,6 +117,7 @@ def test_fuzz_any_bytes(data: bytes) -> None:
     ike.datagram_received(data, ("198.51.100.2", 500), ("198.51.100.1", 500), 1.0)
     ike.events()
     assert sum(ike.drops.values()) == before + 1  # every such datagram is one counted drop
+    assert ike.drops["internal_error"] == 0
 
 
 @settings(max_examples=400, deadline=None)
@@ -137,3 +138,4 @@ def test_fuzz_mutated_messages(data: st.DataObject) -> None:
     ike.datagram_received(bytes(msg), ("198.51.100.2", 500), ("198.51.100.1", 500), 1.0)
     ike.events()
     assert ike.peers()[0].state == "established"
+    assert ike.drops["internal_error"] == 0

@@ -44,6 +44,7 @@ from .proposals import Chosen, Spec, describe, from_proposal, match, name, selec
 from .sa import (
     HALF_OPEN_TIMEOUT,
     MAX_COOKIE_RETRIES,
+    MAX_HALF_OPEN,
     MAX_KE_RETRIES,
     RETRANSMIT_BASE,
     RETRANSMIT_TRIES,
@@ -304,6 +305,9 @@ def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: A
     entry = _find_peer(ike, local, remote)
     if entry is None:
         ike.drops["no_peer"] += 1
+        return
+    if len(ike.half_open) >= MAX_HALF_OPEN:
+        ike.drops["half_open_limit"] += 1
         return
     try:
         chain = m.parse_chain(data, hdr.next_payload, HEADER_LEN)
@@ -584,6 +588,7 @@ def on_auth_request(
     sa.local, sa.remote = local, remote  # the initiator may have moved to 4500 (§2.23)
     prf_alg = sa.spec.prf[0]
     id_type, id_data = m.decode_id(idi)
+    sa.peer_id = (id_type, id_data)
     method, auth = m.decode_auth(auth_body)
     expected = psk_auth(
         prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_request, sa.nr, sa.keys.sk_pi, idi)
@@ -666,6 +671,7 @@ def on_auth_response(
         return
     prf_alg = sa.spec.prf[0]
     id_type, id_data = m.decode_id(idr)
+    sa.peer_id = (id_type, id_data)
     method, auth = m.decode_auth(auth_body)
     expected = psk_auth(
         prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_response, sa.ni, sa.keys.sk_pr, idr)
