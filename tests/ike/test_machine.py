@@ -351,6 +351,18 @@ def test_encap_always() -> None:
     p = Pair({"encap_always": True})
     ua, ub = established(p)
     assert ua.encap == (4500, 4500) and ub.encap == (4500, 4500)
+    assert ub.nat_remote  # the faked NAT-D hash: b sees a NAT and encapsulates too
+    auth = [s for who, s in p.wire if m.parse_header(s.data).exchange == Exchange.IKE_AUTH]
+    assert [(s.local[1], s.remote[1]) for s in auth] == [(4500, 4500), (4500, 4500)]
+
+
+def test_ipv6() -> None:
+    p = Pair(addrs=("2001:db8::1", "2001:db8::2"), nets=("fd00:1::/64", "fd00:2::/64"))
+    ua, ub = established(p)
+    check_pair(ua, ub)
+    assert (ua.local_addr, ua.remote_addr, ua.local_ts, ua.remote_ts) == (
+        "2001:db8::1", "2001:db8::2", "fd00:1::/64", "fd00:2::/64"
+    )  # fmt: skip
 
 
 def test_garbage_into_an_established_sa_is_a_counted_drop() -> None:
