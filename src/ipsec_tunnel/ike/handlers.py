@@ -152,7 +152,9 @@ def dispatch(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: Addr, no
             return
         on_init_request(ike, hdr, data, local, remote, now)
         return
-    if hdr.exchange not in (Exchange.IKE_SA_INIT, Exchange.IKE_AUTH, Exchange.INFORMATIONAL):
+    if hdr.exchange not in (
+        Exchange.IKE_SA_INIT, Exchange.IKE_AUTH, Exchange.INFORMATIONAL, Exchange.CREATE_CHILD_SA
+    ):  # fmt: skip
         ike.drops["unsupported_exchange"] += 1
         return
     our = hdr.spi_r if hdr.from_initiator else hdr.spi_i
@@ -764,6 +766,15 @@ def on_info_response(
         ike.forget(sa, "terminated")
 
 
+def on_create_child_request(
+    ike: Ike, sa: IkeSa, hdr: m.Header, data: bytes, p: Payloads, local: Addr, remote: Addr, now: float
+) -> None:
+    """CREATE_CHILD_SA (rekeying, more CHILD SAs) is not in this part: answered with NO_ADDITIONAL_SAS
+    (RFC 7296 §1.3) so that the peer keeps the IKE SA rather than giving up on an unanswered request."""
+    ike.drops["create_child_refused"] += 1
+    respond(ike, sa, hdr.exchange, hdr.mid, [(Payload.NOTIFY, m.encode_notify(Notify.NO_ADDITIONAL_SAS))])
+
+
 Handler = Callable[["Ike", IkeSa, m.Header, bytes, Payloads, Addr, Addr, float], None]
 TABLE: dict[tuple[State, int, bool], Handler] = {
     # (state of our IKE SA, exchange, is a response): handler
@@ -774,6 +785,7 @@ TABLE: dict[tuple[State, int, bool], Handler] = {
     (State.ESTABLISHED, Exchange.INFORMATIONAL, True): on_info_response,
     (State.DELETING, Exchange.INFORMATIONAL, False): on_info_request,
     (State.DELETING, Exchange.INFORMATIONAL, True): on_info_response,
+    (State.ESTABLISHED, Exchange.CREATE_CHILD_SA, False): on_create_child_request,
 }
 
 
