@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ipsec_tunnel.ike import Event, Ike, Send
 from ipsec_tunnel.testing.netns import in_netns
@@ -71,7 +72,7 @@ class Driver:
                 self.ike.handle_timer(now)
                 self._flush()
 
-    def events(self, kind: type) -> list:
+    def events(self, kind: type) -> list[Any]:
         with self.lock:
             return [e for e in self.log if isinstance(e, kind)]
 

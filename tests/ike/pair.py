@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from ipsec_tunnel.ike import ChildDown, ChildUp, Event, Ike, PeerConfig, PeerStatus, Send
 
@@ -22,11 +23,18 @@ def config(name: str, local: str, remote: str, lnet: str, rnet: str, **kw: objec
 class Pair:
     """a (initiator) and b (responder); `filter(sender, send) -> bool` may drop or alter datagrams."""
 
-    def __init__(self, a_kw: dict[str, object] | None = None, b_kw: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        a_kw: dict[str, object] | None = None,
+        b_kw: dict[str, object] | None = None,
+        addrs: tuple[str, str] = (A, B),
+        nets: tuple[str, str] = ("10.1.0.0/16", "10.2.0.0/16"),
+    ) -> None:
         self.a = Ike(log_keys_for_test=True)
         self.b = Ike(log_keys_for_test=True)
-        self.a.add_peer(config("tob", A, B, "10.1.0.0/16", "10.2.0.0/16", **(a_kw or {})))
-        self.b.add_peer(config("toa", B, A, "10.2.0.0/16", "10.1.0.0/16", **(b_kw or {})))
+        (a, b), (na, nb) = addrs, nets
+        self.a.add_peer(config("tob", a, b, na, nb, **(a_kw or {})))
+        self.b.add_peer(config("toa", b, a, nb, na, **(b_kw or {})))
         self.events: dict[str, list[Event]] = {"a": [], "b": []}
         self.wire: list[tuple[str, Send]] = []
         self.now = 0.0
@@ -65,7 +73,7 @@ class Pair:
             self.pump()
         self.now = end
 
-    def of(self, who: str, kind: type) -> list:
+    def of(self, who: str, kind: type) -> list[Any]:
         return [e for e in self.events[who] if isinstance(e, kind)]
 
     def up(self, who: str) -> list[ChildUp]:

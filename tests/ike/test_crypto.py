@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_modp_primes_rfc3526(group: int, bits: int, k: int) -> None:
     assert MODP_PRIMES[group] == 2**bits - 2 ** (bits - 64) - 1 + 2**64 * (_pi_times_2_pow(bits - 130) + k)
     from scapy.layers.tls.crypto import groups
 
-    scapy_group = {DhGroup.MODP_2048: groups.modp2048, DhGroup.MODP_3072: groups.modp3072}[group]
+    scapy_group: Any = groups.modp2048 if group == DhGroup.MODP_2048 else groups.modp3072
     assert MODP_PRIMES[group] == scapy_group.m
 
 

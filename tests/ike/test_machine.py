@@ -351,6 +351,18 @@ def test_encap_always() -> None:
     p = Pair({"encap_always": True})
     ua, ub = established(p)
     assert ua.encap == (4500, 4500) and ub.encap == (4500, 4500)
+    assert ub.nat_remote  # the faked NAT-D hash: b sees a NAT and encapsulates too
+    auth = [s for who, s in p.wire if m.parse_header(s.data).exchange == Exchange.IKE_AUTH]
+    assert [(s.local[1], s.remote[1]) for s in auth] == [(4500, 4500), (4500, 4500)]
+
+
+def test_ipv6() -> None:
+    p = Pair(addrs=("2001:db8::1", "2001:db8::2"), nets=("fd00:1::/64", "fd00:2::/64"))
+    ua, ub = established(p)
+    check_pair(ua, ub)
+    assert (ua.local_addr, ua.remote_addr, ua.local_ts, ua.remote_ts) == (
+        "2001:db8::1", "2001:db8::2", "fd00:1::/64", "fd00:2::/64"
+    )  # fmt: skip
 
 
 def test_garbage_into_an_established_sa_is_a_counted_drop() -> None:
@@ -365,3 +377,26 @@ def test_garbage_into_an_established_sa_is_a_counted_drop() -> None:
     p.b.datagram_received(bad, ("198.51.100.2", 500), ("198.51.100.1", 500), p.now)
     assert p.b.drops["icv"] == 1 and not [e for e in p.b.events() if not isinstance(e, PeerStatus)]
     assert p.status("b").state == "established"
+
+
+def test_create_child_sa_refused_with_no_additional_sas() -> None:
+    """Rekeying is part 2: a CREATE_CHILD_SA request is answered (NO_ADDITIONAL_SAS), the SA stays up."""
+    from ipsec_tunnel.ike import handlers
+
+    p = Pair()
+    established(p)
+    (sa,) = p.a.sas.values()
+    handlers.send_request(p.a, sa, "rekey", Exchange.CREATE_CHILD_SA, [(Payload.NONCE, b"n" * 32)], p.now)
+    (req,) = [e for e in p.a.events() if isinstance(e, Send)]
+    p.b.datagram_received(req.data, req.remote, req.local, p.now)
+    (resp,) = [e for e in p.b.events() if isinstance(e, Send)]
+    hdr = m.parse_header(resp.data)
+    assert hdr.is_response and hdr.exchange == Exchange.CREATE_CHILD_SA and hdr.mid == 2
+    assert sa.inn is not None
+    chain = m.parse_chain(resp.data, hdr.next_payload, 28)
+    assert chain.sk is not None
+    plain = sa.inn.open(resp.data[: chain.sk_offset + 4], chain.sk.body)
+    assert plain is not None
+    (note,) = m.parse_chain(plain, chain.sk_next).payloads
+    assert m.decode_notify(note.body).ntype == Notify.NO_ADDITIONAL_SAS
+    assert p.b.drops == {"create_child_refused": 1} and p.status("b").state == "established"

@@ -44,6 +44,7 @@ from .proposals import Chosen, Spec, describe, from_proposal, match, name, selec
 from .sa import (
     HALF_OPEN_TIMEOUT,
     MAX_COOKIE_RETRIES,
+    MAX_HALF_OPEN,
     MAX_KE_RETRIES,
     RETRANSMIT_BASE,
     RETRANSMIT_TRIES,
@@ -151,7 +152,9 @@ def dispatch(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: Addr, no
             return
         on_init_request(ike, hdr, data, local, remote, now)
         return
-    if hdr.exchange not in (Exchange.IKE_SA_INIT, Exchange.IKE_AUTH, Exchange.INFORMATIONAL):
+    if hdr.exchange not in (
+        Exchange.IKE_SA_INIT, Exchange.IKE_AUTH, Exchange.INFORMATIONAL, Exchange.CREATE_CHILD_SA
+    ):  # fmt: skip
         ike.drops["unsupported_exchange"] += 1
         return
     our = hdr.spi_r if hdr.from_initiator else hdr.spi_i
@@ -304,6 +307,9 @@ def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: A
     entry = _find_peer(ike, local, remote)
     if entry is None:
         ike.drops["no_peer"] += 1
+        return
+    if len(ike.half_open) >= MAX_HALF_OPEN:
+        ike.drops["half_open_limit"] += 1
         return
     try:
         chain = m.parse_chain(data, hdr.next_payload, HEADER_LEN)
@@ -584,6 +590,7 @@ def on_auth_request(
     sa.local, sa.remote = local, remote  # the initiator may have moved to 4500 (§2.23)
     prf_alg = sa.spec.prf[0]
     id_type, id_data = m.decode_id(idi)
+    sa.peer_id = (id_type, id_data)
     method, auth = m.decode_auth(auth_body)
     expected = psk_auth(
         prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_request, sa.nr, sa.keys.sk_pi, idi)
@@ -666,6 +673,7 @@ def on_auth_response(
         return
     prf_alg = sa.spec.prf[0]
     id_type, id_data = m.decode_id(idr)
+    sa.peer_id = (id_type, id_data)
     method, auth = m.decode_auth(auth_body)
     expected = psk_auth(
         prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_response, sa.ni, sa.keys.sk_pr, idr)
@@ -758,6 +766,15 @@ def on_info_response(
         ike.forget(sa, "terminated")
 
 
+def on_create_child_request(
+    ike: Ike, sa: IkeSa, hdr: m.Header, data: bytes, p: Payloads, local: Addr, remote: Addr, now: float
+) -> None:
+    """CREATE_CHILD_SA (rekeying, more CHILD SAs) is not in this part: answered with NO_ADDITIONAL_SAS
+    (RFC 7296 §1.3) so that the peer keeps the IKE SA rather than giving up on an unanswered request."""
+    ike.drops["create_child_refused"] += 1
+    respond(ike, sa, hdr.exchange, hdr.mid, [(Payload.NOTIFY, m.encode_notify(Notify.NO_ADDITIONAL_SAS))])
+
+
 Handler = Callable[["Ike", IkeSa, m.Header, bytes, Payloads, Addr, Addr, float], None]
 TABLE: dict[tuple[State, int, bool], Handler] = {
     # (state of our IKE SA, exchange, is a response): handler
@@ -768,6 +785,7 @@ TABLE: dict[tuple[State, int, bool], Handler] = {
     (State.ESTABLISHED, Exchange.INFORMATIONAL, True): on_info_response,
     (State.DELETING, Exchange.INFORMATIONAL, False): on_info_request,
     (State.DELETING, Exchange.INFORMATIONAL, True): on_info_response,
+    (State.ESTABLISHED, Exchange.CREATE_CHILD_SA, False): on_create_child_request,
 }
 
 

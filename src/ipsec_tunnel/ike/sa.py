@@ -19,6 +19,7 @@ from .proposals import Spec
 RETRANSMIT_TRIES = 5  # sends of one request before giving up: after 1, 2, 4, 8, 16 s (RFC 7296 §2.4)
 RETRANSMIT_BASE = 1.0
 HALF_OPEN_TIMEOUT = 30.0  # a responder's IKE SA waiting for IKE_AUTH
+MAX_HALF_OPEN = 1024  # responder IKE SAs waiting for IKE_AUTH; more IKE_SA_INITs are dropped
 MAX_KE_RETRIES = 2  # INVALID_KE_PAYLOAD answers followed as initiator (§1.3)
 MAX_COOKIE_RETRIES = 2  # COOKIE answers followed as initiator (§2.6)
 
@@ -84,6 +85,7 @@ class IkeSa:
     ke_tries: int = 0
     child_spi: int = 0  # the inbound SPI we offered in IKE_AUTH
     child: Child | None = None
+    peer_id: tuple[int, bytes] | None = None  # the peer's authenticated identity (type, data)
     nat_local: bool = False
     nat_remote: bool = False
     last_recv: float = 0.0

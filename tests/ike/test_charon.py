@@ -1,0 +1,212 @@
+"""Interop with strongSwan 5.9.8 charon (kernel-libipsec) in a network namespace: both roles reach
+ESTABLISHED/INSTALLED for each proposal set; a wrong PSK fails on both sides; a DH mismatch is settled
+through INVALID_KE_PAYLOAD. Needs root; skipped when charon or namespaces are not available."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ipsec_tunnel.ike import ChildDown, ChildUp, Ike, PeerConfig, PeerStatus, Send
+from ipsec_tunnel.ike import message as m
+from ipsec_tunnel.ike.constants import Exchange, Notify
+from ipsec_tunnel.testing.netns import Netns, in_netns, netns_available, veth_pair
+
+from .charon import Charon, charon_missing
+from .driver import Driver
+
+pytestmark = pytest.mark.root
+
+US, THEM = "198.51.100.1", "198.51.100.2"
+US_NET, THEM_NET = "10.91.1.0/24", "10.91.2.0/24"
+PSK = "interop-psk-for-tests-0123"
+_count = iter(range(1, 10**6))
+
+
+@dataclass
+class Setup:
+    us: Netns
+    charon: Charon
+
+    def load(self, proposals: str, esp: str, psk: str = PSK) -> None:
+        self.charon.load(
+            LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+            LOCAL_NET=THEM_NET, REMOTE_NET=US_NET, PSK=psk, PROPOSALS=proposals, ESP_PROPOSALS=esp,
+        )  # fmt: skip
+
+    def driver(self, proposals: str, esp: str, psk: str = PSK) -> Driver:
+        ike = Ike()
+        ike.add_peer(
+            PeerConfig(
+                "ch", US, THEM, psk.encode(), local_id="ipsecd.example", remote_id="charon.example",
+                local_nets=(US_NET,), remote_nets=(THEM_NET,), proposals=(proposals,), esp_proposals=(esp,),
+            )
+        )  # fmt: skip
+        return Driver(ike, self.us.name, US)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    why = netns_available() or charon_missing()
+    if why is not None:
+        pytest.skip(f"charon interop skipped: {why}")
+    with Netns("ikc") as us, Netns("ikc") as them:
+        veth_pair(us, them, f"{US}/24", f"{THEM}/24")
+        us.check(["ip", "addr", "add", "10.91.1.1/32", "dev", "lo"])
+        them.check(["ip", "addr", "add", "10.91.2.1/32", "dev", "lo"])
+        charon = Charon(f"ikc{os.getpid() % 100000}-{next(_count)}", them.name, tmp_path)
+        try:
+            charon.start()
+            yield Setup(us, charon)
+        finally:
+            charon.stop()
+
+
+def _charon_child(sas: str) -> tuple[int, int]:
+    """charon's (spi-in, spi-out) of its one INSTALLED child."""
+    assert "state=ESTABLISHED" in sas and "state=INSTALLED" in sas, sas
+    spi_in = re.search(r"spi-in=([0-9a-f]+)", sas)
+    spi_out = re.search(r"spi-out=([0-9a-f]+)", sas)
+    assert spi_in and spi_out, sas
+    return int(spi_in.group(1), 16), int(spi_out.group(1), 16)
+
+
+def _up(s: Setup, d: Driver, initiator: str) -> ChildUp:
+    if initiator == "charon":
+        out = s.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=40)
+        assert "initiate completed successfully" in out, out + s.charon.log(40)
+    else:
+        d.call(lambda ike, now: ike.initiate("ch", now))
+    assert d.wait(lambda: bool(d.events(ChildUp)), 20), (d.ike.drops, d.events(PeerStatus), s.charon.log(40))
+    up: ChildUp = d.events(ChildUp)[0]
+    assert len(d.events(ChildUp)) == 1
+    assert d.wait(lambda: "state=INSTALLED" in s.charon.sas(), 10), s.charon.log(40)
+    sas = s.charon.sas()
+    assert _charon_child(sas) == (up.spi_out, up.spi_in)
+    assert "encap=yes" in sas and up.encap == (4500, 4500)  # kernel-libipsec always fakes a NAT
+    assert (up.local_ts, up.remote_ts) == (US_NET, THEM_NET)
+    assert d.ike.peers()[0].state == "established"
+    return up
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+@pytest.mark.parametrize(
+    ("proposals", "esp"),
+    [
+        ("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
+        ("aes256-sha256-modp2048", "aes256-sha256"),
+        ("aes256gcm16-prfsha384-ecp256", "aes256gcm16"),
+        ("default", "default"),
+    ],
+)
+def test_established(setup: Setup, proposals: str, esp: str, initiator: str) -> None:
+    setup.load(proposals, esp)
+    d = setup.driver(proposals, esp)
+    try:
+        up = _up(setup, d, initiator)
+        if esp == "aes256-sha256":
+            assert up.cipher == "aes-cbc" and up.digest == "sha256" and len(up.key_in) == 32
+        assert not d.ike.drops, d.ike.drops
+        counters = setup.charon.swanctl("--counters")
+        assert re.search(r"^\s*invalid\s*:\s*0$", counters, re.M), counters  # charon refused nothing of ours
+        assert re.search(r"^\s*invalid-spi\s*:\s*0$", counters, re.M), counters
+        # our DELETE removes charon's SAs
+        d.call(lambda ike, now: ike.terminate("ch", now))
+        assert d.wait(lambda: "ESTABLISHED" not in setup.charon.sas(), 10), setup.charon.sas()
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+def test_wrong_psk(setup: Setup, initiator: str) -> None:
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16", psk="the-other-psk-0123456789")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        if initiator == "charon":
+            out = setup.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=40)
+            assert "initiate completed successfully" not in out
+        else:
+            d.call(lambda ike, now: ike.initiate("ch", now))
+        assert d.wait(lambda: (d.ike.peers()[0].reason or "").startswith("AUTHENTICATION_FAILED"), 20), (
+            d.ike.peers(), setup.charon.log(30)
+        )  # fmt: skip
+        assert d.ike.peers()[0].state == "down" and not d.events(ChildUp) and not d.ike.sas
+        assert d.wait(lambda: "ESTABLISHED" not in setup.charon.sas(), 10), setup.charon.sas()
+        log = setup.charon.log(60)
+        assert "AUTHENTICATION_FAILED" in log or "MAC mismatched" in log, log
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+def test_dh_mismatch_settled_by_invalid_ke(setup: Setup, initiator: str) -> None:
+    """The initiator's first group is not the responder's: INVALID_KE_PAYLOAD, then the responder's."""
+    wide, narrow = "aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16-prfsha256-ecp256"
+    theirs, ours = (wide, narrow) if initiator == "charon" else (narrow, wide)
+    setup.load(theirs, "aes128gcm16")
+    d = setup.driver(ours, "aes128gcm16")
+    try:
+        _up(setup, d, initiator)
+        assert "dh-group=ECP_256" in setup.charon.sas()
+        assert d.ike.peers()[0].proposal == "aes128gcm16-prfsha256-ecp256"
+        if initiator == "charon":
+            assert d.ike.drops["invalid_ke_sent"] == 1
+        else:
+            assert "INVALID_KE_PAYLOAD" in setup.charon.log(60) or "unacceptable" in setup.charon.log(60)
+    finally:
+        d.close()
+
+
+def test_charon_dpd_answered_and_its_delete_honoured(setup: Setup) -> None:
+    """charon's liveness checks (dpd_delay 1s) are answered; `swanctl --terminate` brings our child down."""
+    setup.charon.env["DPD_DELAY"] = "1s"
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        up = _up(setup, d, "charon")
+
+        def answered() -> bool:
+            m = re.search(r"^\s*info-in-resp\s*:\s*(\d+)$", setup.charon.swanctl("--counters"), re.M)
+            return m is not None and int(m.group(1)) >= 2
+
+        assert d.wait(answered, 15), setup.charon.swanctl("--counters")
+        assert "state=ESTABLISHED" in setup.charon.sas()
+        setup.charon.swanctl("--terminate", "--ike", "gw", "--timeout", "10")
+        assert d.wait(lambda: any(x.spi_in == up.spi_in for x in d.events(ChildDown)), 10)
+        assert d.ike.peers()[0].state == "down" and d.ike.peers()[0].reason == "deleted by peer"
+        assert not d.ike.sas and not d.ike.drops
+    finally:
+        d.close()
+
+
+def test_cookie_from_charon(setup: Setup, tmp_path: Path) -> None:
+    """charon with cookie_threshold = 1 and one half-open IKE SA demands a COOKIE (§2.6); we get in."""
+    setup.charon.stop()
+    setup.charon.env["PEER_CHARON_EXTRA"] = "cookie_threshold = 1"
+    setup.charon.start()
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    # a half-open IKE SA on charon: an IKE_SA_INIT from another port, never followed by IKE_AUTH
+    other = Ike()
+    other.add_peer(PeerConfig("x", US, THEM, b"x", proposals=("aes128gcm16-prfsha256-x25519",)))
+    other.initiate("x", 0.0)
+    (first,) = [e for e in other.events() if isinstance(e, Send)]
+    with in_netns(setup.us.name), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((US, 5000))
+        s.settimeout(5)
+        s.sendto(first.data, (THEM, 500))
+        s.recvfrom(4096)
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        _up(setup, d, "ipsecd")
+        inits = [e.data for e in d.events(Send) if m.parse_header(e.data).exchange == Exchange.IKE_SA_INIT]
+        assert len(inits) == 2, setup.charon.log(30)
+        first_payload = m.parse_chain(inits[1], m.parse_header(inits[1]).next_payload, 28).payloads[0]
+        assert m.decode_notify(first_payload.body).ntype == Notify.COOKIE
+    finally:
+        d.close()
