@@ -73,12 +73,13 @@ print(n)
 """
 
 
-# Measured here (2 shared cores): x25519 idle median 0.94 ms, under flood 1.24 ms (max 8.9); MODP-2048
-# (saturating one core with DH: ~2.4 ms each) idle 0.90 ms, under flood 6.3 ms (max 30), no ping lost.
+# Measured here (2 cores shared with other work, load 2-7): x25519 idle median 0.84-0.94 ms, under flood
+# 0.91-1.24 ms (max 9-21); MODP-2048 (one core saturated with DH, ~2.4 ms each) idle 0.90-1.0 ms, under
+# flood 6.3-13.9 ms (max 30-47), no ping lost. The bounds below leave room for a busy machine.
 # A DH thread does not help: cryptography holds the GIL through the DH (a busy DH thread made the loop
 # thread's wake-ups 7.8 ms late, median), so IKE stays in the loop, one DH's worth per turn.
 @pytest.mark.parametrize(
-    ("proposal", "slack_ms"), [("aes128gcm16-prfsha256-x25519", 3.0), ("aes256-sha256-modp2048", 15.0)]
+    ("proposal", "slack_ms"), [("aes128gcm16-prfsha256-x25519", 10.0), ("aes256-sha256-modp2048", 30.0)]
 )
 def test_ike_sa_init_flood_does_not_stall_the_data_plane(
     hosts: TwoHosts, proposal: str, slack_ms: float
@@ -104,7 +105,7 @@ def test_ike_sa_init_flood_does_not_stall_the_data_plane(
     assert len(loaded) >= 78  # no ping lost
     assert stats["ike"]["received"] > 0
     assert statistics.median(loaded) < statistics.median(idle) + slack_ms
-    assert max(loaded) < 100.0
+    assert max(loaded) < 250.0
 
 
 def _mutants(seed: bytes, n: int, rng: random.Random) -> Iterator[bytes]:
