@@ -5,6 +5,7 @@ kill -9 of ipsecd, and a datagram fuzz at the live daemon. Skipped when charon i
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -161,3 +162,23 @@ def test_wrong_psk_is_reported_in_one_line(pair: IkePair) -> None:
     assert "AUTHENTICATION_FAILED" in p.d.log.read_text()
     log = p.d.log.read_text()
     assert PSK not in log and PSK.encode().hex() not in log  # ipsecd's key is never logged
+
+
+def test_dpd_answered_and_clean_restart(pair: IkePair) -> None:
+    p = pair
+    p.load_charon(DPD_DELAY="1s")
+    p.ike_add("--start=now", "--dpd=5")  # charon's probes every second keep ipsecd's from being needed
+    p.wait("established", lambda: p.charon_up() and p.ipsecd_up())
+    spis = re.findall(r"spi-in=([0-9a-f]+)", p.charon.sas())
+    time.sleep(8)  # DPD both ways, several rounds
+    assert re.findall(r"spi-in=([0-9a-f]+)", p.charon.sas()) == spis  # the same SAs, still up
+    counters = p.charon.swanctl("--counters", "--raw")
+    assert int(re.search(r"info-in-resp=(\d+)", counters).group(1)) >= 3, counters  # type: ignore[union-attr]
+    assert "invalid=0 invalid-spi=0" in counters, counters
+    p.ping_both(1)
+    # a clean stop tells charon (DELETE); the restart brings the tunnel back with new SAs
+    assert p.d.stop() == 0
+    p.wait("charon's SAs deleted by ipsecd's stop", lambda: "ESTABLISHED" not in p.charon.sas(), timeout=5)
+    p.d.start()
+    p.wait("back after the restart", lambda: p.charon_up() and p.ipsecd_up(), timeout=10)
+    p.ping_both(1)
