@@ -210,3 +210,29 @@ def test_cookie_from_charon(setup: Setup, tmp_path: Path) -> None:
         assert m.decode_notify(first_payload.body).ntype == Notify.COOKIE
     finally:
         d.close()
+
+
+def test_charon_rekeying_ends_in_one_working_pair(setup: Setup) -> None:
+    """Rekeying is part 2: CREATE_CHILD_SA gets NO_ADDITIONAL_SAS; charon then rebuilds the SAs from
+    scratch, and both sides end with exactly one IKE SA and one matching CHILD SA."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        _up(setup, d, "ipsecd")
+        for what in (("--child", "net"), ("--ike", "gw")):
+            out = setup.charon.swanctl("--rekey", *what)
+            assert "rekey completed successfully" in out, out
+
+        def settled() -> bool:
+            sas = setup.charon.sas()
+            return sas.count("state=ESTABLISHED") == 1 and "state=INSTALLED" in sas and len(d.ike.sas) == 1
+
+        assert d.wait(settled, 20), (setup.charon.sas(), d.ike.sas, setup.charon.log(30))
+        downed = {x.spi_in for x in d.events(ChildDown)}
+        (current,) = [u for u in d.events(ChildUp) if u.spi_in not in downed]
+        assert _charon_child(setup.charon.sas()) == (current.spi_out, current.spi_in)
+        assert d.ike.drops["create_child_refused"] >= 1, (d.ike.drops, setup.charon.log(40))
+        assert d.ike.drops["internal_error"] == 0
+        assert d.ike.peers()[0].state == "established"
+    finally:
+        d.close()
