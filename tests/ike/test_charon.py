@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from ipsec_tunnel.ike import message as m
 from ipsec_tunnel.ike.constants import Exchange, Notify
 from ipsec_tunnel.testing.netns import Netns, in_netns, netns_available, veth_pair
 
-from .charon import Charon, charon_missing
+from .charon import HERE, Charon, charon_missing
 from .driver import Driver
 
 pytestmark = pytest.mark.root
@@ -210,3 +212,80 @@ def test_cookie_from_charon(setup: Setup, tmp_path: Path) -> None:
         assert m.decode_notify(first_payload.body).ntype == Notify.COOKIE
     finally:
         d.close()
+
+
+def test_charon_rekeying_ends_in_one_working_pair(setup: Setup) -> None:
+    """Rekeying is part 2: CREATE_CHILD_SA gets NO_ADDITIONAL_SAS; charon then rebuilds the SAs from
+    scratch, and both sides end with exactly one IKE SA and one matching CHILD SA."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        _up(setup, d, "ipsecd")
+        for what in (("--child", "net"), ("--ike", "gw")):
+            out = setup.charon.swanctl("--rekey", *what)
+            assert "rekey completed successfully" in out, out
+
+        def settled() -> bool:
+            sas = setup.charon.sas()
+            return sas.count("state=ESTABLISHED") == 1 and "state=INSTALLED" in sas and len(d.ike.sas) == 1
+
+        assert d.wait(settled, 20), (setup.charon.sas(), d.ike.sas, setup.charon.log(30))
+        downed = {x.spi_in for x in d.events(ChildDown)}
+        (current,) = [u for u in d.events(ChildUp) if u.spi_in not in downed]
+        assert _charon_child(setup.charon.sas()) == (current.spi_out, current.spi_in)
+        assert d.ike.drops["create_child_refused"] >= 1, (d.ike.drops, setup.charon.log(40))
+        assert d.ike.drops["internal_error"] == 0
+        assert d.ike.peers()[0].state == "established"
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("masq", ["masquerade", "masquerade random"])
+def test_through_a_nat(tmp_path: Path, masq: str) -> None:
+    """We are behind a NAT (tests/ike/nat.sh, nftables masquerade): NAT detected on both sides (charon's
+    own view, not only its faked one), IKE moves to 4500, the CHILD SA is UDP-encapsulated."""
+    why = netns_available() or charon_missing() or (None if shutil.which("nft") else "nft missing (nftables)")
+    if why is not None:
+        pytest.skip(f"charon NAT interop skipped: {why}")
+    nat = f"ikc{os.getpid() % 10000}{next(_count) % 1000}"
+    env = dict(os.environ, NAT=nat, NAT_MASQ=masq)
+    with Netns("ikc") as inside, Netns("ikc") as outside:
+        subprocess.run(
+            [str(HERE / "nat.sh"), "up", inside.name, outside.name], env=env, check=True, capture_output=True
+        )
+        charon = Charon(f"ikn{os.getpid() % 10000}-{next(_count) % 100}", outside.name, tmp_path)
+        try:
+            inside.check(["ip", "addr", "add", "10.91.1.1/32", "dev", "lo"])
+            outside.check(["ip", "addr", "add", "10.91.2.1/32", "dev", "lo"])
+            charon.start()
+            charon.load(
+                LOCAL_ADDR=THEM, REMOTE_ADDR="%any", LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+                LOCAL_NET=THEM_NET, REMOTE_NET=US_NET, PSK=PSK,
+            )  # fmt: skip
+            ike = Ike()
+            ike.add_peer(
+                PeerConfig(
+                    "ch", "192.0.2.2", THEM, PSK.encode(), local_id="ipsecd.example",
+                    remote_id="charon.example", local_nets=(US_NET,), remote_nets=(THEM_NET,),
+                    proposals=("aes128gcm16-prfsha256-x25519",), esp_proposals=("aes128gcm16",),
+                )
+            )  # fmt: skip
+            d = Driver(ike, inside.name, "192.0.2.2")
+            try:
+                d.call(lambda i, now: i.initiate("ch", now))
+                assert d.wait(lambda: bool(d.events(ChildUp)), 20), (ike.drops, ike.peers(), charon.log(30))
+                (up,) = d.events(ChildUp)
+                assert up.nat_local and up.encap == (4500, 4500) and up.local_addr == "192.0.2.2"
+                sas = charon.sas()
+                assert _charon_child(sas) == (up.spi_out, up.spi_in)
+                assert "remote-host=198.51.100.1" in sas and "nat-remote=yes" in sas and "encap=yes" in sas, (
+                    sas
+                )
+                port = re.search(r"remote-port=(\d+)", sas)
+                assert port is not None and (masq == "masquerade random" or port.group(1) == "4500"), sas
+                assert not ike.drops
+            finally:
+                d.close()
+        finally:
+            charon.stop()
+            subprocess.run([str(HERE / "nat.sh"), "down"], env=env, capture_output=True)
