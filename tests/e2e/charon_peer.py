@@ -1,5 +1,5 @@
 """ipsecd facing strongSwan's charon (tests/ike/charon.py: kernel-libipsec, its own netns, driven by
-swanctl) over a veth or through a NAT (charon/nat.sh from the strongswan-ike kit)."""
+swanctl) over a veth or through a NAT (tests/ike/nat.sh)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
 from tests.ike.charon import Charon
 from tests.ike.charon import charon_missing as ike_charon_missing
 
-HERE = Path(__file__).parent / "charon"  # nat.sh (from the strongswan-ike kit)
+NAT_SH = Path(__file__).parents[1] / "ike" / "nat.sh"  # from the strongswan-ike kit
 PSK = "ikd-interop-psk-for-tests-only"
 
 
@@ -34,11 +34,15 @@ class IkePair:
     D_IN, C_IN = "10.61.1.1", "10.61.2.1"
     D_NET, C_NET = "10.61.1.0/24", "10.61.2.0/24"
 
-    def __init__(self, *, nat: str | None = None, **charon_env: str) -> None:
+    def __init__(
+        self, *, nat: str | None = None, daemon_args: tuple[str, ...] = (), **charon_env: str
+    ) -> None:
         """`nat`: None (a veth), "ipsecd-inside" or "charon-inside" (nat.sh: inside 192.0.2.2, outside
         198.51.100.2, the NAT's outside address 198.51.100.1)."""
         self.nat = f"ikd{os.getpid() % 100000}" if nat else None
         self.nat_side = nat
+        self.daemon_args = daemon_args
+        self.links: tuple[str, str] = ("", "")
         self.nat_env = {"NAT_MASQ": "masquerade random"} if nat == "charon-inside" else {}
         if nat == "ipsecd-inside":
             self.D_OUT, self.C_OUT = "192.0.2.2", "198.51.100.2"
@@ -63,10 +67,10 @@ class IkePair:
             elif self.nat_side == "charon-inside":
                 self._nat("up", self.cns.name, self.d.ns.name)
             else:
-                veth_pair(self.d.ns, self.cns, f"{self.D_OUT}/24", f"{self.C_OUT}/24")
+                self.links = veth_pair(self.d.ns, self.cns, f"{self.D_OUT}/24", f"{self.C_OUT}/24")
             self.d.sh(f"ip addr add {self.D_IN}/32 dev lo")
             self.cns.check(["ip", "addr", "add", f"{self.C_IN}/32", "dev", "lo"])
-            self.d.start()
+            self.d.start(*self.daemon_args)
             self.charon.start()
             self.charon_started = True
         except BaseException:
@@ -79,9 +83,7 @@ class IkePair:
 
     def _nat(self, *args: str) -> None:
         env = {**os.environ, "NAT": self.nat or "", **self.nat_env}
-        subprocess.run(
-            ["bash", str(HERE / "nat.sh"), *args], env=env, check=True, capture_output=True, timeout=30
-        )
+        subprocess.run(["bash", str(NAT_SH), *args], env=env, check=True, capture_output=True, timeout=30)
 
     def close(self) -> None:
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +110,9 @@ class IkeIo:
         return functools.partial(self.runner.handle, fallback=fallback)
 
 
-def start_ike(plane: DataPlane, manager: Any, store: Store, port: int) -> IkeIo | None:
+def start_ike(
+    plane: DataPlane, manager: Any, store: Store, port: int, keys_for_test: str | None = None
+) -> IkeIo | None:
     """Wire IKEv2 into ipsecd (None when `port` is 0): IKE's CHILD SAs of the last run are purged from the
     store (they are negotiated again), the sockets opened. The caller restores the peers after the SAs."""
     ike_store = IkeStore(store)
@@ -119,7 +123,16 @@ def start_ike(plane: DataPlane, manager: Any, store: Store, port: int) -> IkeIo 
         return None
     from .. import ike as ike_api  # the sans-I/O IKEv2 core
 
-    runner = IkeRunner(ike_api.Ike(), ike_api.PeerConfig, manager, ike_store)
+    key_log = None
+    if keys_for_test:  # test only: every IKE and CHILD SA key, as JSON lines, for tshark
+        log.warning("writing IKE and ESP keys to %s (--ike-keys-for-test): for tests only", keys_for_test)
+        fd = os.open(keys_for_test, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+        def key_log(record: dict[str, Any]) -> None:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+
+    ike = ike_api.Ike(log_keys_for_test=bool(keys_for_test))
+    runner = IkeRunner(ike, ike_api.PeerConfig, manager, ike_store, key_log=key_log)
     io = IkeIo(plane, runner, port)
     io.open()
     return io

@@ -112,8 +112,10 @@ class IkeRunner:
         keepalive: Callable[[Address, Address], None] | None = None,
         routes: Routes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        key_log: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.ike = ike
+        self.key_log = key_log  # test only (ipsecd --ike-keys-for-test): IKE and CHILD SA keys for tshark
         self.peer_config = peer_config
         self.manager = manager
         self.store = store
@@ -206,6 +208,14 @@ class IkeRunner:
     def _on_Send(self, ev: Any) -> None:
         self.send(tuple(ev.local), tuple(ev.remote), ev.data)
 
+    def _on_KeysForTest(self, ev: Any) -> None:
+        if self.key_log is not None:
+            self.key_log({
+                "kind": "ike", "peer": ev.peer, "spi_i": ev.spi_i, "spi_r": ev.spi_r, "encr": ev.encr,
+                "integ": ev.integ, "sk_ei": ev.sk_ei.hex(), "sk_er": ev.sk_er.hex(), "sk_ai": ev.sk_ai.hex(),
+                "sk_ar": ev.sk_ar.hex(),
+            })  # fmt: skip
+
     def _on_PeerStatus(self, ev: Any) -> None:
         peer = self.peers.get(ev.peer)
         if peer is None:
@@ -238,6 +248,9 @@ class IkeRunner:
             **common, "spi": ev.spi_out, "dst": ev.remote_addr, "src": ev.local_addr,
             "cipher_key": _hex(ev.key_out), "digest_key": _hex(ev.auth_key_out), "encap": encap,
         }  # fmt: skip
+        if self.key_log is not None:
+            for sa in (inbound, outbound):
+                self.key_log({"kind": "esp", "peer": peer.name, **sa})
         added: list[dict[str, Any]] = []
         try:
             for sa in (inbound, outbound):

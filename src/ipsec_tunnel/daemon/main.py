@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ike-port", type=int, default=IKE_PORT, help="IKEv2 port to listen on (default 500; 0: no IKE)"
     )
+    p.add_argument("--ike-keys-for-test", metavar="FILE", help=argparse.SUPPRESS)  # tests only: keys to FILE
     off = p.add_argument_group(
         "offloads", "on by default where the kernel supports them; each falls back by itself"
     )
@@ -215,7 +216,9 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         plane.open_transports()
         plane.devices.create(BASE_DEVICE)
         manager = Manager(engine, store, plane.devices)
-        ike = start_ike(plane, manager, store, args.ike_port)  # IKE's own SAs go before the restore
+        ike = start_ike(
+            plane, manager, store, args.ike_port, args.ike_keys_for_test
+        )  # IKE's own SAs go before the restore
         manager.restore()
         handle: Callable[[str, dict[str, Any]], Any] = manager.handle
         if ike is not None:
