@@ -447,3 +447,17 @@ def test_shutdown_terminates_peers_that_are_up(world: World) -> None:
     world.ike.status["gw"] = PeerStatus("gw", "established", None)
     world.runner.shutdown()
     assert ("terminate", "gw") in world.ike.calls and ("terminate", "idle") not in world.ike.calls
+
+
+def _state_bytes(world: World) -> bytes:
+    return b"".join(p.read_bytes() for p in world.state.iterdir() if p.is_file())
+
+
+def test_child_keys_erased_from_the_state_files_when_the_sa_goes(world: World) -> None:
+    world.add()
+    ev = world.child_up()
+    assert ev.key_in.hex().encode() in _state_bytes(world)  # stored like manual keys while up
+    world.ike.queue.append(ChildDown("gw", 1, ev.spi_in, ev.spi_out, "deleted by peer"))
+    world.runner.flush()
+    data = _state_bytes(world)
+    assert ev.key_in.hex().encode() not in data and ev.key_out.hex().encode() not in data

@@ -289,6 +289,8 @@ class IkeRunner:
         self._del_sa(local, remote, child.spi_in)
         self._del_sa(remote, local, child.spi_out)
         assert peer is not None
+        if self.store is not None:
+            self.store.erase()
         log.info(
             "IKE peer %s: CHILD SA down (%s), spi in %#x out %#x", peer.name, ev.reason, ev.spi_in, ev.spi_out
         )
@@ -493,6 +495,8 @@ class IkeRunner:
             self._del_sa(child.local_addr, child.remote_addr, child.spi_in)
             self._del_sa(child.remote_addr, child.local_addr, child.spi_out)
         peer.children.clear()
+        if self.store is not None:
+            self.store.erase()
         self._unroute(peer)
         if peer.made_device and peer.device and self.manager.engine.tunnels.get(peer.device) is not None:
             try:

@@ -78,10 +78,20 @@ class IkeStore:
         """Forget the mark of SA (dst, src, spi)."""
         self._write("DELETE FROM ike_child WHERE dst=? AND src=? AND spi=?", (dst, src, spi))
 
+    def erase(self) -> None:
+        """Move deletions out of the write-ahead log into the database file, where secure_delete has
+        overwritten them: a deleted SA's keys are then in neither file."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("state database checkpoint failed: %s", exc)
+
     def purge_children(self) -> int:
         """Delete every IKE-negotiated SA (and its keys) from the SA table; returns how many."""
         rows = self.db.execute("SELECT dst, src, spi FROM ike_child").fetchall()
         for dst, src, spi in rows:
             self._write("DELETE FROM sa WHERE dst=? AND src=? AND spi=?", (dst, src, spi))
         self._write("DELETE FROM ike_child")
+        if rows:
+            self.erase()
         return len(rows)
