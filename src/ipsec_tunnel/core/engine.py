@@ -109,12 +109,12 @@ class Engine:
         self.rx_drops: Counter[Drop] = Counter()
         self.tx_drops: Counter[Drop] = Counter()
         self.keepalives = 0
-        self.icmp_sent = 0
-        self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
-        self.events: list[SAEvent] = []
         # Takes (source, destination, IKE message) for a datagram with the non-ESP marker on the
         # encapsulation port (RFC 3948 §2.2), the marker stripped; None: such datagrams are dropped.
         self.on_non_esp: Callable[[bytes, bytes, bytes], None] | None = None
+        self.icmp_sent = 0
+        self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
+        self.events: list[SAEvent] = []
         self._icmp_tokens = ICMP_BURST
         self._icmp_time = 0.0
 
