@@ -4,10 +4,11 @@ its file with the caller's rights and sent to ipsecd like SA keys; it is never p
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .grammar import Invocation, UsageError
+from .grammar import PROG, Invocation, UsageError
 from .keys import KeyInputError, read_key_file
 from .render import spi_text, table
 from .values import redact
@@ -164,8 +165,12 @@ def peer_table(peers: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
     return table(headers, rows)
 
 
+def _warn(line: str) -> None:
+    sys.stderr.write(f"{PROG}: {redact(line)}\n")
+
+
 def _add(s: Any) -> int:
-    result = s.call("ike.add", add_request(s.inv, s.warn))
+    result = s.call("ike.add", add_request(s.inv, _warn))
     s.show(result, lambda r: None)
     return 0
 

@@ -51,7 +51,6 @@ class _Session:
         self.inv = inv
         self.socket = inv.socket or default_socket_path()
         self.client = Client(self.socket)
-        self.warn = _warn
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` from ipsecd."""
