@@ -381,12 +381,12 @@ def test_garbage_into_an_established_sa_is_a_counted_drop() -> None:
 
 def test_create_child_sa_refused_with_no_additional_sas() -> None:
     """Rekeying is part 2: a CREATE_CHILD_SA request is answered (NO_ADDITIONAL_SAS), the SA stays up."""
-    from ipsec_tunnel.ike import handlers
+    from ipsec_tunnel.ike import exchange
 
     p = Pair()
     established(p)
     (sa,) = p.a.sas.values()
-    handlers.send_request(p.a, sa, "rekey", Exchange.CREATE_CHILD_SA, [(Payload.NONCE, b"n" * 32)], p.now)
+    exchange.send_request(p.a, sa, "rekey", Exchange.CREATE_CHILD_SA, [(Payload.NONCE, b"n" * 32)], p.now)
     (req,) = [e for e in p.a.events() if isinstance(e, Send)]
     p.b.datagram_received(req.data, req.remote, req.local, p.now)
     (resp,) = [e for e in p.b.events() if isinstance(e, Send)]

@@ -17,12 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import handlers
-from .config import PeerConfig, esp_specs, ike_specs
+from .config import IkeConfigError, PeerConfig, esp_specs, ike_specs
 from .crypto import DhError
 from .events import ChildDown, Event, PeerStatus, Send
+from .exchange import send_delete_ike
 from .message import Malformed, UnsupportedCritical, parse_header
 from .proposals import Spec, name
 from .sa import IkeSa, State
+from .sa_init import start_initiator
 
 
 @dataclass
@@ -58,8 +60,6 @@ class Ike:
 
     def add_peer(self, cfg: PeerConfig) -> None:
         """Adds a peer; raises IkeConfigError on a duplicate name or a bad value."""
-        from .config import IkeConfigError
-
         cfg.validate()
         if cfg.name in self.peers_by_name:
             raise IkeConfigError(f"peer '{cfg.name}' exists")
@@ -81,7 +81,7 @@ class Ike:
             return
         if entry.sa is not None and entry.sa.state not in (State.DEAD, State.DELETING):
             return
-        handlers.start_initiator(self, entry, now)
+        start_initiator(self, entry, now)
 
     def terminate(self, name: str, now: float) -> None:
         """Deletes the peer's IKE SA (INFORMATIONAL DELETE when established)."""
@@ -92,7 +92,7 @@ class Ike:
         entry.sa = None
         entry.reason = "terminated"
         if sa.established:
-            handlers.send_delete_ike(self, sa, now)
+            send_delete_ike(self, sa, now)
         else:
             self.forget(sa, "terminated")
         self.emit_status(entry)
