@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,3 +291,59 @@ def test_through_a_nat(tmp_path: Path, masq: str) -> None:
         finally:
             charon.stop()
             subprocess.run([str(HERE / "nat.sh"), "down"], env=env, capture_output=True)
+
+
+def _charon_pid(s: Setup) -> int:
+    info = s.charon.run("info")
+    found = re.search(r"pid=(\d+)", info)
+    assert found is not None, info
+    return int(found.group(1))
+
+
+def test_charon_stopped_during_the_handshake(setup: Setup) -> None:
+    """charon SIGSTOPped while we initiate, resumed 4 s later: our retransmissions and its retransmit
+    detection leave exactly one IKE SA and one CHILD SA on each side."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    pid = _charon_pid(setup)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            d.call(lambda ike, now: ike.initiate("ch", now))
+            time.sleep(4)  # we send at 0, 1, 3 s
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert d.wait(lambda: bool(d.events(ChildUp)), 20), (d.ike.drops, setup.charon.log(30))
+        time.sleep(2)
+        sas = setup.charon.sas()
+        assert sas.count("state=ESTABLISHED") == 1 and sas.count("state=INSTALLED") == 1, sas
+        assert len(d.events(ChildUp)) == 1 and len(d.ike.sas) == 1 and not d.events(ChildDown)
+        (up,) = d.events(ChildUp)
+        assert _charon_child(sas) == (up.spi_out, up.spi_in)
+    finally:
+        d.close()
+
+
+def test_restart_initial_contact_clears_charons_stale_sa(setup: Setup) -> None:
+    """We lose all state (a new Ike, as after kill -9) and initiate again: INITIAL_CONTACT makes charon
+    drop the stale IKE SA, leaving only the new one."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        old = _up(setup, d, "ipsecd")
+    finally:
+        d.close()
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        d.call(lambda ike, now: ike.initiate("ch", now))
+        assert d.wait(lambda: bool(d.events(ChildUp)), 20), setup.charon.log(30)
+        (new,) = d.events(ChildUp)
+
+        def only_new() -> bool:
+            sas = setup.charon.sas()
+            return sas.count("state=ESTABLISHED") == 1 and f"spi-in={new.spi_out:08x}" in sas
+
+        assert d.wait(only_new, 10), setup.charon.sas()
+        assert f"spi-in={old.spi_out:08x}" not in setup.charon.sas()
+    finally:
+        d.close()
