@@ -347,3 +347,40 @@ def test_restart_initial_contact_clears_charons_stale_sa(setup: Setup) -> None:
         assert f"spi-in={old.spi_out:08x}" not in setup.charon.sas()
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+@pytest.mark.parametrize("mismatch", ["ike", "esp", "ts"])
+def test_failures_leave_no_sa(setup: Setup, initiator: str, mismatch: str) -> None:
+    """NO_PROPOSAL_CHOSEN (IKE or ESP) and TS_UNACCEPTABLE: a one-line reason on our side and no IKE SA
+    left on either side."""
+    ike, esp = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
+    theirs_ike = "aes256-sha256-modp2048" if mismatch == "ike" else ike
+    theirs_esp = "aes256-sha256" if mismatch == "esp" else esp
+    them_net = "10.91.3.0/24" if mismatch == "ts" else US_NET  # what charon wants of our side
+    setup.charon.load(
+        LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+        LOCAL_NET=THEM_NET, REMOTE_NET=them_net, PSK=PSK, PROPOSALS=theirs_ike, ESP_PROPOSALS=theirs_esp,
+    )  # fmt: skip
+    d = setup.driver(ike, esp)
+    try:
+        if initiator == "charon":
+            out = setup.charon.swanctl("--initiate", "--child", "net", "--timeout", "15", timeout=40)
+            assert "initiate completed successfully" not in out
+        else:
+            d.call(lambda i, now: i.initiate("ch", now))
+        want = {"ike": "NO_PROPOSAL_CHOSEN", "esp": "NO_PROPOSAL_CHOSEN", "ts": "TS_UNACCEPTABLE"}[mismatch]
+        assert d.wait(lambda: (d.ike.peers()[0].reason or "").startswith(want), 20), (
+            d.ike.peers(), setup.charon.log(30)
+        )  # fmt: skip
+        reason = d.ike.peers()[0].reason or ""
+        assert "\n" not in reason
+        if initiator == "charon" and mismatch == "ike":
+            assert reason == f"NO_PROPOSAL_CHOSEN (ours: {ike}; theirs: aes256-sha256-prfsha256-modp2048)"
+        assert d.wait(lambda: not d.ike.sas and "ESTABLISHED" not in setup.charon.sas(), 15), (
+            d.ike.sas, setup.charon.sas()
+        )  # fmt: skip
+        assert not d.events(ChildUp)
+        assert d.ike.peers()[0].state == "down"
+    finally:
+        d.close()
