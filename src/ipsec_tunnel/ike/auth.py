@@ -95,10 +95,6 @@ def _child_up(
 def _established(ike: Ike, sa: IkeSa, initial_contact: bool, now: float) -> None:
     sa.state = State.ESTABLISHED
     sa.last_recv = now
-    ike.half_open.pop((sa.remote[0], sa.remote[1], sa.spi_i), None)
-    for k, v in list(ike.half_open.items()):
-        if v is sa:
-            del ike.half_open[k]
     entry = ike.entry_of(sa)
     if entry is None:
         return
@@ -122,7 +118,11 @@ def on_auth_request(
     assert sa.keys is not None and sa.spec is not None
     entry = ike.entry_of(sa)
     idi, auth_body = p.first(Payload.IDI), p.first(Payload.AUTH)
-    if entry is None or idi is None or auth_body is None:
+    if entry is None:  # the peer was removed meanwhile
+        ike.drops["peer_removed"] += 1
+        ike.forget(sa, "peer removed")
+        return
+    if idi is None or auth_body is None:
         ike.drops["missing_payload"] += 1
         return
     sa.local, sa.remote = local, remote  # the initiator may have moved to 4500 (§2.23)

@@ -51,7 +51,9 @@ class Ike:
         self.drops: Counter[str] = Counter()
         self.peers_by_name: dict[str, PeerEntry] = {}
         self.sas: dict[int, IkeSa] = {}  # by our SPI
-        self.half_open: dict[tuple[str, int, int], IkeSa] = {}  # responder: (remote ip, port, SPIi)
+        # responder IKE SAs by their IKE_SA_INIT's (remote ip, port, SPIi), kept while the SA lives so
+        # that a retransmitted IKE_SA_INIT gets the same response (§2.1)
+        self.by_init: dict[tuple[str, int, int], IkeSa] = {}
         self.child_spis: set[int] = set()
         self._next_child = 1
         self._events: list[Event] = []
@@ -191,10 +193,9 @@ class Ike:
         sa.state = State.DEAD
         sa.pending = None
         self.sas.pop(sa.our_spi, None)
-        self.half_open.pop((sa.remote[0], sa.remote[1], sa.spi_i), None)
-        for k, v in list(self.half_open.items()):
+        for k, v in list(self.by_init.items()):
             if v is sa:
-                del self.half_open[k]
+                del self.by_init[k]
         if sa.child is not None:
             c = sa.child
             sa.child = None

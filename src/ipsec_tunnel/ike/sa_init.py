@@ -142,7 +142,7 @@ def _nat_detect(p: Payloads, spi_i: int, spi_r: int, local: Addr, remote: Addr) 
 
 def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: Addr, now: float) -> None:
     """Responder: IKE_SA_INIT request (§1.2); answers retransmissions from the half-open SA."""
-    old = ike.half_open.get((remote[0], remote[1], hdr.spi_i))
+    old = ike.by_init.get((remote[0], remote[1], hdr.spi_i))
     if old is not None:
         if old.init_request == data:
             ike.drops["retransmitted_request"] += 1
@@ -154,7 +154,7 @@ def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: A
     if entry is None:
         ike.drops["no_peer"] += 1
         return
-    if len(ike.half_open) >= MAX_HALF_OPEN:
+    if sum(1 for x in ike.by_init.values() if x.state is State.INIT_DONE) >= MAX_HALF_OPEN:
         ike.drops["half_open_limit"] += 1
         return
     try:
@@ -203,7 +203,7 @@ def on_init_request(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: A
     sa.init_request = data
     sa.init_response = m.encode_message(sa.spi_i, sa.spi_r, Exchange.IKE_SA_INIT, Flag.RESPONSE, 0, payloads)
     ike.sas[sa.spi_r] = sa
-    ike.half_open[(remote[0], remote[1], sa.spi_i)] = sa
+    ike.by_init[(remote[0], remote[1], sa.spi_i)] = sa
     ike.send(sa, sa.init_response)
     if entry.sa is None or entry.sa.state is State.DEAD:
         entry.sa = sa
