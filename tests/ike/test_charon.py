@@ -28,6 +28,7 @@ from .driver import Driver
 pytestmark = pytest.mark.root
 
 US, THEM = "198.51.100.1", "198.51.100.2"
+US6, THEM6 = "2001:db8:91::1", "2001:db8:91::2"
 US_NET, THEM_NET = "10.91.1.0/24", "10.91.2.0/24"
 PSK = "interop-psk-for-tests-0123"
 _count = iter(range(1, 10**6))
@@ -38,21 +39,21 @@ class Setup:
     us: Netns
     charon: Charon
 
-    def load(self, proposals: str, esp: str, psk: str = PSK) -> None:
+    def load(self, proposals: str, esp: str, psk: str = PSK, us: str = US, them: str = THEM) -> None:
         self.charon.load(
-            LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+            LOCAL_ADDR=them, REMOTE_ADDR=us, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
             LOCAL_NET=THEM_NET, REMOTE_NET=US_NET, PSK=psk, PROPOSALS=proposals, ESP_PROPOSALS=esp,
         )  # fmt: skip
 
-    def driver(self, proposals: str, esp: str, psk: str = PSK) -> Driver:
+    def driver(self, proposals: str, esp: str, psk: str = PSK, us: str = US, them: str = THEM) -> Driver:
         ike = Ike()
         ike.add_peer(
             PeerConfig(
-                "ch", US, THEM, psk.encode(), local_id="ipsecd.example", remote_id="charon.example",
+                "ch", us, them, psk.encode(), local_id="ipsecd.example", remote_id="charon.example",
                 local_nets=(US_NET,), remote_nets=(THEM_NET,), proposals=(proposals,), esp_proposals=(esp,),
             )
         )  # fmt: skip
-        return Driver(ike, self.us.name, US)
+        return Driver(ike, self.us.name, us)
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     if why is not None:
         pytest.skip(f"charon interop skipped: {why}")
     with Netns("ikc") as us, Netns("ikc") as them:
-        veth_pair(us, them, f"{US}/24", f"{THEM}/24")
+        veth_pair(us, them, [f"{US}/24", f"{US6}/64"], [f"{THEM}/24", f"{THEM6}/64"])
         us.check(["ip", "addr", "add", "10.91.1.1/32", "dev", "lo"])
         them.check(["ip", "addr", "add", "10.91.2.1/32", "dev", "lo"])
         charon = Charon(f"ikc{os.getpid() % 100000}-{next(_count)}", them.name, tmp_path)
@@ -382,5 +383,18 @@ def test_failures_leave_no_sa(setup: Setup, initiator: str, mismatch: str) -> No
         )  # fmt: skip
         assert not d.events(ChildUp)
         assert d.ike.peers()[0].state == "down"
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+def test_ipv6_outer(setup: Setup, initiator: str) -> None:
+    """IKE over IPv6 (NAT-D hashes over 16-byte addresses, RFC 7296 §2.23), IPv4 traffic selectors."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16", us=US6, them=THEM6)
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16", us=US6, them=THEM6)
+    try:
+        up = _up(setup, d, initiator)
+        assert (up.local_addr, up.remote_addr) == (US6, THEM6)
+        assert f"remote-host={US6}" in setup.charon.sas() and not d.ike.drops
     finally:
         d.close()
