@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from .driver import Driver
 pytestmark = pytest.mark.root
 
 US, THEM = "198.51.100.1", "198.51.100.2"
+US6, THEM6 = "2001:db8:91::1", "2001:db8:91::2"
 US_NET, THEM_NET = "10.91.1.0/24", "10.91.2.0/24"
 PSK = "interop-psk-for-tests-0123"
 _count = iter(range(1, 10**6))
@@ -36,21 +39,21 @@ class Setup:
     us: Netns
     charon: Charon
 
-    def load(self, proposals: str, esp: str, psk: str = PSK) -> None:
+    def load(self, proposals: str, esp: str, psk: str = PSK, us: str = US, them: str = THEM) -> None:
         self.charon.load(
-            LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+            LOCAL_ADDR=them, REMOTE_ADDR=us, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
             LOCAL_NET=THEM_NET, REMOTE_NET=US_NET, PSK=psk, PROPOSALS=proposals, ESP_PROPOSALS=esp,
         )  # fmt: skip
 
-    def driver(self, proposals: str, esp: str, psk: str = PSK) -> Driver:
+    def driver(self, proposals: str, esp: str, psk: str = PSK, us: str = US, them: str = THEM) -> Driver:
         ike = Ike()
         ike.add_peer(
             PeerConfig(
-                "ch", US, THEM, psk.encode(), local_id="ipsecd.example", remote_id="charon.example",
+                "ch", us, them, psk.encode(), local_id="ipsecd.example", remote_id="charon.example",
                 local_nets=(US_NET,), remote_nets=(THEM_NET,), proposals=(proposals,), esp_proposals=(esp,),
             )
         )  # fmt: skip
-        return Driver(ike, self.us.name, US)
+        return Driver(ike, self.us.name, us)
 
 
 @pytest.fixture
@@ -59,7 +62,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     if why is not None:
         pytest.skip(f"charon interop skipped: {why}")
     with Netns("ikc") as us, Netns("ikc") as them:
-        veth_pair(us, them, f"{US}/24", f"{THEM}/24")
+        veth_pair(us, them, [f"{US}/24", f"{US6}/64"], [f"{THEM}/24", f"{THEM6}/64"])
         us.check(["ip", "addr", "add", "10.91.1.1/32", "dev", "lo"])
         them.check(["ip", "addr", "add", "10.91.2.1/32", "dev", "lo"])
         charon = Charon(f"ikc{os.getpid() % 100000}-{next(_count)}", them.name, tmp_path)
@@ -289,3 +292,109 @@ def test_through_a_nat(tmp_path: Path, masq: str) -> None:
         finally:
             charon.stop()
             subprocess.run([str(HERE / "nat.sh"), "down"], env=env, capture_output=True)
+
+
+def _charon_pid(s: Setup) -> int:
+    info = s.charon.run("info")
+    found = re.search(r"pid=(\d+)", info)
+    assert found is not None, info
+    return int(found.group(1))
+
+
+def test_charon_stopped_during_the_handshake(setup: Setup) -> None:
+    """charon SIGSTOPped while we initiate, resumed 4 s later: our retransmissions and its retransmit
+    detection leave exactly one IKE SA and one CHILD SA on each side."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    pid = _charon_pid(setup)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            d.call(lambda ike, now: ike.initiate("ch", now))
+            time.sleep(4)  # we send at 0, 1, 3 s
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert d.wait(lambda: bool(d.events(ChildUp)), 20), (d.ike.drops, setup.charon.log(30))
+        time.sleep(2)
+        sas = setup.charon.sas()
+        assert sas.count("state=ESTABLISHED") == 1 and sas.count("state=INSTALLED") == 1, sas
+        assert len(d.events(ChildUp)) == 1 and len(d.ike.sas) == 1 and not d.events(ChildDown)
+        (up,) = d.events(ChildUp)
+        assert _charon_child(sas) == (up.spi_out, up.spi_in)
+    finally:
+        d.close()
+
+
+def test_restart_initial_contact_clears_charons_stale_sa(setup: Setup) -> None:
+    """We lose all state (a new Ike, as after kill -9) and initiate again: INITIAL_CONTACT makes charon
+    drop the stale IKE SA, leaving only the new one."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        old = _up(setup, d, "ipsecd")
+    finally:
+        d.close()
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16")
+    try:
+        d.call(lambda ike, now: ike.initiate("ch", now))
+        assert d.wait(lambda: bool(d.events(ChildUp)), 20), setup.charon.log(30)
+        (new,) = d.events(ChildUp)
+
+        def only_new() -> bool:
+            sas = setup.charon.sas()
+            return sas.count("state=ESTABLISHED") == 1 and f"spi-in={new.spi_out:08x}" in sas
+
+        assert d.wait(only_new, 10), setup.charon.sas()
+        assert f"spi-in={old.spi_out:08x}" not in setup.charon.sas()
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+@pytest.mark.parametrize("mismatch", ["ike", "esp", "ts"])
+def test_failures_leave_no_sa(setup: Setup, initiator: str, mismatch: str) -> None:
+    """NO_PROPOSAL_CHOSEN (IKE or ESP) and TS_UNACCEPTABLE: a one-line reason on our side and no IKE SA
+    left on either side."""
+    ike, esp = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
+    theirs_ike = "aes256-sha256-modp2048" if mismatch == "ike" else ike
+    theirs_esp = "aes256-sha256" if mismatch == "esp" else esp
+    them_net = "10.91.3.0/24" if mismatch == "ts" else US_NET  # what charon wants of our side
+    setup.charon.load(
+        LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+        LOCAL_NET=THEM_NET, REMOTE_NET=them_net, PSK=PSK, PROPOSALS=theirs_ike, ESP_PROPOSALS=theirs_esp,
+    )  # fmt: skip
+    d = setup.driver(ike, esp)
+    try:
+        if initiator == "charon":
+            out = setup.charon.swanctl("--initiate", "--child", "net", "--timeout", "15", timeout=40)
+            assert "initiate completed successfully" not in out
+        else:
+            d.call(lambda i, now: i.initiate("ch", now))
+        want = {"ike": "NO_PROPOSAL_CHOSEN", "esp": "NO_PROPOSAL_CHOSEN", "ts": "TS_UNACCEPTABLE"}[mismatch]
+        assert d.wait(lambda: (d.ike.peers()[0].reason or "").startswith(want), 20), (
+            d.ike.peers(), setup.charon.log(30)
+        )  # fmt: skip
+        reason = d.ike.peers()[0].reason or ""
+        assert "\n" not in reason
+        if initiator == "charon" and mismatch == "ike":
+            assert reason == f"NO_PROPOSAL_CHOSEN (ours: {ike}; theirs: aes256-sha256-prfsha256-modp2048)"
+        assert d.wait(lambda: not d.ike.sas and "ESTABLISHED" not in setup.charon.sas(), 15), (
+            d.ike.sas, setup.charon.sas()
+        )  # fmt: skip
+        assert not d.events(ChildUp)
+        assert d.ike.peers()[0].state == "down"
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+def test_ipv6_outer(setup: Setup, initiator: str) -> None:
+    """IKE over IPv6 (NAT-D hashes over 16-byte addresses, RFC 7296 §2.23), IPv4 traffic selectors."""
+    setup.load("aes128gcm16-prfsha256-x25519", "aes128gcm16", us=US6, them=THEM6)
+    d = setup.driver("aes128gcm16-prfsha256-x25519", "aes128gcm16", us=US6, them=THEM6)
+    try:
+        up = _up(setup, d, initiator)
+        assert (up.local_addr, up.remote_addr) == (US6, THEM6)
+        assert f"remote-host={US6}" in setup.charon.sas() and not d.ike.drops
+    finally:
+        d.close()

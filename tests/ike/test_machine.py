@@ -274,6 +274,11 @@ def test_retransmitted_requests_answered_from_cache() -> None:
     (again,) = [e for e in p.b.events() if isinstance(e, Send)]
     assert again.data == auth_resp.data and p.b.drops["retransmitted_request"] == 2
     assert len(p.up("b")) == 1
+    # a late copy of the IKE_SA_INIT request after establishment: the same response, no new SA
+    init_req = next(s for who, s in p.wire if who == "a")
+    p.b.datagram_received(init_req.data, init_req.remote, init_req.local, p.now)
+    (again,) = [e for e in p.b.events() if isinstance(e, Send)]
+    assert again.data == b_sent[0] and len(p.b.sas) == 1 and p.b.drops["retransmitted_request"] == 3
 
 
 def test_delete() -> None:
@@ -381,12 +386,12 @@ def test_garbage_into_an_established_sa_is_a_counted_drop() -> None:
 
 def test_create_child_sa_refused_with_no_additional_sas() -> None:
     """Rekeying is part 2: a CREATE_CHILD_SA request is answered (NO_ADDITIONAL_SAS), the SA stays up."""
-    from ipsec_tunnel.ike import handlers
+    from ipsec_tunnel.ike import exchange
 
     p = Pair()
     established(p)
     (sa,) = p.a.sas.values()
-    handlers.send_request(p.a, sa, "rekey", Exchange.CREATE_CHILD_SA, [(Payload.NONCE, b"n" * 32)], p.now)
+    exchange.send_request(p.a, sa, "rekey", Exchange.CREATE_CHILD_SA, [(Payload.NONCE, b"n" * 32)], p.now)
     (req,) = [e for e in p.a.events() if isinstance(e, Send)]
     p.b.datagram_received(req.data, req.remote, req.local, p.now)
     (resp,) = [e for e in p.b.events() if isinstance(e, Send)]
@@ -400,3 +405,22 @@ def test_create_child_sa_refused_with_no_additional_sas() -> None:
     (note,) = m.parse_chain(plain, chain.sk_next).payloads
     assert m.decode_notify(note.body).ntype == Notify.NO_ADDITIONAL_SAS
     assert p.b.drops == {"create_child_refused": 1} and p.status("b").state == "established"
+
+
+def test_half_open_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_HALF_OPEN responder SAs waiting for IKE_AUTH, IKE_SA_INIT requests are dropped."""
+    from ipsec_tunnel.ike import sa_init
+
+    monkeypatch.setattr(sa_init, "MAX_HALF_OPEN", 2)
+    p = Pair()
+    inits = []
+    for _ in range(3):
+        p.a.initiate("tob", 0.0)
+        inits += [e for e in p.a.events() if isinstance(e, Send)]
+        p.a.terminate("tob", 0.0)
+        p.a.events()
+    for s in inits:
+        p.b.datagram_received(s.data, s.remote, s.local, 0.0)
+    assert len(p.b.sas) == 2 and p.b.drops["half_open_limit"] == 1
+    p.b.handle_timer(31.0)
+    assert not p.b.sas and p.b.drops["half_open_expired"] == 2

@@ -17,12 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import handlers
-from .config import PeerConfig, esp_specs, ike_specs
+from .config import IkeConfigError, PeerConfig, esp_specs, ike_specs
 from .crypto import DhError
 from .events import ChildDown, Event, PeerStatus, Send
+from .exchange import send_delete_ike
 from .message import Malformed, UnsupportedCritical, parse_header
 from .proposals import Spec, name
 from .sa import IkeSa, State
+from .sa_init import start_initiator
 
 
 @dataclass
@@ -49,7 +51,9 @@ class Ike:
         self.drops: Counter[str] = Counter()
         self.peers_by_name: dict[str, PeerEntry] = {}
         self.sas: dict[int, IkeSa] = {}  # by our SPI
-        self.half_open: dict[tuple[str, int, int], IkeSa] = {}  # responder: (remote ip, port, SPIi)
+        # responder IKE SAs by their IKE_SA_INIT's (remote ip, port, SPIi), kept while the SA lives so
+        # that a retransmitted IKE_SA_INIT gets the same response (§2.1)
+        self.by_init: dict[tuple[str, int, int], IkeSa] = {}
         self.child_spis: set[int] = set()
         self._next_child = 1
         self._events: list[Event] = []
@@ -58,8 +62,6 @@ class Ike:
 
     def add_peer(self, cfg: PeerConfig) -> None:
         """Adds a peer; raises IkeConfigError on a duplicate name or a bad value."""
-        from .config import IkeConfigError
-
         cfg.validate()
         if cfg.name in self.peers_by_name:
             raise IkeConfigError(f"peer '{cfg.name}' exists")
@@ -81,7 +83,7 @@ class Ike:
             return
         if entry.sa is not None and entry.sa.state not in (State.DEAD, State.DELETING):
             return
-        handlers.start_initiator(self, entry, now)
+        start_initiator(self, entry, now)
 
     def terminate(self, name: str, now: float) -> None:
         """Deletes the peer's IKE SA (INFORMATIONAL DELETE when established)."""
@@ -92,7 +94,7 @@ class Ike:
         entry.sa = None
         entry.reason = "terminated"
         if sa.established:
-            handlers.send_delete_ike(self, sa, now)
+            send_delete_ike(self, sa, now)
         else:
             self.forget(sa, "terminated")
         self.emit_status(entry)
@@ -191,10 +193,9 @@ class Ike:
         sa.state = State.DEAD
         sa.pending = None
         self.sas.pop(sa.our_spi, None)
-        self.half_open.pop((sa.remote[0], sa.remote[1], sa.spi_i), None)
-        for k, v in list(self.half_open.items()):
+        for k, v in list(self.by_init.items()):
             if v is sa:
-                del self.half_open[k]
+                del self.by_init[k]
         if sa.child is not None:
             c = sa.child
             sa.child = None
