@@ -62,9 +62,10 @@ class NatTraversal:
             out = sad.for_tunnel(src, dst, 0)
             if out is None or out.config.encap is None:
                 return None
-            if out.config.encap.dport == sport:
-                return None
             was = out.config.encap.dport
+            if was == sport:  # as configured: remembered, so the next batch needs one look-up only
+                self.ports[(src, dst)] = sport
+                return None
         head = items[0]
         if len(head) < 8:
             return None

@@ -47,7 +47,8 @@ class _Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
-        self.out = bytearray()  # response bytes the client has not taken yet
+        self.out = b""  # the response the client has not taken whole yet ...
+        self.sent = 0  # ... of which it took this many bytes
         self.waiting = False  # watched for writability
         self.since = time.monotonic()
 
@@ -153,9 +154,10 @@ class ControlServer:
         """Send what the socket takes now; watch for writability while the rest waits. False: dropped."""
         try:
             while client.out:
-                sent = client.sock.send(client.out)
-                del client.out[:sent]
+                client.sent += client.sock.send(memoryview(client.out)[client.sent :])
                 client.since = time.monotonic()
+                if client.sent == len(client.out):
+                    client.out, client.sent = b"", 0
         except BlockingIOError:
             pass
         except OSError:
@@ -199,7 +201,7 @@ class ControlServer:
                     return False
                 client.since = time.monotonic()
                 continue
-            client.out += self.answer(line)
+            client.out = self.answer(line)
             if not self._flush(fd, client):
                 return False
         return True
