@@ -270,7 +270,7 @@ class Manager:
 
     def _check_nextdev(self, nextdev: str | None) -> None:
         """Refuse a --nextdev that names no network device here."""
-        if nextdev is not None and not self.devices.exists(nextdev):
+        if nextdev and not self.devices.exists(nextdev):
             raise SAError(f"No such device for --nextdev: {nextdev}", "ENODEV")
 
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
