@@ -13,11 +13,11 @@ from .test_engine import inner_packet, make_pair
 def test_marked_datagrams_go_to_the_hook_not_the_drop_counter() -> None:
     pair = make_pair(encap=UdpEncap())
     a, b = packed(pair.a_addr), packed(pair.b_addr)
-    got: list[tuple[bytes, bytes, bytes]] = []
-    pair.b.on_non_esp = lambda src, dst, msg: got.append((src, dst, msg))
-    assert pair.b.receive_udp(a, b, bytes(4) + b"IKE message", 1.0) is None
+    got: list[tuple[bytes, bytes, int | None, bytes]] = []
+    pair.b.on_non_esp = lambda src, dst, sport, msg: got.append((src, dst, sport, msg))
+    assert pair.b.receive_udp(a, b, bytes(4) + b"IKE message", 1.0, sport=40000) is None
     assert pair.b.receive_udp(a, b, b"\xff", 1.0) is None  # a keepalive stays a keepalive
-    assert got == [(a, b, b"IKE message")]
+    assert got == [(a, b, 40000, b"IKE message")]
     assert sum(pair.b.rx_drops.values()) == 0 and pair.b.keepalives == 1
 
 
@@ -25,7 +25,7 @@ def test_batch_with_ike_and_esp() -> None:
     pair = make_pair(encap=UdpEncap())
     a, b = packed(pair.a_addr), packed(pair.b_addr)
     got: list[bytes] = []
-    pair.b.on_non_esp = lambda src, dst, msg: got.append(msg)
+    pair.b.on_non_esp = lambda src, dst, sport, msg: got.append(msg)
     inner = inner_packet(4, 60)
     sent = pair.a.send("t0", inner, 1.0)
     esp = getattr(sent, "payload")  # noqa: B009 - Outbound

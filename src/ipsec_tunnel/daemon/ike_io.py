@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..core.engine import NAT_KEEPALIVE, NON_ESP_MARKER
+from ..core.engine import NON_ESP_MARKER
 from ..linux.sockets import UdpEncap
 from .dataplane import DataPlane
 from .ike_runner import IKE_PORT, PER_TURN, IkeRunner
@@ -37,7 +37,6 @@ class IkeIo:
         self.port = port
         self.sockets: dict[int, UdpEncap] = {}
         runner.send = self.send
-        runner.keepalive = self.keepalive
 
     def open(self) -> None:
         """Open UDP `port` (IPv4 and, where available, IPv6), take IKE from the encapsulation port, and
@@ -76,9 +75,10 @@ class IkeIo:
                 return
             self.runner.datagram(d.payload, (_text(d.dst), self.port), (_text(d.src), d.sport))
 
-    def on_non_esp(self, src: bytes, dst: bytes, message: bytes) -> None:
+    def on_non_esp(self, src: bytes, dst: bytes, sport: int | None, message: bytes) -> None:
         """An IKE message from the encapsulation port (the engine stripped the marker)."""
-        self.runner.datagram(message, (_text(dst), self.plane.udp_port), (_text(src), self.plane.udp_sport))
+        port = self.plane.udp_port
+        self.runner.datagram(message, (_text(dst), port), (_text(src), sport if sport is not None else port))
 
     def send(self, local: tuple[str, int], remote: tuple[str, int], data: bytes) -> None:
         """Send an IKE message from `local` to `remote`: on the encapsulation port with the marker."""
@@ -94,16 +94,6 @@ class IkeIo:
         except OSError as exc:
             self.runner.drops["send_failed"] += 1
             log.debug("IKE send to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
-
-    def keepalive(self, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        """Send a NAT keepalive (RFC 3948 §2.3: one 0xFF byte) from the encapsulation port."""
-        sock = self.plane.udp.get(ipaddress.ip_address(remote[0]).version)
-        if sock is None:
-            return
-        try:
-            sock.send(remote[0], remote[1], NAT_KEEPALIVE, src=local[0])
-        except OSError as exc:
-            log.debug("NAT keepalive to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
 
     def handler(self, fallback: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
         """The control handler: `ike.*` here, the rest by `fallback` (with IKE's additions)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..control.protocol import ProtocolError, arg
 from ..core.drops import Drop
-from ..core.sa import SAError
+from ..core.sa import KEEPALIVE, SAError
 from ..core.tunnel import check_name
 from ..linux import routes as kernel_routes
 from .ike_store import IkeStore
@@ -32,7 +32,6 @@ INBOX_MAX = 512  # IKE datagrams queued for the next loop turns; more are droppe
 PER_TURN = 8  # at most this many IKE datagrams per loop turn ...
 TURN_BUDGET = 0.001  # ... and no more once this many seconds went into them (one MODP DH is ~2 ms):
 # a flood of IKE_SA_INIT delays a data-plane packet by about one Diffie-Hellman, not by a queue of them
-KEEPALIVE_INTERVAL = 20.0  # seconds between NAT keepalives from behind a NAT (RFC 3948 §4, strongSwan's)
 STARTS = ("none", "now", "on-traffic")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
@@ -73,8 +72,6 @@ class Child:
     remote_ts: str
     cipher: str
     encap: tuple[int, int] | None
-    nat_local: bool = False  # we are behind a NAT: keepalives keep its mapping
-    keepalive_at: float = 0.0  # when the last NAT keepalive went
 
 
 @dataclass
@@ -109,7 +106,6 @@ class IkeRunner:
         store: IkeStore | None,
         *,
         send: SendFn | None = None,
-        keepalive: Callable[[Address, Address], None] | None = None,
         routes: Routes | None = None,
         clock: Callable[[], float] = time.monotonic,
         key_log: Callable[[dict[str, Any]], None] | None = None,
@@ -120,7 +116,6 @@ class IkeRunner:
         self.manager = manager
         self.store = store
         self.send: SendFn = send or (lambda local, remote, data: None)
-        self.keepalive = keepalive or (lambda local, remote: None)
         self.routes = routes or Routes()
         self.clock = clock
         self.peers: dict[str, Peer] = {}
@@ -164,14 +159,7 @@ class IkeRunner:
         return now if self.inbox else self.deadline
 
     def every_second(self) -> None:
-        """NAT keepalives that are due; `on-traffic` peers whose device has had packets to send but no
-        SA are started."""
-        now = self.clock()
-        for peer in self.peers.values():
-            for c in peer.children.values():
-                if c.nat_local and c.encap is not None and now - c.keepalive_at >= KEEPALIVE_INTERVAL:
-                    c.keepalive_at = now
-                    self.keepalive((c.local_addr, c.encap[0]), (c.remote_addr, c.encap[1]))
+        """Start `on-traffic` peers whose device has had packets to send but no SA."""
         engine = self.manager.engine
         for peer in self.peers.values():
             if peer.record.get("start") != "on-traffic" or peer.children or peer.device is None:
@@ -234,15 +222,16 @@ class IkeRunner:
             return
         aead = ev.digest is None
         encap = None
-        if ev.encap is not None:
-            encap = {"sport": int(ev.encap[0]), "dport": int(ev.encap[1])}
+        if ev.encap is not None:  # NAT-keepalives (the engine's) only from behind a NAT, RFC 3948 §4
+            keepalive = KEEPALIVE if ev.nat_local else 0
+            encap = {"sport": int(ev.encap[0]), "dport": int(ev.encap[1]), "keepalive": keepalive}
         common: dict[str, Any] = {"cipher": ev.cipher, "digest": ev.digest}
         if aead:
             common["digest_bits"] = ev.icv_bits
         inbound = {
             **common, "spi": ev.spi_in, "dst": ev.local_addr, "src": ev.remote_addr,
             "cipher_key": _hex(ev.key_in), "digest_key": _hex(ev.auth_key_in),
-            "encap": {"sport": encap["dport"], "dport": encap["sport"]} if encap else None,
+            "encap": {"sport": encap["dport"], "dport": encap["sport"], "keepalive": 0} if encap else None,
         }  # fmt: skip
         outbound = {
             **common, "spi": ev.spi_out, "dst": ev.remote_addr, "src": ev.local_addr,
@@ -269,7 +258,7 @@ class IkeRunner:
             return
         child = Child(
             ev.child_id, ev.spi_in, ev.spi_out, ev.local_addr, ev.remote_addr, ev.local_ts, ev.remote_ts,
-            ev.cipher, tuple(ev.encap) if ev.encap else None, bool(ev.nat_local), self.clock(),
+            ev.cipher, tuple(ev.encap) if ev.encap else None,
         )  # fmt: skip
         peer.children[ev.child_id] = child
         self._bind(peer, child)

@@ -224,7 +224,7 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         if ike is not None:
             ike.runner.restore()
             handle = ike.handler(manager.handle)
-        server = ControlServer(args.socket, handle, plane.watch, plane.unwatch)
+        server = ControlServer(args.socket, handle, plane.watch, plane.unwatch, plane.writable)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             plane.running = False
