@@ -120,6 +120,8 @@ def test_through_nat_ipsecd_inside(tmp_path: object) -> None:
         assert show["remote_seen"] == f"{p.C_OUT}:4500"  # IKE moved to 4500
         sas = _sas(p)
         assert all(s["encap"] for s in sas)
+        outbound = [s for s in sas if s["src"] == p.D_OUT]
+        assert [s["encap"]["keepalive"] for s in outbound] == [20]  # behind the NAT: keepalives (RFC 3948 §4)
         p.ping_both()
 
 
@@ -139,7 +141,7 @@ def test_through_nat_charon_inside_random_ports() -> None:
         sas = _sas(p)
         outbound = [s for s in sas if s["src"] == p.D_OUT]
         assert len(outbound) == 1 and outbound[0]["dst"] == "198.51.100.1"
-        assert outbound[0]["encap"] == {"sport": 4500, "dport": int(port)}
+        assert outbound[0]["encap"] == {"sport": 4500, "dport": int(port), "keepalive": 0}  # not behind it
         tunnel = json.loads(p.d.adm("tunnel", "show", "-j").stdout)
         assert [t["remote"] for t in tunnel] == ["198.51.100.1"]
         p.ping_both()
