@@ -398,3 +398,30 @@ def test_ipv6_outer(setup: Setup, initiator: str) -> None:
         assert f"remote-host={US6}" in setup.charon.sas() and not d.ike.drops
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("initiator", ["charon", "ipsecd"])
+def test_narrowing(setup: Setup, initiator: str) -> None:
+    """The initiator asks for 10.91.0.0/16 on our side, the responder has only 10.91.1.0/24: the
+    responder narrows (RFC 7296 §2.9) and both sides install the /24."""
+    wide = "10.91.0.0/16"
+    them_net = wide if initiator == "charon" else US_NET  # charon's idea of our side
+    setup.charon.load(
+        LOCAL_ADDR=THEM, REMOTE_ADDR=US, LOCAL_ID="charon.example", REMOTE_ID="ipsecd.example",
+        LOCAL_NET=THEM_NET, REMOTE_NET=them_net, PSK=PSK,
+    )  # fmt: skip
+    ike = Ike()
+    ike.add_peer(
+        PeerConfig(
+            "ch", US, THEM, PSK.encode(), local_id="ipsecd.example", remote_id="charon.example",
+            local_nets=(US_NET if initiator == "charon" else wide,), remote_nets=(THEM_NET,),
+            proposals=("aes128gcm16-prfsha256-x25519",), esp_proposals=("aes128gcm16",),
+        )
+    )  # fmt: skip
+    d = Driver(ike, setup.us.name, US)
+    try:
+        up = _up(setup, d, initiator)
+        assert "local-ts=[10.91.2.0/24] remote-ts=[10.91.1.0/24]" in setup.charon.sas()
+        assert up.local_ts == US_NET
+    finally:
+        d.close()

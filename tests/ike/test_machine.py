@@ -206,6 +206,8 @@ def test_ts_unacceptable() -> None:
     p = Pair(b_kw={"local_nets": ("10.9.0.0/16",)})
     p.a.initiate("tob", 0.0)
     p.pump()
+    for who in "ab":  # never shown as established on the way down
+        assert [s.state for s in p.of(who, PeerStatus)] == ["connecting", "down"], p.of(who, PeerStatus)
     assert (p.status("a").reason or "").startswith("TS_UNACCEPTABLE")
     assert (p.status("b").reason or "").startswith("TS_UNACCEPTABLE")
     assert not p.up("a") and not p.up("b") and not p.a.sas and not p.b.sas

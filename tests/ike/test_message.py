@@ -139,3 +139,41 @@ def test_fuzz_mutated_messages(data: st.DataObject) -> None:
     ike.events()
     assert ike.peers()[0].state == "established"
     assert ike.drops["internal_error"] == 0
+
+
+_transform = st.builds(
+    m.Transform,
+    st.integers(1, 5),
+    st.integers(0, 65535),
+    st.one_of(st.none(), st.integers(0, 65535)),
+)
+_proposal = st.builds(
+    m.Proposal,
+    st.integers(1, 255),
+    st.integers(1, 3),
+    st.binary(max_size=8),
+    st.lists(_transform, min_size=1, max_size=6).map(tuple),
+)
+_port = st.integers(0, 65535)
+_v4, _v6 = st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)
+_ts = st.one_of(
+    st.builds(m.TrafficSelector, st.just(7), st.integers(0, 255), _port, _port, _v4, _v4),
+    st.builds(m.TrafficSelector, st.just(8), st.integers(0, 255), _port, _port, _v6, _v6),
+)
+
+
+@given(st.lists(_proposal, min_size=1, max_size=4))
+def test_sa_codec_round_trip_property(proposals: list[m.Proposal]) -> None:
+    assert m.decode_sa(m.encode_sa(proposals)) == proposals
+
+
+@given(st.lists(_ts, max_size=5))
+def test_ts_codec_round_trip_property(selectors: list[m.TrafficSelector]) -> None:
+    assert m.decode_ts(m.encode_ts(selectors)) == selectors
+
+
+@given(st.lists(st.tuples(st.sampled_from([p for p in Payload if p not in (Payload.NONE, Payload.SK)]),
+                          st.binary(max_size=40)), max_size=6))  # fmt: skip
+def test_chain_round_trip_property(payloads: list[tuple[int, bytes]]) -> None:
+    first, chain = m.encode_chain(payloads)
+    assert [(p.ptype, p.body) for p in m.parse_chain(chain, first).payloads] == payloads

@@ -111,6 +111,18 @@ def _established(ike: Ike, sa: IkeSa, initial_contact: bool, now: float) -> None
     ike.emit_status(entry)
 
 
+def _abandon(ike: Ike, sa: IkeSa, entry: PeerEntry, reason: str, now: float) -> None:
+    """An IKE SA the peer holds as established but we cannot use (no CHILD SA, or the responder's AUTH
+    failed): the peer goes down with `reason` and the IKE SA is deleted (INFORMATIONAL DELETE)."""
+    sa.state = State.ESTABLISHED
+    entry.contacted = True
+    if entry.sa is sa or entry.sa is None:
+        entry.sa = None
+        entry.reason = reason
+    send_delete_ike(ike, sa, now)
+    ike.emit_status(entry)
+
+
 def on_auth_request(
     ike: Ike, sa: IkeSa, hdr: m.Header, data: bytes, p: Payloads, local: Addr, remote: Addr, now: float
 ) -> None:
@@ -150,13 +162,10 @@ def on_auth_request(
     initial_contact = p.notify(Notify.INITIAL_CONTACT) is not None
     failure = _child_responder(ike, sa, entry, p, inner)
     respond(ike, sa, hdr.exchange, hdr.mid, inner)
-    _established(ike, sa, initial_contact, now)
-    if failure is not None:  # the IKE SA without its CHILD SA is of no use here: delete it
-        entry.reason = failure
-        if entry.sa is sa:
-            entry.sa = None
-        send_delete_ike(ike, sa, now)
-        ike.emit_status(entry)
+    if failure is None:
+        _established(ike, sa, initial_contact, now)
+    else:
+        _abandon(ike, sa, entry, failure, now)
 
 
 def _child_responder(ike: Ike, sa: IkeSa, entry: PeerEntry, p: Payloads, inner: Inner) -> str | None:
@@ -219,21 +228,15 @@ def on_auth_response(
     id_ok = sa.cfg.remote_id is None or identity(sa.cfg.remote_id, sa.cfg.remote_addr) == (id_type, id_data)
     if method != AuthMethod.SHARED_KEY_MIC or not equal(auth, expected) or not id_ok:
         why = "" if id_ok else f" (identity {describe_id(id_type, id_data)} is not {sa.cfg.remote_id})"
-        reason = "AUTHENTICATION_FAILED (the responder's AUTH did not verify)" + why
-        sa.state = State.ESTABLISHED  # authenticated on their side: tell them (§2.21.2)
-        entry.sa = None
-        entry.reason = reason
-        send_delete_ike(ike, sa, now)
-        ike.emit_status(entry)
+        # authenticated on their side: tell them (§2.21.2)
+        _abandon(ike, sa, entry, "AUTHENTICATION_FAILED (the responder's AUTH did not verify)" + why, now)
         return
     initial_contact = p.notify(Notify.INITIAL_CONTACT) is not None
     failure = _child_initiator(ike, sa, entry, p, err)
-    _established(ike, sa, initial_contact, now)
-    if failure is not None:
-        entry.reason = failure
-        entry.sa = None
-        send_delete_ike(ike, sa, now)
-        ike.emit_status(entry)
+    if failure is None:
+        _established(ike, sa, initial_contact, now)
+    else:
+        _abandon(ike, sa, entry, failure, now)
 
 
 def _child_initiator(
