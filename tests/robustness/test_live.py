@@ -102,8 +102,9 @@ def stats(host: IpsecHost) -> dict[str, Any]:
 
 
 def rx_total(s: dict[str, Any]) -> int:
-    """Every received datagram the daemon accounted for: accepted, each drop reason, keepalives."""
-    return int(sum(s["receive"].values()) + s["keepalives"])
+    """Every received datagram the daemon accounted for: accepted, each drop reason, keepalives, and the
+    IKE messages (the non-ESP marker on 4500) handed to IKE."""
+    return int(sum(s["receive"].values()) + s["keepalives"] + s.get("ike", {}).get("received", 0))
 
 
 def daemon_pid(host: IpsecHost) -> int:

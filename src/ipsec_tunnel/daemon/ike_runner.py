@@ -128,7 +128,9 @@ class IkeRunner:
     # -- input -----------------------------------------------------------------------------------------
 
     def datagram(self, data: bytes, local: Address, remote: Address) -> None:
-        """Queue an IKE message (the non-ESP marker already stripped) for the next loop turn."""
+        """Queue an IKE message (the non-ESP marker already stripped) for the next loop turn; counted
+        as received at once (and as dropped, `queue_full`, when the queue is full)."""
+        self.received += 1
         if len(self.inbox) >= INBOX_MAX:
             self.drops["queue_full"] += 1
             return
@@ -144,7 +146,6 @@ class IkeRunner:
                 if worked and self.clock() - started >= TURN_BUDGET:
                     break
                 data, local, remote = self.inbox.popleft()
-                self.received += 1
                 self.ike.datagram_received(data, local, remote, now)
                 worked = True
             if self.deadline is not None and now >= self.deadline:
@@ -440,7 +441,8 @@ class IkeRunner:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """IKE counters for `stats`: datagrams handled and dropped, by reason."""
+        """IKE counters for `stats`: datagrams received (on 500, and with the non-ESP marker on 4500) and
+        those dropped, by reason."""
         drops = dict(self.drops)
         for reason, n in getattr(self.ike, "drops", {}).items():
             drops[reason] = drops.get(reason, 0) + n
