@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -409,6 +409,14 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.NO_TUNNEL] = 1
     assert b.receive_udp(a_p, b_p, bytes(4) + b"ike", 1.0) is Drop.NON_ESP
     expected[Drop.NON_ESP] = 1
+    assert b.receive_udp(a_p, b_p, send(pair, inner_packet()).payload, 1.0) is Drop.ENCAP_MISMATCH
+    expected[Drop.ENCAP_MISMATCH] = 1
+    duplex = replace(_config(pair.b_addr, pair.a_addr, "aes-gcm", duplex=True), spi=0x2002)
+    b.sad.add(SecurityAssociation(duplex, 0.0))
+    own = SecurityAssociation(duplex.reversed(), 0.0).encrypt(inner_packet(), esp.NH_IPV4, 1.0, b._emit)
+    assert isinstance(own, bytes)
+    assert b.receive(a_p, b_p, own, 1.0) is Drop.WRONG_DIRECTION  # B's own packet sent back to it
+    expected[Drop.WRONG_DIRECTION] = 1
     late = send(pair, inner_packet(), 1.0)
     assert b.receive(a_p, b_p, late.payload, 1001.0) is Drop.EXPIRED
     expected[Drop.EXPIRED] = 1
@@ -472,3 +480,80 @@ def test_tick_raises_lifetime_events() -> None:
 
 def test_addresses_helper() -> None:
     assert packed("10.0.0.1") == ipaddress.ip_address("10.0.0.1").packed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --duplex reflections and check-then-commit (protocol review finding 1, issue 11 item 7)
+
+
+def _reflect(pair: Pair, out: Outbound) -> tuple[bytes, bytes, bytes]:
+    """(outer source, destination, ESP) of A's packet `out` sent back to A as if B had sent it."""
+    return packed(pair.b_addr), packed(pair.a_addr), out.payload
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
+def test_duplex_counter_mode_drops_its_own_packets_sent_back(cipher: str) -> None:
+    """A packet of A's sent back to A with B's address has A's direction bit: dropped before the ICV,
+    one by one and in a batch, and A's window does not move, so B's own numbers still pass."""
+    pair = make_pair(cipher=cipher, duplex=True)
+    own = [send(pair, inner_packet()) for _ in range(300)]
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    assert pair.a.receive(*_reflect(pair, own[-1]), 1.0) is Drop.WRONG_DIRECTION
+    deliver_, _ = pair.a.receive_batch(
+        packed(pair.b_addr), packed(pair.a_addr), [o.payload for o in own[100:200]], 1.0
+    )
+    assert deliver_ == {}
+    assert pair.a.rx_drops[Drop.WRONG_DIRECTION] == 101
+    assert inbound.drops[Drop.WRONG_DIRECTION] == 101
+    assert inbound.replay.top == 0
+    from_b = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    assert isinstance(from_b, Outbound)
+    assert isinstance(pair.a.receive(from_b.src, from_b.dst, from_b.payload, 1.0), Deliver)
+
+
+@pytest.mark.parametrize("cipher", ["aes-cbc", "aes-gcm"])
+def test_policy_drop_leaves_the_replay_window_alone(cipher: str) -> None:
+    """A packet the inner policy refuses does not move the window (the review's script: A sends 300,
+    B sends 1; A's packet #300 sent back to A as B's would make B's #2 'replayed')."""
+    pair = make_pair(cipher=cipher)
+    pair.a.tunnels.change("t0", peer_nets=("192.168.2.0/24",))  # B's inner network only
+    own = [send(pair, inner_packet()) for _ in range(300)]
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    # make_pair's SAs share one key both ways without --duplex: A's packets authenticate at A, as an
+    # authentic packet from outside --peer-net would (CBC could not tell them apart even with --duplex).
+    assert pair.a.receive(*_reflect(pair, own[-1]), 1.0) is Drop.POLICY
+    batch = [o.payload for o in own[200:299]]
+    pair.a.receive_batch(packed(pair.b_addr), packed(pair.a_addr), batch, 1.0)
+    assert pair.a.rx_drops[Drop.POLICY] == 100
+    assert pair.a.stats_for("t0").rx_drops[Drop.POLICY] == 100
+    assert inbound.replay.top == 0
+    first = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    second = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    assert isinstance(first, Outbound) and isinstance(second, Outbound)
+    for out in (second, first):
+        assert isinstance(pair.a.receive(out.src, out.dst, out.payload, 1.0), Deliver)
+
+
+def test_encapsulation_is_checked_on_receive() -> None:
+    """A raw-ESP SA refuses ESP-in-UDP and an --encap=udp SA raw ESP, one by one and in batches,
+    counted per SA (newcomer trial finding 15)."""
+    raw, udp = make_pair(), make_pair(encap=UdpEncap())
+    for pair, wrong_udp in ((raw, True), (udp, False)):
+        outs = [send(pair, inner_packet()) for _ in range(3)]
+        a_p, b_p = packed(pair.a_addr), packed(pair.b_addr)
+        if wrong_udp:
+            assert pair.b.receive_udp(a_p, b_p, outs[0].payload, 1.0) is Drop.ENCAP_MISMATCH
+        else:
+            assert pair.b.receive(a_p, b_p, outs[0].payload, 1.0) is Drop.ENCAP_MISMATCH
+        got, _ = pair.b.receive_batch(a_p, b_p, [o.payload for o in outs[1:]], 1.0, udp=wrong_udp)
+        assert got == {}
+        got, _ = pair.b.receive_batch(a_p, b_p, [outs[1].payload], 1.0, udp=wrong_udp)  # one by one
+        assert got == {}
+        inbound = pair.b.sad.get(b_p, a_p, pair.ab.spi)
+        assert inbound is not None
+        assert inbound.drops[Drop.ENCAP_MISMATCH] == pair.b.rx_drops[Drop.ENCAP_MISMATCH] == 4
+        assert inbound.replay.top == 0
+        got, _ = pair.b.receive_batch(a_p, b_p, [o.payload for o in outs], 1.0, udp=not wrong_udp)
+        assert len(got["t0"]) == 3

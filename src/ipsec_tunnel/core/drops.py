@@ -21,6 +21,8 @@ class Drop(enum.Enum):
     POLICY = "policy"  # inner source outside the tunnel's --peer-net
     NON_ESP = "non_esp"  # RFC 3948 §2.2: non-ESP marker (IKE) on the encapsulation port; we run no IKE
     ECN = "ecn"  # RFC 6040 §4.2: CE outer with a Not-ECT inner must be dropped
+    WRONG_DIRECTION = "wrong_direction"  # a --duplex counter-mode IV with our own direction bit: reflected
+    ENCAP_MISMATCH = "encap_mismatch"  # raw ESP for an --encap=udp SA, or ESP-in-UDP for a raw-ESP SA
     # Send side.
     NO_SA = "no_sa"
     SEQ_EXHAUSTED = "seq_exhausted"
@@ -48,6 +50,8 @@ _LABELS: dict[Drop, str] = {
     Drop.POLICY: "inner address not allowed",
     Drop.NON_ESP: "non-ESP (IKE)",
     Drop.ECN: "ECN mismatch",
+    Drop.WRONG_DIRECTION: "own direction (reflected)",
+    Drop.ENCAP_MISMATCH: "encapsulation mismatch",
     Drop.NO_SA: "unknown SA",
     Drop.SEQ_EXHAUSTED: "sequence exhausted",
     Drop.TOO_BIG: "packet too big",
@@ -69,6 +73,8 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.POLICY,
     Drop.NON_ESP,
     Drop.ECN,
+    Drop.WRONG_DIRECTION,
+    Drop.ENCAP_MISMATCH,
     Drop.OTHER,
 )
 SEND_DROPS: tuple[Drop, ...] = (

@@ -314,8 +314,9 @@ class Engine:
             and (tos & ip.ECN_MASK) in (ip.ECN_NOT_ECT, ip.ECN_ECT0)
         )
         out: list[bytes] = deliver.setdefault(tunnel.name, []) if tunnel is not None else []
+        admit = tunnel.admit if tunnel is not None and tunnel.networks else None
         emit = self._emit
-        last_spi, sa = b"", None
+        last_spi, sa, mismatch = b"", None, False
         accepted = nbytes = 0
         items = payloads if isinstance(payloads, list) else list(payloads)
         # The common batch, ESP of one SA: decrypted in one call (the same checks, packet by packet).
@@ -327,8 +328,11 @@ class Engine:
             and all(p[:4] == first and len(p) >= HEADER_LEN for p in items)
         ):
             sa = self.sad.get(dst, src, int.from_bytes(first, "big"))
-            if sa is not None:
-                decrypted, others = sa.decrypt_many(items, now, emit)
+            if sa is not None and (sa.config.encap is not None) != udp:
+                self._encap_mismatch(sa, len(items))
+                items = []
+            elif sa is not None:
+                decrypted, others = sa.decrypt_many(items, now, emit, admit)
                 if fast and not others:  # whole inner IP packets, all of them: nothing to look at
                     whole = cast("list[bytes]", decrypted)
                     out += whole
@@ -351,13 +355,19 @@ class Engine:
                 else:
                     if spi != last_spi:
                         last_spi, sa = spi, self.sad.get(dst, src, int.from_bytes(spi, "big"))
+                        mismatch = sa is not None and (sa.config.encap is not None) != udp
                     if sa is None:
                         self._rx_drop(Drop.UNKNOWN_SA)
                         continue
-                    plain = sa.decrypt(esp, now, emit)
+                    if mismatch:
+                        self._encap_mismatch(sa, 1)
+                        continue
+                    plain = sa.decrypt(esp, now, emit, admit)
             if plain is not None:
                 if isinstance(plain, Drop):
-                    self._rx_drop(plain)
+                    self._rx_drop(
+                        plain, self.stats_for(tunnel.name) if plain is Drop.POLICY and tunnel else None
+                    )
                     continue
                 inner, nh = plain
                 # ip.parse() inlined for the common case; the rest goes the way receive() goes
@@ -386,6 +396,13 @@ class Engine:
             del deliver[tunnel.name]
         return deliver, rejects
 
+    def _encap_mismatch(self, sa: SecurityAssociation, count: int) -> Drop:
+        """Count `count` packets for `sa` that came with the other encapsulation (raw ESP for an
+        --encap=udp SA, or ESP-in-UDP for a raw-ESP one)."""
+        sa.drops[Drop.ENCAP_MISMATCH] += count
+        self.rx_drops[Drop.ENCAP_MISMATCH] += count
+        return Drop.ENCAP_MISMATCH
+
     def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None) -> Drop:
         self.rx_drops[reason] += 1
         if stats is not None:
@@ -401,20 +418,28 @@ class Engine:
             return None
         if payload[:4] == NON_ESP_MARKER:
             return self._rx_drop(Drop.NON_ESP)
-        return self.receive(src, dst, payload, now, tos)
+        return self.receive(src, dst, payload, now, tos, udp=True)
 
     def receive(
-        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0
+        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0, *, udp: bool = False
     ) -> Deliver | Reject | Drop:
-        """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses)."""
+        """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses), in a UDP
+        datagram (RFC 3948) with `udp`."""
         if len(esp) < HEADER_LEN:
             return self._rx_drop(Drop.MALFORMED)
         spi = int.from_bytes(esp[:4], "big")
         sa = self.sad.get(dst, src, spi)
         if sa is None:
             return self._rx_drop(Drop.UNKNOWN_SA)
-        result = sa.decrypt(esp, now, self._emit)
+        if (sa.config.encap is not None) != udp:
+            return self._encap_mismatch(sa, 1)
+        tunnel = self.tunnels.for_receive(dst, src)
+        result = sa.decrypt(
+            esp, now, self._emit, tunnel.admit if tunnel is not None and tunnel.networks else None
+        )
         if isinstance(result, Drop):
+            if result is Drop.POLICY and tunnel is not None:
+                return self._rx_drop(result, self.stats_for(tunnel.name))
             return self._rx_drop(result)
         return self._decrypted(src, dst, esp, result[0], result[1], now, tos)
 
