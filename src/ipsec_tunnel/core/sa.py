@@ -147,7 +147,7 @@ class SAConfig:
             # views differ and both hosts may pick the same bit: (key, nonce) pairs repeat.
             raise SAError(
                 f"--duplex with {cipher} and --encap=udp is refused: behind a NAT both hosts can send the "
-                "same (key, IV) pairs. Add one SA per direction instead, each with its own key"
+                "same (key, IV) pairs. Use one SA per direction, each with its own key, without --duplex"
             )
         hard = self.hard
         if cipher and find_cipher(cipher)[0].block == 8 and not 0 < hard.bytes <= SWEET32_BYTES:
