@@ -345,7 +345,7 @@ def test_spi_range_edges_are_allowed(spi: int) -> None:
         ({"encap": UdpEncap(0, 4500)}, "ports must be 1 to 65535"),
         ({"soft": Limits(packets=-1)}, "soft lifetimes must not be negative"),
         ({"hard": Limits(seconds=-1)}, "hard lifetimes must not be negative"),
-        ({"digest_bits": 64}, "must be 128 bits (RFC 4868"),
+        ({"digest_bits": 64}, "must be 128 bits \\(RFC 4868"),
     ],
 )  # fmt: skip
 def test_bad_configurations_are_refused_with_a_reason(changes: dict[str, object], message: str) -> None:
