@@ -557,3 +557,51 @@ def test_encapsulation_is_checked_on_receive() -> None:
         assert inbound.replay.top == 0
         got, _ = pair.b.receive_batch(a_p, b_p, [o.payload for o in outs], 1.0, udp=not wrong_udp)
         assert len(got["t0"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ICMP rate limits per destination, tokens spent only on messages (protocol review finding 8)
+
+
+def _too_big_from(pair: Pair, src: str, now: float, *, error: bool = False) -> Deliver | Outbound | Drop:
+    tunnel = pair.a.tunnels.get("t0")
+    assert tunnel is not None
+    limit = pair.a.mtu_for(tunnel)
+    assert limit is not None
+    if error:  # an ICMP error itself, too big: never answered
+        inner = bytes(IP(src=src, dst=INNER[4][1], flags="DF") / ICMP(type=3, code=1) / Raw(bytes(limit)))
+    else:
+        inner = inner_packet(4, limit, df=True, src=src)
+    return pair.a.send("t0", inner, now)
+
+
+def test_one_host_cannot_use_up_the_icmp_errors_of_another() -> None:
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    flood = [_too_big_from(pair, "192.168.1.66", 5.0) for _ in range(int(ICMP_BURST) * 3)]
+    assert sum(isinstance(r, Deliver) for r in flood) == ICMP_BURST
+    other = _too_big_from(pair, "192.168.1.77", 5.0)
+    assert isinstance(other, Deliver)  # its own bucket: path-MTU discovery still works for it
+    assert IP(other.packet).dst == "192.168.1.77"
+    assert pair.a.icmp_sent == ICMP_BURST + 1
+
+
+def test_icmp_tokens_are_spent_only_on_messages_built() -> None:
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    quiet = [_too_big_from(pair, "192.168.1.66", 5.0, error=True) for _ in range(int(ICMP_BURST) * 2)]
+    assert quiet == [Drop.TOO_BIG] * (int(ICMP_BURST) * 2)
+    assert pair.a.icmp_sent == 0
+    assert isinstance(_too_big_from(pair, "192.168.1.66", 5.0), Deliver)
+    assert pair.a.icmp_sent == 1
+
+
+def test_the_icmp_bucket_table_is_bounded() -> None:
+    from ipsec_tunnel.core.engine import ICMP_SOURCES
+
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    for i in range(ICMP_SOURCES + 50):
+        assert _too_big_from(pair, f"192.168.{1 + i // 250}.{1 + i % 250}", 5.0 + i) is not None
+    assert len(pair.a._icmp_buckets) == ICMP_SOURCES
+    assert pair.a.icmp_sent == ICMP_SOURCES + 50  # one each, with time for the total to refill

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -25,8 +25,11 @@ from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
 UDP_HEADER_LEN = 8  # RFC 768
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
 NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: an IKE packet on the encapsulation port
-ICMP_RATE = 10.0  # ICMP errors per second we send at most (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
+ICMP_RATE = 10.0  # ICMP errors per second to one destination (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
 ICMP_BURST = 20.0
+ICMP_TOTAL_RATE = 100.0  # and to all destinations together
+ICMP_TOTAL_BURST = 200.0
+ICMP_SOURCES = 256  # destinations with a bucket of their own at most; the stalest is forgotten first
 
 
 @dataclass(slots=True)
@@ -112,8 +115,8 @@ class Engine:
         self.icmp_sent = 0
         self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
         self.events: list[SAEvent] = []
-        self._icmp_tokens = ICMP_BURST
-        self._icmp_time = 0.0
+        self._icmp_total = (ICMP_TOTAL_BURST, 0.0)  # (tokens, when last filled) for all destinations
+        self._icmp_buckets: dict[bytes, tuple[float, float]] = {}  # packed destination -> the same
 
     # -- helpers ----------------------------------------------------------------------------------------
 
@@ -132,14 +135,25 @@ class Engine:
             stats = self.tunnel_stats[name] = TunnelStats()
         return stats
 
-    def _icmp_allowed(self, now: float) -> bool:
-        self._icmp_tokens = min(ICMP_BURST, self._icmp_tokens + (now - self._icmp_time) * ICMP_RATE)
-        self._icmp_time = now
-        if self._icmp_tokens < 1:
-            return False
-        self._icmp_tokens -= 1
-        self.icmp_sent += 1
-        return True
+    def _icmp(self, to: bytes, now: float, build: Callable[[], bytes | None]) -> bytes | None:
+        """The ICMP error `build` makes for destination `to` (packed), within the rate limits: a token
+        bucket per destination and one for all, spent only when a message was built."""
+        buckets = self._icmp_buckets
+        tokens, stamp = buckets.get(to, (ICMP_BURST, now))
+        tokens = min(ICMP_BURST, tokens + max(0.0, now - stamp) * ICMP_RATE)
+        total, total_stamp = self._icmp_total
+        total = min(ICMP_TOTAL_BURST, total + max(0.0, now - total_stamp) * ICMP_TOTAL_RATE)
+        message = build() if tokens >= 1 and total >= 1 else None
+        if message is not None:
+            tokens, total = tokens - 1, total - 1
+            self.icmp_sent += 1
+        self._icmp_total = (total, now)
+        if to in buckets:
+            del buckets[to]  # re-inserted last: the dict's order is the least recently used first
+        elif len(buckets) >= ICMP_SOURCES:
+            del buckets[next(iter(buckets))]
+        buckets[to] = (tokens, now)
+        return message
 
     def sa_for(self, tunnel: Tunnel) -> SecurityAssociation | None:
         """The SA tunnel `tunnel` sends with now."""
@@ -183,7 +197,7 @@ class Engine:
             limit = inner_mtu(sa, path)
             if len(inner) > limit and hdr.df:
                 self._tx_drop(stats, Drop.TOO_BIG)
-                icmp = ip.too_big(hdr.dst, inner, limit) if self._icmp_allowed(now) else None
+                icmp = self._icmp(hdr.src, now, lambda: ip.too_big(hdr.dst, inner, limit))
                 return Deliver(device, icmp) if icmp else Drop.TOO_BIG
         nh = NH_IPV4 if hdr.version == 4 else NH_IPV6
         packet = sa.encrypt(inner, nh, now, self._emit)
@@ -459,11 +473,8 @@ class Engine:
         if tunnel is None:
             if not self.tunnels.base_up:
                 self._rx_drop(Drop.NO_TUNNEL)
-                if self._icmp_allowed(now):
-                    icmp = self._unreachable(src, dst, esp)
-                    if icmp is not None:
-                        return Reject(icmp)
-                return Drop.NO_TUNNEL
+                icmp = self._icmp(src, now, lambda: self._unreachable(src, dst, esp))
+                return Reject(icmp) if icmp is not None else Drop.NO_TUNNEL
             device = BASE_DEVICE
         else:
             device = tunnel.name
