@@ -168,8 +168,10 @@ def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str)
         _total, bursts = unsegment(pcap, flat, 0x1000)
         assert bursts > 0, "no UDP GSO burst seen: the fast path was not used"
         pcap = flat
+    # Over UDP one SA per direction, B's with a key of its own (h.sa_pair); raw ESP a --duplex pair.
+    back = (0x1001, key.with_name("k.rev")) if encap == "udp" else (0x1000, key)
     sas = [EspSa(h.a_pub, h.b_pub, 0x1000, "aes-gcm/16", key.read_bytes()),
-           EspSa(h.b_pub, h.a_pub, 0x1000, "aes-gcm/16", key.read_bytes())]  # fmt: skip
+           EspSa(h.b_pub, h.a_pub, back[0], "aes-gcm/16", back[1].read_bytes())]  # fmt: skip
     rows = decode_checked(pcap, sas, ["ip.src", "esp.sequence", "esp.icv_good", "ip.checksum.status",
                                       "tcp.checksum.status", "tcp.len"])  # fmt: skip
     assert len(rows) > 300, "too little traffic captured"
