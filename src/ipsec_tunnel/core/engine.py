@@ -396,7 +396,7 @@ class Engine:
                     accepted += 1
                     nbytes += length
                     continue
-                result = self._decrypted(src, dst, esp, inner, nh, now, tos)
+                result = self._decrypted(src, dst, esp, inner, nh, now, tos, tunnel)
             if isinstance(result, Deliver):
                 deliver.setdefault(result.device, []).append(result.packet)
             elif isinstance(result, Reject):
@@ -455,12 +455,14 @@ class Engine:
             if result is Drop.POLICY and tunnel is not None:
                 return self._rx_drop(result, self.stats_for(tunnel.name))
             return self._rx_drop(result)
-        return self._decrypted(src, dst, esp, result[0], result[1], now, tos)
+        return self._decrypted(src, dst, esp, result[0], result[1], now, tos, tunnel)
 
     def _decrypted(
-        self, src: bytes, dst: bytes, esp: bytes, inner: bytes, nh: int, now: float, tos: int
-    ) -> Deliver | Reject | Drop:
-        """What to do with `inner`, decrypted from `esp` with next header `nh`."""
+        self, src: bytes, dst: bytes, esp: bytes, inner: bytes, nh: int, now: float, tos: int,
+        tunnel: Tunnel | None,
+    ) -> Deliver | Reject | Drop:  # fmt: skip
+        """What to do with `inner`, decrypted from `esp` with next header `nh`; `tunnel` is
+        `self.tunnels.for_receive(dst, src)`."""
         if nh == NH_NONE:
             return self._rx_drop(Drop.DUMMY)
         if nh not in (NH_IPV4, NH_IPV6):
@@ -469,7 +471,6 @@ class Engine:
         if hdr is None or hdr.version != (4 if nh == NH_IPV4 else 6):
             return self._rx_drop(Drop.MALFORMED)
         inner = inner[: hdr.length]  # RFC 4303 §2.4: TFC padding after the inner packet
-        tunnel = self.tunnels.for_receive(dst, src)
         if tunnel is None:
             if not self.tunnels.base_up:
                 self._rx_drop(Drop.NO_TUNNEL)

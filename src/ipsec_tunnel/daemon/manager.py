@@ -112,6 +112,10 @@ class Manager:
         for tunnel in self.store.load_tunnels():
             self.engine.tunnels.add(tunnel)
             self.devices.create(tunnel.name)
+            if not self.devices.is_local(tunnel.local):
+                log.warning(
+                    "tunnel %s: --local %s is not (yet) an address of this host", tunnel.name, tunnel.local
+                )
         self.refresh_mtus()
         log.info("restored %d SAs and %d tunnels", len(self.engine.sad), len(self.engine.tunnels))
 
