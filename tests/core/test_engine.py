@@ -512,6 +512,28 @@ def test_duplex_counter_mode_drops_its_own_packets_sent_back(cipher: str) -> Non
     assert isinstance(pair.a.receive(from_b.src, from_b.dst, from_b.payload, 1.0), Deliver)
 
 
+@pytest.mark.parametrize("own_bit", [0, 1])
+def test_duplex_accepts_a_kernel_peers_salted_ivs(own_bit: int) -> None:
+    """Linux's seqiv sends the counter XORed with a random salt: its IVs may carry either top bit, and
+    are never the IV this host sends with the same sequence number, so they pass."""
+    pair = make_pair(duplex=True)
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    own = 1 - inbound.config.iv_split  # type: ignore[operator]
+    salt = ((own_bit if own == 1 else 1 - own_bit) << 63) | 0x1234_5678_9ABC_DEF0
+    packets = []
+    for seq in range(1, 4):
+        iv = (seq ^ salt).to_bytes(8, "big")
+        inner = inner_packet(src=INNER[4][1])
+        packets.append(
+            esp.seal(inbound.config.spi, seq, False, inbound.cipher, None, inner, esp.NH_IPV4, iv=iv)
+        )
+    assert isinstance(pair.a.receive(packed(pair.b_addr), packed(pair.a_addr), packets[0], 1.0), Deliver)
+    got, _ = pair.a.receive_batch(packed(pair.b_addr), packed(pair.a_addr), packets[1:], 1.0)
+    assert len(got["t0"]) == 2
+    assert inbound.replay.top == 3 and not inbound.drops
+
+
 @pytest.mark.parametrize("cipher", ["aes-cbc", "aes-gcm"])
 def test_policy_drop_leaves_the_replay_window_alone(cipher: str) -> None:
     """A packet the inner policy refuses does not move the window (the review's script: A sends 300,

@@ -21,7 +21,7 @@ class Drop(enum.Enum):
     POLICY = "policy"  # inner source outside the tunnel's --peer-net
     NON_ESP = "non_esp"  # RFC 3948 §2.2: non-ESP marker (IKE) on the encapsulation port; we run no IKE
     ECN = "ecn"  # RFC 6040 §4.2: CE outer with a Not-ECT inner must be dropped
-    WRONG_DIRECTION = "wrong_direction"  # a --duplex counter-mode IV with our own direction bit: reflected
+    WRONG_DIRECTION = "wrong_direction"  # a --duplex counter-mode IV this host sends itself: reflected
     ENCAP_MISMATCH = "encap_mismatch"  # raw ESP for an --encap=udp SA, or ESP-in-UDP for a raw-ESP SA
     # Send side.
     NO_SA = "no_sa"

@@ -284,11 +284,13 @@ class SecurityAssociation:
         )
         self._seq_max = config.seq_max
         self._spi, self._esn, self._iv_split = config.spi, config.esn, config.iv_split
-        # A --duplex counter-mode SA: the IV's top bit must be the sender's (this SA's) direction bit,
-        # or the packet is one of ours sent back (-1: no check). `_iv_top`: the IV's first byte for a
-        # sequence number below 2^56 (the batch check).
-        self._direction = config.iv_split if config.duplex and config.iv_split is not None else -1
-        self._iv_top = 0x80 if self._direction == 1 else 0
+        # A --duplex counter-mode SA receives what its twin sends under the same key and SPI: a packet
+        # whose IV is one this host sends (the twin's direction bit, the sequence number below it) is one
+        # of ours sent back (`_own` that bit, -1: no check). A peer's IVs carry the other bit (ipsecd) or
+        # a counter XORed with a salt (Linux's seqiv), never ours. `_peer_top`: the first IV byte of an
+        # ipsecd peer's packets below sequence number 2^56 (the batch check).
+        self._own = 1 - config.iv_split if config.duplex and config.iv_split is not None else -1
+        self._peer_top = 0 if self._own == 1 else 0x80
         # AEAD with a 16-byte ICV, 8-byte IV and no ESN (AES-GCM, ChaCha20-Poly1305): the fast framing
         # of esp.seal_aead16 / esp.open_aead16 (the same bytes, checks and order as esp.seal / open_packet).
         aead_encrypt = getattr(self.cipher, "full_icv_encrypt", None)
@@ -448,7 +450,11 @@ class SecurityAssociation:
             and replay.top < seqs[0]
             and seqs[-1] <= self.in_limit
             and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-            and (self._direction < 0 or set(map(_IV_FIRST, packets)) == {self._iv_top})
+            and (
+                self._own < 0
+                or set(map(_IV_FIRST, packets)) == {self._peer_top}
+                or not any(map(self._is_own, packets))
+            )
         ):
             one_by_one: list[bytes | tuple[bytes, int] | Drop] = [
                 self.decrypt(packet, now, emit, admit) for packet in packets
@@ -482,6 +488,11 @@ class SecurityAssociation:
         if accepted:
             self._received(accepted, nbytes, now)
         return opened, others
+
+    def _is_own(self, packet: bytes) -> bool:
+        """Whether `packet`'s IV is one this host's twin SA sends: its direction bit, and the low 32 bits
+        the sequence number in the header (RFC 4106 §3.1: the IV is the counter)."""
+        return len(packet) >= 16 and packet[8] >> 7 == self._own and packet[12:16] == packet[4:8]
 
     def _reserved(self, direction: str, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
@@ -518,8 +529,8 @@ class SecurityAssociation:
             return self._drop(Drop.EXPIRED)
         if len(packet) < esp.HEADER_LEN:  # esp.parse_header() inlined (bench/core.py)
             return self._drop(Drop.MALFORMED)
-        if self._direction >= 0 and len(packet) > esp.HEADER_LEN and packet[8] >> 7 != self._direction:
-            return self._drop(Drop.WRONG_DIRECTION)  # our own direction bit: reflected, before the ICV
+        if self._own >= 0 and self._is_own(packet):
+            return self._drop(Drop.WRONG_DIRECTION)  # one of ours sent back: before the ICV
         replay = self.replay
         seq = _SEQ_LO.unpack_from(packet, 4)[0]
         if self._esn:
