@@ -184,9 +184,9 @@ def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str)
         if src.split(",")[0] == h.a_pub:
             seqs.append(int(seq))
             payload += int(tcp_len or 0)
-    back = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seqs)) if a >= b]
+    wrong = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seqs)) if a >= b]
     repeated = len(seqs) - len(set(seqs))
-    assert not back, f"sequence numbers repeat or go back: {back[:5]} of {len(seqs)}, {repeated} repeated"
+    assert not wrong, f"sequence numbers repeat or go back: {wrong[:5]} of {len(seqs)}, {repeated} repeated"
     if not lost:  # tcpdump kept up: every packet is there, one sequence number each, in order
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence numbers skipped"
         assert payload >= SAMPLE, (seqs[0], len(seqs), payload)  # every byte as ordinary TCP segments

@@ -23,12 +23,14 @@ class Drop(enum.Enum):
     ECN = "ecn"  # RFC 6040 §4.2: CE outer with a Not-ECT inner must be dropped
     WRONG_DIRECTION = "wrong_direction"  # a --duplex counter-mode IV this host sends itself: reflected
     ENCAP_MISMATCH = "encap_mismatch"  # raw ESP for an --encap=udp SA, or ESP-in-UDP for a raw-ESP SA
+    DEVICE_DOWN = "device_down"  # decrypted, but the tunnel device refused it (down: EIO)
     # Send side.
     NO_SA = "no_sa"
     SEQ_EXHAUSTED = "seq_exhausted"
     TOO_BIG = "too_big"
     NOT_IP = "not_ip"
     NO_ROUTE = "no_route"
+    SEND_ERROR = "send_error"  # the kernel refused the outer datagram (a firewall, an unknown --nextdev)
     OTHER = "other"
 
     @property
@@ -52,11 +54,13 @@ _LABELS: dict[Drop, str] = {
     Drop.ECN: "ECN mismatch",
     Drop.WRONG_DIRECTION: "own direction (reflected)",
     Drop.ENCAP_MISMATCH: "encapsulation mismatch",
+    Drop.DEVICE_DOWN: "device down",
     Drop.NO_SA: "unknown SA",
     Drop.SEQ_EXHAUSTED: "sequence exhausted",
     Drop.TOO_BIG: "packet too big",
     Drop.NOT_IP: "not IP",
     Drop.NO_ROUTE: "no route",
+    Drop.SEND_ERROR: "send failed",
     Drop.OTHER: "other",
 }
 
@@ -75,6 +79,7 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.ECN,
     Drop.WRONG_DIRECTION,
     Drop.ENCAP_MISMATCH,
+    Drop.DEVICE_DOWN,
     Drop.OTHER,
 )
 SEND_DROPS: tuple[Drop, ...] = (
@@ -84,5 +89,6 @@ SEND_DROPS: tuple[Drop, ...] = (
     Drop.TOO_BIG,
     Drop.NOT_IP,
     Drop.NO_ROUTE,
+    Drop.SEND_ERROR,
     Drop.OTHER,
 )

@@ -29,6 +29,8 @@ SEQ_MAX_SPLIT = (1 << 63) - 1  # counter IVs with the --duplex direction bit use
 # chance of about (2^27)^2 / 2^65 = 2^-11 per SA, and far below the 2^35 bytes the attack needs.
 SWEET32_BYTES = 1 << 30
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
+KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
+KEEPALIVE_MAX = 3600
 _U64 = struct.Struct("<Q")  # a journal slot's counters
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
@@ -58,10 +60,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class UdpEncap:
-    """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire."""
+    """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire, and the NAT-keepalive
+    interval in seconds (RFC 3948 §2.3; 0: none)."""
 
     sport: int = NAT_T_PORT
     dport: int = NAT_T_PORT
+    keepalive: int = KEEPALIVE
 
 
 def parse_address(text: str, what: str) -> Address:
@@ -114,6 +118,8 @@ class SAConfig:
             raise SAError(f"Replay window must be 0 (off) to {MAX_WINDOW} packets")
         if self.encap and not (0 < self.encap.sport < 65536 and 0 < self.encap.dport < 65536):
             raise SAError("UDP encapsulation ports must be 1 to 65535")
+        if self.encap and not 0 <= self.encap.keepalive <= KEEPALIVE_MAX:
+            raise SAError(f"--keepalive must be 0 (none) to {KEEPALIVE_MAX} seconds")
         for name, limit in (("soft", self.soft), ("hard", self.hard)):
             if min(limit.bytes, limit.packets, limit.seconds) < 0:
                 raise SAError(f"{name} lifetimes must not be negative")
