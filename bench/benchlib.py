@@ -35,8 +35,8 @@ from typing import IO, Any
 
 import ipsec_tunnel
 from ipsec_tunnel.control.protocol import decode_response, encode_request
-from ipsec_tunnel.testing.hosts import IpsecHost, tool
-from ipsec_tunnel.testing.netns import Netns, veth_pair
+from tests.support.hosts import IpsecHost, tool
+from tests.support.netns import Netns, veth_pair
 
 PUB_A, PUB_B = "192.0.2.1", "192.0.2.2"
 IN_A, IN_B = "10.0.1.1", "10.0.2.1"

@@ -50,7 +50,7 @@ from bench.benchlib import (
     run_bench,
     table,
 )
-from ipsec_tunnel.testing.hosts import IpsecHost
+from tests.support.hosts import IpsecHost
 
 FILLER_NET = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 §C.2.2: benchmarking, never routed here
 FILLER_SPI = 0x10000

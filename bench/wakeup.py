@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.benchlib import PUB_A, PUB_B, OursConfig, OursPlane, Pair
 from bench.benchlib import ping_rtts as tunnel_rtts
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 PORT = 9  # inside the bench's own namespaces only
 ECHO = f"""

@@ -33,7 +33,7 @@ from bench.benchlib import (
     stop_process,
     wait_for,
 )
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 HERE = Path(__file__).parent
 WG_PORT = 51820

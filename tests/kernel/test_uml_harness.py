@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipsec_tunnel.testing.uml import UmlBootError, UmlPeer
+from tests.support.uml import UmlBootError, UmlPeer
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root]
 
