@@ -467,7 +467,7 @@ class SecurityAssociation:
             self.tick(now, emit)
         if self.dead:
             return self._drop(Drop.EXPIRED)
-        if len(packet) < esp.HEADER_LEN:  # esp.parse_header() inlined (bench/core.py)
+        if len(packet) < esp.HEADER_LEN:
             return self._drop(Drop.MALFORMED)
         replay = self.replay
         seq = _SEQ_LO.unpack_from(packet, 4)[0]
