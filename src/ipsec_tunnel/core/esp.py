@@ -15,6 +15,20 @@ from cryptography.exceptions import InvalidTag
 from .algorithms import AuthTransform, random_bytes
 from .drops import Drop
 
+__all__ = [
+    "HEADER_LEN",
+    "NH_IPV4",
+    "NH_IPV6",
+    "NH_NONE",
+    "aead16_trailer",
+    "open_aead16",
+    "open_aead16_many",
+    "open_packet",
+    "seal",
+    "seal_aead16",
+    "seal_rows",
+]
+
 HEADER_LEN = 8  # RFC 4303 §2: SPI (4) + sequence number (4)
 NH_IPV4 = 4  # RFC 4303 §2.6 / IANA protocol numbers: IPv4-in-IP, tunnel mode
 NH_IPV6 = 41  # IANA: IPv6 encapsulation, tunnel mode

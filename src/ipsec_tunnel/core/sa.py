@@ -17,6 +17,25 @@ from .drops import Drop
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
 
+__all__ = [
+    "NAT_T_PORT",
+    "SEQ_MAX_32",
+    "SEQ_MAX_64",
+    "SEQ_MAX_SPLIT",
+    "SPI_MAX",
+    "SPI_MIN",
+    "Address",
+    "Emit",
+    "Limits",
+    "Reserve",
+    "SAConfig",
+    "SAError",
+    "SecurityAssociation",
+    "UdpEncap",
+    "build_transforms",
+    "parse_address",
+]
+
 SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA, 0 is local use only
 SPI_MAX = 0xFFFFFFFF
 SEQ_MAX_32 = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
