@@ -13,7 +13,7 @@ import fcntl
 import os
 import struct
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Self
 
 from ipsec_tunnel.core import gso
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
@@ -87,15 +87,11 @@ _IFREQ = struct.Struct(f"{IFNAMSIZ}sH22x")  # struct ifreq: name + ifr_flags, 40
 _VNET = gso.VNET_HDR
 
 
-class VnetHeader(NamedTuple):
-    """struct virtio_net_hdr: what precedes every packet on a TUN queue opened with ``vnet_hdr``."""
+class VnetHeader(gso.Offload):
+    """struct virtio_net_hdr (`core.gso.Offload`, one definition) as the kernel reads and writes it: what
+    precedes every packet on a TUN queue opened with ``vnet_hdr``."""
 
-    flags: int = 0
-    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
-    hdr_len: int = 0
-    gso_size: int = 0
-    csum_start: int = 0
-    csum_offset: int = 0
+    __slots__ = ()
 
     def pack(self) -> bytes:
         """The 10-byte header as the kernel reads it."""
