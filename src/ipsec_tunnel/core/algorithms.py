@@ -21,6 +21,8 @@ __all__ = [
     "AUTHS",
     "CIPHERS",
     "GCM_ICV_NAMES",
+    "MIN_KEY_BYTES",
+    "WEAK_KEY_CIPHERS",
     "AeadTransform",
     "AlgorithmError",
     "AuthAlg",

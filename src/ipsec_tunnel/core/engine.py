@@ -26,6 +26,9 @@ from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
 __all__ = [
     "ICMP_BURST",
     "ICMP_RATE",
+    "ICMP_SOURCES",
+    "ICMP_TOTAL_BURST",
+    "ICMP_TOTAL_RATE",
     "NAT_KEEPALIVE",
     "NON_ESP_MARKER",
     "UDP_HEADER_LEN",

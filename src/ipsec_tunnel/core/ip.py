@@ -22,6 +22,8 @@ __all__ = [
     "IPV4_HEADER",
     "IPV4_HEADER_LEN",
     "IPV4_MIN_MTU",
+    "IPV6_EXTENSIONS",
+    "IPV6_FRAGMENT",
     "IPV6_HEADER_LEN",
     "IPV6_MIN_MTU",
     "PROTO_ESP",
