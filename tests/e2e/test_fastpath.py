@@ -184,9 +184,12 @@ def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str)
         if src.split(",")[0] == h.a_pub:
             seqs.append(int(seq))
             payload += int(tcp_len or 0)
-    wrong = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seqs)) if a >= b]
     repeated = len(seqs) - len(set(seqs))
-    assert not wrong, f"sequence numbers repeat or go back: {wrong[:5]} of {len(seqs)}, {repeated} repeated"
-    if not lost:  # tcpdump kept up: every packet is there, one sequence number each, in order
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence numbers skipped"
+    assert not repeated, f"{repeated} of {len(seqs)} sequence numbers repeat: (key, nonce) reused"
+    # The capture may show a packet a few places early (a busy machine, the veth's queues): fine for
+    # the peer's replay window; going back further than a burst is not.
+    late = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seqs)) if b < a - 64]
+    assert not late, f"sequence numbers go back by more than a burst: {late[:5]} of {len(seqs)}"
+    if not lost:  # tcpdump kept up: every packet is there, one sequence number each
+        assert sorted(seqs) == list(range(min(seqs), min(seqs) + len(seqs))), "sequence numbers skipped"
         assert payload >= SAMPLE, (seqs[0], len(seqs), payload)  # every byte as ordinary TCP segments
