@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 from . import esp
-from .algorithms import AlgorithmError, find_auth, find_cipher, make_auth, make_cipher
+from .algorithms import (
+    AlgorithmError,
+    NullAuth,
+    check_named_key_bits,
+    find_auth,
+    find_cipher,
+    make_auth,
+    make_cipher,
+)
 from .drops import Drop
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
@@ -117,10 +125,9 @@ class SAConfig:
                 cipher = alg.name
                 if alg.aead and self.digest:
                     raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
-                if not alg.aead and not self.digest:
+                if not alg.aead and not self.digest and not alg.iv_len:
                     raise SAError(
-                        f"{alg.name} without a digest gives no integrity (RFC 8221 §5): forged packets "
-                        "could not be detected. Add --digest=sha256 with a key"
+                        f"{alg.name} without a digest protects nothing: add --digest=NAME with a key"
                     )
                 if alg.aead and icv is not None and self.digest_bits is None:
                     digest_bits = icv * 8
@@ -134,7 +141,7 @@ class SAConfig:
         split = None
         if cipher and find_cipher(cipher)[0].iv_len and (find_cipher(cipher)[0].aead or cipher == "aes-ctr"):
             split = 0 if src.packed < dst.packed else 1
-        return replace(
+        checked = replace(
             self,
             cipher=cipher,
             digest=digest,
@@ -143,6 +150,12 @@ class SAConfig:
             src=str(src),
             iv_split=split,
         )._checked_keys()
+        if self.cipher:
+            try:
+                check_named_key_bits(self.cipher, len(self.cipher_key))
+            except AlgorithmError as exc:
+                raise SAError(str(exc)) from None
+        return checked
 
     def _checked_keys(self) -> SAConfig:
         try:
@@ -160,6 +173,11 @@ class SAConfig:
     def family(self) -> int:
         """4 or 6."""
         return ipaddress.ip_address(self.dst).version
+
+    @property
+    def integrity(self) -> bool:
+        """Whether packets carry an ICV: a digest or AEAD (False: encryption only, RFC 4303 §3.2)."""
+        return bool(self.digest) or bool(self.cipher and find_cipher(self.cipher)[0].aead)
 
     @property
     def seq_max(self) -> int:
@@ -201,9 +219,11 @@ def build_transforms(config: SAConfig) -> tuple[Any, Any]:
     else:
         alg, _icv = find_cipher("null")
         cipher = make_cipher(alg, b"")
-    auth = None
+    auth: Any = None
     if config.digest:
         auth = make_auth(find_auth(config.digest), config.digest_key, config.digest_bits)
+    elif not alg.aead:  # encryption only (RFC 4303 §3.2): an empty ICV, no integrity
+        auth = NullAuth()
     return cipher, auth
 
 
