@@ -28,8 +28,8 @@ MUTATING = {"sa.add", "sa.del", "tunnel.add", "tunnel.change", "tunnel.del"}
 
 SAMPLE_SA: dict[str, Any] = {
     "dst": "5.6.7.8", "src": "1.2.3.4", "spi": 0x1000, "cipher": "des_ede3-cbc", "cipher_bits": 192,
-    "aead": False, "digest": "sha1", "digest_bits": 96, "digest_key_bits": 160, "replay_window": 128,
-    "esn": False, "encap": None, "soft": {"bytes": 0, "packets": 0, "seconds": 0},
+    "aead": False, "digest": "sha1", "digest_bits": 96, "digest_key_bits": 160, "integrity": True,
+    "replay_window": 128, "esn": False, "encap": None, "soft": {"bytes": 0, "packets": 0, "seconds": 0},
     "hard": {"bytes": 0, "packets": 0, "seconds": 0}, "state": "mature", "created": 1_700_000_000.0,
 }  # fmt: skip
 
@@ -188,6 +188,15 @@ def run(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> Run:
         return Result(rc, cap.out, cap.err)
 
     return _run
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory that everyone may search (mode 755, under /tmp), so its files' own modes decide."""
+    d = Path(tempfile.mkdtemp(prefix="ipsecadm-keys-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

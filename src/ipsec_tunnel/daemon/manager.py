@@ -135,6 +135,10 @@ class Manager:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
         self._check_nonce_domain(configs)
+        if not config.integrity:
+            log.warning(
+                "SA %#x %s -> %s has no integrity protection (no digest)", config.spi, config.src, config.dst
+            )
         now = self.now()
         added = []
         for c in configs:
@@ -204,6 +208,7 @@ class Manager:
             "digest": c.digest,
             "digest_bits": (sa.auth.icv_len * 8 if sa.auth else (sa.cipher.icv_len * 8 if aead else 0)),
             "digest_key_bits": len(c.digest_key) * 8,
+            "integrity": c.integrity,
             "replay_window": c.replay_window, "esn": c.esn,
             "encap": {"sport": c.encap.sport, "dport": c.encap.dport} if c.encap else None,
             "soft": {"bytes": c.soft.bytes, "packets": c.soft.packets, "seconds": c.soft.seconds},
