@@ -77,6 +77,7 @@ class FakeServer:
         self.results: dict[str, Any] = {}
         self.errors: dict[str, tuple[str, str]] = {}
         self.raw: bytes | None = None  # when set, sent instead of a proper response
+        self.connections = 0
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
         self._sock.listen(8)
@@ -119,17 +120,21 @@ class FakeServer:
                 continue
             except OSError:
                 return
-            with conn:
+            self.connections += 1
+            with conn:  # every request line of the connection is answered, as ipsecd does (`ipsecadm -b`)
                 conn.settimeout(5)
                 buf = b""
                 try:
-                    while b"\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
+                    while True:
+                        while b"\n" not in buf:
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                break
+                            buf += chunk
+                        if b"\n" not in buf:
                             break
-                        buf += chunk
-                    if b"\n" in buf:
-                        conn.sendall(self._answer(buf.split(b"\n", 1)[0]))
+                        line, _, buf = buf.partition(b"\n")
+                        conn.sendall(self._answer(line))
                 except OSError:
                     pass
 

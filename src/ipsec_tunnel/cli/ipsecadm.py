@@ -18,6 +18,7 @@ from .. import __version__
 from ..control.client import Client, DaemonUnreachable, default_socket_path
 from ..control.protocol import VERSION, ProtocolError
 from . import render, requests
+from .batch import Batch, numbered_lines, split_batch, words
 from .grammar import MODES, PROG, SUBCOMMANDS, Invocation, UsageError, brief_help, parse_argv, resolve
 from .values import redact
 
@@ -26,9 +27,11 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 NOT_RUNNING = (
-    "cannot reach ipsecd at {path}: is it running? Start it with 'ipsecd' (this replaces 'modprobe ipsec'). "
-    "Make sure the kernel module is loaded!"
+    "cannot reach ipsecd at {path}: is it running? Start it with 'ipsecd' (it replaces the original's "
+    "'modprobe ipsec')"
 )
+
+_where = ""  # "FILE:LINE: " while a batch line runs
 
 
 def _out(text: str) -> None:
@@ -36,7 +39,7 @@ def _out(text: str) -> None:
 
 
 def _err(line: str) -> None:
-    sys.stderr.write(f"{PROG}: {redact(line)}\n")
+    sys.stderr.write(f"{PROG}: {_where}{redact(line)}\n")
 
 
 def _warn(line: str) -> None:
@@ -46,10 +49,10 @@ def _warn(line: str) -> None:
 class _Session:
     """One ipsecadm run: where ipsecd is and how results are printed."""
 
-    def __init__(self, inv: Invocation) -> None:
+    def __init__(self, inv: Invocation, client: Client | None = None) -> None:
         self.inv = inv
         self.socket = inv.socket or default_socket_path()
-        self.client = Client(self.socket)
+        self.client = client or Client(self.socket)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` from ipsecd."""
@@ -171,8 +174,8 @@ _HANDLERS: dict[tuple[str, str | None], Callable[[_Session], int]] = {
 }
 
 
-def run(argv: list[str]) -> int:
-    """Carry out the command line `argv`; exceptions are left to `main`."""
+def run(argv: list[str], client: Client | None = None) -> int:
+    """Carry out the command line `argv` (through `client` when given); exceptions are left to `main`."""
     inv = parse_argv(argv)
     if inv.help:
         _out(brief_help(inv.help_topic))
@@ -180,7 +183,50 @@ def run(argv: list[str]) -> int:
     if inv.command is None:
         sys.stderr.write(brief_help())
         return EXIT_FAIL
-    return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv))
+    return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv, client))
+
+
+def run_batch(batch: Batch) -> int:
+    """Carry out every command line of a batch file over one connection; the status of the first failure."""
+    global _where
+    try:
+        stream = sys.stdin if batch.path == "-" else open(batch.path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        _err(f"cannot read batch file {batch.path}: {exc.strerror}")
+        return EXIT_FAIL
+    socket_path = parse_argv([*batch.options, "version"]).socket or default_socket_path()
+    client = Client(socket_path, keep_open=True)
+    status = EXIT_OK
+    done = 0
+    try:
+        for number, line in numbered_lines(stream):
+            _where = f"{batch.name}:{number}: "
+            try:
+                argv = words(line)
+            except ValueError as exc:
+                _err(f"cannot split the line into words: {exc}")
+                rc = EXIT_USAGE
+            else:
+                if not argv:
+                    continue
+                rc = _guarded(lambda: run([*batch.options, *argv], client))  # noqa: B023
+            if rc == EXIT_OK:
+                done += 1
+                continue
+            status = status or rc
+            if not batch.force:
+                _where = ""
+                _err(
+                    f"{batch.name}: stopped at line {number}; the {done} command(s) before it were carried "
+                    "out (-force goes on past errors)"
+                )
+                break
+    finally:
+        _where = ""
+        client.close()
+        if stream is not sys.stdin:
+            stream.close()
+    return status
 
 
 def _unreachable(exc: DaemonUnreachable) -> str:
@@ -196,8 +242,25 @@ def _unreachable(exc: DaemonUnreachable) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The ipsecadm command; returns the exit status and never lets a traceback out."""
     args = sys.argv[1:] if argv is None else list(argv)
+    found: list[Batch | None] = []
+
+    def split() -> int:
+        found.append(split_batch(args))
+        return EXIT_OK
+
+    rc = _guarded(split)
+    if rc != EXIT_OK:
+        return rc
+    batch = found[0]
+    if batch is not None:
+        return _guarded(lambda: run_batch(batch))
+    return _guarded(lambda: run(args))
+
+
+def _guarded(action: Callable[[], int]) -> int:
+    """`action`'s status, or the status and one error line for what it raised."""
     try:
-        return run(args)
+        return action()
     except UsageError as exc:
         if exc.brief:
             sys.stderr.write(brief_help())
