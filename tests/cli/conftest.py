@@ -56,7 +56,7 @@ def _sa_added(args: dict[str, Any]) -> dict[str, Any]:
 
 DEFAULTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "sa.add": _sa_added,
-    "sa.del": lambda a: {"deleted": 2 if a.get("duplex") else 1},
+    "sa.del": lambda a: {"deleted": [{"dst": "5.6.7.8", "src": "1.2.3.4", "spi": 0x1000}]},
     "sa.show": lambda a: [SAMPLE_SA],
     "tunnel.add": lambda a: {**SAMPLE_TUNNEL, **a, "name": a.get("name") or "ipsec7"},
     "tunnel.change": lambda a: {**SAMPLE_TUNNEL, **a},

@@ -328,13 +328,17 @@ def test_sa_show_table(run: Run, server: FakeServer) -> None:
 
 
 def test_sa_show_nothing(run: Run, server: FakeServer) -> None:
+    """No SAs: nothing on stdout (a script counting lines gets 0), status 0, as `tunnel show`. A filter
+    that matches nothing: the seed's "No such SA!" on stderr and status 1, as `tunnel show ipsec9`."""
     server.results["sa.show"] = []
     r = run("sa", "show")
-    assert (r.rc, r.out) == (0, "No such SA!\n")
+    assert (r.rc, r.out, r.err) == (0, "", "")
+    r = run("-j", "sa", "show")
+    assert (r.rc, json.loads(r.out)) == (0, [])
     r = run("sa", "show", "--spi=0x1234")
-    assert (r.rc, r.out) == (1, "No such SA!\n")
+    assert (r.rc, r.out, r.err_lines) == (1, "", ["ipsecadm: No such SA!"])
     r = run("-j", "sa", "show", "--spi=0x1234")
-    assert (r.rc, json.loads(r.out)) == (1, [])
+    assert (r.rc, r.out, r.err_lines) == (1, "", ["ipsecadm: No such SA!"])
 
 
 def test_sa_show_json_is_the_result(run: Run, server: FakeServer) -> None:

@@ -79,12 +79,16 @@ def _sa_del(s: _Session) -> int:
 
 
 def _sa_show(s: _Session) -> int:
+    """No SAs at all: nothing printed (`[]` with -j), status 0. A filter matching nothing: "No such SA!"
+    on stderr, status 1, as `tunnel show DEV` for an unknown DEV."""
     args = requests.sa_show(s.inv)
     result = s.call("sa.show", args)
     sas = result if isinstance(result, list) else []
-    s.show(sas, lambda r: render.sa_table(r, s.inv.stats) if r else "No such SA!\n")
-    filtered = any(k in args for k in ("dst", "src", "spi"))
-    return EXIT_FAIL if filtered and not sas else EXIT_OK
+    if not sas and any(k in args for k in ("dst", "src", "spi")):
+        _err("No such SA!")
+        return EXIT_FAIL
+    s.show(sas, lambda r: render.sa_table(r, s.inv.stats) if r else None)
+    return EXIT_OK
 
 
 def _tunnel_add(s: _Session) -> int:
@@ -111,7 +115,7 @@ def _tunnel_del(s: _Session) -> int:
 def _tunnel_show(s: _Session) -> int:
     result = s.call("tunnel.show", requests.tunnel_show(s.inv))
     tunnels = result if isinstance(result, list) else []
-    s.show(tunnels, lambda r: render.tunnel_table(r, s.inv.stats) if r else "No tunnels.\n")
+    s.show(tunnels, lambda r: render.tunnel_table(r, s.inv.stats) if r else None)
     return EXIT_OK
 
 

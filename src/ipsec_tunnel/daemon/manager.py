@@ -215,7 +215,9 @@ class Manager:
             self.engine.sad.remove(sa)
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
         self.refresh_mtus()
-        return {"deleted": len(victims)}
+        return {
+            "deleted": [{"dst": sa.config.dst, "src": sa.config.src, "spi": sa.config.spi} for sa in victims]
+        }
 
     def op_sa_show(self, args: dict[str, Any]) -> Any:
         stats = bool(arg(args, "stats", bool, False))
