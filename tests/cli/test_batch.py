@@ -195,3 +195,21 @@ def test_the_nonce_reuse_check_does_not_scan_every_sa(
     m.handle("sa.add", dup)  # its owner is gone: allowed now
     with pytest.raises(Exception, match="already used by SA 0x9000"):
         m.handle("sa.add", {**dup, "spi": 0x9001})
+
+
+def test_keys_written_in_a_batch_file(run: Run, server: FakeServer, open_dir: Path) -> None:
+    """A hex key in a batch file is in no process list or shell history: no such warning per line, but one
+    warning when the file itself can be read by others."""
+    line = "sa add --spi={spi} --dst=5.6.7.8 --src=1.2.3.4 --cipher=aes-gcm --cipher-key=" + "ab" * 20
+    path = open_dir / "sas"
+    path.write_text("\n".join(line.format(spi=hex(0x1000 + i)) for i in range(3)) + "\n")
+    os.chmod(path, 0o600)
+    r = run("-b", str(path))
+    assert (r.rc, r.err) == (0, "")
+    assert server.ops == ["sa.add"] * 3
+    os.chmod(path, 0o644)
+    r = run("-b", str(path))
+    assert r.warnings[:1] == [
+        f"ipsecadm: warning: batch file {path} is readable by group/others; if it holds keys, chmod 600 it"
+    ]
+    assert "process list" not in r.err

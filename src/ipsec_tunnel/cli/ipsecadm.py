@@ -20,6 +20,7 @@ from ..control.protocol import VERSION, ProtocolError
 from . import render, requests
 from .batch import Batch, numbered_lines, split_batch, words
 from .grammar import MODES, PROG, SUBCOMMANDS, Invocation, UsageError, brief_help, parse_argv, resolve
+from .keys import command_line_warning, exposed
 from .values import redact
 
 EXIT_OK = 0
@@ -32,6 +33,7 @@ NOT_RUNNING = (
 )
 
 _where = ""  # "FILE:LINE: " while a batch line runs
+_KEY_ON_COMMAND_LINE = command_line_warning("")[:40]
 
 
 def _out(text: str) -> None:
@@ -43,6 +45,8 @@ def _err(line: str) -> None:
 
 
 def _warn(line: str) -> None:
+    if _where and line.startswith(_KEY_ON_COMMAND_LINE):
+        return  # a key in a batch file is in no process list; run_batch checks the file's mode instead
     _err(line)
 
 
@@ -198,6 +202,8 @@ def run_batch(batch: Batch) -> int:
     except OSError as exc:
         _err(f"cannot read batch file {batch.path}: {exc.strerror}")
         return EXIT_FAIL
+    if batch.path != "-" and os.path.isfile(batch.path) and exposed(batch.path, os.stat(batch.path).st_mode):
+        _err(f"warning: batch file {batch.path} is readable by group/others; if it holds keys, chmod 600 it")
     socket_path = parse_argv([*batch.options, "version"]).socket or default_socket_path()
     client = Client(socket_path, keep_open=True)
     status = EXIT_OK
