@@ -1,9 +1,12 @@
 """ipsecadm: administer ipsecd's security associations and tunnels, with the original ipsec_tunnel
 grammar (`ipsecadm sa add ...`, `ipsecadm tunnel add ...`, `ipsecadm stats`).
 
+`ipsecadm -b FILE` runs one such command line per line of FILE (see `batch`).
+
 Exit status: 0 on success; 1 when ipsecd cannot be reached, refuses a request, or a filtered `sa show`
 matches nothing (also when run without parameters); 2 when the command line is wrong or a value (address,
-key, algorithm, ...) is refused before anything is sent.
+key, algorithm, ...) is refused before anything is sent. A batch exits with the status of its first failed
+line.
 """
 
 from __future__ import annotations
