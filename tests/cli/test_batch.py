@@ -136,6 +136,13 @@ def test_a_missing_batch_file_is_one_line(run: Run, server: FakeServer, tmp_path
     r = run("-b", str(tmp_path / "nope"))
     assert r.rc == 1 and len(r.err_lines) == 1 and "cannot read batch file" in r.err
     assert server.requests == []
+    r = run("-b", str(tmp_path))  # a directory: open() works, reading does not
+    assert r.rc == 1 and len(r.err_lines) == 1 and "cannot read batch file" in r.err
+
+
+def test_unreadable_standard_input_is_one_line(run: Run, server: FakeServer) -> None:
+    r = run("-b", "-")  # pytest's stdin refuses reads
+    assert r.rc == 1 and len(r.err_lines) == 1 and "cannot read batch file stdin" in r.err_lines[0], r.err
 
 
 @pytest.fixture

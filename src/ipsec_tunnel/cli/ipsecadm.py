@@ -234,6 +234,10 @@ def run_batch(batch: Batch) -> int:
                     "out (-force goes on past errors)"
                 )
                 break
+    except (OSError, UnicodeDecodeError) as exc:
+        _where = ""
+        _err(f"cannot read batch file {batch.name}: {getattr(exc, 'strerror', None) or exc}")
+        status = status or EXIT_FAIL
     finally:
         _where = ""
         client.close()
