@@ -92,7 +92,7 @@ def test_stats(run: Run, server: FakeServer) -> None:
     lines = [ln.rstrip() for ln in r.out.splitlines()]
     assert lines[0] == "Receive:"
     assert lines[1].split() == ["accepted", "10"]
-    assert lines[2].split() == ["dropped,", "unknown", "SA", "1"]
+    assert lines[2].split() == ["dropped,", "unknown", "SA", "(unknown_sa)", "1"]
     assert "Send:" in lines
     assert lines[-1].split()[-1] == "6"
     assert json.loads(run("stats", "-j").out) == SAMPLE_STATS

@@ -168,6 +168,13 @@ def _ordered(counts: Mapping[str, Any], seed: tuple[str, ...], known: tuple[Drop
     return [*order, "other"]
 
 
+def drop_text(reason: str) -> str:
+    """A drop reason for people, with the name -j, `sa show -s` and `tunnel show -s` use for it:
+    `inner address not allowed (policy)`; just `replayed` where the two are the same."""
+    label = _LABELS.get(reason, reason.replace("_", " "))
+    return label if label == reason.replace("_", " ") else f"{label} ({reason})"
+
+
 def stats_text(result: Mapping[str, Any]) -> str:
     """The `stats` counters: accepted and dropped packets by reason, receive then send."""
     lines: list[tuple[str, Any]] = []
@@ -179,9 +186,7 @@ def stats_text(result: Mapping[str, Any]) -> str:
         lines.append((f"{title}:", None))
         lines.append(("  accepted", counts.get("accepted", 0)))
         for reason in _ordered(counts, seed, known):
-            lines.append(
-                (f"  dropped, {_LABELS.get(reason, reason.replace('_', ' '))}", counts.get(reason, 0))
-            )
+            lines.append((f"  dropped, {drop_text(reason)}", counts.get(reason, 0)))
     lines.append(("NAT keepalives received", result.get("keepalives", 0)))
     lines.append(("ICMP errors sent", result.get("icmp_sent", 0)))
     width = max(len(label) for label, _ in lines) + 2
