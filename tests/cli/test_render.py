@@ -72,7 +72,7 @@ def test_sa_table_stats() -> None:
                                  "drops": {"replayed": 2, "auth_failed": 1}}}  # fmt: skip
     header, row = _cells(render.sa_table([sa], stats=True))
     assert header[-5:] == ["Packets", "Bytes", "Seq-out", "Replay-top", "Drops"]
-    assert row[-5:] == ["3", "300", "3", "9", "replayed=2,auth_failed=1"]
+    assert row[-5:] == ["3", "300", "3", "9", "replayed=2, authentication failed=1"]  # the labels of `stats`
 
 
 def test_tunnel_table() -> None:
@@ -88,39 +88,20 @@ def test_stats_text_has_the_seed_counters_in_order_then_the_new_ones() -> None:
     text = render.stats_text(SAMPLE_STATS)
     labels = [line.rsplit(None, 1)[0].strip() for line in text.splitlines() if line.startswith("  ")]
     receive = labels[: labels.index("accepted", 1)]
-    assert receive[:6] == ["accepted", "dropped, unknown SA (unknown_sa)",
-                           "dropped, authentication failed (auth_failed)", "dropped, bad padding",
-                           "dropped, not tunnel mode", "dropped, no matching tunnel (no_tunnel)"]  # fmt: skip
+    assert receive[:6] == ["accepted", "dropped, unknown SA", "dropped, authentication failed",
+                           "dropped, bad padding", "dropped, not tunnel mode",
+                           "dropped, no matching tunnel"]  # fmt: skip
     assert receive[-1] == "dropped, other"
     assert {"dropped, replayed", "dropped, expired", "dropped, malformed"} <= set(receive)
-    assert "dropped, inner address not allowed (policy)" in receive
     assert len(receive) == 1 + len(RECEIVE_DROPS)
     send = labels[labels.index("accepted", 1) :]
-    assert send[:4] == ["accepted", "dropped, unknown SA (no_sa)", "dropped, no route",
-                        "dropped, packet too big (too_big)"]  # fmt: skip
+    assert send[:4] == ["accepted", "dropped, unknown SA", "dropped, no route", "dropped, packet too big"]
     assert send[-1] == "dropped, other"
     assert len(send) == 1 + len(SEND_DROPS)
     assert len({len(line) for line in text.splitlines() if line[-1].isdigit()}) == 1  # values right-aligned
-    assert text.splitlines()[-2].split()[-1] == "5" and text.splitlines()[-1].split()[-1] == "6"
-
-
-def test_every_drop_reason_in_stats_names_the_key_the_tables_and_json_use() -> None:
-    """One vocabulary: `sa show -s` and `tunnel show -s` print `policy=2`; `stats` says what `policy` is."""
-    counts = {d.value: 1 for d in RECEIVE_DROPS}
-    text = render.stats_text({"receive": {"accepted": 0, **counts}, "send": {}})
-    shown = [
-        ln.split(",", 1)[1].rsplit(None, 1)[0].strip()
-        for ln in text.splitlines()
-        if ln.startswith("  dropped,")
-    ]
-    for reason in counts:
-        assert any(name.endswith(f"({reason})") or name == reason.replace("_", " ") for name in shown), reason
-    sa = {
-        **SAMPLE_SA,
-        "stats": {"packets": 0, "bytes": 0, "seq_out": 0, "replay_top": 0, "drops": {"policy": 2}},
-    }
-    assert "policy=2" in render.sa_table([sa], stats=True)
-    assert "(policy)" in text
+    lines = text.splitlines()
+    assert lines[-3].startswith("NAT keepalives received") and lines[-3].split()[-1] == "5"
+    assert lines[-2].startswith("NAT keepalives sent") and lines[-1].split()[-1] == "6"
 
 
 def test_stats_text_shows_unknown_reasons_from_a_newer_daemon() -> None:

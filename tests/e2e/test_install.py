@@ -86,9 +86,10 @@ def staged() -> Iterator[Staged]:
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed program outside the checkout (`python -c` would import from its cwd)."""
     env = {**os.environ, "IPSEC_TUNNEL_SOCKET": "/nonexistent/ipsecd.sock", "PYTHONPATH": ""}
     return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=60, env=env, check=False
+        [str(a) for a in args], capture_output=True, text=True, timeout=60, env=env, check=False, cwd="/"
     )
 
 
@@ -148,6 +149,16 @@ def test_the_tree_runs_once_moved_to_its_final_place(staged: Staged) -> None:
     finally:
         hidden.rename(staged.dest)
         shutil.rmtree(final, ignore_errors=True)
+
+
+def test_the_test_harnesses_are_not_installed(staged: Staged) -> None:
+    """The UML booter, the lossy relay and the other harnesses are test-only (tests/support/)."""
+    venv = staged.staged_prefix / "lib" / "ipsec-tunnel"
+    for module in ("ipsec_tunnel.testing", "tests.support", "tests"):
+        found = _run(venv / "bin" / "python", "-c", f"import {module}")
+        assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, (module, found)
+    installed = [p.relative_to(venv) for p in venv.rglob("*") if p.name in ("testing", "support", "tests")]
+    assert not [p for p in installed if "ipsec_tunnel" in p.parts], installed
 
 
 def test_uninstall_from_the_staging_directory_leaves_nothing(staged: Staged) -> None:
