@@ -52,6 +52,7 @@ install:
 	@$(ALL_INSTALL_DIRS) | while read -r d; do [ -d "$(DESTDIR)$$d" ] || echo "$$d"; done > .install-dirs.tmp
 	$(INSTALL_PYTHON) -m venv $(INSTALL_VENV) || (apt-get install -y -qq python3-venv >/dev/null && $(INSTALL_PYTHON) -m venv $(INSTALL_VENV))
 	$(INSTALL_VENV)/bin/python -m pip install -q --upgrade pip
+	rm -rf build  # setuptools' leftovers would put modules since removed into the install
 	$(INSTALL_VENV)/bin/python -m pip install -q --no-compile .
 ifneq ($(DESTDIR),)
 	grep -rlF '$(INSTALL_VENV)' $(INSTALL_VENV)/bin $(INSTALL_VENV)/pyvenv.cfg | xargs -r sed -i 's|$(INSTALL_VENV)|$(LIBDIR)|g'
