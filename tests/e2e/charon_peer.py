@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
 from tests.ike.charon import Charon
 from tests.ike.charon import charon_missing as ike_charon_missing
+from tests.support.hosts import IpsecHost
+from tests.support.netns import Netns, netns_available, veth_pair
 
 NAT_SH = Path(__file__).parents[1] / "ike" / "nat.sh"  # from the strongswan-ike kit
 PSK = "ikd-interop-psk-for-tests-only"

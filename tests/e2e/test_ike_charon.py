@@ -40,13 +40,11 @@ def _routes(p: IkePair) -> str:
 
 
 def _transfer(p: IkePair, size: int = 2_000_000) -> None:
-    recv = p.cns.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", str(PORT), p.C_IN],
+    recv = p.cns.popen([sys.executable, "-m", "tests.support.transfer", "recv", str(PORT), p.C_IN],
                        stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert recv.stdout is not None
     assert recv.stdout.readline().strip() == "listening"
-    sent = p.d.sh(
-        [sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", p.C_IN, str(PORT), str(size)]
-    )
+    sent = p.d.sh([sys.executable, "-m", "tests.support.transfer", "send", p.C_IN, str(PORT), str(size)])
     got, _ = recv.communicate(timeout=60)
     assert sent.stdout.split() == got.split() and got.split()[0] == str(size)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.netns import Netns, netns_available
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.netns import Netns, netns_available
 
 pytestmark = pytest.mark.root
 A_IN, B_IN = "10.62.1.1", "10.62.2.1"
@@ -76,10 +76,10 @@ def test_ipsecd_to_ipsecd(hosts: TwoHosts, initiator: str) -> None:
         assert {s["cipher"] for s in sas} == {"aes-gcm"} and {s["cipher_bits"] for s in sas} == {256}
         assert "Origin" in host.adm("sa", "show").stdout
     _ping(h)
-    recv = h.b.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", "5202", B_IN],
+    recv = h.b.popen([sys.executable, "-m", "tests.support.transfer", "recv", "5202", B_IN],
                      stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert recv.stdout is not None and recv.stdout.readline().strip() == "listening"
-    sent = h.a.sh([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", B_IN, "5202", "1000000"])
+    sent = h.a.sh([sys.executable, "-m", "tests.support.transfer", "send", B_IN, "5202", "1000000"])
     got, _ = recv.communicate(timeout=60)
     assert sent.stdout.split() == got.split()
     second.adm("ike", "down", "peer")

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import TwoHosts
-from ipsec_tunnel.testing.netns import Netns, netns_available
+from tests.support.hosts import TwoHosts
+from tests.support.netns import Netns, netns_available
 
 pytestmark = pytest.mark.root
 RATE = 200  # IKE_SA_INIT per second

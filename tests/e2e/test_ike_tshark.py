@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ipsec_tunnel.ike import KeysForTest
-from ipsec_tunnel.testing import tshark
-from ipsec_tunnel.testing.ike_tshark import decode_ike
+from tests.support import tshark
+from tests.support.ike_tshark import decode_ike
 
 from .charon_peer import PSK, IkePair, charon_missing
 

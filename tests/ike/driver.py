@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipsec_tunnel.ike import Event, Ike, Send
-from ipsec_tunnel.testing.netns import in_netns
+from tests.support.netns import in_netns
 
 MARKER = b"\0\0\0\0"
 

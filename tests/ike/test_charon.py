@@ -20,7 +20,7 @@ import pytest
 from ipsec_tunnel.ike import ChildDown, ChildUp, Ike, PeerConfig, PeerStatus, Send
 from ipsec_tunnel.ike import message as m
 from ipsec_tunnel.ike.constants import Exchange, Notify
-from ipsec_tunnel.testing.netns import Netns, in_netns, netns_available, veth_pair
+from tests.support.netns import Netns, in_netns, netns_available, veth_pair
 
 from .charon import HERE, Charon, charon_missing
 from .driver import Driver

@@ -276,6 +276,10 @@ def test_retransmitted_requests_answered_from_cache() -> None:
     (again,) = [e for e in p.b.events() if isinstance(e, Send)]
     assert again.data == auth_resp.data and p.b.drops["retransmitted_request"] == 2
     assert len(p.up("b")) == 1
+    # the same message ID with other bytes is not a retransmission: no answer
+    forged = auth_req.data[:-1] + bytes([auth_req.data[-1] ^ 1])
+    p.b.datagram_received(forged, auth_req.remote, auth_req.local, p.now)
+    assert not [e for e in p.b.events() if isinstance(e, Send)] and p.b.drops["message_id"] == 1
     # a late copy of the IKE_SA_INIT request after establishment: the same response, no new SA
     init_req = next(s for who, s in p.wire if who == "a")
     p.b.datagram_received(init_req.data, init_req.remote, init_req.local, p.now)

@@ -11,8 +11,8 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from ipsec_tunnel.ike import KeysForTest
-from ipsec_tunnel.testing import tshark
-from ipsec_tunnel.testing.ike_tshark import decode_ike
+from tests.support import tshark
+from tests.support.ike_tshark import decode_ike
 
 from .pair import Pair
 

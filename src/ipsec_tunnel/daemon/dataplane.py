@@ -23,6 +23,7 @@ from ..core import gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
+from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
 from ..linux.offload import (
@@ -34,6 +35,7 @@ from ..linux.offload import (
     set_txqueuelen,
 )
 from ..linux.sockets import EspDatagram, RawEsp
+from .clock import steady
 from .manager import Devices
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
-NAT_T_PORT = 4500  # RFC 3948 §2
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
 
@@ -100,6 +101,9 @@ class KernelDevices(Devices):
     def set_mtu(self, name: str, mtu: int) -> None:
         link.set_mtu(name, mtu)
 
+    def is_local(self, address: str) -> bool:
+        return link.is_local_address(address)
+
     def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
         try:
             return link.route_mtu(remote, oif=nextdev)
@@ -120,7 +124,7 @@ class DataPlane:
         engine: Engine,
         *,
         udp_port: int = NAT_T_PORT,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
         offloads: Offloads | None = None,
         spin: float = 0.0,
     ) -> None:

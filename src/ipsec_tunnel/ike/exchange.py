@@ -87,7 +87,7 @@ def send_request(ike: Ike, sa: IkeSa, kind: str, exchange: int, inner: Inner, no
 
 def respond(ike: Ike, sa: IkeSa, exchange: int, mid: int, inner: Inner) -> None:
     data = encrypt(ike, sa, exchange, mid, True, inner)
-    sa.cached = (mid, data)
+    sa.cached = (mid, sa.request, data)
     sa.expect_mid = mid + 1
     ike.send(sa, data)
 

@@ -68,13 +68,14 @@ def dispatch(ike: Ike, hdr: m.Header, data: bytes, local: Addr, remote: Addr, no
             ike.drops["unexpected_response"] += 1
             return
     elif hdr.mid != sa.expect_mid:
-        if sa.cached is not None and hdr.mid == sa.cached[0]:
+        if sa.cached is not None and hdr.mid == sa.cached[0] and data == sa.cached[1]:
             ike.drops["retransmitted_request"] += 1
-            ike.send(sa, sa.cached[1])  # §2.1: the same response again
+            ike.send(sa, sa.cached[2])  # §2.1: the same response again
         else:
             ike.drops["message_id"] += 1
         return
     handler = TABLE.get((sa.state, hdr.exchange, hdr.is_response))
+    sa.request = data if not hdr.is_response else b""
     if handler is None:
         ike.drops["unexpected_exchange"] += 1
         return

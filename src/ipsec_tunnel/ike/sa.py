@@ -79,7 +79,9 @@ class IkeSa:
     next_mid: int = 0  # our next request's message ID
     expect_mid: int = 0  # the peer's next request's message ID
     pending: Pending | None = None
-    cached: tuple[int, bytes] | None = field(default=None, repr=False)  # (mid, our response)
+    # (mid, the peer's request, our response): a byte-identical request gets the response again (§2.1)
+    cached: tuple[int, bytes, bytes] | None = field(default=None, repr=False)
+    request: bytes = field(default=b"", repr=False)  # the peer's request being answered
     cookie: bytes = b""
     cookie_tries: int = 0
     ke_tries: int = 0
