@@ -27,7 +27,6 @@ from .ike_store import IkeStore
 log = logging.getLogger(__name__)
 
 IKE_PORT = 500  # RFC 7296 §2
-NAT_T_PORT = 4500  # RFC 7296 §2.23, RFC 3948 §2
 INBOX_MAX = 512  # IKE datagrams queued for the next loop turns; more are dropped (counted)
 PER_TURN = 8  # at most this many IKE datagrams per loop turn ...
 TURN_BUDGET = 0.001  # ... and no more once this many seconds went into them (one MODP DH is ~2 ms):
