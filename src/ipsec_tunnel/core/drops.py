@@ -27,6 +27,9 @@ class Drop(enum.Enum):
     TOO_BIG = "too_big"
     NOT_IP = "not_ip"
     NO_ROUTE = "no_route"
+    # Both sides: the state store could not commit the reservation a sequence number or a lifetime count
+    # needs (disk full, read-only, I/O error); the packet is dropped rather than used unrecorded.
+    STORE_FAILED = "store_failed"
     OTHER = "other"
 
     @property
@@ -53,6 +56,7 @@ _LABELS: dict[Drop, str] = {
     Drop.TOO_BIG: "packet too big",
     Drop.NOT_IP: "not IP",
     Drop.NO_ROUTE: "no route",
+    Drop.STORE_FAILED: "state store not writable",
     Drop.OTHER: "other",
 }
 
@@ -69,6 +73,7 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.POLICY,
     Drop.NON_ESP,
     Drop.ECN,
+    Drop.STORE_FAILED,
     Drop.OTHER,
 )
 SEND_DROPS: tuple[Drop, ...] = (
@@ -78,5 +83,6 @@ SEND_DROPS: tuple[Drop, ...] = (
     Drop.TOO_BIG,
     Drop.NOT_IP,
     Drop.NO_ROUTE,
+    Drop.STORE_FAILED,
     Drop.OTHER,
 )

@@ -3,6 +3,7 @@ with the engine, the state store and the kernel's tunnel devices."""
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import time
@@ -63,6 +64,17 @@ def _limits(args: dict[str, Any], name: str) -> Limits:
         return Limits(**{k: int(raw.get(k, 0) or 0) for k in ("bytes", "packets", "seconds")})
     except (TypeError, ValueError):
         raise ProtocolError("EINVAL", f"bad {name} lifetime") from None
+
+
+def _twins(a: SAConfig, b: SAConfig) -> bool:
+    """Whether `b` is `a`'s other direction: same SPI, algorithms and keys, addresses swapped."""
+    return (
+        a.spi == b.spi
+        and (a.src, a.dst) == (b.dst, b.src)
+        and (a.cipher, a.digest) == (b.cipher, b.digest)
+        and hmac.compare_digest(a.cipher_key, b.cipher_key)
+        and hmac.compare_digest(a.digest_key, b.digest_key)
+    )
 
 
 def _drops(counter: Any) -> dict[str, int]:
@@ -134,12 +146,13 @@ class Manager:
         for c in configs:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
-        self._check_nonce_domain(configs)
+        self._check_key_reuse(configs)
         now = self.now()
+        sas = [SecurityAssociation(c, now) for c in configs]
+        self.store.add_sas(sas)  # all or none (both directions of --duplex), resumed past the key ledger
         added = []
-        for c in configs:
-            sa = SecurityAssociation(c, now)
-            self.store.add_sa(sa)
+        for sa in sas:
+            c = sa.config
             self.engine.sad.add(sa)
             added.append(self.sa_dict(sa, False))
             log.info(
@@ -148,17 +161,22 @@ class Manager:
         self.refresh_mtus()
         return {"added": added}
 
-    def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
-        """Refuse a counter-mode key already sending in the same direction: its nonces would repeat."""
+    def _check_key_reuse(self, configs: list[SAConfig]) -> None:
+        """Refuse a key another live SA holds, whatever either's algorithm (an aes-ctr key with an aes-gcm
+        key's bytes shares its keystream): only the other direction of the same SA (what `--duplex`
+        adds: same SPI and keys, addresses swapped) may share it."""
         for c in configs:
-            if c.iv_split is None:
-                continue
+            mine = [k for k in (c.cipher_key, c.digest_key) if k]
             for sa in self.engine.sad:
                 o = sa.config
-                if o.iv_split == c.iv_split and o.cipher == c.cipher and o.cipher_key == c.cipher_key:
+                if _twins(c, o):
+                    continue
+                theirs = [k for k in (o.cipher_key, o.digest_key) if k]
+                if any(hmac.compare_digest(a, b) for a in mine for b in theirs):
                     raise SAError(
-                        f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
-                        "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
+                        f"This key is already used by SA {o.spi:#x} {o.src} -> {o.dst}; sharing it "
+                        "would repeat (key, nonce) pairs or let one SA's packets pass as the other's. "
+                        "Use a fresh key",
                         "EEXIST",
                     )
 
