@@ -414,7 +414,7 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.EXPIRED] = 1
     assert dict(b.rx_drops) == expected
     assert set(expected) <= set(RECEIVE_DROPS)
-    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER}  # OTHER: the reserve hook, tested in test_sa
+    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.STORE_FAILED}  # the reserve hook: test_sa
 
 
 def test_every_send_drop_is_counted() -> None:
@@ -438,7 +438,7 @@ def test_every_send_drop_is_counted() -> None:
         raise OSError("read-only file system")
 
     sa.reserve = read_only_store
-    assert a.send("t0", inner_packet(), 1.0) is Drop.OTHER
+    assert a.send("t0", inner_packet(), 1.0) is Drop.STORE_FAILED
     sa.seq_limit = sa.config.seq_max
     sa.seq_out = sa.config.seq_max
     assert a.send("t0", inner_packet(), 1.0) is Drop.SEQ_EXHAUSTED
@@ -448,14 +448,14 @@ def test_every_send_drop_is_counted() -> None:
     other.sad.add(SecurityAssociation(pair.ab, 0.0))
     assert other.send("t0", inner_packet(), 1000.0) is Drop.EXPIRED
     assert dict(a.tx_drops) == {
-        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.OTHER: 1, Drop.SEQ_EXHAUSTED: 2,
+        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.STORE_FAILED: 1, Drop.SEQ_EXHAUSTED: 2,
     }  # fmt: skip
     assert dict(other.tx_drops) == {Drop.EXPIRED: 1}
     assert a.stats_for("t0").tx_drops[Drop.SEQ_EXHAUSTED] == 2
     assert {EventKind.SEQ_EXHAUSTED} == {e.kind for e in a.take_events()}
     assert a.take_events() == []
     counted = set(a.tx_drops) | set(other.tx_drops)
-    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE}  # the daemon's: the core has no routes
+    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.OTHER}  # no routes in the core; OTHER unused now
 
 
 def test_tick_raises_lifetime_events() -> None:
