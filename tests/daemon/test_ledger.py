@@ -146,7 +146,7 @@ def test_known_key_rejects_replays_under_another_spi_or_address_pair(tmp_path: P
     SPI or address pair: a sender restarting its numbers under the key is rejected up to the top."""
     ck, dk = os.urandom(16), os.urandom(32)
     h = Host(tmp_path / "h")
-    first = {"spi": 0x2000, "src": B4, "dst": A4, "cipher": "aes-cbc", "cipher_key": ck.hex(),
+    first: dict[str, Any] = {"spi": 0x2000, "src": B4, "dst": A4, "cipher": "aes-cbc", "cipher_key": ck.hex(),
              "digest": "sha256", "digest_key": dk.hex()}  # fmt: skip
     h.call("sa.add", first)
     rx = h.sa(B4, A4, 0x2000)
@@ -156,7 +156,7 @@ def test_known_key_rejects_replays_under_another_spi_or_address_pair(tmp_path: P
     h.call("sa.del", {"all": True})
     second = dict(first, spi=0x2001) if where == "other-spi" else dict(first, src=C4)
     h.call("sa.add", second)
-    src, spi = second["src"], second["spi"]
+    src, spi = str(second["src"]), int(second["spi"])
     rx = h.sa(src, A4, spi)
     peer = SecurityAssociation(SAConfig(spi, A4, src, "aes-cbc", ck, "sha256", dk).validated(), NOW)
     for packet in _send(peer, 20):  # numbers 1..20 again, under the known key

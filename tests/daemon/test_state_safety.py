@@ -336,13 +336,13 @@ def test_full_disk_at_creation_leaves_nothing_and_says_so(
     real = sqlite3.connect
 
     def full(path: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
-        db = real(path, *args, **kwargs)
+        db: sqlite3.Connection = real(path, *args, **kwargs)
         if str(path).endswith(".new"):
             db.close()
             raise sqlite3.OperationalError("database or disk is full")
         return db
 
-    monkeypatch.setattr(state.sqlite3, "connect", full)
+    monkeypatch.setattr(sqlite3, "connect", full)
     directory = tmp_path / "state"
     with pytest.raises(StateError) as err:
         Store(directory)

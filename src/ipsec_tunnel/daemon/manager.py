@@ -92,6 +92,7 @@ class Manager:
         self.devices = devices
         self.now = now
         self.mtu_set: dict[str, int] = {}
+        self._holders: dict[str, list[SecurityAssociation]] = {}  # key fingerprint -> SAs holding it
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """The result of operation `op`; ProtocolError for a refused request."""
@@ -109,6 +110,7 @@ class Manager:
         """Bring back every stored SA and tunnel (devices recreated without addresses)."""
         for sa in self.store.load_sas(self.now()):
             self.engine.sad.add(sa)
+            self._hold(sa)
         for tunnel in self.store.load_tunnels():
             self.engine.tunnels.add(tunnel)
             self.devices.create(tunnel.name)
@@ -154,6 +156,7 @@ class Manager:
         for sa in sas:
             c = sa.config
             self.engine.sad.add(sa)
+            self._hold(sa)
             added.append(self.sa_dict(sa, False))
             log.info(
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
@@ -161,24 +164,36 @@ class Manager:
         self.refresh_mtus()
         return {"added": added}
 
+    def _fingerprints(self, c: SAConfig) -> list[str]:
+        return [self.store.key_fingerprint(k) for k in (c.cipher_key, c.digest_key) if k]
+
+    def _hold(self, sa: SecurityAssociation) -> None:
+        for fp in self._fingerprints(sa.config):
+            self._holders.setdefault(fp, []).append(sa)
+
+    def _release(self, sa: SecurityAssociation) -> None:
+        for fp in self._fingerprints(sa.config):
+            holders = self._holders.get(fp, [])
+            if sa in holders:
+                holders.remove(sa)
+            if not holders:
+                self._holders.pop(fp, None)
+
     def _check_key_reuse(self, configs: list[SAConfig]) -> None:
         """Refuse a key another live SA holds, whatever either's algorithm (an aes-ctr key with an aes-gcm
-        key's bytes shares its keystream): only the other direction of the same SA (what `--duplex`
-        adds: same SPI and keys, addresses swapped) may share it."""
+        key's bytes shares its keystream), as its cipher or its digest key: only the other direction of
+        the same SA (what `--duplex` adds: same SPI and keys, addresses swapped) may share it."""
         for c in configs:
-            mine = [k for k in (c.cipher_key, c.digest_key) if k]
-            for sa in self.engine.sad:
-                o = sa.config
-                if _twins(c, o):
-                    continue
-                theirs = [k for k in (o.cipher_key, o.digest_key) if k]
-                if any(hmac.compare_digest(a, b) for a in mine for b in theirs):
-                    raise SAError(
-                        f"This key is already used by SA {o.spi:#x} {o.src} -> {o.dst}; sharing it "
-                        "would repeat (key, nonce) pairs or let one SA's packets pass as the other's. "
-                        "Use a fresh key",
-                        "EEXIST",
-                    )
+            for fp in self._fingerprints(c):
+                for sa in self._holders.get(fp, []):
+                    o = sa.config
+                    if not _twins(c, o):
+                        raise SAError(
+                            f"This key is already used by SA {o.spi:#x} {o.src} -> {o.dst}; sharing it "
+                            "would repeat (key, nonce) pairs or let one SA's packets pass as the other's. "
+                            "Use a fresh key",
+                            "EEXIST",
+                        )
 
     def _select(self, args: dict[str, Any]) -> list[SecurityAssociation]:
         spi = arg(args, "spi", int)
@@ -199,6 +214,7 @@ class Manager:
         for sa in victims:
             self.store.remove_sa(sa)
             self.engine.sad.remove(sa)
+            self._release(sa)
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
         self.refresh_mtus()
         return {"deleted": len(victims)}

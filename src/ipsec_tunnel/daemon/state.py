@@ -4,7 +4,8 @@
 Outbound: a number is sent only after a reservation at or above it is committed; a restart resumes past
 the reservation. Inbound: a number is accepted only below a committed reservation; a restart treats
 everything up to the reservation as already received. A clean shutdown records the exact positions; a
-restart turns them back into reservations before any packet, so the next crash loses nothing either.
+restart turns them back into a reservation before the first packet is accepted, so the next crash loses
+nothing either.
 
 Lifetimes: packet and byte counts are reserved in blocks the same way (a crash counts the whole block as
 used), the expired or dying state is recomputed from them, and the time an SA was added is kept in
@@ -380,7 +381,11 @@ class Store:
 
     def fingerprint(self, config: SAConfig) -> str:
         """The ledger's name for an SA's key (never the key itself)."""
-        return hmac.new(self._secret, _LEDGER_LABEL + key_material(config), hashlib.sha256).hexdigest()
+        return self.key_fingerprint(key_material(config))
+
+    def key_fingerprint(self, key: bytes) -> str:
+        """A name for key bytes that does not reveal them: HMAC-SHA-256 under this database's secret."""
+        return hmac.new(self._secret, _LEDGER_LABEL + key, hashlib.sha256).hexdigest()
 
     def ledger(self, config: SAConfig) -> dict[int, tuple[int, int]]:
         """What the ledger knows of an SA's key: domain -> (outbound, inbound) reservations."""
@@ -487,7 +492,7 @@ class Store:
         now = time.monotonic()
         st.block = min(st.block * 2, IN_BLOCK_MAX) if now - st.stamp < 1.0 else IN_BLOCK_MIN
         st.stamp = now
-        limit = min(needed + st.block, c.seq_max)
+        limit = min(max(needed, sa.replay.top) + st.block, c.seq_max)  # never below what was accepted
         self._transaction(
             [
                 (
@@ -534,7 +539,7 @@ class Store:
         self, now: float, emit: Callable[[SAEvent], None] | None = None
     ) -> list[SecurityAssociation]:
         """Every stored SA, restored so that no sequence number is reused or re-accepted and no lifetime
-        is extended. A clean row becomes a reservation again before any packet is processed."""
+        is extended. A clean row becomes a reservation again before the first packet is accepted."""
         out = []
         rows = self.db.execute(
             "SELECT config, created, seq_out, seq_in, bitmap, clean, packets, bytes, dead, soft, added_wall "
@@ -577,11 +582,8 @@ class Store:
             sa.dead = dead or None
             sa.settle(now, emit or _ignore)
             sa.tick(now, emit or _ignore)
-            if clean:
-                self._write(
-                    "UPDATE sa SET seq_out=?, seq_in=?, bitmap='', clean=0 WHERE dst=? AND src=? AND spi=?",
-                    (str(sa.seq_out), str(replay.top), config.dst, config.src, config.spi),
-                )
+            if clean:  # exact positions: the first packet accepted, even below the top, turns the row
+                sa.in_limit = 0  # back into a reservation before it is accepted
             self._attach(sa)
             out.append(sa)
         return out
