@@ -234,3 +234,15 @@ def test_duplex_directions_keep_separate_numbers(tmp_path: Path, monkeypatch: py
     assert max(map(_seq, sent_ba)) < first_ba < max(map(_seq, sent_ab))
     assert ab2.config.iv_split != ba2.config.iv_split
     h.crash()
+
+
+def test_ledger_keeps_the_largest_number_up_to_64_bits(tmp_path: Path) -> None:
+    """ESN numbers beyond SQLite's signed integers, and smaller ones after larger: the ledger keeps the
+    largest of each."""
+    store = Store(tmp_path)
+    config = SAConfig(0x1000, B4, A4, "aes-gcm", os.urandom(20), esn=True).validated()
+    big = (1 << 64) - 1
+    for out, seen in ((9, 10), (big, 5), (100, big - 1), (7, 7)):
+        store._transaction([store._ledger_sql(config, out, seen)])
+    assert store.ledger(config) == {config.iv_split: (big, big - 1)}
+    store.close()

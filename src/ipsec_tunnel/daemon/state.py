@@ -396,11 +396,12 @@ class Store:
 
     def _ledger_sql(self, config: SAConfig, seq_out: int, seq_in: int) -> tuple[str, tuple[Any, ...]]:
         """The statement raising the ledger's numbers for an SA's key and domain to at least these."""
+        # Numbers as 20-digit text: up to 2**64 - 1 (ESN), beyond SQLite's integers, and compared by MAX()
+        # as text in the same order as numbers.
         return (
             "INSERT INTO ledger VALUES (?,?,?,?) ON CONFLICT(fp, domain) DO UPDATE SET "
-            "seq_out=CAST(MAX(CAST(seq_out AS INTEGER), CAST(excluded.seq_out AS INTEGER)) AS TEXT), "
-            "seq_in=CAST(MAX(CAST(seq_in AS INTEGER), CAST(excluded.seq_in AS INTEGER)) AS TEXT)",
-            (self.fingerprint(config), _domain(config), str(seq_out), str(seq_in)),
+            "seq_out=MAX(seq_out, excluded.seq_out), seq_in=MAX(seq_in, excluded.seq_in)",
+            (self.fingerprint(config), _domain(config), f"{seq_out:020d}", f"{seq_in:020d}"),
         )
 
     def resume(self, sa: SecurityAssociation) -> None:
