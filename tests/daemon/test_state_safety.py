@@ -312,7 +312,7 @@ def test_parent_writable_by_others_without_sticky_bit_is_refused(tmp_path: Path)
     os.chmod(tmp_path, 0o700)
 
 
-@pytest.mark.parametrize("name", [JOURNAL_NAME, "lock"])
+@pytest.mark.parametrize("name", [JOURNAL_NAME, "lock", DB_NAME])
 def test_symlinks_in_the_state_directory_are_not_followed(tmp_path: Path, name: str) -> None:
     directory = tmp_path / "state"
     Store(directory).close()

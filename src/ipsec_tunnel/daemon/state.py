@@ -259,6 +259,8 @@ class Store:
 
     def _check(self, path: Path) -> sqlite3.Connection:
         """The open database at `path` after checking it is ours, whole and not newer than us."""
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise StateError(f"state database {path} is not a regular file (a symlink?); refusing it")
         if path.stat().st_size == 0:
             raise StateError(f"state database {path} is empty (truncated?); move it away to start afresh")
         with open(path, "rb") as f:
