@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.netns import Netns, netns_available
-from ipsec_tunnel.testing.pcap import esp_headers
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.netns import Netns, netns_available
+from tests.support.pcap import esp_headers
 
 pytestmark = pytest.mark.root
 
