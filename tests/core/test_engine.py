@@ -422,8 +422,8 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.EXPIRED] = 1
     assert dict(b.rx_drops) == expected
     assert set(expected) <= set(RECEIVE_DROPS)
-    # OTHER: the reserve hook (test_sa); DEVICE_DOWN: the data plane's (robustness/test_visibility)
-    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.DEVICE_DOWN}
+    # STORE_FAILED: the reserve hook (test_sa), OTHER unused; DEVICE_DOWN: the data plane (test_visibility)
+    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.STORE_FAILED, Drop.DEVICE_DOWN}
 
 
 def test_every_send_drop_is_counted() -> None:
@@ -447,7 +447,7 @@ def test_every_send_drop_is_counted() -> None:
         raise OSError("read-only file system")
 
     sa.reserve = read_only_store
-    assert a.send("t0", inner_packet(), 1.0) is Drop.OTHER
+    assert a.send("t0", inner_packet(), 1.0) is Drop.STORE_FAILED
     sa.seq_limit = sa.config.seq_max
     sa.seq_out = sa.config.seq_max
     assert a.send("t0", inner_packet(), 1.0) is Drop.SEQ_EXHAUSTED
@@ -457,14 +457,15 @@ def test_every_send_drop_is_counted() -> None:
     other.sad.add(SecurityAssociation(pair.ab, 0.0))
     assert other.send("t0", inner_packet(), 1000.0) is Drop.EXPIRED
     assert dict(a.tx_drops) == {
-        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.OTHER: 1, Drop.SEQ_EXHAUSTED: 2,
+        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.STORE_FAILED: 1, Drop.SEQ_EXHAUSTED: 2,
     }  # fmt: skip
     assert dict(other.tx_drops) == {Drop.EXPIRED: 1}
     assert a.stats_for("t0").tx_drops[Drop.SEQ_EXHAUSTED] == 2
     assert {EventKind.SEQ_EXHAUSTED} == {e.kind for e in a.take_events()}
     assert a.take_events() == []
     counted = set(a.tx_drops) | set(other.tx_drops)
-    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR}  # the daemon's: the kernel says
+    # the daemon's: the kernel says (NO_ROUTE, SEND_ERROR); OTHER unused since STORE_FAILED
+    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR, Drop.OTHER}
 
 
 def test_tick_raises_lifetime_events() -> None:

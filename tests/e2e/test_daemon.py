@@ -4,6 +4,7 @@ rules (ipsec0 catch-all, protocol-unreachable), --nextdev and --peer-net."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -29,8 +30,19 @@ def test_second_instance_refuses_to_start(hosts: TwoHosts) -> None:
         check=False,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "already running" in proc.stderr
+    assert proc.stderr.strip() == f"ipsecd: another ipsecd answers on {a.socket}"
     assert a.adm("version").returncode == 0  # the first one is unharmed
+    # another socket and pid file, the same state directory: refused by the directory's lock
+    other = a.dir / "other.sock"
+    proc = a.sh(
+        [sys.executable, "-m", "ipsec_tunnel.daemon.main", "-f", "--socket", str(other), "--state-dir",
+         str(a.state)],
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert re.fullmatch(rf"ipsecd: state directory {a.state} in use by pid \d+", proc.stderr.strip())
+    assert not other.exists()
+    assert a.adm("version").returncode == 0
 
 
 def test_sigterm_removes_devices_and_restart_restores_them(hosts: TwoHosts) -> None:

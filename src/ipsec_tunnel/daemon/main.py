@@ -19,7 +19,8 @@ from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from .dataplane import NAT_T_PORT, DataPlane, Offloads
 from .manager import Manager
-from .server import ControlServer
+from .paths import check_directory, open_private
+from .server import ControlServer, answering
 from .state import DEFAULT_DIR, StateError, Store
 
 log = logging.getLogger("ipsecd")
@@ -98,7 +99,8 @@ class PidFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        check_directory(path.parent, "pid file directory")
+        self.fd = open_private(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
         )
     )
+    if answering(args.socket):  # never take over (or later remove) another daemon's socket
+        print(f"ipsecd: another ipsecd answers on {args.socket}", file=sys.stderr)
+        return 1
     try:
         pidfile = PidFile(pid_path)
     except (RuntimeError, OSError) as exc:
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.foreground:
         _daemonize()
         pidfile.write()  # flock survives fork: the lock is on the open file
+        store.claim()
     else:
         pidfile.write()
     try:
