@@ -1,5 +1,6 @@
 """ipsecd: what `modprobe ipsec` was. Creates the inactive base device ipsec0, restores stored SAs and
-tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM."""
+tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM. The devices outlive it
+(daemon.devices): `ipsecd --stop` stops it and removes them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -17,8 +20,11 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
+from . import devices as device_module
 from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from .devices import PersistentDevices
 from .manager import Manager
+from .readiness import Starter, daemonize, notify
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
 
@@ -84,7 +90,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after each burst of packets keep polling, yielding the CPU to anything runnable, this many "
         f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
+    )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        help="log to this file (default: syslog; stderr with -f; beside the pid file without syslog)",
+    )
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the ipsecd of this --socket/--pidfile (SIGTERM) and remove the tunnel devices it left "
+        "in this network namespace, then exit",
+    )
+    p.add_argument(
+        "--remove-devices-on-exit",
+        action="store_true",
+        help="remove the tunnel devices when stopping (default: keep them, with their addresses and "
+        "routes, for the next ipsecd)",
+    )
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     return p.parse_args(argv)
 
@@ -117,45 +142,95 @@ class PidFile:
         os.close(self.fd)
 
 
-def _daemonize() -> None:
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.chdir("/")
+SYSLOG = "/dev/log"
+
+
+def _syslog_listens(path: str = SYSLOG) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(path)
+    except OSError:
+        return False
+    return True
+
+
+def _log_handler(args: argparse.Namespace, pid_path: Path) -> logging.Handler:
+    """Where the log goes: --log-file, else stderr with -f, else syslog, else a file beside the pid file."""
+    from logging.handlers import SysLogHandler
+
+    if args.log_file:
+        Path(args.log_file).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return logging.FileHandler(args.log_file)
+    if args.foreground:
+        return logging.StreamHandler(sys.stderr)
+    if _syslog_listens():
+        return SysLogHandler(address=SYSLOG)
+    fallback = pid_path.with_name("ipsecd.log")
+    fallback.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    print(f"ipsecd: no syslog at {SYSLOG}: logging to {fallback}", file=sys.stderr)
+    return logging.FileHandler(fallback)
+
+
+def stop(pid_path: Path, timeout: float = 15.0) -> int:
+    """`ipsecd --stop`: SIGTERM to the ipsecd holding `pid_path`, wait for it, remove its devices."""
+    try:
+        fd = os.open(pid_path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = -1
+    if fd >= 0:
+        try:
+            pid = int(os.read(fd, 32).decode(errors="replace").strip() or 0)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a daemon runs
+                if pid > 0:
+                    os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            print(f"ipsecd: pid {pid} did not stop within {timeout:.0f} s", file=sys.stderr)
+                            return 1
+                        time.sleep(0.05)
+        except (OSError, ValueError) as exc:
+            print(f"ipsecd: cannot stop the daemon of {pid_path}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            os.close(fd)
+    for name in device_module.remove_leftover(device_module.leftover()):
+        print(f"ipsecd: removed {name}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
-    handlers: list[logging.Handler] = []
-    if args.foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    else:
-        try:
-            from logging.handlers import SysLogHandler
-
-            handlers.append(SysLogHandler(address="/dev/log"))
-        except OSError:
-            handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        handlers=handlers,
-        format="ipsecd[%(process)d]: %(levelname)s %(message)s",
-    )
-    if os.geteuid() != 0:
-        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
-        return 1
     pid_path = (
         Path(args.pidfile)
         if args.pidfile
         else (
             Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
         )
+    )
+    if os.geteuid() != 0:
+        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
+        return 1
+    if args.stop:
+        return stop(pid_path)
+    try:
+        handler = _log_handler(args, pid_path)
+    except OSError as exc:
+        print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        handlers=[handler],
+        format="%(asctime)s ipsecd[%(process)d]: %(levelname)s %(message)s"
+        if isinstance(handler, logging.FileHandler)
+        else "ipsecd[%(process)d]: %(levelname)s %(message)s",
     )
     try:
         pidfile = PidFile(pid_path)
@@ -168,16 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecd: {exc}", file=sys.stderr)
         pidfile.release()
         return 1
-    if not args.foreground:
-        _daemonize()
-        pidfile.write()  # flock survives fork: the lock is on the open file
-    else:
-        pidfile.write()
+    starter = daemonize() if not args.foreground else Starter(None)
+    pidfile.write()  # flock survives fork: the lock is on the open file
     try:
-        return _serve(args, store)
+        return _serve(args, store, starter)
     except Exception as exc:
         log.error("%s", exc)
         print(f"ipsecd: {exc}", file=sys.stderr)
+        starter.failed(f"ipsecd: {exc}")
         return 1
     finally:
         store.close()
@@ -197,17 +270,21 @@ def offloads(args: argparse.Namespace) -> Offloads:
     )
 
 
-def _serve(args: argparse.Namespace, store: Store) -> int:
+def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     engine = Engine()
     plane = DataPlane(
         engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
     )
+    plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
     try:
         plane.open_transports()
-        plane.devices.create(BASE_DEVICE)
-        manager = Manager(engine, store, plane.devices)
+        devices.create(BASE_DEVICE)
+        manager = Manager(engine, store, devices)
         manager.restore()
+        devices.prune(t.name for t in engine.tunnels)
+        devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
+        devices.follow_links()
         server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch)
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -217,6 +294,8 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+        starter.ready()
+        notify("READY=1")
         # The data plane makes no reference cycles of its own: what is loaded by now is kept out of the
         # cycle collector, which runs less often (every GC_THRESHOLD new containers rather than 700).
         gc.freeze()
@@ -227,7 +306,9 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
             manager.refresh_mtus()
 
         plane.run(every)
-        log.info("stopping: recording sequence positions and removing devices")
+        notify("STOPPING=1")
+        kept = "removing" if args.remove_devices_on_exit else "keeping"
+        log.info("stopping: recording sequence positions, %s the devices", kept)
         store.save_exact(list(engine.sad))
         return 0
     finally:
