@@ -147,7 +147,7 @@ def test_ipv6_inside_survives_a_1280_byte_path(h: TwoHosts) -> None:
 
 def second_ipsecd(host: IpsecHost, tmp: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return host.sh([*DAEMON, "--socket", f"{tmp}/s.sock", "--state-dir", f"{tmp}/state",
-                    "--pidfile", f"{tmp}/d.pid", "--log-file", f"{tmp}/log", *extra],
+                    "--pidfile", f"{tmp}/d.pid", *extra],
                    check=False, timeout=20)  # fmt: skip
 
 
@@ -167,5 +167,8 @@ def test_daemon_mode_exits_0_once_ready(h: TwoHosts) -> None:
         assert proc.returncode == 0, proc.stderr
         assert os.path.exists(f"{tmp}/s.sock"), "the parent exited before the daemon was ready"
         assert h.a.adm("--socket", f"{tmp}/s.sock", "version", check=False).returncode == 0
+        if not os.path.exists("/dev/log"):  # no syslog here: the log goes beside the pid file
+            assert "no syslog at /dev/log: logging to" in proc.stderr
+            assert "ready" in Path(f"{tmp}/ipsecd.log").read_text()
     finally:
         h.a.sh([*DAEMON, "--stop", "--socket", f"{tmp}/s.sock", "--pidfile", f"{tmp}/d.pid"], check=False)
