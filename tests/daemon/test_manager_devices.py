@@ -58,7 +58,7 @@ def names(manager: Manager) -> list[str]:
 def test_a_deleted_device_removes_its_tunnel_and_it_can_be_added_again(
     made: tuple[Manager, FakeDevices, Path],
 ) -> None:
-    manager, devices, state = made
+    manager, devices, _ = made
     devices.names.discard("ipsec1")  # what `ip link del` did
     manager.device_gone("ipsec1")
     assert names(manager) == []
