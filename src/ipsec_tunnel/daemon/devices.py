@@ -22,25 +22,31 @@ log = logging.getLogger(__name__)
 MARK = "ipsec-tunnel"  # the alias of every device ipsecd made
 
 
+def _ours(device: netlink.LinkEvent) -> bool:
+    return device.kind == "tun" and device.alias == MARK
+
+
 def is_ours(name: str) -> bool:
     """Whether device `name` is a TUN device ipsecd made (its alias is MARK)."""
-    return tun.tun_flags(name) is not None and link.alias(name) == MARK
+    return any(d.name == name and _ours(d) for d in netlink.links())
 
 
 def leftover() -> list[str]:
     """ipsecd's devices in this network namespace (held by a daemon or not)."""
-    return [name for name in link.names() if is_ours(name)]
+    return [d.name for d in netlink.links() if _ours(d)]
 
 
 def remove_leftover(names: Iterable[str]) -> list[str]:
-    """Remove the named persistent devices no process holds; returns those removed."""
+    """Remove the named persistent TUN devices no process holds; returns those removed."""
     removed = []
     for name in names:
-        flags = tun.tun_flags(name)
-        if flags is None:
-            continue
         try:
-            dev = tun.open_tun(name, multi_queue=bool(flags & tun.IFF_MULTI_QUEUE))
+            try:
+                dev = tun.open_tun(name)
+            except OSError as exc:  # EINVAL: made multi-queue
+                if exc.errno != errno.EINVAL:
+                    raise
+                dev = tun.open_tun(name, multi_queue=True)
         except OSError as exc:
             log.warning("cannot remove %s: %s", name, exc.strerror)
             continue
@@ -66,7 +72,7 @@ class PersistentDevices(KernelDevices):
             return
         reattach = link.exists(name)
         if reattach and not is_ours(name):
-            raise OSError(errno.EEXIST, f"a network device named {name} already exists (not ipsecd's)")
+            raise OSError(errno.EEXIST, f"{name} already exists and is not a device ipsecd left")
         try:
             super().create(name)
         except OSError as exc:
@@ -78,8 +84,9 @@ class PersistentDevices(KernelDevices):
         queue = self.tun[name]
         try:
             queue.dev.set_persist(True)
-            link.set_alias(name, MARK)
-            self.index[link.ifindex(name)] = name
+            index = link.ifindex(name)
+            netlink.set_alias(index, MARK)
+            self.index[index] = name
         except BaseException:
             self.remove(name)
             raise

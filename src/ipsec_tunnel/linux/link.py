@@ -175,23 +175,3 @@ def no_ipv6_autoconf(name: str) -> None:
             f.write("1")
     except OSError:
         pass
-
-
-def names() -> list[str]:
-    """The names of every network device in this namespace."""
-    return [name for _index, name in socket.if_nameindex()]
-
-
-def alias(name: str) -> str:
-    """The alias of device `name` (``ip link set NAME alias TEXT``); "" when it has none or is gone."""
-    try:
-        with open(f"/sys/class/net/{_name(name).decode()}/ifalias") as f:
-            return f.read().strip()
-    except (OSError, ValueError):
-        return ""
-
-
-def set_alias(name: str, text: str) -> None:
-    """Set the alias of device `name` (IFLA_IFALIAS, as ``ip link set NAME alias TEXT``)."""
-    with open(f"/sys/class/net/{_name(name).decode()}/ifalias", "w") as f:
-        f.write(text)

@@ -39,7 +39,6 @@ __all__ = [
     "VnetHeader",
     "open_tun",
     "tun_features",
-    "tun_flags",
 ]
 
 TUN_PATH = "/dev/net/tun"
@@ -62,7 +61,6 @@ IFF_MULTI_QUEUE = 0x0100
 IFF_ATTACH_QUEUE = 0x0200
 IFF_DETACH_QUEUE = 0x0400
 IFF_VNET_HDR = 0x4000
-IFF_PERSIST = 0x0800  # in /sys/class/net/NAME/tun_flags, set by TUNSETPERSIST
 
 # TUNSETOFFLOAD flags, linux/if_tun.h
 TUN_F_CSUM = 0x01  # the peer (we) can handle partial checksums
@@ -113,15 +111,6 @@ def _check_name(name: str) -> bytes:
     if len(raw) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
         raise ValueError(f"invalid interface name: {name!r}")
     return raw
-
-
-def tun_flags(name: str) -> int | None:
-    """The TUN flags of device ``name`` (sysfs ``tun_flags``), or None when it is no TUN device."""
-    try:
-        with open(f"/sys/class/net/{_check_name(name).decode()}/tun_flags") as f:
-            return int(f.read().strip(), 16)
-    except (OSError, ValueError):
-        return None
 
 
 def tun_features() -> int:
