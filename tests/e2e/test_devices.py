@@ -73,6 +73,21 @@ def test_a_restart_keeps_addresses_routes_and_traffic_resumes_within_2s(h: TwoHo
     assert tunnel_names(h.a) == ["ipsec1"]
 
 
+@pytest.mark.parametrize("extra", [("--no-offload",), ()], ids=["offloads-off", "offloads-on"])
+def test_ipv6_inside_resumes_after_kill_9_with_other_offloads(h: TwoHosts, extra: tuple[str, ...]) -> None:
+    """Re-attaching sets the flags this ipsecd wants (virtio-net headers or not), whatever the last had."""
+    h.tunnels(inner6=True)
+    h.a.stop()
+    h.a.start(*extra)  # the device made with these offloads ...
+    assert ping(h.a, "2001:db8:2::1")
+    h.a.stop(signal.SIGKILL)
+    h.a.start(*({"--no-offload"} - set(extra)))  # ... re-attached with the others
+    t0 = time.monotonic()
+    while not ping(h.a, "2001:db8:2::1", "-s", "1400"):
+        assert time.monotonic() - t0 < 2.0, "IPv6 traffic did not resume within 2 s"
+    assert "2001:db8:1::1" in h.a.sh("ip -6 addr show dev ipsec1").stdout
+
+
 def test_tunnel_del_and_ipsecd_stop_remove_devices(h: TwoHosts) -> None:
     h.a.adm("tunnel", "add", "ipsec1", f"--local={h.a_pub}", f"--remote={h.b_pub}")
     h.a.adm("tunnel", "del", "ipsec1")
