@@ -24,17 +24,27 @@ pytestmark = pytest.mark.root
 DAEMON = [sys.executable, "-m", "ipsec_tunnel.daemon.main"]
 
 
-@pytest.fixture
-def h() -> Iterator[TwoHosts]:
-    """Hosts A and B (namespaces named after this file's helper prefix), ipsecd running, an SA pair."""
+def _hosts(outer6: bool) -> Iterator[TwoHosts]:
     reason = netns_available()
     if reason:
         pytest.skip(reason)
-    hosts = TwoHosts()
+    hosts = TwoHosts(outer6=outer6)
     hosts.a, hosts.b = IpsecHost("odvA", hosts.tmp), IpsecHost("odvB", hosts.tmp)
     with hosts:
         hosts.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={hosts.key('k', 20)}")
         yield hosts
+
+
+@pytest.fixture
+def h() -> Iterator[TwoHosts]:
+    """Hosts A and B (namespaces named after this file's helper prefix), ipsecd running, an SA pair."""
+    yield from _hosts(False)
+
+
+@pytest.fixture
+def h6() -> Iterator[TwoHosts]:
+    """`h` over IPv6 outside."""
+    yield from _hosts(True)
 
 
 def ping(host: IpsecHost, dst: str, *extra: str) -> bool:
@@ -147,7 +157,9 @@ def test_a_renamed_device_keeps_its_tunnel_under_the_new_name(h: TwoHosts) -> No
         assert time.monotonic() - t0 < 2.0
 
 
-def test_ipv6_inside_survives_a_1280_byte_path(h: TwoHosts) -> None:
+@pytest.mark.parametrize("outer6", [False, True], ids=["ipv4-outside", "ipv6-outside"])
+def test_ipv6_inside_survives_a_1280_byte_path(request: pytest.FixtureRequest, outer6: bool) -> None:
+    h: TwoHosts = request.getfixturevalue("h6" if outer6 else "h")
     h.tunnels(inner6=True)
     assert ping(h.a, "2001:db8:2::1")
     h.a.sh(f"ip link set {h.links[0]} mtu 1280")

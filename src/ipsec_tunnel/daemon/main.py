@@ -278,8 +278,8 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
     try:
+        devices.create(BASE_DEVICE)  # first: another ipsecd here holds it, and that is the error to name
         plane.open_transports()
-        devices.create(BASE_DEVICE)
         manager = Manager(engine, store, devices)
         manager.restore()
         devices.prune(t.name for t in engine.tunnels)
