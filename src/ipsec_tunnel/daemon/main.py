@@ -10,9 +10,7 @@ import gc
 import logging
 import os
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
@@ -20,11 +18,11 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
-from . import devices as device_module
 from .dataplane import NAT_T_PORT, DataPlane, Offloads
 from .devices import PersistentDevices
+from .lifecycle import Starter, daemonize, log_handler, notify
+from .lifecycle import stop as stop_daemon
 from .manager import Manager
-from .readiness import Starter, daemonize, notify
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
 
@@ -91,7 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
     )
     p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="what to log (default info)",
     )
     p.add_argument(
         "--log-file",
@@ -142,69 +143,6 @@ class PidFile:
         os.close(self.fd)
 
 
-SYSLOG = "/dev/log"
-
-
-def _syslog_listens(path: str = SYSLOG) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(path)
-    except OSError:
-        return False
-    return True
-
-
-def _log_handler(args: argparse.Namespace, pid_path: Path) -> logging.Handler:
-    """Where the log goes: --log-file, else stderr with -f, else syslog, else a file beside the pid file."""
-    from logging.handlers import SysLogHandler
-
-    if args.log_file:
-        Path(args.log_file).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        return logging.FileHandler(args.log_file)
-    if args.foreground:
-        return logging.StreamHandler(sys.stderr)
-    if _syslog_listens():
-        return SysLogHandler(address=SYSLOG)
-    fallback = pid_path.with_name("ipsecd.log")
-    fallback.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    print(f"ipsecd: no syslog at {SYSLOG}: logging to {fallback}", file=sys.stderr)
-    return logging.FileHandler(fallback)
-
-
-def stop(pid_path: Path, timeout: float = 15.0) -> int:
-    """`ipsecd --stop`: SIGTERM to the ipsecd holding `pid_path`, wait for it, remove its devices."""
-    try:
-        fd = os.open(pid_path, os.O_RDONLY)
-    except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
-        try:
-            pid = int(os.read(fd, 32).decode(errors="replace").strip() or 0)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:  # held: a daemon runs
-                if pid > 0:
-                    os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            print(f"ipsecd: pid {pid} did not stop within {timeout:.0f} s", file=sys.stderr)
-                            return 1
-                        time.sleep(0.05)
-        except (OSError, ValueError) as exc:
-            print(f"ipsecd: cannot stop the daemon of {pid_path}: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            os.close(fd)
-    for name in device_module.remove_leftover(device_module.leftover()):
-        print(f"ipsecd: removed {name}", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
@@ -219,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
         return 1
     if args.stop:
-        return stop(pid_path)
+        return stop_daemon(pid_path)
     try:
-        handler = _log_handler(args, pid_path)
+        handler = log_handler(args.log_file, args.foreground, pid_path)
     except OSError as exc:
         print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.daemon import readiness
+from ipsec_tunnel.daemon import lifecycle as readiness
 
 UNIT = Path(__file__).parents[2] / "docs" / "ipsecd.service"
 
