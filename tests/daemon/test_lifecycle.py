@@ -4,13 +4,14 @@ unit waits for that (Type=notify). No root, no systemd: a unix datagram socket s
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.daemon import lifecycle as readiness
+from ipsec_tunnel.daemon import lifecycle
 
 UNIT = Path(__file__).parents[2] / "docs" / "ipsecd.service"
 
@@ -20,7 +21,7 @@ def test_notify_sends_the_state_to_notify_socket(tmp_path: Path, monkeypatch: py
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
         systemd.bind(path)
         monkeypatch.setenv("NOTIFY_SOCKET", path)
-        assert readiness.notify("READY=1")
+        assert lifecycle.notify("READY=1")
         assert systemd.recv(100) == b"READY=1"
 
 
@@ -29,15 +30,15 @@ def test_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> N
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
         systemd.bind("\0" + name)
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        assert readiness.notify("STOPPING=1")
+        assert lifecycle.notify("STOPPING=1")
         assert systemd.recv(100) == b"STOPPING=1"
 
 
 def test_notify_without_systemd_is_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert not readiness.notify("READY=1")
+    assert not lifecycle.notify("READY=1")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody"))
-    assert not readiness.notify("READY=1")
+    assert not lifecycle.notify("READY=1")
 
 
 def _child_says(say: str | None) -> int:
@@ -46,14 +47,14 @@ def _child_says(say: str | None) -> int:
     child = os.fork()
     if child == 0:  # pragma: no cover - the child
         os.close(read_fd)
-        starter = readiness.Starter(write_fd)
+        starter = lifecycle.Starter(write_fd)
         if say == "ready":
             starter.ready()
         elif say is not None:
             starter.failed(say)
         os._exit(0)
     os.close(write_fd)
-    return readiness.wait_for_child(read_fd, child)
+    return lifecycle.wait_for_child(read_fd, child)
 
 
 def test_the_parent_exits_0_when_the_child_is_ready() -> None:
@@ -82,3 +83,32 @@ def test_the_unit_waits_for_readiness_and_is_hardened() -> None:
         assert lines[setting] == "yes"
     assert lines["SystemCallFilter"].startswith("@system-service")
     assert "ProtectKernelTunables" not in lines  # ipsecd writes /proc/sys/net/ipv6/conf/DEV/addr_gen_mode
+
+
+def test_the_log_goes_to_syslog_when_it_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from logging.handlers import SysLogHandler
+
+    path = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(path)
+        monkeypatch.setattr(lifecycle, "SYSLOG", path)
+        handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.pid")
+        try:
+            assert isinstance(handler, SysLogHandler)
+        finally:
+            handler.close()
+
+
+def test_without_syslog_the_log_goes_beside_the_pid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(lifecycle, "SYSLOG", str(tmp_path / "no-syslog-here"))
+    handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.pid")
+    try:
+        assert isinstance(handler, logging.FileHandler)
+        assert handler.baseFilename == str(tmp_path / "run" / "ipsecd.log")
+        assert f"logging to {tmp_path / 'run' / 'ipsecd.log'}" in capsys.readouterr().err
+    finally:
+        handler.close()
+    with_f = lifecycle.log_handler(None, True, tmp_path / "ipsecd.pid")
+    assert type(with_f) is logging.StreamHandler  # -f: stderr

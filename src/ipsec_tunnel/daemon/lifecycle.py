@@ -103,10 +103,10 @@ def daemonize() -> Starter:
 SYSLOG = "/dev/log"
 
 
-def _syslog_listens(path: str = SYSLOG) -> bool:
+def _syslog_listens() -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(path)
+            sock.connect(SYSLOG)
     except OSError:
         return False
     return True
