@@ -102,3 +102,13 @@ def test_the_tunnel_mtu_follows_a_path_above_the_minimum(made: tuple[Manager, Fa
     devices.path = 1500
     manager.refresh_mtus()
     assert 1400 < devices.mtu["ipsec1"] < 1500
+
+
+def test_a_device_renamed_to_no_tunnel_name_goes_with_its_tunnel(
+    made: tuple[Manager, FakeDevices, Path],
+) -> None:
+    manager, devices, _ = made
+    devices.names = (devices.names - {"ipsec1"}) | {"wan:1"}
+    manager.device_renamed("ipsec1", "wan:1")
+    assert names(manager) == [] and manager.store.load_tunnels() == []
+    assert "wan:1" not in devices.names

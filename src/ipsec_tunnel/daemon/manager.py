@@ -303,12 +303,14 @@ class Manager:
         """Device `old` was renamed `new` outside ipsecd: its tunnel takes the new name."""
         tunnel = self.engine.tunnels.get(old)
         if tunnel is None:
+            if old == BASE_DEVICE:
+                log.warning("%s renamed %s: packets for %s are dropped until ipsecd restarts", old, new, old)
             return
         self.engine.tunnels.remove(old)
         try:
             renamed = self.engine.tunnels.add(dataclasses.replace(tunnel, name=new))
-        except SAError as exc:
-            log.warning("tunnel %s cannot be called %s (%s): removed", old, new, exc)
+        except SAError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
+            log.warning("tunnel %s removed with its device: %s", old, exc)
             self.store.remove_tunnel(old)
             self.devices.remove(new)
             return
