@@ -92,23 +92,23 @@ def test_the_log_goes_to_syslog_when_it_listens(tmp_path: Path, monkeypatch: pyt
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
         syslog.bind(path)
         monkeypatch.setattr(lifecycle, "SYSLOG", path)
-        handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.pid")
+        handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.sock")
         try:
             assert isinstance(handler, SysLogHandler)
         finally:
             handler.close()
 
 
-def test_without_syslog_the_log_goes_beside_the_pid_file(
+def test_without_syslog_the_log_goes_beside_the_control_socket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(lifecycle, "SYSLOG", str(tmp_path / "no-syslog-here"))
-    handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.pid")
+    handler = lifecycle.log_handler(None, False, tmp_path / "run" / "ipsecd.sock")
     try:
         assert isinstance(handler, logging.FileHandler)
         assert handler.baseFilename == str(tmp_path / "run" / "ipsecd.log")
         assert f"logging to {tmp_path / 'run' / 'ipsecd.log'}" in capsys.readouterr().err
     finally:
         handler.close()
-    with_f = lifecycle.log_handler(None, True, tmp_path / "ipsecd.pid")
+    with_f = lifecycle.log_handler(None, True, tmp_path / "ipsecd.sock")
     assert type(with_f) is logging.StreamHandler  # -f: stderr

@@ -194,7 +194,7 @@ def test_daemon_mode_exits_0_once_ready(h: TwoHosts) -> None:
         assert proc.returncode == 0, proc.stderr
         assert os.path.exists(f"{tmp}/s.sock"), "the parent exited before the daemon was ready"
         assert h.a.adm("--socket", f"{tmp}/s.sock", "version", check=False).returncode == 0
-        if not os.path.exists("/dev/log"):  # no syslog here: the log goes beside the pid file
+        if not os.path.exists("/dev/log"):  # no syslog here: the log goes beside the control socket
             assert "no syslog at /dev/log: logging to" in proc.stderr
             assert "ready" in Path(f"{tmp}/ipsecd.log").read_text()
     finally:

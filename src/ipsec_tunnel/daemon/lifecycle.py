@@ -112,8 +112,9 @@ def _syslog_listens() -> bool:
     return True
 
 
-def log_handler(log_file: str | None, foreground: bool, pid_path: Path) -> logging.Handler:
-    """Where the log goes: --log-file, else stderr with -f, else syslog, else a file beside the pid file."""
+def log_handler(log_file: str | None, foreground: bool, socket_path: Path) -> logging.Handler:
+    """Where the log goes: --log-file, else stderr with -f, else syslog, else ipsecd.log beside the
+    control socket."""
     from logging.handlers import SysLogHandler
 
     if log_file:
@@ -123,7 +124,7 @@ def log_handler(log_file: str | None, foreground: bool, pid_path: Path) -> loggi
         return logging.StreamHandler(sys.stderr)
     if _syslog_listens():
         return SysLogHandler(address=SYSLOG)
-    fallback = pid_path.with_name("ipsecd.log")
+    fallback = socket_path.with_name("ipsecd.log")
     fallback.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     print(f"ipsecd: no syslog at {SYSLOG}: logging to {fallback}", file=sys.stderr)
     return logging.FileHandler(fallback)

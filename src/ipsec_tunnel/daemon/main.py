@@ -51,6 +51,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--udp-port", type=int, default=NAT_T_PORT, help="ESP-in-UDP port to listen on (default 4500)"
     )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        help="log to this file (default: syslog; stderr with -f; beside the socket without syslog)",
+    )
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the ipsecd of this --socket/--pidfile (SIGTERM) and remove the tunnel devices it left "
+        "in this network namespace, then exit",
+    )
+    p.add_argument(
+        "--remove-devices-on-exit",
+        action="store_true",
+        help="remove the tunnel devices when stopping (default: keep them, with their addresses and "
+        "routes, for the next ipsecd)",
+    )
     off = p.add_argument_group(
         "offloads", "on by default where the kernel supports them; each falls back by itself"
     )
@@ -89,28 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
     )
     p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="what to log (default info)",
-    )
-    p.add_argument(
-        "--log-file",
-        default=None,
-        help="log to this file (default: syslog; stderr with -f; beside the pid file without syslog)",
-    )
-    p.add_argument(
-        "--stop",
-        action="store_true",
-        help="stop the ipsecd of this --socket/--pidfile (SIGTERM) and remove the tunnel devices it left "
-        "in this network namespace, then exit",
-    )
-    p.add_argument(
-        "--remove-devices-on-exit",
-        action="store_true",
-        help="remove the tunnel devices when stopping (default: keep them, with their addresses and "
-        "routes, for the next ipsecd)",
-    )
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="least severe messages logged (default: info)",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     return p.parse_args(argv)
 
@@ -146,6 +144,20 @@ class PidFile:
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
+    try:
+        handler = log_handler(args.log_file, args.foreground or args.stop, Path(args.socket))
+    except OSError as exc:
+        print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        handlers=[handler],
+        format=("%(asctime)s " if isinstance(handler, logging.FileHandler) else "")
+        + "ipsecd[%(process)d]: %(levelname)s %(message)s",
+    )
+    if os.geteuid() != 0:
+        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
+        return 1
     pid_path = (
         Path(args.pidfile)
         if args.pidfile
@@ -153,23 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
         )
     )
-    if os.geteuid() != 0:
-        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
-        return 1
     if args.stop:
         return stop_daemon(pid_path)
-    try:
-        handler = log_handler(args.log_file, args.foreground, pid_path)
-    except OSError as exc:
-        print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
-        return 1
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        handlers=[handler],
-        format="%(asctime)s ipsecd[%(process)d]: %(levelname)s %(message)s"
-        if isinstance(handler, logging.FileHandler)
-        else "ipsecd[%(process)d]: %(levelname)s %(message)s",
-    )
     try:
         pidfile = PidFile(pid_path)
     except (RuntimeError, OSError) as exc:
@@ -181,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecd: {exc}", file=sys.stderr)
         pidfile.release()
         return 1
-    starter = daemonize() if not args.foreground else Starter(None)
-    pidfile.write()  # flock survives fork: the lock is on the open file
+    starter = Starter(None)
+    if not args.foreground:
+        starter = daemonize()  # the caller waits until the daemon says it is ready, or why not
+        pidfile.write()  # flock survives fork: the lock is on the open file
+    else:
+        pidfile.write()
     try:
         return _serve(args, store, starter)
     except Exception as exc:
@@ -216,13 +217,10 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
     try:
-        devices.create(BASE_DEVICE)  # first: another ipsecd here holds it, and that is the error to name
         plane.open_transports()
-        manager = Manager(engine, store, devices)
+        plane.devices.create(BASE_DEVICE)
+        manager = Manager(engine, store, plane.devices)
         manager.restore()
-        devices.prune(t.name for t in engine.tunnels)
-        devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
-        devices.follow_links()
         server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch)
 
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -231,6 +229,9 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        devices.prune(t.name for t in engine.tunnels)  # devices of tunnels no longer stored
+        devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
+        devices.follow_links()
         log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
         starter.ready()
         notify("READY=1")
