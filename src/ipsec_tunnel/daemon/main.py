@@ -144,6 +144,9 @@ class PidFile:
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
+        return 1
     try:
         handler = log_handler(args.log_file, args.foreground or args.stop, Path(args.socket))
     except OSError as exc:
@@ -155,9 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         format=("%(asctime)s " if isinstance(handler, logging.FileHandler) else "")
         + "ipsecd[%(process)d]: %(levelname)s %(message)s",
     )
-    if os.geteuid() != 0:
-        print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
-        return 1
     pid_path = (
         Path(args.pidfile)
         if args.pidfile
