@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from . import ip, tso
@@ -27,7 +27,6 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
 NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: an IKE packet on the encapsulation port
 ICMP_RATE = 10.0  # ICMP errors per second we send at most (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
 ICMP_BURST = 20.0
-IPV6_MIN_MTU = 1280  # RFC 8200 §5: the smallest link MTU IPv6 runs over
 
 
 @dataclass(slots=True)
@@ -180,14 +179,13 @@ class Engine:
         if sa is None:
             return self._tx_drop(stats, Drop.NO_SA)
         path = self.path_mtu.get(device)
-        df = hdr.df
         if path is not None:
             limit = inner_mtu(sa, path)
-            if len(inner) > limit and df and hdr.version == 6:
-                # IPv6 needs 1280 (RFC 8200 §5): what fits it leaves fragmented outside (RFC 4213 §3.2)
-                limit = max(limit, IPV6_MIN_MTU)
-                df = len(inner) > limit
-            if len(inner) > limit and df:
+            if hdr.version == 6 and limit < len(inner) <= ip.IPV6_MIN_MTU:
+                hdr = replace(hdr, df=False)  # IPv6 needs 1280 (RFC 8200 §5): outer fragments (RFC 4213 §3.2)
+            elif hdr.version == 6:
+                limit = max(limit, ip.IPV6_MIN_MTU)  # a "packet too big" never says less
+            if len(inner) > limit and hdr.df:
                 self._tx_drop(stats, Drop.TOO_BIG)
                 icmp = ip.too_big(hdr.dst, inner, limit) if self._icmp_allowed(now) else None
                 return Deliver(device, icmp) if icmp else Drop.TOO_BIG
@@ -198,7 +196,9 @@ class Engine:
         self.tx_accepted += 1
         stats.tx_packets += 1
         stats.tx_bytes += len(inner)
-        return Outbound(sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, df, sa.config.encap, tunnel.nextdev)
+        return Outbound(
+            sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, hdr.df, sa.config.encap, tunnel.nextdev
+        )
 
     def send_batch(self, device: str, packets: Iterable[bytes], now: float) -> list[Burst | Deliver]:
         """`send` for packets read from tunnel device `device` one after another: the same sequence

@@ -15,6 +15,7 @@ from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
+from ..core.ip import IPV6_MIN_MTU
 from ..core.sa import Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
 from ..core.tunnel import BASE_DEVICE, Tunnel
 from .state import Store
@@ -22,7 +23,7 @@ from .state import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH_MTU = 1500  # used when the kernel has no route to the remote yet
-MIN_TUNNEL_MTU = 1280  # IPv6's minimum link MTU (RFC 8200 §5): below it the kernel disables IPv6
+MIN_TUNNEL_MTU = IPV6_MIN_MTU  # RFC 8200 §5: below it the kernel disables IPv6 on the device
 
 
 class Devices:
@@ -67,13 +68,13 @@ def _limits(args: dict[str, Any], name: str) -> Limits:
         raise ProtocolError("EINVAL", f"bad {name} lifetime") from None
 
 
+def _drops(counter: Any) -> dict[str, int]:
+    return {reason.value: n for reason, n in counter.items() if n}
+
+
 def _rekey(table: dict[str, Any], old: str, new: str) -> None:
     if old in table:
         table[new] = table.pop(old)
-
-
-def _drops(counter: Any) -> dict[str, int]:
-    return {reason.value: n for reason, n in counter.items() if n}
 
 
 class Manager:
