@@ -135,14 +135,14 @@ class PersistentDevices(KernelDevices):
         """Device `name` no longer exists: stop reading it and tell the owner, once."""
         if name not in self.tun:
             return
-        log.warning("%s was deleted outside ipsecd", name)
         self._forget(name)
         super().remove(name)
         self.on_gone(name)
 
     def on_link_events(self) -> None:
         """Read link events: our devices deleted or renamed."""
-        assert self.monitor is not None
+        if self.monitor is None:
+            return
         events = self.monitor.read()
         if events is None:  # some were lost: look at every device
             self.rescan()

@@ -293,11 +293,12 @@ class Manager:
         """Device `name` was deleted outside ipsecd: its tunnel is removed as by `tunnel del`; ipsec0 is
         made again."""
         if name == BASE_DEVICE:
-            log.warning("%s made again", name)
+            log.warning("%s was deleted outside ipsecd: made again", name)
             self.devices.create(name)
             return
         if self.engine.tunnels.get(name) is None:
             return
+        log.warning("%s was deleted outside ipsecd: tunnel removed ('tunnel add' adds it again)", name)
         self.op_tunnel_del({"name": name})
 
     def device_renamed(self, old: str, new: str) -> None:
