@@ -61,7 +61,7 @@ def test_sa_table_stats() -> None:
                                  "drops": {"replayed": 2, "auth_failed": 1}}}  # fmt: skip
     header, row = _cells(render.sa_table([sa], stats=True))
     assert header[-5:] == ["Packets", "Bytes", "Seq-out", "Replay-top", "Drops"]
-    assert row[-5:] == ["3", "300", "3", "9", "replayed=2,auth_failed=1"]
+    assert row[-5:] == ["3", "300", "3", "9", "replayed=2, authentication failed=1"]  # the labels of `stats`
 
 
 def test_tunnel_table() -> None:
@@ -88,7 +88,9 @@ def test_stats_text_has_the_seed_counters_in_order_then_the_new_ones() -> None:
     assert send[-1] == "dropped, other"
     assert len(send) == 1 + len(SEND_DROPS)
     assert len({len(line) for line in text.splitlines() if line[-1].isdigit()}) == 1  # values right-aligned
-    assert text.splitlines()[-2].split()[-1] == "5" and text.splitlines()[-1].split()[-1] == "6"
+    lines = text.splitlines()
+    assert lines[-3].startswith("NAT keepalives received") and lines[-3].split()[-1] == "5"
+    assert lines[-2].startswith("NAT keepalives sent") and lines[-1].split()[-1] == "6"
 
 
 def test_stats_text_shows_unknown_reasons_from_a_newer_daemon() -> None:

@@ -167,7 +167,7 @@ def test_new_options(run: Run, server: FakeServer) -> None:
     assert r.rc == 0, r.err
     args = server.last("sa.add")
     assert args["replay_window"] == 0 and args["esn"] is True
-    assert args["encap"] == {"sport": 4500, "dport": 4500}
+    assert args["encap"] == {"sport": 4500, "dport": 4500, "keepalive": 20}
     assert args["soft"] == {"bytes": 900 << 20, "packets": 0, "seconds": 3000}
     assert args["hard"] == {"bytes": 1 << 30, "packets": 1_000_000, "seconds": 3600}
 
@@ -177,7 +177,7 @@ def test_encap_ports_and_soft_only_lifetime(run: Run, server: FakeServer) -> Non
             "--lifetime-seconds=600")  # fmt: skip
     assert r.rc == 0, r.err
     args = server.last("sa.add")
-    assert args["encap"] == {"sport": 4501, "dport": 4502}
+    assert args["encap"] == {"sport": 4501, "dport": 4502, "keepalive": 20}
     assert args["soft"]["seconds"] == 600 and args["hard"]["seconds"] == 0
 
 
@@ -264,3 +264,14 @@ def test_sa_show_json_never_passes_a_key_on(run: Run, server: FakeServer) -> Non
     for argv in (["-j", "sa", "show"], ["sa", "show"], ["sa", "show", "-s"]):
         r = run(*argv)
         assert DES3_KEY.hex() not in r.out and SHA1_KEY.hex() not in r.out
+
+
+def test_keepalive_interval(run: Run, server: FakeServer) -> None:
+    r = run(*BASE, "--cipher=aes-gcm", f"--cipher-key={GCM_KEY.hex()}", "--encap=udp", "--keepalive=5s")
+    assert r.rc == 0, r.err
+    assert server.last("sa.add")["encap"] == {"sport": 4500, "dport": 4500, "keepalive": 5}
+    r = run(*BASE, "--cipher=aes-gcm", f"--cipher-key={GCM_KEY.hex()}", "--keepalive=5")
+    assert (
+        r.rc != 0
+        and r.err.splitlines()[-1] == "ipsecadm: --keepalive needs --encap=udp (NAT-keepalives are UDP)"
+    )

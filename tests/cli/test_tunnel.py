@@ -130,3 +130,13 @@ def test_algos_needs_no_daemon(capsys: pytest.CaptureFixture[str], json_flag: li
         assert data["icv_names"]["aes-gcm-12"] == {"cipher": "aes-gcm", "icv_bits": 96}
     else:
         assert "des_ede3-cbc" in out and "cbc(des3_ede)" in out and "RFC 4106" in out
+
+
+def test_stats_last_drops(run: Run, server: FakeServer) -> None:
+    drop = {"time": 1.0, "reason": "unknown_sa", "spi": 0x1000, "src": "203.0.113.254", "dst": "203.0.113.2",
+            "sport": 4500}  # fmt: skip
+    server.results["stats"] = {**SAMPLE_STATS, "last_drops": [drop]}
+    r = run("stats", "--last-drops")
+    assert r.rc == 0, r.err
+    assert server.last("stats") == {"last_drops": True}
+    assert r.out.splitlines()[-1] == "  unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 203.0.113.2"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.netns import netns_available
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.netns import netns_available
 
 pytestmark = pytest.mark.root
 

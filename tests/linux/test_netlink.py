@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ipsec_tunnel.linux import link, netlink
 from ipsec_tunnel.linux.tun import open_tun
-from ipsec_tunnel.testing.netns import Netns, netns_available
+from tests.support.netns import Netns, netns_available
 
 
 def attr(kind: int, value: bytes) -> bytes:

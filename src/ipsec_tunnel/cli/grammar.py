@@ -91,6 +91,7 @@ _SA_ADD = (
     Opt("digest", "NAME"), Opt("digest-hmac", "BITS"), Opt("digest-key", "HEX"),
     Opt("digest-keyfile", "FILE"),
     Opt("duplex"), Opt("replay-window", "N"), Opt("esn"), Opt("encap", "udp[:SPORT:DPORT]"),
+    Opt("keepalive", "SECONDS"),
     Opt("lifetime-bytes", "SOFT[:HARD]"), Opt("lifetime-packets", "SOFT[:HARD]"),
     Opt("lifetime-seconds", "SOFT[:HARD]"),
 )  # fmt: skip
@@ -107,7 +108,8 @@ _ALL: tuple[Command, ...] = (
             "sa add --spi=SPI --dst=IP --src=IP\n"
             "       [--cipher=NAME (--cipher-key=HEX | --cipher-keyfile=FILE)]\n"
             "       [--digest=NAME [--digest-hmac=BITS] (--digest-key=HEX | --digest-keyfile=FILE)]\n"
-            "       [--duplex] [--replay-window=N] [--esn] [--encap=udp[:SPORT:DPORT]]\n"
+            "       [--duplex] [--replay-window=N] [--esn]\n"
+            "       [--encap=udp[:SPORT:DPORT] [--keepalive=SECONDS]]\n"
             "       [--lifetime-bytes=SOFT[:HARD]] [--lifetime-packets=SOFT[:HARD]]\n"
             "       [--lifetime-seconds=SOFT[:HARD]]"),
     Command("sa", "del", (*_SA_FILTER, Opt("duplex"), Opt("all")), 0,
@@ -121,7 +123,7 @@ _ALL: tuple[Command, ...] = (
             "       [--nextdev=IFNAME|''] [--peer-net=CIDR|'']..."),
     Command("tunnel", "del", (Opt("all"),), 1, "tunnel del DEV | --all"),
     Command("tunnel", "show", (), 1, "tunnel show [DEV] [-s]"),
-    Command("stats", None, (), 0, "stats"),
+    Command("stats", None, (Opt("last-drops"),), 0, "stats [--last-drops]"),
     Command("algos", None, (), 0, "algos"),
     Command("version", None, (), 0, "version"),
     Command("help", None, (), 1, "help [MODE]"),

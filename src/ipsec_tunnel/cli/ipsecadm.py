@@ -113,7 +113,7 @@ def _tunnel_show(s: _Session) -> int:
 
 
 def _stats(s: _Session) -> int:
-    result = s.call("stats")
+    result = s.call("stats", {"last_drops": True} if s.inv.flag("last-drops") else None)
     s.show(result, lambda r: render.stats_text(r if isinstance(r, dict) else {}))
     return EXIT_OK
 

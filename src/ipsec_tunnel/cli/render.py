@@ -53,7 +53,7 @@ def spi_text(spi: Any) -> str:
 def _drops_text(drops: Any) -> str:
     if not isinstance(drops, Mapping) or not any(drops.values()):
         return "0"
-    return ",".join(f"{k}={v}" for k, v in drops.items() if v)
+    return ", ".join(f"{_LABELS.get(k, k)}={v}" for k, v in drops.items() if v)  # labels, as `stats`
 
 
 def _is_aead(sa: Mapping[str, Any]) -> bool:
@@ -172,10 +172,25 @@ def stats_text(result: Mapping[str, Any]) -> str:
                 (f"  dropped, {_LABELS.get(reason, reason.replace('_', ' '))}", counts.get(reason, 0))
             )
     lines.append(("NAT keepalives received", result.get("keepalives", 0)))
+    lines.append(("NAT keepalives sent", result.get("keepalives_sent", 0)))
     lines.append(("ICMP errors sent", result.get("icmp_sent", 0)))
     width = max(len(label) for label, _ in lines) + 2
     out = [label if value is None else f"{label.ljust(width)}{value:>12}" for label, value in lines]
+    drops = result.get("last_drops")
+    if isinstance(drops, list):
+        out.append(f"Last drops ({len(drops)}):")
+        out += [f"  {_drop_line(d)}" for d in drops if isinstance(d, Mapping)]
     return "\n".join(out) + "\n"
+
+
+def _drop_line(d: Mapping[str, Any]) -> str:
+    """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2', as ipsecd logs it."""
+    src = _text(d.get("src"), "?")
+    if d.get("sport") is not None:
+        src = f"[{src}]:{d['sport']}" if ":" in src else f"{src}:{d['sport']}"
+    spi = f"SPI {spi_text(d['spi'])} " if d.get("spi") is not None else ""
+    reason = str(d.get("reason"))
+    return f"{_LABELS.get(reason, reason)}: {spi}from {src} to {_text(d.get('dst'), '?')}"
 
 
 # -- algorithms ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ same core code ipsecd uses, so a bad command line is refused before anything rea
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..core.algorithms import AlgorithmError, CipherAlg, find_cipher
@@ -139,6 +140,11 @@ def sa_add(inv: Invocation, warn: Warn) -> dict[str, Any]:
             encap = UdpEncap(*parse_encap(encap_text))
         except ValueInputError as exc:
             raise invalid(str(exc)) from None
+    keepalive = inv.value("keepalive")
+    if keepalive is not None:
+        if encap is None:
+            raise invalid("--keepalive needs --encap=udp (NAT-keepalives are UDP)")
+        encap = replace(encap, keepalive=_number(keepalive.removesuffix("s"), "--keepalive"))
     soft, hard = _lifetimes(inv)
     try:
         config = SAConfig(
@@ -154,7 +160,7 @@ def sa_add(inv: Invocation, warn: Warn) -> dict[str, Any]:
         "digest": config.digest, "digest_key": config.digest_key.hex() if config.digest else "",
         "digest_bits": config.digest_bits, "duplex": inv.flag("duplex"),
         "replay_window": config.replay_window, "esn": config.esn,
-        "encap": {"sport": encap.sport, "dport": encap.dport} if encap else None,
+        "encap": encap and {"sport": encap.sport, "dport": encap.dport, "keepalive": encap.keepalive},
         "soft": {"bytes": soft.bytes, "packets": soft.packets, "seconds": soft.seconds},
         "hard": {"bytes": hard.bytes, "packets": hard.packets, "seconds": hard.seconds},
     }  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+__all__ = ["RECEIVE_DROPS", "SEND_DROPS", "Drop"]
+
 
 class Drop(enum.Enum):
     """A dropped packet's reason. Receive reasons first, then send reasons."""
@@ -21,12 +23,14 @@ class Drop(enum.Enum):
     POLICY = "policy"  # inner source outside the tunnel's --peer-net
     NON_ESP = "non_esp"  # RFC 3948 §2.2: non-ESP marker (IKE) on the encapsulation port; we run no IKE
     ECN = "ecn"  # RFC 6040 §4.2: CE outer with a Not-ECT inner must be dropped
+    DEVICE_DOWN = "device_down"  # decrypted, but the tunnel device refused it (down: EIO)
     # Send side.
     NO_SA = "no_sa"
     SEQ_EXHAUSTED = "seq_exhausted"
     TOO_BIG = "too_big"
     NOT_IP = "not_ip"
     NO_ROUTE = "no_route"
+    SEND_ERROR = "send_error"  # the kernel refused the outer datagram (a firewall, an unknown --nextdev)
     OTHER = "other"
 
     @property
@@ -48,11 +52,13 @@ _LABELS: dict[Drop, str] = {
     Drop.POLICY: "inner address not allowed",
     Drop.NON_ESP: "non-ESP (IKE)",
     Drop.ECN: "ECN mismatch",
+    Drop.DEVICE_DOWN: "device down",
     Drop.NO_SA: "unknown SA",
     Drop.SEQ_EXHAUSTED: "sequence exhausted",
     Drop.TOO_BIG: "packet too big",
     Drop.NOT_IP: "not IP",
     Drop.NO_ROUTE: "no route",
+    Drop.SEND_ERROR: "send failed",
     Drop.OTHER: "other",
 }
 
@@ -69,6 +75,7 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.POLICY,
     Drop.NON_ESP,
     Drop.ECN,
+    Drop.DEVICE_DOWN,
     Drop.OTHER,
 )
 SEND_DROPS: tuple[Drop, ...] = (
@@ -78,5 +85,6 @@ SEND_DROPS: tuple[Drop, ...] = (
     Drop.TOO_BIG,
     Drop.NOT_IP,
     Drop.NO_ROUTE,
+    Drop.SEND_ERROR,
     Drop.OTHER,
 )

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from . import ip, tso
+from . import ip, natt, tso
+from .diag import DropLog, DropRecord, spi_of
 from .drops import Drop
 from .esp import HEADER_LEN, NH_IPV4, NH_IPV6, NH_NONE, aead16_trailer
 from .events import SAEvent
@@ -21,6 +22,22 @@ from .gso import Offload, OffloadError
 from .sa import SecurityAssociation, UdpEncap
 from .sad import SADatabase
 from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
+
+__all__ = [
+    "ICMP_BURST",
+    "ICMP_RATE",
+    "NAT_KEEPALIVE",
+    "NON_ESP_MARKER",
+    "UDP_HEADER_LEN",
+    "Burst",
+    "Deliver",
+    "Engine",
+    "Outbound",
+    "Reject",
+    "TunnelStats",
+    "inner_mtu",
+    "packed",
+]
 
 UDP_HEADER_LEN = 8  # RFC 768
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
@@ -114,6 +131,9 @@ class Engine:
         self.events: list[SAEvent] = []
         self._icmp_tokens = ICMP_BURST
         self._icmp_time = 0.0
+        self.drop_log = DropLog()
+        self._rx_from: tuple[bytes, bytes, int | None, float] = (b"", b"", None, 0.0)  # the datagrams' origin
+        self.nat = natt.NatTraversal()
 
     # -- helpers ----------------------------------------------------------------------------------------
 
@@ -158,6 +178,45 @@ class Engine:
         for sa in self.sad:
             sa.tick(now, self._emit)
 
+    def keepalives_due(self, now: float) -> list[Burst]:
+        """NAT-keepalives due at `now` (RFC 3948 §2.3: one 0xFF byte), one per ESP-in-UDP tunnel that
+        sent nothing for its SA's keepalive interval; not counted as sent packets."""
+        sending = {tunnel.name: (tunnel, self.sa_for(tunnel)) for tunnel in self.tunnels}
+        by_sa = {id(sa): tunnel for tunnel, sa in sending.values() if sa is not None}
+        due = self.nat.keepalives_due([sa for _t, sa in sending.values() if sa is not None], now)
+        return [
+            Burst(sa.key[0], sa.key[1], 0, 64, False, self.nat.encap_for(sa), by_sa[id(sa)].nextdev,
+                  [NAT_KEEPALIVE])
+            for sa in due
+        ]  # fmt: skip
+
+    def forget_tunnel(self, name: str) -> None:
+        """Drop the counters of tunnel `name` (deleted, or added anew)."""
+        self.tunnel_stats.pop(name, None)
+
+    def unsent(self, burst: Burst, count: int, reason: Drop) -> None:
+        """`count` datagrams of `burst` counted as sent never left: count them as dropped for `reason`,
+        for the tunnel and the SA that sent them too."""
+        self.tx_accepted -= count
+        self.tx_drops[reason] += count
+        tunnel = self.tunnels.for_receive(burst.src, burst.dst)
+        if tunnel is not None:
+            stats = self.stats_for(tunnel.name)
+            stats.tx_packets -= count
+            stats.tx_drops[reason] += count
+            sa = self.sa_for(tunnel)
+            if sa is not None:
+                sa.drops[reason] += count
+
+    def undelivered(self, device: str, count: int, reason: Drop) -> None:
+        """`count` packets counted as received that device `device` refused: count them as dropped."""
+        self.rx_accepted -= count
+        self.rx_drops[reason] += count
+        stats = self.tunnel_stats.get(device)
+        if stats is not None:
+            stats.rx_packets -= count
+            stats.rx_drops[reason] += count
+
     # -- send ---------------------------------------------------------------------------------------------
 
     def _tx_drop(self, stats: TunnelStats, reason: Drop) -> Drop:
@@ -197,7 +256,7 @@ class Engine:
         stats.tx_packets += 1
         stats.tx_bytes += len(inner)
         return Outbound(
-            sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, hdr.df, sa.config.encap, tunnel.nextdev
+            sa.key[0], sa.key[1], packet, hdr.tos, hdr.ttl, hdr.df, self.nat.encap_for(sa), tunnel.nextdev
         )
 
     def send_batch(self, device: str, packets: Iterable[bytes], now: float) -> list[Burst | Deliver]:
@@ -214,7 +273,7 @@ class Engine:
         path = self.path_mtu.get(device)
         limit = inner_mtu(sa, path) if path is not None else 1 << 17
         encrypt, emit = sa.encrypt, self._emit
-        outer_dst, outer_src, encap, nextdev = sa.key[0], sa.key[1], sa.config.encap, tunnel.nextdev
+        outer_dst, outer_src, encap, nextdev = sa.key[0], sa.key[1], self.nat.encap_for(sa), tunnel.nextdev
         burst: Burst | None = None
         accepted = nbytes = 0
         for inner in packets:
@@ -282,7 +341,7 @@ class Engine:
         self.tx_accepted += count
         stats.tx_packets += count
         stats.tx_bytes += nbytes
-        return Burst(sa.key[0], sa.key[1], tos, ttl, df, sa.config.encap, tunnel.nextdev, payloads)
+        return Burst(sa.key[0], sa.key[1], tos, ttl, df, self.nat.encap_for(sa), tunnel.nextdev, payloads)
 
     @staticmethod
     def _append(out: list[Burst | Deliver], result: Outbound | Deliver | Drop) -> None:
@@ -305,10 +364,12 @@ class Engine:
         tos: int = 0,
         *,
         udp: bool = False,
+        sport: int | None = None,
     ) -> tuple[dict[str, list[bytes]], list[Reject]]:
         """`receive` (or `receive_udp` with `udp`) for datagrams that `src` sent to `dst` with outer TOS
         `tos`, one after another, through the same SA code: the inner packets per device, in order, and
-        the ICMP errors to send."""
+        the ICMP errors to send. `sport`: the UDP source port they came from (port floating)."""
+        self._rx_from = (src, dst, sport, now)
         deliver: dict[str, list[bytes]] = {}
         rejects: list[Reject] = []
         tunnel = self.tunnels.for_receive(dst, src)
@@ -322,6 +383,7 @@ class Engine:
         last_spi, sa = b"", None
         accepted = nbytes = 0
         items = payloads if isinstance(payloads, list) else list(payloads)
+        floating = self.nat.watch(src, dst, sport, items, self.sad) if sport is not None else None
         # The common batch, ESP of one SA: decrypted in one call (the same checks, packet by packet).
         decrypted: list[bytes | tuple[bytes, int] | Drop] | None = None
         first = items[0][:4] if len(items) > 1 else b""
@@ -348,20 +410,20 @@ class Engine:
                 spi = esp[:4]
                 if len(esp) < HEADER_LEN or (udp and (esp == NAT_KEEPALIVE or spi == NON_ESP_MARKER)):
                     result = (
-                        self.receive_udp(src, dst, esp, now, tos)
+                        self.receive_udp(src, dst, esp, now, tos, sport=sport)
                         if udp
-                        else self.receive(src, dst, esp, now, tos)
+                        else self.receive(src, dst, esp, now, tos, sport=sport)
                     )
                 else:
                     if spi != last_spi:
                         last_spi, sa = spi, self.sad.get(dst, src, int.from_bytes(spi, "big"))
                     if sa is None:
-                        self._rx_drop(Drop.UNKNOWN_SA)
+                        self._rx_drop(Drop.UNKNOWN_SA, esp=esp)
                         continue
                     plain = sa.decrypt(esp, now, emit)
             if plain is not None:
                 if isinstance(plain, Drop):
-                    self._rx_drop(plain)
+                    self._rx_drop(plain, esp=esp)
                     continue
                 inner, nh = plain
                 # ip.parse() inlined for the common case; the rest goes the way receive() goes
@@ -388,38 +450,44 @@ class Engine:
             stats.rx_bytes += nbytes
         if tunnel is not None and not out:
             del deliver[tunnel.name]
+        if floating is not None:
+            self.nat.settle(floating, src, dst, sport, now)
         return deliver, rejects
 
-    def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None) -> Drop:
+    def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None, esp: bytes = b"") -> Drop:
         self.rx_drops[reason] += 1
         if stats is not None:
             stats.rx_drops[reason] += 1
+        src, dst, sport, now = self._rx_from
+        self.drop_log.add(DropRecord(now, reason, spi_of(esp), src, dst, sport))
         return reason
 
     def receive_udp(
-        self, src: bytes, dst: bytes, payload: bytes, now: float, tos: int = 0
+        self, src: bytes, dst: bytes, payload: bytes, now: float, tos: int = 0, *, sport: int | None = None
     ) -> Deliver | Reject | Drop | None:
         """A datagram from the ESP-in-UDP port (RFC 3948 §2): keepalives are absorbed (None)."""
         if payload == NAT_KEEPALIVE:
             self.keepalives += 1
             return None
         if payload[:4] == NON_ESP_MARKER:
+            self._rx_from = (src, dst, sport, now)
             return self._rx_drop(Drop.NON_ESP)
-        return self.receive(src, dst, payload, now, tos)
+        return self.receive(src, dst, payload, now, tos, sport=sport)
 
     def receive(
-        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0
+        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0, *, sport: int | None = None
     ) -> Deliver | Reject | Drop:
         """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses)."""
+        self._rx_from = (src, dst, sport, now)
         if len(esp) < HEADER_LEN:
-            return self._rx_drop(Drop.MALFORMED)
+            return self._rx_drop(Drop.MALFORMED, esp=esp)
         spi = int.from_bytes(esp[:4], "big")
         sa = self.sad.get(dst, src, spi)
         if sa is None:
-            return self._rx_drop(Drop.UNKNOWN_SA)
+            return self._rx_drop(Drop.UNKNOWN_SA, esp=esp)
         result = sa.decrypt(esp, now, self._emit)
         if isinstance(result, Drop):
-            return self._rx_drop(result)
+            return self._rx_drop(result, esp=esp)
         return self._decrypted(src, dst, esp, result[0], result[1], now, tos)
 
     def _decrypted(
@@ -427,17 +495,17 @@ class Engine:
     ) -> Deliver | Reject | Drop:
         """What to do with `inner`, decrypted from `esp` with next header `nh`."""
         if nh == NH_NONE:
-            return self._rx_drop(Drop.DUMMY)
+            return self._rx_drop(Drop.DUMMY, esp=esp)
         if nh not in (NH_IPV4, NH_IPV6):
-            return self._rx_drop(Drop.NOT_TUNNEL_MODE)
+            return self._rx_drop(Drop.NOT_TUNNEL_MODE, esp=esp)
         hdr = ip.parse(inner)
         if hdr is None or hdr.version != (4 if nh == NH_IPV4 else 6):
-            return self._rx_drop(Drop.MALFORMED)
+            return self._rx_drop(Drop.MALFORMED, esp=esp)
         inner = inner[: hdr.length]  # RFC 4303 §2.4: TFC padding after the inner packet
         tunnel = self.tunnels.for_receive(dst, src)
         if tunnel is None:
             if not self.tunnels.base_up:
-                self._rx_drop(Drop.NO_TUNNEL)
+                self._rx_drop(Drop.NO_TUNNEL, esp=esp)
                 if self._icmp_allowed(now):
                     icmp = self._unreachable(src, dst, esp)
                     if icmp is not None:
@@ -447,11 +515,11 @@ class Engine:
         else:
             device = tunnel.name
             if not tunnel.allows(hdr.src):
-                return self._rx_drop(Drop.POLICY, self.stats_for(device))
+                return self._rx_drop(Drop.POLICY, self.stats_for(device), esp=esp)
         stats = self.stats_for(device)
         ecn = ip.decap_ecn(hdr.tos & ip.ECN_MASK, tos & ip.ECN_MASK)
         if ecn is None:
-            return self._rx_drop(Drop.ECN, stats)
+            return self._rx_drop(Drop.ECN, stats, esp=esp)
         if ecn != hdr.tos & ip.ECN_MASK:
             inner = ip.set_ecn(inner, ecn)
         self.rx_accepted += 1

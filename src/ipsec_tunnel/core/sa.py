@@ -17,12 +17,35 @@ from .drops import Drop
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
 
+__all__ = [
+    "KEEPALIVE",
+    "KEEPALIVE_MAX",
+    "NAT_T_PORT",
+    "SEQ_MAX_32",
+    "SEQ_MAX_64",
+    "SEQ_MAX_SPLIT",
+    "SPI_MAX",
+    "SPI_MIN",
+    "Address",
+    "Emit",
+    "Limits",
+    "Reserve",
+    "SAConfig",
+    "SAError",
+    "SecurityAssociation",
+    "UdpEncap",
+    "build_transforms",
+    "parse_address",
+]
+
 SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA, 0 is local use only
 SPI_MAX = 0xFFFFFFFF
 SEQ_MAX_32 = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
 SEQ_MAX_64 = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
 SEQ_MAX_SPLIT = (1 << 63) - 1  # counter IVs with the --duplex direction bit use 63 bits
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
+KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
+KEEPALIVE_MAX = 3600
 _U64 = struct.Struct("<Q")  # a journal slot's counters
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 
@@ -51,10 +74,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class UdpEncap:
-    """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire."""
+    """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire, and the NAT-keepalive
+    interval in seconds (RFC 3948 §2.3; 0: none)."""
 
     sport: int = NAT_T_PORT
     dport: int = NAT_T_PORT
+    keepalive: int = KEEPALIVE
 
 
 def parse_address(text: str, what: str) -> Address:
@@ -106,6 +131,8 @@ class SAConfig:
             raise SAError(f"Replay window must be 0 (off) to {MAX_WINDOW} packets")
         if self.encap and not (0 < self.encap.sport < 65536 and 0 < self.encap.dport < 65536):
             raise SAError("UDP encapsulation ports must be 1 to 65535")
+        if self.encap and not 0 <= self.encap.keepalive <= KEEPALIVE_MAX:
+            raise SAError(f"--keepalive must be 0 (none) to {KEEPALIVE_MAX} seconds")
         for name, limit in (("soft", self.soft), ("hard", self.hard)):
             if min(limit.bytes, limit.packets, limit.seconds) < 0:
                 raise SAError(f"{name} lifetimes must not be negative")
@@ -467,7 +494,7 @@ class SecurityAssociation:
             self.tick(now, emit)
         if self.dead:
             return self._drop(Drop.EXPIRED)
-        if len(packet) < esp.HEADER_LEN:  # esp.parse_header() inlined (bench/core.py)
+        if len(packet) < esp.HEADER_LEN:
             return self._drop(Drop.MALFORMED)
         replay = self.replay
         seq = _SEQ_LO.unpack_from(packet, 4)[0]

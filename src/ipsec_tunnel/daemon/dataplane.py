@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..core import gro, gso
+from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
+from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
 from ..linux.offload import (
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
-NAT_T_PORT = 4500  # RFC 3948 §2
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
 
@@ -142,6 +143,7 @@ class DataPlane:
         self.running = True
         self.failures = 0  # handler exceptions survived (bugs)
         self._failure_logged = -1.0
+        self._io_errors = RateLimit()  # failed sends and device writes: one log line per cause per 10 s
 
     # -- sources -------------------------------------------------------------------------------------------
 
@@ -149,6 +151,11 @@ class DataPlane:
         """Call `callback` whenever `fd` is readable."""
         self._epoll.register(fd, select.EPOLLIN)
         self._handlers[fd] = callback
+
+    def writable(self, fd: int, on: bool) -> None:
+        """Call `fd`'s callback when it is writable (`on`) rather than readable, or back."""
+        if fd in self._handlers:
+            self._epoll.modify(fd, select.EPOLLOUT if on else select.EPOLLIN)
 
     def unwatch(self, fd: int) -> None:
         """Stop watching `fd`."""
@@ -269,7 +276,7 @@ class DataPlane:
                 except OSError as error:
                     failed = [(len(burst.payloads), error)]
                 for count, why in failed:
-                    self._send_failed(count, why)
+                    self._send_failed(burst, count, why)
                 return
             raw = self.raw.get(family)
             if raw is None:
@@ -281,7 +288,7 @@ class DataPlane:
                         oif=burst.nextdev,
                     )  # fmt: skip
                 except OSError as exc:
-                    self._send_failed(1, exc)
+                    self._send_failed(burst, 1, exc)
             return
         udp = self.udp.get(family)
         if udp is None:
@@ -294,20 +301,37 @@ class DataPlane:
         except OSError as error:  # before anything was sent (an unknown --nextdev, say)
             failed = [(len(burst.payloads), error)]
         for count, why in failed:
-            self._send_failed(count, why)
+            self._send_failed(burst, count, why)
 
-    def _send_failed(self, count: int, exc: OSError) -> None:
-        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
-            self.engine.tx_drops[Drop.NO_ROUTE] += count
-        else:
-            log.debug("send failed: %s", exc)
+    def _send_failed(self, burst: Burst, count: int, exc: OSError) -> None:
+        """`count` datagrams of `burst` the kernel refused: dropped (no route, or a send error), and
+        logged, at most once per cause every 10 s."""
+        unreachable = exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
+        self.engine.unsent(burst, count, Drop.NO_ROUTE if unreachable else Drop.SEND_ERROR)
+        held = self._io_errors.allow(("send", exc.errno), self.clock())
+        if held is not None:
+            dst = socket.inet_ntop(socket.AF_INET if len(burst.dst) == 4 else socket.AF_INET6, burst.dst)
+            via = f" via {burst.nextdev}" if burst.nextdev else ""
+            more = f"; {held} more failures since the last line" if held else ""
+            log.warning("send to %s%s failed: %s (%d packets dropped%s)", dst, via,
+                        exc.strerror or exc, count, more)  # fmt: skip
+
+    def _write_failed(self, device: str, count: int, exc: OSError) -> None:
+        """`count` decrypted packets device `device` refused (down: EIO): dropped, logged as sends are."""
+        self.engine.undelivered(device, count, Drop.DEVICE_DOWN if exc.errno == errno.EIO else Drop.OTHER)
+        held = self._io_errors.allow(("write", device, exc.errno), self.clock())
+        if held is not None:
+            why = "the device is down" if exc.errno == errno.EIO else exc.strerror
+            more = f"; {held} more since the last line" if held else ""
+            log.info("packet for %s dropped: %s%s", device, why, more)
 
     def deliver_now(self, d: Deliver) -> None:
         """Write one packet (an ICMP error for the sender) into its tunnel device."""
-        self.deliver({d.device: [d.packet]})
+        self.deliver({d.device: [d.packet]}, counted=False)
 
-    def deliver(self, packets: dict[str, list[bytes]]) -> None:
-        """Write inner packets into their tunnel devices, TCP segments coalesced where allowed."""
+    def deliver(self, packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
+        """Write inner packets into their tunnel devices, TCP segments coalesced where allowed. Those
+        refused are dropped from the received counts (`counted`: they are in them)."""
         for device, batch in packets.items():
             queue = self.devices.tun.get(device)
             if queue is None:
@@ -322,6 +346,11 @@ class DataPlane:
                 except OSError as exc:
                     if offload.gso_type and exc.errno == errno.EINVAL:
                         self._refused(queue, packet, offload)
+                    elif counted:
+                        segments = (
+                            -(-(len(packet) - offload.hdr_len) // offload.gso_size) if offload.gso_size else 1
+                        )
+                        self._write_failed(device, max(1, segments), exc)
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
 
@@ -333,7 +362,7 @@ class DataPlane:
             try:
                 queue.write(segment)
             except OSError as exc:
-                log.debug("write to %s failed: %s", queue.name, exc.strerror)
+                self._write_failed(queue.name, 1, exc)
 
     def reject(self, r: Reject) -> None:
         """Send an ICMP error to an outer sender."""
@@ -418,7 +447,10 @@ class DataPlane:
             if got is None:
                 break
             d, payloads = got
-            self._merge(pending, *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True))
+            self._merge(
+                pending,
+                *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),
+            )
         if pending:
             self.deliver(pending)
 
@@ -435,6 +467,37 @@ class DataPlane:
             log.warning(
                 "SA %#x %s -> %s: %s (%s)", event.spi, event.src, event.dst, event.kind.value, event.limit
             )
+        self.diagnose()
+
+    def diagnose(self) -> None:
+        """NAT-keepalives due, and what the engine has to say: drops (rate-limited), learned ports."""
+        for burst in self.engine.keepalives_due(self.clock()):
+            self.send_keepalive(burst)
+        for line in self.engine.drop_log.take_lines():
+            log.info("%s", line)
+        nat = self.engine.nat
+        for line in nat.notices:
+            log.info("%s", line)
+        nat.notices.clear()
+
+    def send_keepalive(self, burst: Burst) -> None:
+        """Send a NAT-keepalive; a failure is logged as failed sends are, and counted nowhere."""
+        udp = self.udp.get(4 if len(burst.dst) == 4 else 6)
+        if udp is None or burst.encap is None:
+            return
+        try:
+            failed = udp.send_burst(
+                burst.dst, burst.encap.dport, burst.payloads, src=burst.src, oif=burst.nextdev
+            )
+        except OSError as error:
+            failed = [(1, error)]
+        for _count, exc in failed:
+            if self._io_errors.allow(("keepalive", exc.errno), self.clock()) is not None:
+                log.warning(
+                    "NAT-keepalive to %s failed: %s",
+                    socket.inet_ntop(socket.AF_INET if len(burst.dst) == 4 else socket.AF_INET6, burst.dst),
+                    exc.strerror,
+                )
 
     def run(self, every: Callable[[], None] | None = None) -> None:
         """Serve until `running` turns false. After each event the loop keeps polling, without sleeping

@@ -221,7 +221,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         plane.devices.create(BASE_DEVICE)
         manager = Manager(engine, store, plane.devices)
         manager.restore()
-        server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch)
+        server = ControlServer(args.socket, manager.handle, plane.watch, plane.unwatch, plane.writable)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             plane.running = False

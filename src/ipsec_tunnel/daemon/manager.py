@@ -16,7 +16,7 @@ from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
 from ..core.ip import IPV6_MIN_MTU
-from ..core.sa import Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
+from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
 from ..core.tunnel import BASE_DEVICE, Tunnel
 from .state import Store
 
@@ -117,7 +117,11 @@ class Manager:
         encap_arg = arg(args, "encap", dict)
         encap = None
         if encap_arg is not None:
-            encap = UdpEncap(arg(encap_arg, "sport", int, 4500), arg(encap_arg, "dport", int, 4500))
+            encap = UdpEncap(
+                arg(encap_arg, "sport", int, 4500),
+                arg(encap_arg, "dport", int, 4500),
+                arg(encap_arg, "keepalive", int, KEEPALIVE),
+            )
         try:
             config = SAConfig(
                 spi=arg(args, "spi", int, required=True),
@@ -189,6 +193,8 @@ class Manager:
         for sa in victims:
             self.store.remove_sa(sa)
             self.engine.sad.remove(sa)
+            self.engine.nat.forget(sa.key[0], sa.key[1])
+            self.engine.nat.forget(sa.key[1], sa.key[0])
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
         self.refresh_mtus()
         return {"deleted": len(victims)}
@@ -213,7 +219,10 @@ class Manager:
             "digest_bits": (sa.auth.icv_len * 8 if sa.auth else (sa.cipher.icv_len * 8 if aead else 0)),
             "digest_key_bits": len(c.digest_key) * 8,
             "replay_window": c.replay_window, "esn": c.esn,
-            "encap": {"sport": c.encap.sport, "dport": c.encap.dport} if c.encap else None,
+            "encap": (
+                {"sport": c.encap.sport, "dport": c.encap.dport, "keepalive": c.encap.keepalive}
+                if c.encap else None
+            ),
             "soft": {"bytes": c.soft.bytes, "packets": c.soft.packets, "seconds": c.soft.seconds},
             "hard": {"bytes": c.hard.bytes, "packets": c.hard.packets, "seconds": c.hard.seconds},
             "state": state, "created": sa.created,
@@ -249,6 +258,7 @@ class Manager:
         tunnel = Tunnel(name=name, **fields).validated()
         if self.engine.tunnels.get(name) is None and self.devices.exists(name):
             raise SAError(f"A network device named {name} already exists", "EEXIST")
+        self._check_nextdev(tunnel.nextdev)
         tunnel = self.engine.tunnels.add(tunnel)
         try:
             self.devices.create(name)
@@ -261,13 +271,21 @@ class Manager:
             self.engine.tunnels.remove(name)
             self.devices.remove(name)
             raise
+        self.engine.forget_tunnel(name)
         self.refresh_mtus()
         log.info("tunnel added: %s %s -> %s", name, tunnel.local, tunnel.remote)
         return self.tunnel_dict(tunnel, False)
 
+    def _check_nextdev(self, nextdev: str | None) -> None:
+        """Refuse a --nextdev that names no network device here."""
+        if nextdev and not self.devices.exists(nextdev):
+            raise SAError(f"No such device for --nextdev: {nextdev}", "ENODEV")
+
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str, required=True)
-        tunnel = self.engine.tunnels.change(name, **self._tunnel_fields(args))
+        fields = self._tunnel_fields(args)
+        self._check_nextdev(fields.get("nextdev"))
+        tunnel = self.engine.tunnels.change(name, **fields)
         self.store.save_tunnel(tunnel)
         self.refresh_mtus()
         return self.tunnel_dict(tunnel, False)
@@ -286,6 +304,7 @@ class Manager:
             self.devices.remove(n)
             self.mtu_set.pop(n, None)
             self.engine.path_mtu.pop(n, None)
+            self.engine.forget_tunnel(n)
             log.info("tunnel removed: %s", n)
         return {"deleted": names}
 
@@ -371,7 +390,13 @@ class Manager:
         e = self.engine
         receive = {"accepted": e.rx_accepted} | {d.value: e.rx_drops[d] for d in RECEIVE_DROPS}
         send = {"accepted": e.tx_accepted} | {d.value: e.tx_drops[d] for d in SEND_DROPS}
-        return {"receive": receive, "send": send, "keepalives": e.keepalives, "icmp_sent": e.icmp_sent}
+        out = {
+            "receive": receive, "send": send, "keepalives": e.keepalives,
+            "keepalives_sent": e.nat.keepalives_sent, "icmp_sent": e.icmp_sent,
+        }  # fmt: skip
+        if arg(args, "last_drops", bool, False):
+            out["last_drops"] = [r.to_dict() for r in e.drop_log.ring]
+        return out
 
     def op_algos(self, args: dict[str, Any]) -> Any:
         return {

@@ -1,6 +1,7 @@
 """The control socket: a Unix stream socket (mode 0600) whose peers must be root or hold CAP_NET_ADMIN.
 Requests are served one line at a time inside the data-plane event loop; a bad request gets an error
-response and never takes the daemon down."""
+response and never takes the daemon down. Responses are written without blocking: what a client does not
+read yet waits in its output buffer, and the loop goes on forwarding packets meanwhile."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class _Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.out = b""  # the response the client has not taken whole yet ...
+        self.sent = 0  # ... of which it took this many bytes
+        self.waiting = False  # watched for writability
         self.since = time.monotonic()
 
 
@@ -58,11 +62,15 @@ class ControlServer:
         handle: Callable[[str, dict[str, Any]], Any],
         watch: Callable[[int, Callable[[], None]], None],
         unwatch: Callable[[int], None],
+        writable: Callable[[int, bool], None] | None = None,
     ) -> None:
+        """`writable(fd, True)`: call fd's callback when it is writable instead of readable; False: back.
+        Without it, responses are sent blocking, for at most SEND_TIMEOUT seconds."""
         self.path = Path(path)
         self.handle = handle
         self._watch = watch
         self._unwatch = unwatch
+        self._writable = writable
         self.clients: dict[int, _Client] = {}
         self.sock = self._listen()
         watch(self.sock.fileno(), self._accept)
@@ -114,7 +122,7 @@ class ControlServer:
             return
         conn.setblocking(False)
         self.clients[conn.fileno()] = _Client(conn)
-        self._watch(conn.fileno(), functools.partial(self._readable, conn.fileno()))
+        self._watch(conn.fileno(), functools.partial(self._ready, conn.fileno()))
 
     def _drop(self, fd: int) -> None:
         client = self.clients.pop(fd, None)
@@ -131,6 +139,35 @@ class ControlServer:
         except OSError:
             return False
 
+    def _ready(self, fd: int) -> None:
+        """The client's socket is readable or, while a response waits, writable."""
+        client = self.clients.get(fd)
+        if client is None:
+            return
+        if client.out:
+            if self._flush(fd, client) and not client.out:
+                self._serve(fd, client)  # requests that came while the response waited
+            return
+        self._readable(fd)
+
+    def _flush(self, fd: int, client: _Client) -> bool:
+        """Send what the socket takes now; watch for writability while the rest waits. False: dropped."""
+        try:
+            while client.out:
+                client.sent += client.sock.send(memoryview(client.out)[client.sent :])
+                client.since = time.monotonic()
+                if client.sent == len(client.out):
+                    client.out, client.sent = b"", 0
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop(fd)
+            return False
+        if self._writable is not None and client.waiting != bool(client.out):
+            client.waiting = bool(client.out)
+            self._writable(fd, client.waiting)
+        return True
+
     def _readable(self, fd: int) -> None:
         client = self.clients.get(fd)
         if client is None:
@@ -146,16 +183,28 @@ class ControlServer:
             self._drop(fd)
             return
         client.buf += data
-        while b"\n" in client.buf:
-            line, _, rest = bytes(client.buf).partition(b"\n")
-            client.buf = bytearray(rest)
-            if not self._send(client.sock, self.answer(line)):
-                self._drop(fd)
-                return
-            client.since = time.monotonic()
+        if not self._serve(fd, client):
+            return
         if len(client.buf) > MAX_MESSAGE:
             self._send(client.sock, encode_error("EMSGSIZE", f"request longer than {MAX_MESSAGE} bytes"))
             self._drop(fd)
+
+    def _serve(self, fd: int, client: _Client) -> bool:
+        """Answer the complete request lines in the client's buffer, one response waiting at most.
+        False when the client was dropped."""
+        while b"\n" in client.buf and not client.out:
+            line, _, rest = bytes(client.buf).partition(b"\n")
+            client.buf = bytearray(rest)
+            if self._writable is None:
+                if not self._send(client.sock, self.answer(line)):
+                    self._drop(fd)
+                    return False
+                client.since = time.monotonic()
+                continue
+            client.out = self.answer(line)
+            if not self._flush(fd, client):
+                return False
+        return True
 
     def answer(self, line: bytes) -> bytes:
         """The response line for request `line`."""

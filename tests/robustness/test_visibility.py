@@ -1,0 +1,220 @@
+"""Every failure visible (issue 12): failed sends and refused device writes are counted as drops, per
+tunnel and SA, and logged rate-limited; an unknown --nextdev is refused; a tunnel's counters go with it;
+a client that never reads its reply does not stall the loop; every text output speaks one vocabulary."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipsec_tunnel.cli import render
+from ipsec_tunnel.control.protocol import ProtocolError, encode_request
+from ipsec_tunnel.core.drops import Drop
+from ipsec_tunnel.core.engine import Burst, Engine, packed
+from ipsec_tunnel.core.sa import SAConfig, SAError, SecurityAssociation
+from ipsec_tunnel.core.tunnel import Tunnel
+from ipsec_tunnel.daemon.dataplane import DataPlane
+from ipsec_tunnel.daemon.manager import Manager
+from ipsec_tunnel.daemon.server import ControlServer
+from ipsec_tunnel.daemon.state import Store
+
+from .conftest import A4, B4, NOW
+from .test_control_server import FakeDevices
+
+KEY = bytes(range(20))
+
+
+def _engine() -> Engine:
+    engine = Engine()
+    engine.tunnels.add(Tunnel("t0", A4, B4))
+    engine.sad.add(SecurityAssociation(SAConfig(0x1000, B4, A4, "aes-gcm", KEY).validated(), 0.0))
+    engine.sad.add(SecurityAssociation(SAConfig(0x1001, A4, B4, "aes-gcm", KEY[::-1]).validated(), 0.0))
+    return engine
+
+
+def _inner() -> bytes:
+    from ipsec_tunnel.core import ip
+
+    return ip.build_ipv4(bytes((10, 0, 0, 1)), bytes((10, 0, 1, 1)), 17, 8) + bytes(8)
+
+
+class _FailingRaw:
+    """A raw ESP batch socket whose every send fails with `error`."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def send(self, dst: bytes, payloads: list[bytes], **_kw: Any) -> list[tuple[int, OSError]]:
+        return [(len(payloads), OSError(self.error, os.strerror(self.error)))]
+
+
+def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _engine()
+    plane = DataPlane(engine, clock=lambda: NOW)
+    plane.raw_batch[4] = _FailingRaw(errno.EPERM)  # type: ignore[assignment]  # a firewall dropping ESP
+    try:
+        with caplog.at_level(logging.WARNING, logger="ipsec_tunnel.daemon.dataplane"):
+            for _ in range(3):
+                for burst in engine.send_batch("t0", [_inner(), _inner()], NOW):
+                    assert isinstance(burst, Burst)
+                    plane.transmit(burst)
+        assert engine.tx_accepted == 0 and engine.tx_drops[Drop.SEND_ERROR] == 6
+        stats = engine.stats_for("t0")
+        assert stats.tx_packets == 0 and stats.tx_drops[Drop.SEND_ERROR] == 6
+        sa = engine.sad.get(packed(B4), packed(A4), 0x1000)
+        assert sa is not None and sa.drops[Drop.SEND_ERROR] == 6
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == ["send to 192.0.2.2 failed: Operation not permitted (2 packets dropped)"]
+        plane.raw_batch[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
+        for burst in engine.send_batch("t0", [_inner()], NOW):
+            plane.transmit(burst)  # type: ignore[arg-type]
+        assert engine.tx_drops[Drop.NO_ROUTE] == 1 and engine.tx_accepted == 0
+    finally:
+        plane.close()
+
+
+class _DownQueue:
+    """A TUN queue of a device that is down: the kernel answers writes with EIO."""
+
+    name = "t0"
+    vnet = False
+
+    def write(self, packet: bytes, offload: object = None) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_packets_for_a_down_device_are_dropped_not_accepted(caplog: pytest.LogCaptureFixture) -> None:
+    sender, receiver = _engine(), Engine()
+    receiver.tunnels.add(Tunnel("t0", B4, A4))
+    for sa in sender.sad:
+        receiver.sad.add(SecurityAssociation(sa.config, 0.0))
+    plane = DataPlane(receiver, clock=lambda: NOW)
+    plane.devices.tun["t0"] = _DownQueue()  # type: ignore[assignment]
+    try:
+        (burst,) = sender.send_batch("t0", [_inner(), _inner(), _inner()], NOW)
+        assert isinstance(burst, Burst)
+        deliver, _ = receiver.receive_batch(packed(A4), packed(B4), burst.payloads, NOW)
+        with caplog.at_level(logging.INFO, logger="ipsec_tunnel.daemon.dataplane"):
+            plane.deliver(deliver)
+        assert receiver.rx_accepted == 0 and receiver.rx_drops[Drop.DEVICE_DOWN] == 3
+        assert receiver.stats_for("t0").rx_packets == 0
+        assert receiver.stats_for("t0").rx_drops[Drop.DEVICE_DOWN] == 3
+        assert [r.getMessage() for r in caplog.records] == ["packet for t0 dropped: the device is down"]
+    finally:
+        plane.devices.tun.clear()
+        plane.close()
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Any:
+    store = Store(tmp_path / "state")
+    devices = FakeDevices()
+    devices.names.add("eth0")
+    m = Manager(Engine(), store, devices, now=lambda: NOW)
+    yield m
+    store.close()
+
+
+def test_an_unknown_nextdev_is_refused_in_one_line(manager: Manager) -> None:
+    with pytest.raises((SAError, ProtocolError), match="No such device for --nextdev: nosuchdev") as info:
+        manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "nosuchdev"})
+    assert getattr(info.value, "errno", None) == "ENODEV"
+    assert manager.engine.tunnels.get("ipsec5") is None
+    manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "eth0"})
+    with pytest.raises((SAError, ProtocolError), match="nosuchdev"):
+        manager.handle("tunnel.change", {"name": "ipsec5", "nextdev": "nosuchdev"})
+
+
+def test_counters_go_with_the_tunnel(manager: Manager) -> None:
+    manager.handle("tunnel.add", {"name": "ipsec1", "local": A4, "remote": B4})
+    stats = manager.engine.stats_for("ipsec1")
+    stats.rx_packets, stats.tx_packets = 44, 44
+    stats.rx_drops[Drop.POLICY] += 2
+    manager.handle("tunnel.del", {"name": "ipsec1"})
+    manager.handle("tunnel.add", {"name": "ipsec1", "local": A4, "remote": "192.0.2.9"})
+    (shown,) = manager.handle("tunnel.show", {"name": "ipsec1", "stats": True})
+    assert shown["stats"]["rx_packets"] == 0 and shown["stats"]["tx_packets"] == 0
+    assert shown["stats"]["rx_drops"] == {}
+
+
+def test_stats_last_drops(manager: Manager) -> None:
+    engine = manager.engine
+    engine.receive_udp(packed("203.0.113.254"), packed(A4), b"\x00\x00\x10\x00" + bytes(40), NOW, sport=4500)
+    result = manager.handle("stats", {"last_drops": True})
+    assert result["last_drops"][-1]["spi"] == 0x1000
+    text = render.stats_text(result)
+    assert "unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.1" in text
+    assert "last_drops" not in manager.handle("stats", {})
+
+
+def test_text_outputs_use_the_labels_of_stats() -> None:
+    sa = {"dst": B4, "src": A4, "spi": 0x1000, "cipher": "aes-gcm", "stats": {"drops": {"auth_failed": 2}}}
+    assert "authentication failed=2" in render.sa_table([sa], True)
+    tunnel = {
+        "name": "t0",
+        "local": A4,
+        "remote": B4,
+        "stats": {"rx_drops": {"policy": 2}, "tx_drops": {"no_sa": 1}},
+    }
+    text = render.tunnel_table([tunnel], True)
+    assert "inner address not allowed=2" in text and "unknown SA=1" in text
+    assert "no_sa" not in text and "policy=" not in text
+
+
+def test_a_client_that_never_reads_does_not_stall_the_loop(tmp_path: Path) -> None:
+    """10,000 SAs' worth of reply to a client that never reads: the loop keeps moving packets (a pipe
+    echo stands in for the data plane) and serves other clients meanwhile."""
+    plane = DataPlane(Engine())
+    big = [{"spi": i, "dst": "192.0.2.2", "src": "192.0.2.1", "cipher": "aes-gcm", "pad": "x" * 300}
+           for i in range(10_000)]  # fmt: skip
+    server = ControlServer(
+        str(tmp_path / "s.sock"),
+        lambda op, args: big if op == "sa.show" else {"pong": True},
+        plane.watch, plane.unwatch, plane.writable,
+    )  # fmt: skip
+    r, w = os.pipe()
+    echoed: list[float] = []
+
+    def forward() -> None:
+        os.read(r, 1)
+        echoed.append(time.monotonic())
+
+    plane.watch(r, forward)
+    thread = threading.Thread(target=plane.run, daemon=True)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        thread.start()
+        stuck.connect(str(tmp_path / "s.sock"))
+        stuck.sendall(encode_request("sa.show", {}))  # and never reads
+        time.sleep(0.3)
+        for _ in range(5):
+            sent = time.monotonic()
+            os.write(w, b"x")
+            deadline = sent + 2.0
+            while len(echoed) < _ + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(echoed) == _ + 1 and echoed[-1] - sent < 0.5
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.settimeout(2.0)
+        with other:
+            other.connect(str(tmp_path / "s.sock"))
+            other.sendall(encode_request("ping", {}))
+            assert b'"pong":true' in other.recv(4096)
+        assert len(server.clients) == 2 or len(server.clients) == 1  # the stuck one waits with its reply
+        assert any(c.out for c in server.clients.values())
+    finally:
+        plane.running = False
+        thread.join(5)
+        stuck.close()
+        server.close()
+        plane.close()
+        os.close(r)
+        os.close(w)
