@@ -198,4 +198,7 @@ def test_daemon_mode_exits_0_once_ready(h: TwoHosts) -> None:
             assert "no syslog at /dev/log: logging to" in proc.stderr
             assert "ready" in Path(f"{tmp}/ipsecd.log").read_text()
     finally:
+        pid = Path(f"{tmp}/d.pid").read_text().strip() if Path(f"{tmp}/d.pid").exists() else ""
         h.a.sh([*DAEMON, "--stop", "--socket", f"{tmp}/s.sock", "--pidfile", f"{tmp}/d.pid"], check=False)
+        if pid and Path(f"/proc/{pid}").exists():  # --stop failed: never leave the daemon behind
+            os.kill(int(pid), signal.SIGKILL)
