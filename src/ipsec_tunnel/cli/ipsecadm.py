@@ -66,7 +66,10 @@ class _Session:
 
 
 def _sa_add(s: _Session) -> int:
-    s.show(s.call("sa.add", requests.sa_add(s.inv, _warn)), lambda r: None)
+    result = s.call("sa.add", requests.sa_add(s.inv, _warn))
+    for line in result.get("warnings", []) if isinstance(result, dict) else []:
+        _warn(str(line))  # what ipsecd says about the SA it added (an ambiguous --duplex)
+    s.show(result, lambda r: None)
     return EXIT_OK
 
 

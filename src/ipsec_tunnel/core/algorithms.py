@@ -21,6 +21,8 @@ __all__ = [
     "AUTHS",
     "CIPHERS",
     "GCM_ICV_NAMES",
+    "MIN_KEY_BYTES",
+    "WEAK_KEY_CIPHERS",
     "AeadTransform",
     "AlgorithmError",
     "AuthAlg",
@@ -269,6 +271,12 @@ def _cbc(factory: Callable[[bytes], CipherAlgorithm], block: int) -> Callable[[b
     return lambda key, salt, icv: _Cbc(factory(key), block)
 
 
+# RFC 2451 §2.2 lets Blowfish and CAST5 keys go down to 40 bits; below 128 bits a key can be searched
+# (RFC 8221 §1 and §5: 128-bit security at least), so shorter ones are refused.
+MIN_KEY_BYTES = 16
+WEAK_KEY_CIPHERS = frozenset({"blowfish-cbc", "cast5-cbc"})
+
+
 def _blockalg(factory: Callable[[bytes], CipherAlgorithm]) -> Callable[[bytes], CipherAlgorithm]:
     return factory
 
@@ -295,11 +303,11 @@ CIPHERS: tuple[CipherAlg, ...] = (
         "RFC 7634", lambda key, salt, icv: _ChaCha(key, salt, icv), 4, 8,
     ),
     CipherAlg(
-        "blowfish-cbc", "cbc(blowfish)", ("blowfish",), tuple(range(5, 57)), 0, False, (),
+        "blowfish-cbc", "cbc(blowfish)", ("blowfish",), tuple(range(MIN_KEY_BYTES, 57)), 0, False, (),
         "RFC 2451", _cbc(_blockalg(_old.Blowfish), 8), 8, 8,
     ),
     CipherAlg(
-        "cast5-cbc", "cbc(cast5)", ("cast128-cbc", "cast5"), tuple(range(5, 17)), 0, False, (),
+        "cast5-cbc", "cbc(cast5)", ("cast128-cbc", "cast5"), (MIN_KEY_BYTES,), 0, False, (),
         "RFC 2451", _cbc(_blockalg(_old.CAST5), 8), 8, 8,
     ),
     CipherAlg(
@@ -364,6 +372,11 @@ def _strip_parity(block: bytes) -> bytes:
 def check_cipher_key(alg: CipherAlg, key: bytes) -> None:
     """Raise AlgorithmError when `key` (salt included) does not suit `alg`."""
     sizes = sorted({s + alg.salt_len for s in alg.key_sizes})
+    if alg.name in WEAK_KEY_CIPHERS and len(key) < MIN_KEY_BYTES:
+        raise AlgorithmError(
+            f"Key too short: {alg.name} keys below {MIN_KEY_BYTES * 8} bits can be searched and are refused "
+            f"(the original allowed 40); got {len(key) * 8} bits"
+        )
     if len(key) not in sizes:
         if len(sizes) > 4:
             want = f"{sizes[0]} to {sizes[-1]} bytes"
@@ -399,6 +412,11 @@ def check_icv_bits(alg: AuthAlg, bits: int | None) -> int:
     """The ICV length in bytes for `--digest-hmac=bits` (None: the RFC's default)."""
     if bits is None:
         return alg.default_icv_bits // 8
+    if alg.rfc == "RFC 4868" and bits != alg.default_icv_bits:
+        # RFC 4868 §2.3: HMAC-SHA-256/384/512 in ESP are truncated to half the digest, nothing else
+        raise AlgorithmError(
+            f"--digest-hmac for {alg.name} must be {alg.default_icv_bits} bits (RFC 4868 §2.3); got {bits}"
+        )
     if bits % 32 or not 96 <= bits <= alg.digest_bits:
         raise AlgorithmError(
             f"--digest-hmac for {alg.name} must be a multiple of 32 "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +15,9 @@ from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
 from ..core.ip import IPV6_MIN_MTU
-from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
+from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
 from ..core.tunnel import BASE_DEVICE, Tunnel
+from .clock import steady
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ class Devices:
         """The MTU of the route to `remote`, or None when there is none."""
         raise NotImplementedError
 
+    def is_local(self, address: str) -> bool:
+        """Whether `address` is an address of this host (a fake without addresses: every one is)."""
+        return True
+
 
 def _addr(args: dict[str, Any], name: str) -> bytes | None:
     text = arg(args, name, str)
@@ -68,6 +72,14 @@ def _limits(args: dict[str, Any], name: str) -> Limits:
         raise ProtocolError("EINVAL", f"bad {name} lifetime") from None
 
 
+def ambiguous_duplex_warning(config: SAConfig) -> str:
+    """What `sa add --duplex` answers for a cipher whose packets do not say their direction."""
+    return (
+        f"warning: --duplex with {config.cipher or 'null'}: nothing in a packet says its direction, so a "
+        "packet sent back to its sender is accepted there; prefer one SA per direction, each with its own key"
+    )
+
+
 def _drops(counter: Any) -> dict[str, int]:
     return {reason.value: n for reason, n in counter.items() if n}
 
@@ -81,7 +93,7 @@ class Manager:
     """Carries out control requests; every change is stored before it takes effect."""
 
     def __init__(
-        self, engine: Engine, store: Store, devices: Devices, now: Callable[[], float] = time.time
+        self, engine: Engine, store: Store, devices: Devices, now: Callable[[], float] = steady
     ) -> None:
         self.engine = engine
         self.store = store
@@ -108,6 +120,10 @@ class Manager:
         for tunnel in self.store.load_tunnels():
             self.engine.tunnels.add(tunnel)
             self.devices.create(tunnel.name)
+            if not self.devices.is_local(tunnel.local):
+                log.warning(
+                    "tunnel %s: --local %s is not (yet) an address of this host", tunnel.name, tunnel.local
+                )
         self.refresh_mtus()
         log.info("restored %d SAs and %d tunnels", len(self.engine.sad), len(self.engine.tunnels))
 
@@ -137,12 +153,13 @@ class Manager:
                 encap=encap,
                 soft=_limits(args, "soft"),
                 hard=_limits(args, "hard"),
+                duplex=bool(arg(args, "duplex", bool, False)),
             ).validated()
         except ValueError as exc:
             if isinstance(exc, SAError):
                 raise
             raise ProtocolError("EINVAL", "Bad key: not hexadecimal") from None
-        configs = [config, config.reversed()] if arg(args, "duplex", bool, False) else [config]
+        configs = [config, config.reversed()] if config.duplex else [config]
         for c in configs:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
@@ -158,6 +175,8 @@ class Manager:
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
             )
         self.refresh_mtus()
+        if config.ambiguous_duplex:  # printed by ipsecadm on stderr
+            return {"added": added, "warnings": [ambiguous_duplex_warning(config)]}
         return {"added": added}
 
     def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
@@ -256,6 +275,7 @@ class Manager:
         if "local" not in fields or "remote" not in fields:
             raise ProtocolError("EINVAL", "tunnel add needs --local and --remote")
         tunnel = Tunnel(name=name, **fields).validated()
+        self._check_local(tunnel.local)
         if self.engine.tunnels.get(name) is None and self.devices.exists(name):
             raise SAError(f"A network device named {name} already exists", "EEXIST")
         self._check_nextdev(tunnel.nextdev)
@@ -284,11 +304,22 @@ class Manager:
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str, required=True)
         fields = self._tunnel_fields(args)
+        if fields.get("local"):
+            self._check_local(str(parse_address(fields["local"], "local")))
         self._check_nextdev(fields.get("nextdev"))
         tunnel = self.engine.tunnels.change(name, **fields)
         self.store.save_tunnel(tunnel)
         self.refresh_mtus()
         return self.tunnel_dict(tunnel, False)
+
+    def _check_local(self, local: str) -> None:
+        """Refuse a tunnel whose --local is not an address of this host: it would send with the SA meant
+        for receiving from its peer (issue 11 item 5)."""
+        if not self.devices.is_local(local):
+            raise SAError(
+                f"--local {local} is not an address of this host (did you copy the peer's line? "
+                "swap --local and --remote)"
+            )
 
     def op_tunnel_del(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ..core.sa import NAT_T_PORT as NAT_T_PORT  # RFC 7296 §2.23, RFC 3948 (defined once, in core)
+
 IKE_VERSION = 0x20  # RFC 7296 §3.1: major 2, minor 0
 IKE_PORT = 500  # RFC 7296 §2
-NAT_T_PORT = 4500  # RFC 7296 §2.23, RFC 3948
 HEADER_LEN = 28  # RFC 7296 §3.1
 KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 §2.15
 
