@@ -76,10 +76,11 @@ def test_a_restart_keeps_addresses_routes_and_traffic_resumes_within_2s(h: TwoHo
     while not ping(h.a, "10.0.2.1"):
         assert time.monotonic() - t0 < 2.0, "traffic did not resume within 2 s"
     link = json.loads(h.a.sh("ip -j addr show ipsec1").stdout)[0]
-    assert "UP" in link["flags"]
-    assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == ["10.0.1.1"]
-    assert "10.0.2.0/24" in h.a.sh("ip route show dev ipsec1").stdout
-    assert link["mtu"] == mtu_before
+    assert "UP" in link["flags"], link
+    assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == ["10.0.1.1"], link
+    routes = h.a.sh("ip route show dev ipsec1").stdout
+    assert "10.0.2.0/24" in routes, routes
+    assert link["mtu"] == mtu_before, (link, mtu_before)
     assert tunnel_names(h.a) == ["ipsec1"]
 
 
