@@ -53,7 +53,18 @@ def test_auth_only_and_null_cipher() -> None:
     auth_only = {**SAMPLE_SA, "cipher": None, "cipher_bits": 0}
     assert render.cipher_text(auth_only) == "-"
     assert render.cipher_text({**SAMPLE_SA, "cipher": "null", "cipher_bits": 0}) == "null"
-    assert render.digest_text({**SAMPLE_SA, "digest": None, "digest_bits": 0}) == "-"
+    assert render.digest_text({**SAMPLE_SA, "cipher": None, "digest": None, "digest_bits": 0}) == "-"
+
+
+def test_an_sa_without_integrity_is_marked() -> None:
+    """The seed's SA (3DES, no digest): the digest column says so, whether ipsecd says it or not."""
+    enc_only = {**SAMPLE_SA, "digest": None, "digest_bits": 0, "digest_key_bits": 0, "integrity": False}
+    assert render.digest_text(enc_only) == "NO-INTEGRITY"
+    del enc_only["integrity"]
+    assert render.digest_text(enc_only) == "NO-INTEGRITY"
+    _header, row = _cells(render.sa_table([enc_only]))
+    assert "NO-INTEGRITY" in row
+    assert "NO-INTEGRITY" not in render.sa_table([SAMPLE_SA])
 
 
 def test_sa_table_stats() -> None:

@@ -29,8 +29,10 @@ __all__ = [
     "AuthTransform",
     "BlockTransform",
     "CipherAlg",
+    "NullAuth",
     "check_cipher_key",
     "check_icv_bits",
+    "check_named_key_bits",
     "find_auth",
     "find_cipher",
     "make_auth",
@@ -214,6 +216,21 @@ class AuthTransform:
         return constant_time.bytes_eq(self.sign(*parts), icv)
 
 
+class NullAuth:
+    """No integrity (RFC 4303 §3.2: confidentiality-only ESP; RFC 8221 §5 advises against it): an empty ICV
+    that every packet passes. Used only for an SA with a non-AEAD cipher and no digest."""
+
+    icv_len = 0
+
+    def sign(self, *parts: bytes) -> bytes:
+        """The empty ICV."""
+        return b""
+
+    def verify(self, icv: bytes, *parts: bytes) -> bool:
+        """True for the empty ICV."""
+        return icv == b""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The registry.
 
@@ -287,7 +304,8 @@ CIPHERS: tuple[CipherAlg, ...] = (
         "RFC 2451", _cbc(_blockalg(_old.TripleDES), 8), 8, 8,
     ),
     CipherAlg(
-        "aes-cbc", "cbc(aes)", ("aes", "aes128-cbc", "aes-128-cbc"), (16, 24, 32), 0, False, (),
+        "aes-cbc", "cbc(aes)", ("aes", "aes128-cbc", "aes-128-cbc", "aes192-cbc", "aes-192-cbc", "aes256-cbc",
+        "aes-256-cbc"), (16, 24, 32), 0, False, (),
         "RFC 3602", _cbc(_blockalg(algorithms.AES), 16), 16, 16,
     ),
     CipherAlg(
@@ -343,6 +361,32 @@ def find_cipher(name: str) -> tuple[CipherAlg, int | None]:
     if alg is None:
         raise AlgorithmError(f"Unknown cipher or digest: {name!r} (see 'ipsecadm algos')")
     return alg, (alg.icv_lens[0] if alg.aead else None)
+
+
+# Names with a number that states the key size (the key must have it), and a name whose number is read both
+# ways: here aes-gcm-128 is the 128-bit ICV, strongSwan's aes128gcm16 is a 128-bit key.
+_NAMED_KEY_BITS = {
+    f"aes{sep}{bits}-cbc": bits for bits in (128, 192, 256) for sep in ("", "-")
+}  # fmt: skip
+_AMBIGUOUS_KEY_BITS = {"aes-gcm-128": 128}
+
+
+def check_named_key_bits(name: str, key_len: int) -> None:
+    """Raise AlgorithmError when the number in cipher name `name` (aes-128-cbc) contradicts a key of
+    `key_len` bytes (salt included); call it once the key length suits the algorithm."""
+    key = name.strip().lower()
+    alg, _icv = find_cipher(name)
+    bits = alg.key_bits(key_len)
+    if key in _NAMED_KEY_BITS and _NAMED_KEY_BITS[key] != bits:
+        raise AlgorithmError(
+            f"Bad key: {name} names a {_NAMED_KEY_BITS[key]}-bit key, but the key has {bits} bits "
+            f"({key_len} bytes); use {alg.name} for a key of any size it takes"
+        )
+    if key in _AMBIGUOUS_KEY_BITS and _AMBIGUOUS_KEY_BITS[key] != bits:
+        raise AlgorithmError(
+            f"Bad key: {name} is ambiguous with a {bits}-bit key: 128 is its ICV here, but a key size "
+            f"elsewhere (strongSwan); use {alg.name} (128-bit ICV) for AES-{bits}-GCM"
+        )
 
 
 def find_auth(name: str) -> AuthAlg:

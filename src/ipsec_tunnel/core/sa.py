@@ -13,7 +13,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 from . import esp
-from .algorithms import AlgorithmError, find_auth, find_cipher, make_auth, make_cipher
+from .algorithms import (
+    AlgorithmError,
+    NullAuth,
+    check_named_key_bits,
+    find_auth,
+    find_cipher,
+    make_auth,
+    make_cipher,
+)
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
@@ -154,10 +162,9 @@ class SAConfig:
                 cipher = alg.name
                 if alg.aead and self.digest:
                     raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
-                if not alg.aead and not self.digest:
+                if not alg.aead and not self.digest and not alg.iv_len:
                     raise SAError(
-                        f"{alg.name} without a digest gives no integrity (RFC 8221 §5): forged packets "
-                        "could not be detected. Add --digest=sha256 with a key"
+                        f"{alg.name} without a digest protects nothing: add --digest=NAME with a key"
                     )
                 if alg.aead and icv is not None and self.digest_bits is None:
                     digest_bits = icv * 8
@@ -181,7 +188,7 @@ class SAConfig:
         hard = self.hard
         if cipher and find_cipher(cipher)[0].block == 8 and not 0 < hard.bytes <= SWEET32_BYTES:
             hard = replace(hard, bytes=SWEET32_BYTES)  # a 64-bit block cipher: the Sweet32 limit
-        return replace(
+        checked = replace(
             self,
             cipher=cipher,
             digest=digest,
@@ -191,6 +198,12 @@ class SAConfig:
             iv_split=split,
             hard=hard,
         )._checked_keys()
+        if self.cipher:
+            try:
+                check_named_key_bits(self.cipher, len(self.cipher_key))
+            except AlgorithmError as exc:
+                raise SAError(str(exc)) from None
+        return checked
 
     def _checked_keys(self) -> SAConfig:
         try:
@@ -214,6 +227,11 @@ class SAConfig:
         """Whether this is a --duplex SA whose IVs do not say the direction (CBC, NULL): a packet of
         one direction sent back to its sender authenticates there (protocol review finding 1)."""
         return self.duplex and self.iv_split is None
+
+    @property
+    def integrity(self) -> bool:
+        """Whether packets carry an ICV: a digest or AEAD (False: encryption only, RFC 4303 §3.2)."""
+        return bool(self.digest) or bool(self.cipher and find_cipher(self.cipher)[0].aead)
 
     @property
     def seq_max(self) -> int:
@@ -255,9 +273,11 @@ def build_transforms(config: SAConfig) -> tuple[Any, Any]:
     else:
         alg, _icv = find_cipher("null")
         cipher = make_cipher(alg, b"")
-    auth = None
+    auth: Any = None
     if config.digest:
         auth = make_auth(find_auth(config.digest), config.digest_key, config.digest_bits)
+    elif not alg.aead:  # encryption only (RFC 4303 §3.2): an empty ICV, no integrity
+        auth = NullAuth()
     return cipher, auth
 
 

@@ -100,6 +100,10 @@ class Manager:
         self.devices = devices
         self.now = now
         self.mtu_set: dict[str, int] = {}
+        # Counter-mode keys sending in each direction: (cipher, key, IV direction bit) -> SA, so that
+        # `sa add` checks nonce reuse in constant time (1,000 adds from `ipsecadm -b` stay linear).
+        self._nonce_owner: dict[tuple[str | None, bytes, int], SecurityAssociation] = {}
+        self._nonce_seen = -1  # len(sad) when the index was last in step with it
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """The result of operation `op`; ProtocolError for a refused request."""
@@ -164,12 +168,20 @@ class Manager:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
         self._check_nonce_domain(configs)
+        if not config.integrity:
+            log.warning(
+                "SA %#x %s -> %s has no integrity protection (no digest)", config.spi, config.src, config.dst
+            )
         now = self.now()
         added = []
         for c in configs:
             sa = SecurityAssociation(c, now)
             self.store.add_sa(sa)
             self.engine.sad.add(sa)
+            if self._nonce_seen == len(self.engine.sad) - 1:  # keep the index in step
+                self._nonce_seen += 1
+                if c.iv_split is not None:
+                    self._nonce_owner[c.cipher, c.cipher_key, c.iv_split] = sa
             added.append(self.sa_dict(sa, False))
             log.info(
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
@@ -179,19 +191,39 @@ class Manager:
             return {"added": added, "warnings": [ambiguous_duplex_warning(config)]}
         return {"added": added}
 
+    def _index_nonces(self) -> None:
+        """Rebuild the counter-mode key index from the SA database."""
+        self._nonce_owner = {}
+        for sa in self.engine.sad:
+            o = sa.config
+            if o.iv_split is not None:
+                self._nonce_owner.setdefault((o.cipher, o.cipher_key, o.iv_split), sa)
+        self._nonce_seen = len(self.engine.sad)
+
+    def _nonce_user(self, c: SAConfig) -> SecurityAssociation | None:
+        """The SA already sending with `c`'s counter-mode key in `c`'s direction, if any."""
+        if c.iv_split is None:
+            return None
+        if self._nonce_seen != len(self.engine.sad):  # SAs came or went since the index was made
+            self._index_nonces()
+        key = (c.cipher, c.cipher_key, c.iv_split)
+        sa = self._nonce_owner.get(key)
+        if sa is not None and self.engine.sad.get(*sa.key) is not sa:  # removed since: look again
+            self._index_nonces()
+            sa = self._nonce_owner.get(key)
+        return sa
+
     def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
         """Refuse a counter-mode key already sending in the same direction: its nonces would repeat."""
         for c in configs:
-            if c.iv_split is None:
-                continue
-            for sa in self.engine.sad:
+            sa = self._nonce_user(c)
+            if sa is not None:
                 o = sa.config
-                if o.iv_split == c.iv_split and o.cipher == c.cipher and o.cipher_key == c.cipher_key:
-                    raise SAError(
-                        f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
-                        "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
-                        "EEXIST",
-                    )
+                raise SAError(
+                    f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
+                    "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
+                    "EEXIST",
+                )
 
     def _select(self, args: dict[str, Any]) -> list[SecurityAssociation]:
         spi = arg(args, "spi", int)
@@ -216,7 +248,9 @@ class Manager:
             self.engine.nat.forget(sa.key[1], sa.key[0])
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
         self.refresh_mtus()
-        return {"deleted": len(victims)}
+        return {
+            "deleted": [{"dst": sa.config.dst, "src": sa.config.src, "spi": sa.config.spi} for sa in victims]
+        }
 
     def op_sa_show(self, args: dict[str, Any]) -> Any:
         stats = bool(arg(args, "stats", bool, False))
@@ -237,6 +271,7 @@ class Manager:
             "digest": c.digest,
             "digest_bits": (sa.auth.icv_len * 8 if sa.auth else (sa.cipher.icv_len * 8 if aead else 0)),
             "digest_key_bits": len(c.digest_key) * 8,
+            "integrity": c.integrity,
             "replay_window": c.replay_window, "esn": c.esn,
             "encap": (
                 {"sport": c.encap.sport, "dport": c.encap.dport, "keepalive": c.encap.keepalive}
