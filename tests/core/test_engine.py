@@ -15,6 +15,7 @@ from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import RECEIVE_DROPS, SEND_DROPS, Drop
 from ipsec_tunnel.core.engine import (
     ICMP_BURST,
+    Burst,
     Deliver,
     Engine,
     Outbound,
@@ -272,6 +273,33 @@ def test_too_big_ipv6_gives_packet_too_big_with_the_mtu() -> None:
     too_big = IPv6(result.packet)[ICMPv6PacketTooBig]
     assert (too_big.type, too_big.mtu) == (2, limit)  # RFC 4443 §3.2
     assert isinstance(pair.a.send("t0", inner_packet(6, limit - 48), 1.0), Outbound)
+
+
+@pytest.mark.parametrize("outer", [4, 6])
+def test_ipv6_up_to_1280_leaves_as_outer_fragments_when_the_path_is_smaller(outer: int) -> None:
+    """RFC 8200 §5 / RFC 4213 §3.2: an inner IPv6 packet of at most 1280 bytes that ESP cannot fit into
+    the path is sent with the outer DF clear (fragmented outside), never refused with an MTU below 1280."""
+    pair = make_pair(outer)
+    pair.a.path_mtu["t0"] = 1280
+    tunnel = pair.a.tunnels.get("t0")
+    assert tunnel is not None
+    limit = pair.a.mtu_for(tunnel)
+    assert limit is not None and limit < 1280
+    fitting = pair.a.send("t0", inner_packet(6, limit - 48), 1.0)
+    assert isinstance(fitting, Outbound) and fitting.df  # what fits keeps DF
+    for size in (limit + 1, 1280):
+        out = pair.a.send("t0", inner_packet(6, size - 48), 1.0)
+        assert isinstance(out, Outbound) and not out.df
+        got = deliver(pair, out)
+        assert isinstance(got, Deliver) and got.packet == inner_packet(6, size - 48)
+    too_big = pair.a.send("t0", inner_packet(6, 1281 - 48), 1.0)
+    assert isinstance(too_big, Deliver)
+    assert IPv6(too_big.packet)[ICMPv6PacketTooBig].mtu == 1280  # never below the IPv6 minimum
+    # IPv4 with DF keeps path MTU discovery at the ESP fit.
+    v4 = pair.a.send("t0", inner_packet(4, limit + 1 - 28, df=True), 1.0)
+    assert isinstance(v4, Deliver) and IP(v4.packet)[ICMP].nexthopmtu == limit
+    batch = pair.a.send_batch("t0", [inner_packet(6, 1280 - 48)] * 3, 1.0)
+    assert len(batch) == 3 and all(isinstance(b, Burst) and not b.df for b in batch)
 
 
 def test_mtu_unknown_without_a_path_mtu() -> None:

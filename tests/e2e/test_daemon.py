@@ -1,5 +1,5 @@
-"""ipsecd as a daemon: one instance only, devices created and removed, state restored, the seed's receive
-rules (ipsec0 catch-all, protocol-unreachable), --nextdev and --peer-net."""
+"""ipsecd as a daemon: one instance only, devices created and kept across restarts, state restored, the
+seed's receive rules (ipsec0 catch-all, protocol-unreachable), --nextdev and --peer-net."""
 
 from __future__ import annotations
 
@@ -45,14 +45,14 @@ def test_second_instance_refuses_to_start(hosts: TwoHosts) -> None:
     assert a.adm("version").returncode == 0
 
 
-def test_sigterm_removes_devices_and_restart_restores_them(hosts: TwoHosts) -> None:
+def test_sigterm_keeps_devices_and_restart_restores_them(hosts: TwoHosts) -> None:
     h = hosts
     gcm_pair(h)
     h.a.adm("tunnel", "add", "ipsec1", f"--local={h.a_pub}", f"--remote={h.b_pub}")
     assert h.a.sh("ip link show ipsec1", check=False).returncode == 0
     assert h.a.stop(signal.SIGTERM) == 0
-    assert h.a.sh("ip link show ipsec1", check=False).returncode != 0
-    assert h.a.sh("ip link show ipsec0", check=False).returncode != 0
+    assert h.a.sh("ip link show ipsec1", check=False).returncode == 0  # kept for the next ipsecd
+    assert h.a.sh("ip link show ipsec0", check=False).returncode == 0
     assert not h.a.socket.exists()
     h.a.start()
     shown = json.loads(h.a.adm("-j", "tunnel", "show").stdout)
@@ -60,6 +60,16 @@ def test_sigterm_removes_devices_and_restart_restores_them(hosts: TwoHosts) -> N
     sas = json.loads(h.a.adm("-j", "sa", "show").stdout)
     assert sorted((s["src"], s["dst"]) for s in sas) == sorted([(h.a_pub, h.b_pub), (h.b_pub, h.a_pub)])
     assert h.a.sh("ip link show ipsec1", check=False).returncode == 0
+
+
+def test_remove_devices_on_exit(hosts: TwoHosts) -> None:
+    h = hosts
+    h.a.stop()
+    h.a.start("--remove-devices-on-exit")
+    h.a.adm("tunnel", "add", "ipsec1", f"--local={h.a_pub}", f"--remote={h.b_pub}")
+    assert h.a.stop(signal.SIGTERM) == 0
+    assert h.a.sh("ip link show ipsec1", check=False).returncode != 0
+    assert h.a.sh("ip link show ipsec0", check=False).returncode != 0
 
 
 def test_no_matching_tunnel_sends_protocol_unreachable(hosts: TwoHosts) -> None:

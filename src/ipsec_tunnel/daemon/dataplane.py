@@ -110,6 +110,10 @@ class KernelDevices(Devices):
         except OSError:
             return None
 
+    def gone(self, name: str) -> None:
+        """Device `name` was deleted behind our back: stop reading it."""
+        self.remove(name)
+
     def close_all(self) -> None:
         """Remove every device this daemon created."""
         for name in list(self.tun):
@@ -223,6 +227,9 @@ class DataPlane:
             try:
                 got = queue.read()
             except OSError as exc:
+                if exc.errno == errno.EBADFD:  # the device was deleted (ip link del)
+                    self.devices.gone(name)
+                    return
                 log.warning("read from %s failed: %s", name, exc.strerror)
                 break
             if got is None:

@@ -1,5 +1,6 @@
 """ipsecd: what `modprobe ipsec` was. Creates the inactive base device ipsec0, restores stored SAs and
-tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM."""
+tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM. The devices outlive it
+(daemon.devices): `ipsecd --stop` stops it and removes them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from .devices import PersistentDevices
+from .lifecycle import Starter, daemonize, log_handler, notify
+from .lifecycle import stop as stop_daemon
 from .manager import Manager
 from .paths import check_directory, open_private
 from .server import ControlServer, answering
@@ -47,6 +51,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--udp-port", type=int, default=NAT_T_PORT, help="ESP-in-UDP port to listen on (default 4500)"
+    )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        help="log to this file (default: syslog; stderr with -f; beside the socket without syslog)",
+    )
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the ipsecd of this --socket/--pidfile (SIGTERM) and remove the tunnel devices it left "
+        "in this network namespace, then exit",
+    )
+    p.add_argument(
+        "--remove-devices-on-exit",
+        action="store_true",
+        help="remove the tunnel devices when stopping (default: keep them, with their addresses and "
+        "routes, for the next ipsecd)",
     )
     off = p.add_argument_group(
         "offloads", "on by default where the kernel supports them; each falls back by itself"
@@ -122,39 +143,23 @@ class PidFile:
         os.close(self.fd)
 
 
-def _daemonize() -> None:
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.chdir("/")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
-    handlers: list[logging.Handler] = []
-    if args.foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    else:
-        try:
-            from logging.handlers import SysLogHandler
-
-            handlers.append(SysLogHandler(address="/dev/log"))
-        except OSError:
-            handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        handlers=handlers,
-        format="ipsecd[%(process)d]: %(levelname)s %(message)s",
-    )
     if os.geteuid() != 0:
         print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
         return 1
+    try:
+        handler = log_handler(args.log_file, args.foreground or args.stop, Path(args.socket))
+    except OSError as exc:
+        print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        handlers=[handler],
+        format=("%(asctime)s " if isinstance(handler, logging.FileHandler) else "")
+        + "ipsecd[%(process)d]: %(levelname)s %(message)s",
+    )
     pid_path = (
         Path(args.pidfile)
         if args.pidfile
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
         )
     )
+    if args.stop:
+        return stop_daemon(pid_path)
     if answering(args.socket):  # never take over (or later remove) another daemon's socket
         print(f"ipsecd: another ipsecd answers on {args.socket}", file=sys.stderr)
         return 1
@@ -176,17 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecd: {exc}", file=sys.stderr)
         pidfile.release()
         return 1
+    starter = Starter(None)
     if not args.foreground:
-        _daemonize()
+        starter = daemonize()  # the caller waits until the daemon says it is ready, or why not
         pidfile.write()  # flock survives fork: the lock is on the open file
         store.claim()
     else:
         pidfile.write()
     try:
-        return _serve(args, store)
+        return _serve(args, store, starter)
     except Exception as exc:
         log.error("%s", exc)
         print(f"ipsecd: {exc}", file=sys.stderr)
+        starter.failed(f"ipsecd: {exc}")
         return 1
     finally:
         store.close()
@@ -206,11 +215,12 @@ def offloads(args: argparse.Namespace) -> Offloads:
     )
 
 
-def _serve(args: argparse.Namespace, store: Store) -> int:
+def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     engine = Engine()
     plane = DataPlane(
         engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
     )
+    plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
     try:
         plane.open_transports()
@@ -225,7 +235,12 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        devices.prune(t.name for t in engine.tunnels)  # devices of tunnels no longer stored
+        devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
+        devices.follow_links()
         log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+        starter.ready()
+        notify("READY=1")
         # The data plane makes no reference cycles of its own: what is loaded by now is kept out of the
         # cycle collector, which runs less often (every GC_THRESHOLD new containers rather than 700).
         gc.freeze()
@@ -236,7 +251,9 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
             manager.refresh_mtus()
 
         plane.run(every)
-        log.info("stopping: recording sequence positions and removing devices")
+        notify("STOPPING=1")
+        kept = "removing" if args.remove_devices_on_exit else "keeping"
+        log.info("stopping: recording sequence positions, %s the devices", kept)
         store.save_exact(list(engine.sad))
         return 0
     finally:

@@ -3,6 +3,7 @@ with the engine, the state store and the kernel's tunnel devices."""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -14,6 +15,7 @@ from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
+from ..core.ip import IPV6_MIN_MTU
 from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
 from ..core.tunnel import BASE_DEVICE, Tunnel
 from .clock import steady
@@ -22,6 +24,7 @@ from .state import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH_MTU = 1500  # used when the kernel has no route to the remote yet
+MIN_TUNNEL_MTU = IPV6_MIN_MTU  # RFC 8200 §5: below it the kernel disables IPv6 on the device
 
 
 class Devices:
@@ -93,6 +96,11 @@ def _drops(counter: Any) -> dict[str, int]:
     return {reason.value: n for reason, n in counter.items() if n}
 
 
+def _rekey(table: dict[str, Any], old: str, new: str) -> None:
+    if old in table:
+        table[new] = table.pop(old)
+
+
 class Manager:
     """Carries out control requests; every change is stored before it takes effect."""
 
@@ -119,7 +127,7 @@ class Manager:
     # -- restore -------------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Bring back every stored SA and tunnel (devices recreated without addresses)."""
+        """Bring back every stored SA and tunnel (their devices re-attached, or made anew when gone)."""
         for sa in self.store.load_sas(self.now()):
             self.engine.sad.add(sa)
             self._hold(sa)
@@ -372,6 +380,40 @@ class Manager:
             log.info("tunnel removed: %s", n)
         return {"deleted": names}
 
+    def device_gone(self, name: str) -> None:
+        """Device `name` was deleted outside ipsecd: its tunnel is removed as by `tunnel del`; ipsec0 is
+        made again."""
+        if name == BASE_DEVICE:
+            log.warning("%s was deleted outside ipsecd: made again", name)
+            self.devices.create(name)
+            return
+        if self.engine.tunnels.get(name) is None:
+            return
+        log.warning("%s was deleted outside ipsecd: tunnel removed ('tunnel add' adds it again)", name)
+        self.op_tunnel_del({"name": name})
+
+    def device_renamed(self, old: str, new: str) -> None:
+        """Device `old` was renamed `new` outside ipsecd: its tunnel takes the new name."""
+        tunnel = self.engine.tunnels.get(old)
+        if tunnel is None:
+            if old == BASE_DEVICE:
+                log.warning("%s renamed %s: packets for %s are dropped until ipsecd restarts", old, new, old)
+            return
+        self.engine.tunnels.remove(old)
+        try:
+            renamed = self.engine.tunnels.add(dataclasses.replace(tunnel, name=new))
+        except SAError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
+            log.warning("tunnel %s removed with its device: %s", old, exc)
+            self.store.remove_tunnel(old)
+            self.devices.remove(new)
+            return
+        self.store.remove_tunnel(old)
+        self.store.save_tunnel(renamed)
+        _rekey(self.mtu_set, old, new)
+        _rekey(self.engine.path_mtu, old, new)
+        _rekey(self.engine.tunnel_stats, old, new)
+        log.info("tunnel %s is now %s", old, new)
+
     def op_tunnel_show(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str)
         stats = bool(arg(args, "stats", bool, False))
@@ -400,15 +442,16 @@ class Manager:
         return out
 
     def refresh_mtus(self) -> None:
-        """Set each tunnel device's MTU to the largest inner packet its SA fits into the path MTU."""
+        """Set each tunnel device's MTU to the largest inner packet its SA fits into the path MTU, never
+        below 1280 (RFC 8200 §5): inner packets between the two leave as outer fragments."""
         for tunnel in self.engine.tunnels:
             path = self.devices.path_mtu(tunnel.remote, tunnel.nextdev) or DEFAULT_PATH_MTU
             self.engine.path_mtu[tunnel.name] = path
             sa = self.engine.sa_for(tunnel)
-            mtu = inner_mtu(sa, path) if sa else path - 100
+            mtu = max(inner_mtu(sa, path) if sa else path - 100, MIN_TUNNEL_MTU)
             if self.mtu_set.get(tunnel.name) != mtu:
                 try:
-                    self.devices.set_mtu(tunnel.name, max(mtu, 68))
+                    self.devices.set_mtu(tunnel.name, mtu)
                     self.mtu_set[tunnel.name] = mtu
                 except OSError as exc:
                     log.warning("cannot set MTU %d on %s: %s", mtu, tunnel.name, exc.strerror)
