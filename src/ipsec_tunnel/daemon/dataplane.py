@@ -33,6 +33,7 @@ from ..linux.offload import (
     open_offload_tun,
     set_txqueuelen,
 )
+from ..linux.qdisc import Qdisc
 from ..linux.sockets import EspDatagram, RawEsp
 from .manager import Devices
 
@@ -79,6 +80,7 @@ class KernelDevices(Devices):
             link.no_ipv6_autoconf(name)
             if opts.txqueuelen and not set_txqueuelen(name, opts.txqueuelen):
                 log.warning("cannot set the transmit queue length of %s", name)
+            self.loop.qdisc.apply(name)
             queue = TunQueue(dev, tso=opts.tso, uso=opts.tso)
         except BaseException:
             dev.close()
@@ -123,8 +125,12 @@ class DataPlane:
         clock: Callable[[], float] = time.time,
         offloads: Offloads | None = None,
         spin: float = 0.0,
+        qdisc: Qdisc | None = None,
+        socket_buffer: int = SOCKET_BUFFER,
     ) -> None:
         self.engine = engine
+        self.qdisc = qdisc or Qdisc()
+        self.socket_buffer = socket_buffer
         self.spin = spin
         self.clock = clock
         self.offloads = offloads or Offloads()
@@ -165,7 +171,7 @@ class DataPlane:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
         for family in (4, 6):
             try:
-                raw = RawEsp(family, rcvbuf=SOCKET_BUFFER, sndbuf=SOCKET_BUFFER)
+                raw = RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -180,7 +186,7 @@ class DataPlane:
                 self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
                 opts = self.offloads
-                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=SOCKET_BUFFER)
+                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=self.socket_buffer)
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:

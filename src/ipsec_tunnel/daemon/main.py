@@ -17,7 +17,8 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
-from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
+from .dataplane import NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
 from .manager import Manager
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
@@ -77,6 +78,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Offloads.txqueuelen,
         help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
     )
+    queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), QUEUES)")
+    queues.add_argument(
+        "--qdisc",
+        choices=KINDS,
+        default=DEFAULT_QDISC,
+        help=f"root qdisc set on every tunnel device, whatever the host default (default {DEFAULT_QDISC}; "
+        "none: leave the host default)",
+    )
+    queues.add_argument(
+        "--socket-buffer",
+        type=_buffer_size,
+        default=SOCKET_BUFFER,
+        metavar="BYTES",
+        help=f"receive and send buffer of the outer ESP and ESP-in-UDP sockets (default {SOCKET_BUFFER}; "
+        "suffixes k, m)",
+    )
     p.add_argument(
         "--spin-us",
         type=int,
@@ -87,6 +104,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     return p.parse_args(argv)
+
+
+def _buffer_size(text: str) -> int:
+    """A socket buffer size: bytes, or with a k or m suffix (powers of 1024); 64 KiB to 256 MiB."""
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
+    size = int(digits) * scale
+    if not (64 << 10) <= size <= (256 << 20):
+        raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
+    return size
 
 
 class PidFile:
@@ -200,7 +229,12 @@ def offloads(args: argparse.Namespace) -> Offloads:
 def _serve(args: argparse.Namespace, store: Store) -> int:
     engine = Engine()
     plane = DataPlane(
-        engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
+        engine,
+        udp_port=args.udp_port,
+        offloads=offloads(args),
+        spin=max(0, args.spin_us) / 1e6,
+        qdisc=Qdisc(args.qdisc),
+        socket_buffer=args.socket_buffer,
     )
     server = None
     try:
