@@ -40,7 +40,7 @@ from .manager import Devices
 log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
-BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
+BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
 NAT_T_PORT = 4500  # RFC 3948 §2
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
@@ -127,10 +127,12 @@ class DataPlane:
         spin: float = 0.0,
         qdisc: Qdisc | None = None,
         socket_buffer: int = SOCKET_BUFFER,
+        batch_packets: int = BATCH_PACKETS,
     ) -> None:
         self.engine = engine
         self.qdisc = qdisc or Qdisc()
         self.socket_buffer = socket_buffer
+        self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.spin = spin
         self.clock = clock
         self.offloads = offloads or Offloads()
@@ -251,7 +253,7 @@ class DataPlane:
                     else:
                         packets += segments
                         gathered += len(segments)
-            if gathered >= BATCH_PACKETS:
+            if gathered >= self.batch_packets:
                 break
         if packets:
             results += engine.send_batch(name, packets, now)
@@ -413,9 +415,8 @@ class DataPlane:
                 return
             yield dgram
 
-    @staticmethod
-    def _many_at_once(batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
-        for _ in range(max(1, BATCH_PACKETS // batch.batch)):
+    def _many_at_once(self, batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+        for _ in range(max(1, self.batch_packets // batch.batch)):
             try:
                 got = batch.recv()
             except OSError as exc:
@@ -437,7 +438,10 @@ class DataPlane:
         """Decrypt ESP-in-UDP datagrams."""
         now = self.clock()
         pending: dict[str, list[bytes]] = {}
+        gathered = 0
         for _ in range(BATCH):
+            if gathered >= self.batch_packets:  # the rest after the other sources' turn
+                break
             try:
                 got = udp.recv_batch()
             except OSError as exc:
@@ -446,6 +450,7 @@ class DataPlane:
             if got is None:
                 break
             d, payloads = got
+            gathered += len(payloads)
             self._merge(
                 pending,
                 *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),

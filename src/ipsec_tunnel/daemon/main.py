@@ -18,7 +18,7 @@ from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
-from .dataplane import NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
+from .dataplane import BATCH_PACKETS, NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
 from .manager import Manager
 from .server import ControlServer
 from .state import DEFAULT_DIR, StateError, Store
@@ -94,6 +94,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"receive and send buffer of the outer ESP and ESP-in-UDP sockets (default {SOCKET_BUFFER}; "
         "suffixes k, m)",
     )
+    queues.add_argument(
+        "--batch",
+        type=_batch_size,
+        default=BATCH_PACKETS,
+        metavar="PACKETS",
+        help=f"packets taken from one source (device or socket) before the others get a turn "
+        f"(default {BATCH_PACKETS}, 1 to 4096)",
+    )
     p.add_argument(
         "--spin-us",
         type=int,
@@ -116,6 +124,13 @@ def _buffer_size(text: str) -> int:
     if not (64 << 10) <= size <= (256 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
     return size
+
+
+def _batch_size(text: str) -> int:
+    """A batch size in packets, 1 to 4096."""
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"not a number of packets from 1 to 4096: {text!r}")
+    return int(text)
 
 
 class PidFile:
@@ -235,6 +250,7 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         spin=max(0, args.spin_us) / 1e6,
         qdisc=Qdisc(args.qdisc),
         socket_buffer=args.socket_buffer,
+        batch_packets=args.batch,
     )
     server = None
     try:
