@@ -243,7 +243,7 @@ def run_rounds(
     for i in range(args.runs):
         for plane in list(planes[i % len(planes) :]) + list(planes[: i % len(planes)]):
             r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues)
-            results[plane.key].append(r)
+            results.setdefault(plane.key, []).append(r)
             if r.error:
                 log(f"run {i + 1}/{args.runs} {plane.label}: FAILED: {r.error}")
             else:
@@ -400,12 +400,19 @@ class OursWithArgs(OursPlane):
         self.configure()
 
 
-def make_planes(keys: Sequence[str], work: Path, extra: Sequence[str]) -> list[Plane]:
+def make_planes(
+    keys: Sequence[str], work: Path, extra: Sequence[str], variants: Sequence[str] = ()
+) -> list[Plane]:
+    """The planes of `keys`; each ipsecd plane started with `extra`, and once more per variant with the
+    variant's options added (keys ours-...-v1, -v2 ...), all measured in the same interleaved rounds."""
     planes: list[Plane] = []
     for key in keys:
         if key.startswith("ours-"):
             _, cipher, encap = key.split("-")
-            planes.append(OursWithArgs(key, work, OursConfig(cipher, udp=encap == "udp"), extra))
+            config = OursConfig(cipher, udp=encap == "udp")
+            planes.append(OursWithArgs(key, work, config, extra))
+            for i, variant in enumerate(variants, 1):
+                planes.append(OursWithArgs(f"{key}-v{i}", work, config, [*extra, *shlex.split(variant)]))
         else:
             planes += throughput_planes([key], work)
     return planes
@@ -428,6 +435,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ipsecd-args", default="", metavar="ARGS", help="extra ipsecd options, e.g. '--qdisc=none'"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="also measure each ipsecd plane started with these options, in the same rounds "
+        "(repeatable), e.g. --variant='--socket-buffer=1m' --variant='--batch=4096'",
     )
     p.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="FILE", help="JSON to FILE or stdout"
@@ -461,12 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     if busy:
         log(busy)
     planes: list[Plane] = []
-    results: dict[str, list[LatRun]] = {k: [] for k in keys}
+    results: dict[str, list[LatRun]] = {}
     interrupted = False
     try:
         with workdir(args.keep, "ipsec-bench-latency-") as work:
             try:
-                planes = make_planes(keys, work, shlex.split(args.ipsecd_args))
+                planes = make_planes(keys, work, shlex.split(args.ipsecd_args), args.variant)
                 ready = open_planes(planes)
                 if ready:
                     log(f"measuring {len(ready)} data planes: {args.runs} rounds")
@@ -480,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench/latency: {exc}", file=sys.stderr)
         return 1
-    summaries = [LatSummary(p.key, p.label, p.group, results[p.key], p.error) for p in planes]
+    summaries = [LatSummary(p.key, p.label, p.group, results.get(p.key, []), p.error) for p in planes]
     report = {
         "bench": "latency",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -489,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "pings": args.pings,
         "seconds": seconds,
         "ipsecd_args": args.ipsecd_args,
+        "variants": args.variant,
         "interrupted": interrupted,
         "loadavg_at_start": round(load, 2),
         "versions": versions(),

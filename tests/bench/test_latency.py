@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 from bench.latency import (
     LatRun,
     LatSummary,
+    OursWithArgs,
+    make_planes,
     parse_iperf,
     parse_ping,
     parse_qdisc,
@@ -113,3 +116,16 @@ def test_the_table_puts_ratios_of_ours_over_each_peer() -> None:
     text = render([ours, wg], args, 3.0)
     ratio_line = next(line for line in text.splitlines() if line.startswith("ours-gcm-udp / wg-go"))
     assert ratio_line.split()[-4:] == ["2.00", "0.50", "0.50", "4.00"]
+
+
+def test_variants_add_an_ipsecd_plane_each_with_their_options(tmp_path: Path) -> None:
+    planes = make_planes(
+        ["ours-gcm-udp", "wg-go"], tmp_path, ["--qdisc=none"], ["--socket-buffer=1m --batch=64"]
+    )
+    assert [p.key for p in planes] == ["ours-gcm-udp", "ours-gcm-udp-v1", "wg-go"]
+    base, variant = planes[0], planes[1]
+    assert isinstance(base, OursWithArgs) and isinstance(variant, OursWithArgs)
+    assert base.extra == ["--qdisc=none"]
+    assert variant.extra == ["--qdisc=none", "--socket-buffer=1m", "--batch=64"]
+    assert variant.label.endswith("[--qdisc=none --socket-buffer=1m --batch=64]")
+    assert base.a.name != variant.a.name  # namespaces of their own
