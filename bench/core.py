@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ipsec_tunnel.core import esp
 from ipsec_tunnel.core.events import SAEvent
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
@@ -115,7 +114,7 @@ def ours_decap(suite: Suite, size: int, count: int, repeat: int) -> float:
 
 def _payload_len(suite: Suite, size: int) -> int:
     block = {"aes-cbc": 16, "3des": 8}.get(suite.cipher, 4)
-    return size + len(esp.padding(size, block)) + 2
+    return size + (-(size + 2)) % block + 2  # RFC 4303 §2.4 padding
 
 
 def _hash(name: str) -> hashes.HashAlgorithm:

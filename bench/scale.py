@@ -2,7 +2,7 @@
 """bench/scale: ipsecd's data plane with large tables, side by side with the plain configuration.
 
 Two ipsecd data planes (AES-128-GCM, ESP-in-UDP), each between two namespaces of its own (see
-benchlib.py), measured in interleaved rounds exactly as bench/throughput measures them:
+bench/lib/topology.py), measured in interleaved rounds exactly as bench/throughput measures them:
 - plain: one SA pair and one tunnel per host;
 - scaled: 10,000 SAs and 256 tunnels per host (--sas, --tunnels). The filler SAs (duplex pairs with
   fresh keys) and tunnels (remotes in 198.18.0.0/15, RFC 2544's benchmarking range, never reached) are
@@ -30,27 +30,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
-from bench.benchlib import (
-    PUB_A,
-    PUB_B,
-    BenchError,
-    ControlConnection,
-    OursConfig,
-    OursPlane,
-    Plane,
-    Summary,
-    check_common,
-    check_prerequisites,
-    common_args,
-    failures,
-    fmt,
-    ipsecadm_works,
-    log,
-    ratio,
-    run_bench,
-    table,
-)
-from ipsec_tunnel.testing.hosts import IpsecHost
+from bench.lib.planes import OursConfig, OursPlane, Plane
+from bench.lib.prerequisites import check_prerequisites, ipsecadm_works
+from bench.lib.processes import BenchError, log
+from bench.lib.report import Summary, failures, fmt, ratio, table
+from bench.lib.runner import check_common, common_args, run_bench
+from bench.lib.topology import PUB_A, PUB_B
+from ipsec_tunnel.control.client import Client
+from tests.support.hosts import IpsecHost
 
 FILLER_NET = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 §C.2.2: benchmarking, never routed here
 FILLER_SPI = 0x10000
@@ -86,12 +73,9 @@ class ScaledPlane(OursPlane):
         self.notes["load"] = load
         super().configure()
         for host in self.hosts:  # all there?
-            conn = ControlConnection(host.socket)
-            try:
-                n_sa = len(conn.call("sa.show", {}))
-                n_tun = len(conn.call("tunnel.show", {}))
-            finally:
-                conn.close()
+            control = Client(str(host.socket), timeout=30.0)
+            n_sa = len(control.call("sa.show"))
+            n_tun = len(control.call("tunnel.show"))
             if n_sa != self.pairs * 2 + 2 or n_tun != self.fillers + 1:
                 raise BenchError(f"{host.label}: ipsecd holds {n_sa} SAs and {n_tun} tunnels after loading")
             t = time.perf_counter()
@@ -139,35 +123,32 @@ class ScaledPlane(OursPlane):
             "sas": 2 * sample_sa,
             "s": round(time.perf_counter() - t, 3),
         }
-        conn = ControlConnection(host.socket)
-        try:
-            t = time.perf_counter()
-            for i in range(sample_sa, len(keys)):
-                conn.call(
-                    "sa.add",
-                    {
-                        "spi": FILLER_SPI + i,
-                        "dst": self.remotes[i % self.fillers],
-                        "src": local,
-                        "cipher": "aes-gcm",
-                        "cipher_key": keys[i].hex(),
-                        "duplex": True,
-                        "encap": {"sport": 4500, "dport": 4500},
-                    },
-                )
-            n = len(keys) - sample_sa
-            out["sa_add_socket"] = {"ops": n, "sas": 2 * n, "s": round(time.perf_counter() - t, 3)}
-            t = time.perf_counter()
-            for i in range(sample_tun):
-                host.adm("tunnel", "add", f"ipsec{i + 2}", f"--local={local}", f"--remote={self.remotes[i]}")
-            out["tunnel_add_ipsecadm"] = {"ops": sample_tun, "s": round(time.perf_counter() - t, 3)}
-            t = time.perf_counter()
-            for i in range(sample_tun, self.fillers):
-                conn.call("tunnel.add", {"name": f"ipsec{i + 2}", "local": local, "remote": self.remotes[i]})
-            n = self.fillers - sample_tun
-            out["tunnel_add_socket"] = {"ops": n, "s": round(time.perf_counter() - t, 3)}
-        finally:
-            conn.close()
+        control = Client(str(host.socket), timeout=30.0)  # one connection per request, as ipsecadm's
+        t = time.perf_counter()
+        for i in range(sample_sa, len(keys)):
+            control.call(
+                "sa.add",
+                {
+                    "spi": FILLER_SPI + i,
+                    "dst": self.remotes[i % self.fillers],
+                    "src": local,
+                    "cipher": "aes-gcm",
+                    "cipher_key": keys[i].hex(),
+                    "duplex": True,
+                    "encap": {"sport": 4500, "dport": 4500},
+                },
+            )
+        n = len(keys) - sample_sa
+        out["sa_add_socket"] = {"ops": n, "sas": 2 * n, "s": round(time.perf_counter() - t, 3)}
+        t = time.perf_counter()
+        for i in range(sample_tun):
+            host.adm("tunnel", "add", f"ipsec{i + 2}", f"--local={local}", f"--remote={self.remotes[i]}")
+        out["tunnel_add_ipsecadm"] = {"ops": sample_tun, "s": round(time.perf_counter() - t, 3)}
+        t = time.perf_counter()
+        for i in range(sample_tun, self.fillers):
+            control.call("tunnel.add", {"name": f"ipsec{i + 2}", "local": local, "remote": self.remotes[i]})
+        n = self.fillers - sample_tun
+        out["tunnel_add_socket"] = {"ops": n, "s": round(time.perf_counter() - t, 3)}
         return out
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench/throughput: ipsecd's data plane against the userspace tunnels a user would pick instead.
 
-Each data plane runs between two network namespaces of its own (see benchlib.py): plain veth (the
+Each data plane runs between two network namespaces of its own (see bench/lib/topology.py): plain veth (the
 ceiling), ipsecd with AES-128-GCM and AES-128-CBC + HMAC-SHA256, each over raw ESP and ESP-in-UDP
 (configured only with ipsecadm), strongSwan kernel-libipsec (aes128gcm16, aes128-sha256; ESP-in-UDP)
 and wireguard-go. All are set up first, then measured in interleaved rounds: per round and plane an idle
@@ -19,21 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
-from bench.benchlib import (
-    OursConfig,
-    OursPlane,
-    Plane,
-    Summary,
-    VethPlane,
-    check_common,
-    check_prerequisites,
-    common_args,
-    failures,
-    fmt,
-    ipsecadm_works,
-    run_bench,
-    table,
-)
+from bench.lib.planes import OursConfig, OursPlane, Plane, VethPlane
+from bench.lib.prerequisites import check_prerequisites, ipsecadm_works
+from bench.lib.report import Summary, failures, fmt, table
+from bench.lib.runner import check_common, common_args, run_bench
 from bench.peers import StrongSwanPlane, WireGuardPlane
 
 # key -> group; in the order the table lists them

@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.benchlib import PUB_A, PUB_B, OursConfig, OursPlane, Pair
-from bench.benchlib import ping_rtts as tunnel_rtts
-from ipsec_tunnel.testing.netns import Netns
+from bench.lib.measure import ping_rtts as tunnel_rtts
+from bench.lib.planes import OursConfig, OursPlane
+from bench.lib.topology import PUB_A, PUB_B, Pair
+from tests.support.netns import Netns
 
 PORT = 9  # inside the bench's own namespaces only
 ECHO = f"""

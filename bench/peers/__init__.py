@@ -1,4 +1,4 @@
-"""The peers bench/throughput measures ipsecd against, as data planes on benchlib's topology:
+"""The peers bench/throughput measures ipsecd against, as data planes on bench/lib/topology.py's namespaces:
 strongSwan charon with kernel-libipsec, and wireguard-go. Their configuration templates lie beside this
 file (*.conf.in, string.Template syntax).
 
@@ -18,22 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-from bench.benchlib import (
-    CHARON,
-    IN_A,
-    IN_B,
-    NET_A,
-    NET_B,
-    PLUGIN_DIR,
-    PUB_A,
-    PUB_B,
-    BenchError,
-    Plane,
-    pid_of,
-    stop_process,
-    wait_for,
-)
-from ipsec_tunnel.testing.netns import Netns
+from bench.lib.planes import Plane
+from bench.lib.prerequisites import CHARON, PLUGIN_DIR
+from bench.lib.processes import BenchError, pid_of, stop_process, wait_for
+from bench.lib.topology import IN_A, IN_B, NET_A, NET_B, PUB_A, PUB_B
+from tests.support.netns import Netns
 
 HERE = Path(__file__).parent
 WG_PORT = 51820

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bench.wakeup import HOPS, _hop_times
 
 REQUEST = "IP 10.0.1.1 > 10.0.2.1: ICMP echo request, id 7, seq 1, length 64"

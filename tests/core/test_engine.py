@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from ipsec_tunnel.core.engine import (
 from ipsec_tunnel.core.events import EventKind
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import BASE_DEVICE, Tunnel
+from tests.support import esp_reference as reference
 
 OUTER = {4: ("10.0.0.1", "10.0.0.2"), 6: ("2001:db8::1", "2001:db8::2")}
 INNER = {4: ("192.168.1.1", "192.168.2.1"), 6: ("fd00:1::1", "fd00:2::1")}
@@ -103,7 +103,7 @@ def test_send_and_receive_between_two_engines(outer: int, inner_version: int, ci
     inner = inner_packet(inner_version, 300)
     out = send(pair, inner)
     assert (out.dst, out.src) == (packed(pair.b_addr), packed(pair.a_addr))
-    assert esp.parse_header(out.payload) == (0x1001, 1)
+    assert struct.unpack("!II", out.payload[:8]) == (0x1001, 1)
     assert out.encap is None and out.nextdev is None
     assert deliver(pair, out) == Deliver("t0", inner)
     # And back.
@@ -361,7 +361,7 @@ def _aead_raw(sa_config: SAConfig, seq: int, plain: bytes) -> bytes:
     """An ESP packet whose decrypted payload is exactly `plain` (trailer included), with a valid ICV."""
     sa = SecurityAssociation(sa_config, 0.0)
     header = struct.pack("!II", sa_config.spi, seq)
-    iv = esp.counter_iv(seq, sa_config.iv_split)
+    iv = reference.counter_iv(seq, sa_config.iv_split)
     sealed: bytes = sa.cipher.seal(iv, plain, header)
     return header + iv + sealed
 
@@ -469,7 +469,3 @@ def test_tick_raises_lifetime_events() -> None:
     pair.a.tick(25.0)
     assert [e.kind for e in pair.a.take_events()] == [EventKind.HARD_EXPIRE] * 2
     assert pair.a.send("t0", inner_packet(), 26.0) is Drop.EXPIRED
-
-
-def test_addresses_helper() -> None:
-    assert packed("10.0.0.1") == ipaddress.ip_address("10.0.0.1").packed

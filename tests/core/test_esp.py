@@ -9,6 +9,7 @@ import hmac
 import struct
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -106,44 +107,86 @@ def test_mcgrew_esn_cases_need_the_high_bits() -> None:
     for case in esn_cases:
         cipher = make_cipher(find_cipher("aes-gcm")[0], case.key + case.nonce[:4], 16)
         assert esp.open_packet(case.packet, case.seq ^ (1 << 32), True, cipher, None) is Drop.AUTH_FAILED
-        assert esp.parse_header(case.packet) == (case.spi, case.seq & 0xFFFFFFFF)
+        assert struct.unpack("!II", case.packet[:8]) == (case.spi, case.seq & 0xFFFFFFFF)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Padding, IVs, headers
 
 
-@pytest.mark.parametrize("block", [4, 8, 16])
-def test_padding_is_the_rfc4303_minimum_with_monotonic_bytes(block: int) -> None:
-    # RFC 4303 §2.4: payload + padding + 2 aligned to the block; padding bytes are 1, 2, 3, ...
+def _trailers(cipher: Any, packet: bytes, inner_len: int) -> bytes:
+    """The decrypted trailer (padding, pad length, next header) of an ESP packet sealed with `cipher`."""
+    iv = packet[esp.HEADER_LEN : esp.HEADER_LEN + cipher.iv_len]
+    body = packet[esp.HEADER_LEN + cipher.iv_len :]
+    if hasattr(cipher, "open"):  # AEAD: ciphertext and ICV, AAD = SPI || seq
+        plain = cipher.open(iv, body, packet[: esp.HEADER_LEN])
+    else:  # CBC with an empty ICV
+        plain = cipher.decrypt(iv, body)
+    assert plain is not None
+    return bytes(plain[inner_len:])
+
+
+def _expect_trailer(trailer: bytes, inner_len: int, block: int, next_header: int) -> None:
+    """RFC 4303 §2.4: the fewest padding bytes aligning inner + padding + 2 to `block`, valued 1, 2, 3 ..."""
+    pad_len = (-(inner_len + 2)) % block
+    assert trailer == bytes(range(1, pad_len + 1)) + bytes((pad_len, next_header)), (inner_len, block)
+
+
+@pytest.mark.parametrize("cipher_name", ["aes-gcm", "des_ede3-cbc", "aes-cbc"])
+def test_seal_pads_to_the_rfc4303_minimum_with_monotonic_bytes(cipher_name: str) -> None:
+    alg = find_cipher(cipher_name)[0]
+    cipher = make_cipher(alg, bytes(range(alg.key_sizes[-1] + alg.salt_len)))
+    auth = None if alg.aead else _no_icv()
+    assert cipher.block == {"aes-gcm": 4, "des_ede3-cbc": 8, "aes-cbc": 16}[cipher_name]
     for length in range(0, 70):
-        pad = esp.padding(length, block)
-        assert (length + len(pad) + 2) % block == 0
-        assert len(pad) < block
-        assert pad == bytes(range(1, len(pad) + 1))
+        packet = esp.seal(0x100, length + 1, False, cipher, auth, b"i" * length, esp.NH_IPV6)
+        _expect_trailer(_trailers(cipher, packet, length), length, cipher.block, esp.NH_IPV6)
 
 
-def test_counter_iv_is_the_sequence_number_with_a_direction_bit() -> None:
+def test_the_fast_aead_paths_pad_as_seal_does() -> None:
+    key, salt = bytes(range(16)), b"salt"
+    gcm = make_cipher(find_cipher("aes-gcm")[0], key + salt)
+    encrypt = AESGCM(key).encrypt
+    for length in range(0, 70):
+        inner = b"i" * length
+        one = esp.seal_aead16(0x100, 7, None, encrypt, salt, inner, esp.NH_IPV4)
+        assert one == esp.seal(0x100, 7, False, gcm, None, inner, esp.NH_IPV4)
+        _expect_trailer(_trailers(gcm, one, length), length, 4, esp.NH_IPV4)
+        row = np.frombuffer(inner + esp.aead16_trailer(length, esp.NH_IPV4), dtype=np.uint8)
+        rows = np.ascontiguousarray(np.stack([row, row]))
+        assert esp.seal_rows(0x100, 7, None, encrypt, salt, rows)[0] == one
+
+
+def test_every_seal_path_puts_the_sequence_number_in_the_counter_iv() -> None:
     # RFC 4106 §3.1 suggests the sequence number as the IV; the top bit splits a shared key's directions.
-    assert esp.counter_iv(5, None) == bytes.fromhex("0000000000000005")
-    assert esp.counter_iv(5, 0) == bytes.fromhex("0000000000000005")
-    assert esp.counter_iv(5, 1) == bytes.fromhex("8000000000000005")
-    assert esp.counter_iv((7 << 32) | 9, 1) == bytes.fromhex("8000000700000009")
-
-
-def test_parse_header() -> None:
-    assert esp.parse_header(b"\x00\x00\x01\x00\x00\x00\x00") is None
-    assert esp.parse_header(bytes.fromhex("0000010000000007") + b"rest") == (0x100, 7)
+    key, salt = bytes(range(16)), b"salt"
+    gcm = make_cipher(find_cipher("aes-gcm")[0], key + salt)
+    encrypt = AESGCM(key).encrypt
+    seq = (7 << 32) | 9
+    assert esp.seal(0x100, seq, True, gcm, None, b"x" * 20, 4)[8:16] == bytes.fromhex("0000000700000009")
+    assert esp.seal(0x100, seq, True, gcm, None, b"x" * 20, 4, iv_split=0)[8:16] == bytes.fromhex(
+        "0000000700000009"
+    )
+    assert esp.seal(0x100, seq, True, gcm, None, b"x" * 20, 4, iv_split=1)[8:16] == bytes.fromhex(
+        "8000000700000009"
+    )
+    for split, iv in ((None, "0000000000000005"), (0, "0000000000000005"), (1, "8000000000000005")):
+        assert esp.seal_aead16(0x100, 5, split, encrypt, salt, b"x" * 20, 4)[8:16] == bytes.fromhex(iv)
+        rows = np.zeros((3, 24), dtype=np.uint8)
+        sealed = esp.seal_rows(0x100, 5, split, encrypt, salt, rows)
+        assert [p[8:16] for p in sealed] == [bytes.fromhex(iv[:-1] + str(5 + i)) for i in range(3)], (
+            "one IV per row, counting up"
+        )
 
 
 def test_counter_mode_iv_defaults_to_the_counter_and_cbc_to_random() -> None:
     gcm = make_cipher(find_cipher("aes-gcm")[0], bytes(20))
     packet = esp.seal(0x100, 9, False, gcm, None, b"x" * 20, 4, iv_split=1)
-    assert packet[8:16] == esp.counter_iv(9, 1)
+    assert packet[8:16] == bytes.fromhex("8000000000000009")
     ctr = make_cipher(find_cipher("aes-ctr")[0], bytes(20))
     auth = make_auth(find_auth("sha1"), bytes(20))
     packet = esp.seal(0x100, 9, False, ctr, auth, b"x" * 20, 4)
-    assert packet[8:16] == esp.counter_iv(9, None)
+    assert packet[8:16] == bytes.fromhex("0000000000000009")
     cbc = _cbc(bytes(16))
     first = esp.seal(0x100, 9, False, cbc, auth, b"x" * 20, 4)
     second = esp.seal(0x100, 9, False, cbc, auth, b"x" * 20, 4)
@@ -178,8 +221,7 @@ def test_aead_esn_aad_is_spi_high_low() -> None:
     seq = (0x01020304 << 32) | 0x05060708
     packet = esp.seal(0xABCDEF01, seq, True, gcm, None, b"inner", 4, iv=b"IVIVIVIV")
     aad = bytes.fromhex("abcdef01 01020304 05060708")
-    pad = esp.padding(5, 4)
-    payload = b"inner" + pad + bytes((len(pad), 4))
+    payload = b"inner" + b"\x01" + bytes((1, 4))  # RFC 4303 §2.4: 5 + 1 + 2 is 4-aligned
     assert packet == bytes.fromhex("abcdef01 05060708") + b"IVIVIVIV" + AESGCM(key).encrypt(
         salt + b"IVIVIVIV", payload, aad
     )
@@ -304,7 +346,7 @@ def _sealed_with(seq: int, plain: bytes) -> bytes:
 def _trailed(inner: bytes, nh: int, extra_pad: int = 0, bad_pad: bool = False) -> bytes:
     """`inner`, its RFC 4303 §2.4 padding (4 * `extra_pad` bytes more than needed, damaged with
     `bad_pad`), pad length and next header `nh`."""
-    pad = bytearray(range(1, len(esp.padding(len(inner), 4)) + 4 * extra_pad + 1))
+    pad = bytearray(range(1, (-(len(inner) + 2)) % 4 + 4 * extra_pad + 1))
     if bad_pad and pad:
         pad[-1] ^= 0x40
     return inner + bytes(pad) + bytes([len(pad), nh])

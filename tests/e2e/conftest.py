@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import TwoHosts
-from ipsec_tunnel.testing.netns import netns_available
+from tests.support.hosts import TwoHosts
+from tests.support.netns import netns_available
 
 
 def _skip_reason() -> str | None:

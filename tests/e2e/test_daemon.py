@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import TwoHosts
-from ipsec_tunnel.testing.netns import veth_pair
+from tests.support.hosts import TwoHosts
+from tests.support.netns import veth_pair
 
 pytestmark = pytest.mark.root
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.nat import A_PRIVATE, B_INNER, B_PUBLIC, NatHosts
+from tests.support.hosts import IpsecHost
+from tests.support.nat import A_PRIVATE, B_INNER, B_PUBLIC, NatHosts
 
 from .test_nat import _logged, _ping, _setup, nat
 

@@ -19,9 +19,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
-from ipsec_tunnel.testing import tshark
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.tshark import EspSa
+from tests.support import tshark
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.tshark import EspSa
 
 pytestmark = pytest.mark.root
 
@@ -49,11 +49,11 @@ def drops(host: IpsecHost) -> dict[str, int]:
 
 def transfer(h: TwoHosts, dst: str, size: int = SIZE) -> None:
     """`size` random bytes from A to `dst` on B over TCP; both ends' byte count and SHA-256 must agree."""
-    recv = h.b.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", str(PORT),
+    recv = h.b.popen([sys.executable, "-m", "tests.support.transfer", "recv", str(PORT),
                       "::" if ":" in dst else "0.0.0.0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert recv.stdout is not None
     assert recv.stdout.readline().strip() == "listening"
-    cmd = [sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", dst, str(PORT), str(size)]
+    cmd = [sys.executable, "-m", "tests.support.transfer", "send", dst, str(PORT), str(size)]
     send = h.a.popen(cmd, stdout=subprocess.PIPE, text=True)
     sent, _ = send.communicate(timeout=180)
     got, _ = recv.communicate(timeout=60)

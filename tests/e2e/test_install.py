@@ -34,9 +34,10 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed program outside the checkout (`python -c` would import from its cwd)."""
     env = {**os.environ, "IPSEC_TUNNEL_SOCKET": "/nonexistent/ipsecd.sock", "PYTHONPATH": ""}
     return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=60, env=env, check=False
+        [str(a) for a in args], capture_output=True, text=True, timeout=60, env=env, check=False, cwd="/"
     )
 
 
@@ -67,3 +68,13 @@ def test_sbin_links_man_pages_and_the_unit_are_in_place(staged: Path) -> None:
         assert page.read_bytes() == (ROOT / "docs" / f"{name}.8").read_bytes()
     unit = (staged / "etc" / "systemd" / "system" / "ipsecd.service").read_text()
     assert f"ExecStart={PREFIX}/sbin/ipsecd -f" in unit and "@SBINDIR@" not in unit
+
+
+def test_the_test_harnesses_are_not_installed(staged: Path) -> None:
+    """The UML booter, the lossy relay and the other harnesses are test-only (tests/support/)."""
+    venv = staged / PREFIX.lstrip("/") / "lib" / "ipsec-tunnel"
+    for module in ("ipsec_tunnel.testing", "tests.support", "tests"):
+        found = _run(venv / "bin" / "python", "-c", f"import {module}")
+        assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, (module, found)
+    installed = [p.relative_to(venv) for p in venv.rglob("*") if p.name in ("testing", "support", "tests")]
+    assert not [p for p in installed if "ipsec_tunnel" in p.parts], installed

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.nat import A_INNER, A_PRIVATE, B_INNER, B_PUBLIC, NAT_PUBLIC, NatHosts
-from ipsec_tunnel.testing.netns import netns_available
+from tests.support.hosts import IpsecHost
+from tests.support.nat import A_INNER, A_PRIVATE, B_INNER, B_PUBLIC, NAT_PUBLIC, NatHosts
+from tests.support.netns import netns_available
 
 pytestmark = pytest.mark.root
 

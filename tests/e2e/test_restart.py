@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.pcap import esp_headers
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.pcap import esp_headers
 
 pytestmark = pytest.mark.root
 
@@ -52,11 +52,11 @@ def restore_route(host: IpsecHost, theirs_net: str, mine: str) -> None:
 
 
 def transfer_with_restarts(h: TwoHosts, sigs: list[int]) -> None:
-    recv = h.b.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", str(PORT)],
+    recv = h.b.popen([sys.executable, "-m", "tests.support.transfer", "recv", str(PORT)],
                      stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert recv.stdout is not None
     assert recv.stdout.readline().strip() == "listening"
-    send = h.a.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", "10.0.2.1", str(PORT),
+    send = h.a.popen([sys.executable, "-m", "tests.support.transfer", "send", "10.0.2.1", str(PORT),
                       str(SIZE)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     for sig in sigs:
         time.sleep(0.4)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from ipsec_tunnel.testing import tshark
-from ipsec_tunnel.testing.hosts import TwoHosts
-from ipsec_tunnel.testing.tshark import EspSa
+from tests.support import tshark
+from tests.support.hosts import TwoHosts
+from tests.support.tshark import EspSa
 
 pytestmark = pytest.mark.root
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
+from tests.support.hosts import IpsecHost, TwoHosts
 
 pytestmark = pytest.mark.root
 

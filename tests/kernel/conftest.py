@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.uml import UmlPeer
+from tests.support.hosts import IpsecHost
+from tests.support.uml import UmlPeer
 
 
 @pytest.fixture(scope="session")

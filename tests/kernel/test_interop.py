@@ -24,20 +24,19 @@ from typing import Any, NamedTuple
 
 import pytest
 
-import ipsec_tunnel
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.uml import UmlPeer
+from tests.support import ROOT
+from tests.support.hosts import IpsecHost
+from tests.support.uml import UmlPeer
 
 from . import xfrm
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root]
 
-SRC_DIR = Path(ipsec_tunnel.__file__).resolve().parents[1]
 # The guest runs the host's programs over hostfs; Debian's python3 starts fastest there.
 GUEST_PYTHON = (
     "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
 )
-GUEST_TRANSFER = f"env PYTHONPATH={SRC_DIR} {GUEST_PYTHON} -m ipsec_tunnel.testing.transfer"
+GUEST_TRANSFER = f"env PYTHONPATH={ROOT} {GUEST_PYTHON} -m tests.support.transfer"
 TRANSFER_BYTES = 2 << 20  # A -> B; B -> A carries half as much
 REQID = 1
 SPI_AB, SPI_BA, SPI_DUPLEX = 0x2001, 0x2002, 0x3000
@@ -221,7 +220,7 @@ class Link:
         self.peer.check(f"setsid {GUEST_TRANSFER} recv {port} {bind} > {out} 2>&1 < /dev/null &")
         try:
             wait_for(lambda: "listening" in read(out), 10, f"guest receiver: {read(out)}")
-            sent = self.host.sh([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", self.b_in,
+            sent = self.host.sh([sys.executable, "-m", "tests.support.transfer", "send", self.b_in,
                                  str(port), str(nbytes)], timeout=120).stdout.split()  # fmt: skip
             wait_for(lambda: len(read(out).split()) >= 3, 20, f"guest receiver: {read(out)}")
             assert read(out).split()[1:3] == sent, self.diagnostics()
@@ -234,7 +233,7 @@ class Link:
         """TCP B -> A: the receiver in A's namespace, the sender in the guest."""
         bind = "::" if self.inner == 6 else "0.0.0.0"
         recv = self.host.popen(
-            [sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", str(port), bind],
+            [sys.executable, "-m", "tests.support.transfer", "recv", str(port), bind],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         try:

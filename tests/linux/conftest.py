@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
+from tests.support.netns import Netns, netns_available, veth_pair
 
 T = TypeVar("T")
 

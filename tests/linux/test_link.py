@@ -10,7 +10,7 @@ import pytest
 
 from ipsec_tunnel.linux import link
 from ipsec_tunnel.linux.tun import open_tun
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from ipsec_tunnel.linux import link
-from ipsec_tunnel.testing.netns import Netns, in_netns, netns_available, veth_pair
+from tests.support.netns import Netns, in_netns, netns_available, veth_pair
 
 pytestmark = pytest.mark.root
 

@@ -21,7 +21,7 @@ from ipsec_tunnel.linux.offload import (
     set_txqueuelen,
 )
 from ipsec_tunnel.linux.sockets import RawEsp
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
 

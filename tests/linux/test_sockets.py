@@ -19,7 +19,7 @@ from ipsec_tunnel.linux.sockets import (
     UdpDatagram,
     UdpEncap,
 )
-from ipsec_tunnel.testing.netns import Netns, netns_available, veth_pair
+from tests.support.netns import Netns, netns_available, veth_pair
 
 from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
 

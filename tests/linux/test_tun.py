@@ -27,7 +27,7 @@ from ipsec_tunnel.linux.tun import (
     open_tun,
     tun_features,
 )
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 from .conftest import wait_for
 

@@ -21,6 +21,7 @@ from ipsec_tunnel.core.engine import Deliver, Engine, Outbound, Reject
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel
+from tests.support import esp_reference as reference
 
 SOAK_OPTION = "--run-soak"
 NOW = 1_000_000.0  # a fixed clock: the core never reads one
@@ -186,7 +187,7 @@ def seal_raw(sa: SecurityAssociation, seq: int, plaintext: bytes) -> bytes:
     header = struct.pack("!II", c.spi, seq & 0xFFFFFFFF)
     cipher, auth = sa.cipher, sa.auth
     if getattr(cipher, "counter_iv", True):
-        iv = esp.counter_iv(seq, c.iv_split) if cipher.iv_len else b""
+        iv = reference.counter_iv(seq, c.iv_split) if cipher.iv_len else b""
     else:
         iv = os.urandom(cipher.iv_len)
     if auth is None:
@@ -201,7 +202,7 @@ def seal_raw(sa: SecurityAssociation, seq: int, plaintext: bytes) -> bytes:
 
 def seal_inner(sa: SecurityAssociation, seq: int, inner: bytes) -> bytes:
     """An honest ESP packet for `inner` with sequence number `seq`, whatever state `sa` is in."""
-    pad = esp.padding(len(inner), max(4, sa.cipher.block))
+    pad = reference.padding(len(inner), max(4, sa.cipher.block))
     nh = esp.NH_IPV6 if inner[0] >> 4 == 6 else esp.NH_IPV4
     return seal_raw(sa, seq, inner + pad + bytes((len(pad), nh)))
 

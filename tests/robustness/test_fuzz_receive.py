@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import NAT_KEEPALIVE, NON_ESP_MARKER, Deliver, Outbound, Reject, inner_mtu
+from tests.support import esp_reference as reference
 
 from .conftest import (
     DEVICE,
@@ -201,7 +202,7 @@ def crafted_plaintext(step: Step, block: int) -> bytes:
         inner = step.data
     else:
         inner = inner_packet(step.data, v6=step.inner_kind == "ip6")
-    pad = esp.padding(len(inner), block)
+    pad = reference.padding(len(inner), block)
     if not step.pad_ok:
         # wrong padding bytes when there are any, else a pad length pointing before the payload
         pad = bytes((step.index,)) * len(pad) if pad else pad
@@ -398,7 +399,7 @@ def test_authenticated_but_wrong_content_is_dropped_with_its_reason(suite: Suite
         return seal_raw(pair.tx_sa, pair.tx_sa.seq_out, plain)
 
     def padded(inner: bytes, nh: int) -> bytes:
-        pad = esp.padding(len(inner), block)
+        pad = reference.padding(len(inner), block)
         return inner + pad + bytes((len(pad), nh))
 
     # the helper itself is honest: with a valid payload it builds what the receiver accepts

@@ -5,7 +5,7 @@ namespaces and driven with ipsecadm. Nothing crashes, nothing replays, nothing i
   and B's is SIGKILLed 4 times; the sequence numbers on the wire never repeat, the data arrives whole,
   and every captured packet replayed at B afterwards is rejected and counted.
 - A lossy network: 200 MB through 5% loss (nftables) with reordering and duplication (a userspace relay,
-  `ipsec_tunnel.testing.lossy`), raw ESP and ESP-in-UDP, arrive with the same SHA-256.
+  `tests.support.lossy`), raw ESP and ESP-in-UDP, arrive with the same SHA-256.
 - Live fuzz: mutated captured packets, truncations and garbage on the raw ESP path and on UDP 4500; every
   datagram the kernel hands to ipsecd is counted under exactly one receive counter, none is delivered, and
   the tunnel still works.
@@ -43,10 +43,10 @@ import pytest
 from ipsec_tunnel.control.client import Client
 from ipsec_tunnel.core import ip
 from ipsec_tunnel.core.sa import SecurityAssociation
-from ipsec_tunnel.testing.hosts import IpsecHost, TwoHosts
-from ipsec_tunnel.testing.lossy import Impairment, LossyHosts, ipv4_packet
-from ipsec_tunnel.testing.netns import netns_available
-from ipsec_tunnel.testing.pcap import esp_headers
+from tests.support.hosts import IpsecHost, TwoHosts
+from tests.support.lossy import Impairment, LossyHosts, ipv4_packet
+from tests.support.netns import netns_available
+from tests.support.pcap import esp_headers
 
 from .conftest import Suite, make_config, seal_raw
 
@@ -205,7 +205,7 @@ def capture(host: IpsecHost, dev: str, path: Path, bpf: str = "ip proto 50") -> 
 
 def receiver(host: IpsecHost, bind: str = "0.0.0.0") -> subprocess.Popen[str]:
     """`transfer recv PORT` on `host`, listening."""
-    proc = host.popen([sys.executable, "-m", "ipsec_tunnel.testing.transfer", "recv", str(PORT), bind],
+    proc = host.popen([sys.executable, "-m", "tests.support.transfer", "recv", str(PORT), bind],
                       stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "listening"
@@ -214,7 +214,7 @@ def receiver(host: IpsecHost, bind: str = "0.0.0.0") -> subprocess.Popen[str]:
 
 def sender(host: IpsecHost, size: int) -> subprocess.Popen[str]:
     """`transfer send B_IN PORT SIZE` on `host`."""
-    cmd = [sys.executable, "-m", "ipsec_tunnel.testing.transfer", "send", B_IN, str(PORT), str(size)]
+    cmd = [sys.executable, "-m", "tests.support.transfer", "send", B_IN, str(PORT), str(size)]
     return host.popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
@@ -714,7 +714,7 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
     assert ping(h.a, B_IN, 5, 0.05) == 5  # warm: the first packets through allocate what they need
     base = memory_kb(pid)
     s0, d0, a0, b0 = stats(h.b), socket_drops(pid), stats(h.a)["send"]["accepted"], backlog_drops()
-    module = [sys.executable, "-m", "ipsec_tunnel.testing.lossy", "flood", h.b_pub, "--src", h.a_pub,
+    module = [sys.executable, "-m", "tests.support.lossy", "flood", h.b_pub, "--src", h.a_pub,
               f"--seconds={seconds}", f"--spi={SPI:#x}"]  # fmt: skip
     floods = [h.a.popen([*module, "--spoof=192.0.2.0/24", "--seed=1"], stdout=subprocess.PIPE, text=True),
               h.a.popen([*module, "--udp", "--seed=2"], stdout=subprocess.PIPE, text=True)]  # fmt: skip

@@ -17,6 +17,25 @@ from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+__all__ = [
+    "AUTHS",
+    "CIPHERS",
+    "GCM_ICV_NAMES",
+    "AeadTransform",
+    "AlgorithmError",
+    "AuthAlg",
+    "AuthTransform",
+    "BlockTransform",
+    "CipherAlg",
+    "check_cipher_key",
+    "check_icv_bits",
+    "find_auth",
+    "find_cipher",
+    "make_auth",
+    "make_cipher",
+    "random_bytes",
+]
+
 
 class AlgorithmError(ValueError):
     """An unknown algorithm or a key or ICV length it does not accept."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .drops import Drop
 
+__all__ = ["LOG_EVERY", "RING_SIZE", "DropLog", "DropRecord", "RateLimit", "spi_of"]
+
 RING_SIZE = 32  # drops kept for `ipsecadm stats --last-drops`
 LOG_EVERY = 10.0  # seconds between two log lines of one reason
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+__all__ = ["RECEIVE_DROPS", "SEND_DROPS", "Drop"]
+
 
 class Drop(enum.Enum):
     """A dropped packet's reason. Receive reasons first, then send reasons."""

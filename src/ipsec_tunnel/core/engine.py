@@ -23,6 +23,22 @@ from .sa import SecurityAssociation, UdpEncap
 from .sad import SADatabase
 from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
 
+__all__ = [
+    "ICMP_BURST",
+    "ICMP_RATE",
+    "NAT_KEEPALIVE",
+    "NON_ESP_MARKER",
+    "UDP_HEADER_LEN",
+    "Burst",
+    "Deliver",
+    "Engine",
+    "Outbound",
+    "Reject",
+    "TunnelStats",
+    "inner_mtu",
+    "packed",
+]
+
 UDP_HEADER_LEN = 8  # RFC 768
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
 NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: an IKE packet on the encapsulation port

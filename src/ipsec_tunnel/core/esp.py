@@ -15,6 +15,20 @@ from cryptography.exceptions import InvalidTag
 from .algorithms import AuthTransform, random_bytes
 from .drops import Drop
 
+__all__ = [
+    "HEADER_LEN",
+    "NH_IPV4",
+    "NH_IPV6",
+    "NH_NONE",
+    "aead16_trailer",
+    "open_aead16",
+    "open_aead16_many",
+    "open_packet",
+    "seal",
+    "seal_aead16",
+    "seal_rows",
+]
+
 HEADER_LEN = 8  # RFC 4303 §2: SPI (4) + sequence number (4)
 NH_IPV4 = 4  # RFC 4303 §2.6 / IANA protocol numbers: IPv4-in-IP, tunnel mode
 NH_IPV6 = 41  # IANA: IPv6 encapsulation, tunnel mode
@@ -37,29 +51,6 @@ def _trailer(pad_len: int, next_header: int) -> bytes:
     return trailer
 
 
-def parse_header(packet: bytes) -> tuple[int, int] | None:
-    """(SPI, low 32 bits of the sequence number), or None when shorter than an ESP header."""
-    if len(packet) < HEADER_LEN:
-        return None
-    spi, seq = _HDR.unpack_from(packet)
-    return spi, seq
-
-
-def padding(length: int, block: int) -> bytes:
-    """The RFC 4303 §2.4 padding for `length` bytes of payload: the fewest bytes aligning payload+2."""
-    return _PAD[: (-(length + 2)) % block]
-
-
-def counter_iv(seq: int, split: int | None) -> bytes:
-    """A never-repeating 8-byte IV for counter modes (RFC 4106 §3.1): the 64-bit sequence number.
-
-    `split` 0 or 1 sets the top bit, so two senders sharing one key (`--duplex`) use disjoint IVs.
-    """
-    if split:
-        seq |= 1 << 63
-    return seq.to_bytes(8, "big")
-
-
 def seal(
     spi: int,
     seq: int,
@@ -74,11 +65,12 @@ def seal(
 ) -> bytes:
     """The ESP packet carrying `inner`; `seq` is the full (64-bit with ESN) sequence number."""
     header = _HDR.pack(spi, seq & 0xFFFFFFFF)
-    # padding() and counter_iv() inlined, the trailer cached: this is the per-packet hot path. Every
-    # transform's block is at least ESP's 4 bytes (tests/core/test_algorithms.py checks it).
+    # RFC 4303 §2.4 padding (the fewest bytes aligning inner + 2), the trailer cached: this is the per-packet
+    # hot path. Every transform's block is at least ESP's 4 bytes (tests/core/test_algorithms.py checks it).
     payload = inner + _trailer((-(len(inner) + 2)) % cipher.block, next_header)
     if iv is None:
         if auth is None or cipher.counter_iv:  # AEAD transforms always use the counter
+            # RFC 4106 §3.1: the counter; the top bit set by `iv_split` keeps --duplex senders' IVs apart
             iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq) if cipher.iv_len else b""
         else:
             iv = random_bytes(cipher.iv_len)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+__all__ = ["EventKind", "SAEvent"]
+
 
 class EventKind(enum.Enum):
     """What happened to an SA."""

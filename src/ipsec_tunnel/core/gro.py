@@ -32,6 +32,8 @@ from .gso import (
     pseudo_sum,
 )
 
+__all__ = ["MAX_SEGMENTS", "RUN_MIN", "coalesce"]
+
 MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
 RUN_MIN = 8  # fewer packets than this are not worth the vectorised single-flow path
 

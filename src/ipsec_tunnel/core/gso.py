@@ -21,6 +21,49 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "F_DATA_VALID",
+    "F_NEEDS_CSUM",
+    "GSO_ECN",
+    "GSO_NONE",
+    "GSO_TCPV4",
+    "GSO_TCPV6",
+    "GSO_UDP",
+    "GSO_UDP_L4",
+    "IPV4_DF",
+    "IPV4_MF_OFFSET",
+    "IP_MAXPACKET",
+    "NO_OFFLOAD",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "TCP_ACK",
+    "TCP_CSUM_OFFSET",
+    "TCP_CWR",
+    "TCP_ECE",
+    "TCP_FIN",
+    "TCP_PSH",
+    "TCP_RST",
+    "TCP_SYN",
+    "TCP_URG",
+    "UDP_CSUM_OFFSET",
+    "VNET_HDR",
+    "VNET_HDR_LEN",
+    "Offload",
+    "OffloadError",
+    "checksum",
+    "chunk_sums",
+    "complete_checksum",
+    "fold",
+    "l4_offset",
+    "ones_sum",
+    "packet_sums",
+    "pseudo_sum",
+    "split",
+    "split_tcp",
+    "split_udp",
+    "tcp_layout",
+]
+
 # struct virtio_net_hdr, linux/virtio_net.h (also include/uapi/linux/virtio_net.h)
 F_NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: checksum at csum_start + csum_offset is partial
 F_DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID: the checksum was verified
@@ -30,6 +73,8 @@ GSO_UDP = 3  # VIRTIO_NET_HDR_GSO_UDP (UFO: IP fragmentation; never asked for)
 GSO_TCPV6 = 4  # VIRTIO_NET_HDR_GSO_TCPV6
 GSO_UDP_L4 = 5  # VIRTIO_NET_HDR_GSO_UDP_L4 (USO, Linux 6.2)
 GSO_ECN = 0x80  # VIRTIO_NET_HDR_GSO_ECN: the TCP packet had CWR set (RFC 3168)
+VNET_HDR = struct.Struct("=BBHHHH")  # the legacy layout, in native byte order on a TUN device
+VNET_HDR_LEN = VNET_HDR.size  # 10
 
 PROTO_TCP = 6  # IANA protocol numbers
 PROTO_UDP = 17

@@ -5,6 +5,46 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+__all__ = [
+    "DF",
+    "ECN_CE",
+    "ECN_ECT0",
+    "ECN_ECT1",
+    "ECN_MASK",
+    "ECN_NOT_ECT",
+    "ICMP6_DEST_UNREACH",
+    "ICMP6_PACKET_TOO_BIG",
+    "ICMP6_PARAM_PROBLEM",
+    "ICMP6_UNRECOGNIZED_NH",
+    "ICMP_DEST_UNREACH",
+    "ICMP_FRAG_NEEDED",
+    "ICMP_PROTO_UNREACH",
+    "IPV4_HEADER",
+    "IPV4_HEADER_LEN",
+    "IPV4_MIN_MTU",
+    "IPV6_HEADER_LEN",
+    "IPV6_MIN_MTU",
+    "PROTO_ESP",
+    "PROTO_ICMP",
+    "PROTO_ICMPV6",
+    "PROTO_IPIP",
+    "PROTO_IPV6",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "IPHeader",
+    "build_ipv4",
+    "build_ipv6",
+    "checksum",
+    "decap_ecn",
+    "encap_ecn",
+    "icmp4_error",
+    "icmp6_error",
+    "parse",
+    "proto_unreachable",
+    "set_ecn",
+    "too_big",
+]
+
 PROTO_ICMP = 1  # IANA protocol numbers
 PROTO_IPIP = 4
 PROTO_TCP = 6
@@ -27,7 +67,8 @@ ICMP6_UNRECOGNIZED_NH = 1  # RFC 4443 §3.4 code 1: unrecognized next header
 ECN_MASK = 0x03  # RFC 3168 §5: the low two bits of the TOS/traffic class octet
 ECN_NOT_ECT, ECN_ECT1, ECN_ECT0, ECN_CE = 0, 1, 2, 3
 
-_V4 = struct.Struct("!BBHHHBBH4s4s")
+IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 §3.1, no options (the linux/ sockets use it too)
+_V4 = IPV4_HEADER
 _V6 = struct.Struct("!IHBB16s16s")
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from .sa import SecurityAssociation, UdpEncap
 from .sad import SADatabase
 
+__all__ = ["Floating", "NatTraversal", "Pair"]
+
 Pair = tuple[bytes, bytes]  # (remote, local) outer addresses, packed
 
 

@@ -6,6 +6,8 @@ forged packet can never move the window.
 
 from __future__ import annotations
 
+__all__ = ["DEFAULT_WINDOW", "MAX_WINDOW", "SEQ32", "ReplayWindow"]
+
 SEQ32 = 1 << 32  # RFC 4303 §2.2: the transmitted sequence number is the low 32 bits
 MAX_WINDOW = 1 << 20  # largest window accepted (RFC 4303 §3.4.3 sets no upper bound)
 DEFAULT_WINDOW = 128

@@ -17,6 +17,27 @@ from .drops import Drop
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
 
+__all__ = [
+    "KEEPALIVE",
+    "KEEPALIVE_MAX",
+    "NAT_T_PORT",
+    "SEQ_MAX_32",
+    "SEQ_MAX_64",
+    "SEQ_MAX_SPLIT",
+    "SPI_MAX",
+    "SPI_MIN",
+    "Address",
+    "Emit",
+    "Limits",
+    "Reserve",
+    "SAConfig",
+    "SAError",
+    "SecurityAssociation",
+    "UdpEncap",
+    "build_transforms",
+    "parse_address",
+]
+
 SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA, 0 is local use only
 SPI_MAX = 0xFFFFFFFF
 SEQ_MAX_32 = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
@@ -473,7 +494,7 @@ class SecurityAssociation:
             self.tick(now, emit)
         if self.dead:
             return self._drop(Drop.EXPIRED)
-        if len(packet) < esp.HEADER_LEN:  # esp.parse_header() inlined (bench/core.py)
+        if len(packet) < esp.HEADER_LEN:
             return self._drop(Drop.MALFORMED)
         replay = self.replay
         seq = _SEQ_LO.unpack_from(packet, 4)[0]

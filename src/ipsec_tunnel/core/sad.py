@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 from .sa import SAError, SecurityAssociation
 
+__all__ = ["Key", "SADatabase"]
+
 Key = tuple[bytes, bytes, int]
 
 

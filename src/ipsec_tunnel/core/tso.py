@@ -29,6 +29,8 @@ from .gso import (
     tcp_layout,
 )
 
+__all__ = ["Rows", "tcp_rows"]
+
 Rows = tuple[np.ndarray, int]  # segments, each followed by its tail; and the segments' length
 
 

@@ -10,6 +10,17 @@ from dataclasses import dataclass, field, replace
 
 from .sa import SAError, parse_address
 
+__all__ = [
+    "BASE_DEVICE",
+    "IFNAMSIZ",
+    "MAX_AUTO",
+    "Network",
+    "Tunnel",
+    "TunnelTable",
+    "check_name",
+    "parse_networks",
+]
+
 BASE_DEVICE = "ipsec0"  # the inactive catch-all device `modprobe ipsec` created
 IFNAMSIZ = 16  # linux/if.h: interface names are at most 15 characters
 MAX_AUTO = 99  # the original picked the first free ipsec1 .. ipsec99

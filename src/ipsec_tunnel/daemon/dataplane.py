@@ -23,6 +23,7 @@ from ..core import gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
+from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
 from ..linux.offload import (
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
-NAT_T_PORT = 4500  # RFC 3948 §2
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
 

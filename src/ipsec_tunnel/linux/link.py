@@ -13,6 +13,8 @@ import ipaddress
 import socket
 import struct
 
+from ipsec_tunnel.core.tunnel import IFNAMSIZ
+
 __all__ = [
     "IFF_RUNNING",
     "IFF_UP",
@@ -27,7 +29,6 @@ __all__ = [
     "set_up",
 ]
 
-IFNAMSIZ = 16  # linux/if.h
 
 # linux/sockios.h
 SIOCGIFFLAGS = 0x8913

@@ -16,7 +16,8 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
-from ipsec_tunnel.core.gso import Offload
+from ipsec_tunnel.core.gso import VNET_HDR, Offload
+from ipsec_tunnel.core.ip import IPV4_HEADER
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
     IN_PKTINFO,
@@ -63,7 +64,7 @@ UDP_MAX_SEGMENTS = 64  # linux/udp.h: the most segments one UDP GSO send may car
 GSO_MAX_BYTES = 65535 - 8 - 40  # one UDP datagram's payload at most, under the largest IP header
 SIOCSIFTXQLEN = 0x8943  # linux/sockios.h
 DEFAULT_TXQUEUELEN = 5000
-_VNET = struct.Struct("=BBHHHH")  # struct virtio_net_hdr, native byte order on TUN (linux/virtio_net.h)
+_VNET = VNET_HDR
 _NO_VNET = bytes(VIRTIO_NET_HDR_LEN)
 _NONE = Offload()
 _U16 = struct.Struct("=H")
@@ -306,7 +307,7 @@ class _Mmsghdr(ctypes.Structure):
 MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg call
 _MMSG_SLOT = 65536  # room for the largest IPv4 datagram (RFC 791 total length: 16 bits)
 _MSG_DONTWAIT = 0x40  # sys/socket.h
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 §3.1, no options
+_IPV4 = IPV4_HEADER
 _IP_DF = 0x4000  # RFC 791: don't fragment
 _ESP = 50  # IANA protocol number of ESP (RFC 4303)
 _MSG_LEN = _Mmsghdr.len.offset

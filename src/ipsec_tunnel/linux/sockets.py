@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from typing import NamedTuple
 
+from ipsec_tunnel.core.ip import IPV4_HEADER
+from ipsec_tunnel.core.sa import NAT_T_PORT
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
     IN_PKTINFO,
@@ -52,8 +53,7 @@ __all__ = [
     "UdpEncap",
 ]
 
-NAT_T_PORT = 4500  # RFC 3948 section 2
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 section 3.1, no options
+_IPV4_HEADER = IPV4_HEADER
 _IP_DF = 0x4000  # RFC 791: flags bit 1, don't fragment
 _IP_MF = 0x2000  # RFC 791: flags bit 2, more fragments
 

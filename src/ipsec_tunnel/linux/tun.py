@@ -13,7 +13,10 @@ import fcntl
 import os
 import struct
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Self
+
+from ipsec_tunnel.core import gso
+from ipsec_tunnel.core.tunnel import IFNAMSIZ
 
 __all__ = [
     "IFF_MULTI_QUEUE",
@@ -41,7 +44,6 @@ __all__ = [
 ]
 
 TUN_PATH = "/dev/net/tun"
-IFNAMSIZ = 16  # linux/if.h, including the terminating NUL
 
 # ioctl numbers, linux/if_tun.h: _IOW('T', 202, int) etc.
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
@@ -71,29 +73,25 @@ TUN_F_USO4 = 0x20  # Linux 6.2
 TUN_F_USO6 = 0x40  # Linux 6.2
 
 # struct virtio_net_hdr, linux/virtio_net.h (legacy layout, native byte order on a TUN device)
-VIRTIO_NET_HDR_LEN = 10
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_F_DATA_VALID = 2
-VIRTIO_NET_HDR_GSO_NONE = 0
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
-VIRTIO_NET_HDR_GSO_UDP = 3
-VIRTIO_NET_HDR_GSO_TCPV6 = 4
-VIRTIO_NET_HDR_GSO_UDP_L4 = 5
-VIRTIO_NET_HDR_GSO_ECN = 0x80
+VIRTIO_NET_HDR_LEN = gso.VNET_HDR_LEN
+VIRTIO_NET_HDR_F_NEEDS_CSUM = gso.F_NEEDS_CSUM
+VIRTIO_NET_HDR_F_DATA_VALID = gso.F_DATA_VALID
+VIRTIO_NET_HDR_GSO_NONE = gso.GSO_NONE
+VIRTIO_NET_HDR_GSO_TCPV4 = gso.GSO_TCPV4
+VIRTIO_NET_HDR_GSO_UDP = gso.GSO_UDP
+VIRTIO_NET_HDR_GSO_TCPV6 = gso.GSO_TCPV6
+VIRTIO_NET_HDR_GSO_UDP_L4 = gso.GSO_UDP_L4
+VIRTIO_NET_HDR_GSO_ECN = gso.GSO_ECN
 
 _IFREQ = struct.Struct(f"{IFNAMSIZ}sH22x")  # struct ifreq: name + ifr_flags, 40 bytes
-_VNET = struct.Struct("=BBHHHH")
+_VNET = gso.VNET_HDR
 
 
-class VnetHeader(NamedTuple):
-    """struct virtio_net_hdr: what precedes every packet on a TUN queue opened with ``vnet_hdr``."""
+class VnetHeader(gso.Offload):
+    """struct virtio_net_hdr (`core.gso.Offload`, one definition) as the kernel reads and writes it: what
+    precedes every packet on a TUN queue opened with ``vnet_hdr``."""
 
-    flags: int = 0
-    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
-    hdr_len: int = 0
-    gso_size: int = 0
-    csum_start: int = 0
-    csum_offset: int = 0
+    __slots__ = ()
 
     def pack(self) -> bytes:
         """The 10-byte header as the kernel reads it."""

@@ -10,7 +10,7 @@ import sys
 CHUNK = 1 << 16
 
 
-def receive(port: int, bind: str = "0.0.0.0") -> tuple[int, str]:  # noqa: S104 - inside a test namespace
+def receive(port: int, bind: str = "0.0.0.0") -> tuple[int, str]:
     """Accept one connection on `port`, read to EOF; (bytes, sha256 hex)."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as srv:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from . import pythonpath
 from .netns import Netns, veth_pair
 
 BIN = Path(sys.executable).parent
@@ -40,8 +41,8 @@ class IpsecHost:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for commands on this host."""
-        return {**os.environ, "IPSEC_TUNNEL_SOCKET": str(self.socket)}
+        """Environment for commands on this host (`python -m tests.support.NAME` works from any cwd)."""
+        return {**os.environ, "IPSEC_TUNNEL_SOCKET": str(self.socket), "PYTHONPATH": pythonpath()}
 
     def start(self, *extra: str, wait: bool = True) -> None:
         """Start ipsecd in the foreground (logging to `log`) and wait for its control socket."""

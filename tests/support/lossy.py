@@ -4,7 +4,7 @@ hosts (no netem needed), and a garbage flood.
 Topology (`LossyHosts`): host A (192.0.2.1/24) -- router R (192.0.2.254, 198.51.100.254) -- host B
 (198.51.100.2/24), each in its own network namespace, A and B running ipsecd. R forwards in the kernel
 (ip_forward=1), except ESP (IP protocol 50) and ESP-in-UDP (UDP port 4500): nftables drops those in R's
-forward chain and a userspace relay (`python -m ipsec_tunnel.testing.lossy relay`, run inside R) takes
+forward chain and a userspace relay (`python -m tests.support.lossy relay`, run inside R) takes
 them instead. The relay reads every such packet from an AF_PACKET socket on the interface it arrived on
 (packet sockets see a frame before netfilter does), cuts UDP GSO bursts into their datagrams as a router
 would, may duplicate a packet or hold it back behind later ones, and sends it on through an IP_HDRINCL
@@ -13,7 +13,7 @@ rewriting). Loss is nftables again: `numgen random` in R's output chain drops re
 given rate, counted. The relay prints its counters as one JSON line when it gets SIGTERM;
 `LossyHosts.figures` gathers them with the nftables counters. IPv4 outer only.
 
-`python -m ipsec_tunnel.testing.lossy flood` sends garbage ESP or ESP-in-UDP as fast as one process can.
+`python -m tests.support.lossy flood` sends garbage ESP or ESP-in-UDP as fast as one process can.
 """
 
 from __future__ import annotations
@@ -332,10 +332,10 @@ def flood_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m ipsec_tunnel.testing.lossy relay|flood ...`."""
+    """`python -m tests.support.lossy relay|flood ...`."""
     commands = {"relay": relay_main, "flood": flood_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m ipsec_tunnel.testing.lossy relay|flood ...", file=sys.stderr)
+        print("usage: python -m tests.support.lossy relay|flood ...", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 
@@ -411,7 +411,7 @@ table inet {TABLE} {{
 
     def _start_relay(self) -> None:
         imp = self.impairment
-        cmd = [sys.executable, "-m", "ipsec_tunnel.testing.lossy", "relay", *self.r_links, f"--dup={imp.dup}",
+        cmd = [sys.executable, "-m", "tests.support.lossy", "relay", *self.r_links, f"--dup={imp.dup}",
                f"--reorder={imp.reorder}", f"--seed={imp.seed}", "--labels", "a", "b"]  # fmt: skip
         self.relay = self.r.popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.relay.stdout is not None

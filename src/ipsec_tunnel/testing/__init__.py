@@ -1,1 +1,0 @@
-"""Fakes and helpers for tests: in-memory devices, network namespaces."""
