@@ -2,7 +2,7 @@
 """bench/latency: round-trip times through ipsecd and its peers, idle and under load.
 
 What an interactive user feels first: the delay of a keystroke or a voice packet, on an idle tunnel and
-while a download fills it. Each data plane runs between two network namespaces of its own (benchlib's
+while a download fills it. Each data plane runs between two network namespaces of its own (bench/lib's
 topology): ipsecd with AES-128-GCM over ESP-in-UDP and raw ESP, strongSwan kernel-libipsec (aes128gcm16)
 and wireguard-go (plain veth with --only veth). All are set up first, then measured in interleaved
 rounds; per round and plane:
@@ -38,32 +38,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
-from bench.benchlib import (
-    IN_A,
-    IN_B,
+from bench.lib.planes import OursConfig, OursPlane, Plane, close_planes, open_planes
+from bench.lib.prerequisites import busy_note, check_prerequisites, ipsecadm_works, versions
+from bench.lib.processes import (
     BenchError,
     Interrupted,
-    OursConfig,
-    OursPlane,
-    Plane,
-    busy_note,
-    check_prerequisites,
-    close_planes,
-    emit,
-    fmt,
-    ipsecadm_works,
     log,
-    open_planes,
     raise_on_termination,
     shield_cleanup,
     stop_process,
-    table,
-    versions,
     workdir,
 )
+from bench.lib.report import emit, fmt, table
+from bench.lib.topology import IN_A, IN_B
 from bench.throughput import make_planes as throughput_planes
 from bench.throughput import selection
-from ipsec_tunnel.testing.netns import Netns
+from tests.support.netns import Netns
 
 # key -> group, in the order the table lists them; DEFAULT is what runs without --only
 PLANES = {

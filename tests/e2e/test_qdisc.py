@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ipsec_tunnel.linux.qdisc import root_kind, show_command
-from ipsec_tunnel.testing.hosts import IpsecHost
-from ipsec_tunnel.testing.netns import netns_available
+from tests.support.hosts import IpsecHost
+from tests.support.netns import netns_available
 
 pytestmark = pytest.mark.root
 

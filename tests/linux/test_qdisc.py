@@ -18,7 +18,7 @@ from ipsec_tunnel.linux.qdisc import (
     root_kind,
     show_command,
 )
-from ipsec_tunnel.testing.netns import Netns, netns_available
+from tests.support.netns import Netns, netns_available
 
 UNKNOWN = "Error: Specified qdisc kind is unknown."
 
