@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Offloads.txqueuelen,
         help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
     )
-    queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), QUEUES)")
+    queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), Queues)")
     queues.add_argument(
         "--qdisc",
         choices=KINDS,
