@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PREFIX ?= /usr/local
-APT_PKGS = iproute2 iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db
+APT_PKGS = iproute2 iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins libstrongswan-extra-plugins
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv install uninstall demo test lint typecheck pytest soak bench bench-deps bench-scale clean
@@ -32,24 +32,54 @@ venv: $(VENV)/.stamp
 # The seed: "installed by running make install". ipsec-tunnel goes into its own virtual environment
 # (Debian's Python refuses system-wide pip installs, PEP 668); ipsecd and ipsecadm are linked into sbin,
 # the man pages and the systemd unit go where man and systemd look.
-INSTALL_VENV = $(DESTDIR)$(PREFIX)/lib/ipsec-tunnel
+# With DESTDIR (staging for a package), the tree is built for $(PREFIX) and only placed under DESTDIR: the
+# scripts' interpreter lines and the venv's files name $(PREFIX), so the tree works once copied to /.
+# The venv runs on the system's python3 (not one in a home directory, which the unit's ProtectHome=yes
+# hides). `make uninstall` disables the unit first and keeps the state directory.
+INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(PYTHON))
+LIBDIR       = $(PREFIX)/lib/ipsec-tunnel
+INSTALL_VENV = $(DESTDIR)$(LIBDIR)
+UNITDIR     ?= /etc/systemd/system
+STATEDIR    ?= /var/lib/ipsec-tunnel
+SYSTEMD_BOOTED ?= /run/systemd/system
+INSTALL_DIRS = $(PREFIX)/lib $(PREFIX)/sbin $(PREFIX)/share/man/man8 $(UNITDIR)
+# every directory on the way to INSTALL_DIRS, parents first
+ALL_INSTALL_DIRS = for d in $(INSTALL_DIRS); do while [ "$$d" != / ] && [ -n "$$d" ]; do echo "$$d"; \
+	d=$$(dirname "$$d"); done; done | sort -u
+systemd_running = command -v systemctl >/dev/null 2>&1 && [ -d "$(SYSTEMD_BOOTED)" ]
+
 install:
-	$(PYTHON) -m venv $(INSTALL_VENV) || (apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(INSTALL_VENV))
+	@$(ALL_INSTALL_DIRS) | while read -r d; do [ -d "$(DESTDIR)$$d" ] || echo "$$d"; done > .install-dirs.tmp
+	$(INSTALL_PYTHON) -m venv $(INSTALL_VENV) || (apt-get install -y -qq python3-venv >/dev/null && $(INSTALL_PYTHON) -m venv $(INSTALL_VENV))
 	$(INSTALL_VENV)/bin/python -m pip install -q --upgrade pip
-	$(INSTALL_VENV)/bin/python -m pip install -q .
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)/etc/systemd/system
-	ln -sf $(PREFIX)/lib/ipsec-tunnel/bin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecd
-	ln -sf $(PREFIX)/lib/ipsec-tunnel/bin/ipsecadm $(DESTDIR)$(PREFIX)/sbin/ipsecadm
+	rm -rf build  # setuptools' leftovers would put modules since removed into the install
+	$(INSTALL_VENV)/bin/python -m pip install -q --no-compile .
+ifneq ($(DESTDIR),)
+	grep -rlF '$(INSTALL_VENV)' $(INSTALL_VENV)/bin $(INSTALL_VENV)/pyvenv.cfg | xargs -r sed -i 's|$(INSTALL_VENV)|$(LIBDIR)|g'
+endif
+	$(INSTALL_VENV)/bin/python -m compileall -q -f $(if $(DESTDIR),-s '$(DESTDIR)' -p /) $(INSTALL_VENV)/lib >/dev/null
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(UNITDIR)
+	ln -sf $(LIBDIR)/bin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecd
+	ln -sf $(LIBDIR)/bin/ipsecadm $(DESTDIR)$(PREFIX)/sbin/ipsecadm
 	install -m 0644 docs/ipsecadm.8 docs/ipsecd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
-	sed 's|@SBINDIR@|$(PREFIX)/sbin|' docs/ipsecd.service > $(DESTDIR)/etc/systemd/system/ipsecd.service
-	-mandb -q >/dev/null 2>&1
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|' docs/ipsecd.service > $(DESTDIR)$(UNITDIR)/ipsecd.service
+	mv .install-dirs.tmp $(INSTALL_VENV)/installed-dirs
+	@if [ -z "$(DESTDIR)" ]; then mandb -q >/dev/null 2>&1 || true; fi
 	@echo "installed: $(PREFIX)/sbin/ipsecd, $(PREFIX)/sbin/ipsecadm; start with 'ipsecd' or 'systemctl enable --now ipsecd'"
 
+# Removes what install put there, then the directories install created, if empty.
 uninstall:
-	rm -rf $(DESTDIR)$(PREFIX)/lib/ipsec-tunnel
-	rm -f $(DESTDIR)$(PREFIX)/sbin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecadm
-	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/ipsecadm.8 $(DESTDIR)$(PREFIX)/share/man/man8/ipsecd.8
-	rm -f $(DESTDIR)/etc/systemd/system/ipsecd.service
+	@if [ -z "$(DESTDIR)" ] && $(systemd_running); then \
+	  echo "systemctl disable --now ipsecd"; systemctl disable --now ipsecd.service || true; fi
+	@dirs=$$(cat $(INSTALL_VENV)/installed-dirs 2>/dev/null); \
+	rm -rf $(INSTALL_VENV); \
+	rm -f $(DESTDIR)$(PREFIX)/sbin/ipsecd $(DESTDIR)$(PREFIX)/sbin/ipsecadm; \
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/ipsecadm.8 $(DESTDIR)$(PREFIX)/share/man/man8/ipsecd.8; \
+	rm -f $(DESTDIR)$(UNITDIR)/ipsecd.service; \
+	for d in $$(echo "$$dirs" | sort -r); do rmdir "$(DESTDIR)$$d" 2>/dev/null || true; done
+	@if [ -z "$(DESTDIR)" ] && $(systemd_running); then systemctl daemon-reload || true; fi
+	@if [ -z "$(DESTDIR)" ]; then mandb -q >/dev/null 2>&1 || true; fi
+	@echo "uninstalled. Kept: the state directory $(STATEDIR) (SAs, tunnels and their keys: 'rm -r $(STATEDIR)' once they are no longer needed) and the key files you made."
 
 demo: deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/demo.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The seed's walk-through, played between host A and host B as two network namespaces, each with its
 # own ipsecd. The commands are the seed's, with documentation addresses instead of 1.2.3.4 and 5.6.7.8
-# and one addition: a digest key, since ipsec-tunnel refuses encryption without integrity.
+# and one addition the README recommends: a digest key. (The seed's line without it works too, with a
+# warning that the SA has no integrity protection.)
 set -euo pipefail
 
 A_PUB=192.0.2.1 B_PUB=192.0.2.2

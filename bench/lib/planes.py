@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsec_tunnel.control.protocol import ProtocolError
-from tests.support.hosts import IpsecHost
+from tests.support.hosts import IpsecHost, over_udp, reverse_keys
 from tests.support.netns import Netns
 
 from .processes import BenchError, log, stop_process, wait_for
@@ -185,12 +185,20 @@ class OursPlane(Plane):
         self.configure()
 
     def configure(self) -> None:
-        """`ipsecadm sa add ... --duplex` and `ipsecadm tunnel add ipsec1` on both hosts; route B's net."""
+        """`ipsecadm sa add ... --duplex` (over UDP: one SA per direction, each with its own key, as
+        ipsecd refuses --duplex there) and `ipsecadm tunnel add ipsec1` on both hosts; route B's net."""
         sa_args = self.config.sa_args(self.dir / "keys")
         timings = self.notes.setdefault("ipsecadm_s", {})
         for host in self.hosts:
             t = time.monotonic()
-            host.adm("sa", "add", f"--spi={SPI:#x}", f"--dst={PUB_B}", f"--src={PUB_A}", *sa_args, "--duplex")
+            if over_udp(sa_args):
+                host.adm("sa", "add", f"--spi={SPI:#x}", f"--dst={PUB_B}", f"--src={PUB_A}", *sa_args)
+                host.adm("sa", "add", f"--spi={SPI + 1:#x}", f"--dst={PUB_A}", f"--src={PUB_B}",
+                         *reverse_keys(sa_args))  # fmt: skip
+            else:
+                host.adm(
+                    "sa", "add", f"--spi={SPI:#x}", f"--dst={PUB_B}", f"--src={PUB_A}", *sa_args, "--duplex"
+                )
             timings.setdefault("sa_add", []).append(round(time.monotonic() - t, 3))
         for host, local, remote, mine, theirs in (
             (self.hosts[0], PUB_A, PUB_B, IN_A, NET_B),

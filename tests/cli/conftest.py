@@ -28,8 +28,8 @@ MUTATING = {"sa.add", "sa.del", "tunnel.add", "tunnel.change", "tunnel.del"}
 
 SAMPLE_SA: dict[str, Any] = {
     "dst": "5.6.7.8", "src": "1.2.3.4", "spi": 0x1000, "cipher": "des_ede3-cbc", "cipher_bits": 192,
-    "aead": False, "digest": "sha1", "digest_bits": 96, "digest_key_bits": 160, "replay_window": 128,
-    "esn": False, "encap": None, "soft": {"bytes": 0, "packets": 0, "seconds": 0},
+    "aead": False, "digest": "sha1", "digest_bits": 96, "digest_key_bits": 160, "integrity": True,
+    "replay_window": 128, "esn": False, "encap": None, "soft": {"bytes": 0, "packets": 0, "seconds": 0},
     "hard": {"bytes": 0, "packets": 0, "seconds": 0}, "state": "mature", "created": 1_700_000_000.0,
 }  # fmt: skip
 
@@ -56,7 +56,7 @@ def _sa_added(args: dict[str, Any]) -> dict[str, Any]:
 
 DEFAULTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "sa.add": _sa_added,
-    "sa.del": lambda a: {"deleted": 2 if a.get("duplex") else 1},
+    "sa.del": lambda a: {"deleted": [{"dst": "5.6.7.8", "src": "1.2.3.4", "spi": 0x1000}]},
     "sa.show": lambda a: [SAMPLE_SA],
     "tunnel.add": lambda a: {**SAMPLE_TUNNEL, **a, "name": a.get("name") or "ipsec7"},
     "tunnel.change": lambda a: {**SAMPLE_TUNNEL, **a},
@@ -77,6 +77,7 @@ class FakeServer:
         self.results: dict[str, Any] = {}
         self.errors: dict[str, tuple[str, str]] = {}
         self.raw: bytes | None = None  # when set, sent instead of a proper response
+        self.connections = 0
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
         self._sock.listen(8)
@@ -119,17 +120,21 @@ class FakeServer:
                 continue
             except OSError:
                 return
-            with conn:
+            self.connections += 1
+            with conn:  # every request line of the connection is answered, as ipsecd does (`ipsecadm -b`)
                 conn.settimeout(5)
                 buf = b""
                 try:
-                    while b"\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
+                    while True:
+                        while b"\n" not in buf:
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                break
+                            buf += chunk
+                        if b"\n" not in buf:
                             break
-                        buf += chunk
-                    if b"\n" in buf:
-                        conn.sendall(self._answer(buf.split(b"\n", 1)[0]))
+                        line, _, buf = buf.partition(b"\n")
+                        conn.sendall(self._answer(line))
                 except OSError:
                     pass
 
@@ -188,6 +193,15 @@ def run(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> Run:
         return Result(rc, cap.out, cap.err)
 
     return _run
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory that everyone may search (mode 755, under /tmp), so its files' own modes decide."""
+    d = Path(tempfile.mkdtemp(prefix="ipsecadm-keys-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

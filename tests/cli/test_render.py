@@ -53,7 +53,18 @@ def test_auth_only_and_null_cipher() -> None:
     auth_only = {**SAMPLE_SA, "cipher": None, "cipher_bits": 0}
     assert render.cipher_text(auth_only) == "-"
     assert render.cipher_text({**SAMPLE_SA, "cipher": "null", "cipher_bits": 0}) == "null"
-    assert render.digest_text({**SAMPLE_SA, "digest": None, "digest_bits": 0}) == "-"
+    assert render.digest_text({**SAMPLE_SA, "cipher": None, "digest": None, "digest_bits": 0}) == "-"
+
+
+def test_an_sa_without_integrity_is_marked() -> None:
+    """The seed's SA (3DES, no digest): the digest column says so, whether ipsecd says it or not."""
+    enc_only = {**SAMPLE_SA, "digest": None, "digest_bits": 0, "digest_key_bits": 0, "integrity": False}
+    assert render.digest_text(enc_only) == "NO-INTEGRITY"
+    del enc_only["integrity"]
+    assert render.digest_text(enc_only) == "NO-INTEGRITY"
+    _header, row = _cells(render.sa_table([enc_only]))
+    assert "NO-INTEGRITY" in row
+    assert "NO-INTEGRITY" not in render.sa_table([SAMPLE_SA])
 
 
 def test_sa_table_stats() -> None:
@@ -112,5 +123,5 @@ def test_algorithm_list_covers_the_registry() -> None:
     sha1 = next(d for d in data["digests"] if d["name"] == "sha1")
     assert (sha1["key_bits"], sha1["icv_bits"], sha1["icv_bits_allowed"]) == (160, 96, [96, 128, 160])
     text = render.algos_text(data)
-    assert "40-448" in text  # blowfish's key range
+    assert "128-448" in text  # blowfish's key range (no key below 128 bits)
     assert "128/192/256 +32 salt" in text

@@ -8,37 +8,120 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.core.sa import SAConfig, SAError
-
 from .conftest import DES3_KEY, GCM_KEY, SAMPLE_SA, SHA1_KEY, FakeServer, Run
 
 BASE = ("sa", "add", "--spi=0x1000", "--dst=5.6.7.8", "--src=1.2.3.4")
 NO_LIMITS = {"bytes": 0, "packets": 0, "seconds": 0}
 
 
-def _core_accepts_encryption_only() -> bool:
+def test_seed_readme_command_exactly(run: Run, server: FakeServer, tmp_path: Path) -> None:
+    """The seed's walk-through, word for word: `mkdir /etc/ipsec; chmod 500 /etc/ipsec; dd ... bs=24`
+    (a file of mode 644 under umask 022), then the SA without a digest. Accepted, as the original and the
+    Linux kernel accept it, with one warning that says what is missing and what to add; no warning about
+    the key file's mode, which the directory protects."""
+    etc = tmp_path / "ipsec"
+    etc.mkdir()
+    key = etc / "example.key"
+    key.write_bytes(DES3_KEY)
+    os.chmod(key, 0o644)
+    os.chmod(etc, 0o500)
     try:
-        SAConfig(0x1000, "5.6.7.8", "1.2.3.4", "des_ede3-cbc", DES3_KEY).validated()
-    except SAError:
-        return False
-    return True
+        r = run("sa", "add", "--spi=0x1000", "--dst=5.6.7.8", "--src=1.2.3.4", "--cipher=des_ede3-cbc",
+                f"--cipher-keyfile={key}", "--duplex")  # fmt: skip
+    finally:
+        os.chmod(etc, 0o700)
+    assert r.rc == 0, r.err
+    assert r.out == ""
+    assert len(r.warnings) == 1, r.err
+    warning = r.warnings[0]
+    assert "no integrity protection" in warning
+    assert "--digest=sha1 --digest-keyfile=" in warning and "aes-gcm" in warning
+    args = server.last("sa.add")
+    assert args["cipher"] == "des_ede3-cbc"
+    assert args["cipher_key"] == DES3_KEY.hex()
+    assert args["digest"] is None and args["digest_key"] == "" and args["duplex"] is True
 
 
-def test_seed_readme_command_exactly(run: Run, server: FakeServer, keydir: Path) -> None:
-    """The README's command. Whether an SA without a digest is allowed is core/sa.py's decision (RFC 8221);
-    ipsecadm must agree with it: send the request, or refuse locally in one line that says what to add."""
-    r = run("sa", "add", "--spi=0x1000", "--dst=5.6.7.8", "--src=1.2.3.4", "--cipher=des_ede3-cbc",
-            f"--cipher-keyfile={keydir / 'example.key'}", "--duplex")  # fmt: skip
-    if _core_accepts_encryption_only():
+def test_sa_show_marks_an_sa_without_integrity(run: Run, server: FakeServer) -> None:
+    enc_only = {**SAMPLE_SA, "digest": None, "digest_bits": 0, "digest_key_bits": 0, "integrity": False}
+    server.results["sa.show"] = [enc_only, SAMPLE_SA]
+    r = run("sa", "show")
+    lines = r.out.splitlines()
+    assert "NO-INTEGRITY" in lines[1] and "NO-INTEGRITY" not in lines[2]
+    j = run("-j", "sa", "show")
+    assert [sa["integrity"] for sa in json.loads(j.out)] == [False, True]
+
+
+def test_a_hex_text_key_file_warns_and_suggests_xxd(run: Run, server: FakeServer, tmp_path: Path) -> None:
+    """16 random bytes written as hex: 32 bytes of text, a valid AES-256 length, with 128 bits of entropy.
+    Used as raw bytes (as the original did) but with a warning naming the conversion."""
+    path = tmp_path / "hex.key"
+    path.write_text(os.urandom(16).hex())
+    os.chmod(path, 0o600)
+    r = run(*BASE, "--cipher=aes-cbc", f"--cipher-keyfile={path}", "--digest=sha1",
+            f"--digest-keyfile={path.parent / 'x' / 'sha1.key'}")  # fmt: skip
+    assert r.rc == 2 and "cannot read key file" in r.err  # (no such digest key file: nothing sent)
+    sha1 = tmp_path / "sha1.key"
+    sha1.write_bytes(SHA1_KEY)
+    os.chmod(sha1, 0o600)
+    r = run(
+        *BASE, "--cipher=aes-cbc", f"--cipher-keyfile={path}", "--digest=sha1", f"--digest-keyfile={sha1}"
+    )
+    assert r.rc == 0, r.err
+    assert r.warnings == [
+        f"ipsecadm: warning: key file {path} looks like hex text, but a key file holds the raw key bytes; "
+        f"convert it with: xxd -r -p {path} > {path}.bin"
+    ]
+    assert len(bytes.fromhex(server.last("sa.add")["cipher_key"])) == 32
+
+
+def test_a_wrong_length_error_says_the_file_looks_like_hex(
+    run: Run, server: FakeServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "hex.key"
+    path.write_text(os.urandom(16).hex() + "\n")  # echo adds a newline: 33 bytes
+    os.chmod(path, 0o600)
+    r = run(*BASE, "--cipher=aes-gcm", f"--cipher-keyfile={path}")
+    assert r.rc == 2 and server.requests == []
+    assert len(r.err_lines) == 1
+    assert "got 33 bytes" in r.err_lines[0] and "looks like hex text" in r.err_lines[0]
+    assert f"xxd -r -p {path}" in r.err_lines[0]
+
+
+def test_the_same_key_for_cipher_and_digest_warns(run: Run, server: FakeServer, tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_bytes(bytes.fromhex("8f3a5c71e2d94b06a7c3e18f5d2b9064c1f7a83e"))  # 20 bytes: AES-CTR, SHA-1
+    os.chmod(path, 0o600)
+    r = run(
+        *BASE, "--cipher=aes-ctr", f"--cipher-keyfile={path}", "--digest=sha1", f"--digest-keyfile={path}"
+    )
+    assert r.rc == 0, r.err
+    assert r.warnings == [
+        "ipsecadm: warning: the cipher key and the digest key are the same bytes; use two independent keys"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cipher", "key_len", "ok"),
+    [
+        ("aes-128-cbc", 16, True), ("aes-128-cbc", 32, False), ("aes128-cbc", 24, False),
+        ("aes-256-cbc", 32, True), ("aes-256-cbc", 16, False), ("aes-cbc", 32, True),
+        ("aes-gcm-128", 20, True), ("aes-gcm-128", 36, False), ("aes-gcm", 36, True),
+    ],
+)  # fmt: skip
+def test_an_alias_whose_number_contradicts_the_key_is_refused(
+    run: Run, server: FakeServer, tmp_path: Path, cipher: str, key_len: int, ok: bool
+) -> None:
+    path = tmp_path / "k"
+    path.write_bytes(os.urandom(key_len))
+    os.chmod(path, 0o600)
+    digest = () if "gcm" in cipher else ("--digest=sha1", f"--digest-key={SHA1_KEY.hex()}")
+    r = run(*BASE, f"--cipher={cipher}", f"--cipher-keyfile={path}", *digest)
+    if ok:
         assert r.rc == 0, r.err
-        args = server.last("sa.add")
-        assert args["cipher"] == "des_ede3-cbc"
-        assert args["cipher_key"] == DES3_KEY.hex()
-        assert args["digest"] is None and args["duplex"] is True
     else:
-        assert r.rc == 2
-        assert len(r.err_lines) == 1 and "--digest" in r.err_lines[0]
-        assert server.requests == []
+        assert r.rc == 2 and server.requests == [], r.err
+        assert len(r.err_lines) == 1 and cipher in r.err_lines[0]
 
 
 def test_seed_command_with_a_digest_sends_the_right_request(
@@ -90,8 +173,9 @@ def test_digest_key_on_the_command_line_names_its_option(run: Run) -> None:
     assert len(r.warnings) == 1 and r.warnings[0].endswith("use --digest-keyfile")
 
 
-def test_group_readable_key_file_warns(run: Run, keydir: Path) -> None:
-    path = keydir / "gcm.key"
+def test_group_readable_key_file_warns(run: Run, open_dir: Path) -> None:
+    path = open_dir / "gcm.key"
+    path.write_bytes(GCM_KEY)
     os.chmod(path, 0o644)
     r = run(*BASE, "--cipher=aes-gcm", f"--cipher-keyfile={path}")
     assert r.rc == 0, r.err
@@ -244,13 +328,17 @@ def test_sa_show_table(run: Run, server: FakeServer) -> None:
 
 
 def test_sa_show_nothing(run: Run, server: FakeServer) -> None:
+    """No SAs: nothing on stdout (a script counting lines gets 0), status 0, as `tunnel show`. A filter
+    that matches nothing: the seed's "No such SA!" on stderr and status 1, as `tunnel show ipsec9`."""
     server.results["sa.show"] = []
     r = run("sa", "show")
-    assert (r.rc, r.out) == (0, "No such SA!\n")
+    assert (r.rc, r.out, r.err) == (0, "", "")
+    r = run("-j", "sa", "show")
+    assert (r.rc, json.loads(r.out)) == (0, [])
     r = run("sa", "show", "--spi=0x1234")
-    assert (r.rc, r.out) == (1, "No such SA!\n")
+    assert (r.rc, r.out, r.err_lines) == (1, "", ["ipsecadm: No such SA!"])
     r = run("-j", "sa", "show", "--spi=0x1234")
-    assert (r.rc, json.loads(r.out)) == (1, [])
+    assert (r.rc, r.out, r.err_lines) == (1, "", ["ipsecadm: No such SA!"])
 
 
 def test_sa_show_json_is_the_result(run: Run, server: FakeServer) -> None:

@@ -78,8 +78,12 @@ def test_tunnel_show_missing(run: Run, server: FakeServer) -> None:
 
 
 def test_no_tunnels(run: Run, server: FakeServer) -> None:
+    """As an empty `sa show`: nothing on stdout, status 0."""
     server.results["tunnel.show"] = []
-    assert run("tunnel", "show").out == "No tunnels.\n"
+    r = run("tunnel", "show")
+    assert (r.rc, r.out, r.err) == (0, "", "")
+    r = run("-j", "tunnel", "show")
+    assert (r.rc, r.out) == (0, "[]\n")
 
 
 def test_stats(run: Run, server: FakeServer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_tunnel.cli.keys import KeyInputError, load_key, parse_hex, read_key_file
+from ipsec_tunnel.cli.keys import KeyInputError, exposed, load_key, looks_like_hex, parse_hex, read_key_file
 from ipsec_tunnel.cli.values import (
     Kind,
     ValueInputError,
@@ -93,8 +93,8 @@ def test_parse_hex() -> None:
         assert "--cipher-key" in str(exc.value)
 
 
-def test_read_key_file(tmp_path: Path) -> None:
-    p = tmp_path / "k"
+def test_read_key_file(open_dir: Path) -> None:
+    p = open_dir / "k"
     p.write_bytes(b"\x00\x01\n")
     os.chmod(p, 0o600)
     warnings: list[str] = []
@@ -103,6 +103,53 @@ def test_read_key_file(tmp_path: Path) -> None:
     os.chmod(p, 0o604)
     read_key_file(str(p), "--cipher-keyfile", warnings.append)
     assert warnings == [f"warning: key file {p} is readable by group/others; chmod 600 it"]
+
+
+@pytest.mark.parametrize("dir_mode", [0o500, 0o700, 0o750])
+def test_a_directory_closed_to_others_protects_its_key_files(open_dir: Path, dir_mode: int) -> None:
+    """The seed's `mkdir /etc/ipsec; chmod 500 /etc/ipsec`, then dd (a 644 file): as ssh judges a key's
+    path, the directory keeps others out, so no warning (750: group members may enter, but the file's
+    group bits are clear)."""
+    d = open_dir / "ipsec"
+    d.mkdir()
+    p = d / "example.key"
+    p.write_bytes(b"\x01" * 24)
+    os.chmod(p, 0o604)
+    os.chmod(d, dir_mode)
+    try:
+        warnings: list[str] = []
+        read_key_file(str(p), "--cipher-keyfile", warnings.append)
+        assert warnings == []
+        link = open_dir / "link.key"  # a link from an open place still leads through the closed directory
+        link.symlink_to(p)
+        read_key_file(str(link), "--cipher-keyfile", warnings.append)
+        assert warnings == []
+    finally:
+        os.chmod(d, 0o700)
+
+
+def test_a_group_readable_key_in_a_group_searchable_directory_warns(open_dir: Path) -> None:
+    d = open_dir / "ipsec"
+    d.mkdir(mode=0o750)
+    os.chmod(d, 0o750)
+    p = d / "k"
+    p.write_bytes(b"\x01" * 24)
+    os.chmod(p, 0o640)
+    assert exposed(str(p), os.stat(p).st_mode)
+    os.chmod(d, 0o700)
+    assert not exposed(str(p), os.stat(p).st_mode)
+
+
+@pytest.mark.parametrize(
+    ("content", "hexlike"),
+    [
+        (b"00112233445566778899aabbccddeeff", True), (b"00112233445566778899AABBCCDDEEFF\n", True),
+        (b"0011223344556677\r\n", True), (bytes(range(16)), False), (b"00112233445566zz", False),
+        (b"abcd", False), (b"00112233445566778899aabbccddeeff\n\n", False),
+    ],
+)  # fmt: skip
+def test_looks_like_hex(content: bytes, hexlike: bool) -> None:
+    assert looks_like_hex(content) is hexlike
 
 
 def test_read_key_file_from_a_pipe() -> None:

@@ -108,12 +108,33 @@ def test_auth_defaults_are_the_rfc_truncations(name: str, default_bits: int, key
 
 
 def test_icv_bits_must_be_a_multiple_of_32_within_the_digest() -> None:
-    alg = find_auth("sha256")
+    alg = find_auth("sha1")
     assert check_icv_bits(alg, 96) == 12
-    assert check_icv_bits(alg, 256) == 32
-    for bad in (64, 100, 288):
+    assert check_icv_bits(alg, 160) == 20
+    for bad in (64, 100, 192):
         with pytest.raises(AlgorithmError, match="multiple of 32"):
             check_icv_bits(alg, bad)
+
+
+@pytest.mark.parametrize(("name", "bits"), [("sha256", 128), ("sha384", 192), ("sha512", 256)])
+def test_sha2_icv_is_only_the_rfc4868_truncation(name: str, bits: int) -> None:
+    """Protocol review finding 9: HMAC-SHA-2 truncated to 96 bits was accepted; RFC 4868 §2.3 fixes
+    half the digest."""
+    alg = find_auth(name)
+    assert check_icv_bits(alg, bits) == bits // 8
+    for bad in (96, bits - 32, bits + 32):
+        with pytest.raises(AlgorithmError, match=rf"must be {bits} bits \(RFC 4868 §2.3\); got {bad}"):
+            check_icv_bits(alg, bad)
+
+
+@pytest.mark.parametrize("name", ["blowfish", "cast5"])
+@pytest.mark.parametrize("key_len", [5, 8, 15])
+def test_short_blowfish_and_cast5_keys_are_refused(name: str, key_len: int) -> None:
+    """Protocol review finding 9: keys down to 40 bits were accepted silently."""
+    alg, _ = find_cipher(name)
+    with pytest.raises(AlgorithmError, match="below 128 bits can be searched and are refused"):
+        make_cipher(alg, bytes(range(1, key_len + 1)))
+    assert make_cipher(alg, bytes(range(1, 17))).block == 8
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,7 +242,7 @@ def test_hmac_sha2_rfc4868_authenticator_vectors(case: MacCase) -> None:
     assert auth.sign(case.data[:3], case.data[3:]) == case.icv  # parts are concatenated
     assert auth.verify(case.icv, case.data)
     assert not auth.verify(bytes([case.icv[0] ^ 0x80]) + case.icv[1:], case.data)
-    full = make_auth(find_auth(case.digest), case.key, len(case.mac) * 8)
+    full = AuthTransform(_HASHES[case.digest](), case.key, len(case.mac))  # RFC 4868 allows no other ICV
     assert full.sign(case.data) == case.mac
 
 
@@ -253,8 +274,8 @@ def test_hmac_md5_sha1_rfc2202_with_96_bit_truncation(case: MacCase) -> None:
                         r"36 bytes \(288 bits\), including the 4-byte salt at the end; got 16 bytes"),
         ("chacha20-poly1305", 32, r"needs a key of 36 bytes \(288 bits\), including the 4-byte salt"),
         ("3des", 16, r"Bad key: des_ede3-cbc needs a key of 24 bytes \(192 bits\); got 16 bytes"),
-        ("blowfish", 4, r"Bad key: blowfish-cbc needs a key of 5 to 56 bytes; got 4 bytes"),
-        ("blowfish", 57, r"Key too long: blowfish-cbc needs a key of 5 to 56 bytes; got 57 bytes"),
+        ("blowfish", 4, r"Key too short: blowfish-cbc keys below 128 bits can be searched and are refused"),
+        ("blowfish", 57, r"Key too long: blowfish-cbc needs a key of 16 to 56 bytes; got 57 bytes"),
         ("null", 1, r"Key too long: null needs a key of 0 bytes"),
     ],
 )  # fmt: skip

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -409,6 +409,14 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.NO_TUNNEL] = 1
     assert b.receive_udp(a_p, b_p, bytes(4) + b"ike", 1.0) is Drop.NON_ESP
     expected[Drop.NON_ESP] = 1
+    assert b.receive_udp(a_p, b_p, send(pair, inner_packet()).payload, 1.0) is Drop.ENCAP_MISMATCH
+    expected[Drop.ENCAP_MISMATCH] = 1
+    duplex = replace(_config(pair.b_addr, pair.a_addr, "aes-gcm", duplex=True), spi=0x2002)
+    b.sad.add(SecurityAssociation(duplex, 0.0))
+    own = SecurityAssociation(duplex.reversed(), 0.0).encrypt(inner_packet(), esp.NH_IPV4, 1.0, b._emit)
+    assert isinstance(own, bytes)
+    assert b.receive(a_p, b_p, own, 1.0) is Drop.WRONG_DIRECTION  # B's own packet sent back to it
+    expected[Drop.WRONG_DIRECTION] = 1
     late = send(pair, inner_packet(), 1.0)
     assert b.receive(a_p, b_p, late.payload, 1001.0) is Drop.EXPIRED
     expected[Drop.EXPIRED] = 1
@@ -469,3 +477,150 @@ def test_tick_raises_lifetime_events() -> None:
     pair.a.tick(25.0)
     assert [e.kind for e in pair.a.take_events()] == [EventKind.HARD_EXPIRE] * 2
     assert pair.a.send("t0", inner_packet(), 26.0) is Drop.EXPIRED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --duplex reflections and check-then-commit (protocol review finding 1, issue 11 item 7)
+
+
+def _reflect(pair: Pair, out: Outbound) -> tuple[bytes, bytes, bytes]:
+    """(outer source, destination, ESP) of A's packet `out` sent back to A as if B had sent it."""
+    return packed(pair.b_addr), packed(pair.a_addr), out.payload
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
+def test_duplex_counter_mode_drops_its_own_packets_sent_back(cipher: str) -> None:
+    """A packet of A's sent back to A with B's address has A's direction bit: dropped before the ICV,
+    one by one and in a batch, and A's window does not move, so B's own numbers still pass."""
+    pair = make_pair(cipher=cipher, duplex=True)
+    own = [send(pair, inner_packet()) for _ in range(300)]
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    assert pair.a.receive(*_reflect(pair, own[-1]), 1.0) is Drop.WRONG_DIRECTION
+    deliver_, _ = pair.a.receive_batch(
+        packed(pair.b_addr), packed(pair.a_addr), [o.payload for o in own[100:200]], 1.0
+    )
+    assert deliver_ == {}
+    assert pair.a.rx_drops[Drop.WRONG_DIRECTION] == 101
+    assert inbound.drops[Drop.WRONG_DIRECTION] == 101
+    assert inbound.replay.top == 0
+    from_b = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    assert isinstance(from_b, Outbound)
+    assert isinstance(pair.a.receive(from_b.src, from_b.dst, from_b.payload, 1.0), Deliver)
+
+
+@pytest.mark.parametrize("own_bit", [0, 1])
+def test_duplex_accepts_a_kernel_peers_salted_ivs(own_bit: int) -> None:
+    """Linux's seqiv sends the counter XORed with a random salt: its IVs may carry either top bit, and
+    are never the IV this host sends with the same sequence number, so they pass."""
+    pair = make_pair(duplex=True)
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    own = 1 - inbound.config.iv_split  # type: ignore[operator]
+    salt = ((own_bit if own == 1 else 1 - own_bit) << 63) | 0x1234_5678_9ABC_DEF0
+    packets = []
+    for seq in range(1, 4):
+        iv = (seq ^ salt).to_bytes(8, "big")
+        inner = inner_packet(src=INNER[4][1])
+        packets.append(
+            esp.seal(inbound.config.spi, seq, False, inbound.cipher, None, inner, esp.NH_IPV4, iv=iv)
+        )
+    assert isinstance(pair.a.receive(packed(pair.b_addr), packed(pair.a_addr), packets[0], 1.0), Deliver)
+    got, _ = pair.a.receive_batch(packed(pair.b_addr), packed(pair.a_addr), packets[1:], 1.0)
+    assert len(got["t0"]) == 2
+    assert inbound.replay.top == 3 and not inbound.drops
+
+
+@pytest.mark.parametrize("cipher", ["aes-cbc", "aes-gcm"])
+def test_policy_drop_leaves_the_replay_window_alone(cipher: str) -> None:
+    """A packet the inner policy refuses does not move the window (the review's script: A sends 300,
+    B sends 1; A's packet #300 sent back to A as B's would make B's #2 'replayed')."""
+    pair = make_pair(cipher=cipher)
+    pair.a.tunnels.change("t0", peer_nets=("192.168.2.0/24",))  # B's inner network only
+    own = [send(pair, inner_packet()) for _ in range(300)]
+    inbound = pair.a.sad.get(packed(pair.a_addr), packed(pair.b_addr), pair.ab.spi)
+    assert inbound is not None
+    # make_pair's SAs share one key both ways without --duplex: A's packets authenticate at A, as an
+    # authentic packet from outside --peer-net would (CBC could not tell them apart even with --duplex).
+    assert pair.a.receive(*_reflect(pair, own[-1]), 1.0) is Drop.POLICY
+    batch = [o.payload for o in own[200:299]]
+    pair.a.receive_batch(packed(pair.b_addr), packed(pair.a_addr), batch, 1.0)
+    assert pair.a.rx_drops[Drop.POLICY] == 100
+    assert pair.a.stats_for("t0").rx_drops[Drop.POLICY] == 100
+    assert inbound.replay.top == 0
+    first = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    second = pair.b.send("t0", inner_packet(src=INNER[4][1]), 1.0)
+    assert isinstance(first, Outbound) and isinstance(second, Outbound)
+    for out in (second, first):
+        assert isinstance(pair.a.receive(out.src, out.dst, out.payload, 1.0), Deliver)
+
+
+def test_encapsulation_is_checked_on_receive() -> None:
+    """A raw-ESP SA refuses ESP-in-UDP and an --encap=udp SA raw ESP, one by one and in batches,
+    counted per SA (newcomer trial finding 15)."""
+    raw, udp = make_pair(), make_pair(encap=UdpEncap())
+    for pair, wrong_udp in ((raw, True), (udp, False)):
+        outs = [send(pair, inner_packet()) for _ in range(3)]
+        a_p, b_p = packed(pair.a_addr), packed(pair.b_addr)
+        if wrong_udp:
+            assert pair.b.receive_udp(a_p, b_p, outs[0].payload, 1.0) is Drop.ENCAP_MISMATCH
+        else:
+            assert pair.b.receive(a_p, b_p, outs[0].payload, 1.0) is Drop.ENCAP_MISMATCH
+        got, _ = pair.b.receive_batch(a_p, b_p, [o.payload for o in outs[1:]], 1.0, udp=wrong_udp)
+        assert got == {}
+        got, _ = pair.b.receive_batch(a_p, b_p, [outs[1].payload], 1.0, udp=wrong_udp)  # one by one
+        assert got == {}
+        inbound = pair.b.sad.get(b_p, a_p, pair.ab.spi)
+        assert inbound is not None
+        assert inbound.drops[Drop.ENCAP_MISMATCH] == pair.b.rx_drops[Drop.ENCAP_MISMATCH] == 4
+        assert inbound.replay.top == 0
+        got, _ = pair.b.receive_batch(a_p, b_p, [o.payload for o in outs], 1.0, udp=not wrong_udp)
+        assert len(got["t0"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ICMP rate limits per destination, tokens spent only on messages (protocol review finding 8)
+
+
+def _too_big_from(pair: Pair, src: str, now: float, *, error: bool = False) -> Deliver | Outbound | Drop:
+    tunnel = pair.a.tunnels.get("t0")
+    assert tunnel is not None
+    limit = pair.a.mtu_for(tunnel)
+    assert limit is not None
+    if error:  # an ICMP error itself, too big: never answered
+        inner = bytes(IP(src=src, dst=INNER[4][1], flags="DF") / ICMP(type=3, code=1) / Raw(bytes(limit)))
+    else:
+        inner = inner_packet(4, limit, df=True, src=src)
+    return pair.a.send("t0", inner, now)
+
+
+def test_one_host_cannot_use_up_the_icmp_errors_of_another() -> None:
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    flood = [_too_big_from(pair, "192.168.1.66", 5.0) for _ in range(int(ICMP_BURST) * 3)]
+    assert sum(isinstance(r, Deliver) for r in flood) == ICMP_BURST
+    other = _too_big_from(pair, "192.168.1.77", 5.0)
+    assert isinstance(other, Deliver)  # its own bucket: path-MTU discovery still works for it
+    assert IP(other.packet).dst == "192.168.1.77"
+    assert pair.a.icmp_sent == ICMP_BURST + 1
+
+
+def test_icmp_tokens_are_spent_only_on_messages_built() -> None:
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    quiet = [_too_big_from(pair, "192.168.1.66", 5.0, error=True) for _ in range(int(ICMP_BURST) * 2)]
+    assert quiet == [Drop.TOO_BIG] * (int(ICMP_BURST) * 2)
+    assert pair.a.icmp_sent == 0
+    assert isinstance(_too_big_from(pair, "192.168.1.66", 5.0), Deliver)
+    assert pair.a.icmp_sent == 1
+
+
+def test_the_icmp_bucket_table_is_bounded() -> None:
+    from ipsec_tunnel.core.engine import ICMP_SOURCES
+
+    pair = make_pair()
+    pair.a.path_mtu["t0"] = 1400
+    for i in range(ICMP_SOURCES + 50):
+        assert _too_big_from(pair, f"192.168.{1 + i // 250}.{1 + i % 250}", 5.0 + i) is not None
+    assert len(pair.a._icmp_buckets) == ICMP_SOURCES
+    assert pair.a.icmp_sent == ICMP_SOURCES + 50  # one each, with time for the total to refill

@@ -678,3 +678,33 @@ def test_decrypt_many_of_nothing_is_nothing() -> None:
     pair = make_pair()
     sa = pair.b.sad.get(packed(pair.a_addr), packed(pair.b_addr), 0x1001)
     assert sa is not None and sa.decrypt_many([], 1.0, lambda _e: None) == ([], 0) and sa.packets == 0
+
+
+def _cancelling(count: int, v6: bool = False) -> tuple[list[bytes], list[bytes]]:
+    """`count` good segments of one flow, and the same with segment 1's payload word one up and the
+    last-but-one's one down, so that their checksum errors cancel out in a sum over the group."""
+    make = v6_tcp if v6 else v4_tcp
+    good = gso.split(*tso(make(bytes(1000 * count), flags="PA"), 1000))
+    assert len(good) == count
+    up, down = bytearray(good[1]), bytearray(good[-2])
+    up[-1] += 1  # a zero payload: the last word goes from 0x0000 to 0x0001 ...
+    down[-2:] = b"\xff\xfe"  # ... and from 0x0000 to 0xFFFE (-1 in one's complement)
+    return good, [good[0], bytes(up), *good[2:-2], bytes(down), good[-1]]
+
+
+@pytest.mark.parametrize("count", [4, 16])
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_checks_every_segment_alone(count: int, v6: bool) -> None:
+    """Protocol review finding 7: two bad segments whose errors cancel out were merged into one
+    NEEDS_CSUM super-packet that nobody verifies; each one must be checked alone."""
+    good, damaged = _cancelling(count, v6)
+    assert [transport_valid(p) for p in damaged] == [True, False] + [True] * (count - 4) + [False, True]
+    out = gro.coalesce(damaged)
+    for offload, packet in out:
+        if offload.gso_type:
+            assert all(part in good for part in gso.split(packet, offload))
+    assert (NO_OFFLOAD, damaged[1]) in out and (NO_OFFLOAD, damaged[-2]) in out
+    flows = gro._coalesce_flows(damaged, gso.packet_sums(damaged))  # the general path, whatever the count
+    assert (NO_OFFLOAD, damaged[1]) in flows and (NO_OFFLOAD, damaged[-2]) in flows
+    ((offload, merged),) = gro.coalesce(good)  # intact, they merge
+    assert offload.gso_type and gso.split(merged, offload) == good

@@ -9,7 +9,18 @@ from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror
-from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6ParamProblem, IPv6
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    ICMPv6PacketTooBig,
+    ICMPv6ParamProblem,
+    ICMPv6TimeExceeded,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 from scapy.packet import Raw
 
 from ipsec_tunnel.core import ip
@@ -257,3 +268,42 @@ def test_icmp6_error_about_an_echo_request_is_allowed() -> None:
 def test_struct_layouts_are_the_rfc_sizes() -> None:
     assert struct.calcsize("!BBHHHBBH4s4s") == ip.IPV4_HEADER_LEN
     assert struct.calcsize("!IHBB16s16s") == ip.IPV6_HEADER_LEN
+
+
+# Protocol review finding 8: errors hidden behind IPv6 extension headers, multicast and broadcast.
+
+
+@pytest.mark.parametrize(
+    "offending",
+    [
+        bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrDestOpt() / ICMPv6DestUnreach()
+              / Raw(bytes(28))),
+        bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting()
+              / ICMPv6PacketTooBig() / Raw(bytes(28))),
+        bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrFragment(offset=0, m=1)
+              / ICMPv6TimeExceeded() / Raw(bytes(28))),
+        bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrFragment(offset=8) / Raw(bytes(28))),
+        bytes(IPv6(src="2001:db8::1", dst="ff02::1") / UDP() / Raw(bytes(28))),
+        bytes(IPv6(src="2001:db8::1", dst="ff0e::9") / UDP() / Raw(bytes(1400))),
+        bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrDestOpt(nh=60)
+              / Raw(b"\x3c\x00")),  # the chain is cut short
+    ],
+    ids=["error-behind-dstopt", "error-behind-hbh-routing", "error-in-first-fragment", "later-fragment",
+         "multicast-link", "multicast-global", "truncated-chain"],
+)  # fmt: skip
+def test_no_icmp6_error_behind_extension_headers_or_to_multicast(offending: bytes) -> None:
+    assert ip.icmp6_error(_p("2001:db8::9"), offending, 2, 0, param=1280) is None
+    assert ip.too_big(_p("2001:db8::9"), offending, 1300) is None
+
+
+def test_icmp6_error_about_an_echo_behind_extension_headers_is_allowed() -> None:
+    echo = bytes(IPv6(src="2001:db8::1", dst="2001:db8::9") / IPv6ExtHdrDestOpt() / ICMPv6EchoRequest())
+    assert ip.icmp6_error(_p("2001:db8::9"), echo, 2, 0, param=1280) is not None
+
+
+@pytest.mark.parametrize("dst", ["224.0.0.9", "239.1.2.3", "255.255.255.255"])
+def test_no_icmp4_error_about_a_datagram_to_multicast_or_broadcast(dst: str) -> None:
+    """RFC 1812 §4.3.2.7; the review saw a frag-needed from 224.0.0.9."""
+    offending = bytes(IP(src="192.0.2.1", dst=dst, flags="DF") / UDP() / Raw(bytes(1400)))
+    assert ip.too_big(_p(dst), offending, 1300) is None
+    assert ip.icmp4_error(_p("198.51.100.1"), offending, 3, 4, mtu=1300) is None

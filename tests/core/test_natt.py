@@ -155,9 +155,9 @@ def test_raw_esp_drops_are_named_too() -> None:
     a, b = _engines()
     forged = bytearray(_send(a).payloads[0])
     forged[-1] ^= 1
-    b.receive(packed(NAT), packed(B), bytes(forged), 5.0)
+    b.receive(packed(NAT), packed(B), bytes(forged), 5.0)  # raw ESP for an --encap=udp SA: no port
     (line,) = b.drop_log.take_lines()
-    assert line == "dropped, authentication failed: SPI 0x1001 from 203.0.113.254 to 203.0.113.2"
+    assert line == "dropped, encapsulation mismatch: SPI 0x1001 from 203.0.113.254 to 203.0.113.2"
 
 
 def test_drop_lines_are_rate_limited_per_reason() -> None:

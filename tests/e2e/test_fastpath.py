@@ -99,17 +99,17 @@ def test_tcp_transfer_ipv6_outer_no_tso(hosts6: TwoHosts) -> None:
 # -- what the fast path puts on the wire, as tshark sees it ------------------------------------------------
 
 
-def unsegment(pcap: Path, out: Path, spi: int) -> tuple[int, int]:
+def unsegment(pcap: Path, out: Path) -> tuple[int, int]:
     """Write `pcap` again with every UDP GSO datagram (captured before the kernel segmented it) cut into
     the ESP packets it carries: the segment size is where the next sequence number of the same SPI
-    starts. Returns (datagrams read, GSO datagrams found)."""
+    (the datagram's first) starts. Returns (datagrams read, GSO datagrams found)."""
     packets = []
     gso_seen = 0
     pkts = rdpcap(str(pcap))
     for p in pkts:
         data = bytes(p[UDP].payload) if UDP in p else b""
         seq = int.from_bytes(data[4:8], "big")
-        size = data.find(spi.to_bytes(4, "big") + (seq + 1).to_bytes(4, "big"), 8)
+        size = data.find(data[:4] + (seq + 1).to_bytes(4, "big"), 8) if len(data) >= 8 else -1
         if size < 0:
             assert len(data) < 1500, "a big datagram that is not a GSO burst of ESP packets"
             packets.append(p)
@@ -165,11 +165,13 @@ def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str)
     lost = int(re.search(rb"(\d+) packets? dropped by kernel", err).group(1))  # type: ignore[union-attr]
     if encap == "udp":
         flat = h.tmp / "flat.pcap"
-        _total, bursts = unsegment(pcap, flat, 0x1000)
+        _total, bursts = unsegment(pcap, flat)
         assert bursts > 0, "no UDP GSO burst seen: the fast path was not used"
         pcap = flat
+    # Over UDP one SA per direction, B's with a key of its own (h.sa_pair); raw ESP a --duplex pair.
+    back = (0x1001, key.with_name("k.rev")) if encap == "udp" else (0x1000, key)
     sas = [EspSa(h.a_pub, h.b_pub, 0x1000, "aes-gcm/16", key.read_bytes()),
-           EspSa(h.b_pub, h.a_pub, 0x1000, "aes-gcm/16", key.read_bytes())]  # fmt: skip
+           EspSa(h.b_pub, h.a_pub, back[0], "aes-gcm/16", back[1].read_bytes())]  # fmt: skip
     rows = decode_checked(pcap, sas, ["ip.src", "esp.sequence", "esp.icv_good", "ip.checksum.status",
                                       "tcp.checksum.status", "tcp.len"])  # fmt: skip
     assert len(rows) > 300, "too little traffic captured"
@@ -182,7 +184,12 @@ def test_tshark_checks_fast_path_traffic(hosts: TwoHosts, mode: str, encap: str)
         if src.split(",")[0] == h.a_pub:
             seqs.append(int(seq))
             payload += int(tcp_len or 0)
-    assert all(a < b for a, b in itertools.pairwise(seqs)), "sequence numbers repeat or go back"
-    if not lost:  # tcpdump kept up: every packet is there, one sequence number each, in order
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence numbers skipped"
+    repeated = len(seqs) - len(set(seqs))
+    assert not repeated, f"{repeated} of {len(seqs)} sequence numbers repeat: (key, nonce) reused"
+    # The capture may show a packet a few places early (a busy machine, the veth's queues): fine for
+    # the peer's replay window; going back further than a burst is not.
+    late = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(seqs)) if b < a - 64]
+    assert not late, f"sequence numbers go back by more than a burst: {late[:5]} of {len(seqs)}"
+    if not lost:  # tcpdump kept up: every packet is there, one sequence number each
+        assert sorted(seqs) == list(range(min(seqs), min(seqs) + len(seqs))), "sequence numbers skipped"
         assert payload >= SAMPLE, (seqs[0], len(seqs), payload)  # every byte as ordinary TCP segments

@@ -86,6 +86,8 @@ SUITES = {
         Suite("aes-cbc-hmac-sha256", "aes-cbc", 32, "sha256", 32),
         Suite("aes-cbc-hmac-sha1", "aes-cbc", 16, "sha1", 20),
         Suite("3des-cbc-hmac-sha1", "des_ede3-cbc", 24, "sha1", 20),
+        Suite("3des-cbc-seed", "des_ede3-cbc", 24),  # the seed's SA: encryption only, no ICV
+        Suite("aes-cbc-no-digest", "aes-cbc", 16),
         Suite("aes-ctr-hmac-sha256", "aes-ctr", 20, "sha256", 32),
         Suite("null-hmac-sha256", None, 0, "sha256", 32),
     )

@@ -124,3 +124,12 @@ def test_link_local_with_zone(pair: Pair) -> None:
         assert link.route_mtu(f"fe80::1%{pair.dev_a}") == 1500
         # the link-local address may still be tentative (DAD), so the global one may be chosen
         assert link.route_source(f"fe80::1%{pair.dev_a}") is not None
+
+
+def test_is_local_address_of_this_namespace() -> None:
+    """`tunnel add` refuses a --local that is not ours (issue 11 item 5); no privilege needed."""
+    assert link.is_local_address("127.0.0.1")
+    assert not link.is_local_address("192.0.2.254")  # RFC 5737: never assigned on a test machine
+    assert not link.is_local_address("2001:db8::fe")  # RFC 3849
+    if link.route_source("::1") == "::1":  # IPv6 enabled
+        assert link.is_local_address("::1")

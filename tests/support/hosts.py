@@ -20,6 +20,34 @@ from .netns import Netns, veth_pair
 BIN = Path(sys.executable).parent
 
 
+KEYFILE_OPTIONS = ("--cipher-keyfile=", "--digest-keyfile=")
+
+
+def over_udp(sa_args: tuple[str, ...] | list[str]) -> bool:
+    """Whether `ipsecadm sa add` options ask for ESP-in-UDP (where ipsecd refuses --duplex with a
+    counter-mode cipher: behind a NAT both directions could use the same IVs)."""
+    return any(a == "--encap=udp" or a.startswith("--encap=udp:") for a in sa_args)
+
+
+def reverse_keys(sa_args: tuple[str, ...] | list[str]) -> list[str]:
+    """`sa_args` with each key file replaced by one of its own for the opposite direction: KEYFILE.rev,
+    random bytes of the same length, mode 0600, made once (so both hosts read the same)."""
+    out = []
+    for a in sa_args:
+        option = next((o for o in KEYFILE_OPTIONS if a.startswith(o)), None)
+        if option is None:
+            out.append(a)
+            continue
+        path = Path(a[len(option) :])
+        rev = path.with_name(path.name + ".rev")
+        if not rev.exists():
+            fd = os.open(rev, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(path.stat().st_size))
+        out.append(f"{option}{rev}")
+    return out
+
+
 def tool(name: str) -> str:
     """The path of console script `name` beside this Python (the venv's), else from PATH."""
     path = BIN / name
@@ -143,17 +171,19 @@ class TwoHosts:
         return path
 
     def sa_pair(self, *sa_args: str) -> None:
-        """`ipsecadm sa add --spi=0x1000 --dst=B --src=A ... --duplex` on both hosts."""
+        """`ipsecadm sa add --spi=0x1000 --dst=B --src=A ... --duplex` on both hosts; with --encap=udp one
+        SA per direction instead (as ipsecd(8) says for NAT traversal): 0x1000 A to B with the key files
+        given, 0x1001 B to A with keys of its own (`reverse_keys`)."""
         for host in (self.a, self.b):
-            host.adm(
-                "sa",
-                "add",
-                "--spi=0x1000",
-                f"--dst={self.b_pub}",
-                f"--src={self.a_pub}",
-                *sa_args,
-                "--duplex",
-            )
+            sa = ("sa", "add", "--spi=0x1000", f"--dst={self.b_pub}", f"--src={self.a_pub}", *sa_args)
+            if over_udp(sa_args):
+                host.adm(*sa)
+                host.adm(
+                    "sa", "add", "--spi=0x1001", f"--dst={self.a_pub}", f"--src={self.b_pub}",
+                    *reverse_keys(sa_args),
+                )  # fmt: skip
+            else:
+                host.adm(*sa, "--duplex")
 
     def tunnels(self, *, inner6: bool = False, inner_on_lo: bool = False) -> tuple[str, str]:
         """ipsec1 on both hosts with the seed's private addresses and routes; returns (A's, B's) inner one."""

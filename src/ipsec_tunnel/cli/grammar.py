@@ -141,7 +141,10 @@ SUBCOMMANDS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 STATS_COMMANDS = (("sa", "show"), ("tunnel", "show"))
 
-BRIEF_HEAD = f"Usage: {PROG} [-j] [--socket=PATH] MODE [COMMAND] [OPTIONS]"
+BRIEF_HEAD = (
+    f"Usage: {PROG} [-j] [--socket=PATH] MODE [COMMAND] [OPTIONS]\n"
+    f"       {PROG} [-j] [--socket=PATH] -b FILE|- [-force]   (one command per line, as ip -batch)"
+)
 BRIEF_TAIL = """\
 Global options: -j, --json  machine output (JSON on stdout)
                 -s, --stats  counters in 'sa show' and 'tunnel show'

@@ -1,9 +1,12 @@
 """ipsecadm: administer ipsecd's security associations and tunnels, with the original ipsec_tunnel
 grammar (`ipsecadm sa add ...`, `ipsecadm tunnel add ...`, `ipsecadm stats`).
 
+`ipsecadm -b FILE` runs one such command line per line of FILE (see `batch`).
+
 Exit status: 0 on success; 1 when ipsecd cannot be reached, refuses a request, or a filtered `sa show`
 matches nothing (also when run without parameters); 2 when the command line is wrong or a value (address,
-key, algorithm, ...) is refused before anything is sent.
+key, algorithm, ...) is refused before anything is sent. A batch exits with the status of its first failed
+line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from .. import __version__
 from ..control.client import Client, DaemonUnreachable, default_socket_path
 from ..control.protocol import VERSION, ProtocolError
 from . import render, requests
+from .batch import Batch, numbered_lines, split_batch, words
 from .grammar import MODES, PROG, SUBCOMMANDS, Invocation, UsageError, brief_help, parse_argv, resolve
+from .keys import command_line_warning, exposed
 from .values import redact
 
 EXIT_OK = 0
@@ -26,9 +31,12 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 NOT_RUNNING = (
-    "cannot reach ipsecd at {path}: is it running? Start it with 'ipsecd' (this replaces 'modprobe ipsec'). "
-    "Make sure the kernel module is loaded!"
+    "cannot reach ipsecd at {path}: is it running? Start it with 'ipsecd' (it replaces the original's "
+    "'modprobe ipsec')"
 )
+
+_where = ""  # "FILE:LINE: " while a batch line runs
+_KEY_ON_COMMAND_LINE = command_line_warning("")[:40]
 
 
 def _out(text: str) -> None:
@@ -36,20 +44,22 @@ def _out(text: str) -> None:
 
 
 def _err(line: str) -> None:
-    sys.stderr.write(f"{PROG}: {redact(line)}\n")
+    sys.stderr.write(f"{PROG}: {_where}{redact(line)}\n")
 
 
 def _warn(line: str) -> None:
+    if _where and line.startswith(_KEY_ON_COMMAND_LINE):
+        return  # a key in a batch file is in no process list; run_batch checks the file's mode instead
     _err(line)
 
 
 class _Session:
     """One ipsecadm run: where ipsecd is and how results are printed."""
 
-    def __init__(self, inv: Invocation) -> None:
+    def __init__(self, inv: Invocation, client: Client | None = None) -> None:
         self.inv = inv
         self.socket = inv.socket or default_socket_path()
-        self.client = Client(self.socket)
+        self.client = client or Client(self.socket)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` from ipsecd."""
@@ -66,7 +76,10 @@ class _Session:
 
 
 def _sa_add(s: _Session) -> int:
-    s.show(s.call("sa.add", requests.sa_add(s.inv, _warn)), lambda r: None)
+    result = s.call("sa.add", requests.sa_add(s.inv, _warn))
+    for line in result.get("warnings", []) if isinstance(result, dict) else []:
+        _warn(str(line))  # what ipsecd says about the SA it added (an ambiguous --duplex)
+    s.show(result, lambda r: None)
     return EXIT_OK
 
 
@@ -76,12 +89,16 @@ def _sa_del(s: _Session) -> int:
 
 
 def _sa_show(s: _Session) -> int:
+    """No SAs at all: nothing printed (`[]` with -j), status 0. A filter matching nothing: "No such SA!"
+    on stderr, status 1, as `tunnel show DEV` for an unknown DEV."""
     args = requests.sa_show(s.inv)
     result = s.call("sa.show", args)
     sas = result if isinstance(result, list) else []
-    s.show(sas, lambda r: render.sa_table(r, s.inv.stats) if r else "No such SA!\n")
-    filtered = any(k in args for k in ("dst", "src", "spi"))
-    return EXIT_FAIL if filtered and not sas else EXIT_OK
+    if not sas and any(k in args for k in ("dst", "src", "spi")):
+        _err("No such SA!")
+        return EXIT_FAIL
+    s.show(sas, lambda r: render.sa_table(r, s.inv.stats) if r else None)
+    return EXIT_OK
 
 
 def _tunnel_add(s: _Session) -> int:
@@ -108,7 +125,7 @@ def _tunnel_del(s: _Session) -> int:
 def _tunnel_show(s: _Session) -> int:
     result = s.call("tunnel.show", requests.tunnel_show(s.inv))
     tunnels = result if isinstance(result, list) else []
-    s.show(tunnels, lambda r: render.tunnel_table(r, s.inv.stats) if r else "No tunnels.\n")
+    s.show(tunnels, lambda r: render.tunnel_table(r, s.inv.stats) if r else None)
     return EXIT_OK
 
 
@@ -171,8 +188,8 @@ _HANDLERS: dict[tuple[str, str | None], Callable[[_Session], int]] = {
 }
 
 
-def run(argv: list[str]) -> int:
-    """Carry out the command line `argv`; exceptions are left to `main`."""
+def run(argv: list[str], client: Client | None = None) -> int:
+    """Carry out the command line `argv` (through `client` when given); exceptions are left to `main`."""
     inv = parse_argv(argv)
     if inv.help:
         _out(brief_help(inv.help_topic))
@@ -180,7 +197,56 @@ def run(argv: list[str]) -> int:
     if inv.command is None:
         sys.stderr.write(brief_help())
         return EXIT_FAIL
-    return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv))
+    return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv, client))
+
+
+def run_batch(batch: Batch) -> int:
+    """Carry out every command line of a batch file over one connection; the status of the first failure."""
+    global _where
+    try:
+        stream = sys.stdin if batch.path == "-" else open(batch.path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        _err(f"cannot read batch file {batch.path}: {exc.strerror}")
+        return EXIT_FAIL
+    if batch.path != "-" and os.path.isfile(batch.path) and exposed(batch.path, os.stat(batch.path).st_mode):
+        _err(f"warning: batch file {batch.path} is readable by group/others; if it holds keys, chmod 600 it")
+    socket_path = parse_argv([*batch.options, "version"]).socket or default_socket_path()
+    client = Client(socket_path, keep_open=True)
+    status = EXIT_OK
+    done = 0
+    try:
+        for number, line in numbered_lines(stream):
+            _where = f"{batch.name}:{number}: "
+            try:
+                argv = words(line)
+            except ValueError as exc:
+                _err(f"cannot split the line into words: {exc}")
+                rc = EXIT_USAGE
+            else:
+                if not argv:
+                    continue
+                rc = _guarded(lambda: run([*batch.options, *argv], client))  # noqa: B023
+            if rc == EXIT_OK:
+                done += 1
+                continue
+            status = status or rc
+            if not batch.force:
+                _where = ""
+                _err(
+                    f"{batch.name}: stopped at line {number}; the {done} command(s) before it were carried "
+                    "out (-force goes on past errors)"
+                )
+                break
+    except (OSError, UnicodeDecodeError) as exc:
+        _where = ""
+        _err(f"cannot read batch file {batch.name}: {getattr(exc, 'strerror', None) or exc}")
+        status = status or EXIT_FAIL
+    finally:
+        _where = ""
+        client.close()
+        if stream is not sys.stdin:
+            stream.close()
+    return status
 
 
 def _unreachable(exc: DaemonUnreachable) -> str:
@@ -196,8 +262,25 @@ def _unreachable(exc: DaemonUnreachable) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The ipsecadm command; returns the exit status and never lets a traceback out."""
     args = sys.argv[1:] if argv is None else list(argv)
+    found: list[Batch | None] = []
+
+    def split() -> int:
+        found.append(split_batch(args))
+        return EXIT_OK
+
+    rc = _guarded(split)
+    if rc != EXIT_OK:
+        return rc
+    batch = found[0]
+    if batch is not None:
+        return _guarded(lambda: run_batch(batch))
+    return _guarded(lambda: run(args))
+
+
+def _guarded(action: Callable[[], int]) -> int:
+    """`action`'s status, or the status and one error line for what it raised."""
     try:
-        return run(args)
+        return action()
     except UsageError as exc:
         if exc.brief:
             sys.stderr.write(brief_help())

@@ -42,11 +42,51 @@ def parse_hex(text: str, option: str) -> bytes:
     return bytes.fromhex(digits)
 
 
+def exposed(path: str, mode: int) -> bool:
+    """Whether group or others can read the file `path` (of `mode`): its read bits, unless a directory
+    on the way denies that class search permission (as ssh judges a key's path: `chmod 700 /etc/ipsec`
+    protects every file in it)."""
+    # group members outside a directory's group fall under its "others" bits
+    group = bool(mode & stat.S_IRGRP)
+    other = bool(mode & stat.S_IROTH)
+    directory = os.path.dirname(os.path.realpath(path))
+    while group or other:
+        try:
+            dmode = os.stat(directory).st_mode
+        except OSError:
+            break
+        other = other and bool(dmode & stat.S_IXOTH)
+        group = group and bool(dmode & (stat.S_IXGRP | stat.S_IXOTH))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return group or other
+
+
+_HEX_TEXT = frozenset(string.hexdigits.encode())
+
+
+def looks_like_hex(key: bytes) -> bool:
+    """Whether `key` (a key file's content) is hex text, perhaps with a final newline, not raw bytes."""
+    body = key[:-1] if key.endswith(b"\n") else key
+    body = body[:-1] if body.endswith(b"\r") else body
+    return len(body) >= 8 and all(b in _HEX_TEXT for b in body)
+
+
+def hex_hint(path: str) -> str:
+    """What to say about key file `path` when it looks like hex text."""
+    return (
+        f"key file {path} looks like hex text, but a key file holds the raw key bytes; "
+        f"convert it with: xxd -r -p {path} > {path}.bin"
+    )
+
+
 def read_key_file(path: str, option: str, warn: Warn) -> bytes:
     """The raw bytes of key file `path`; its size is the key length.
 
-    The content is never interpreted as text, even when it looks like hex. Calls `warn` when a regular file
-    is readable by group or others.
+    The content is never interpreted as text, even when it looks like hex (see `looks_like_hex`). Calls
+    `warn` when a regular file is readable by group or others through its path.
     """
     if not path:
         raise KeyInputError(f"{option} needs a file name")
@@ -58,7 +98,7 @@ def read_key_file(path: str, option: str, warn: Warn) -> bytes:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise KeyInputError(f"cannot read key file {path}: Is a directory")
-        if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        if stat.S_ISREG(st.st_mode) and exposed(path, st.st_mode):
             warn(f"warning: key file {path} is readable by group/others; chmod 600 it")
         chunks: list[bytes] = []
         size = 0

@@ -74,14 +74,25 @@ def cipher_text(sa: Mapping[str, Any]) -> str:
     return f"{cipher}/{bits}" if bits else str(cipher)
 
 
+NO_INTEGRITY = "NO-INTEGRITY"
+
+
+def has_integrity(sa: Mapping[str, Any]) -> bool:
+    """Whether the SA's packets carry an ICV (a digest or an AEAD cipher)."""
+    if "integrity" in sa:
+        return bool(sa["integrity"])
+    return bool(sa.get("digest")) or _is_aead(sa) or not sa.get("cipher") or sa.get("cipher") == "null"
+
+
 def digest_text(sa: Mapping[str, Any]) -> str:
-    """The Digest-HMAC/bits column: `sha1-96/160` (name-ICV bits/key bits), `icv-128` for AEAD, or `-`."""
+    """The Digest-HMAC/bits column: `sha1-96/160` (name-ICV bits/key bits), `icv-128` for AEAD, `-`, or
+    NO-INTEGRITY for a cipher without a digest (encryption only)."""
     digest, icv = sa.get("digest"), sa.get("digest_bits")
     if digest:
         return f"{digest}-{icv}/{sa.get('digest_key_bits', '?')}" if icv else str(digest)
     if icv and _is_aead(sa):
         return f"icv-{icv}"
-    return "-"
+    return "-" if has_integrity(sa) else NO_INTEGRITY
 
 
 def lifetime_text(sa: Mapping[str, Any]) -> str:

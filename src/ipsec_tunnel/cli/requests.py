@@ -4,6 +4,7 @@ same core code ipsecd uses, so a bad command line is refused before anything rea
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,7 @@ from ..core.replay import DEFAULT_WINDOW
 from ..core.sa import SPI_MAX, SPI_MIN, Limits, SAConfig, SAError, UdpEncap, parse_address
 from ..core.tunnel import BASE_DEVICE, Tunnel, check_name, parse_networks
 from .grammar import Invocation, UsageError
-from .keys import KeyInputError, load_key
+from .keys import KeyInputError, hex_hint, load_key, looks_like_hex
 from .values import Kind, ValueInputError, parse_encap, parse_lifetime, parse_number
 
 Warn = Callable[[str], None]
@@ -146,6 +147,14 @@ def sa_add(inv: Invocation, warn: Warn) -> dict[str, Any]:
             raise invalid("--keepalive needs --encap=udp (NAT-keepalives are UDP)")
         encap = replace(encap, keepalive=_number(keepalive.removesuffix("s"), "--keepalive"))
     soft, hard = _lifetimes(inv)
+    hex_files = [
+        path
+        for path, key in (
+            (inv.value("cipher-keyfile"), cipher_key),
+            (inv.value("digest-keyfile"), digest_key),
+        )
+        if path is not None and key is not None and looks_like_hex(key)
+    ]
     try:
         config = SAConfig(
             spi=spi, dst=inv.value("dst") or "", src=inv.value("src") or "", cipher=cipher,
@@ -153,7 +162,18 @@ def sa_add(inv: Invocation, warn: Warn) -> dict[str, Any]:
             replay_window=window, esn=inv.flag("esn"), encap=encap, soft=soft, hard=hard,
         ).validated()  # fmt: skip
     except SAError as exc:
-        raise invalid(str(exc)) from None
+        hints = "".join(f"; {hex_hint(p)}" for p in hex_files) if "bytes" in str(exc) else ""
+        raise invalid(f"{exc}{hints}") from None
+    for path in hex_files:
+        warn(f"warning: {hex_hint(path)}")
+    if cipher_key and digest_key and hmac.compare_digest(cipher_key, digest_key):
+        warn("warning: the cipher key and the digest key are the same bytes; use two independent keys")
+    if not config.integrity:
+        warn(
+            f"warning: this SA has no integrity protection: {config.cipher} without a digest cannot detect "
+            "forged or altered packets (RFC 8221 §5). Add --digest=sha1 --digest-keyfile=FILE (or sha256), "
+            "or use an AEAD cipher such as aes-gcm"
+        )
     return {
         "spi": config.spi, "dst": config.dst, "src": config.src,
         "cipher": config.cipher, "cipher_key": config.cipher_key.hex() if config.cipher else "",

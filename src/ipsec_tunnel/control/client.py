@@ -1,7 +1,8 @@
 """The client side of the control protocol: send one request to ipsecd and return its result.
 
 Each `Client.call` opens its own connection to the Unix socket, writes one request line, reads one response
-line and closes the connection, so a client object holds no socket between calls.
+line and closes the connection, so a client object holds no socket between calls; with `keep_open` (for
+`ipsecadm -b`) one connection carries every call until `close`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,20 @@ class DaemonUnreachable(OSError):
 class Client:
     """A connection factory for ipsecd's control socket at `path`."""
 
-    def __init__(self, path: str, timeout: float = 10.0, max_response: int = MAX_RESPONSE) -> None:
+    def __init__(
+        self, path: str, timeout: float = 10.0, max_response: int = MAX_RESPONSE, *, keep_open: bool = False
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.max_response = max_response
+        self.keep_open = keep_open
+        self._sock: socket.socket | None = None
+
+    def close(self) -> None:
+        """Close the connection kept open, if any."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.timeout
@@ -62,17 +73,23 @@ class Client:
         refuses the request, answers with something that is not a response, or does not answer in time.
         """
         request = encode_request(op, args)
-        sock = self._connect()
+        sock = self._sock or self._connect()
+        done = False
         try:
             try:
                 sock.sendall(request)
                 line = self._read_line(sock, self.max_response)
+                done = True
             except TimeoutError:
                 raise ProtocolError("EIO", f"ipsecd did not answer within {self.timeout:g} s") from None
             except OSError as exc:
                 raise ProtocolError("EIO", f"connection to ipsecd lost: {exc.strerror or exc}") from None
         finally:
-            sock.close()
+            if self.keep_open and done:
+                self._sock = sock
+            else:
+                sock.close()
+                self._sock = None
         return decode_response(line)
 
     @staticmethod

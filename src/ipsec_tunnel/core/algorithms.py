@@ -21,14 +21,18 @@ __all__ = [
     "AUTHS",
     "CIPHERS",
     "GCM_ICV_NAMES",
+    "MIN_KEY_BYTES",
+    "WEAK_KEY_CIPHERS",
     "AeadTransform",
     "AlgorithmError",
     "AuthAlg",
     "AuthTransform",
     "BlockTransform",
     "CipherAlg",
+    "NullAuth",
     "check_cipher_key",
     "check_icv_bits",
+    "check_named_key_bits",
     "find_auth",
     "find_cipher",
     "make_auth",
@@ -212,6 +216,21 @@ class AuthTransform:
         return constant_time.bytes_eq(self.sign(*parts), icv)
 
 
+class NullAuth:
+    """No integrity (RFC 4303 §3.2: confidentiality-only ESP; RFC 8221 §5 advises against it): an empty ICV
+    that every packet passes. Used only for an SA with a non-AEAD cipher and no digest."""
+
+    icv_len = 0
+
+    def sign(self, *parts: bytes) -> bytes:
+        """The empty ICV."""
+        return b""
+
+    def verify(self, icv: bytes, *parts: bytes) -> bool:
+        """True for the empty ICV."""
+        return icv == b""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The registry.
 
@@ -269,6 +288,12 @@ def _cbc(factory: Callable[[bytes], CipherAlgorithm], block: int) -> Callable[[b
     return lambda key, salt, icv: _Cbc(factory(key), block)
 
 
+# RFC 2451 §2.2 lets Blowfish and CAST5 keys go down to 40 bits; below 128 bits a key can be searched
+# (RFC 8221 §1 and §5: 128-bit security at least), so shorter ones are refused.
+MIN_KEY_BYTES = 16
+WEAK_KEY_CIPHERS = frozenset({"blowfish-cbc", "cast5-cbc"})
+
+
 def _blockalg(factory: Callable[[bytes], CipherAlgorithm]) -> Callable[[bytes], CipherAlgorithm]:
     return factory
 
@@ -279,7 +304,8 @@ CIPHERS: tuple[CipherAlg, ...] = (
         "RFC 2451", _cbc(_blockalg(_old.TripleDES), 8), 8, 8,
     ),
     CipherAlg(
-        "aes-cbc", "cbc(aes)", ("aes", "aes128-cbc", "aes-128-cbc"), (16, 24, 32), 0, False, (),
+        "aes-cbc", "cbc(aes)", ("aes", "aes128-cbc", "aes-128-cbc", "aes192-cbc", "aes-192-cbc", "aes256-cbc",
+        "aes-256-cbc"), (16, 24, 32), 0, False, (),
         "RFC 3602", _cbc(_blockalg(algorithms.AES), 16), 16, 16,
     ),
     CipherAlg(
@@ -295,11 +321,11 @@ CIPHERS: tuple[CipherAlg, ...] = (
         "RFC 7634", lambda key, salt, icv: _ChaCha(key, salt, icv), 4, 8,
     ),
     CipherAlg(
-        "blowfish-cbc", "cbc(blowfish)", ("blowfish",), tuple(range(5, 57)), 0, False, (),
+        "blowfish-cbc", "cbc(blowfish)", ("blowfish",), tuple(range(MIN_KEY_BYTES, 57)), 0, False, (),
         "RFC 2451", _cbc(_blockalg(_old.Blowfish), 8), 8, 8,
     ),
     CipherAlg(
-        "cast5-cbc", "cbc(cast5)", ("cast128-cbc", "cast5"), tuple(range(5, 17)), 0, False, (),
+        "cast5-cbc", "cbc(cast5)", ("cast128-cbc", "cast5"), (MIN_KEY_BYTES,), 0, False, (),
         "RFC 2451", _cbc(_blockalg(_old.CAST5), 8), 8, 8,
     ),
     CipherAlg(
@@ -337,6 +363,32 @@ def find_cipher(name: str) -> tuple[CipherAlg, int | None]:
     return alg, (alg.icv_lens[0] if alg.aead else None)
 
 
+# Names with a number that states the key size (the key must have it), and a name whose number is read both
+# ways: here aes-gcm-128 is the 128-bit ICV, strongSwan's aes128gcm16 is a 128-bit key.
+_NAMED_KEY_BITS = {
+    f"aes{sep}{bits}-cbc": bits for bits in (128, 192, 256) for sep in ("", "-")
+}  # fmt: skip
+_AMBIGUOUS_KEY_BITS = {"aes-gcm-128": 128}
+
+
+def check_named_key_bits(name: str, key_len: int) -> None:
+    """Raise AlgorithmError when the number in cipher name `name` (aes-128-cbc) contradicts a key of
+    `key_len` bytes (salt included); call it once the key length suits the algorithm."""
+    key = name.strip().lower()
+    alg, _icv = find_cipher(name)
+    bits = alg.key_bits(key_len)
+    if key in _NAMED_KEY_BITS and _NAMED_KEY_BITS[key] != bits:
+        raise AlgorithmError(
+            f"Bad key: {name} names a {_NAMED_KEY_BITS[key]}-bit key, but the key has {bits} bits "
+            f"({key_len} bytes); use {alg.name} for a key of any size it takes"
+        )
+    if key in _AMBIGUOUS_KEY_BITS and _AMBIGUOUS_KEY_BITS[key] != bits:
+        raise AlgorithmError(
+            f"Bad key: {name} is ambiguous with a {bits}-bit key: 128 is its ICV here, but a key size "
+            f"elsewhere (strongSwan); use {alg.name} (128-bit ICV) for AES-{bits}-GCM"
+        )
+
+
 def find_auth(name: str) -> AuthAlg:
     """The integrity algorithm named `name` in any spelling."""
     alg = _AUTH_INDEX.get(name.strip().lower())
@@ -364,6 +416,11 @@ def _strip_parity(block: bytes) -> bytes:
 def check_cipher_key(alg: CipherAlg, key: bytes) -> None:
     """Raise AlgorithmError when `key` (salt included) does not suit `alg`."""
     sizes = sorted({s + alg.salt_len for s in alg.key_sizes})
+    if alg.name in WEAK_KEY_CIPHERS and len(key) < MIN_KEY_BYTES:
+        raise AlgorithmError(
+            f"Key too short: {alg.name} keys below {MIN_KEY_BYTES * 8} bits can be searched and are refused "
+            f"(the original allowed 40); got {len(key) * 8} bits"
+        )
     if len(key) not in sizes:
         if len(sizes) > 4:
             want = f"{sizes[0]} to {sizes[-1]} bytes"
@@ -399,6 +456,11 @@ def check_icv_bits(alg: AuthAlg, bits: int | None) -> int:
     """The ICV length in bytes for `--digest-hmac=bits` (None: the RFC's default)."""
     if bits is None:
         return alg.default_icv_bits // 8
+    if alg.rfc == "RFC 4868" and bits != alg.default_icv_bits:
+        # RFC 4868 §2.3: HMAC-SHA-256/384/512 in ESP are truncated to half the digest, nothing else
+        raise AlgorithmError(
+            f"--digest-hmac for {alg.name} must be {alg.default_icv_bits} bits (RFC 4868 §2.3); got {bits}"
+        )
     if bits % 32 or not 96 <= bits <= alg.digest_bits:
         raise AlgorithmError(
             f"--digest-hmac for {alg.name} must be a multiple of 32 "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -26,6 +26,9 @@ from .tunnel import BASE_DEVICE, Tunnel, TunnelTable
 __all__ = [
     "ICMP_BURST",
     "ICMP_RATE",
+    "ICMP_SOURCES",
+    "ICMP_TOTAL_BURST",
+    "ICMP_TOTAL_RATE",
     "NAT_KEEPALIVE",
     "NON_ESP_MARKER",
     "UDP_HEADER_LEN",
@@ -42,8 +45,11 @@ __all__ = [
 UDP_HEADER_LEN = 8  # RFC 768
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: a one-byte 0xFF NAT-keepalive
 NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: an IKE packet on the encapsulation port
-ICMP_RATE = 10.0  # ICMP errors per second we send at most (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
+ICMP_RATE = 10.0  # ICMP errors per second to one destination (RFC 1812 §4.3.2.8, RFC 4443 §2.4 (f))
 ICMP_BURST = 20.0
+ICMP_TOTAL_RATE = 100.0  # and to all destinations together
+ICMP_TOTAL_BURST = 200.0
+ICMP_SOURCES = 256  # destinations with a bucket of their own at most; the stalest is forgotten first
 
 
 @dataclass(slots=True)
@@ -129,8 +135,8 @@ class Engine:
         self.icmp_sent = 0
         self.tunnel_stats: dict[str, TunnelStats] = {BASE_DEVICE: TunnelStats()}
         self.events: list[SAEvent] = []
-        self._icmp_tokens = ICMP_BURST
-        self._icmp_time = 0.0
+        self._icmp_total = (ICMP_TOTAL_BURST, 0.0)  # (tokens, when last filled) for all destinations
+        self._icmp_buckets: dict[bytes, tuple[float, float]] = {}  # packed destination -> the same
         self.drop_log = DropLog()
         self._rx_from: tuple[bytes, bytes, int | None, float] = (b"", b"", None, 0.0)  # the datagrams' origin
         self.nat = natt.NatTraversal()
@@ -152,14 +158,25 @@ class Engine:
             stats = self.tunnel_stats[name] = TunnelStats()
         return stats
 
-    def _icmp_allowed(self, now: float) -> bool:
-        self._icmp_tokens = min(ICMP_BURST, self._icmp_tokens + (now - self._icmp_time) * ICMP_RATE)
-        self._icmp_time = now
-        if self._icmp_tokens < 1:
-            return False
-        self._icmp_tokens -= 1
-        self.icmp_sent += 1
-        return True
+    def _icmp(self, to: bytes, now: float, build: Callable[[], bytes | None]) -> bytes | None:
+        """The ICMP error `build` makes for destination `to` (packed), within the rate limits: a token
+        bucket per destination and one for all, spent only when a message was built."""
+        buckets = self._icmp_buckets
+        tokens, stamp = buckets.get(to, (ICMP_BURST, now))
+        tokens = min(ICMP_BURST, tokens + max(0.0, now - stamp) * ICMP_RATE)
+        total, total_stamp = self._icmp_total
+        total = min(ICMP_TOTAL_BURST, total + max(0.0, now - total_stamp) * ICMP_TOTAL_RATE)
+        message = build() if tokens >= 1 and total >= 1 else None
+        if message is not None:
+            tokens, total = tokens - 1, total - 1
+            self.icmp_sent += 1
+        self._icmp_total = (total, now)
+        if to in buckets:
+            del buckets[to]  # re-inserted last: the dict's order is the least recently used first
+        elif len(buckets) >= ICMP_SOURCES:
+            del buckets[next(iter(buckets))]
+        buckets[to] = (tokens, now)
+        return message
 
     def sa_for(self, tunnel: Tunnel) -> SecurityAssociation | None:
         """The SA tunnel `tunnel` sends with now."""
@@ -242,7 +259,7 @@ class Engine:
             limit = inner_mtu(sa, path)
             if len(inner) > limit and hdr.df:
                 self._tx_drop(stats, Drop.TOO_BIG)
-                icmp = ip.too_big(hdr.dst, inner, limit) if self._icmp_allowed(now) else None
+                icmp = self._icmp(hdr.src, now, lambda: ip.too_big(hdr.dst, inner, limit))
                 return Deliver(device, icmp) if icmp else Drop.TOO_BIG
         nh = NH_IPV4 if hdr.version == 4 else NH_IPV6
         packet = sa.encrypt(inner, nh, now, self._emit)
@@ -375,8 +392,9 @@ class Engine:
             and (tos & ip.ECN_MASK) in (ip.ECN_NOT_ECT, ip.ECN_ECT0)
         )
         out: list[bytes] = deliver.setdefault(tunnel.name, []) if tunnel is not None else []
+        admit = tunnel.admit if tunnel is not None and tunnel.networks else None
         emit = self._emit
-        last_spi, sa = b"", None
+        last_spi, sa, mismatch = b"", None, False
         accepted = nbytes = 0
         items = payloads if isinstance(payloads, list) else list(payloads)
         floating = self.nat.watch(src, dst, sport, items, self.sad) if sport is not None else None
@@ -389,8 +407,11 @@ class Engine:
             and all(p[:4] == first and len(p) >= HEADER_LEN for p in items)
         ):
             sa = self.sad.get(dst, src, int.from_bytes(first, "big"))
-            if sa is not None:
-                decrypted, others = sa.decrypt_many(items, now, emit)
+            if sa is not None and (sa.config.encap is not None) != udp:
+                self._encap_mismatch(sa, items)
+                items = []
+            elif sa is not None:
+                decrypted, others = sa.decrypt_many(items, now, emit, admit)
                 if fast and not others:  # whole inner IP packets, all of them: nothing to look at
                     whole = cast("list[bytes]", decrypted)
                     out += whole
@@ -413,13 +434,19 @@ class Engine:
                 else:
                     if spi != last_spi:
                         last_spi, sa = spi, self.sad.get(dst, src, int.from_bytes(spi, "big"))
+                        mismatch = sa is not None and (sa.config.encap is not None) != udp
                     if sa is None:
                         self._rx_drop(Drop.UNKNOWN_SA, esp=esp)
                         continue
-                    plain = sa.decrypt(esp, now, emit)
+                    if mismatch:
+                        self._encap_mismatch(sa, [esp])
+                        continue
+                    plain = sa.decrypt(esp, now, emit, admit)
             if plain is not None:
                 if isinstance(plain, Drop):
-                    self._rx_drop(plain, esp=esp)
+                    self._rx_drop(
+                        plain, self.stats_for(tunnel.name) if plain is Drop.POLICY and tunnel else None, esp
+                    )
                     continue
                 inner, nh = plain
                 # ip.parse() inlined for the common case; the rest goes the way receive() goes
@@ -434,7 +461,7 @@ class Engine:
                     accepted += 1
                     nbytes += length
                     continue
-                result = self._decrypted(src, dst, esp, inner, nh, now, tos)
+                result = self._decrypted(src, dst, esp, inner, nh, now, tos, tunnel)
             if isinstance(result, Deliver):
                 deliver.setdefault(result.device, []).append(result.packet)
             elif isinstance(result, Reject):
@@ -449,6 +476,14 @@ class Engine:
         if floating is not None:
             self.nat.settle(floating, src, dst, sport, now)
         return deliver, rejects
+
+    def _encap_mismatch(self, sa: SecurityAssociation, packets: list[bytes]) -> Drop:
+        """Count `packets` for `sa` that came with the other encapsulation (raw ESP for an --encap=udp
+        SA, or ESP-in-UDP for a raw-ESP one), on the SA too."""
+        sa.drops[Drop.ENCAP_MISMATCH] += len(packets)
+        for esp in packets:
+            self._rx_drop(Drop.ENCAP_MISMATCH, esp=esp)
+        return Drop.ENCAP_MISMATCH
 
     def _rx_drop(self, reason: Drop, stats: TunnelStats | None = None, esp: bytes = b"") -> Drop:
         self.rx_drops[reason] += 1
@@ -468,12 +503,14 @@ class Engine:
         if payload[:4] == NON_ESP_MARKER:
             self._rx_from = (src, dst, sport, now)
             return self._rx_drop(Drop.NON_ESP)
-        return self.receive(src, dst, payload, now, tos, sport=sport)
+        return self.receive(src, dst, payload, now, tos, udp=True, sport=sport)
 
     def receive(
-        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0, *, sport: int | None = None
-    ) -> Deliver | Reject | Drop:
-        """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses)."""
+        self, src: bytes, dst: bytes, esp: bytes, now: float, tos: int = 0, *, udp: bool = False,
+        sport: int | None = None,
+    ) -> Deliver | Reject | Drop:  # fmt: skip
+        """What to do with ESP packet `esp` that `src` sent to `dst` (packed outer addresses), in a UDP
+        datagram (RFC 3948) with `udp`, from port `sport`."""
         self._rx_from = (src, dst, sport, now)
         if len(esp) < HEADER_LEN:
             return self._rx_drop(Drop.MALFORMED, esp=esp)
@@ -481,15 +518,24 @@ class Engine:
         sa = self.sad.get(dst, src, spi)
         if sa is None:
             return self._rx_drop(Drop.UNKNOWN_SA, esp=esp)
-        result = sa.decrypt(esp, now, self._emit)
+        if (sa.config.encap is not None) != udp:
+            return self._encap_mismatch(sa, [esp])
+        tunnel = self.tunnels.for_receive(dst, src)
+        result = sa.decrypt(
+            esp, now, self._emit, tunnel.admit if tunnel is not None and tunnel.networks else None
+        )
         if isinstance(result, Drop):
+            if result is Drop.POLICY and tunnel is not None:
+                return self._rx_drop(result, self.stats_for(tunnel.name), esp)
             return self._rx_drop(result, esp=esp)
-        return self._decrypted(src, dst, esp, result[0], result[1], now, tos)
+        return self._decrypted(src, dst, esp, result[0], result[1], now, tos, tunnel)
 
     def _decrypted(
-        self, src: bytes, dst: bytes, esp: bytes, inner: bytes, nh: int, now: float, tos: int
-    ) -> Deliver | Reject | Drop:
-        """What to do with `inner`, decrypted from `esp` with next header `nh`."""
+        self, src: bytes, dst: bytes, esp: bytes, inner: bytes, nh: int, now: float, tos: int,
+        tunnel: Tunnel | None,
+    ) -> Deliver | Reject | Drop:  # fmt: skip
+        """What to do with `inner`, decrypted from `esp` with next header `nh`; `tunnel` is
+        `self.tunnels.for_receive(dst, src)`."""
         if nh == NH_NONE:
             return self._rx_drop(Drop.DUMMY, esp=esp)
         if nh not in (NH_IPV4, NH_IPV6):
@@ -498,15 +544,11 @@ class Engine:
         if hdr is None or hdr.version != (4 if nh == NH_IPV4 else 6):
             return self._rx_drop(Drop.MALFORMED, esp=esp)
         inner = inner[: hdr.length]  # RFC 4303 §2.4: TFC padding after the inner packet
-        tunnel = self.tunnels.for_receive(dst, src)
         if tunnel is None:
             if not self.tunnels.base_up:
                 self._rx_drop(Drop.NO_TUNNEL, esp=esp)
-                if self._icmp_allowed(now):
-                    icmp = self._unreachable(src, dst, esp)
-                    if icmp is not None:
-                        return Reject(icmp)
-                return Drop.NO_TUNNEL
+                icmp = self._icmp(src, now, lambda: self._unreachable(src, dst, esp))
+                return Reject(icmp) if icmp is not None else Drop.NO_TUNNEL
             device = BASE_DEVICE
         else:
             device = tunnel.name

@@ -63,10 +63,10 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
     (CHECKSUM_PARTIAL). Segments merge when they continue the flow's sequence with the same
     acknowledgment, window, options (timestamps included), TOS, TTL or traffic class and flow label, and
     DF; carry only ACK or PSH; and every earlier segment was full-sized. PSH or a short segment closes a
-    super-packet. Every checksum is verified first (those of a super-packet summed together, which
-    detects any one bad segment as surely as checking it alone; the sums are `packet_sums`, 256 times
-    the RFC 1071 sums modulo 0xFFFF, zero exactly when those are): when that fails, the segments are
-    written one by one, as they came, for the kernel to drop the bad one. IPv4 with options or
+    super-packet. Every segment's checksums are verified first, each alone (the sums are `packet_sums`,
+    256 times the RFC 1071 sums modulo 0xFFFF, zero exactly when those are; summed per super-packet,
+    two bad segments could cancel out): when one fails, the segments are written one by one, as they
+    came, for the kernel to drop the bad one. IPv4 with options or
     fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
     """
     count = len(packets)
@@ -133,17 +133,19 @@ def _coalesce_run(
                 stop = end  # the short last segment fits where a full one would not
             groups.append((start, stop))
             start = stop
-    # Each group's checksums verified at once (see coalesce()): its words' sum and its pseudo-headers'.
-    starts = offsets[[start for start, _ in groups]] >> 1
-    # A group is at most 64 KiB: 2^15 words of less than 2^16 fit a 32-bit sum.
-    words = np.add.reduceat(np.frombuffer(joined, "<u2"), starts, dtype=np.uint32).tolist()
-    base = int.from_bytes(head[12:20], "big") + PROTO_TCP - 20
+    # Every segment's checksums verified (see coalesce()): its words' sum and its pseudo-header's, each
+    # segment alone, so that two bad ones cannot cancel out in a group's sum.
+    # A packet is at most 64 KiB: 2^15 words of less than 2^16 fit a 32-bit sum.
+    words = np.add.reduceat(np.frombuffer(joined, "<u2"), offsets >> 1, dtype=np.uint32).astype(np.int64)
+    base = (int.from_bytes(head[12:20], "big") + PROTO_TCP - 20) % 0xFFFF
+    bad = ((words + ((base + lengths) << 8)) % 0xFFFF) != 0
+    bad_groups = np.logical_or.reduceat(bad, [start for start, _ in groups]).tolist()
     result: list[tuple[Offload, bytes]] = []
     full = hl + mss
-    for (start, stop), total in zip(groups, words, strict=True):
+    for (start, stop), damaged in zip(groups, bad_groups, strict=True):
         n = stop - start
         span = int(offsets[stop - 1] - offsets[start] + lengths[stop - 1])  # the group's bytes in `joined`
-        if n == 1 or (total + ((base * n + span) << 8)) % 0xFFFF:
+        if n == 1 or damaged:
             result.extend((NO_OFFLOAD, p) for p in packets[start:stop])
             continue
         whole = n if sizes[stop - 1] == mss else n - 1  # the full-sized ones lie at a fixed stride
@@ -162,18 +164,17 @@ class _Flow:
     """A super-packet being built: the segments so far, in order, and what the next one must be."""
 
     __slots__ = (
+        "bad",
         "base",
         "closed",
         "flags",
         "hl",
         "l4",
-        "lengths",
         "mss",
         "next_id",
         "next_seq",
         "packets",
         "size",
-        "words",
     )
 
     def __init__(self, packet: bytes, l4: int, hl: int, seq: int) -> None:
@@ -190,13 +191,12 @@ class _Flow:
         self.next_id = (
             (int.from_bytes(packet[4:6], "big") + 1) & 0xFFFF if l4 == 20 and not packet[6] & 0x40 else -1
         )
-        # Every segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) read
-        # little-endian, and the pseudo-headers' big-endian sum (see coalesce()): per segment `base` (the
-        # addresses and protocol, the same for all) plus the segment's length (IP length minus `l4`).
-        self.words = 0
+        # A segment's words (IPv4: with its header, whose valid checksum makes it sum to zero) read
+        # little-endian, and its pseudo-header's big-endian sum (see coalesce()): `base` (the addresses
+        # and protocol, the same for all segments) plus the segment's length (IP length minus `l4`).
         addresses = packet[12:20] if l4 == 20 else packet[8:40]
-        self.base = int.from_bytes(addresses, "big") + PROTO_TCP - l4
-        self.lengths = 0
+        self.base = (int.from_bytes(addresses, "big") + PROTO_TCP - l4) % 0xFFFF
+        self.bad = False  # a segment whose checksums do not verify
 
 
 def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[Offload, bytes]]:
@@ -251,16 +251,13 @@ def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[Offload
             flow.flags |= flags
             if n < flow.mss or flags & TCP_PSH:
                 flow.closed = True
-        flow.words += value
-        flow.lengths += size
+        if (value + ((flow.base + size) << 8)) % 0xFFFF:  # each segment checked alone
+            flow.bad = True
     result: list[tuple[Offload, bytes]] = []
     for item in out:
         if isinstance(item, tuple):
             result.append(item)
-        elif (
-            len(item.packets) == 1
-            or (item.words + ((item.base * len(item.packets) + item.lengths) << 8)) % 0xFFFF
-        ):
+        elif len(item.packets) == 1 or item.bad:
             result.extend((NO_OFFLOAD, p) for p in item.packets)
         else:
             result.append(_merged(item.packets, item.l4, item.hl, item.size, item.mss, item.flags))

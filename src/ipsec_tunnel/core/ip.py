@@ -22,6 +22,8 @@ __all__ = [
     "IPV4_HEADER",
     "IPV4_HEADER_LEN",
     "IPV4_MIN_MTU",
+    "IPV6_EXTENSIONS",
+    "IPV6_FRAGMENT",
     "IPV6_HEADER_LEN",
     "IPV6_MIN_MTU",
     "PROTO_ESP",
@@ -64,6 +66,10 @@ ICMP6_DEST_UNREACH = 1  # RFC 4443 §3.1
 ICMP6_PACKET_TOO_BIG = 2  # RFC 4443 §3.2
 ICMP6_PARAM_PROBLEM = 4  # RFC 4443 §3.4
 ICMP6_UNRECOGNIZED_NH = 1  # RFC 4443 §3.4 code 1: unrecognized next header
+# RFC 8200 §4: extension headers an ICMPv6 error may hide behind (hop-by-hop, routing, fragment,
+# destination options); RFC 7045 §2 lists the IANA ones, of which these share the generic layout.
+IPV6_EXTENSIONS = frozenset({0, 43, 44, 60})
+IPV6_FRAGMENT = 44  # RFC 8200 §4.5: a fixed 8-byte header
 ECN_MASK = 0x03  # RFC 3168 §5: the low two bits of the TOS/traffic class octet
 ECN_NOT_ECT, ECN_ECT1, ECN_ECT0, ECN_CE = 0, 1, 2, 3
 
@@ -174,10 +180,16 @@ def _icmp_body(offending: bytes, limit: int) -> bytes:
     return offending[:limit]
 
 
+def _single_host4(addr: bytes) -> bool:
+    """Whether IPv4 `addr` names one host: not 0.0.0.0, loopback, multicast, class E or broadcast."""
+    return addr[0] not in (0, 127) and addr[0] < 224
+
+
 def icmp4_error(src: bytes, offending: bytes, icmp_type: int, code: int, *, mtu: int = 0) -> bytes | None:
     """An ICMPv4 error from `src` about `offending` (RFC 792, RFC 1191 §4), or None where one is not allowed.
 
-    RFC 1122 §3.2.2: never about an ICMP error, a non-initial fragment, or a broadcast/multicast source.
+    RFC 1122 §3.2.2 and RFC 1812 §4.3.2.7: never about an ICMP error, a non-initial fragment, a datagram
+    to a broadcast or multicast destination, or from a source that is not a single host.
     """
     hdr = parse(offending)
     if hdr is None or hdr.version != 4:
@@ -185,7 +197,7 @@ def icmp4_error(src: bytes, offending: bytes, icmp_type: int, code: int, *, mtu:
     frag_word = int.from_bytes(offending[6:8], "big")
     if frag_word & 0x1FFF:
         return None
-    if hdr.src[0] >= 224 or hdr.src == b"\x00\x00\x00\x00":
+    if not _single_host4(hdr.src) or not _single_host4(hdr.dst) or not _single_host4(src):
         return None
     if (
         hdr.proto == PROTO_ICMP
@@ -205,15 +217,41 @@ def icmp6_error(src: bytes, offending: bytes, icmp_type: int, code: int, *, para
     hdr = parse(offending)
     if hdr is None or hdr.version != 6:
         return None
-    if hdr.src[0] == 0xFF or hdr.src == bytes(16):
+    if hdr.src[0] == 0xFF or hdr.src == bytes(16) or hdr.src == _LOOPBACK6:
+        return None  # RFC 4443 §2.4 (e.6): not to a multicast or unspecified source
+    if hdr.dst[0] == 0xFF or src[0] == 0xFF:
+        # RFC 4443 §2.4 (e.2)-(e.3) and §2.2: a multicast destination gets at most a PTB, and that must
+        # come from a unicast address of ours, which the core does not know: none at all
         return None
-    if hdr.proto == PROTO_ICMPV6 and len(offending) > hdr.header_len and offending[hdr.header_len] < 128:
-        return None  # RFC 4443 §2.4 (e.1): never about an ICMPv6 error message
+    proto, offset = _upper_layer6(offending[: hdr.length])
+    if proto is None or (proto == PROTO_ICMPV6 and len(offending) > offset and offending[offset] < 128):
+        return None  # RFC 4443 §2.4 (e.1): never about an ICMPv6 error message, behind headers too
     quoted = _icmp_body(offending[: hdr.length], IPV6_MIN_MTU - IPV6_HEADER_LEN - 8)
     icmp = struct.pack("!BBHI", icmp_type, code, 0, param) + quoted
     pseudo = src + hdr.src + struct.pack("!I3xB", len(icmp), PROTO_ICMPV6)
     icmp = icmp[:2] + checksum(pseudo + icmp).to_bytes(2, "big") + icmp[4:]
     return build_ipv6(src, hdr.src, PROTO_ICMPV6, len(icmp), hlim=64) + icmp
+
+
+_LOOPBACK6 = bytes(15) + b"\x01"
+
+
+def _upper_layer6(packet: bytes) -> tuple[int | None, int]:
+    """(upper-layer protocol, its offset) of an IPv6 packet, past its extension headers (RFC 8200 §4);
+    protocol None when the chain is cut short or a non-first fragment hides it."""
+    nh, offset = packet[6], IPV6_HEADER_LEN
+    for _ in range(16):  # a bound on the chain; a longer one is not answered
+        if nh not in IPV6_EXTENSIONS:
+            return nh, offset
+        if len(packet) < offset + 8:
+            return None, offset
+        if nh == IPV6_FRAGMENT:
+            if int.from_bytes(packet[offset + 2 : offset + 4], "big") & 0xFFF8:  # not the first fragment
+                return None, offset
+            nh, offset = packet[offset], offset + 8
+        else:
+            nh, offset = packet[offset], offset + 8 + packet[offset + 1] * 8  # RFC 8200 §4.3: 8-octet units
+    return None, offset
 
 
 def too_big(src: bytes, offending: bytes, mtu: int) -> bytes | None:

@@ -2,6 +2,10 @@
 
 `check` runs before the ICV is verified and changes nothing; `accept` runs only after the ICV passed, so a
 forged packet can never move the window.
+
+The bits live in a ring of bytes indexed by the sequence number itself (RFC 6479 §2, with 8-bit blocks):
+`check` and `accept` of one number touch one byte, whatever the window's size, and moving the window
+forward clears only the blocks it passes.
 """
 
 from __future__ import annotations
@@ -13,10 +17,17 @@ MAX_WINDOW = 1 << 20  # largest window accepted (RFC 4303 §3.4.3 sets no upper 
 DEFAULT_WINDOW = 128
 
 
-class ReplayWindow:
-    """Which sequence numbers have been received; `size` 0 turns the replay check off."""
+_BLOCK_BITS = 3  # RFC 6479 §2: a block of 2^3 = 8 sequence numbers, one byte of the ring
+_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))  # each byte's bits in reverse order
 
-    __slots__ = ("_mask", "bitmap", "esn", "size", "top")
+
+class ReplayWindow:
+    """Which sequence numbers have been received; `size` 0 turns the replay check off.
+
+    `top` may be set directly only together with `bitmap` (set `top` first): the ring is kept relative
+    to the sequence numbers themselves."""
+
+    __slots__ = ("_blocks", "_mask", "_ring", "esn", "size", "top")
 
     def __init__(
         self, size: int = DEFAULT_WINDOW, *, esn: bool = False, top: int = 0, bitmap: int = 0
@@ -27,7 +38,30 @@ class ReplayWindow:
         self.esn = esn
         self.top = top  # highest authenticated sequence number (64-bit with ESN)
         self._mask = (1 << size) - 1 if size else 0
-        self.bitmap = bitmap & self._mask  # bit i set: sequence number top - i was received
+        # RFC 6479 §2: one block more than the window needs, so the block holding `top` never shares a
+        # byte with one that fell out of the window. Bits above `top` are always 0.
+        self._blocks = (size + 7) // 8 + 1 if size else 1
+        self._ring = bytearray(self._blocks)
+        if bitmap:
+            self.bitmap = bitmap
+
+    @property
+    def bitmap(self) -> int:
+        """The window as one number: bit i set when sequence number top - i was received (i < size)."""
+        if not self.size:
+            return 0
+        split = (self.top >> _BLOCK_BITS) % self._blocks + 1
+        ordered = (self._ring[split:] + self._ring[:split]).translate(_REVERSED)  # oldest block first
+        return (int.from_bytes(ordered, "big") >> (7 - (self.top & 7))) & self._mask
+
+    @bitmap.setter
+    def bitmap(self, value: int) -> None:
+        if not self.size:
+            return
+        n = self._blocks
+        ordered = (((value & self._mask) << (7 - (self.top & 7))).to_bytes(n, "big")).translate(_REVERSED)
+        split = n - ((self.top >> _BLOCK_BITS) % n + 1)
+        self._ring[:] = ordered[split:] + ordered[:split]
 
     def infer(self, seq_lo: int) -> int:
         """The full sequence number for the received low 32 bits (RFC 4303 Appendix A2.1)."""
@@ -52,29 +86,65 @@ class ReplayWindow:
             return False  # RFC 4303 §3.3.3: the first packet sent has sequence number 1
         if not self.size or seq > self.top:
             return True
-        diff = self.top - seq
-        if diff >= self.size:
+        if self.top - seq >= self.size:
             return False
-        return not (self.bitmap >> diff) & 1
+        return not self._ring[(seq >> _BLOCK_BITS) % self._blocks] >> (seq & 7) & 1
+
+    def _clear_after_top(self, seq: int) -> None:
+        """Clear the blocks after the one holding `top`, up to the one holding `seq` (RFC 6479 §2)."""
+        first, last = (self.top >> _BLOCK_BITS) + 1, seq >> _BLOCK_BITS
+        n = self._blocks
+        count = last - first + 1
+        if count <= 0:
+            return
+        ring = self._ring
+        if count >= n:
+            ring[:] = bytes(n)
+            return
+        start = first % n
+        end = start + count
+        if end <= n:
+            ring[start:end] = bytes(count)
+        else:
+            ring[start:] = bytes(n - start)
+            ring[: end - n] = bytes(end - n)
 
     def accept(self, seq: int) -> None:
         """Record `seq` as received; call only after its ICV verified."""
         if seq > self.top:
             if self.size:
-                shift = seq - self.top
-                if shift != 1 or self.bitmap != self._mask:  # in order with nothing missing: stays full
-                    self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+                if seq >> _BLOCK_BITS != self.top >> _BLOCK_BITS:
+                    self._clear_after_top(seq)
+                self._ring[(seq >> _BLOCK_BITS) % self._blocks] |= 1 << (seq & 7)
             self.top = seq
-        elif self.size:
-            self.bitmap |= 1 << (self.top - seq)
+        elif self.size and self.top - seq < self.size:
+            self._ring[(seq >> _BLOCK_BITS) % self._blocks] |= 1 << (seq & 7)
 
     def accept_run(self, first: int, last: int) -> None:
         """Record `first` to `last`, all above the top, as received: what `accept` of each in turn does."""
         if self.size:
-            ones = (1 << min(last - first + 1, self.size)) - 1
-            shift = last - self.top
-            self.bitmap = ((self.bitmap << shift) | ones) & self._mask if shift < self.size else ones
+            self._clear_after_top(last)
+            self._set_run(max(first, last - self.size + 1), last)
         self.top = last
+
+    def _set_run(self, lo: int, hi: int) -> None:
+        """Set the bits of `lo` to `hi` (fewer than the ring holds)."""
+        ring, n = self._ring, self._blocks
+        lb, hb = lo >> _BLOCK_BITS, hi >> _BLOCK_BITS
+        if lb == hb:
+            ring[lb % n] |= ((1 << (hi - lo + 1)) - 1) << (lo & 7)
+            return
+        ring[lb % n] |= (0xFF << (lo & 7)) & 0xFF
+        ring[hb % n] |= (1 << ((hi & 7) + 1)) - 1
+        count = hb - lb - 1
+        if count:
+            start = (lb + 1) % n
+            end = start + count
+            if end <= n:
+                ring[start:end] = b"\xff" * count
+            else:
+                ring[start:] = b"\xff" * (n - start)
+                ring[: end - n] = b"\xff" * (end - n)
 
     def seen_all_up_to(self, seq: int) -> None:
         """Mark every sequence number up to `seq` as received (restored state after a restart)."""

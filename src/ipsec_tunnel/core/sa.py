@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -12,8 +13,17 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 from . import esp
-from .algorithms import AlgorithmError, find_auth, find_cipher, make_auth, make_cipher
+from .algorithms import (
+    AlgorithmError,
+    NullAuth,
+    check_named_key_bits,
+    find_auth,
+    find_cipher,
+    make_auth,
+    make_cipher,
+)
 from .drops import Drop
+from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
 
@@ -26,7 +36,9 @@ __all__ = [
     "SEQ_MAX_SPLIT",
     "SPI_MAX",
     "SPI_MIN",
+    "SWEET32_BYTES",
     "Address",
+    "Admit",
     "Emit",
     "Limits",
     "Reserve",
@@ -43,11 +55,16 @@ SPI_MAX = 0xFFFFFFFF
 SEQ_MAX_32 = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
 SEQ_MAX_64 = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
 SEQ_MAX_SPLIT = (1 << 63) - 1  # counter IVs with the --duplex direction bit use 63 bits
+# Sweet32 (CVE-2016-2183): with a 64-bit block, CBC ciphertext blocks collide after about 2^32 blocks
+# (birthday bound), leaking the XOR of two plaintext blocks. 2^30 bytes are 2^27 blocks: a collision
+# chance of about (2^27)^2 / 2^65 = 2^-11 per SA, and far below the 2^35 bytes the attack needs.
+SWEET32_BYTES = 1 << 30
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
 _U64 = struct.Struct("<Q")  # a journal slot's counters
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
+_IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -114,6 +131,7 @@ class SAConfig:
     # source sorts below the destination), so the two directions of a shared --duplex key never share a
     # nonce. Derived by validated().
     iv_split: int | None = None
+    duplex: bool = False  # this SA and its reversed() twin share SPI and keys (`sa add --duplex`)
 
     def validated(self) -> SAConfig:
         """This configuration with canonical names and addresses, or SAError saying what is wrong."""
@@ -144,10 +162,9 @@ class SAConfig:
                 cipher = alg.name
                 if alg.aead and self.digest:
                     raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
-                if not alg.aead and not self.digest:
+                if not alg.aead and not self.digest and not alg.iv_len:
                     raise SAError(
-                        f"{alg.name} without a digest gives no integrity (RFC 8221 §5): forged packets "
-                        "could not be detected. Add --digest=sha256 with a key"
+                        f"{alg.name} without a digest protects nothing: add --digest=NAME with a key"
                     )
                 if alg.aead and icv is not None and self.digest_bits is None:
                     digest_bits = icv * 8
@@ -161,7 +178,17 @@ class SAConfig:
         split = None
         if cipher and find_cipher(cipher)[0].iv_len and (find_cipher(cipher)[0].aead or cipher == "aes-ctr"):
             split = 0 if src.packed < dst.packed else 1
-        return replace(
+        if self.duplex and split is not None and self.encap:
+            # The direction bit comes from each host's own view of the addresses; behind a NAT the two
+            # views differ and both hosts may pick the same bit: (key, nonce) pairs repeat.
+            raise SAError(
+                f"--duplex with {cipher} and --encap=udp is refused: behind a NAT both hosts can send the "
+                "same (key, IV) pairs. Use one SA per direction, each with its own key, without --duplex"
+            )
+        hard = self.hard
+        if cipher and find_cipher(cipher)[0].block == 8 and not 0 < hard.bytes <= SWEET32_BYTES:
+            hard = replace(hard, bytes=SWEET32_BYTES)  # a 64-bit block cipher: the Sweet32 limit
+        checked = replace(
             self,
             cipher=cipher,
             digest=digest,
@@ -169,7 +196,14 @@ class SAConfig:
             dst=str(dst),
             src=str(src),
             iv_split=split,
+            hard=hard,
         )._checked_keys()
+        if self.cipher:
+            try:
+                check_named_key_bits(self.cipher, len(self.cipher_key))
+            except AlgorithmError as exc:
+                raise SAError(str(exc)) from None
+        return checked
 
     def _checked_keys(self) -> SAConfig:
         try:
@@ -187,6 +221,17 @@ class SAConfig:
     def family(self) -> int:
         """4 or 6."""
         return ipaddress.ip_address(self.dst).version
+
+    @property
+    def ambiguous_duplex(self) -> bool:
+        """Whether this is a --duplex SA whose IVs do not say the direction (CBC, NULL): a packet of
+        one direction sent back to its sender authenticates there (protocol review finding 1)."""
+        return self.duplex and self.iv_split is None
+
+    @property
+    def integrity(self) -> bool:
+        """Whether packets carry an ICV: a digest or AEAD (False: encryption only, RFC 4303 §3.2)."""
+        return bool(self.digest) or bool(self.cipher and find_cipher(self.cipher)[0].aead)
 
     @property
     def seq_max(self) -> int:
@@ -228,9 +273,11 @@ def build_transforms(config: SAConfig) -> tuple[Any, Any]:
     else:
         alg, _icv = find_cipher("null")
         cipher = make_cipher(alg, b"")
-    auth = None
+    auth: Any = None
     if config.digest:
         auth = make_auth(find_auth(config.digest), config.digest_key, config.digest_bits)
+    elif not alg.aead:  # encryption only (RFC 4303 §3.2): an empty ICV, no integrity
+        auth = NullAuth()
     return cipher, auth
 
 
@@ -239,6 +286,10 @@ Reserve = Callable[["SecurityAssociation", str, int], int]
 ('in'); returns the new limit. Raises OSError when the store cannot be written."""
 
 Emit = Callable[[SAEvent], None]
+
+Admit = Callable[[bytes, int], Drop | None]
+"""The checks a decrypted (inner packet, next header) must pass before the replay window moves (the
+tunnel's inner policy): None when it may, else the reason to drop it."""
 
 
 class SecurityAssociation:
@@ -282,6 +333,13 @@ class SecurityAssociation:
         )
         self._seq_max = config.seq_max
         self._spi, self._esn, self._iv_split = config.spi, config.esn, config.iv_split
+        # A --duplex counter-mode SA receives what its twin sends under the same key and SPI: a packet
+        # whose IV is one this host sends (the twin's direction bit, the sequence number below it) is one
+        # of ours sent back (`_own` that bit, -1: no check). A peer's IVs carry the other bit (ipsecd) or
+        # a counter XORed with a salt (Linux's seqiv), never ours. `_peer_top`: the first IV byte of an
+        # ipsecd peer's packets below sequence number 2^56 (the batch check).
+        self._own = 1 - config.iv_split if config.duplex and config.iv_split is not None else -1
+        self._peer_top = 0 if self._own == 1 else 0x80
         # AEAD with a 16-byte ICV, 8-byte IV and no ESN (AES-GCM, ChaCha20-Poly1305): the fast framing
         # of esp.seal_aead16 / esp.open_aead16 (the same bytes, checks and order as esp.seal / open_packet).
         aead_encrypt = getattr(self.cipher, "full_icv_encrypt", None)
@@ -422,7 +480,7 @@ class SecurityAssociation:
         return out
 
     def decrypt_many(
-        self, packets: list[bytes], now: float, emit: Emit
+        self, packets: list[bytes], now: float, emit: Emit, admit: Admit | None = None
     ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
         """`decrypt` of each packet, in order, with the same checks, drops and counters, except that a
         whole inner IP packet may come as its bytes alone (as `esp.open_aead16_many` gives them); and
@@ -441,29 +499,49 @@ class SecurityAssociation:
             and replay.top < seqs[0]
             and seqs[-1] <= self.in_limit
             and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            and (
+                self._own < 0
+                or set(map(_IV_FIRST, packets)) == {self._peer_top}
+                or not any(map(self._is_own, packets))
+            )
         ):
             one_by_one: list[bytes | tuple[bytes, int] | Drop] = [
-                self.decrypt(packet, now, emit) for packet in packets
+                self.decrypt(packet, now, emit, admit) for packet in packets
             ]
             return one_by_one, len(one_by_one)
         assert decrypt is not None
         opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
-        if not others:
+        if not others and admit is None:
             replay.accept_run(seqs[0], seqs[-1])
             whole = cast("list[bytes]", opened)  # all of them bare inner packets
             self._received(len(whole), sum(map(len, whole)), now)
             return opened, 0
         accepted = nbytes = 0
-        for seq, result in zip(seqs, opened, strict=True):  # a forged or damaged one among them: the
-            if isinstance(result, Drop):  # others move the window one by one
+        for i, (seq, result) in enumerate(zip(seqs, opened, strict=True)):  # a forged or damaged one
+            if isinstance(result, Drop):  # among them, or a policy to check: one by one
                 self._drop(result)
                 continue
+            if admit is not None:
+                refused = (
+                    admit(result, NH_IPV4 if result[0] >> 4 == 4 else NH_IPV6)
+                    if isinstance(result, bytes)
+                    else admit(*result)
+                )
+                if refused is not None:
+                    opened[i] = refused
+                    others += isinstance(result, bytes)
+                    continue
             replay.accept(seq)
             accepted += 1
             nbytes += len(result) if isinstance(result, bytes) else len(result[0])
         if accepted:
             self._received(accepted, nbytes, now)
         return opened, others
+
+    def _is_own(self, packet: bytes) -> bool:
+        """Whether `packet`'s IV is one this host's twin SA sends: its direction bit, and the low 32 bits
+        the sequence number in the header (RFC 4106 §3.1: the IV is the counter)."""
+        return len(packet) >= 16 and packet[8] >> 7 == self._own and packet[12:16] == packet[4:8]
 
     def _reserved(self, direction: str, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
@@ -488,14 +566,20 @@ class SecurityAssociation:
         self.bytes += nbytes
         self.used = now
 
-    def decrypt(self, packet: bytes, now: float, emit: Emit) -> tuple[bytes, int] | Drop:
-        """(inner packet, next header) from an ESP packet for this SA, or why it was dropped."""
+    def decrypt(
+        self, packet: bytes, now: float, emit: Emit, admit: Admit | None = None
+    ) -> tuple[bytes, int] | Drop:
+        """(inner packet, next header) from an ESP packet for this SA, or why it was dropped. `admit`:
+        what the inner packet must pass, after the ICV and before the window moves (its Drop is
+        returned, not counted here)."""
         if self._timed:
             self.tick(now, emit)
         if self.dead:
             return self._drop(Drop.EXPIRED)
         if len(packet) < esp.HEADER_LEN:
             return self._drop(Drop.MALFORMED)
+        if self._own >= 0 and self._is_own(packet):
+            return self._drop(Drop.WRONG_DIRECTION)  # one of ours sent back: before the ICV
         replay = self.replay
         seq = _SEQ_LO.unpack_from(packet, 4)[0]
         if self._esn:
@@ -509,9 +593,13 @@ class SecurityAssociation:
             result = esp.open_aead16(packet, aead_decrypt, self._salt)
         if isinstance(result, Drop):
             return self._drop(result)
+        if admit is not None:
+            refused = admit(*result)
+            if refused is not None:
+                return refused
         if seq > self.in_limit and not self._reserved("in", seq):
             return self._drop(Drop.OTHER)
-        self.replay.accept(seq)  # ... and the window moves only after it passed
+        self.replay.accept(seq)  # ... and the window moves only after it passed every check
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off, self.replay.top)
         if self._volume:

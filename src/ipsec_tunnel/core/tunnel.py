@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from .drops import Drop
+from .esp import NH_IPV4, NH_IPV6
 from .sa import SAError, parse_address
 
 __all__ = [
@@ -90,6 +92,18 @@ class Tunnel:
     def remote_packed(self) -> bytes:
         """The remote outer address, packed."""
         return ipaddress.ip_address(self.remote).packed
+
+    def admit(self, inner: bytes, nh: int) -> Drop | None:
+        """`sa.Admit` for this tunnel: POLICY for an inner IP packet whose source `--peer-net` does not
+        allow, else None (any other fault is left to the checks after it)."""
+        if nh not in (NH_IPV4, NH_IPV6) or not inner:
+            return None
+        version = inner[0] >> 4
+        if version == 4 and len(inner) >= 20:
+            return None if self.allows(inner[12:16]) else Drop.POLICY  # RFC 791 §3.1: source address
+        if version == 6 and len(inner) >= 40:
+            return None if self.allows(inner[8:24]) else Drop.POLICY  # RFC 8200 §3: source address
+        return None
 
     def allows(self, inner_src: bytes) -> bool:
         """True when `inner_src` (packed) may arrive through this tunnel (`--peer-net`; none: any)."""

@@ -36,6 +36,7 @@ from ..linux.offload import (
 )
 from ..linux.qdisc import Qdisc
 from ..linux.sockets import EspDatagram, RawEsp
+from .clock import steady
 from .manager import Devices
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class KernelDevices(Devices):
     def set_mtu(self, name: str, mtu: int) -> None:
         link.set_mtu(name, mtu)
 
+    def is_local(self, address: str) -> bool:
+        return link.is_local_address(address)
+
     def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
         try:
             return link.route_mtu(remote, oif=nextdev)
@@ -122,7 +126,7 @@ class DataPlane:
         engine: Engine,
         *,
         udp_port: int = NAT_T_PORT,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
         offloads: Offloads | None = None,
         spin: float = 0.0,
         qdisc: Qdisc | None = None,

@@ -109,7 +109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after each burst of packets keep polling, yielding the CPU to anything runnable, this many "
         f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="least severe messages logged (default: info)",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     return p.parse_args(argv)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +13,9 @@ from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
-from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap
+from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
 from ..core.tunnel import BASE_DEVICE, Tunnel
+from .clock import steady
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ class Devices:
         """The MTU of the route to `remote`, or None when there is none."""
         raise NotImplementedError
 
+    def is_local(self, address: str) -> bool:
+        """Whether `address` is an address of this host (a fake without addresses: every one is)."""
+        return True
+
 
 def _addr(args: dict[str, Any], name: str) -> bytes | None:
     text = arg(args, name, str)
@@ -65,6 +69,14 @@ def _limits(args: dict[str, Any], name: str) -> Limits:
         raise ProtocolError("EINVAL", f"bad {name} lifetime") from None
 
 
+def ambiguous_duplex_warning(config: SAConfig) -> str:
+    """What `sa add --duplex` answers for a cipher whose packets do not say their direction."""
+    return (
+        f"warning: --duplex with {config.cipher or 'null'}: nothing in a packet says its direction, so a "
+        "packet sent back to its sender is accepted there; prefer one SA per direction, each with its own key"
+    )
+
+
 def _drops(counter: Any) -> dict[str, int]:
     return {reason.value: n for reason, n in counter.items() if n}
 
@@ -73,13 +85,17 @@ class Manager:
     """Carries out control requests; every change is stored before it takes effect."""
 
     def __init__(
-        self, engine: Engine, store: Store, devices: Devices, now: Callable[[], float] = time.time
+        self, engine: Engine, store: Store, devices: Devices, now: Callable[[], float] = steady
     ) -> None:
         self.engine = engine
         self.store = store
         self.devices = devices
         self.now = now
         self.mtu_set: dict[str, int] = {}
+        # Counter-mode keys sending in each direction: (cipher, key, IV direction bit) -> SA, so that
+        # `sa add` checks nonce reuse in constant time (1,000 adds from `ipsecadm -b` stay linear).
+        self._nonce_owner: dict[tuple[str | None, bytes, int], SecurityAssociation] = {}
+        self._nonce_seen = -1  # len(sad) when the index was last in step with it
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """The result of operation `op`; ProtocolError for a refused request."""
@@ -100,6 +116,10 @@ class Manager:
         for tunnel in self.store.load_tunnels():
             self.engine.tunnels.add(tunnel)
             self.devices.create(tunnel.name)
+            if not self.devices.is_local(tunnel.local):
+                log.warning(
+                    "tunnel %s: --local %s is not (yet) an address of this host", tunnel.name, tunnel.local
+                )
         self.refresh_mtus()
         log.info("restored %d SAs and %d tunnels", len(self.engine.sad), len(self.engine.tunnels))
 
@@ -129,42 +149,73 @@ class Manager:
                 encap=encap,
                 soft=_limits(args, "soft"),
                 hard=_limits(args, "hard"),
+                duplex=bool(arg(args, "duplex", bool, False)),
             ).validated()
         except ValueError as exc:
             if isinstance(exc, SAError):
                 raise
             raise ProtocolError("EINVAL", "Bad key: not hexadecimal") from None
-        configs = [config, config.reversed()] if arg(args, "duplex", bool, False) else [config]
+        configs = [config, config.reversed()] if config.duplex else [config]
         for c in configs:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
         self._check_nonce_domain(configs)
+        if not config.integrity:
+            log.warning(
+                "SA %#x %s -> %s has no integrity protection (no digest)", config.spi, config.src, config.dst
+            )
         now = self.now()
         added = []
         for c in configs:
             sa = SecurityAssociation(c, now)
             self.store.add_sa(sa)
             self.engine.sad.add(sa)
+            if self._nonce_seen == len(self.engine.sad) - 1:  # keep the index in step
+                self._nonce_seen += 1
+                if c.iv_split is not None:
+                    self._nonce_owner[c.cipher, c.cipher_key, c.iv_split] = sa
             added.append(self.sa_dict(sa, False))
             log.info(
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
             )
         self.refresh_mtus()
+        if config.ambiguous_duplex:  # printed by ipsecadm on stderr
+            return {"added": added, "warnings": [ambiguous_duplex_warning(config)]}
         return {"added": added}
+
+    def _index_nonces(self) -> None:
+        """Rebuild the counter-mode key index from the SA database."""
+        self._nonce_owner = {}
+        for sa in self.engine.sad:
+            o = sa.config
+            if o.iv_split is not None:
+                self._nonce_owner.setdefault((o.cipher, o.cipher_key, o.iv_split), sa)
+        self._nonce_seen = len(self.engine.sad)
+
+    def _nonce_user(self, c: SAConfig) -> SecurityAssociation | None:
+        """The SA already sending with `c`'s counter-mode key in `c`'s direction, if any."""
+        if c.iv_split is None:
+            return None
+        if self._nonce_seen != len(self.engine.sad):  # SAs came or went since the index was made
+            self._index_nonces()
+        key = (c.cipher, c.cipher_key, c.iv_split)
+        sa = self._nonce_owner.get(key)
+        if sa is not None and self.engine.sad.get(*sa.key) is not sa:  # removed since: look again
+            self._index_nonces()
+            sa = self._nonce_owner.get(key)
+        return sa
 
     def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
         """Refuse a counter-mode key already sending in the same direction: its nonces would repeat."""
         for c in configs:
-            if c.iv_split is None:
-                continue
-            for sa in self.engine.sad:
+            sa = self._nonce_user(c)
+            if sa is not None:
                 o = sa.config
-                if o.iv_split == c.iv_split and o.cipher == c.cipher and o.cipher_key == c.cipher_key:
-                    raise SAError(
-                        f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
-                        "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
-                        "EEXIST",
-                    )
+                raise SAError(
+                    f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
+                    "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
+                    "EEXIST",
+                )
 
     def _select(self, args: dict[str, Any]) -> list[SecurityAssociation]:
         spi = arg(args, "spi", int)
@@ -189,7 +240,9 @@ class Manager:
             self.engine.nat.forget(sa.key[1], sa.key[0])
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
         self.refresh_mtus()
-        return {"deleted": len(victims)}
+        return {
+            "deleted": [{"dst": sa.config.dst, "src": sa.config.src, "spi": sa.config.spi} for sa in victims]
+        }
 
     def op_sa_show(self, args: dict[str, Any]) -> Any:
         stats = bool(arg(args, "stats", bool, False))
@@ -210,6 +263,7 @@ class Manager:
             "digest": c.digest,
             "digest_bits": (sa.auth.icv_len * 8 if sa.auth else (sa.cipher.icv_len * 8 if aead else 0)),
             "digest_key_bits": len(c.digest_key) * 8,
+            "integrity": c.integrity,
             "replay_window": c.replay_window, "esn": c.esn,
             "encap": (
                 {"sport": c.encap.sport, "dport": c.encap.dport, "keepalive": c.encap.keepalive}
@@ -248,6 +302,7 @@ class Manager:
         if "local" not in fields or "remote" not in fields:
             raise ProtocolError("EINVAL", "tunnel add needs --local and --remote")
         tunnel = Tunnel(name=name, **fields).validated()
+        self._check_local(tunnel.local)
         if self.engine.tunnels.get(name) is None and self.devices.exists(name):
             raise SAError(f"A network device named {name} already exists", "EEXIST")
         self._check_nextdev(tunnel.nextdev)
@@ -276,11 +331,22 @@ class Manager:
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str, required=True)
         fields = self._tunnel_fields(args)
+        if fields.get("local"):
+            self._check_local(str(parse_address(fields["local"], "local")))
         self._check_nextdev(fields.get("nextdev"))
         tunnel = self.engine.tunnels.change(name, **fields)
         self.store.save_tunnel(tunnel)
         self.refresh_mtus()
         return self.tunnel_dict(tunnel, False)
+
+    def _check_local(self, local: str) -> None:
+        """Refuse a tunnel whose --local is not an address of this host: it would send with the SA meant
+        for receiving from its peer (issue 11 item 5)."""
+        if not self.devices.is_local(local):
+            raise SAError(
+                f"--local {local} is not an address of this host (did you copy the peer's line? "
+                "swap --local and --remote)"
+            )
 
     def op_tunnel_del(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str)

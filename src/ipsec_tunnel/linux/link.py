@@ -1,8 +1,8 @@
 """Network interface state and route queries, read from and written to the kernel.
 
-Owns the classic interface ioctls (MTU, flags, index) and two read-only routing questions: which MTU
-and which source address the kernel would use towards a destination. Nothing here sends a packet.
-All calls act in the network namespace of the calling thread.
+Owns the classic interface ioctls (MTU, flags, index), two read-only routing questions (which MTU and
+which source address the kernel would use towards a destination) and whether an address is local.
+Nothing here sends a packet. All calls act in the network namespace of the calling thread.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "get_flags",
     "get_mtu",
     "ifindex",
+    "is_local_address",
     "is_up",
     "route_mtu",
     "route_source",
@@ -176,3 +177,27 @@ def no_ipv6_autoconf(name: str) -> None:
             f.write("1")
     except OSError:
         pass
+
+
+IF_INET6 = "/proc/net/if_inet6"  # one line per IPv6 address of this namespace, the address in hex first
+
+
+def is_local_address(address: str) -> bool:
+    """Whether ``address`` is assigned to an interface of this network namespace. IPv6 addresses are
+    read from /proc/net/if_inet6 (tentative ones included, so a fresh address counts at once); IPv4
+    ones by binding a UDP socket to it, which the kernel refuses (EADDRNOTAVAIL) for any other."""
+    addr = ipaddress.ip_address(address)
+    if addr.version == 6:
+        try:
+            with open(IF_INET6, encoding="ascii") as f:
+                return any(line.split(maxsplit=1)[:1] == [addr.packed.hex()] for line in f)
+        except FileNotFoundError:  # IPv6 disabled: no IPv6 address is local
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.bind((str(addr), 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
+    return True

@@ -1,0 +1,154 @@
+"""The manager's checks of issue 11 (no root): a tunnel's --local must be an address of this host,
+--duplex with a counter-mode cipher over UDP is refused whole, an ambiguous --duplex is answered with a
+warning, and the daemon's clock is steady against steps of the system clock."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipsec_tunnel.cli.ipsecadm import main as ipsecadm_main
+from ipsec_tunnel.control.protocol import ProtocolError
+from ipsec_tunnel.core.engine import Engine
+from ipsec_tunnel.daemon.clock import SteadyClock, steady
+from ipsec_tunnel.daemon.dataplane import DataPlane
+from ipsec_tunnel.daemon.manager import Devices, Manager
+from ipsec_tunnel.daemon.state import Store
+
+from .conftest import A4, B4, NOW
+
+GCM_KEY = bytes(range(20))
+AES_KEY, SHA_KEY = bytes(range(16)), bytes(range(32))
+
+
+class LocalDevices(Devices):
+    """Tunnel devices as names; `local` the addresses of this (fake) host."""
+
+    def __init__(self, local: set[str]) -> None:
+        self.local = local
+        self.names: set[str] = set()
+
+    def create(self, name: str) -> None:
+        self.names.add(name)
+
+    def remove(self, name: str) -> None:
+        self.names.discard(name)
+
+    def exists(self, name: str) -> bool:
+        return name in self.names
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        pass
+
+    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
+        return 1500
+
+    def is_local(self, address: str) -> bool:
+        return address in self.local
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Manager:
+    return Manager(Engine(), Store(tmp_path / "state"), LocalDevices({A4}), now=lambda: NOW)
+
+
+def test_tunnel_with_a_local_address_of_another_host_is_refused(manager: Manager) -> None:
+    """Newcomer trial finding 13: host A given host B's line would send with the SA it receives with."""
+    with pytest.raises(ProtocolError, match=rf"^--local {B4} is not an address of this host") as info:
+        manager.handle("tunnel.add", {"name": "ipsec1", "local": B4, "remote": A4})
+    assert info.value.errno == "EINVAL"
+    assert manager.engine.tunnels.get("ipsec1") is None
+    assert manager.devices.names == set()  # type: ignore[attr-defined]
+    manager.handle("tunnel.add", {"name": "ipsec1", "local": A4, "remote": B4})
+    with pytest.raises(ProtocolError, match="is not an address of this host"):
+        manager.handle("tunnel.change", {"name": "ipsec1", "local": "192.0.2.9"})
+    tunnel = manager.engine.tunnels.get("ipsec1")
+    assert tunnel is not None and tunnel.local == A4
+
+
+def _sa(**extra: Any) -> dict[str, Any]:
+    return {"spi": 0x1000, "dst": B4, "src": A4, **extra}
+
+
+def test_duplex_counter_mode_over_udp_is_refused_and_adds_nothing(manager: Manager) -> None:
+    """Newcomer trial finding 1: the daemon passes --duplex to the core's check; neither direction is
+    added."""
+    with pytest.raises(ProtocolError, match="one SA per direction, each with its own key"):
+        manager.handle(
+            "sa.add", _sa(cipher="aes-gcm", cipher_key=GCM_KEY.hex(), duplex=True, encap={"sport": 4500})
+        )
+    assert len(manager.engine.sad) == 0
+    added = manager.handle("sa.add", _sa(cipher="aes-gcm", cipher_key=GCM_KEY.hex(), duplex=True))
+    assert len(added["added"]) == 2 and "warnings" not in added
+    assert all(sa.config.duplex for sa in manager.engine.sad)
+
+
+def test_ambiguous_duplex_is_answered_with_a_warning(
+    manager: Manager, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Protocol review finding 1: CBC --duplex (the seed's line) stays allowed, with a warning that
+    ipsecadm prints on stderr."""
+    cbc = _sa(cipher="aes-cbc", cipher_key=AES_KEY.hex(), digest="sha256", digest_key=SHA_KEY.hex())
+    single = manager.handle("sa.add", cbc)
+    assert "warnings" not in single
+    manager.handle("sa.del", {"all": True})
+    result = manager.handle("sa.add", {**cbc, "duplex": True})
+    (warning,) = result["warnings"]
+    assert warning.startswith("warning: --duplex with aes-cbc: nothing in a packet says its direction")
+    assert "one SA per direction, each with its own key" in warning
+    assert AES_KEY.hex() not in warning and SHA_KEY.hex() not in warning
+
+
+def test_ipsecadm_prints_the_daemons_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import threading
+
+    from ipsec_tunnel.control.protocol import encode_result
+
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while not conn.recv(65536).endswith(b"\n"):
+                pass
+            conn.sendall(encode_result({"added": [], "warnings": ["warning: careful"]}))
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        rc = ipsecadm_main(
+            ["--socket", path, "sa", "add", "--spi=0x1000", f"--dst={B4}", f"--src={A4}",
+             "--cipher=aes-cbc", f"--cipher-key={AES_KEY.hex()}", "--digest=sha256",
+             f"--digest-key={SHA_KEY.hex()}", "--duplex"]
+        )  # fmt: skip
+    finally:
+        thread.join(5)
+        listener.close()
+    assert rc == 0
+    assert "ipsecadm: warning: careful\n" in capsys.readouterr().err
+
+
+def test_steady_clock_ignores_steps_of_the_system_clock() -> None:
+    """Lifetimes and the ICMP rate limit run on the daemon's clock: a step of the wall clock after
+    start-up moves it neither forward (expiring SAs) nor back (reviving them)."""
+    wall, mono = [1_700_000_000.0], [50.0]
+    clock = SteadyClock(lambda: wall[0], lambda: mono[0])
+    assert clock() == 1_700_000_000.0  # it reads as wall-clock time, so `created` can be stored
+    wall[0] += 3600.0  # date -s: an hour forward
+    assert clock() == 1_700_000_000.0
+    mono[0] += 2.5
+    wall[0] -= 7200.0  # and two hours back
+    assert clock() == 1_700_000_002.5
+
+
+def test_the_daemon_runs_on_the_steady_clock(tmp_path: Path) -> None:
+    manager = Manager(Engine(), Store(tmp_path / "state"), LocalDevices({A4}))
+    assert manager.now is steady
+    assert inspect.signature(DataPlane.__init__).parameters["clock"].default is steady
