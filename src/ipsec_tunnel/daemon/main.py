@@ -18,7 +18,8 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
-from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
+from .dataplane import BATCH_PACKETS, NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
 from .devices import PersistentDevices
 from .lifecycle import Starter, daemonize, log_handler, notify
 from .lifecycle import stop as stop_daemon
@@ -99,6 +100,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Offloads.txqueuelen,
         help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
     )
+    queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), Queues)")
+    queues.add_argument(
+        "--qdisc",
+        choices=KINDS,
+        default=DEFAULT_QDISC,
+        help=f"root qdisc set on every tunnel device, whatever the host default (default {DEFAULT_QDISC}; "
+        "none: leave the host default)",
+    )
+    queues.add_argument(
+        "--socket-buffer",
+        type=_buffer_size,
+        default=SOCKET_BUFFER,
+        metavar="BYTES",
+        help=f"receive and send buffer of the outer ESP and ESP-in-UDP sockets (default {SOCKET_BUFFER}; "
+        "suffixes k, m)",
+    )
+    queues.add_argument(
+        "--batch",
+        type=_batch_size,
+        default=BATCH_PACKETS,
+        metavar="PACKETS",
+        help=f"packets taken from one source (device or socket) before the others get a turn "
+        f"(default {BATCH_PACKETS}, 1 to 4096)",
+    )
     p.add_argument(
         "--spin-us",
         type=int,
@@ -112,6 +137,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     return p.parse_args(argv)
+
+
+def _buffer_size(text: str) -> int:
+    """A socket buffer size: bytes, or with a k or m suffix (powers of 1024); 64 KiB to 256 MiB."""
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
+    size = int(digits) * scale
+    if not (64 << 10) <= size <= (256 << 20):
+        raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
+    return size
+
+
+def _batch_size(text: str) -> int:
+    """A batch size in packets, 1 to 4096."""
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"not a number of packets from 1 to 4096: {text!r}")
+    return int(text)
 
 
 class PidFile:
@@ -218,7 +262,13 @@ def offloads(args: argparse.Namespace) -> Offloads:
 def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     engine = Engine()
     plane = DataPlane(
-        engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
+        engine,
+        udp_port=args.udp_port,
+        offloads=offloads(args),
+        spin=max(0, args.spin_us) / 1e6,
+        qdisc=Qdisc(args.qdisc),
+        socket_buffer=args.socket_buffer,
+        batch_packets=args.batch,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
