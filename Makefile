@@ -104,6 +104,7 @@ soak: deps venv
 BENCH_PKGS = iperf3 tcpdump strongswan-charon strongswan-swanctl libcharon-extra-plugins \
              libstrongswan-standard-plugins wireguard-go wireguard-tools
 BENCH_ARGS ?=
+LATENCY_ARGS ?=
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps APT_PKGS="$(BENCH_PKGS)"
@@ -112,6 +113,7 @@ bench: deps bench-deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/core.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/throughput.py $(BENCH_ARGS)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/wakeup.py --ipsecd
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/latency.py $(LATENCY_ARGS)
 
 bench-scale: deps venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/scale.py $(BENCH_ARGS)

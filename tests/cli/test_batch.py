@@ -157,10 +157,19 @@ def served() -> Iterator[Served]:
 
 
 def test_a_thousand_sas_from_one_batch_file(
-    served: Served, tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Against the real control server and manager (state in SQLite, fake devices): every SA arrives."""
-    lines = [SA_LINE.format(spi=hex(0x10000 + i), **keys) for i in range(1000)]
+    """Against the real control server and manager (state in SQLite, fake devices): every SA arrives.
+    Each SA has keys of its own: ipsecd refuses a key another SA holds."""
+    lines = []
+    for i in range(1000):
+        own = {}
+        for name, size in (("c", 16), ("d", 20)):
+            p = tmp_path / f"{name}{i}.key"
+            p.write_bytes(os.urandom(size))
+            os.chmod(p, 0o600)
+            own[name] = p
+        lines.append(SA_LINE.format(spi=hex(0x10000 + i), **own))
     path = _batch(tmp_path, *lines)
     start = time.monotonic()
     rc = main([f"--socket={served.path}", "-b", str(path)])

@@ -15,6 +15,7 @@ from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import RECEIVE_DROPS, SEND_DROPS, Drop
 from ipsec_tunnel.core.engine import (
     ICMP_BURST,
+    Burst,
     Deliver,
     Engine,
     Outbound,
@@ -274,6 +275,33 @@ def test_too_big_ipv6_gives_packet_too_big_with_the_mtu() -> None:
     assert isinstance(pair.a.send("t0", inner_packet(6, limit - 48), 1.0), Outbound)
 
 
+@pytest.mark.parametrize("outer", [4, 6])
+def test_ipv6_up_to_1280_leaves_as_outer_fragments_when_the_path_is_smaller(outer: int) -> None:
+    """RFC 8200 §5 / RFC 4213 §3.2: an inner IPv6 packet of at most 1280 bytes that ESP cannot fit into
+    the path is sent with the outer DF clear (fragmented outside), never refused with an MTU below 1280."""
+    pair = make_pair(outer)
+    pair.a.path_mtu["t0"] = 1280
+    tunnel = pair.a.tunnels.get("t0")
+    assert tunnel is not None
+    limit = pair.a.mtu_for(tunnel)
+    assert limit is not None and limit < 1280
+    fitting = pair.a.send("t0", inner_packet(6, limit - 48), 1.0)
+    assert isinstance(fitting, Outbound) and fitting.df  # what fits keeps DF
+    for size in (limit + 1, 1280):
+        out = pair.a.send("t0", inner_packet(6, size - 48), 1.0)
+        assert isinstance(out, Outbound) and not out.df
+        got = deliver(pair, out)
+        assert isinstance(got, Deliver) and got.packet == inner_packet(6, size - 48)
+    too_big = pair.a.send("t0", inner_packet(6, 1281 - 48), 1.0)
+    assert isinstance(too_big, Deliver)
+    assert IPv6(too_big.packet)[ICMPv6PacketTooBig].mtu == 1280  # never below the IPv6 minimum
+    # IPv4 with DF keeps path MTU discovery at the ESP fit.
+    v4 = pair.a.send("t0", inner_packet(4, limit + 1 - 28, df=True), 1.0)
+    assert isinstance(v4, Deliver) and IP(v4.packet)[ICMP].nexthopmtu == limit
+    batch = pair.a.send_batch("t0", [inner_packet(6, 1280 - 48)] * 3, 1.0)
+    assert len(batch) == 3 and all(isinstance(b, Burst) and not b.df for b in batch)
+
+
 def test_mtu_unknown_without_a_path_mtu() -> None:
     pair = make_pair()
     tunnel = pair.a.tunnels.get("t0")
@@ -422,8 +450,8 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.EXPIRED] = 1
     assert dict(b.rx_drops) == expected
     assert set(expected) <= set(RECEIVE_DROPS)
-    # OTHER: the reserve hook (test_sa); DEVICE_DOWN: the data plane's (robustness/test_visibility)
-    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.DEVICE_DOWN}
+    # STORE_FAILED: the reserve hook (test_sa), OTHER unused; DEVICE_DOWN: the data plane (test_visibility)
+    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.STORE_FAILED, Drop.DEVICE_DOWN}
 
 
 def test_every_send_drop_is_counted() -> None:
@@ -447,7 +475,7 @@ def test_every_send_drop_is_counted() -> None:
         raise OSError("read-only file system")
 
     sa.reserve = read_only_store
-    assert a.send("t0", inner_packet(), 1.0) is Drop.OTHER
+    assert a.send("t0", inner_packet(), 1.0) is Drop.STORE_FAILED
     sa.seq_limit = sa.config.seq_max
     sa.seq_out = sa.config.seq_max
     assert a.send("t0", inner_packet(), 1.0) is Drop.SEQ_EXHAUSTED
@@ -457,14 +485,15 @@ def test_every_send_drop_is_counted() -> None:
     other.sad.add(SecurityAssociation(pair.ab, 0.0))
     assert other.send("t0", inner_packet(), 1000.0) is Drop.EXPIRED
     assert dict(a.tx_drops) == {
-        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.OTHER: 1, Drop.SEQ_EXHAUSTED: 2,
+        Drop.NO_SA: 2, Drop.NOT_IP: 2, Drop.TOO_BIG: 1, Drop.STORE_FAILED: 1, Drop.SEQ_EXHAUSTED: 2,
     }  # fmt: skip
     assert dict(other.tx_drops) == {Drop.EXPIRED: 1}
     assert a.stats_for("t0").tx_drops[Drop.SEQ_EXHAUSTED] == 2
     assert {EventKind.SEQ_EXHAUSTED} == {e.kind for e in a.take_events()}
     assert a.take_events() == []
     counted = set(a.tx_drops) | set(other.tx_drops)
-    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR}  # the daemon's: the kernel says
+    # the daemon's: the kernel says (NO_ROUTE, SEND_ERROR); OTHER unused since STORE_FAILED
+    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR, Drop.OTHER}
 
 
 def test_tick_raises_lifetime_events() -> None:

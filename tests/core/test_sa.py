@@ -242,9 +242,9 @@ def test_reserve_failure_is_a_counted_drop_and_burns_no_number() -> None:
     sa.reserve = reserve
     sa.encrypt(b"x", 4, 0.0, Events())
     sa.encrypt(b"x", 4, 0.0, Events())
-    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.OTHER
-    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.OTHER
-    assert sa.drops[Drop.OTHER] == 2
+    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED
+    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED
+    assert sa.drops[Drop.STORE_FAILED] == 2
     assert sa.seq_out == 2
     reserve.fail = False
     packet = sa.encrypt(b"x", 4, 0.0, Events())
@@ -255,9 +255,9 @@ def test_reserve_failure_is_a_counted_drop_and_burns_no_number() -> None:
 def test_reserve_granting_too_little_or_missing_is_a_drop() -> None:
     sa = SecurityAssociation(cbc_config(), 0.0)
     sa.seq_limit = 0
-    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.OTHER  # no hook at all
+    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED  # no hook at all
     sa.reserve = Reserve(grant=-1)
-    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.OTHER
+    assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED
     assert sa.seq_out == 0
 
 
@@ -270,7 +270,7 @@ def test_reserve_on_receive() -> None:
     packets = [sender.encrypt(b"r", 4, 0.0, Events()) for _ in range(4)]
     assert isinstance(packets[0], bytes) and isinstance(packets[2], bytes)
     assert receiver.decrypt(packets[0], 0.0, Events()) == (b"r", 4)
-    assert receiver.decrypt(packets[2], 0.0, Events()) is Drop.OTHER  # store failed: not accepted
+    assert receiver.decrypt(packets[2], 0.0, Events()) is Drop.STORE_FAILED  # store failed: not accepted
     assert receiver.replay.top == 1  # ... and the window did not move
     reserve.fail = False
     assert receiver.decrypt(packets[2], 0.0, Events()) == (b"r", 4)

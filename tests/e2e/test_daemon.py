@@ -1,9 +1,10 @@
-"""ipsecd as a daemon: one instance only, devices created and removed, state restored, the seed's receive
-rules (ipsec0 catch-all, protocol-unreachable), --nextdev and --peer-net."""
+"""ipsecd as a daemon: one instance only, devices created and kept across restarts, state restored, the
+seed's receive rules (ipsec0 catch-all, protocol-unreachable), --nextdev and --peer-net."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -29,18 +30,29 @@ def test_second_instance_refuses_to_start(hosts: TwoHosts) -> None:
         check=False,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "already running" in proc.stderr
+    assert proc.stderr.strip() == f"ipsecd: another ipsecd answers on {a.socket}"
     assert a.adm("version").returncode == 0  # the first one is unharmed
+    # another socket and pid file, the same state directory: refused by the directory's lock
+    other = a.dir / "other.sock"
+    proc = a.sh(
+        [sys.executable, "-m", "ipsec_tunnel.daemon.main", "-f", "--socket", str(other), "--state-dir",
+         str(a.state)],
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert re.fullmatch(rf"ipsecd: state directory {a.state} in use by pid \d+", proc.stderr.strip())
+    assert not other.exists()
+    assert a.adm("version").returncode == 0
 
 
-def test_sigterm_removes_devices_and_restart_restores_them(hosts: TwoHosts) -> None:
+def test_sigterm_keeps_devices_and_restart_restores_them(hosts: TwoHosts) -> None:
     h = hosts
     gcm_pair(h)
     h.a.adm("tunnel", "add", "ipsec1", f"--local={h.a_pub}", f"--remote={h.b_pub}")
     assert h.a.sh("ip link show ipsec1", check=False).returncode == 0
     assert h.a.stop(signal.SIGTERM) == 0
-    assert h.a.sh("ip link show ipsec1", check=False).returncode != 0
-    assert h.a.sh("ip link show ipsec0", check=False).returncode != 0
+    assert h.a.sh("ip link show ipsec1", check=False).returncode == 0  # kept for the next ipsecd
+    assert h.a.sh("ip link show ipsec0", check=False).returncode == 0
     assert not h.a.socket.exists()
     h.a.start()
     shown = json.loads(h.a.adm("-j", "tunnel", "show").stdout)
@@ -48,6 +60,16 @@ def test_sigterm_removes_devices_and_restart_restores_them(hosts: TwoHosts) -> N
     sas = json.loads(h.a.adm("-j", "sa", "show").stdout)
     assert sorted((s["src"], s["dst"]) for s in sas) == sorted([(h.a_pub, h.b_pub), (h.b_pub, h.a_pub)])
     assert h.a.sh("ip link show ipsec1", check=False).returncode == 0
+
+
+def test_remove_devices_on_exit(hosts: TwoHosts) -> None:
+    h = hosts
+    h.a.stop()
+    h.a.start("--remove-devices-on-exit")
+    h.a.adm("tunnel", "add", "ipsec1", f"--local={h.a_pub}", f"--remote={h.b_pub}")
+    assert h.a.stop(signal.SIGTERM) == 0
+    assert h.a.sh("ip link show ipsec1", check=False).returncode != 0
+    assert h.a.sh("ip link show ipsec0", check=False).returncode != 0
 
 
 def test_no_matching_tunnel_sends_protocol_unreachable(hosts: TwoHosts) -> None:

@@ -131,7 +131,7 @@ def _bad_magic(p: Path) -> None:
 
 
 def _newer_schema(p: Path) -> None:
-    _sql(p, "UPDATE meta SET value='2' WHERE key='schema'")
+    _sql(p, f"UPDATE meta SET value='{state.SCHEMA_VERSION + 1}' WHERE key='schema'")
 
 
 def _newer_schema_renamed_table(p: Path) -> None:
@@ -181,7 +181,8 @@ def test_damaged_database_is_refused_and_left_alone(tmp_path: Path, corrupt: Cal
 def test_newer_schema_says_to_run_the_newer_daemon(tmp_path: Path) -> None:
     path = _populated(tmp_path)
     _newer_schema(path)
-    with pytest.raises(StateError, match=r"schema 2, newer than .* \(1\)"):
+    new, ours = state.SCHEMA_VERSION + 1, state.SCHEMA_VERSION
+    with pytest.raises(StateError, match=rf"schema {new}, newer than .* \({ours}\)"):
         Store(tmp_path)
 
 
@@ -498,13 +499,13 @@ def _check_refuses_until_writable(
     with pytest.raises(OSError):
         store.reserve(sa, "out", sa.seq_out + 1)
     limit = sa.seq_limit
-    for _ in range(5):
-        assert engine.send(DEVICE, INNER, NOW) is Drop.OTHER
+    for _ in range(5):  # a reason of its own, never the generic "other"
+        assert engine.send(DEVICE, INNER, NOW) is Drop.STORE_FAILED
     assert (sa.seq_out, sa.seq_limit) == (limit, limit)
-    assert engine.tx_drops[Drop.OTHER] == 5 and sa.drops[Drop.OTHER] == 5
+    assert engine.tx_drops[Drop.STORE_FAILED] == 5 and sa.drops[Drop.STORE_FAILED] == 5
     assert engine.tx_accepted == len(sent)
     top = rx.replay.top
-    assert rx.decrypt(inbound[-1], NOW, _ignore) is Drop.OTHER  # beyond the inbound reservation
+    assert rx.decrypt(inbound[-1], NOW, _ignore) is Drop.STORE_FAILED  # beyond the inbound reservation
     assert rx.replay.top == top  # not taken as received
 
     make_writable()

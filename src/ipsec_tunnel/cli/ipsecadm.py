@@ -254,7 +254,7 @@ def run_batch(batch: Batch) -> int:
 def _unreachable(exc: DaemonUnreachable) -> str:
     path = exc.filename
     if exc.permission_denied:
-        return f"permission denied on ipsecd's socket {path}: run ipsecadm as root (or with CAP_NET_ADMIN)"
+        return f"permission denied on ipsecd's socket {path}: run ipsecadm as root"
     message = NOT_RUNNING.format(path=path)
     if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):  # the plain "not running" case
         message = message.replace(": is it running?", f" ({exc.strerror}): is it running?")

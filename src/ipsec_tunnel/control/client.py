@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno as _errno
 import os
 import socket
+import struct
 import time
 from typing import Any
 
 from .protocol import DEFAULT_SOCKET, MAX_RESPONSE, ProtocolError, decode_response, encode_request
 
 ENV_SOCKET = "IPSEC_TUNNEL_SOCKET"
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def default_socket_path() -> str:
@@ -57,7 +59,6 @@ class Client:
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
-                return sock
             except OSError as exc:
                 sock.close()
                 if exc.errno == _errno.EAGAIN and time.monotonic() < deadline:
@@ -65,6 +66,21 @@ class Client:
                     continue
                 code = exc.errno if exc.errno is not None else _errno.EINVAL
                 raise DaemonUnreachable(code, exc.strerror or str(exc), self.path) from None
+            try:
+                self._check_server(sock)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+    def _check_server(self, sock: socket.socket) -> None:
+        """Refuse a server that is neither root nor this user: whoever made the socket file would be
+        handed the keys of every `sa add`. The uid is the one the kernel recorded when it listened."""
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if uid not in (0, os.geteuid()):
+            raise ProtocolError(
+                "EACCES", f"refusing to talk to {self.path}: it is served by uid {uid}, not by root"
+            )
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """The result of `op` with `args`.

@@ -33,6 +33,9 @@ class Drop(enum.Enum):
     NOT_IP = "not_ip"
     NO_ROUTE = "no_route"
     SEND_ERROR = "send_error"  # the kernel refused the outer datagram (a firewall, an unknown --nextdev)
+    # Both sides: the state store could not commit the reservation a sequence number or a lifetime count
+    # needs (disk full, read-only, I/O error); the packet is dropped rather than used unrecorded.
+    STORE_FAILED = "store_failed"
     OTHER = "other"
 
     @property
@@ -63,6 +66,7 @@ _LABELS: dict[Drop, str] = {
     Drop.NOT_IP: "not IP",
     Drop.NO_ROUTE: "no route",
     Drop.SEND_ERROR: "send failed",
+    Drop.STORE_FAILED: "state store not writable",
     Drop.OTHER: "other",
 }
 
@@ -82,6 +86,7 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.WRONG_DIRECTION,
     Drop.ENCAP_MISMATCH,
     Drop.DEVICE_DOWN,
+    Drop.STORE_FAILED,
     Drop.OTHER,
 )
 SEND_DROPS: tuple[Drop, ...] = (
@@ -92,5 +97,6 @@ SEND_DROPS: tuple[Drop, ...] = (
     Drop.NOT_IP,
     Drop.NO_ROUTE,
     Drop.SEND_ERROR,
+    Drop.STORE_FAILED,
     Drop.OTHER,
 )

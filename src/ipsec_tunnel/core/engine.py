@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from . import ip, natt, tso
@@ -260,6 +260,10 @@ class Engine:
         path = self.path_mtu.get(device)
         if path is not None:
             limit = inner_mtu(sa, path)
+            if hdr.version == 6 and limit < len(inner) <= ip.IPV6_MIN_MTU:
+                hdr = replace(hdr, df=False)  # IPv6 needs 1280 (RFC 8200 §5): outer fragments (RFC 4213 §3.2)
+            elif hdr.version == 6:
+                limit = max(limit, ip.IPV6_MIN_MTU)  # a "packet too big" never says less
             if len(inner) > limit and hdr.df:
                 self._tx_drop(stats, Drop.TOO_BIG)
                 icmp = self._icmp(hdr.src, now, lambda: ip.too_big(hdr.dst, inner, limit))

@@ -31,6 +31,7 @@ __all__ = [
     "KEEPALIVE",
     "KEEPALIVE_MAX",
     "NAT_T_PORT",
+    "NO_LIMIT",
     "SEQ_MAX_32",
     "SEQ_MAX_64",
     "SEQ_MAX_SPLIT",
@@ -42,6 +43,7 @@ __all__ = [
     "Emit",
     "Limits",
     "Reserve",
+    "ReserveVolume",
     "SAConfig",
     "SAError",
     "SecurityAssociation",
@@ -285,11 +287,16 @@ Reserve = Callable[["SecurityAssociation", str, int], int]
 """Persist that sequence numbers up to at least the given one may be used ('out') or have been accepted
 ('in'); returns the new limit. Raises OSError when the store cannot be written."""
 
+ReserveVolume = Callable[["SecurityAssociation", int, int], tuple[int, int]]
+"""Persist that up to the given packet and byte counts may be reached; returns the new (packets, bytes)
+limits. Raises OSError when the store cannot be written."""
+
 Emit = Callable[[SAEvent], None]
 
 Admit = Callable[[bytes, int], Drop | None]
 """The checks a decrypted (inner packet, next header) must pass before the replay window moves (the
 tunnel's inner policy): None when it may, else the reason to drop it."""
+NO_LIMIT = 1 << 64  # a count no SA reaches
 
 
 class SecurityAssociation:
@@ -313,6 +320,10 @@ class SecurityAssociation:
         self.in_limit = config.seq_max  # highest number the store allows to accept
         self.replay = replay or ReplayWindow(config.replay_window, esn=config.esn)
         self.reserve: Reserve | None = None
+        # Counts a lifetime may reach before the store must record more (see ReserveVolume); a restart
+        # resumes from the recorded counts, so it never extends a lifetime.
+        self.reserve_volume: ReserveVolume | None = None
+        self.packets_limit = self.bytes_limit = NO_LIMIT
         # A journal slot the daemon maps from a file: the highest accepted and the last sent number are
         # written there with every packet (little-endian u64 at hot_off and hot_off + 8), so that a process
         # crash loses neither. None: no journal.
@@ -377,7 +388,11 @@ class SecurityAssociation:
         self.packets += 1
         self.bytes += size
         self.used = now
-        if not self._volume:  # no byte or packet lifetime: nothing to check
+        self.settle(now, emit)
+
+    def settle(self, now: float, emit: Emit) -> None:
+        """Fire the packet and byte lifetimes the counts have reached (also after counts are restored)."""
+        if not self._volume or self.dead:  # no byte or packet lifetime: nothing to check
             return
         soft, hard = self.config.soft, self.config.hard
         if hard and (
@@ -403,6 +418,20 @@ class SecurityAssociation:
                 )
             )
 
+    def _volume_reserved(self, size: int) -> bool:
+        """Whether the store allows counting one more packet of `size` bytes (a lifetime with a packet
+        or byte limit only)."""
+        packets, nbytes = self.packets + 1, self.bytes + size
+        if packets <= self.packets_limit and nbytes <= self.bytes_limit:
+            return True
+        if self.reserve_volume is None:
+            return False
+        try:
+            self.packets_limit, self.bytes_limit = self.reserve_volume(self, packets, nbytes)
+        except OSError:
+            return False
+        return packets <= self.packets_limit and nbytes <= self.bytes_limit
+
     def _drop(self, reason: Drop) -> Drop:
         self.drops[reason] += 1
         return reason
@@ -423,7 +452,9 @@ class SecurityAssociation:
             emit(self._event(EventKind.SEQ_EXHAUSTED, "sequence", now))
             return self._drop(Drop.SEQ_EXHAUSTED)
         if seq > self.seq_limit and not self._reserved("out", seq):
-            return self._drop(Drop.OTHER)
+            return self._drop(Drop.STORE_FAILED)
+        if self._volume and not self._volume_reserved(len(inner)):
+            return self._drop(Drop.STORE_FAILED)
         self.seq_out = seq
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off + 8, seq)
@@ -598,7 +629,9 @@ class SecurityAssociation:
             if refused is not None:
                 return refused
         if seq > self.in_limit and not self._reserved("in", seq):
-            return self._drop(Drop.OTHER)
+            return self._drop(Drop.STORE_FAILED)
+        if self._volume and not self._volume_reserved(len(result[0])):
+            return self._drop(Drop.STORE_FAILED)
         self.replay.accept(seq)  # ... and the window moves only after it passed every check
         if self.hot is not None:
             _U64.pack_into(self.hot, self.hot_off, self.replay.top)

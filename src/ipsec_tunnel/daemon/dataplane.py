@@ -34,6 +34,7 @@ from ..linux.offload import (
     open_offload_tun,
     set_txqueuelen,
 )
+from ..linux.qdisc import Qdisc
 from ..linux.sockets import EspDatagram, RawEsp
 from .clock import steady
 from .manager import Devices
@@ -41,7 +42,7 @@ from .manager import Devices
 log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
-BATCH_PACKETS = 256  # packets gathered from one device before they go through the engine
+BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
@@ -80,6 +81,7 @@ class KernelDevices(Devices):
             link.no_ipv6_autoconf(name)
             if opts.txqueuelen and not set_txqueuelen(name, opts.txqueuelen):
                 log.warning("cannot set the transmit queue length of %s", name)
+            self.loop.qdisc.apply(name)
             queue = TunQueue(dev, tso=opts.tso, uso=opts.tso)
         except BaseException:
             dev.close()
@@ -110,6 +112,10 @@ class KernelDevices(Devices):
         except OSError:
             return None
 
+    def gone(self, name: str) -> None:
+        """Device `name` was deleted behind our back: stop reading it."""
+        self.remove(name)
+
     def close_all(self) -> None:
         """Remove every device this daemon created."""
         for name in list(self.tun):
@@ -127,8 +133,14 @@ class DataPlane:
         clock: Callable[[], float] = steady,
         offloads: Offloads | None = None,
         spin: float = 0.0,
+        qdisc: Qdisc | None = None,
+        socket_buffer: int = SOCKET_BUFFER,
+        batch_packets: int = BATCH_PACKETS,
     ) -> None:
         self.engine = engine
+        self.qdisc = qdisc or Qdisc()
+        self.socket_buffer = socket_buffer
+        self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.spin = spin
         self.clock = clock
         self.offloads = offloads or Offloads()
@@ -171,7 +183,7 @@ class DataPlane:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
         for family in (4, 6):
             try:
-                raw = RawEsp(family, rcvbuf=SOCKET_BUFFER, sndbuf=SOCKET_BUFFER)
+                raw = RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -186,7 +198,7 @@ class DataPlane:
                 self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
                 opts = self.offloads
-                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=SOCKET_BUFFER)
+                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=self.socket_buffer)
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
@@ -225,6 +237,9 @@ class DataPlane:
             try:
                 got = queue.read()
             except OSError as exc:
+                if exc.errno == errno.EBADFD:  # the device was deleted (ip link del)
+                    self.devices.gone(name)
+                    return
                 log.warning("read from %s failed: %s", name, exc.strerror)
                 break
             if got is None:
@@ -251,7 +266,7 @@ class DataPlane:
                     else:
                         packets += segments
                         gathered += len(segments)
-            if gathered >= BATCH_PACKETS:
+            if gathered >= self.batch_packets:
                 break
         if packets:
             results += engine.send_batch(name, packets, now)
@@ -413,9 +428,8 @@ class DataPlane:
                 return
             yield dgram
 
-    @staticmethod
-    def _many_at_once(batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
-        for _ in range(max(1, BATCH_PACKETS // batch.batch)):
+    def _many_at_once(self, batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+        for _ in range(max(1, self.batch_packets // batch.batch)):
             try:
                 got = batch.recv()
             except OSError as exc:
@@ -437,7 +451,10 @@ class DataPlane:
         """Decrypt ESP-in-UDP datagrams."""
         now = self.clock()
         pending: dict[str, list[bytes]] = {}
+        gathered = 0
         for _ in range(BATCH):
+            if gathered >= self.batch_packets:  # the rest after the other sources' turn
+                break
             try:
                 got = udp.recv_batch()
             except OSError as exc:
@@ -446,6 +463,7 @@ class DataPlane:
             if got is None:
                 break
             d, payloads = got
+            gathered += len(payloads)
             self._merge(
                 pending,
                 *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),

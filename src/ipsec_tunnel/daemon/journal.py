@@ -4,8 +4,10 @@ highest one accepted, written with every packet.
 The kernel keeps a shared file mapping's pages when the process dies, so after a crash (`kill -9`) the
 journal is exact and a restart resumes precisely where the dead process stopped: no number is sent twice
 and no accepted packet is accepted again, without the gap a reservation leaves. It is trusted only within
-the boot that wrote it (the kernel's boot id is recorded); after a reboot the SQLite reservations, which
-are on disk before they are used, take over.
+the boot that wrote it (the kernel's boot id is recorded) and only by the database that wrote it (its
+random id is recorded too); after a reboot the SQLite reservations, which are on disk before they are
+used, take over. A slot's counters are written before the byte that marks it used, so a process killed
+while it attaches a slot leaves an unused slot, never a used one reading (0, 0).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import os
 import struct
 from pathlib import Path
 
-MAGIC = b"IPSTJNL1"
-HEADER = struct.Struct("<8s16sI")  # magic, boot id, slot count
+from .paths import open_private
+
+MAGIC = b"IPSTJNL2"  # 2: the database id in the header, counters written before the key
+HEADER = struct.Struct("<8s16sI16s")  # magic, boot id, slot count, database id
 HEADER_SIZE = 64
 SLOT_SIZE = 64  # key: dst(16) src(16) spi(4) used(1), pad; in_top u64 at 40; out_seq u64 at 48
 KEY = struct.Struct("<16s16sIB")
@@ -45,13 +49,13 @@ def _pack_key(key: Key) -> bytes:
 class Journal:
     """The journal file of one state directory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, db_id: bytes) -> None:
         self.path = path
+        self.db_id = db_id
         self.boot = boot_id()
         self.previous: dict[Key, tuple[int, int]] = {}  # what the last process of this boot left
         self.slots: dict[Key, int] = {}
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.fchmod(self.fd, 0o600)
+        self.fd = open_private(path, os.O_RDWR | os.O_CREAT)
         self._read_previous()
         self.count = SLOTS
         size = HEADER_SIZE + self.count * SLOT_SIZE
@@ -60,15 +64,15 @@ class Journal:
         self.map = mmap.mmap(self.fd, size)
         self.view = memoryview(self.map)
         self.free = list(range(self.count - 1, -1, -1))
-        HEADER.pack_into(self.map, 0, MAGIC, self.boot, self.count)
+        HEADER.pack_into(self.map, 0, MAGIC, self.boot, self.count, self.db_id)
 
     def _read_previous(self) -> None:
         data = os.pread(self.fd, HEADER_SIZE + SLOTS * SLOT_SIZE, 0)
         if len(data) < HEADER_SIZE:
             return
-        magic, boot, count = HEADER.unpack_from(data)
-        if magic != MAGIC or boot != self.boot or boot == bytes(16):
-            return  # another boot (or no boot id): only the on-disk reservations count
+        magic, boot, count, db_id = HEADER.unpack_from(data)
+        if magic != MAGIC or boot != self.boot or boot == bytes(16) or db_id != self.db_id:
+            return  # another boot (or no boot id), another database: only the on-disk reservations count
         for i in range(min(count, (len(data) - HEADER_SIZE) // SLOT_SIZE)):
             off = HEADER_SIZE + i * SLOT_SIZE
             dst, src, spi, used = KEY.unpack_from(data, off)
@@ -89,10 +93,12 @@ class Journal:
                 raise OSError(f"sequence journal full ({self.count} SAs)")
             off = HEADER_SIZE + self.free.pop() * SLOT_SIZE
             self.slots[key] = off
-        self.map[off : off + SLOT_SIZE] = bytes(SLOT_SIZE)
-        self.map[off : off + KEY.size] = _pack_key(key)
-        U64.pack_into(self.map, off + IN_OFF, in_top)
+        self.map[off : off + SLOT_SIZE] = bytes(SLOT_SIZE)  # unused first ...
+        U64.pack_into(self.map, off + IN_OFF, in_top)  # ... then the counters ...
         U64.pack_into(self.map, off + IN_OFF + 8, out_seq)
+        packed = _pack_key(key)
+        self.map[off : off + KEY.size - 1] = packed[:-1]  # ... then the key ...
+        self.map[off + KEY.size - 1] = packed[-1]  # ... and only then the byte that marks the slot used
         return self.view, off + IN_OFF
 
     def detach(self, key: Key) -> None:

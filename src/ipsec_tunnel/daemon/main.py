@@ -1,5 +1,6 @@
 """ipsecd: what `modprobe ipsec` was. Creates the inactive base device ipsec0, restores stored SAs and
-tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM."""
+tunnels, serves ipsecadm on the control socket and moves packets until SIGTERM. The devices outlive it
+(daemon.devices): `ipsecd --stop` stops it and removes them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
-from .dataplane import NAT_T_PORT, DataPlane, Offloads
+from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
+from .dataplane import BATCH_PACKETS, NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
+from .devices import PersistentDevices
 from .ike_io import start_ike
 from .ike_runner import IKE_PORT
+from .lifecycle import Starter, daemonize, log_handler, notify
+from .lifecycle import stop as stop_daemon
 from .manager import Manager
-from .server import ControlServer
+from .paths import check_directory, open_private
+from .server import ControlServer, answering
 from .state import DEFAULT_DIR, StateError, Store
 
 log = logging.getLogger("ipsecd")
@@ -55,6 +61,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ike-port", type=int, default=IKE_PORT, help="IKEv2 port to listen on (default 500; 0: no IKE)"
     )
     p.add_argument("--ike-keys-for-test", metavar="FILE", help=argparse.SUPPRESS)  # tests only: keys to FILE
+    p.add_argument(
+        "--log-file",
+        default=None,
+        help="log to this file (default: syslog; stderr with -f; beside the socket without syslog)",
+    )
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the ipsecd of this --socket/--pidfile (SIGTERM) and remove the tunnel devices it left "
+        "in this network namespace, then exit",
+    )
+    p.add_argument(
+        "--remove-devices-on-exit",
+        action="store_true",
+        help="remove the tunnel devices when stopping (default: keep them, with their addresses and "
+        "routes, for the next ipsecd)",
+    )
     off = p.add_argument_group(
         "offloads", "on by default where the kernel supports them; each falls back by itself"
     )
@@ -85,6 +108,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Offloads.txqueuelen,
         help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
     )
+    queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), Queues)")
+    queues.add_argument(
+        "--qdisc",
+        choices=KINDS,
+        default=DEFAULT_QDISC,
+        help=f"root qdisc set on every tunnel device, whatever the host default (default {DEFAULT_QDISC}; "
+        "none: leave the host default)",
+    )
+    queues.add_argument(
+        "--socket-buffer",
+        type=_buffer_size,
+        default=SOCKET_BUFFER,
+        metavar="BYTES",
+        help=f"receive and send buffer of the outer ESP and ESP-in-UDP sockets (default {SOCKET_BUFFER}; "
+        "suffixes k, m)",
+    )
+    queues.add_argument(
+        "--batch",
+        type=_batch_size,
+        default=BATCH_PACKETS,
+        metavar="PACKETS",
+        help=f"packets taken from one source (device or socket) before the others get a turn "
+        f"(default {BATCH_PACKETS}, 1 to 4096)",
+    )
     p.add_argument(
         "--spin-us",
         type=int,
@@ -100,13 +147,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _buffer_size(text: str) -> int:
+    """A socket buffer size: bytes, or with a k or m suffix (powers of 1024); 64 KiB to 256 MiB."""
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
+    size = int(digits) * scale
+    if not (64 << 10) <= size <= (256 << 20):
+        raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
+    return size
+
+
+def _batch_size(text: str) -> int:
+    """A batch size in packets, 1 to 4096."""
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"not a number of packets from 1 to 4096: {text!r}")
+    return int(text)
+
+
 class PidFile:
     """An exclusively locked pid file: a second ipsecd finds it locked and refuses to start."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        check_directory(path.parent, "pid file directory")
+        self.fd = open_private(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -128,39 +195,23 @@ class PidFile:
         os.close(self.fd)
 
 
-def _daemonize() -> None:
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.chdir("/")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ipsecd; returns the exit status."""
     args = parse_args(argv)
-    handlers: list[logging.Handler] = []
-    if args.foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    else:
-        try:
-            from logging.handlers import SysLogHandler
-
-            handlers.append(SysLogHandler(address="/dev/log"))
-        except OSError:
-            handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        handlers=handlers,
-        format="ipsecd[%(process)d]: %(levelname)s %(message)s",
-    )
     if os.geteuid() != 0:
         print("ipsecd: must run as root (it creates network devices and raw sockets)", file=sys.stderr)
         return 1
+    try:
+        handler = log_handler(args.log_file, args.foreground or args.stop, Path(args.socket))
+    except OSError as exc:
+        print(f"ipsecd: cannot log: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        handlers=[handler],
+        format=("%(asctime)s " if isinstance(handler, logging.FileHandler) else "")
+        + "ipsecd[%(process)d]: %(levelname)s %(message)s",
+    )
     pid_path = (
         Path(args.pidfile)
         if args.pidfile
@@ -168,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             Path(DEFAULT_PIDFILE) if args.socket == DEFAULT_SOCKET else Path(args.socket).with_suffix(".pid")
         )
     )
+    if args.stop:
+        return stop_daemon(pid_path)
+    if answering(args.socket):  # never take over (or later remove) another daemon's socket
+        print(f"ipsecd: another ipsecd answers on {args.socket}", file=sys.stderr)
+        return 1
     try:
         pidfile = PidFile(pid_path)
     except (RuntimeError, OSError) as exc:
@@ -179,16 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecd: {exc}", file=sys.stderr)
         pidfile.release()
         return 1
+    starter = Starter(None)
     if not args.foreground:
-        _daemonize()
+        starter = daemonize()  # the caller waits until the daemon says it is ready, or why not
         pidfile.write()  # flock survives fork: the lock is on the open file
+        store.claim()
     else:
         pidfile.write()
     try:
-        return _serve(args, store)
+        return _serve(args, store, starter)
     except Exception as exc:
         log.error("%s", exc)
         print(f"ipsecd: {exc}", file=sys.stderr)
+        starter.failed(f"ipsecd: {exc}")
         return 1
     finally:
         store.close()
@@ -208,11 +267,18 @@ def offloads(args: argparse.Namespace) -> Offloads:
     )
 
 
-def _serve(args: argparse.Namespace, store: Store) -> int:
+def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     engine = Engine()
     plane = DataPlane(
-        engine, udp_port=args.udp_port, offloads=offloads(args), spin=max(0, args.spin_us) / 1e6
+        engine,
+        udp_port=args.udp_port,
+        offloads=offloads(args),
+        spin=max(0, args.spin_us) / 1e6,
+        qdisc=Qdisc(args.qdisc),
+        socket_buffer=args.socket_buffer,
+        batch_packets=args.batch,
     )
+    plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
     ike = None
     try:
@@ -235,7 +301,12 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        devices.prune(t.name for t in engine.tunnels)  # devices of tunnels no longer stored
+        devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
+        devices.follow_links()
         log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+        starter.ready()
+        notify("READY=1")
         # The data plane makes no reference cycles of its own: what is loaded by now is kept out of the
         # cycle collector, which runs less often (every GC_THRESHOLD new containers rather than 700).
         gc.freeze()
@@ -250,7 +321,9 @@ def _serve(args: argparse.Namespace, store: Store) -> int:
         plane.run(every)
         if ike is not None:
             ike.runner.shutdown()
-        log.info("stopping: recording sequence positions and removing devices")
+        notify("STOPPING=1")
+        kept = "removing" if args.remove_devices_on_exit else "keeping"
+        log.info("stopping: recording sequence positions, %s the devices", kept)
         store.save_exact(list(engine.sad))
         return 0
     finally:

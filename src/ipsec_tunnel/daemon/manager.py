@@ -3,6 +3,8 @@ with the engine, the state store and the kernel's tunnel devices."""
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
+from ..core.ip import IPV6_MIN_MTU
 from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
 from ..core.tunnel import BASE_DEVICE, Tunnel
 from .clock import steady
@@ -21,6 +24,7 @@ from .state import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH_MTU = 1500  # used when the kernel has no route to the remote yet
+MIN_TUNNEL_MTU = IPV6_MIN_MTU  # RFC 8200 §5: below it the kernel disables IPv6 on the device
 
 
 class Devices:
@@ -77,8 +81,24 @@ def ambiguous_duplex_warning(config: SAConfig) -> str:
     )
 
 
+def _twins(a: SAConfig, b: SAConfig) -> bool:
+    """Whether `b` is `a`'s other direction: same SPI, algorithms and keys, addresses swapped."""
+    return (
+        a.spi == b.spi
+        and (a.src, a.dst) == (b.dst, b.src)
+        and (a.cipher, a.digest) == (b.cipher, b.digest)
+        and hmac.compare_digest(a.cipher_key, b.cipher_key)
+        and hmac.compare_digest(a.digest_key, b.digest_key)
+    )
+
+
 def _drops(counter: Any) -> dict[str, int]:
     return {reason.value: n for reason, n in counter.items() if n}
+
+
+def _rekey(table: dict[str, Any], old: str, new: str) -> None:
+    if old in table:
+        table[new] = table.pop(old)
 
 
 class Manager:
@@ -92,10 +112,7 @@ class Manager:
         self.devices = devices
         self.now = now
         self.mtu_set: dict[str, int] = {}
-        # Counter-mode keys sending in each direction: (cipher, key, IV direction bit) -> SA, so that
-        # `sa add` checks nonce reuse in constant time (1,000 adds from `ipsecadm -b` stay linear).
-        self._nonce_owner: dict[tuple[str | None, bytes, int], SecurityAssociation] = {}
-        self._nonce_seen = -1  # len(sad) when the index was last in step with it
+        self._holders: dict[str, list[SecurityAssociation]] = {}  # key fingerprint -> SAs holding it
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         """The result of operation `op`; ProtocolError for a refused request."""
@@ -110,9 +127,10 @@ class Manager:
     # -- restore -------------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Bring back every stored SA and tunnel (devices recreated without addresses)."""
+        """Bring back every stored SA and tunnel (their devices re-attached, or made anew when gone)."""
         for sa in self.store.load_sas(self.now()):
             self.engine.sad.add(sa)
+            self._hold(sa)
         for tunnel in self.store.load_tunnels():
             self.engine.tunnels.add(tunnel)
             self.devices.create(tunnel.name)
@@ -159,21 +177,19 @@ class Manager:
         for c in configs:
             if self.engine.sad.get(*c.key) is not None:
                 raise SAError("SA already exists", "EEXIST")
-        self._check_nonce_domain(configs)
+        self._check_key_reuse(configs)
         if not config.integrity:
             log.warning(
                 "SA %#x %s -> %s has no integrity protection (no digest)", config.spi, config.src, config.dst
             )
         now = self.now()
+        sas = [SecurityAssociation(c, now) for c in configs]
+        self.store.add_sas(sas)  # all or none (both directions of --duplex), resumed past the key ledger
         added = []
-        for c in configs:
-            sa = SecurityAssociation(c, now)
-            self.store.add_sa(sa)
+        for sa in sas:
+            c = sa.config
             self.engine.sad.add(sa)
-            if self._nonce_seen == len(self.engine.sad) - 1:  # keep the index in step
-                self._nonce_seen += 1
-                if c.iv_split is not None:
-                    self._nonce_owner[c.cipher, c.cipher_key, c.iv_split] = sa
+            self._hold(sa)
             added.append(self.sa_dict(sa, False))
             log.info(
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
@@ -183,39 +199,36 @@ class Manager:
             return {"added": added, "warnings": [ambiguous_duplex_warning(config)]}
         return {"added": added}
 
-    def _index_nonces(self) -> None:
-        """Rebuild the counter-mode key index from the SA database."""
-        self._nonce_owner = {}
-        for sa in self.engine.sad:
-            o = sa.config
-            if o.iv_split is not None:
-                self._nonce_owner.setdefault((o.cipher, o.cipher_key, o.iv_split), sa)
-        self._nonce_seen = len(self.engine.sad)
+    def _fingerprints(self, c: SAConfig) -> list[str]:
+        return [self.store.key_fingerprint(k) for k in (c.cipher_key, c.digest_key) if k]
 
-    def _nonce_user(self, c: SAConfig) -> SecurityAssociation | None:
-        """The SA already sending with `c`'s counter-mode key in `c`'s direction, if any."""
-        if c.iv_split is None:
-            return None
-        if self._nonce_seen != len(self.engine.sad):  # SAs came or went since the index was made
-            self._index_nonces()
-        key = (c.cipher, c.cipher_key, c.iv_split)
-        sa = self._nonce_owner.get(key)
-        if sa is not None and self.engine.sad.get(*sa.key) is not sa:  # removed since: look again
-            self._index_nonces()
-            sa = self._nonce_owner.get(key)
-        return sa
+    def _hold(self, sa: SecurityAssociation) -> None:
+        for fp in self._fingerprints(sa.config):
+            self._holders.setdefault(fp, []).append(sa)
 
-    def _check_nonce_domain(self, configs: list[SAConfig]) -> None:
-        """Refuse a counter-mode key already sending in the same direction: its nonces would repeat."""
+    def _release(self, sa: SecurityAssociation) -> None:
+        for fp in self._fingerprints(sa.config):
+            holders = self._holders.get(fp, [])
+            if sa in holders:
+                holders.remove(sa)
+            if not holders:
+                self._holders.pop(fp, None)
+
+    def _check_key_reuse(self, configs: list[SAConfig]) -> None:
+        """Refuse a key another live SA holds, whatever either's algorithm (an aes-ctr key with an aes-gcm
+        key's bytes shares its keystream), as its cipher or its digest key: only the other direction of
+        the same SA (what `--duplex` adds: same SPI and keys, addresses swapped) may share it."""
         for c in configs:
-            sa = self._nonce_user(c)
-            if sa is not None:
-                o = sa.config
-                raise SAError(
-                    f"This {c.cipher} key is already used by SA {o.spi:#x} {o.src} -> {o.dst} "
-                    "in the same direction; reusing it would repeat (key, nonce) pairs. Use a fresh key",
-                    "EEXIST",
-                )
+            for fp in self._fingerprints(c):
+                for sa in self._holders.get(fp, []):
+                    o = sa.config
+                    if not _twins(c, o):
+                        raise SAError(
+                            f"This key is already used by SA {o.spi:#x} {o.src} -> {o.dst}; sharing it "
+                            "would repeat (key, nonce) pairs or let one SA's packets pass as the other's. "
+                            "Use a fresh key",
+                            "EEXIST",
+                        )
 
     def _select(self, args: dict[str, Any]) -> list[SecurityAssociation]:
         spi = arg(args, "spi", int)
@@ -236,6 +249,7 @@ class Manager:
         for sa in victims:
             self.store.remove_sa(sa)
             self.engine.sad.remove(sa)
+            self._release(sa)
             self.engine.nat.forget(sa.key[0], sa.key[1])
             self.engine.nat.forget(sa.key[1], sa.key[0])
             log.info("SA removed: spi %#x %s -> %s", sa.config.spi, sa.config.src, sa.config.dst)
@@ -366,6 +380,40 @@ class Manager:
             log.info("tunnel removed: %s", n)
         return {"deleted": names}
 
+    def device_gone(self, name: str) -> None:
+        """Device `name` was deleted outside ipsecd: its tunnel is removed as by `tunnel del`; ipsec0 is
+        made again."""
+        if name == BASE_DEVICE:
+            log.warning("%s was deleted outside ipsecd: made again", name)
+            self.devices.create(name)
+            return
+        if self.engine.tunnels.get(name) is None:
+            return
+        log.warning("%s was deleted outside ipsecd: tunnel removed ('tunnel add' adds it again)", name)
+        self.op_tunnel_del({"name": name})
+
+    def device_renamed(self, old: str, new: str) -> None:
+        """Device `old` was renamed `new` outside ipsecd: its tunnel takes the new name."""
+        tunnel = self.engine.tunnels.get(old)
+        if tunnel is None:
+            if old == BASE_DEVICE:
+                log.warning("%s renamed %s: packets for %s are dropped until ipsecd restarts", old, new, old)
+            return
+        self.engine.tunnels.remove(old)
+        try:
+            renamed = self.engine.tunnels.add(dataclasses.replace(tunnel, name=new))
+        except SAError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
+            log.warning("tunnel %s removed with its device: %s", old, exc)
+            self.store.remove_tunnel(old)
+            self.devices.remove(new)
+            return
+        self.store.remove_tunnel(old)
+        self.store.save_tunnel(renamed)
+        _rekey(self.mtu_set, old, new)
+        _rekey(self.engine.path_mtu, old, new)
+        _rekey(self.engine.tunnel_stats, old, new)
+        log.info("tunnel %s is now %s", old, new)
+
     def op_tunnel_show(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str)
         stats = bool(arg(args, "stats", bool, False))
@@ -394,15 +442,16 @@ class Manager:
         return out
 
     def refresh_mtus(self) -> None:
-        """Set each tunnel device's MTU to the largest inner packet its SA fits into the path MTU."""
+        """Set each tunnel device's MTU to the largest inner packet its SA fits into the path MTU, never
+        below 1280 (RFC 8200 §5): inner packets between the two leave as outer fragments."""
         for tunnel in self.engine.tunnels:
             path = self.devices.path_mtu(tunnel.remote, tunnel.nextdev) or DEFAULT_PATH_MTU
             self.engine.path_mtu[tunnel.name] = path
             sa = self.engine.sa_for(tunnel)
-            mtu = inner_mtu(sa, path) if sa else path - 100
+            mtu = max(inner_mtu(sa, path) if sa else path - 100, MIN_TUNNEL_MTU)
             if self.mtu_set.get(tunnel.name) != mtu:
                 try:
-                    self.devices.set_mtu(tunnel.name, max(mtu, 68))
+                    self.devices.set_mtu(tunnel.name, mtu)
                     self.mtu_set[tunnel.name] = mtu
                 except OSError as exc:
                     log.warning("cannot set MTU %d on %s: %s", mtu, tunnel.name, exc.strerror)

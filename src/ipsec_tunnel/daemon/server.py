@@ -1,7 +1,9 @@
-"""The control socket: a Unix stream socket (mode 0600) whose peers must be root or hold CAP_NET_ADMIN.
-Requests are served one line at a time inside the data-plane event loop; a bad request gets an error
-response and never takes the daemon down. Responses are written without blocking: what a client does not
-read yet waits in its output buffer, and the loop goes on forwarding packets meanwhile."""
+"""The control socket: a Unix stream socket (mode 0600) whose peers must be root (checked with
+SO_PEERCRED; the mode already keeps everyone else out). A socket another ipsecd answers on is never taken
+over, and only the socket this server made is removed when it stops. Requests are served one line at a
+time inside the data-plane event loop; a bad request gets an error response and never takes the daemon
+down. Responses are written without blocking: what a client does not read yet waits in its output buffer,
+and the loop goes on forwarding packets meanwhile."""
 
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from ..control.protocol import MAX_MESSAGE, ProtocolError, decode_request, encod
 
 log = logging.getLogger(__name__)
 
-CAP_NET_ADMIN = 12  # linux/capability.h
 MAX_CLIENTS = 64
 IDLE_TIMEOUT = 30.0  # seconds a client may hold a connection without finishing a request
 SEND_TIMEOUT = 5.0
@@ -28,19 +29,27 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def peer_allowed(sock: socket.socket) -> tuple[bool, str]:
-    """Whether the peer is root or holds CAP_NET_ADMIN, and who it is (for the log)."""
+    """Whether the peer is root, and who it is (for the log). Only the uid the kernel recorded at
+    connect() counts: reading a process's capabilities from /proc would race with an exec."""
     pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    who = f"pid {pid} uid {uid}"
-    if uid == 0:
-        return True, who
+    return uid == 0, f"pid {pid} uid {uid}"
+
+
+class SocketInUse(OSError):
+    """Another ipsecd answers on the control socket."""
+
+
+def answering(path: str | Path) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1), who
-    except (OSError, ValueError):
-        pass
-    return False, who
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class _Client:
@@ -72,6 +81,7 @@ class ControlServer:
         self._unwatch = unwatch
         self._writable = writable
         self.clients: dict[int, _Client] = {}
+        self._made: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
         self.sock = self._listen()
         watch(self.sock.fileno(), self._accept)
 
@@ -80,14 +90,20 @@ class ControlServer:
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise OSError(f"{self.path} exists and is not a socket")
-            self.path.unlink()
+            if answering(self.path):
+                raise SocketInUse(f"another ipsecd answers on {self.path}")
+            self.path.unlink()  # nobody answers: left behind by an ipsecd that died
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
+        old = os.umask(0o177)  # the socket file is made 0600: no chmod by path afterwards
         try:
             sock.bind(str(self.path))
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        st = self.path.lstat()
+        if not stat.S_ISSOCK(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o077:
+            sock.close()
+            raise OSError(f"{self.path} changed while it was made; not serving on it")
+        self._made = (st.st_dev, st.st_ino)
         # A full backlog makes a client's connect() fail with EAGAIN (AF_UNIX, timeout set): leave room for
         # every client we would serve.
         sock.listen(MAX_CLIENTS)
@@ -101,7 +117,9 @@ class ControlServer:
         self._unwatch(self.sock.fileno())
         self.sock.close()
         try:
-            self.path.unlink()
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._made:  # never a socket another process made
+                self.path.unlink()
         except OSError:
             pass
 
@@ -112,7 +130,7 @@ class ControlServer:
             return
         allowed, who = peer_allowed(conn)
         if not allowed:
-            log.warning("control connection refused: %s is neither root nor CAP_NET_ADMIN", who)
+            log.warning("control connection refused: %s is not root", who)
             self._send(conn, encode_error("EACCES", "permission denied: ipsecadm must run as root"))
             conn.close()
             return

@@ -1,9 +1,10 @@
 """Kernel TUN devices: the inner side of every tunnel.
 
-Owns opening ``/dev/net/tun``, naming the device, its queues and its offload settings. A device opened
-here is never persistent, so it disappears when its last queue is closed. Everything else about the
-device (addresses, routes, MTU, up/down) is done on it as on any other netdev, by ``link`` or by
-``ip``/``ifconfig``/``route``.
+Owns opening ``/dev/net/tun``, naming the device, its queues, its offload settings and whether it
+persists: a device opened here disappears when its last queue is closed, unless ``set_persist`` kept it
+(then it stays, with its addresses and routes, until ``set_persist(False)`` or ``ip link del``).
+Everything else about the device (addresses, routes, MTU, up/down) is done on it as on any other netdev,
+by ``link`` or by ``ip``/``ifconfig``/``route``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class TunDevice:
 
     ``read`` returns one whole packet, or None when nothing is queued (non-blocking mode).
     With ``vnet_hdr`` every packet read or written is preceded by a ``VnetHeader`` of
-    ``vnet_hdr_len`` bytes. Closing the last queue removes the device.
+    ``vnet_hdr_len`` bytes. Closing the last queue removes the device unless it persists.
     """
 
     def __init__(self, fd: int, name: str, flags: int, *, blocking: bool) -> None:
@@ -232,6 +233,14 @@ class TunDevice:
         (size,) = struct.unpack("=i", buf)
         return int(size)
 
+    def set_persist(self, persist: bool) -> None:
+        """Keep the device when its last queue closes (TUNSETPERSIST), or stop keeping it."""
+        fcntl.ioctl(self.fileno(), TUNSETPERSIST, int(persist))
+
+    def renamed(self, name: str) -> None:
+        """Record that the kernel now calls the device ``name`` (after ``ip link set ... name``)."""
+        self._name = name
+
     def open_queue(self) -> TunDevice:
         """Another queue of this multi-queue device, with the same flags and blocking mode."""
         if not self._flags & IFF_MULTI_QUEUE:
@@ -295,8 +304,10 @@ def open_tun(
     """Create (or attach to) the layer-3 TUN device ``name`` (IFF_TUN | IFF_NO_PI).
 
     ``name`` may contain ``%d`` to let the kernel pick the number; the chosen name is ``.name``.
-    The device starts down with no address. It is not persistent: closing every queue removes it.
-    Opening an existing TUN device fails with EBUSY unless both openings ask for ``multi_queue``;
+    A new device starts down with no address. It is not persistent unless ``set_persist`` makes it so:
+    closing every queue removes it. Opening a persistent device no process holds attaches to it as it is
+    (addresses, routes, MTU and up state kept); ``multi_queue`` must be what it was made with.
+    Opening a TUN device another process holds fails with EBUSY unless both openings ask for ``multi_queue``;
     an existing non-TUN device of that name fails with EINVAL. Needs CAP_NET_ADMIN.
     """
     flags = IFF_TUN | IFF_NO_PI
