@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def pair() -> Iterator[IkePair]:
         yield p
 
 
-def _sas(p: IkePair) -> list[dict[str, object]]:
+def _sas(p: IkePair) -> list[dict[str, Any]]:
     out = json.loads(p.d.adm("sa", "show", "-j").stdout)
     assert isinstance(out, list)
     return out
