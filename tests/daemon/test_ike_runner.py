@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,80 +17,10 @@ from ipsec_tunnel.daemon.ike_runner import INBOX_MAX, PER_TURN, IkeRunner, Route
 from ipsec_tunnel.daemon.ike_store import IkeStore
 from ipsec_tunnel.daemon.manager import Devices, Manager
 from ipsec_tunnel.daemon.state import Store
+from ipsec_tunnel.ike import ChildDown, ChildUp, PeerConfig, PeerStatus, Send
 
 LOCAL, REMOTE = "192.0.2.1", "192.0.2.2"
 PSK = b"a shared secret for tests only"
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    name: str
-    local_addr: str
-    remote_addr: str
-    psk: bytes = field(repr=False)
-    local_id: str | None = None
-    remote_id: str | None = None
-    local_nets: tuple[str, ...] = ()
-    remote_nets: tuple[str, ...] = ()
-    proposals: tuple[str, ...] = ("default",)
-    esp_proposals: tuple[str, ...] = ("default",)
-    dpd: float = 0.0
-    start: str = "none"
-    encap_always: bool = False
-
-    def validate(self) -> None:
-        if "bogus" in self.proposals:
-            raise ValueError("unknown transform 'bogus' in proposal 'bogus'")
-
-
-@dataclass(frozen=True)
-class Send:
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ChildUp:
-    peer: str
-    child_id: int
-    spi_in: int
-    spi_out: int
-    cipher: str
-    icv_bits: int | None
-    digest: str | None
-    key_in: bytes = field(repr=False)
-    key_out: bytes = field(repr=False)
-    auth_key_in: bytes | None = field(repr=False)
-    auth_key_out: bytes | None = field(repr=False)
-    local_addr: str
-    remote_addr: str
-    encap: tuple[int, int] | None
-    local_ts: str
-    remote_ts: str
-    nat_local: bool = False
-    nat_remote: bool = False
-
-
-@dataclass(frozen=True)
-class ChildDown:
-    peer: str
-    child_id: int
-    spi_in: int
-    spi_out: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    peer: str
-    state: str
-    reason: str | None
-    ike_spi_i: int | None = None
-    ike_spi_r: int | None = None
-    remote: tuple[str, int] | None = None
-    proposal: str | None = None
-    children: tuple[int, ...] = ()
 
 
 class FakeIke:
@@ -226,7 +155,7 @@ class World:
             "aes-gcm" if aead else "aes-cbc", 128 if aead else None, None if aead else "sha256",
             os.urandom(20 if aead else 16), os.urandom(20 if aead else 16),
             None if aead else os.urandom(32), None if aead else os.urandom(32),
-            LOCAL, REMOTE, (4500, 4500), "10.1.0.0/16", "10.2.0.0/16", nat,
+            LOCAL, REMOTE, (4500, 4500), "10.1.0.0/16", "10.2.0.0/16", nat, False,
         )  # fmt: skip
         self.ike.queue.append(ev)
         self.runner.flush()
@@ -395,6 +324,8 @@ def test_event_for_unknown_peer_and_bad_sa_do_not_raise(world: World) -> None:
         None,
         "10.1.0.0/16",
         "10.2.0.0/16",
+        False,
+        False,
     )  # fmt: skip  (SPI 0x10 is reserved: the manager refuses it)
     world.ike.queue.append(bad)
     world.runner.flush()
@@ -424,6 +355,7 @@ def test_keepalives_only_from_behind_a_nat(world: World) -> None:
             (4500, 4500),
             "10.1.0.0/16",
             "10.3.0.0/16",
+            False,
             False,
         )
     )  # fmt: skip  (not behind a NAT)
