@@ -15,9 +15,10 @@ from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.daemon.ike_runner import INBOX_MAX, PER_TURN, IkeRunner, Routes
 from ipsec_tunnel.daemon.ike_store import IkeStore
-from ipsec_tunnel.daemon.manager import Devices, Manager
+from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.state import Store
 from ipsec_tunnel.ike import ChildDown, ChildUp, PeerConfig, PeerStatus, Send
+from tests.support.fakes import FakeDevices
 
 LOCAL, REMOTE = "192.0.2.1", "192.0.2.2"
 PSK = b"a shared secret for tests only"
@@ -71,26 +72,6 @@ class FakeIke:
     def events(self) -> list[Any]:
         out, self.queue = self.queue, []
         return out
-
-
-class FakeDevices(Devices):
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def remove(self, name: str) -> None:
-        self.names.discard(name)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def set_mtu(self, name: str, mtu: int) -> None:
-        pass
-
-    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        return 1500
 
 
 class FakeRoutes(Routes):

@@ -19,8 +19,9 @@ from ipsec_tunnel.core.esp import NH_IPV4
 from ipsec_tunnel.core.events import SAEvent
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.daemon import state
-from ipsec_tunnel.daemon.manager import Devices, Manager
+from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.state import DB_NAME, Store
+from tests.support.fakes import FakeDevices
 
 from ..robustness.conftest import A4, B4, NOW, inner_packet
 
@@ -30,28 +31,6 @@ C4 = "198.51.100.7"
 
 def _ignore(event: SAEvent) -> None:
     pass
-
-
-class FakeDevices(Devices):
-    """No kernel: devices are names."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def remove(self, name: str) -> None:
-        self.names.discard(name)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def set_mtu(self, name: str, mtu: int) -> None:
-        pass
-
-    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        return 1500
 
 
 class Host:

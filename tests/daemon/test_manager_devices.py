@@ -10,35 +10,12 @@ import pytest
 
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
-from ipsec_tunnel.daemon.manager import MIN_TUNNEL_MTU, Devices, Manager
+from ipsec_tunnel.daemon.manager import MIN_TUNNEL_MTU, Manager
 from ipsec_tunnel.daemon.state import Store
+from tests.support.fakes import FakeDevices
 
 A, B = "192.0.2.1", "192.0.2.2"
 KEY = "00" * 20
-
-
-class FakeDevices(Devices):
-    """Devices as names, with a settable path MTU."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        self.mtu: dict[str, int] = {}
-        self.path = 1500
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def remove(self, name: str) -> None:
-        self.names.discard(name)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def set_mtu(self, name: str, mtu: int) -> None:
-        self.mtu[name] = mtu
-
-    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        return self.path
 
 
 @pytest.fixture

@@ -30,36 +30,14 @@ from ipsec_tunnel.control.client import Client
 from ipsec_tunnel.control.protocol import MAX_MESSAGE, ProtocolError, encode_request
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.daemon import server as server_module
-from ipsec_tunnel.daemon.manager import Devices, Manager
+from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.server import MAX_CLIENTS, ControlServer
 from ipsec_tunnel.daemon.state import Store
+from tests.support.fakes import FakeDevices
 
 from .conftest import A4, B4, NOW, is_root
 
 TIMEOUT = 10.0
-
-
-class FakeDevices(Devices):
-    """Tunnel devices as a set of names."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        self.mtu: dict[str, int] = {}
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def remove(self, name: str) -> None:
-        self.names.discard(name)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def set_mtu(self, name: str, mtu: int) -> None:
-        self.mtu[name] = mtu
-
-    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        return 1500
 
 
 class Served:

@@ -15,8 +15,9 @@ from ipsec_tunnel.control.protocol import ProtocolError
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.daemon.clock import SteadyClock, steady
 from ipsec_tunnel.daemon.dataplane import DataPlane
-from ipsec_tunnel.daemon.manager import Devices, Manager
+from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.state import Store
+from tests.support.fakes import FakeDevices
 
 from .conftest import A4, B4, NOW
 
@@ -24,35 +25,9 @@ GCM_KEY = bytes(range(20))
 AES_KEY, SHA_KEY = bytes(range(16)), bytes(range(32))
 
 
-class LocalDevices(Devices):
-    """Tunnel devices as names; `local` the addresses of this (fake) host."""
-
-    def __init__(self, local: set[str]) -> None:
-        self.local = local
-        self.names: set[str] = set()
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def remove(self, name: str) -> None:
-        self.names.discard(name)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def set_mtu(self, name: str, mtu: int) -> None:
-        pass
-
-    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        return 1500
-
-    def is_local(self, address: str) -> bool:
-        return address in self.local
-
-
 @pytest.fixture
 def manager(tmp_path: Path) -> Manager:
-    return Manager(Engine(), Store(tmp_path / "state"), LocalDevices({A4}), now=lambda: NOW)
+    return Manager(Engine(), Store(tmp_path / "state"), FakeDevices({A4}), now=lambda: NOW)
 
 
 def test_tunnel_with_a_local_address_of_another_host_is_refused(manager: Manager) -> None:
@@ -149,6 +124,6 @@ def test_steady_clock_ignores_steps_of_the_system_clock() -> None:
 
 
 def test_the_daemon_runs_on_the_steady_clock(tmp_path: Path) -> None:
-    manager = Manager(Engine(), Store(tmp_path / "state"), LocalDevices({A4}))
+    manager = Manager(Engine(), Store(tmp_path / "state"), FakeDevices({A4}))
     assert manager.now is steady
     assert inspect.signature(DataPlane.__init__).parameters["clock"].default is steady

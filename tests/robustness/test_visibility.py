@@ -25,9 +25,9 @@ from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.server import ControlServer
 from ipsec_tunnel.daemon.state import Store
+from tests.support.fakes import FakeDevices
 
 from .conftest import A4, B4, NOW
-from .test_control_server import FakeDevices
 
 KEY = bytes(range(20))
 
