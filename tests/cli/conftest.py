@@ -18,6 +18,7 @@ import pytest
 
 from ipsec_tunnel.cli.ipsecadm import main
 from ipsec_tunnel.control.protocol import decode_request, encode_error, encode_result
+from tests.robustness.test_control_server import Served
 
 # A 3DES key that is neither weak nor degenerate, and a SHA-1 HMAC key; tests check they never leak.
 DES3_KEY = bytes.fromhex("8f3a5c71e2d94b06a7c3e18f5d2b9064c1f7a83e6d5b0e29")
@@ -214,3 +215,15 @@ def keydir(tmp_path: Path) -> Path:
         p.write_bytes(key)
         os.chmod(p, 0o600)
     return d
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    """A real control server, manager and state store (fake devices) on a socket of its own."""
+    d = Path(tempfile.mkdtemp(prefix="ocl-served-", dir="/tmp"))
+    s = Served(d)
+    try:
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,17 +141,6 @@ def test_a_missing_batch_file_is_one_line(run: Run, server: FakeServer, tmp_path
 def test_unreadable_standard_input_is_one_line(run: Run, server: FakeServer) -> None:
     r = run("-b", "-")  # pytest's stdin refuses reads
     assert r.rc == 1 and len(r.err_lines) == 1 and "cannot read batch file stdin" in r.err_lines[0], r.err
-
-
-@pytest.fixture
-def served() -> Iterator[Served]:
-    d = Path(tempfile.mkdtemp(prefix="ocl-batch-", dir="/tmp"))
-    s = Served(d)
-    try:
-        yield s
-    finally:
-        s.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_thousand_sas_from_one_batch_file(

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +19,6 @@ from tests.robustness.test_control_server import Served
 from .conftest import DES3_KEY, SAMPLE_STATS
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def served() -> Iterator[Served]:
-    d = Path(tempfile.mkdtemp(prefix="ocl-shapes-", dir="/tmp"))
-    s = Served(d)
-    try:
-        yield s
-    finally:
-        s.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_sa_del_and_tunnel_del_answer_with_the_same_shape(served: Served) -> None:
