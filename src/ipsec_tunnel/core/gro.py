@@ -13,13 +13,11 @@ import numpy as np
 
 from .gso import (
     F_NEEDS_CSUM,
-    GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
     IP_MAXPACKET,
     NO_OFFLOAD,
     PROTO_TCP,
-    TCP_ACK,
     TCP_CSUM_OFFSET,
     TCP_CWR,
     TCP_ECE,
@@ -34,7 +32,7 @@ from .gso import (
     pseudo_sum,
 )
 
-__all__ = ["MAX_SEGMENTS", "RUN_MIN", "coalesce", "open_tail"]
+__all__ = ["MAX_SEGMENTS", "RUN_MIN", "coalesce"]
 
 MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
 RUN_MIN = 8  # fewer packets than this are not worth the vectorised single-flow path
@@ -296,50 +294,3 @@ def _super_packet(
     )
     offload = Offload(F_NEEDS_CSUM, gso, hl, mss, l4, TCP_CSUM_OFFSET)
     return offload, b"".join([ip, tcp, *payload])
-
-
-def open_tail(packets: list[bytes], items: list[tuple[Offload, bytes]]) -> int:
-    """How many of the last `packets` make up the last of `items` (what `coalesce(packets)` returned)
-    when a segment read later could still join it: TCP data of full-sized segments, no PSH, room for one
-    more segment. 0 when it could not, or when those packets are not exactly its segments.
-
-    A batch cut short (by a cap on how much is read at once) ends in the middle of a flow; writing its
-    tail as a small super-packet of its own costs the kernel a packet where a later batch would have
-    made it part of a full one."""
-    if not items or not packets:
-        return 0
-    offload, last = items[-1]
-    if offload.gso_type == GSO_NONE:  # a lone segment: coalesce hands it over as it came
-        if last is not packets[-1] or len(last) < 40:
-            return 0
-        if last[0] == 0x45 and last[9] == PROTO_TCP and not last[6] & 0x3F and not last[7]:
-            l4 = 20
-        elif last[0] >> 4 == 6 and last[6] == PROTO_TCP and len(last) >= 60:
-            l4 = 40
-        else:
-            return 0
-        hl = l4 + (last[l4 + 12] >> 2 & 0x3C)
-        return 1 if len(last) > hl >= l4 + 20 and last[l4 + 13] == TCP_ACK else 0
-    if offload.gso_type not in (GSO_TCPV4, GSO_TCPV6) or offload.gso_size <= 0:
-        return 0
-    hl, mss, l4 = offload.hdr_len, offload.gso_size, offload.csum_start
-    count, rest = divmod(len(last) - hl, mss)
-    if (
-        rest  # a short last segment closed it
-        or not 2 <= count <= len(packets)
-        or count >= MAX_SEGMENTS
-        or last[l4 + 13] & TCP_PSH
-        or len(last) - (0 if l4 == 20 else 40) + mss > IP_MAXPACKET  # IPv4 total / IPv6 payload length
-    ):
-        return 0
-    tail = packets[-count:]
-    first = tail[0]
-    addresses = slice(12, 20) if l4 == 20 else slice(8, 40)
-    if (
-        first[addresses] != last[addresses]
-        or first[l4 : l4 + 8] != last[l4 : l4 + 8]  # ports and the first sequence number
-        or any(len(p) != hl + mss for p in tail)
-        or memoryview(last)[hl:] != b"".join([memoryview(p)[hl:] for p in tail])
-    ):
-        return 0
-    return count

@@ -158,9 +158,6 @@ class DataPlane:
         self.timer: Callable[[float], float | None] | None = None
         self._failure_logged = -1.0
         self._io_errors = RateLimit()  # failed sends and device writes: one log line per cause per 10 s
-        # Per UDP socket: decrypted segments held back for the next turn (on_udp), and a poller for it.
-        self._held: dict[OffloadUdp, dict[str, list[bytes]]] = {}
-        self._pollers: dict[int, select.poll] = {}
 
     # -- sources -------------------------------------------------------------------------------------------
 
@@ -346,15 +343,9 @@ class DataPlane:
         """Write one packet (an ICMP error for the sender) into its tunnel device."""
         self.deliver({d.device: [d.packet]}, counted=False)
 
-    def deliver(
-        self, packets: dict[str, list[bytes]], *, counted: bool = True, hold: dict[str, int] | None = None
-    ) -> dict[str, list[bytes]]:
+    def deliver(self, packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
         """Write inner packets into their tunnel devices, TCP segments coalesced where allowed. Those
-        refused are dropped from the received counts (`counted`: they are in them). With `hold` (per
-        device, how many packets at the head of its batch were held once already), the segments of a
-        last super-packet that later ones could still join are not written but returned (`gro.open_tail`),
-        never those held once already."""
-        held: dict[str, list[bytes]] = {}
+        refused are dropped from the received counts (`counted`: they are in them)."""
         for device, batch in packets.items():
             queue = self.devices.tun.get(device)
             if queue is None:
@@ -363,11 +354,6 @@ class DataPlane:
                 items = gro.coalesce(batch)
             else:
                 items = [(gso.NO_OFFLOAD, p) for p in batch]
-            if hold is not None and queue.vnet and self.offloads.coalesce:
-                tail = gro.open_tail(batch, items)
-                if 0 < tail <= len(batch) - hold.get(device, 0):
-                    held[device] = batch[-tail:]
-                    items = items[:-1]
             for offload, packet in items:
                 try:
                     queue.write(packet, offload)
@@ -381,7 +367,6 @@ class DataPlane:
                         self._write_failed(device, max(1, segments), exc)
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
-        return held
 
     def _refused(self, queue: TunQueue, packet: bytes, offload: gso.Offload) -> None:
         """The kernel refused a super-packet: write its segments, and coalesce no more."""
@@ -465,14 +450,10 @@ class DataPlane:
     def on_udp(self, udp: OffloadUdp) -> None:
         """Decrypt ESP-in-UDP datagrams."""
         now = self.clock()
-        # What the last turn held back (see below) goes first: it is of the flow these datagrams continue.
-        pending = self._held.pop(udp, {})
-        before = {device: len(batch) for device, batch in pending.items()}
+        pending: dict[str, list[bytes]] = {}
         gathered = 0
-        capped = False
         for _ in range(BATCH):
             if gathered >= self.batch_packets:  # the rest after the other sources' turn
-                capped = True
                 break
             try:
                 got = udp.recv_batch()
@@ -488,21 +469,7 @@ class DataPlane:
                 *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),
             )
         if pending:
-            # Cut by the cap in the middle of a flow, the batch would end in a small super-packet of its
-            # own (a write and TCP's work for a few segments, and more ACKs): while the socket has more,
-            # its segments wait for the next turn, at most once, to be written with those that follow.
-            hold = before if capped and self._readable(udp.fileno()) else None
-            held = self.deliver(pending, hold=hold)
-            if held:
-                self._held[udp] = held
-
-    def _readable(self, fd: int) -> bool:
-        """Whether `fd` has something to read now (epoll will report it on the next turn)."""
-        poller = self._pollers.get(fd)
-        if poller is None:
-            poller = self._pollers[fd] = select.poll()
-            poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
+            self.deliver(pending)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
