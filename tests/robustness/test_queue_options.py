@@ -3,6 +3,8 @@ handed to the data plane."""
 
 from __future__ import annotations
 
+import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -62,9 +64,13 @@ def test_the_data_plane_takes_the_qdisc_and_buffer() -> None:
 class _Flood:
     """An ESP-in-UDP socket that always has another GRO batch of `per_read` (undecryptable) datagrams."""
 
-    def __init__(self, per_read: int) -> None:
+    def __init__(self, per_read: int, fd: int) -> None:
         self.per_read = per_read
+        self.fd = fd
         self.reads = 0
+
+    def fileno(self) -> int:
+        return self.fd
 
     def recv_batch(self) -> tuple[SimpleNamespace, list[bytes]]:
         self.reads += 1
@@ -72,14 +78,36 @@ class _Flood:
         return d, [bytes(100)] * self.per_read
 
 
-@pytest.mark.parametrize(("batch", "reads"), [(256, 4), (1, 1), (100, 2), (4096, BATCH)])
-def test_one_udp_event_takes_at_most_a_batch_of_packets(batch: int, reads: int) -> None:
+def _flood_once(batch: int, *, other_ready: bool) -> int:
+    """How many reads one readable event of a flooded ESP-in-UDP socket takes, with another watched
+    source (a pipe) readable or idle."""
     engine = Engine()
     plane = DataPlane(engine, clock=lambda: NOW, batch_packets=batch)
-    flood = _Flood(64)
+    udp_end, _peer = socket.socketpair()
+    other_r, other_w = os.pipe()
     try:
+        plane.watch(udp_end.fileno(), lambda: None)  # watched itself, and readable: not "another source"
+        _peer.send(b"x")
+        plane.watch(other_r, lambda: None)
+        if other_ready:
+            os.write(other_w, b"x")
+        flood = _Flood(64, udp_end.fileno())
         plane.on_udp(flood)  # type: ignore[arg-type]
-        assert flood.reads == reads  # the rest waits for the next turn, after the other sources
-        assert sum(engine.rx_drops.values()) == 64 * reads  # what was read went through the engine
+        assert sum(engine.rx_drops.values()) == 64 * flood.reads  # what was read went through the engine
+        return flood.reads
     finally:
         plane.close()
+        for f in (other_r, other_w):
+            os.close(f)
+        udp_end.close()
+        _peer.close()
+
+
+@pytest.mark.parametrize(("batch", "reads"), [(256, 4), (1, 1), (100, 2), (4096, BATCH)])
+def test_a_udp_event_yields_after_a_batch_when_another_source_is_ready(batch: int, reads: int) -> None:
+    assert _flood_once(batch, other_ready=True) == reads  # the rest after the other source's turn
+
+
+@pytest.mark.parametrize("batch", [1, 100, 256, 4096])
+def test_a_udp_event_reads_on_while_no_other_source_is_ready(batch: int) -> None:
+    assert _flood_once(batch, other_ready=False) == BATCH  # the read bound, whatever the batch

@@ -447,14 +447,21 @@ class DataPlane:
         """`on_raw`, reading many packets per system call."""
         self._receive_runs(self._many_at_once(batch), self.clock())
 
+    def _others_ready(self, fd: int) -> bool:
+        """Whether a source other than `fd` has something to read now (one look, no waiting)."""
+        return any(ready != fd for ready, _mask in self._epoll.poll(0))
+
     def on_udp(self, udp: OffloadUdp) -> None:
-        """Decrypt ESP-in-UDP datagrams."""
+        """Decrypt ESP-in-UDP datagrams: up to BATCH reads, with a look at the other sources after every
+        `batch_packets` packets; when one of them is readable, it gets its turn first."""
         now = self.clock()
         pending: dict[str, list[bytes]] = {}
         gathered = 0
         for _ in range(BATCH):
-            if gathered >= self.batch_packets:  # the rest after the other sources' turn
-                break
+            if gathered >= self.batch_packets:
+                if self._others_ready(udp.fileno()):
+                    break  # the rest after the other sources' turn
+                gathered = 0  # nobody else is waiting: another batch saves a loop turn
             try:
                 got = udp.recv_batch()
             except OSError as exc:
