@@ -2,7 +2,8 @@
 data plane, the manager and the engine of ipsecd, on the in-memory kernel of tests/support/fakes.py,
 configured by ipsecadm command lines through the control protocol. An ICMP echo routed into A's tunnel
 device comes out of B's, the reply comes back, over raw ESP and over ESP-in-UDP; a replayed datagram is
-a replay drop and a forged one an authentication drop, and neither reaches the device."""
+a replay drop and a forged one an authentication drop, and neither reaches the device; a super-packet
+that cannot be cut is a counted drop."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from ipsec_tunnel.control.protocol import (
     encode_request,
     encode_result,
 )
+from ipsec_tunnel.core import gso
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine
+from ipsec_tunnel.core.gso import Offload
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.kernel import Kernel
@@ -188,3 +191,17 @@ def test_a_forged_datagram_is_dropped_as_unauthenticated(
     assert b.drops()[Drop.AUTH_FAILED.value] == 1 and b.drops()["accepted"] == 1
     assert len(_ping(a, b, 2)) == 1  # the forgery moved no window: number 2 is still taken
     assert b.drops()["accepted"] == 2
+
+
+def test_a_super_packet_that_cannot_be_cut_is_a_counted_drop(
+    pair: tuple[Daemon, Daemon, FakeNetwork, str],
+) -> None:
+    a, b, network, _ = pair
+    bad = Offload(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 100, 20, 6)  # says UDP; the packet is ICMP
+    a.device().route(_echo(INNER_A, INNER_B, 1) + bytes(300), bad)
+    _pump(a, b)
+    assert network.wire == []
+    sent: dict[str, int] = a.client.call("stats")["send"]
+    assert sent[Drop.NOT_IP.value] == 1 and sent["accepted"] == 0
+    assert a.engine.stats_for("ipsec1").tx_drops[Drop.NOT_IP] == 1
+    assert len(_ping(a, b, 2)) == 1

@@ -88,13 +88,13 @@ class IkeIo:
         natt = local[1] != self.port  # sent from the encapsulation port (RFC 7296 §2.23)
         sock = self.plane.udp.get(family) if natt else self.sockets.get(family)
         if sock is None:
-            self.runner.drops["no_socket"] += 1
+            self.runner.unsent("no_socket")
             return
         payload = NON_ESP_MARKER + data if natt else data
         try:
             sock.send(remote[0], remote[1], payload, src=local[0])
         except OSError as exc:
-            self.runner.drops["send_failed"] += 1
+            self.runner.unsent("send_failed")
             log.debug("IKE send to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
 
     def handler(self, fallback: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:
