@@ -506,8 +506,12 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-@pytest.mark.skipif(not is_root(), reason="changing to user nobody needs root")
-def test_non_root_client_is_refused(open_dir: Path) -> None:
+def test_non_root_client_is_refused(open_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root: user nobody is kept out by the socket's mode, and by the server's own check. An ordinary
+    user cannot connect as someone else: there the server pretends to run as another user instead."""
+    if not is_root():
+        _refused_when_the_server_is_another_user(open_dir, monkeypatch)
+        return
     served = Served(open_dir)
     try:
         request = encode_request("sa.add", _sa_args(0x4242))
@@ -545,6 +549,25 @@ def test_the_peer_check_reads_the_kernels_uid(monkeypatch: pytest.MonkeyPatch) -
         assert refusal() == f"permission denied: ipsecadm must run as root or as uid {me + 1}"
         monkeypatch.setattr(os, "geteuid", lambda: 0)
         assert refusal() == "permission denied: ipsecadm must run as root"
+
+
+def _refused_when_the_server_is_another_user(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    me = os.geteuid()
+    served = Served(directory)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+        with served.connect() as sock:  # refused at accept(), before any request is read
+            response = json.loads(read_line(sock))
+            assert sock.recv(1) == b""  # and hung up
+        error = f"permission denied: ipsecadm must run as root or as uid {me + 1}"
+        assert response == {"v": 1, "ok": False, "errno": "EACCES", "error": error}
+        monkeypatch.setattr(os, "geteuid", lambda: me)
+        assert served.call("sa.show") == []
+        assert served.store.load_sas(NOW) == []
+        served.call("sa.add", _sa_args(0x4242))  # the server's own user gets in
+        assert _sa_set(served) == {(0x4242, A4, B4)}
+    finally:
+        served.close()
 
 
 # -- keys never come back ----------------------------------------------------------------------------
