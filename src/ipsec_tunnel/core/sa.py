@@ -26,12 +26,12 @@ from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
+from .seqstore import NO_LIMIT, Counters, Direction, SequenceStore, Slot
 
 __all__ = [
     "KEEPALIVE",
     "KEEPALIVE_MAX",
     "NAT_T_PORT",
-    "NO_LIMIT",
     "SEQ_MAX_32",
     "SEQ_MAX_64",
     "SEQ_MAX_SPLIT",
@@ -42,8 +42,6 @@ __all__ = [
     "Admit",
     "Emit",
     "Limits",
-    "Reserve",
-    "ReserveVolume",
     "SAConfig",
     "SAError",
     "SecurityAssociation",
@@ -64,7 +62,6 @@ SWEET32_BYTES = 1 << 30
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
-_U64 = struct.Struct("<Q")  # a journal slot's counters
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 
@@ -283,20 +280,11 @@ def build_transforms(config: SAConfig) -> tuple[Any, Any]:
     return cipher, auth
 
 
-Reserve = Callable[["SecurityAssociation", str, int], int]
-"""Persist that sequence numbers up to at least the given one may be used ('out') or have been accepted
-('in'); returns the new limit. Raises OSError when the store cannot be written."""
-
-ReserveVolume = Callable[["SecurityAssociation", int, int], tuple[int, int]]
-"""Persist that up to the given packet and byte counts may be reached; returns the new (packets, bytes)
-limits. Raises OSError when the store cannot be written."""
-
 Emit = Callable[[SAEvent], None]
 
 Admit = Callable[[bytes, int], Drop | None]
 """The checks a decrypted (inner packet, next header) must pass before the replay window moves (the
 tunnel's inner policy): None when it may, else the reason to drop it."""
-NO_LIMIT = 1 << 64  # a count no SA reaches
 
 
 class SecurityAssociation:
@@ -319,16 +307,16 @@ class SecurityAssociation:
         self.seq_limit = config.seq_max  # highest number the store allows to send
         self.in_limit = config.seq_max  # highest number the store allows to accept
         self.replay = replay or ReplayWindow(config.replay_window, esn=config.esn)
-        self.reserve: Reserve | None = None
-        # Counts a lifetime may reach before the store must record more (see ReserveVolume); a restart
-        # resumes from the recorded counts, so it never extends a lifetime.
-        self.reserve_volume: ReserveVolume | None = None
+        # Where reservations past seq_limit, in_limit and the count limits are committed (see
+        # core/seqstore.py); None: nothing may go past them.
+        self.store: SequenceStore | None = None
+        # Counts a lifetime may reach before the store must record more; a restart resumes from the
+        # recorded counts, so it never extends a lifetime.
         self.packets_limit = self.bytes_limit = NO_LIMIT
-        # A journal slot the daemon maps from a file: the highest accepted and the last sent number are
-        # written there with every packet (little-endian u64 at hot_off and hot_off + 8), so that a process
-        # crash loses neither. None: no journal.
-        self.hot: memoryview | None = None
-        self.hot_off = 0
+        # The journal (`Slot`): the last number sent and the highest accepted, written with every packet
+        # so that a process crash loses neither. None: no journal.
+        self._journal: Counters | None = None
+        self._sent_at = self._accepted_at = 0
         self.packets = 0
         self.bytes = 0
         self.drops: Counter[Drop] = Counter()
@@ -363,6 +351,14 @@ class SecurityAssociation:
     def __repr__(self) -> str:
         c = self.config
         return f"<SA spi={c.spi:#x} {c.src}->{c.dst} {c.cipher}/{c.digest}>"
+
+    def attach(self, store: SequenceStore | None, slot: Slot | None = None) -> None:
+        """Commit reservations to `store` and write the journal `slot` with every packet (None: no store,
+        no journal)."""
+        self.store = store
+        self._journal = None if slot is None else slot.counters
+        self._sent_at = 0 if slot is None else slot.sent
+        self._accepted_at = 0 if slot is None else slot.accepted
 
     # -- lifetimes -----------------------------------------------------------------------------------------
 
@@ -424,10 +420,10 @@ class SecurityAssociation:
         packets, nbytes = self.packets + 1, self.bytes + size
         if packets <= self.packets_limit and nbytes <= self.bytes_limit:
             return True
-        if self.reserve_volume is None:
+        if self.store is None:
             return False
         try:
-            self.packets_limit, self.bytes_limit = self.reserve_volume(self, packets, nbytes)
+            self.packets_limit, self.bytes_limit = self.store.reserve_volume(self, packets, nbytes)
         except OSError:
             return False
         return packets <= self.packets_limit and nbytes <= self.bytes_limit
@@ -456,8 +452,8 @@ class SecurityAssociation:
         if self._volume and not self._volume_reserved(len(inner)):
             return self._drop(Drop.STORE_FAILED)
         self.seq_out = seq
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off + 8, seq)
+        if self._journal is not None:
+            self._journal[self._sent_at] = seq
         aead_encrypt = self._aead_encrypt
         if aead_encrypt is None:
             packet = esp.seal(
@@ -499,8 +495,8 @@ class SecurityAssociation:
         if last > self.seq_limit and not self._reserved("out", last):
             return None
         self.seq_out = last  # before anything is sealed (and the journal, before anything is sent)
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off + 8, last)
+        if self._journal is not None:
+            self._journal[self._sent_at] = last
         out: list[bytes] = []
         for rows, inner_len in groups:
             out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
@@ -574,13 +570,13 @@ class SecurityAssociation:
         the sequence number in the header (RFC 4106 §3.1: the IV is the counter)."""
         return len(packet) >= 16 and packet[8] >> 7 == self._own and packet[12:16] == packet[4:8]
 
-    def _reserved(self, direction: str, seq: int) -> bool:
+    def _reserved(self, direction: Direction, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
-        the new limit is kept. False without a store answer (no hook, a refusal, a failed write)."""
-        if self.reserve is None:
+        the new limit is kept. False without a store answer (no store, a refusal, a failed write)."""
+        if self.store is None:
             return False
         try:
-            limit = self.reserve(self, direction, seq)
+            limit = self.store.reserve(self, direction, seq)
         except OSError:
             return False
         if direction == "out":
@@ -591,8 +587,8 @@ class SecurityAssociation:
 
     def _received(self, count: int, nbytes: int, now: float) -> None:
         """Count `count` packets of `nbytes` accepted, and journal the window's top."""
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off, self.replay.top)
+        if self._journal is not None:
+            self._journal[self._accepted_at] = self.replay.top
         self.packets += count
         self.bytes += nbytes
         self.used = now
@@ -633,8 +629,8 @@ class SecurityAssociation:
         if self._volume and not self._volume_reserved(len(result[0])):
             return self._drop(Drop.STORE_FAILED)
         self.replay.accept(seq)  # ... and the window moves only after it passed every check
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off, self.replay.top)
+        if self._journal is not None:
+            self._journal[self._accepted_at] = self.replay.top
         if self._volume:
             self._account(len(result[0]), now, emit)
         else:  # _account() inlined, as in encrypt()
