@@ -19,8 +19,8 @@ from ipsec_tunnel.cli import render
 from ipsec_tunnel.control.protocol import ProtocolError, encode_request
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Burst, Engine, packed
-from ipsec_tunnel.core.sa import SAConfig, SAError, SecurityAssociation
-from ipsec_tunnel.core.tunnel import Tunnel
+from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
+from ipsec_tunnel.core.tunnel import Tunnel, TunnelError
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.server import ControlServer
@@ -124,12 +124,12 @@ def manager(tmp_path: Path) -> Any:
 
 
 def test_an_unknown_nextdev_is_refused_in_one_line(manager: Manager) -> None:
-    with pytest.raises((SAError, ProtocolError), match="No such device for --nextdev: nosuchdev") as info:
+    with pytest.raises((TunnelError, ProtocolError), match="No such device for --nextdev: nosuchdev") as info:
         manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "nosuchdev"})
     assert getattr(info.value, "errno", None) == "ENODEV"
     assert manager.engine.tunnels.get("ipsec5") is None
     manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "eth0"})
-    with pytest.raises((SAError, ProtocolError), match="nosuchdev"):
+    with pytest.raises((TunnelError, ProtocolError), match="nosuchdev"):
         manager.handle("tunnel.change", {"name": "ipsec5", "nextdev": "nosuchdev"})
 
 

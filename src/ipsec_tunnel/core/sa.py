@@ -40,6 +40,7 @@ __all__ = [
     "SWEET32_BYTES",
     "Address",
     "Admit",
+    "ConfigError",
     "Emit",
     "Limits",
     "SAConfig",
@@ -68,12 +69,17 @@ _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3),
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class SAError(ValueError):
-    """An SA configuration that cannot be used; `errno` names the control protocol's error code."""
+class ConfigError(ValueError):
+    """A configuration that cannot be used (`SAError`, `tunnel.TunnelError`); `errno` names the control
+    protocol's error code."""
 
     def __init__(self, message: str, errno: str = "EINVAL") -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class SAError(ConfigError):
+    """An SA configuration that cannot be used, or an SA the SAD refuses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +104,14 @@ class UdpEncap:
     keepalive: int = KEEPALIVE
 
 
-def parse_address(text: str, what: str) -> Address:
-    """A unicast, specified IP address from `text`, or SAError naming `what`."""
+def parse_address(text: str, what: str, error: type[ConfigError] = SAError) -> Address:
+    """A unicast, specified IP address from `text`, or `error` naming `what`."""
     try:
         addr = ipaddress.ip_address(text.strip())
     except ValueError:
-        raise SAError(f"Bad {what} address: {text!r}") from None
+        raise error(f"Bad {what} address: {text!r}") from None
     if addr.is_unspecified or addr.is_multicast or (addr.version == 4 and str(addr) == "255.255.255.255"):
-        raise SAError(f"Wildcard or multicast {what} address not allowed: {text}")
+        raise error(f"Wildcard or multicast {what} address not allowed: {text}")
     return addr
 
 

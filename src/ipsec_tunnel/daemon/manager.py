@@ -16,8 +16,17 @@ from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
 from ..core.ip import IPV6_MIN_MTU
-from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
-from ..core.tunnel import BASE_DEVICE, Tunnel
+from ..core.sa import (
+    KEEPALIVE,
+    ConfigError,
+    Limits,
+    SAConfig,
+    SAError,
+    SecurityAssociation,
+    UdpEncap,
+    parse_address,
+)
+from ..core.tunnel import BASE_DEVICE, Tunnel, TunnelError
 from .clock import steady
 from .state import Store
 
@@ -119,7 +128,7 @@ class Manager:
         handler = getattr(self, "op_" + op.replace(".", "_"))
         try:
             return handler(args)
-        except SAError as exc:
+        except ConfigError as exc:  # SAError, TunnelError
             raise ProtocolError(exc.errno, str(exc)) from None
         except OSError as exc:
             raise ProtocolError("EIO", f"{exc.strerror or exc}") from None
@@ -318,7 +327,7 @@ class Manager:
         tunnel = Tunnel(name=name, **fields).validated()
         self._check_local(tunnel.local)
         if self.engine.tunnels.get(name) is None and self.devices.exists(name):
-            raise SAError(f"A network device named {name} already exists", "EEXIST")
+            raise TunnelError(f"A network device named {name} already exists", "EEXIST")
         self._check_nextdev(tunnel.nextdev)
         tunnel = self.engine.tunnels.add(tunnel)
         try:
@@ -340,13 +349,13 @@ class Manager:
     def _check_nextdev(self, nextdev: str | None) -> None:
         """Refuse a --nextdev that names no network device here."""
         if nextdev and not self.devices.exists(nextdev):
-            raise SAError(f"No such device for --nextdev: {nextdev}", "ENODEV")
+            raise TunnelError(f"No such device for --nextdev: {nextdev}", "ENODEV")
 
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str, required=True)
         fields = self._tunnel_fields(args)
         if fields.get("local"):
-            self._check_local(str(parse_address(fields["local"], "local")))
+            self._check_local(str(parse_address(fields["local"], "local", TunnelError)))
         self._check_nextdev(fields.get("nextdev"))
         tunnel = self.engine.tunnels.change(name, **fields)
         self.store.save_tunnel(tunnel)
@@ -357,7 +366,7 @@ class Manager:
         """Refuse a tunnel whose --local is not an address of this host: it would send with the SA meant
         for receiving from its peer (issue 11 item 5)."""
         if not self.devices.is_local(local):
-            raise SAError(
+            raise TunnelError(
                 f"--local {local} is not an address of this host (did you copy the peer's line? "
                 "swap --local and --remote)"
             )
@@ -402,7 +411,7 @@ class Manager:
         self.engine.tunnels.remove(old)
         try:
             renamed = self.engine.tunnels.add(dataclasses.replace(tunnel, name=new))
-        except SAError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
+        except TunnelError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
             log.warning("tunnel %s removed with its device: %s", old, exc)
             self.store.remove_tunnel(old)
             self.devices.remove(new)
