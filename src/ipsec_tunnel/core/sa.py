@@ -31,6 +31,7 @@ from .seqstore import NO_LIMIT, Counters, Direction, SequenceStore, Slot
 __all__ = [
     "KEEPALIVE",
     "KEEPALIVE_MAX",
+    "LIFETIME_MAX",
     "NAT_T_PORT",
     "SEQ_MAX_32",
     "SEQ_MAX_64",
@@ -48,6 +49,7 @@ __all__ = [
     "SecurityAssociation",
     "UdpEncap",
     "build_transforms",
+    "lifetime_problem",
     "parse_address",
 ]
 
@@ -63,6 +65,7 @@ SWEET32_BYTES = 1 << 30
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
+LIFETIME_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 
@@ -92,6 +95,16 @@ class Limits:
 
     def __bool__(self) -> bool:
         return bool(self.bytes or self.packets or self.seconds)
+
+
+def lifetime_problem(soft: int, hard: int) -> str | None:
+    """What is wrong with one kind's soft and hard lifetime (0: none), or None: each at most
+    LIFETIME_MAX, and the soft limit below the hard one."""
+    if max(soft, hard) > LIFETIME_MAX:
+        return f"{max(soft, hard)} is too large (at most {LIFETIME_MAX})"
+    if soft and hard and soft >= hard:
+        return "the soft limit must be below the hard limit"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +151,10 @@ class SAConfig:
     iv_split: int | None = None
     duplex: bool = False  # this SA and its reversed() twin share SPI and keys (`sa add --duplex`)
 
-    def validated(self) -> SAConfig:
-        """This configuration with canonical names and addresses, or SAError saying what is wrong."""
+    def validated(self, *, restoring: bool = False) -> SAConfig:
+        """This configuration with canonical names and addresses, or SAError saying what is wrong.
+        `restoring`: a configuration the state store kept, checked as when it was added (an SA stored by
+        an older ipsecd is not refused for a check that came later: the lifetimes' order and maximum)."""
         if not SPI_MIN <= self.spi <= SPI_MAX:
             raise SAError(f"SPI {self.spi:#x} is reserved or out of range (valid: 0x100 to 0xffffffff)")
         dst = parse_address(self.dst, "destination")
@@ -159,12 +174,24 @@ class SAConfig:
         for name, limit in (("soft", self.soft), ("hard", self.hard)):
             if min(limit.bytes, limit.packets, limit.seconds) < 0:
                 raise SAError(f"{name} lifetimes must not be negative")
+        for kind in ("bytes", "packets", "seconds"):
+            problem = (
+                None if restoring else lifetime_problem(getattr(self.soft, kind), getattr(self.hard, kind))
+            )
+            if problem:
+                raise SAError(f"Bad --lifetime-{kind}: {problem}")
         cipher = digest = None
         digest_bits = self.digest_bits
         try:
             if self.cipher:
                 alg, icv = find_cipher(self.cipher)
                 cipher = alg.name
+                named = 0 if icv is None or icv == alg.icv_lens[0] or restoring else icv
+                if alg.aead and named and self.digest_bits is not None and self.digest_bits != named * 8:
+                    raise SAError(
+                        f"--cipher={self.cipher} already sets a {named * 8}-bit ICV; drop --digest-hmac "
+                        f"or use --cipher={alg.name} --digest-hmac={self.digest_bits}"
+                    )
                 if alg.aead and self.digest:
                     raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
                 if not alg.aead and not self.digest and not alg.iv_len:
@@ -178,6 +205,10 @@ class SAConfig:
                     raise SAError(f"{alg.name} allows an ICV of {allowed} bits, not {digest_bits}")
             if self.digest:
                 digest = find_auth(self.digest).name
+            elif self.digest_bits is not None and not restoring and not (self.cipher and alg.aead):
+                raise SAError(
+                    "--digest-hmac needs --digest=NAME (or an AEAD cipher, where it sets the ICV length)"
+                )
         except AlgorithmError as exc:
             raise SAError(str(exc)) from None
         split = None

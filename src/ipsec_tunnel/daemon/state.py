@@ -553,7 +553,7 @@ class Store:
         wall = self.wall()
         for config_json, created, seq_out, seq_in, bitmap, clean, packets, nbytes, dead, soft, added in rows:
             try:
-                config = SAConfig.from_record(json.loads(config_json)).validated()
+                config = SAConfig.from_record(json.loads(config_json)).validated(restoring=True)
                 # converted inside the try: a garbled number is a StateError too
                 seq_out, seq_in, bits = int(seq_out), int(seq_in), int(bitmap or "0", 16)
                 packets, nbytes = int(packets), int(nbytes)
