@@ -155,6 +155,35 @@ def test_stats_last_drops(manager: Manager) -> None:
     assert "last_drops" not in manager.handle("stats", {})
 
 
+def test_send_side_drops_are_in_the_drop_log_with_spi_and_addresses(tmp_path: Path) -> None:
+    """Issue 12: a packet dropped on the way out is logged (rate-limited) and listed by `stats
+    --last-drops` as receive-side drops are: SPI, outer addresses, and the device it came from."""
+    engine = _engine()
+    manager = Manager(engine, Store(tmp_path / "state"), FakeDevices({A4}), now=lambda: NOW)
+    sa = engine.sad.get(packed(B4), packed(A4), 0x1000)
+    assert sa is not None
+    sa.seq_out = sa.config.seq_max  # no number left to send with
+    assert engine.send("t0", _inner(), NOW) is Drop.SEQ_EXHAUSTED
+    assert engine.send("nope", _inner(), NOW + 1) is Drop.NO_SA
+    engine.tick(NOW + 2)
+    burst = Burst(packed(B4), packed(A4), 0, 64, False, None, None, [b"\x00\x00\x10\x00" + bytes(20)])
+    engine.unsent(burst, 3, Drop.SEND_ERROR)
+    assert engine.drop_log.take_lines() == [
+        f"dropped, sequence exhausted: SPI 0x1000 from {A4} to {B4}, sending on t0",
+        "dropped, unknown SA: sending on nope",
+        f"dropped, send failed: SPI 0x1000 from {A4} to {B4}, sending on t0",
+    ]
+    result = manager.handle("stats", {"last_drops": True})
+    assert [(d["reason"], d["spi"], d["device"]) for d in result["last_drops"]] == [
+        ("seq_exhausted", 0x1000, "t0"), ("no_sa", None, "nope"), ("send_error", 0x1000, "t0"),
+    ]  # fmt: skip
+    assert result["last_drops"][0]["src"] == A4 and result["last_drops"][0]["dst"] == B4
+    text = render.stats_text(result)
+    assert f"  sequence exhausted: SPI 0x1000 from {A4} to {B4}, sending on t0" in text.splitlines()
+    assert "  unknown SA: sending on nope" in text.splitlines()
+    manager.store.close()
+
+
 def test_text_outputs_use_the_labels_of_stats() -> None:
     sa = {"dst": B4, "src": A4, "spi": 0x1000, "cipher": "aes-gcm", "stats": {"drops": {"auth_failed": 2}}}
     assert "authentication failed=2" in render.sa_table([sa], True)
