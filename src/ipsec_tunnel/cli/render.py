@@ -113,9 +113,20 @@ def _encap_text(encap: Any) -> str:
     return "-"
 
 
+def _keepalive_text(encap: Any) -> str:
+    """An ESP-in-UDP SA's NAT-keepalive interval ('20s', 'off'); '-' without UDP or when not said."""
+    if not isinstance(encap, Mapping) or encap.get("keepalive") is None:
+        return "-"
+    return f"{encap['keepalive']}s" if encap["keepalive"] else "off"
+
+
 def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
-    """The `sa show` table (the original's columns, then replay window, ESN, encapsulation, state)."""
+    """The `sa show` table (the original's columns, then replay window, ESN, encapsulation, the
+    NAT-keepalive interval when an SA uses UDP, state)."""
     headers = ["Destination", "Source", "SPI", "Cipher/bits", "Digest-HMAC/bits", "Replay", "ESN", "Encap"]
+    udp = any(isinstance(sa.get("encap"), Mapping) for sa in sas)
+    if udp:
+        headers.append("Keepalive")
     headers.append("State")
     origins = any(sa.get("origin", "manual") != "manual" for sa in sas)  # IKE's SAs say whose they are
     if origins:
@@ -131,8 +142,11 @@ def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
         row = [
             _text(sa.get("dst")), _text(sa.get("src")), spi_text(sa.get("spi")), cipher_text(sa),
             digest_text(sa), "off" if window == 0 else _text(window), "yes" if sa.get("esn") else "no",
-            _encap_text(sa.get("encap")), _text(sa.get("state")),
+            _encap_text(sa.get("encap")),
         ]  # fmt: skip
+        if udp:
+            row.append(_keepalive_text(sa.get("encap")))
+        row.append(_text(sa.get("state")))
         if origins:
             row.append(_text(sa.get("origin"), "manual"))
         if lifetimes:
