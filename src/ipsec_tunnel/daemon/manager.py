@@ -110,6 +110,9 @@ def _rekey(table: dict[str, Any], old: str, new: str) -> None:
         table[new] = table.pop(old)
 
 
+BATCH_OPS = ("sa.add", "tunnel.add")  # what a batch may hold: adds, each undone by its delete
+
+
 class Manager:
     """Carries out control requests; every change is stored before it takes effect."""
 
@@ -132,6 +135,41 @@ class Manager:
             raise ProtocolError(exc.errno, str(exc)) from None
         except OSError as exc:
             raise ProtocolError("EIO", f"{exc.strerror or exc}") from None
+
+    # -- batches -------------------------------------------------------------------------------------
+
+    def op_batch(self, args: dict[str, Any]) -> Any:
+        """Carry out `requests` ({"op": "sa.add" or "tunnel.add", "args": {...}} each) all or none: the
+        results in order, or, when one is refused, the ones before it undone and a ProtocolError whose
+        message starts with "request N: " (1-based)."""
+        reqs = arg(args, "requests", list, required=True)
+        if not all(
+            isinstance(r, dict) and r.get("op") in BATCH_OPS and isinstance(r.get("args"), dict) for r in reqs
+        ):
+            raise ProtocolError("EINVAL", f"batch takes a list of {' and '.join(BATCH_OPS)} requests")
+        done: list[tuple[str, Any]] = []
+        for number, req in enumerate(reqs, 1):
+            try:
+                done.append((req["op"], self.handle(req["op"], req["args"])))
+            except ProtocolError as exc:
+                self._undo(done)
+                raise ProtocolError(exc.errno, f"request {number}: {exc.message}") from None
+            except BaseException:
+                self._undo(done)
+                raise
+        return [result for _op, result in done]
+
+    def _undo(self, done: list[tuple[str, Any]]) -> None:
+        """Remove what the requests of a refused batch added, newest first."""
+        for op, result in reversed(done):
+            try:
+                if op == "sa.add":
+                    for sa in result["added"]:
+                        self.op_sa_del({"dst": sa["dst"], "src": sa["src"], "spi": sa["spi"]})
+                else:
+                    self.op_tunnel_del({"name": result["name"]})
+            except (ProtocolError, ConfigError, OSError) as exc:
+                log.error("batch rollback: could not undo %s (%s)", op, exc)
 
     # -- restore -------------------------------------------------------------------------------------
 
