@@ -262,11 +262,14 @@ def _run_adds(batch: Batch, lines: list[tuple[int, list[str]]], client: Client) 
                     f"{batch.name}: nothing applied: line {number} is wrong (a batch of adds is all or none)"
                 )
                 return rc
-            recorders.append((number, argv, recorder))
+            if recorder.request is not None:  # (`sa add --help` asks ipsecd nothing)
+                recorders.append((number, argv, recorder))
     finally:
         _quiet = False
         _where = ""
     requests_ = [{"op": r.request[0], "args": r.request[1]} for _n, _a, r in recorders if r.request]
+    if not requests_:
+        return EXIT_OK
     if len(encode_request("batch", {"requests": requests_})) > MAX_MESSAGE:
         return None
     try:
