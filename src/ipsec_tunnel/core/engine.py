@@ -222,7 +222,6 @@ class Engine:
         self.tx_accepted -= count
         self.tx_drops[reason] += count
         tunnel = self.tunnels.for_receive(burst.src, burst.dst)
-        sa = None
         if tunnel is not None:
             stats = self.stats_for(tunnel.name)
             stats.tx_packets -= count
