@@ -47,19 +47,22 @@ def _inner() -> bytes:
 
 
 class _FailingRaw:
-    """A raw ESP batch socket whose every send fails with `error`."""
+    """A raw ESP socket whose every send fails with `error`."""
 
     def __init__(self, error: int) -> None:
         self.error = error
 
-    def send(self, dst: bytes, payloads: list[bytes], **_kw: Any) -> list[tuple[int, OSError]]:
+    def send_burst(self, dst: bytes, payloads: list[bytes], **_kw: Any) -> list[tuple[int, OSError]]:
         return [(len(payloads), OSError(self.error, os.strerror(self.error)))]
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     engine = _engine()
     plane = DataPlane(engine, clock=lambda: NOW)
-    plane.raw_batch[4] = _FailingRaw(errno.EPERM)  # type: ignore[assignment]  # a firewall dropping ESP
+    plane.raw[4] = _FailingRaw(errno.EPERM)  # type: ignore[assignment]  # a firewall dropping ESP
     try:
         with caplog.at_level(logging.WARNING, logger="ipsec_tunnel.daemon.dataplane"):
             for _ in range(3):
@@ -73,7 +76,7 @@ def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptur
         assert sa is not None and sa.drops[Drop.SEND_ERROR] == 6
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == ["send to 192.0.2.2 failed: Operation not permitted (2 packets dropped)"]
-        plane.raw_batch[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
+        plane.raw[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
         for burst in engine.send_batch("t0", [_inner()], NOW):
             plane.transmit(burst)  # type: ignore[arg-type]
         assert engine.tx_drops[Drop.NO_ROUTE] == 1 and engine.tx_accepted == 0

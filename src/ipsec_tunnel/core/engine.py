@@ -242,6 +242,12 @@ class Engine:
             stats.rx_packets -= count
             stats.rx_drops[reason] += count
 
+    def unsendable(self, device: str, count: int, reason: Drop) -> None:
+        """`count` packets read from device `device` that never reached the engine (a super-packet the
+        data plane could not cut, say): count them as dropped for `reason`, for the tunnel too."""
+        self.tx_drops[reason] += count
+        self.stats_for(device).tx_drops[reason] += count
+
     # -- send ---------------------------------------------------------------------------------------------
 
     def _tx_drop(self, stats: TunnelStats, reason: Drop, device: str, now: float) -> Drop:

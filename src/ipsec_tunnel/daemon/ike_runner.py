@@ -135,6 +135,10 @@ class IkeRunner:
             return
         self.inbox.append((data, local, remote))
 
+    def unsent(self, reason: str) -> None:
+        """An IKE message `send` could not hand to the kernel: counted as dropped for `reason`."""
+        self.drops[reason] += 1
+
     def tick(self, now: float) -> float | None:
         """Handle queued datagrams (up to PER_TURN, within TURN_BUDGET) and any due timer; the next
         deadline (`now` while datagrams wait). Never raises: a bug is counted and logged."""
