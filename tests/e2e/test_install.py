@@ -2,7 +2,10 @@
 the tree is built for its final PREFIX, so once copied there ipsecd and ipsecadm run from their own
 environment, on the system's python3; the man pages and the systemd unit are where man and systemd look;
 `mandb` is not run on the live system. `make uninstall` removes the files and the directories install
-created, disables the unit first where systemd runs, and keeps the state directory."""
+created, disables the unit first where systemd runs, and keeps the state directory.
+
+Nothing here needs root: the install runs from a copy of the checkout in a temporary directory (the build
+writes into its source tree, which an ordinary user running the suite may not own)."""
 
 from __future__ import annotations
 
@@ -26,9 +29,15 @@ echo "$(basename "$0") $* unit=$([ -e "$UNIT" ] && echo present || echo absent)"
 """
 
 
+# What a build does not need, as .gitignore lists it (plus .git)
+NOT_COPIED = (".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+              ".hypothesis", "build", "dist")  # fmt: skip
+
+
 @dataclass
 class Staged:
     top: Path  # everything lives under here
+    source: Path  # the copy of the checkout make runs in
     prefix: str  # the final PREFIX: top/final
     dest: Path  # DESTDIR: top/stage
     calls: Path
@@ -40,12 +49,12 @@ class Staged:
         return self.dest / self.prefix.lstrip("/")
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _make(self.env, *args, f"DESTDIR={self.dest}", f"PREFIX={self.prefix}")
+        return _make(self.env, *args, f"DESTDIR={self.dest}", f"PREFIX={self.prefix}", source=self.source)
 
 
-def _make(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _make(env: dict[str, str], *args: str, source: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["make", "-s", "-C", str(ROOT), *args],
+        ["make", "-s", "-C", str(source), *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -75,8 +84,10 @@ def staged() -> Iterator[Staged]:
     top = Path(tempfile.mkdtemp(prefix="ocl-install-", dir="/tmp"))
     try:
         prefix = str(top / "final")
+        source = top / "source"
+        shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
         calls, env = _fakes(top, top / "stage" / "etc" / "systemd" / "system" / "ipsecd.service")
-        s = Staged(top, prefix, top / "stage", calls, env, "")
+        s = Staged(top, source, prefix, top / "stage", calls, env, "")
         res = s.make("install")
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         s.output = res.stdout
@@ -146,6 +157,7 @@ def test_the_tree_runs_once_moved_to_its_final_place(staged: Staged) -> None:
         assert where.returncode == 0, where.stderr
         assert Path(where.stdout.strip()).is_relative_to(venv)
         assert not Path(where.stdout.strip()).is_relative_to(ROOT)
+        assert not Path(where.stdout.strip()).is_relative_to(staged.source)
     finally:
         hidden.rename(staged.dest)
         shutil.rmtree(final, ignore_errors=True)

@@ -31,7 +31,7 @@ from ipsec_tunnel.control.protocol import MAX_MESSAGE, ProtocolError, encode_req
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.daemon import server as server_module
 from ipsec_tunnel.daemon.manager import Manager
-from ipsec_tunnel.daemon.server import MAX_CLIENTS, ControlServer
+from ipsec_tunnel.daemon.server import MAX_CLIENTS, ControlServer, peer_allowed, refusal, uid_allowed
 from ipsec_tunnel.daemon.state import Store
 from tests.support.fakes import FakeDevices
 
@@ -506,8 +506,12 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-@pytest.mark.skipif(not is_root(), reason="changing to user nobody needs root")
-def test_non_root_client_is_refused(open_dir: Path) -> None:
+def test_non_root_client_is_refused(open_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root: user nobody is kept out by the socket's mode, and by the server's own check. An ordinary
+    user cannot connect as someone else: there the server pretends to run as another user instead."""
+    if not is_root():
+        _refused_when_the_server_is_another_user(open_dir, monkeypatch)
+        return
     served = Served(open_dir)
     try:
         request = encode_request("sa.add", _sa_args(0x4242))
@@ -524,6 +528,43 @@ def test_non_root_client_is_refused(open_dir: Path) -> None:
         assert served.store.load_sas(NOW) == []
         # root still gets in
         served.call("sa.add", _sa_args(0x4242))
+        assert _sa_set(served) == {(0x4242, A4, B4)}
+    finally:
+        served.close()
+
+
+def test_root_and_the_servers_own_user_may_control_it() -> None:
+    assert uid_allowed(0, 0) and uid_allowed(0, 1001) and uid_allowed(1001, 1001)
+    assert not uid_allowed(1001, 0) and not uid_allowed(1002, 1001) and not uid_allowed(65534, 1001)
+
+
+def test_the_peer_check_reads_the_kernels_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same user is let in; once the server seems to run as someone else, only root still is."""
+    me = os.geteuid()
+    a, b = socket.socketpair()
+    with a, b:
+        assert peer_allowed(a) == (True, f"pid {os.getpid()} uid {me}")
+        monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+        assert peer_allowed(a) == (me == 0, f"pid {os.getpid()} uid {me}")
+        assert refusal() == f"permission denied: ipsecadm must run as root or as uid {me + 1}"
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        assert refusal() == "permission denied: ipsecadm must run as root"
+
+
+def _refused_when_the_server_is_another_user(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    me = os.geteuid()
+    served = Served(directory)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+        with served.connect() as sock:  # refused at accept(), before any request is read
+            response = json.loads(read_line(sock))
+            assert sock.recv(1) == b""  # and hung up
+        error = f"permission denied: ipsecadm must run as root or as uid {me + 1}"
+        assert response == {"v": 1, "ok": False, "errno": "EACCES", "error": error}
+        monkeypatch.setattr(os, "geteuid", lambda: me)
+        assert served.call("sa.show") == []
+        assert served.store.load_sas(NOW) == []
+        served.call("sa.add", _sa_args(0x4242))  # the server's own user gets in
         assert _sa_set(served) == {(0x4242, A4, B4)}
     finally:
         served.close()

@@ -1,9 +1,10 @@
-"""The control socket: a Unix stream socket (mode 0600) whose peers must be root (checked with
-SO_PEERCRED; the mode already keeps everyone else out). A socket another ipsecd answers on is never taken
-over, and only the socket this server made is removed when it stops. Requests are served one line at a
-time inside the data-plane event loop; a bad request gets an error response and never takes the daemon
-down. Responses are written without blocking: what a client does not read yet waits in its output buffer,
-and the loop goes on forwarding packets meanwhile."""
+"""The control socket: a Unix stream socket (mode 0600) whose peers must be root or the server's own user
+(checked with SO_PEERCRED; the mode already keeps everyone else out). ipsecd runs as root, so there that
+means root only; a server run by an ordinary user (the unit tests) serves that user too. A socket another
+ipsecd answers on is never taken over, and only the socket this server made is removed when it stops.
+Requests are served one line at a time inside the data-plane event loop; a bad request gets an error
+response and never takes the daemon down. Responses are written without blocking: what a client does not
+read yet waits in its output buffer, and the loop goes on forwarding packets meanwhile."""
 
 from __future__ import annotations
 
@@ -28,11 +29,24 @@ SEND_TIMEOUT = 5.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+def uid_allowed(peer: int, own: int) -> bool:
+    """Whether a peer with uid `peer` may control a server running as `own`: root, or the same user
+    (who could signal or trace the server anyway)."""
+    return peer in (0, own)
+
+
 def peer_allowed(sock: socket.socket) -> tuple[bool, str]:
-    """Whether the peer is root, and who it is (for the log). Only the uid the kernel recorded at
-    connect() counts: reading a process's capabilities from /proc would race with an exec."""
+    """Whether the peer may control this process (`uid_allowed`), and who it is (for the log). Only the
+    uid the kernel recorded at connect() counts: reading a process's capabilities from /proc would race
+    with an exec."""
     pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return uid == 0, f"pid {pid} uid {uid}"
+    return uid_allowed(uid, os.geteuid()), f"pid {pid} uid {uid}"
+
+
+def refusal() -> str:
+    """The error a refused peer reads."""
+    own = os.geteuid()
+    return "permission denied: ipsecadm must run as root" + (f" or as uid {own}" if own else "")
 
 
 class SocketInUse(OSError):
@@ -130,8 +144,8 @@ class ControlServer:
             return
         allowed, who = peer_allowed(conn)
         if not allowed:
-            log.warning("control connection refused: %s is not root", who)
-            self._send(conn, encode_error("EACCES", "permission denied: ipsecadm must run as root"))
+            log.warning("control connection refused: %s is neither root nor this server's user", who)
+            self._send(conn, encode_error("EACCES", refusal()))
             conn.close()
             return
         if len(self.clients) >= MAX_CLIENTS:
