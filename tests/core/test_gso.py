@@ -17,7 +17,7 @@ from scapy.packet import Packet
 
 from ipsec_tunnel.core import gro, gso
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Burst, Deliver, Outbound, Reject, packed
+from ipsec_tunnel.core.engine import packed
 from ipsec_tunnel.core.gso import (
     F_NEEDS_CSUM,
     GSO_NONE,
@@ -28,6 +28,7 @@ from ipsec_tunnel.core.gso import (
     Offload,
     OffloadError,
 )
+from ipsec_tunnel.core.plane import Burst, Deliver, Outbound, Reject
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.core.test_engine import Pair, inner_packet, make_pair
 
@@ -381,7 +382,7 @@ def test_send_batch_equals_send(cipher: str) -> None:
         pair.a.path_mtu["t0"] = 1500
     packets = _mixed_inner()
     singles = [one.a.send("t0", p, 5.0) for p in packets]
-    batch = many.a.send_batch("t0", packets, 5.0)
+    batch = many.a.send_batch("t0", [(None, p) for p in packets], 5.0)
     flat_single = [
         r.payload if isinstance(r, Outbound) else r.packet for r in singles if not isinstance(r, Drop)
     ]

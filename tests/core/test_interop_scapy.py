@@ -26,7 +26,8 @@ from scapy.layers.ipsec import ESP
 from scapy.packet import Packet, Raw
 
 from ipsec_tunnel.core import esp
-from ipsec_tunnel.core.engine import Deliver, Engine, Outbound, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import Deliver, Outbound
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ipsec_tunnel.core.diag import DropLog, DropRecord, RateLimit
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import NAT_KEEPALIVE, Burst, Engine, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import NAT_KEEPALIVE, Burst
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
 
 from .test_engine import KEYS, inner_packet
@@ -34,7 +35,7 @@ def _engines(keepalive: int = 20) -> tuple[Engine, Engine]:
 
 
 def _send(engine: Engine, count: int = 1, now: float = 1.0) -> Burst:
-    out = engine.send_batch("t0", [inner_packet(4) for _ in range(count)], now)
+    out = engine.send_batch("t0", [(None, inner_packet(4)) for _ in range(count)], now)
     assert len(out) == 1 and isinstance(out[0], Burst)
     return out[0]
 

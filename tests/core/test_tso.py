@@ -1,5 +1,5 @@
-"""core/tso.py and the engine's `send_tso`: TCP super-packets segmented into rows and sealed many at a time
-give byte for byte what `gso.split` and `send_batch` give, packet by packet."""
+"""core/tso.py and the send pipeline's rows branch (`send._rows`): TCP super-packets segmented into rows and
+sealed many at a time give byte for byte what `gso.split` and `send_batch` give, packet by packet."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from scapy.layers.inet import IP
 from scapy.layers.ipsec import ESP
 from scapy.packet import Raw
 
-from ipsec_tunnel.core import esp, gso, tso
+from ipsec_tunnel.core import esp, gso, send, tso
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Burst, Deliver
 from ipsec_tunnel.core.gso import Offload, OffloadError
+from ipsec_tunnel.core.plane import Burst, Deliver
 from ipsec_tunnel.core.sa import Limits
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.core.test_engine import OUTER, Pair, make_pair
@@ -86,18 +86,24 @@ def _twins(outer: int = 4, cipher: str = "aes-gcm", **extra: object) -> tuple[Pa
 
 
 def _one_by_one(pair: Pair, packet: bytes, offload: Offload) -> list[bytes]:
-    out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
+    out = pair.a.send_batch("t0", [(None, s) for s in gso.split(packet, offload)], 1.0)
     return [p for burst in out if isinstance(burst, Burst) for p in burst.payloads]
+
+
+def _rows(pair: Pair, packet: bytes, offload: Offload) -> Burst | None:
+    """The rows branch of the send pipeline's cut stage alone, for super-packet `packet` read on t0."""
+    tunnel = _tunnel(pair)
+    return send._rows(pair.a, "t0", tunnel, pair.a.sa_for(tunnel), packet, offload, 1.0)
 
 
 @pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
 @pytest.mark.parametrize("make", [v4_tcp, v6_tcp])
 @pytest.mark.parametrize("outer", [4, 6])
-def test_send_tso_seals_what_send_batch_seals(cipher: str, make: object, outer: int) -> None:
+def test_rows_seals_what_send_batch_seals(cipher: str, make: object, outer: int) -> None:
     rows_pair, plain_pair = _twins(outer, cipher)
     for round_ in range(3):  # the sequence numbers go on from one super-packet to the next
         packet, offload = make_tso(make(os.urandom(20000 + 777 * round_), flags="PA"), 1386)  # type: ignore[operator]
-        burst = rows_pair.a.send_tso("t0", packet, offload, 1.0)
+        burst = _rows(rows_pair, packet, offload)
         assert isinstance(burst, Burst)
         assert burst.payloads == _one_by_one(plain_pair, packet, offload)
         deliver, rejects = rows_pair.b.receive_batch(burst.src, burst.dst, burst.payloads, 1.0)
@@ -121,27 +127,27 @@ def _declined(pair: Pair, packet: bytes, offload: Offload) -> None:
     sa = pair.a.sa_for(_tunnel(pair))
     assert sa is not None
     before = (sa.seq_out, sa.packets, pair.a.tx_accepted)
-    assert pair.a.send_tso("t0", packet, offload, 1.0) is None
+    assert _rows(pair, packet, offload) is None
     assert (sa.seq_out, sa.packets, pair.a.tx_accepted) == before  # nothing used up, nothing counted
 
 
-def test_send_tso_declines_ciphers_with_hmac_and_volume_lifetimes() -> None:
+def test_rows_declines_ciphers_with_hmac_and_volume_lifetimes() -> None:
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
     _declined(make_pair(4, "aes-cbc"), packet, offload)
     _declined(make_pair(4, "aes-gcm", hard=Limits(packets=1000)), packet, offload)
 
 
-def test_send_tso_declines_segments_bigger_than_the_path_with_df() -> None:
+def test_rows_declines_segments_bigger_than_the_path_with_df() -> None:
     pair = make_pair()
     pair.a.path_mtu["t0"] = 1200
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1386)  # DF set
     _declined(pair, packet, offload)
     # ... which go the per-packet way: frag-needed back into the device, as for any too-big packet
-    out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
+    out = pair.a.send_batch("t0", [(offload, packet)], 1.0)
     assert isinstance(out[0], Deliver) and pair.a.tx_drops[Drop.TOO_BIG] == 3  # the three full-sized
 
 
-def test_send_tso_declines_at_the_end_of_the_sequence_numbers_and_the_reservation() -> None:
+def test_rows_declines_at_the_end_of_the_sequence_numbers_and_the_reservation() -> None:
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)  # 5 segments
     pair = make_pair()
     sa = pair.a.sa_for(_tunnel(pair))
@@ -162,7 +168,7 @@ def test_send_tso_declines_at_the_end_of_the_sequence_numbers_and_the_reservatio
     assert refused == [5]  # asked once, for the whole super-packet
 
 
-def test_send_tso_reserves_once_for_the_whole_super_packet() -> None:
+def test_rows_reserves_once_for_the_whole_super_packet() -> None:
     packet, offload = make_tso(v4_tcp(os.urandom(45 * 1386)), 1386)
     pair = make_pair()
     sa = pair.a.sa_for(_tunnel(pair))
@@ -174,7 +180,7 @@ def test_send_tso_reserves_once_for_the_whole_super_packet() -> None:
         return needed + 100
 
     sa.seq_limit, sa.reserve = 10, reserve
-    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    burst = _rows(pair, packet, offload)
     assert burst is not None and len(burst.payloads) == 45
     assert asked == [45] and sa.seq_out == 45 and sa.seq_limit == 145
 
@@ -193,7 +199,7 @@ def test_seal_rows_is_seal_aead16_row_by_row() -> None:
 def test_outer_addresses_are_the_tunnels() -> None:
     pair = make_pair(6)
     packet, offload = make_tso(v4_tcp(os.urandom(4000)), 1000)
-    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    burst = _rows(pair, packet, offload)
     assert burst is not None
     # A sends to B: the outer destination is B's address, the source A's.
     assert (burst.dst, burst.src) == (
@@ -208,7 +214,7 @@ def test_scapy_decrypts_what_send_tso_seals(cipher: str) -> None:
     finds the segments `gso.split` makes."""
     pair = make_pair(4, cipher)
     packet, offload = make_tso(v4_tcp(os.urandom(30000), flags="PA"), 1386)
-    burst = pair.a.send_tso("t0", packet, offload, 1.0)
+    burst = _rows(pair, packet, offload)
     assert burst is not None
     key = pair.ab.cipher_key
     algo = "AES-GCM" if cipher == "aes-gcm" else "CHACHA20-POLY1305"

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from ..core import gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
-from ..core.engine import Burst, Deliver, Engine, Reject
+from ..core.engine import Engine
+from ..core.plane import Burst, Deliver, Reject
 from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux import link
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
-_TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
 
@@ -230,8 +230,7 @@ class DataPlane:
         now = self.clock()
         name = queue.name
         engine = self.engine
-        results: list[Burst | Deliver] = []
-        packets: list[bytes] = []  # read, not yet through the engine
+        reads: list[tuple[gso.Offload | None, bytes]] = []  # read, not yet through the engine
         gathered = 0
         for _ in range(BATCH):
             try:
@@ -244,32 +243,15 @@ class DataPlane:
                 break
             if got is None:
                 break
-            offload, packet = got
-            if offload is None or not (offload.gso_type or offload.flags):
-                packets.append(packet)
+            reads.append(got)
+            offload = got[0]
+            if offload is None or not offload.gso_size:
                 gathered += 1
-            else:
-                burst = engine.send_tso(name, packet, offload, now) if offload.gso_type in _TCP_GSO else None
-                if burst is not None:  # sealed many at a time; what was read before it goes first
-                    if packets:
-                        results += engine.send_batch(name, packets, now)
-                        packets = []
-                    results.append(burst)
-                    gathered += len(burst.payloads)
-                else:
-                    try:
-                        segments = gso.split(packet, offload)
-                    except gso.OffloadError as exc:
-                        log.debug("%s: %s", name, exc)
-                        engine.tx_drops[Drop.NOT_IP] += 1
-                        engine.stats_for(name).tx_drops[Drop.NOT_IP] += 1
-                    else:
-                        packets += segments
-                        gathered += len(segments)
+            else:  # a super-packet: about as many packets as it has segments
+                gathered += len(got[1]) // offload.gso_size + 1
             if gathered >= self.batch_packets:
                 break
-        if packets:
-            results += engine.send_batch(name, packets, now)
+        results = engine.send_batch(name, reads, now) if reads else []
         for result in results:
             if isinstance(result, Burst):
                 self.transmit(result)
