@@ -292,7 +292,7 @@ def test_ipv6_up_to_1280_leaves_as_outer_fragments_when_the_path_is_smaller(oute
     # IPv4 with DF keeps path MTU discovery at the ESP fit.
     v4 = pair.a.send("t0", inner_packet(4, limit + 1 - 28, df=True), 1.0)
     assert isinstance(v4, Deliver) and IP(v4.packet)[ICMP].nexthopmtu == limit
-    batch = pair.a.send_batch("t0", [(None, inner_packet(6, 1280 - 48))] * 3, 1.0)
+    batch = pair.a.send_batch("t0", [inner_packet(6, 1280 - 48)] * 3, 1.0)
     assert len(batch) == 3 and all(isinstance(b, Burst) and not b.df for b in batch)
 
 

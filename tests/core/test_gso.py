@@ -382,7 +382,7 @@ def test_send_batch_equals_send(cipher: str) -> None:
         pair.a.path_mtu["t0"] = 1500
     packets = _mixed_inner()
     singles = [one.a.send("t0", p, 5.0) for p in packets]
-    batch = many.a.send_batch("t0", [(None, p) for p in packets], 5.0)
+    batch = many.a.send_batch("t0", packets, 5.0)
     flat_single = [
         r.payload if isinstance(r, Outbound) else r.packet for r in singles if not isinstance(r, Drop)
     ]

@@ -35,7 +35,7 @@ def _engines(keepalive: int = 20) -> tuple[Engine, Engine]:
 
 
 def _send(engine: Engine, count: int = 1, now: float = 1.0) -> Burst:
-    out = engine.send_batch("t0", [(None, inner_packet(4)) for _ in range(count)], now)
+    out = engine.send_batch("t0", [inner_packet(4) for _ in range(count)], now)
     assert len(out) == 1 and isinstance(out[0], Burst)
     return out[0]
 

@@ -86,14 +86,14 @@ def _twins(outer: int = 4, cipher: str = "aes-gcm", **extra: object) -> tuple[Pa
 
 
 def _one_by_one(pair: Pair, packet: bytes, offload: Offload) -> list[bytes]:
-    out = pair.a.send_batch("t0", [(None, s) for s in gso.split(packet, offload)], 1.0)
+    out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
     return [p for burst in out if isinstance(burst, Burst) for p in burst.payloads]
 
 
 def _rows(pair: Pair, packet: bytes, offload: Offload) -> Burst | None:
     """The rows branch of the send pipeline's cut stage alone, for super-packet `packet` read on t0."""
     tunnel = _tunnel(pair)
-    return send._rows(pair.a, "t0", tunnel, pair.a.sa_for(tunnel), packet, offload, 1.0)
+    return send._rows(pair.a, "t0", tunnel, pair.a.sa_for(tunnel), packet, offload, 1.0, [], [])
 
 
 @pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
@@ -143,7 +143,7 @@ def test_rows_declines_segments_bigger_than_the_path_with_df() -> None:
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1386)  # DF set
     _declined(pair, packet, offload)
     # ... which go the per-packet way: frag-needed back into the device, as for any too-big packet
-    out = pair.a.send_batch("t0", [(offload, packet)], 1.0)
+    out = pair.a.send_batch("t0", [packet], 1.0, {0: offload})
     assert isinstance(out[0], Deliver) and pair.a.tx_drops[Drop.TOO_BIG] == 3  # the three full-sized
 
 
@@ -225,3 +225,45 @@ def test_scapy_decrypts_what_send_tso_seals(cipher: str) -> None:
         bytes(theirs.decrypt(IP(bytes(IP(src=src, dst=dst, proto=50) / Raw(p))))) for p in burst.payloads
     ]
     assert opened == gso.split(packet, offload)
+
+
+# -- the branch inside send_batch ------------------------------------------------------------------------
+
+
+def test_send_batch_seals_a_tso_read_as_rows_in_read_order() -> None:
+    """Plain packets, a TCP super-packet, plain packets: the super-packet takes the rows branch (no call
+    to `encrypt`), between the others, and every byte is what the packets one by one give: sequence
+    numbers in the order the packets were read (before, the super-packet took the first ones)."""
+    rows_pair, plain_pair = _twins()
+    before = [bytes(v4_tcp(os.urandom(100), df=False)) for _ in range(2)]
+    after = [bytes(v4_tcp(os.urandom(200), df=False)) for _ in range(3)]
+    packet, offload = make_tso(v4_tcp(os.urandom(9000), flags="PA"), 1386)
+    sa = rows_pair.a.sa_for(_tunnel(rows_pair))
+    assert sa is not None
+    encrypt, calls = sa.encrypt, []
+
+    def counted(*args: Any) -> bytes | Drop:
+        calls.append(args)
+        return encrypt(*args)
+
+    sa.encrypt = counted  # type: ignore[method-assign,assignment]
+    out = rows_pair.a.send_batch("t0", [*before, packet, *after], 1.0, {2: offload})
+    assert len(calls) == len(before) + len(after)  # the segments went as rows
+    assert all(isinstance(b, Burst) for b in out) and len(out) == 3
+    segments = gso.split(packet, offload)
+    assert [len(b.payloads) for b in out if isinstance(b, Burst)] == [2, len(segments), 3]
+    reference = plain_pair.a.send_batch("t0", [*before, *segments, *after], 1.0)
+    assert [p for b in out if isinstance(b, Burst) for p in b.payloads] == [
+        p for b in reference if isinstance(b, Burst) for p in b.payloads
+    ]
+    assert rows_pair.a.stats_for("t0") == plain_pair.a.stats_for("t0")
+
+
+def test_send_batch_splits_what_cannot_be_rows_and_counts_what_split_refuses() -> None:
+    pair = make_pair(4, "aes-cbc")  # HMAC: no rows
+    packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
+    bad = Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16)  # csum_start elsewhere
+    out = pair.a.send_batch("t0", [packet, packet], 1.0, {0: offload, 1: bad})
+    assert [len(b.payloads) for b in out if isinstance(b, Burst)] == [len(gso.split(packet, offload))]
+    assert pair.a.tx_drops == {Drop.NOT_IP: 1} and pair.a.stats_for("t0").tx_drops == {Drop.NOT_IP: 1}
+    assert pair.a.tx_accepted == pair.a.stats_for("t0").tx_packets == len(gso.split(packet, offload))

@@ -64,7 +64,7 @@ def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptur
     try:
         with caplog.at_level(logging.WARNING, logger="ipsec_tunnel.daemon.dataplane"):
             for _ in range(3):
-                for burst in engine.send_batch("t0", [(None, _inner()), (None, _inner())], NOW):
+                for burst in engine.send_batch("t0", [_inner(), _inner()], NOW):
                     assert isinstance(burst, Burst)
                     plane.transmit(burst)
         assert engine.tx_accepted == 0 and engine.tx_drops[Drop.SEND_ERROR] == 6
@@ -75,7 +75,7 @@ def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptur
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == ["send to 192.0.2.2 failed: Operation not permitted (2 packets dropped)"]
         plane.raw_batch[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
-        for burst in engine.send_batch("t0", [(None, _inner())], NOW):
+        for burst in engine.send_batch("t0", [_inner()], NOW):
             plane.transmit(burst)  # type: ignore[arg-type]
         assert engine.tx_drops[Drop.NO_ROUTE] == 1 and engine.tx_accepted == 0
     finally:
@@ -100,7 +100,7 @@ def test_packets_for_a_down_device_are_dropped_not_accepted(caplog: pytest.LogCa
     plane = DataPlane(receiver, clock=lambda: NOW)
     plane.devices.tun["t0"] = _DownQueue()  # type: ignore[assignment]
     try:
-        (burst,) = sender.send_batch("t0", [(None, _inner()) for _ in range(3)], NOW)
+        (burst,) = sender.send_batch("t0", [_inner(), _inner(), _inner()], NOW)
         assert isinstance(burst, Burst)
         deliver, _ = receiver.receive_batch(packed(A4), packed(B4), burst.payloads, NOW)
         with caplog.at_level(logging.INFO, logger="ipsec_tunnel.daemon.dataplane"):

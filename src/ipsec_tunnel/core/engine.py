@@ -27,12 +27,12 @@ class Engine(Plane):
     """SAs, tunnels and counters, and the two pipelines that use them."""
 
     def send_batch(
-        self, device: str, reads: Iterable[tuple[Offload | None, bytes]], now: float
+        self, device: str, packets: list[bytes], now: float, offloads: dict[int, Offload] | None = None
     ) -> list[Burst | Deliver]:
-        """The ESP datagrams (bursts of equal outer header fields, in order) and ICMP errors for the
-        device for packets read from tunnel device `device`, each with its offload header or None (see
-        `send.py`)."""
-        return send(self, device, reads, now)
+        """The ESP datagrams (bursts of equal outer header fields, in order) and the ICMP errors for the
+        device, for `packets` read in this order from tunnel device `device`; `offloads`: the virtio-net
+        header of each one read with offload work to do, by index (see `send.py`)."""
+        return send(self, device, packets, now, offloads)
 
     def receive_batch(
         self, src: bytes, dst: bytes, payloads: Iterable[bytes], now: float, tos: int = 0, *,
@@ -49,7 +49,7 @@ class Engine(Plane):
         """`send_batch` of packet `inner` alone: its ESP datagram, an ICMP error for the device, or why
         it was dropped."""
         before = self.tx_drops.copy()
-        for result in self.send_batch(device, [(None, inner)], now):
+        for result in self.send_batch(device, [inner], now):
             if isinstance(result, Deliver):
                 return result
             return Outbound(

@@ -1,9 +1,9 @@
 """The send pipeline: what the kernel routed into a tunnel device becomes ESP datagrams for the peer.
 
-`send` takes one device's reads as `TunQueue.read` gives them, (offload header or None, packet), and
-returns in order the `Burst`s to send (ESP datagrams with equal outer header fields) and the ICMP errors
-to write back into the device (`Deliver`). A single packet is a batch of one. The stages, in the order
-packets take them:
+`send` takes the packets read from one device, in order, with the virtio-net header of those that ask
+for offload work, and returns in order the `Burst`s to send (ESP datagrams with equal outer header
+fields) and the ICMP errors to write back into the device (`Deliver`). A single packet is a batch of
+one. The stages, in the order packets take them:
 
 1. Tunnel and SA, once for the batch: the device's tunnel (`TunnelTable.get`) and the SA it sends with
    (`Plane.sa_for`).
@@ -24,8 +24,6 @@ The UDP ports of ESP-in-UDP come from `NatTraversal.encap_for` (the peer's port 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from . import gso, ip, tso
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6, aead16_trailer
@@ -41,44 +39,59 @@ _TCP_GSO = (gso.GSO_TCPV4, gso.GSO_TCPV6)  # virtio-net GSO types of TCP super-p
 
 
 def send(
-    plane: Plane, device: str, reads: Iterable[tuple[Offload | None, bytes]], now: float
+    plane: Plane, device: str, packets: list[bytes], now: float, offloads: dict[int, Offload] | None = None
 ) -> list[Burst | Deliver]:
-    """What to send for the packets read from tunnel device `device` (stages 1-4 above)."""
+    """What to send for `packets`, read in this order from tunnel device `device`; `offloads`: the
+    virtio-net header of each packet read with one that asks for work (GSO, a checksum), by its index
+    in `packets` (stages 1-4 above)."""
     out: list[Burst | Deliver] = []
     # 1. Tunnel and SA
     tunnel = plane.tunnels.get(device)
     sa = plane.sa_for(tunnel) if tunnel is not None else None
     # 2. Cut
+    if offloads:
+        packets = _cut(plane, device, tunnel, sa, packets, offloads, now, out)
+    # 3. Seal, and 4. count
+    if packets:
+        _seal(plane, device, tunnel, sa, packets, now, out)
+    return out
+
+
+def _cut(
+    plane: Plane, device: str, tunnel: Tunnel | None, sa: SecurityAssociation | None, packets: list[bytes],
+    offloads: dict[int, Offload], now: float, out: list[Burst | Deliver],
+) -> list[bytes]:  # fmt: skip
+    """Stage 2: the offloaded packets cut, in order. Those sealed as rows go to `out` as bursts of their
+    own, after the packets before them are sealed; returns the plain packets and segments after the last
+    such burst, to seal."""
     plain: list[bytes] = []
-    for offload, packet in reads:
-        if offload is None or not (offload.gso_type or offload.flags):
-            plain.append(packet)
-            continue
-        rows = _rows(plane, device, tunnel, sa, packet, offload, now)
-        if rows is not None:  # sealed already: what was read before it goes first
-            if plain:
-                _seal(plane, device, tunnel, sa, plain, now, out)
-                plain = []
+    start = 0
+    for index, offload in sorted(offloads.items()):
+        plain += packets[start:index]
+        start = index + 1
+        packet = packets[index]
+        rows = _rows(plane, device, tunnel, sa, packet, offload, now, plain, out)
+        if rows is not None:
             out.append(rows)
             continue
         try:
             plain += gso.split(packet, offload)
         except OffloadError:
             plane.tx_drop(plane.stats_for(device), Drop.NOT_IP)
-    # 3. Seal, and 4. count
-    if plain:
-        _seal(plane, device, tunnel, sa, plain, now, out)
-    return out
+    plain += packets[start:]
+    return plain
 
 
 def _rows(
     plane: Plane, device: str, tunnel: Tunnel | None, sa: SecurityAssociation | None, packet: bytes,
-    offload: Offload, now: float,
+    offload: Offload, now: float, before: list[bytes], out: list[Burst | Deliver],
 ) -> Burst | None:  # fmt: skip
     """Stage 2's fast branch: the segments of TCP super-packet `packet` sealed many at a time, counted (the
-    same ESP packets, counters and sequence numbers as `gso.split` and `_seal` give). None, with nothing
-    sent or counted, where the segments must go one by one: not TCP, an SA that cannot seal rows,
-    segments too big for the path, or a super-packet `tso.tcp_rows` refuses."""
+    same ESP packets, counters and sequence numbers as `gso.split` and `_seal` give). The packets read
+    before it (`before`) are sealed into `out` first, and emptied, so that sequence numbers follow the
+    read order. None, with nothing of `packet` sent or counted, where its segments must go one by one:
+    not TCP, an SA that cannot seal rows, segments too big for the path, a super-packet `tso.tcp_rows`
+    refuses, or an SA that `encrypt_rows` declines."""
     if offload.gso_type & ~gso.GSO_ECN not in _TCP_GSO or tunnel is None or sa is None or not sa.seals_rows:
         return None
     if len(packet) < ip.IPV6_HEADER_LEN:
@@ -96,6 +109,9 @@ def _rows(
     path = plane.path_mtu.get(device)
     if df and path is not None and groups[0][1] > inner_mtu(sa, path):  # the full-sized are the largest
         return None
+    if before:
+        _seal(plane, device, tunnel, sa, before, now, out)
+        before.clear()
     payloads = sa.encrypt_rows(groups, now, plane.emit)
     if payloads is None:
         return None

@@ -230,7 +230,8 @@ class DataPlane:
         now = self.clock()
         name = queue.name
         engine = self.engine
-        reads: list[tuple[gso.Offload | None, bytes]] = []  # read, not yet through the engine
+        packets: list[bytes] = []  # read, not yet through the engine
+        offloads: dict[int, gso.Offload] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
         for _ in range(BATCH):
             try:
@@ -243,15 +244,16 @@ class DataPlane:
                 break
             if got is None:
                 break
-            reads.append(got)
-            offload = got[0]
-            if offload is None or not offload.gso_size:
+            offload, packet = got
+            if offload is None or not (offload.gso_type or offload.flags):
                 gathered += 1
-            else:  # a super-packet: about as many packets as it has segments
-                gathered += len(got[1]) // offload.gso_size + 1
+            else:  # a super-packet counts as about as many packets as it has segments
+                offloads[len(packets)] = offload
+                gathered += len(packet) // offload.gso_size + 1 if offload.gso_size else 1
+            packets.append(packet)
             if gathered >= self.batch_packets:
                 break
-        results = engine.send_batch(name, reads, now) if reads else []
+        results = engine.send_batch(name, packets, now, offloads) if packets else []
         for result in results:
             if isinstance(result, Burst):
                 self.transmit(result)
