@@ -376,7 +376,7 @@ def _delivered(results: list[object]) -> list[bytes]:
 
 
 @pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
-def test_send_batch_equals_send(cipher: str) -> None:
+def test_send_batch_equals_its_packets_as_batches_of_one(cipher: str) -> None:
     one, many = _twins(cipher)
     for pair in (one, many):
         pair.a.path_mtu["t0"] = 1500
@@ -400,7 +400,7 @@ def test_send_batch_equals_send(cipher: str) -> None:
 
 
 @pytest.mark.parametrize("udp", [False, True])
-def test_receive_batch_equals_receive(udp: bool) -> None:
+def test_receive_batch_equals_its_datagrams_as_batches_of_one(udp: bool) -> None:
     one, many = _twins()
     a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
     wire = [r.payload for p in _mixed_inner() if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
@@ -606,7 +606,7 @@ def test_a_damaged_segment_leaves_its_super_packet_unmerged_on_the_vectorised_pa
     assert [p for _, p in run[1:48]] == segments[47:94]
 
 
-def test_receive_batch_of_one_sa_equals_receive() -> None:
+def test_receive_batch_of_one_sa_equals_batches_of_one() -> None:
     """A batch all of one SPI goes through `decrypt_many`: replays (also within the batch), a forged
     packet and a short one are dropped and counted exactly as one by one, and the journal keeps up."""
     one, many = _twins()
@@ -631,7 +631,7 @@ def test_receive_batch_of_one_sa_equals_receive() -> None:
 
 
 @pytest.mark.parametrize("damage", ["none", "forged", "cut"])
-def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
+def test_in_order_batch_of_one_sa_equals_batches_of_one(damage: str) -> None:
     """The in-order batch, the window checked and moved once for all: with a forged or cut packet among
     them, the drops, counters and window are still those of one by one."""
     one, many = _twins()
@@ -658,7 +658,7 @@ def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
 
 
 @pytest.mark.parametrize("outer_tos", [0, 1])  # ECT(1) outside: each packet's ECN is looked at
-def test_in_order_batch_of_mixed_inner_packets_equals_receive(outer_tos: int) -> None:
+def test_in_order_batch_of_mixed_inner_packets_equals_batches_of_one(outer_tos: int) -> None:
     """In order and all authentic, but not all whole inner packets (TFC padding, IPv6, TCP): each is
     delivered and counted exactly as one by one, and the window moves once for all."""
     one, many = _twins()

@@ -209,7 +209,7 @@ def test_outer_addresses_are_the_tunnels() -> None:
 
 
 @pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
-def test_scapy_decrypts_what_send_tso_seals(cipher: str) -> None:
+def test_scapy_decrypts_what_the_rows_branch_seals(cipher: str) -> None:
     """The independent check: scapy's ESP opens every packet of a super-packet sealed row by row, and
     finds the segments `gso.split` makes."""
     pair = make_pair(4, cipher)
