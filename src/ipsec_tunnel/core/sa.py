@@ -15,6 +15,7 @@ from typing import Any, cast
 from . import esp
 from .algorithms import (
     AlgorithmError,
+    AuthTransform,
     NullAuth,
     check_named_key_bits,
     find_auth,
@@ -510,6 +511,19 @@ class SecurityAssociation:
         self.used = now
         return out
 
+    @property
+    def _cbc_hmac(self) -> bool:
+        """Whether `esp.open_cbc_many` opens this SA's packets: a CBC cipher (a random IV of one block)
+        with an HMAC, no ESN."""
+        cipher = self.cipher
+        return (
+            isinstance(self.auth, AuthTransform)
+            and not self._esn
+            and not cipher.counter_iv
+            and cipher.iv_len > 0
+            and cipher.iv_len == cipher.block
+        )
+
     def decrypt_many(
         self, packets: list[bytes], now: float, emit: Emit, admit: Admit | None = None
     ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
@@ -517,10 +531,12 @@ class SecurityAssociation:
         whole inner IP packet may come as its bytes alone (as `esp.open_aead16_many` gives them); and
         how many results are not such bytes. A batch of new sequence numbers in order, as nearly always,
         has its window checked before the ICVs and moved after them, and the journal written, once for
-        all."""
+        all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
+        without ESN."""
         decrypt, replay, unpack = self._aead_decrypt, self.replay, _SEQ_LO.unpack_from
+        cbc = decrypt is None and self._cbc_hmac
         seqs: list[int] = []
-        if decrypt is not None and packets and not (self._volume or self._timed or self.dead):
+        if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             try:
                 seqs = [unpack(packet, 4)[0] for packet in packets]
             except struct.error:  # shorter than an ESP header
@@ -540,8 +556,10 @@ class SecurityAssociation:
                 self.decrypt(packet, now, emit, admit) for packet in packets
             ]
             return one_by_one, len(one_by_one)
-        assert decrypt is not None
-        opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+        if decrypt is not None:
+            opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+        else:
+            opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
         if not others and admit is None:
             replay.accept_run(seqs[0], seqs[-1])
             whole = cast("list[bytes]", opened)  # all of them bare inner packets
