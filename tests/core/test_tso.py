@@ -131,10 +131,34 @@ def _declined(pair: Pair, packet: bytes, offload: Offload) -> None:
     assert (sa.seq_out, sa.packets, pair.a.tx_accepted) == before  # nothing used up, nothing counted
 
 
-def test_rows_declines_ciphers_with_hmac_and_volume_lifetimes() -> None:
+def test_rows_decline_esn_and_volume_lifetimes() -> None:
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
-    _declined(make_pair(4, "aes-cbc"), packet, offload)
+    _declined(make_pair(4, "aes-gcm", esn=True), packet, offload)
+    _declined(make_pair(4, "aes-cbc", esn=True), packet, offload)
     _declined(make_pair(4, "aes-gcm", hard=Limits(packets=1000)), packet, offload)
+    _declined(make_pair(4, "aes-cbc", hard=Limits(packets=1000)), packet, offload)
+
+
+@pytest.mark.parametrize("make", [v4_tcp, v6_tcp])
+def test_cbc_hmac_rows_are_what_seal_makes_with_their_ivs(make: object) -> None:
+    """AES-CBC with HMAC-SHA-256 (issue 13): each row is byte for byte `esp.seal` of its segment with the
+    IV it carries, the IVs all differ, and the peer opens the segments `gso.split` makes."""
+    pair = make_pair(4, "aes-cbc")
+    packet, offload = make_tso(make(os.urandom(20000), flags="PA"), 1386)  # type: ignore[operator]
+    burst = _rows(pair, packet, offload)
+    assert isinstance(burst, Burst)
+    segments = gso.split(packet, offload)
+    sa = pair.a.sa_for(_tunnel(pair))
+    assert sa is not None and sa.seq_out == len(segments) == len(burst.payloads)
+    nh = esp.NH_IPV4 if packet[0] >> 4 == 4 else esp.NH_IPV6
+    ivs = [p[8:24] for p in burst.payloads]
+    assert len(set(ivs)) == len(ivs)
+    assert burst.payloads == [
+        esp.seal(0x1001, i + 1, False, sa.cipher, sa.auth, s, nh, iv=iv)
+        for i, (s, iv) in enumerate(zip(segments, ivs, strict=True))
+    ]
+    deliver, rejects = pair.b.receive_batch(burst.src, burst.dst, burst.payloads, 1.0)
+    assert not rejects and deliver == {"t0": segments}
 
 
 def test_rows_declines_segments_bigger_than_the_path_with_df() -> None:
@@ -208,7 +232,7 @@ def test_outer_addresses_are_the_tunnels() -> None:
     )
 
 
-@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305"])
+@pytest.mark.parametrize("cipher", ["aes-gcm", "chacha20-poly1305", "aes-cbc"])
 def test_scapy_decrypts_what_the_rows_branch_seals(cipher: str) -> None:
     """The independent check: scapy's ESP opens every packet of a super-packet sealed row by row, and
     finds the segments `gso.split` makes."""
@@ -217,10 +241,13 @@ def test_scapy_decrypts_what_the_rows_branch_seals(cipher: str) -> None:
     burst = _rows(pair, packet, offload)
     assert burst is not None
     key = pair.ab.cipher_key
-    algo = "AES-GCM" if cipher == "aes-gcm" else "CHACHA20-POLY1305"
+    algo = {"aes-gcm": "AES-GCM", "aes-cbc": "AES-CBC"}.get(cipher, "CHACHA20-POLY1305")
+    auth = {"auth_algo": "SHA2-256-128", "auth_key": pair.ab.digest_key} if cipher == "aes-cbc" else {}
     src, dst = (str(ipaddress.ip_address(a)) for a in (burst.src, burst.dst))
     new_sa: Any = scapy_ipsec.SecurityAssociation
-    theirs = new_sa(ESP, spi=pair.ab.spi, crypt_algo=algo, crypt_key=key, tunnel_header=IP(src=src, dst=dst))
+    theirs = new_sa(
+        ESP, spi=pair.ab.spi, crypt_algo=algo, crypt_key=key, tunnel_header=IP(src=src, dst=dst), **auth
+    )
     opened = [
         bytes(theirs.decrypt(IP(bytes(IP(src=src, dst=dst, proto=50) / Raw(p))))) for p in burst.payloads
     ]
@@ -260,7 +287,7 @@ def test_send_batch_seals_a_tso_read_as_rows_in_read_order() -> None:
 
 
 def test_send_batch_splits_what_cannot_be_rows_and_counts_what_split_refuses() -> None:
-    pair = make_pair(4, "aes-cbc")  # HMAC: no rows
+    pair = make_pair(4, "aes-gcm", esn=True)  # ESN: no rows
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
     bad = Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16)  # csum_start elsewhere
     out = pair.a.send_batch("t0", [packet, packet], 1.0, {0: offload, 1: bad})

@@ -478,16 +478,17 @@ class SecurityAssociation:
 
     @property
     def seals_rows(self) -> bool:
-        """Whether `encrypt_rows` can take this SA's packets (AEAD framing, no volume lifetime)."""
-        return self._aead_encrypt is not None and not self._volume
+        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
+        HMAC; no ESN, no volume lifetime)."""
+        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
-        """`encrypt` for inner packets laid out as rows, each followed by its `esp.aead16_trailer`: per
-        (array, inner length) group, in order. None, with nothing used up, where `encrypt` must decide
-        packet by packet (an SA that is not `seals_rows`, dead, or at the end of its sequence numbers or
-        reservation)."""
+        """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
+        AEAD, `esp.aead16_trailer`): per (array, inner length) group, in order. None, with nothing used
+        up, where `encrypt` must decide packet by packet (an SA that is not `seals_rows`, dead, or at
+        the end of its sequence numbers or reservation)."""
         encrypt = self._aead_encrypt
-        if encrypt is None or self._volume:
+        if not self.seals_rows:
             return None
         if self._timed:
             self.tick(now, emit)
@@ -504,7 +505,10 @@ class SecurityAssociation:
             _U64.pack_into(self.hot, self.hot_off + 8, last)
         out: list[bytes] = []
         for rows, inner_len in groups:
-            out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+            if encrypt is not None:
+                out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+            else:
+                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows)
             first += len(rows)
             self.bytes += len(rows) * inner_len
         self.packets += count

@@ -8,7 +8,8 @@ one. The stages, in the order packets take them:
 1. Tunnel and SA, once for the batch: the device's tunnel (`TunnelTable.get`) and the SA it sends with
    (`Plane.sa_for`).
 2. Cut: a TCP super-packet (TSO) is cut into rows (`tso.tcp_rows`) and sealed many at a time
-   (`SecurityAssociation.encrypt_rows`, `esp.seal_rows`) into a burst of its own, where the SA can and
+   (`SecurityAssociation.encrypt_rows`: `esp.seal_rows` for AEAD, `esp.seal_rows_cbc` for CBC with an
+   HMAC) into a burst of its own, where the SA can and
    the segments fit the path; any other offloaded packet is cut by `gso.split` into segments that join
    the plain packets (one it refuses is dropped as `NOT_IP`).
 3. Seal, packet by packet in order: the inner IPv4 (no options) or IPv6 header read in place, the packet
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from . import gso, ip, tso
 from .drops import Drop
-from .esp import NH_IPV4, NH_IPV6, aead16_trailer
+from .esp import NH_IPV4, NH_IPV6, block_trailer
 from .gso import Offload, OffloadError
 from .plane import Burst, Deliver, Plane, inner_mtu
 from .sa import SecurityAssociation
@@ -103,7 +104,8 @@ def _rows(
     else:
         return None
     try:
-        groups = tso.tcp_rows(packet, offload, lambda size: aead16_trailer(size, nh))
+        block = max(4, sa.cipher.block)  # RFC 4303 §2.4: at least ESP's 4-byte alignment
+        groups = tso.tcp_rows(packet, offload, lambda size: block_trailer(size, nh, block))
     except OffloadError:
         return None
     path = plane.path_mtu.get(device)
