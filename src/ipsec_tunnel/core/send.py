@@ -9,9 +9,9 @@ one. The stages, in the order packets take them:
    (`Plane.sa_for`).
 2. Cut: a TCP super-packet (TSO) is cut into rows (`tso.tcp_rows`) and sealed many at a time
    (`SecurityAssociation.encrypt_rows`: `esp.seal_rows` for AEAD, `esp.seal_rows_cbc` for CBC with an
-   HMAC) into a burst of its own, where the SA can and
-   the segments fit the path; any other offloaded packet is cut by `gso.split` into segments that join
-   the plain packets (one it refuses is dropped as `NOT_IP`).
+   HMAC) into a burst of its own, after the packets read before it, where the SA can and the segments
+   fit the path; any other offloaded packet is cut by `gso.split` into segments that join the plain
+   packets (one it refuses is dropped as `NOT_IP`).
 3. Seal, packet by packet in order: the inner IPv4 (no options) or IPv6 header read in place, the packet
    trimmed to its IP length, `SecurityAssociation.encrypt` (`esp.seal_aead16` for AEAD with a 16-byte
    ICV and no ESN, else `esp.seal`), gathered into bursts. A packet this does not read (not IP, IPv4
