@@ -3,6 +3,8 @@ handed to the data plane."""
 
 from __future__ import annotations
 
+import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -64,9 +66,13 @@ def test_the_kernel_takes_the_qdisc_and_buffer() -> None:
 class _Flood:
     """An ESP-in-UDP socket that always has another GRO batch of `per_read` (undecryptable) datagrams."""
 
-    def __init__(self, per_read: int) -> None:
+    def __init__(self, per_read: int, fd: int) -> None:
         self.per_read = per_read
+        self.fd = fd
         self.reads = 0
+
+    def fileno(self) -> int:
+        return self.fd
 
     def recv_batch(self) -> tuple[SimpleNamespace, list[bytes]]:
         self.reads += 1
@@ -74,14 +80,104 @@ class _Flood:
         return d, [bytes(100)] * self.per_read
 
 
-@pytest.mark.parametrize(("batch", "reads"), [(256, 4), (1, 1), (100, 2), (4096, BATCH)])
-def test_one_udp_event_takes_at_most_a_batch_of_packets(batch: int, reads: int) -> None:
+def _flood_once(batch: int, *, other_ready: bool) -> int:
+    """How many reads one readable event of a flooded ESP-in-UDP socket takes, with another watched
+    source (a pipe) readable or idle."""
     engine = Engine()
     plane = DataPlane(engine, clock=lambda: NOW, batch_packets=batch)
-    flood = _Flood(64)
+    udp_end, _peer = socket.socketpair()
+    other_r, other_w = os.pipe()
     try:
+        plane.watch(udp_end.fileno(), lambda: None)  # watched itself, and readable: not "another source"
+        _peer.send(b"x")
+        plane.watch(other_r, lambda: None)
+        if other_ready:
+            os.write(other_w, b"x")
+        flood = _Flood(64, udp_end.fileno())
         plane.on_udp(flood)  # type: ignore[arg-type]
-        assert flood.reads == reads  # the rest waits for the next turn, after the other sources
-        assert sum(engine.rx_drops.values()) == 64 * reads  # what was read went through the engine
+        assert sum(engine.rx_drops.values()) == 64 * flood.reads  # what was read went through the engine
+        return flood.reads
     finally:
         plane.close()
+        for f in (other_r, other_w):
+            os.close(f)
+        udp_end.close()
+        _peer.close()
+
+
+@pytest.mark.parametrize(("batch", "reads"), [(256, 4), (1, 1), (100, 2), (4096, BATCH)])
+def test_a_udp_event_yields_after_a_batch_when_another_source_is_ready(batch: int, reads: int) -> None:
+    assert _flood_once(batch, other_ready=True) == reads  # the rest after the other source's turn
+
+
+@pytest.mark.parametrize("batch", [1, 100, 256, 4096])
+def test_a_udp_event_reads_on_while_no_other_source_is_ready(batch: int) -> None:
+    assert _flood_once(batch, other_ready=False) == BATCH  # the read bound, whatever the batch
+
+
+def _inner(version: int, proto: int, tag: int) -> bytes:
+    """A minimal inner packet: the version nibble, the protocol (IPv4) or next header (IPv6), a tag."""
+    if version == 4:
+        return bytes([0x45]) + bytes(8) + bytes([proto]) + bytes(10) + tag.to_bytes(4, "big")
+    return bytes([0x60]) + bytes(5) + bytes([proto]) + bytes(33) + tag.to_bytes(4, "big")
+
+
+def _recording(plane: DataPlane) -> list[dict[str, list[bytes]]]:
+    """The packets `plane.deliver` is given, call by call (written nowhere)."""
+    written: list[dict[str, list[bytes]]] = []
+
+    def deliver(packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
+        written.append({device: list(batch) for device, batch in packets.items()})
+
+    plane.deliver = deliver  # type: ignore[method-assign]
+    return written
+
+
+def test_what_is_not_tcp_is_delivered_ahead_in_order_and_tcp_waits() -> None:
+    plane = DataPlane(Engine(), clock=lambda: NOW)
+    written = _recording(plane)
+    tcp = [_inner(4, 6, i) for i in range(3)] + [_inner(6, 6, 3)]
+    ping, dns, ping6 = _inner(4, 1, 10), _inner(4, 17, 11), _inner(6, 58, 12)
+    pending = {"ipsec1": [tcp[0], ping, tcp[1], dns], "ipsec2": [tcp[3]]}
+    seen: dict[str, int] = {}
+    try:
+        plane._deliver_ahead(pending, seen)
+        assert written == [{"ipsec1": [ping, dns]}]
+        assert pending == {"ipsec1": [tcp[0], tcp[1]], "ipsec2": [tcp[3]]}  # TCP stays, in order
+        pending["ipsec1"] += [tcp[2], ping6]
+        plane._deliver_ahead(pending, seen)
+        assert written[1:] == [{"ipsec1": [ping6]}]  # only what came since; nothing twice
+        assert pending["ipsec1"] == [tcp[0], tcp[1], tcp[2]]
+        plane._deliver_ahead(pending, seen)
+        assert len(written) == 2  # nothing new, nothing written
+    finally:
+        plane.close()
+
+
+def test_a_ping_in_a_long_udp_turn_is_written_before_the_tcp_read_with_it() -> None:
+    """A flood of TCP with one ping in its first read: the ping goes into the device at the first
+    batch boundary; the TCP segments, all of them in order, at the end of the turn."""
+    engine = Engine()
+    plane = DataPlane(engine, clock=lambda: NOW, batch_packets=128)
+    written = _recording(plane)
+    ping = _inner(4, 1, 99999)
+    reads = iter(range(BATCH))
+
+    def receive_batch(*_args: object, **_kw: object) -> tuple[dict[str, list[bytes]], list[object]]:
+        n = next(reads)
+        segments = [_inner(4, 6, n * 64 + i) for i in range(64)]
+        return {"ipsec1": [*segments[:10], ping, *segments[10:]] if n == 0 else segments}, []
+
+    engine.receive_batch = receive_batch  # type: ignore[method-assign,assignment]
+    udp_end, peer = socket.socketpair()
+    try:
+        plane.watch(udp_end.fileno(), lambda: None)
+        flood = _Flood(64, udp_end.fileno())
+        plane.on_udp(flood)  # type: ignore[arg-type]
+        assert flood.reads == BATCH  # nothing else was readable: one long turn
+        assert written[0] == {"ipsec1": [ping]}
+        assert written[1:] == [{"ipsec1": [_inner(4, 6, i) for i in range(64 * BATCH)]}]
+    finally:
+        plane.close()
+        udp_end.close()
+        peer.close()

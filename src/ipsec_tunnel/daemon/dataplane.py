@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
+IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 
 
 @dataclass(frozen=True)
@@ -374,14 +375,43 @@ class DataPlane:
         """Decrypt ESP packets from the raw socket (many per system call where it can)."""
         self._receive_runs(self._raw_datagrams(raw), self.clock())
 
+    def _others_ready(self, fd: int) -> bool:
+        """Whether a source other than `fd` has something to read now (one look, no waiting)."""
+        return any(ready != fd for ready, _mask in self._epoll.poll(0))
+
+    def _deliver_ahead(self, pending: dict[str, list[bytes]], seen: dict[str, int]) -> None:
+        """Deliver now the pending packets that are not TCP (a ping, DNS, a voice packet), in order; TCP
+        segments stay, to be coalesced into the fewest writes (and answered by the fewest ACKs) at the
+        end of the turn. `seen` holds, per device, how much of its list was looked at before."""
+        ahead: dict[str, list[bytes]] = {}
+        for device, batch in pending.items():
+            start = seen.get(device, 0)
+            tail = batch[start:] if start else batch
+            tcp = [p for p in tail if len(p) > 9 and p[9 if p[0] >> 4 == 4 else 6] == IPPROTO_TCP]
+            if len(tcp) != len(tail):
+                ahead[device] = [
+                    p for p in tail if len(p) <= 9 or p[9 if p[0] >> 4 == 4 else 6] != IPPROTO_TCP
+                ]
+                batch[start:] = tcp
+            seen[device] = len(batch)
+        if ahead:
+            self.deliver(ahead)
+
     def on_udp(self, udp: UdpEdge) -> None:
-        """Decrypt ESP-in-UDP datagrams."""
+        """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every `batch_packets` packets, what is
+        not TCP goes into its device at once, and when another source is readable (an answer to it, say)
+        that source gets its turn first."""
         now = self.clock()
         pending: dict[str, list[bytes]] = {}
+        seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
         gathered = 0
         for _ in range(BATCH):
-            if gathered >= self.batch_packets:  # the rest after the other sources' turn
-                break
+            if gathered >= self.batch_packets:
+                if pending:
+                    self._deliver_ahead(pending, seen)
+                if self._others_ready(udp.fileno()):
+                    break  # the rest after the other sources' turn
+                gathered = 0  # nobody else is waiting: another batch saves a loop turn
             try:
                 got = udp.recv_batch()
             except OSError as exc:
