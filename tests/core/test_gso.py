@@ -28,8 +28,8 @@ from ipsec_tunnel.core.gso import (
     Offload,
     OffloadError,
 )
-from ipsec_tunnel.core.seqstore import MemoryStore
 from ipsec_tunnel.core.plane import Burst, Deliver, Outbound, Reject
+from ipsec_tunnel.core.seqstore import MemoryStore
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.core.test_engine import Pair, inner_packet, make_pair
 
