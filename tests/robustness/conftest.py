@@ -22,6 +22,7 @@ from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.support import esp_reference as reference
+from tests.support.userns import in_user_namespace
 
 SOAK_OPTION = "--run-soak"
 NOW = 1_000_000.0  # a fixed clock: the core never reads one
@@ -257,5 +258,11 @@ def feed_send(engine: Engine, device: str, data: bytes, now: float = NOW) -> Out
 
 
 def is_root() -> bool:
-    """Whether the tests run as root."""
+    """Whether the tests run as the host's root, who can act as other users (in a user namespace, the
+    root there cannot: only its own uid is mapped)."""
+    return os.geteuid() == 0 and not in_user_namespace()
+
+
+def can_mount() -> bool:
+    """Whether the tests may mount file systems: root, also root of the session's user namespace."""
     return os.geteuid() == 0

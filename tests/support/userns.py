@@ -1,0 +1,156 @@
+"""Root inside an unprivileged user namespace, so the real-kernel tests run for an ordinary user.
+
+Owns moving the test process (still single-threaded, from ``pytest_configure``) into a new user
+namespace where its own uid is mapped to root, with a new network namespace (loopback up) and a new
+mount namespace (a tmpfs on /run, so ``ip netns`` can keep its namespaces in /run/netns). Every
+namespace, TUN device, veth, raw socket and nftables table the tests then create is a real kernel
+object owned by that user namespace; nothing on the host changes, and all of it goes away with the
+process. ``IPSEC_TEST_USERNS=0`` leaves the process as it is (the real-kernel tests then skip).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["OPT_OUT", "enter_user_namespace", "entered", "in_user_namespace"]
+
+OPT_OUT = "IPSEC_TEST_USERNS"  # "0": stay an ordinary user
+CLONE_NEWNS = 0x00020000  # linux/sched.h
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000  # linux/mount.h
+MS_PRIVATE = 1 << 18
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # asm/unistd_64.h, asm-generic/unistd.h
+
+entered: str | None = None  # what enter_user_namespace did, for the session header
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the host's (uid 0 is then not real root).
+
+    In one, only the ids in /proc/self/uid_map exist: chown(2) to any other uid fails.
+    """
+    try:
+        fields = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return False
+    return fields != ["0", "0", "4294967295"]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def enter_user_namespace() -> str | None:
+    """Become root of a new user, network and mount namespace; None on success, else why not.
+
+    Does nothing (and says why) for root, on ``IPSEC_TEST_USERNS=0``, or where the kernel refuses
+    unprivileged user namespaces; the process is left unchanged then.
+    """
+    global entered
+    if os.geteuid() == 0:
+        return "already root"
+    if os.environ.get(OPT_OUT, "1") == "0":
+        return f"{OPT_OUT}=0"
+    if not sys.platform.startswith("linux"):
+        return "user namespaces are Linux only"
+    if os.uname().machine not in SYS_PIVOT_ROOT:
+        return f"pivot_root's syscall number on {os.uname().machine} is not known here"
+    if _threads() != 1:
+        return "the test process already runs several threads (unshare(CLONE_NEWUSER) needs one)"
+    uid, gid = os.geteuid(), os.getegid()
+    libc = _libc()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        return f"unprivileged user namespaces are not available here: unshare: {os.strerror(err)}"
+    # The process is now in the new namespaces; a failure below leaves it half set up: raise.
+    Path("/proc/self/setgroups").write_text("deny")  # needed before gid_map for an unprivileged writer
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _new_root(libc)
+    try:
+        subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass  # without iproute2 the namespace tests skip anyway; loopback stays down
+    tempfile.tempdir = None  # TMPDIR changed
+    entered = (
+        f"uid {uid} is root of a private user, network and mount namespace ({OPT_OUT}=0: stay uid {uid})"
+    )
+    return None
+
+
+def _mount_tmpfs(libc: ctypes.CDLL, where: str, mode: str) -> None:
+    _check(
+        libc.mount(b"tmpfs", where.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}".encode()), where
+    )
+
+
+def _new_root(libc: ctypes.CDLL) -> None:
+    """Pivot into a root directory this namespace owns, with the host's top-level directories bound in.
+
+    The host's root-owned directories show up as owned by the overflow uid here, and ipsecd refuses a
+    state or pid directory below one (daemon/paths.py): so / is a tmpfs of our own, /run a fresh tmpfs
+    (with /run/netns for ``ip netns``) and TMPDIR /run/tmp. The rest (/usr, /etc, /home, /tmp, /proc,
+    /sys, /dev ...) is the host's, bound in unchanged.
+    """
+    cwd = os.getcwd()
+    _mount_tmpfs(libc, "/run", "0755")  # hides the host's /run from this mount namespace only
+    root = "/run/root"
+    os.mkdir(root)
+    _mount_tmpfs(libc, root, "0755")
+    for name in os.listdir("/"):
+        if name in ("run", "lost+found"):
+            continue
+        source, target = "/" + name, f"{root}/{name}"
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+            continue
+        if os.path.isdir(source):
+            os.mkdir(target)
+        else:
+            open(target, "x").close()  # a mount point for a file
+        if libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
+            os.rmdir(target) if os.path.isdir(target) else os.unlink(target)
+        elif name in ("sys", "proc"):
+            # `ip netns exec` unmounts /sys to mount the namespace's own; a fresh sysfs (or proc) may be
+            # mounted only while another stays visible: this second bind on top is what it unmounts
+            libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None)
+    os.mkdir(f"{root}/run")
+    _mount_tmpfs(libc, f"{root}/run", "0755")
+    os.mkdir(f"{root}/run/.old")
+    _check(
+        libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], root.encode(), f"{root}/run/.old".encode()),
+        "pivot_root",
+    )
+    os.chdir("/")
+    _check(libc.umount2(b"/run/.old", MNT_DETACH), "umount the old root")
+    os.rmdir("/run/.old")
+    os.mkdir("/run/netns", 0o755)
+    os.mkdir("/run/tmp", 0o1777)
+    os.chmod("/run/tmp", 0o1777)
+    os.environ["TMPDIR"] = "/run/tmp"
+    os.chdir(cwd)
