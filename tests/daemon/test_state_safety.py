@@ -275,7 +275,10 @@ def test_packet_accepted_after_a_clean_restart_is_not_forgotten_by_a_crash(tmp_p
 # -- paths ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not is_root(), reason="giving a directory to another user needs root")
+@pytest.mark.skipif(
+    not is_root(),
+    reason="giving a directory to another user needs root (a user namespace maps only this uid)",
+)
 def test_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "state"
     directory.mkdir(mode=0o700)
@@ -285,7 +288,10 @@ def test_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> Non
     assert list(directory.iterdir()) == []
 
 
-@pytest.mark.skipif(not is_root(), reason="giving a directory to another user needs root")
+@pytest.mark.skipif(
+    not is_root(),
+    reason="giving a directory to another user needs root (a user namespace maps only this uid)",
+)
 def test_state_directory_under_another_users_directory_is_refused(tmp_path: Path) -> None:
     theirs = tmp_path / "t"
     theirs.mkdir()

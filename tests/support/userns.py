@@ -13,12 +13,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["OPT_OUT", "enter_user_namespace", "entered", "in_user_namespace"]
+__all__ = ["OPT_OUT", "enter_user_namespace", "entered", "in_user_namespace", "uid_mapped"]
 
 OPT_OUT = "IPSEC_TEST_USERNS"  # "0": stay an ordinary user
 CLONE_NEWNS = 0x00020000  # linux/sched.h
@@ -36,15 +38,21 @@ entered: str | None = None  # what enter_user_namespace did, for the session hea
 
 
 def in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the host's (uid 0 is then not real root).
+    """Whether this process runs in a user namespace other than the host's (uid 0 is then not real root)."""
+    return _uid_map() != [(0, 0, 4294967295)]
 
-    In one, only the ids in /proc/self/uid_map exist: chown(2) to any other uid fails.
-    """
+
+def uid_mapped(uid: int) -> bool:
+    """Whether `uid` exists in this process's user namespace (chown(2) and setuid(2) to others fail)."""
+    return any(inside <= uid < inside + count for inside, _, count in _uid_map())
+
+
+def _uid_map() -> list[tuple[int, int, int]]:
     try:
-        fields = Path("/proc/self/uid_map").read_text().split()
+        lines = Path("/proc/self/uid_map").read_text().splitlines()
     except OSError:
-        return False
-    return fields != ["0", "0", "4294967295"]
+        return [(0, 0, 4294967295)]
+    return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in lines if line.strip())]
 
 
 def _libc() -> ctypes.CDLL:
@@ -82,14 +90,39 @@ def enter_user_namespace() -> str | None:
     if _threads() != 1:
         return "the test process already runs several threads (unshare(CLONE_NEWUSER) needs one)"
     uid, gid = os.geteuid(), os.getegid()
+    user = pwd.getpwuid(uid).pw_name
+    subuid, subgid = _subids("/etc/subuid", user, uid), _subids("/etc/subgid", user, uid)
+    if shutil.which("newuidmap") is None or shutil.which("newgidmap") is None:
+        return "needs newuidmap and newgidmap (apt-get install uidmap) for a user namespace"
+    if subuid is None or subgid is None:
+        return f"needs a range for {user} in /etc/subuid and /etc/subgid (usermod --add-subuids)"
     libc = _libc()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
+    # newuidmap must run outside the new namespace: a child forked before it writes the parent's maps
+    ready, go = os.pipe()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only runs the two setuid helpers
+        os.close(go)
+        status = 1
+        if os.read(ready, 1) == b"u":
+            status = _write_maps(parent, uid, gid, subuid, subgid)
+        os._exit(status)
+    os.close(ready)
+    if libc.unshare(CLONE_NEWUSER) != 0:
         err = ctypes.get_errno()
+        os.close(go)
+        os.waitpid(child, 0)
         return f"unprivileged user namespaces are not available here: unshare: {os.strerror(err)}"
-    # The process is now in the new namespaces; a failure below leaves it half set up: raise.
-    Path("/proc/self/setgroups").write_text("deny")  # needed before gid_map for an unprivileged writer
-    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    os.write(go, b"u")
+    os.close(go)
+    _, status = os.waitpid(child, 0)
+    # The process is now in the new user namespace; a failure below leaves it half set up: raise.
+    if status != 0:
+        raise OSError(f"newuidmap/newgidmap failed for pid {parent} (status {status})")
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    os.setgroups([])
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare(CLONE_NEWNS | CLONE_NEWNET)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     _new_root(libc)
     try:
@@ -154,3 +187,26 @@ def _new_root(libc: ctypes.CDLL) -> None:
     os.chmod("/run/tmp", 0o1777)
     os.environ["TMPDIR"] = "/run/tmp"
     os.chdir(cwd)
+
+
+def _subids(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first subordinate id range (start, count) of `user` in /etc/subuid or /etc/subgid."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)) and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def _write_maps(pid: int, uid: int, gid: int, subuid: tuple[int, int], subgid: tuple[int, int]) -> int:
+    """Map root to the user and 1.. to its subordinate range (ids 1 to 65535 cover system users such as
+    tcpdump's and nobody); 0 on success."""
+    for tool, own, (start, count) in (("newuidmap", uid, subuid), ("newgidmap", gid, subgid)):
+        argv = [tool, str(pid), "0", str(own), "1", "1", str(start), str(min(count, 65535))]
+        if subprocess.run(argv, check=False, timeout=30).returncode != 0:
+            return 1
+    return 0
