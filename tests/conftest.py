@@ -12,17 +12,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-soak", action="store_true", default=False, help="run the soak tests (make soak)")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    """Without root, move the session into an unprivileged user namespace (tests/support/userns.py) so
-    the real-kernel tests run; where that cannot be done they skip, saying why."""
-    why_not = userns.enter_user_namespace()
-    config.stash[_USERNS_KEY] = userns.entered or f"not entered: {why_not}"
-
-
-_USERNS_KEY = pytest.StashKey[str]()
+# Without root, the session moves into an unprivileged user namespace (tests/support/userns.py) so the
+# real-kernel tests run; where that cannot be done they skip, saying why. This happens on import, the
+# first thing pytest does with the suite: unshare(CLONE_NEWUSER) needs a process with a single thread,
+# and the conftests below (through NumPy's BLAS) may start more.
+_WHY_NOT = userns.enter_user_namespace()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Says whether the session runs in a user namespace (shown unless -q)."""
-    return f"user namespace: {config.stash.get(_USERNS_KEY, 'not entered')}"
+    return f"user namespace: {userns.entered or f'not entered: {_WHY_NOT}'}"

@@ -275,29 +275,29 @@ def test_packet_accepted_after_a_clean_restart_is_not_forgotten_by_a_crash(tmp_p
 # -- paths ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not is_root(),
-    reason="giving a directory to another user needs root (a user namespace maps only this uid)",
-)
+@pytest.mark.skipif(not is_root(), reason="giving a directory to another user needs root")
 def test_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "state"
     directory.mkdir(mode=0o700)
     os.chown(directory, 65534, 65534)
-    with pytest.raises(StateError, match="owned by uid 65534"):
-        Store(directory)
-    assert list(directory.iterdir()) == []
+    try:
+        with pytest.raises(StateError, match="owned by uid 65534"):
+            Store(directory)
+        assert list(directory.iterdir()) == []
+    finally:  # back to us: in a user namespace, uid 65534 is an id the host's user could not remove
+        os.chown(directory, os.geteuid(), os.getegid())
 
 
-@pytest.mark.skipif(
-    not is_root(),
-    reason="giving a directory to another user needs root (a user namespace maps only this uid)",
-)
+@pytest.mark.skipif(not is_root(), reason="giving a directory to another user needs root")
 def test_state_directory_under_another_users_directory_is_refused(tmp_path: Path) -> None:
     theirs = tmp_path / "t"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
-    with pytest.raises(StateError, match="owned by uid 65534"):
-        Store(theirs / "state")
+    try:
+        with pytest.raises(StateError, match="owned by uid 65534"):
+            Store(theirs / "state")
+    finally:  # back to us: in a user namespace, uid 65534 is an id the host's user could not remove
+        os.chown(theirs, os.geteuid(), os.getegid())
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
