@@ -32,6 +32,7 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_BIND = 0x1000
 MNT_DETACH = 2
+TMPDIR = "/tmp-userns"  # the session's TMPDIR: on its own root, which only it can write to
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # asm/unistd_64.h, asm-generic/unistd.h
 
 entered: str | None = None  # what enter_user_namespace did, for the session header
@@ -147,8 +148,8 @@ def _new_root(libc: ctypes.CDLL) -> None:
 
     The host's root-owned directories show up as owned by the overflow uid here, and ipsecd refuses a
     state or pid directory below one (daemon/paths.py): so / is a tmpfs of our own, /run a fresh tmpfs
-    (with /run/netns for ``ip netns``) and TMPDIR /run/tmp. The rest (/usr, /etc, /home, /tmp, /proc,
-    /sys, /dev ...) is the host's, bound in unchanged.
+    (with /run/netns for ``ip netns``) and TMPDIR /tmp-userns, a directory of that root. The rest
+    (/usr, /etc, /home, /tmp, /proc, /sys, /dev ...) is the host's, bound in unchanged.
     """
     cwd = os.getcwd()
     _mount_tmpfs(libc, "/run", "0755")  # hides the host's /run from this mount namespace only
@@ -183,9 +184,9 @@ def _new_root(libc: ctypes.CDLL) -> None:
     _check(libc.umount2(b"/run/.old", MNT_DETACH), "umount the old root")
     os.rmdir("/run/.old")
     os.mkdir("/run/netns", 0o755)
-    os.mkdir("/run/tmp", 0o1777)
-    os.chmod("/run/tmp", 0o1777)
-    os.environ["TMPDIR"] = "/run/tmp"
+    os.mkdir(TMPDIR, 0o1777)  # on the new root's tmpfs, not under /run: charon's harness wants its own /run
+    os.chmod(TMPDIR, 0o1777)
+    os.environ["TMPDIR"] = TMPDIR
     os.chdir(cwd)
 
 
