@@ -109,6 +109,14 @@ class FakeServer:
         self.requests.append((req.op, json.loads(json.dumps(req.args))))
         if req.op in self.errors:
             return encode_error(*self.errors[req.op])
+        if req.op == "batch":  # all or none, as ipsecd's: the first refused request names its number
+            results = []
+            for number, inner in enumerate(req.args["requests"], 1):
+                if inner["op"] in self.errors:
+                    errno, message = self.errors[inner["op"]]
+                    return encode_error(errno, f"request {number}: {message}")
+                results.append(DEFAULTS[inner["op"]](inner["args"]))
+            return encode_result(results)
         if req.op in self.results:
             return encode_result(self.results[req.op])
         return encode_result(DEFAULTS[req.op](req.args))

@@ -97,13 +97,39 @@ def test_every_line_over_one_connection(
 def test_the_first_error_stops_the_batch_and_names_its_line(
     run: Run, server: FakeServer, tmp_path: Path, keys: dict[str, Path]
 ) -> None:
+    """A batch that is not all adds goes line by line: the lines before the error stay applied."""
     path = _batch(tmp_path, SA_LINE.format(spi="0x1000", **keys), "sa add --spi=0x1001 --bogus",
-                  SA_LINE.format(spi="0x1002", **keys))  # fmt: skip
+                  SA_LINE.format(spi="0x1002", **keys), "sa show")  # fmt: skip
     r = run("-b", str(path))
     assert r.rc == 2
     assert [a["spi"] for op, a in server.requests] == [0x1000]  # the line before stays applied
     assert r.err_lines[0].startswith(f"ipsecadm: {path}:2: unknown option '--bogus'")
     assert "stopped at line 2; the 1 command(s) before it were carried out" in r.err_lines[-1]
+
+
+def test_a_batch_of_adds_is_one_transaction(
+    run: Run, server: FakeServer, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """Issue 12: `sa add` and `tunnel add` lines only go as one `batch` request, all or none; a wrong
+    line is found before anything is sent."""
+    lines = [SA_LINE.format(spi="0x1000", **keys), "tunnel add --local=1.2.3.4 --remote=5.6.7.8",
+             SA_LINE.format(spi="0x1002", **keys)]  # fmt: skip
+    r = run("-b", str(_batch(tmp_path, *lines)))
+    assert r.rc == 0, r.err
+    assert server.ops == ["batch"] and server.connections == 1
+    sent = server.last("batch")["requests"]
+    assert [(q["op"], q["args"].get("spi")) for q in sent] == [("sa.add", 0x1000), ("tunnel.add", 0),
+                                                                ("sa.add", 0x1002)]  # fmt: skip
+    assert r.out == "ipsec7\n"  # the name ipsecd picked, printed as the line alone would
+    server.requests.clear()
+    path = _batch(tmp_path, lines[0], "sa add --spi=0x1001 --bogus", lines[2])
+    r = run("-b", str(path))
+    assert r.rc == 2 and server.requests == []  # nothing sent
+    assert r.err_lines[0].startswith(f"ipsecadm: {path}:2: unknown option '--bogus'")
+    assert (
+        r.err_lines[-1]
+        == f"ipsecadm: {path}: nothing applied: line 2 is wrong (a batch of adds is all or none)"
+    )
 
 
 def test_force_goes_on_past_errors(
@@ -117,8 +143,13 @@ def test_force_goes_on_past_errors(
     assert server.ops == ["sa.add", "tunnel.add", "sa.add"]
     assert r.err_lines == [f"ipsecadm: {path}:2: tunnel ipsec1 already exists"]
     server.requests.clear()
-    r = run("-b", str(path))  # without -force: stops there
-    assert r.rc == 1 and server.ops == ["sa.add", "tunnel.add"]
+    r = run("-b", str(path))  # without -force: one transaction, undone
+    assert r.rc == 1 and server.ops == ["batch"]
+    assert r.err_lines == [
+        f"ipsecadm: {path}:2: tunnel ipsec1 already exists",
+        f"ipsecadm: {path}: nothing applied: line 2 was refused and the 1 command(s) before it were undone "
+        "(a batch of adds is all or none)",
+    ]
 
 
 def test_batch_from_standard_input(
@@ -209,10 +240,38 @@ def test_keys_written_in_a_batch_file(run: Run, server: FakeServer, open_dir: Pa
     os.chmod(path, 0o600)
     r = run("-b", str(path))
     assert (r.rc, r.err) == (0, "")
-    assert server.ops == ["sa.add"] * 3
+    assert [q["op"] for q in server.last("batch")["requests"]] == ["sa.add"] * 3  # one transaction
     os.chmod(path, 0o644)
     r = run("-b", str(path))
     assert r.warnings[:1] == [
         f"ipsecadm: warning: batch file {path} is readable by group/others; if it holds keys, chmod 600 it"
     ]
     assert "process list" not in r.err
+
+
+def test_a_refused_add_undoes_the_whole_batch_in_ipsecd(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against the real manager: a batch of adds whose fourth line is refused (the SA exists) leaves no
+    SA, tunnel or device of the lines before it; the same batch without that line applies whole."""
+    lines = []
+    for i in range(2):
+        own = {}
+        for name, size in (("c", 16), ("d", 20)):
+            p = tmp_path / f"{name}{i}.key"
+            p.write_bytes(os.urandom(size))
+            os.chmod(p, 0o600)
+            own[name] = p
+        lines.append(SA_LINE.format(spi=hex(0x1000 + i), **own))
+    lines.append("tunnel add ipsec1 --local=1.2.3.4 --remote=5.6.7.8")
+    path = _batch(tmp_path, *lines, lines[0])  # line 4: the SA of line 1 again
+    assert main([f"--socket={served.path}", "-b", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"ipsecadm: {path}:4: SA already exists"
+    assert "nothing applied: line 4 was refused and the 3 command(s) before it were undone" in err[-1]
+    assert len(served.engine.sad) == 0 and served.engine.tunnels.get("ipsec1") is None
+    assert "ipsec1" not in served.devices.names
+    path = _batch(tmp_path, *lines)
+    assert main([f"--socket={served.path}", "-b", str(path)]) == 0, capsys.readouterr().err
+    assert {sa.config.spi for sa in served.engine.sad} == {0x1000, 0x1001}
+    assert served.engine.tunnels.get("ipsec1") is not None and "ipsec1" in served.devices.names

@@ -10,7 +10,8 @@ from .conftest import SAMPLE_SA, SAMPLE_STATS, SAMPLE_TUNNEL
 GCM_SA = {
     **SAMPLE_SA, "spi": 0x2000, "cipher": "aes-gcm", "cipher_bits": 128, "aead": True, "digest": None,
     "digest_bits": 96, "digest_key_bits": 0, "replay_window": 0, "esn": True,
-    "encap": {"sport": 4500, "dport": 4500}, "soft": {"bytes": 900 << 20, "packets": 0, "seconds": 3000},
+    "encap": {"sport": 4500, "dport": 4500, "keepalive": 20},
+    "soft": {"bytes": 900 << 20, "packets": 0, "seconds": 3000},
     "hard": {"bytes": 1 << 30, "packets": 0, "seconds": 3600}, "state": "dying",
 }  # fmt: skip
 
@@ -40,8 +41,17 @@ def test_sa_table_aead_lifetimes_encap() -> None:
     header, first, second = _cells(render.sa_table([SAMPLE_SA, GCM_SA]))
     assert header[-1] == "Lifetime soft:hard"
     assert first[-1] == "-"
+    assert header[8] == "Keepalive" and first[8] == "-"
     assert second == ["5.6.7.8", "1.2.3.4", "0x2000", "aes-gcm/128", "icv-96", "off", "yes", "udp:4500:4500",
-                      "dying", "bytes=900M:1G,seconds=50m:1h"]  # fmt: skip
+                      "20s", "dying", "bytes=900M:1G,seconds=50m:1h"]  # fmt: skip
+
+
+def test_sa_table_keepalive_column() -> None:
+    """Issue 12: an ESP-in-UDP SA shows its NAT-keepalive interval (off: 0); without UDP SAs no column."""
+    off = {**GCM_SA, "encap": {"sport": 4500, "dport": 4500, "keepalive": 0}}
+    header, row = _cells(render.sa_table([off]))
+    assert (header[8], row[8]) == ("Keepalive", "off")
+    assert "Keepalive" not in render.sa_table([SAMPLE_SA])
 
 
 def test_sa_table_without_aead_flag_asks_the_registry() -> None:

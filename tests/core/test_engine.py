@@ -25,6 +25,7 @@ from ipsec_tunnel.core.engine import (
 )
 from ipsec_tunnel.core.events import EventKind
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
+from ipsec_tunnel.core.seqstore import MemoryStore
 from ipsec_tunnel.core.tunnel import BASE_DEVICE, Tunnel
 from tests.support import esp_reference as reference
 
@@ -470,11 +471,7 @@ def test_every_send_drop_is_counted() -> None:
     sa = a.sa_for(tunnel)
     assert sa is not None
     sa.seq_limit = sa.seq_out  # the store must grant more, and fails
-
-    def read_only_store(_sa: SecurityAssociation, _direction: str, _seq: int) -> int:
-        raise OSError("read-only file system")
-
-    sa.reserve = read_only_store
+    sa.attach(MemoryStore(fail=True))
     assert a.send("t0", inner_packet(), 1.0) is Drop.STORE_FAILED
     sa.seq_limit = sa.config.seq_max
     sa.seq_out = sa.config.seq_max

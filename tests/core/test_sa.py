@@ -20,6 +20,7 @@ from ipsec_tunnel.core.sa import (
     SecurityAssociation,
     UdpEncap,
 )
+from ipsec_tunnel.core.seqstore import MemoryStore
 
 AES_KEY = bytes(range(0x40, 0x50))
 SHA_KEY = bytes(range(0x60, 0x80))
@@ -199,29 +200,14 @@ def test_expired_sa_refuses_receive() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The reserve hook
-
-
-class Reserve:
-    """A fake store: records calls and grants `grant` more numbers, or fails."""
-
-    def __init__(self, grant: int = 10, fail: bool = False) -> None:
-        self.calls: list[tuple[str, int]] = []
-        self.grant = grant
-        self.fail = fail
-
-    def __call__(self, sa: SecurityAssociation, direction: str, seq: int) -> int:
-        self.calls.append((direction, seq))
-        if self.fail:
-            raise OSError("disk full")
-        return seq + self.grant
+# The sequence store
 
 
 def test_reserve_is_called_when_the_send_limit_is_passed() -> None:
     sa = SecurityAssociation(cbc_config(), 0.0)
     sa.seq_limit = 5
-    reserve = Reserve(grant=10)
-    sa.reserve = reserve
+    reserve = MemoryStore(grant=10)
+    sa.attach(reserve)
     for _ in range(5):
         assert isinstance(sa.encrypt(b"x", 4, 0.0, Events()), bytes)
     assert reserve.calls == []
@@ -238,8 +224,8 @@ def test_reserve_is_called_when_the_send_limit_is_passed() -> None:
 def test_reserve_failure_is_a_counted_drop_and_burns_no_number() -> None:
     sa = SecurityAssociation(cbc_config(), 0.0)
     sa.seq_limit = 2
-    reserve = Reserve(fail=True)
-    sa.reserve = reserve
+    reserve = MemoryStore(fail=True)
+    sa.attach(reserve)
     sa.encrypt(b"x", 4, 0.0, Events())
     sa.encrypt(b"x", 4, 0.0, Events())
     assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED
@@ -256,7 +242,7 @@ def test_reserve_granting_too_little_or_missing_is_a_drop() -> None:
     sa = SecurityAssociation(cbc_config(), 0.0)
     sa.seq_limit = 0
     assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED  # no hook at all
-    sa.reserve = Reserve(grant=-1)
+    sa.attach(MemoryStore(grant=-1))
     assert sa.encrypt(b"x", 4, 0.0, Events()) is Drop.STORE_FAILED
     assert sa.seq_out == 0
 
@@ -265,8 +251,8 @@ def test_reserve_on_receive() -> None:
     sender = SecurityAssociation(cbc_config(), 0.0)
     receiver = SecurityAssociation(cbc_config(), 0.0)
     receiver.in_limit = 2
-    reserve = Reserve(grant=5, fail=True)
-    receiver.reserve = reserve
+    reserve = MemoryStore(grant=5, fail=True)
+    receiver.attach(reserve)
     packets = [sender.encrypt(b"r", 4, 0.0, Events()) for _ in range(4)]
     assert isinstance(packets[0], bytes) and isinstance(packets[2], bytes)
     assert receiver.decrypt(packets[0], 0.0, Events()) == (b"r", 4)

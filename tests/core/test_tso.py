@@ -22,6 +22,7 @@ from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Burst, Deliver
 from ipsec_tunnel.core.gso import Offload, OffloadError
 from ipsec_tunnel.core.sa import Limits
+from ipsec_tunnel.core.seqstore import MemoryStore
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.core.test_engine import OUTER, Pair, make_pair
 from tests.core.test_gso import tso as make_tso
@@ -151,15 +152,11 @@ def test_send_tso_declines_at_the_end_of_the_sequence_numbers_and_the_reservatio
     pair = make_pair()
     sa = pair.a.sa_for(_tunnel(pair))
     assert sa is not None
-    refused: list[int] = []
-
-    def no_disk(_sa: object, _direction: str, needed: int) -> int:
-        refused.append(needed)
-        raise OSError(28, "No space left on device")
-
-    sa.seq_limit, sa.reserve = 3, no_disk
+    no_disk = MemoryStore(fail=True)
+    sa.seq_limit = 3
+    sa.attach(no_disk)
     _declined(pair, packet, offload)
-    assert refused == [5]  # asked once, for the whole super-packet
+    assert no_disk.calls == [("out", 5)]  # asked once, for the whole super-packet
 
 
 def test_send_tso_reserves_once_for_the_whole_super_packet() -> None:
@@ -167,16 +164,12 @@ def test_send_tso_reserves_once_for_the_whole_super_packet() -> None:
     pair = make_pair()
     sa = pair.a.sa_for(_tunnel(pair))
     assert sa is not None
-    asked: list[int] = []
-
-    def reserve(_sa: object, direction: str, needed: int) -> int:
-        asked.append(needed)
-        return needed + 100
-
-    sa.seq_limit, sa.reserve = 10, reserve
+    store = MemoryStore(grant=100)
+    sa.seq_limit = 10
+    sa.attach(store)
     burst = pair.a.send_tso("t0", packet, offload, 1.0)
     assert burst is not None and len(burst.payloads) == 45
-    assert asked == [45] and sa.seq_out == 45 and sa.seq_limit == 145
+    assert store.calls == [("out", 45)] and sa.seq_out == 45 and sa.seq_limit == 145
 
 
 def test_seal_rows_is_seal_aead16_row_by_row() -> None:

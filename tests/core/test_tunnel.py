@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ipsec_tunnel.core.sa import SAError
-from ipsec_tunnel.core.tunnel import BASE_DEVICE, Tunnel, TunnelTable, check_name, parse_networks
+from ipsec_tunnel.core.sa import ConfigError, SAError, parse_address
+from ipsec_tunnel.core.tunnel import BASE_DEVICE, Tunnel, TunnelError, TunnelTable, check_name, parse_networks
 
 
 def _p(address: str) -> bytes:
@@ -42,7 +42,7 @@ def test_add_validates_and_canonicalises() -> None:
     ],
 )
 def test_bad_tunnels_are_refused(tunnel: Tunnel, message: str, errno: str) -> None:
-    with pytest.raises(SAError, match=message) as info:
+    with pytest.raises(TunnelError, match=message) as info:
         TunnelTable().add(tunnel)
     assert info.value.errno == errno
 
@@ -50,10 +50,10 @@ def test_bad_tunnels_are_refused(tunnel: Tunnel, message: str, errno: str) -> No
 def test_one_tunnel_per_name_and_per_pair() -> None:
     table = TunnelTable()
     table.add(Tunnel("t0", "10.0.0.1", "10.0.0.2"))
-    with pytest.raises(SAError, match="Tunnel t0 already exists") as info:
+    with pytest.raises(TunnelError, match="Tunnel t0 already exists") as info:
         table.add(Tunnel("t0", "10.0.0.1", "10.0.0.3"))
     assert info.value.errno == "EEXIST"
-    with pytest.raises(SAError, match=r"Tunnel t0 already connects 10\.0\.0\.1 and 10\.0\.0\.2"):
+    with pytest.raises(TunnelError, match=r"Tunnel t0 already connects 10\.0\.0\.1 and 10\.0\.0\.2"):
         table.add(Tunnel("t1", "10.0.0.1", "10.0.0.2"))
     table.add(Tunnel("t1", "10.0.0.2", "10.0.0.1"))  # the reverse pair is another tunnel
 
@@ -64,10 +64,10 @@ def test_change_and_remove() -> None:
     table.add(Tunnel("t1", "10.0.0.1", "10.0.0.3"))
     changed = table.change("t0", spi=0x300, peer_nets=("10.9.0.0/16",))
     assert changed.spi == 0x300 and changed.networks == (ipaddress.ip_network("10.9.0.0/16"),)
-    with pytest.raises(SAError, match="already connects"):
+    with pytest.raises(TunnelError, match="already connects"):
         table.change("t0", remote="10.0.0.3")
     assert table.get("t0") == changed  # a refused change leaves the tunnel as it was
-    with pytest.raises(SAError, match="No such tunnel: nope") as info:
+    with pytest.raises(TunnelError, match="No such tunnel: nope") as info:
         table.change("nope", spi=0x300)
     assert info.value.errno == "ENOENT"
     verbs: list[Callable[[], object]] = [
@@ -75,11 +75,11 @@ def test_change_and_remove() -> None:
         lambda: table.remove(BASE_DEVICE),
     ]
     for verb in verbs:
-        with pytest.raises(SAError, match=BASE_DEVICE) as denied:
+        with pytest.raises(TunnelError, match=BASE_DEVICE) as denied:
             verb()
         assert denied.value.errno == "EPERM"
     assert table.remove("t0").name == "t0"
-    with pytest.raises(SAError, match="No such tunnel"):
+    with pytest.raises(TunnelError, match="No such tunnel"):
         table.remove("t0")
     assert [t.name for t in table] == ["t1"]
 
@@ -93,7 +93,7 @@ def test_free_name_is_the_first_unused() -> None:
     for i in range(2, 100):
         if i != 3:
             table.add(Tunnel(f"ipsec{i}", "10.0.0.1", f"10.0.2.{i}"))
-    with pytest.raises(SAError, match="No free tunnel name") as info:
+    with pytest.raises(TunnelError, match="No free tunnel name") as info:
         table.free_name()
     assert info.value.errno == "ENOSPC"
 
@@ -140,3 +140,15 @@ def test_names_and_networks_helpers() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("::/0"),
     )
+
+
+def test_tunnel_errors_are_not_sa_errors_but_share_their_base() -> None:
+    """A bad tunnel name is a TunnelError, not an SAError; callers catching ConfigError get both."""
+    with pytest.raises(TunnelError) as info:
+        check_name("a/b")
+    assert not isinstance(info.value, SAError) and isinstance(info.value, ConfigError)
+    with pytest.raises(TunnelError, match="Bad local address"):
+        Tunnel("t0", "nonsense", "10.0.0.2").validated()
+    with pytest.raises(SAError) as sa_info:
+        parse_address("nonsense", "destination")
+    assert isinstance(sa_info.value, ConfigError) and sa_info.value.errno == "EINVAL"

@@ -39,6 +39,18 @@ class FakeQueue:
     def name(self) -> str:
         return self.dev.name
 
+    def fileno(self) -> int:
+        return self.fd
+
+    def set_persist(self, persist: bool) -> None:
+        self.dev.set_persist(persist)
+
+    def renamed(self, name: str) -> None:
+        self.dev.renamed(name)
+
+    def close(self) -> None:
+        self.dev.close()
+
 
 class FakeLoop:
     def __init__(self) -> None:

@@ -1,6 +1,7 @@
-"""linux/offload.py against the kernel: UDP GSO bursts arrive as the datagrams they were, with or without
-UDP GRO; TUN queues with virtio-net headers accept coalesced TCP super-packets and refuse malformed ones;
-transmit queue lengths are set."""
+"""Each kernel object's offloads against the kernel (linux/udp.py, linux/tun.py, linux/raw.py): UDP GSO
+bursts arrive as the datagrams they were, with or without UDP GRO; TUN queues with virtio-net headers
+accept coalesced TCP super-packets and refuse malformed ones; transmit queue lengths are set; raw ESP
+moves many datagrams per system call with the same results as one at a time."""
 
 from __future__ import annotations
 
@@ -12,15 +13,10 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from ipsec_tunnel.core import gro, gso
-from ipsec_tunnel.linux.offload import (
-    OffloadUdp,
-    RawBatch,
-    TunQueue,
-    _gso_groups,
-    open_offload_tun,
-    set_txqueuelen,
-)
-from ipsec_tunnel.linux.sockets import RawEsp
+from ipsec_tunnel.linux.link import set_txqueuelen
+from ipsec_tunnel.linux.raw import RawEsp
+from ipsec_tunnel.linux.tun import TunQueue, open_offload_tun
+from ipsec_tunnel.linux.udp import UdpSocket, _gso_groups
 from tests.support.netns import Netns
 from tests.support.userns import in_user_namespace
 
@@ -41,7 +37,7 @@ def test_gso_groups() -> None:
     assert all(len(g) * 9000 <= 65535 for g, _ in _gso_groups(big))
 
 
-def _collect(rx: OffloadUdp, want: int) -> tuple[list[bytes], int]:
+def _collect(rx: UdpSocket, want: int) -> tuple[list[bytes], int]:
     """Payloads until `want` arrived, and how many receive calls (GRO batches) they took."""
     got: list[bytes] = []
     calls = 0
@@ -57,9 +53,9 @@ def _collect(rx: OffloadUdp, want: int) -> tuple[list[bytes], int]:
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_bursts_arrive_as_sent(pair: Pair, family: int, gso_on: bool, gro: bool) -> None:
     with pair.a.enter():
-        tx = OffloadUdp(family, 0, gso=gso_on, gro=False, buffer=1 << 20)
+        tx = UdpSocket(family, 0, gso=gso_on, gro=False, rcvbuf=1 << 20, sndbuf=1 << 20)
     with pair.b.enter():
-        rx = OffloadUdp(family, 4500, gso=False, gro=gro, buffer=8 << 20)
+        rx = UdpSocket(family, 4500, gso=False, gro=gro, rcvbuf=8 << 20, sndbuf=8 << 20)
     try:
         payloads = (
             [os.urandom(1200) for _ in range(40)] + [os.urandom(300)] + [os.urandom(80) for _ in range(5)]
@@ -77,9 +73,9 @@ def test_udp_bursts_arrive_as_sent(pair: Pair, family: int, gso_on: bool, gro: b
 
 def test_gro_batch_carries_addresses_and_tos(pair: Pair) -> None:
     with pair.a.enter():
-        tx = OffloadUdp(V4, 0, gso=True, gro=False, buffer=1 << 20)
+        tx = UdpSocket(V4, 0, gso=True, gro=False, rcvbuf=1 << 20, sndbuf=1 << 20)
     with pair.b.enter():
-        rx = OffloadUdp(V4, 4500, gso=False, gro=True, buffer=8 << 20)
+        rx = UdpSocket(V4, 4500, gso=False, gro=True, rcvbuf=8 << 20, sndbuf=8 << 20)
     try:
         tx.send_burst(ADDR_B4, 4500, [b"z" * 500] * 8, tos=0xB8)
         dgram, payloads = wait_for(rx.recv_batch, rx.fileno())
@@ -163,59 +159,77 @@ def test_set_txqueuelen(ns: Netns) -> None:
 # -- batched raw ESP -------------------------------------------------------------------------------------
 
 
-def _raw_collect(rx: RawBatch, want: int) -> list[tuple[bytes, bytes, int, bytes]]:
+def _raw_collect(rx: RawEsp, want: int) -> list[tuple[bytes, bytes, int, bytes]]:
     got: list[tuple[bytes, bytes, int, bytes]] = []
     while len(got) < want:
-        got += wait_for(rx.recv, rx.raw.fileno())
+        got += wait_for(rx.recv_batch, rx.fileno())
     return got
 
 
 def test_raw_batch_round_trip_matches_one_by_one(pair: Pair) -> None:
     with pair.a.enter():
-        tx = RawBatch(RawEsp(V4), batch=16)
+        tx = RawEsp(V4, mmsg=True, batch=16)
     with pair.b.enter():
-        rx = RawBatch(RawEsp(V4, rcvbuf=8 << 20), batch=16)
+        rx = RawEsp(V4, rcvbuf=8 << 20, mmsg=True, batch=16)
         one = RawEsp(V4, rcvbuf=8 << 20)  # sees the same packets, read one at a time
     try:
-        assert tx.available and rx.available
+        assert tx.batched and rx.batched
         src, dst = socket.inet_aton(ADDR_A4), socket.inet_aton(ADDR_B4)
         # more than one batch, mixed sizes, one too big for the MTU without DF (fragmented, reassembled)
         payloads = [os.urandom(1400) for _ in range(40)] + [os.urandom(37), os.urandom(3000)]
-        assert tx.send(dst, payloads, tos=0x2A, ttl=7, df=False, src=src) == []
+        assert tx.send_burst(dst, payloads, tos=0x2A, ttl=7, df=False, src=src) == []
         got = _raw_collect(rx, len(payloads))
         assert got == [(src, dst, 0x2A, p) for p in payloads]
         singles = [wait_for(one.recv, one.fileno()) for _ in payloads]
         assert [(d.src, d.dst, d.tos, d.esp) for d in singles] == got
-        assert rx.recv() is None
+        assert rx.recv_batch() is None
     finally:
-        tx.raw.close()
-        rx.raw.close()
+        tx.close()
+        rx.close()
         one.close()
 
 
 def test_raw_batch_reports_failures_and_sends_the_rest(pair: Pair) -> None:
     with pair.a.enter():
-        tx = RawBatch(RawEsp(V4))
+        tx = RawEsp(V4, mmsg=True)
     with pair.b.enter():
-        rx = RawBatch(RawEsp(V4, rcvbuf=8 << 20))
+        rx = RawEsp(V4, rcvbuf=8 << 20, mmsg=True)
     try:
         dst = socket.inet_aton(ADDR_B4)
         payloads = [b"a" * 100, b"b" * 3000, b"c" * 100]  # the middle one exceeds the MTU with DF
-        failed = tx.send(dst, payloads, df=True)
+        failed = tx.send_burst(dst, payloads, df=True)
         assert [(n, e.errno) for n, e in failed] == [(1, errno.EMSGSIZE)]
         assert [g[3] for g in _raw_collect(rx, 2)] == [payloads[0], payloads[2]]
-        unreachable = tx.send(socket.inet_aton("198.51.100.1"), [b"x" * 10] * 3)
+        unreachable = tx.send_burst(socket.inet_aton("198.51.100.1"), [b"x" * 10] * 3)
         assert sum(n for n, _ in unreachable) == 3
         assert all(e.errno == errno.ENETUNREACH for _, e in unreachable)
     finally:
-        tx.raw.close()
-        rx.raw.close()
+        tx.close()
+        rx.close()
 
 
 def test_raw_batch_is_unavailable_for_ipv6(pair: Pair) -> None:
     with pair.a.enter():
-        raw = RawEsp(V6)
+        raw = RawEsp(V6, mmsg=True)
     try:
-        assert not RawBatch(raw).available
+        assert not raw.batched
     finally:
         raw.close()
+
+
+def test_raw_without_mmsg_batches_one_by_one(pair: Pair) -> None:
+    """recv_batch and send_burst without recvmmsg/sendmmsg: the same datagrams, one system call each."""
+    with pair.a.enter():
+        tx = RawEsp(V4)
+    with pair.b.enter():
+        rx = RawEsp(V4, rcvbuf=8 << 20, batch=4)
+    try:
+        assert not tx.batched and not rx.batched
+        src, dst = socket.inet_aton(ADDR_A4), socket.inet_aton(ADDR_B4)
+        payloads = [os.urandom(100 + i) for i in range(10)]
+        assert tx.send_burst(dst, payloads, tos=0x2A, ttl=7, src=src) == []
+        got = _raw_collect(rx, len(payloads))
+        assert got == [(src, dst, 0x2A, p) for p in payloads]
+    finally:
+        tx.close()
+        rx.close()

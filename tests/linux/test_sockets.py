@@ -11,14 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from ipsec_tunnel.linux import link
-from ipsec_tunnel.linux.sockets import (
-    NAT_T_PORT,
-    EspDatagram,
-    RawEsp,
-    SocketError,
-    UdpDatagram,
-    UdpEncap,
-)
+from ipsec_tunnel.linux.raw import EspDatagram, RawEsp, SocketError
+from ipsec_tunnel.linux.udp import NAT_T_PORT, UdpDatagram, UdpSocket
 from tests.support.netns import Netns, netns_available, veth_pair
 
 from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
@@ -45,11 +39,11 @@ def recv_esp(sock: RawEsp) -> EspDatagram:
     return wait_for(sock.recv, sock.fileno())
 
 
-def recv_udp(sock: UdpEncap) -> UdpDatagram:
+def recv_udp(sock: UdpSocket) -> UdpDatagram:
     return wait_for(sock.recv, sock.fileno())
 
 
-def errors_of(sock: RawEsp | UdpEncap) -> list[SocketError]:
+def errors_of(sock: RawEsp | UdpSocket) -> list[SocketError]:
     return wait_for(lambda: sock.pop_errors() or None, sock.fileno())
 
 
@@ -272,20 +266,20 @@ def test_socket_basics(ns: Netns) -> None:
             assert raw.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
             assert not raw.socket.getblocking()
         assert raw.closed
-        with UdpEncap(6, port=0) as udp:
+        with UdpSocket(6, port=0) as udp:
             assert udp.family == V6 and udp.port > 0
         with pytest.raises(ValueError):
             RawEsp(socket.AF_UNIX)
 
 
 @pytest.fixture
-def udp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[UdpEncap, UdpEncap]]]]:
-    socks: dict[int, tuple[UdpEncap, UdpEncap]] = {}
+def udp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[UdpSocket, UdpSocket]]]]:
+    socks: dict[int, tuple[UdpSocket, UdpSocket]] = {}
     for family in (V4, V6):
         with pair.a.enter():
-            tx = UdpEncap(family)
+            tx = UdpSocket(family)
         with pair.b.enter():
-            rx = UdpEncap(family, NAT_T_PORT)
+            rx = UdpSocket(family, NAT_T_PORT)
         socks[family] = (tx, rx)
     yield pair, socks
     for tx, rx in socks.values():
@@ -295,7 +289,7 @@ def udp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[UdpEncap, UdpEn
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_roundtrip(
-    udp_pair: tuple[Pair, dict[int, tuple[UdpEncap, UdpEncap]]], family: int
+    udp_pair: tuple[Pair, dict[int, tuple[UdpSocket, UdpSocket]]], family: int
 ) -> None:
     _pair, socks = udp_pair
     tx, rx = socks[family]
@@ -314,9 +308,9 @@ def test_udp_encap_roundtrip(
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
     with pair.a.enter():
-        tx = UdpEncap(family, port=0)
+        tx = UdpSocket(family, port=0)
     with pair.b.enter():
-        rx = UdpEncap(family, port=4500)
+        rx = UdpSocket(family, port=4500)
         sniff = Sniffer(family, socket.IPPROTO_UDP)
     b = ADDRS[family][1]
     try:
@@ -351,9 +345,9 @@ def test_udp_encap_source_address(pair: Pair, family: int) -> None:
     extra = "192.0.2.13" if family == V4 else "2001:db8::13"
     pair.a.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_a, "nodad"])
     with pair.a.enter():
-        tx = UdpEncap(family, port=4500)
+        tx = UdpSocket(family, port=4500)
     with pair.b.enter():
-        rx = UdpEncap(family, port=4500)
+        rx = UdpSocket(family, port=4500)
     try:
         tx.send(ADDRS[family][1], 4500, b"from extra", src=extra, oif=pair.dev_a)
         got = recv_udp(rx)
@@ -368,7 +362,7 @@ def test_udp_encap_source_address(pair: Pair, family: int) -> None:
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_icmp_port_unreachable(
-    udp_pair: tuple[Pair, dict[int, tuple[UdpEncap, UdpEncap]]], family: int
+    udp_pair: tuple[Pair, dict[int, tuple[UdpSocket, UdpSocket]]], family: int
 ) -> None:
     """An ICMP error from the peer is collected with its details and does not break later sends."""
     _pair, socks = udp_pair

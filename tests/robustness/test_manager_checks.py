@@ -4,6 +4,7 @@ warning, and the daemon's clock is steady against steps of the system clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,43 @@ def test_the_daemon_runs_on_the_steady_clock(tmp_path: Path) -> None:
     manager = Manager(Engine(), Store(tmp_path / "state"), FakeDevices({A4}))
     assert manager.now is steady
     assert inspect.signature(DataPlane.__init__).parameters["clock"].default is steady
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"soft": {"bytes": 2000}, "hard": {"bytes": 1000}}, "soft limit must be below the hard limit"),
+        ({"soft": {"seconds": 60}, "hard": {"seconds": 60}}, "soft limit must be below the hard limit"),
+        ({"hard": {"packets": 1 << 63}}, "too large"),
+        ({"cipher": "aes-gcm-12", "digest_bits": 128}, "already sets a 96-bit ICV"),
+        (
+            {"cipher": "aes-cbc", "cipher_key": AES_KEY.hex(), "digest_bits": 96},
+            "--digest-hmac needs --digest",
+        ),
+    ],
+)
+def test_the_daemon_checks_what_ipsecadm_checks(
+    manager: Manager, extra: dict[str, Any], message: str
+) -> None:
+    """Issue 14 item 4: the lifetimes' order and maximum and the ICV length are checked by the core's
+    SAConfig, so a client of the control socket (or IKE) is refused as ipsecadm is, and nothing is added."""
+    args = {**_sa(cipher="aes-gcm", cipher_key=GCM_KEY.hex()), **extra}
+    with pytest.raises(ProtocolError, match=message) as info:
+        manager.handle("sa.add", args)
+    assert info.value.errno == "EINVAL" and len(manager.engine.sad) == 0
+
+
+def test_a_stored_sa_is_restored_under_the_checks_it_was_added_with(tmp_path: Path) -> None:
+    """An SA an older ipsecd stored with a soft lifetime above its hard one comes back after a restart
+    (its row is not refused by the newer check), lifetimes as stored."""
+    from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation
+
+    store = Store(tmp_path / "state")
+    config = SAConfig(0x1000, B4, A4, cipher="aes-gcm", cipher_key=GCM_KEY).validated()
+    old = dataclasses.replace(config, soft=Limits(bytes=2000), hard=Limits(bytes=1000))  # as before the check
+    store.add_sa(SecurityAssociation(old, NOW))
+    store.close()
+    store = Store(tmp_path / "state")
+    [sa] = store.load_sas(NOW)
+    assert (sa.config.soft.bytes, sa.config.hard.bytes) == (2000, 1000)
+    store.close()

@@ -9,7 +9,8 @@ import pytest
 
 from ipsec_tunnel.core.engine import Engine, packed
 from ipsec_tunnel.daemon import main as ipsecd
-from ipsec_tunnel.daemon.dataplane import BATCH, SOCKET_BUFFER, DataPlane
+from ipsec_tunnel.daemon.dataplane import BATCH, DataPlane
+from ipsec_tunnel.daemon.kernel import SOCKET_BUFFER, LinuxKernel
 from ipsec_tunnel.linux.qdisc import DEFAULT_QDISC, Qdisc
 
 from .conftest import A4, B4, NOW
@@ -49,14 +50,15 @@ def test_bad_values_are_one_line_errors(arg: str, capsys: pytest.CaptureFixture[
     assert "error:" in err and "Traceback" not in err
 
 
-def test_the_data_plane_takes_the_qdisc_and_buffer() -> None:
-    plane, default = DataPlane(Engine(), qdisc=Qdisc("cake"), socket_buffer=1 << 20), DataPlane(Engine())
+def test_the_kernel_takes_the_qdisc_and_buffer() -> None:
+    kernel, default = LinuxKernel(qdisc=Qdisc("cake"), socket_buffer=1 << 20), LinuxKernel()
+    assert kernel.qdisc.kind == "cake" and kernel.socket_buffer == 1 << 20
+    assert default.qdisc.kind == DEFAULT_QDISC and default.socket_buffer == SOCKET_BUFFER
+    plane = DataPlane(Engine(), kernel=kernel)
     try:
-        assert plane.qdisc.kind == "cake" and plane.socket_buffer == 1 << 20
-        assert default.qdisc.kind == DEFAULT_QDISC and default.socket_buffer == SOCKET_BUFFER
+        assert plane.kernel is kernel
     finally:
         plane.close()
-        default.close()
 
 
 class _Flood:

@@ -25,6 +25,7 @@ from ipsec_tunnel.core.engine import Engine, Outbound
 from ipsec_tunnel.core.esp import NH_IPV4
 from ipsec_tunnel.core.events import SAEvent
 from ipsec_tunnel.core.sa import SecurityAssociation
+from ipsec_tunnel.core.seqstore import Direction
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import state
 from ipsec_tunnel.daemon.state import DB_NAME, StateError, Store
@@ -392,12 +393,12 @@ def _writer(directory: Path, log: Path) -> None:
     [sa] = store.load_sas(NOW)
     commit = store.reserve
 
-    def reserve(sa: SecurityAssociation, direction: str, needed: int) -> int:
+    def reserve(sa: SecurityAssociation, direction: Direction, needed: int) -> int:
         limit = commit(sa, direction, needed)
         os.write(fd, f"R {limit}\n".encode())  # after the commit returned
         return limit
 
-    sa.reserve = reserve
+    store.reserve = reserve  # type: ignore[method-assign]
     os.write(fd, b"READY\n")
     while True:
         packet = sa.encrypt(INNER, NH_IPV4, NOW, _ignore)

@@ -19,8 +19,8 @@ from ipsec_tunnel.cli import render
 from ipsec_tunnel.control.protocol import ProtocolError, encode_request
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Burst, Engine, packed
-from ipsec_tunnel.core.sa import SAConfig, SAError, SecurityAssociation
-from ipsec_tunnel.core.tunnel import Tunnel
+from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
+from ipsec_tunnel.core.tunnel import Tunnel, TunnelError
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.server import ControlServer
@@ -47,19 +47,22 @@ def _inner() -> bytes:
 
 
 class _FailingRaw:
-    """A raw ESP batch socket whose every send fails with `error`."""
+    """A raw ESP socket whose every send fails with `error`."""
 
     def __init__(self, error: int) -> None:
         self.error = error
 
-    def send(self, dst: bytes, payloads: list[bytes], **_kw: Any) -> list[tuple[int, OSError]]:
+    def send_burst(self, dst: bytes, payloads: list[bytes], **_kw: Any) -> list[tuple[int, OSError]]:
         return [(len(payloads), OSError(self.error, os.strerror(self.error)))]
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     engine = _engine()
     plane = DataPlane(engine, clock=lambda: NOW)
-    plane.raw_batch[4] = _FailingRaw(errno.EPERM)  # type: ignore[assignment]  # a firewall dropping ESP
+    plane.raw[4] = _FailingRaw(errno.EPERM)  # type: ignore[assignment]  # a firewall dropping ESP
     try:
         with caplog.at_level(logging.WARNING, logger="ipsec_tunnel.daemon.dataplane"):
             for _ in range(3):
@@ -73,7 +76,7 @@ def test_a_refused_send_is_a_counted_drop_and_a_warning(caplog: pytest.LogCaptur
         assert sa is not None and sa.drops[Drop.SEND_ERROR] == 6
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == ["send to 192.0.2.2 failed: Operation not permitted (2 packets dropped)"]
-        plane.raw_batch[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
+        plane.raw[4] = _FailingRaw(errno.ENETUNREACH)  # type: ignore[assignment]
         for burst in engine.send_batch("t0", [_inner()], NOW):
             plane.transmit(burst)  # type: ignore[arg-type]
         assert engine.tx_drops[Drop.NO_ROUTE] == 1 and engine.tx_accepted == 0
@@ -124,12 +127,12 @@ def manager(tmp_path: Path) -> Any:
 
 
 def test_an_unknown_nextdev_is_refused_in_one_line(manager: Manager) -> None:
-    with pytest.raises((SAError, ProtocolError), match="No such device for --nextdev: nosuchdev") as info:
+    with pytest.raises((TunnelError, ProtocolError), match="No such device for --nextdev: nosuchdev") as info:
         manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "nosuchdev"})
     assert getattr(info.value, "errno", None) == "ENODEV"
     assert manager.engine.tunnels.get("ipsec5") is None
     manager.handle("tunnel.add", {"name": "ipsec5", "local": A4, "remote": B4, "nextdev": "eth0"})
-    with pytest.raises((SAError, ProtocolError), match="nosuchdev"):
+    with pytest.raises((TunnelError, ProtocolError), match="nosuchdev"):
         manager.handle("tunnel.change", {"name": "ipsec5", "nextdev": "nosuchdev"})
 
 
@@ -153,6 +156,35 @@ def test_stats_last_drops(manager: Manager) -> None:
     text = render.stats_text(result)
     assert "unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.1" in text
     assert "last_drops" not in manager.handle("stats", {})
+
+
+def test_send_side_drops_are_in_the_drop_log_with_spi_and_addresses(tmp_path: Path) -> None:
+    """Issue 12: a packet dropped on the way out is logged (rate-limited) and listed by `stats
+    --last-drops` as receive-side drops are: SPI, outer addresses, and the device it came from."""
+    engine = _engine()
+    manager = Manager(engine, Store(tmp_path / "state"), FakeDevices({A4}), now=lambda: NOW)
+    sa = engine.sad.get(packed(B4), packed(A4), 0x1000)
+    assert sa is not None
+    sa.seq_out = sa.config.seq_max  # no number left to send with
+    assert engine.send("t0", _inner(), NOW) is Drop.SEQ_EXHAUSTED
+    assert engine.send("nope", _inner(), NOW + 1) is Drop.NO_SA
+    engine.tick(NOW + 2)
+    burst = Burst(packed(B4), packed(A4), 0, 64, False, None, None, [b"\x00\x00\x10\x00" + bytes(20)])
+    engine.unsent(burst, 3, Drop.SEND_ERROR)
+    assert engine.drop_log.take_lines() == [
+        f"dropped, sequence exhausted: SPI 0x1000 from {A4} to {B4}, sending on t0",
+        "dropped, unknown SA: sending on nope",
+        f"dropped, send failed: SPI 0x1000 from {A4} to {B4}, sending on t0",
+    ]
+    result = manager.handle("stats", {"last_drops": True})
+    assert [(d["reason"], d["spi"], d["device"]) for d in result["last_drops"]] == [
+        ("seq_exhausted", 0x1000, "t0"), ("no_sa", None, "nope"), ("send_error", 0x1000, "t0"),
+    ]  # fmt: skip
+    assert result["last_drops"][0]["src"] == A4 and result["last_drops"][0]["dst"] == B4
+    text = render.stats_text(result)
+    assert f"  sequence exhausted: SPI 0x1000 from {A4} to {B4}, sending on t0" in text.splitlines()
+    assert "  unknown SA: sending on nope" in text.splitlines()
+    manager.store.close()
 
 
 def test_text_outputs_use_the_labels_of_stats() -> None:

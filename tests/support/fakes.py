@@ -1,8 +1,19 @@
-"""In-memory fakes of the daemon's I/O edges, for tests without root."""
+"""In-memory fakes of the daemon's I/O edges, for tests without root: the manager's `Devices`, and the
+data plane's whole `Kernel` (TUN queues, raw ESP, UDP and ICMP sockets on a shared in-memory network)."""
 
 from __future__ import annotations
 
+import collections
+import errno
+import ipaddress
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ipsec_tunnel.core import gso
+from ipsec_tunnel.core.gso import NO_OFFLOAD, Offload
 from ipsec_tunnel.daemon.manager import Devices
+from ipsec_tunnel.linux.udp import UdpDatagram
 
 
 class FakeDevices(Devices):
@@ -32,3 +43,294 @@ class FakeDevices(Devices):
 
     def is_local(self, address: str) -> bool:
         return self.local is None or address in self.local
+
+
+# -- the data plane's kernel, in memory ----------------------------------------------------------------
+
+
+class Readable:
+    """A FIFO whose `fileno` (a pipe's read end) is readable exactly while the FIFO holds something, so
+    the data plane's epoll loop serves a fake as it serves a socket or a TUN queue."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.items: collections.deque[Any] = collections.deque()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def put(self, item: Any) -> None:
+        if not self.items:
+            os.write(self._w, b"!")
+        self.items.append(item)
+
+    def take(self) -> Any:
+        if not self.items:
+            return None
+        item = self.items.popleft()
+        if not self.items:
+            os.read(self._r, 1)
+        return item
+
+    def close(self) -> None:
+        if self._r >= 0:
+            os.close(self._r)
+            os.close(self._w)
+            self._r = self._w = -1
+
+
+class FakeTun:
+    """A tunnel device's queue: `route` is the host's stack sending a packet into the device (the data
+    plane reads it), `written` what the data plane wrote (the host's stack received it). A device that
+    is `down` refuses writes as the kernel does (EIO)."""
+
+    def __init__(self, name: str, *, vnet: bool) -> None:
+        self._name = name
+        self.vnet = vnet
+        self.inbox = Readable()
+        self.written: list[bytes] = []
+        self.down = False
+        self.persist = False
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def fileno(self) -> int:
+        return self.inbox.fileno()
+
+    def route(self, packet: bytes, offload: Offload | None = None) -> None:
+        self.inbox.put((offload if offload is not None else NO_OFFLOAD, packet))
+
+    def read(self) -> tuple[Offload | None, bytes] | None:
+        got = self.inbox.take()
+        if got is None:
+            return None
+        offload, packet = got
+        return (offload if self.vnet else None), packet
+
+    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+        if self.down:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if offload is not None and offload.gso_type:
+            self.written += gso.split(packet, offload)  # what the kernel's GRO receive path would hand on
+        else:
+            self.written.append(packet)
+        return len(packet)
+
+    def take(self) -> list[bytes]:
+        """What was written since the last call."""
+        out, self.written = self.written, []
+        return out
+
+    def set_persist(self, persist: bool) -> None:
+        self.persist = persist
+
+    def renamed(self, name: str) -> None:
+        self._name = name
+
+    def close(self) -> None:
+        self.closed = True
+        self.inbox.close()
+
+
+class Datagram(NamedTuple):
+    """One datagram on the fake wire: raw ESP (`dport` 0) or UDP."""
+
+    src: bytes
+    dst: bytes
+    tos: int
+    payload: bytes
+    sport: int = 0
+    dport: int = 0
+
+
+class FakeNetwork:
+    """The wire between fake hosts: each datagram is recorded (`wire`) and handed to the host that has its
+    destination address, at its raw ESP socket or its UDP socket bound to the port."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[bytes, FakeKernel] = {}
+        self.wire: list[Datagram] = []
+
+    def carry(self, d: Datagram) -> bool:
+        """Deliver `d` (False: no host or socket there, as a network without a route)."""
+        self.wire.append(d)
+        host = self.hosts.get(d.dst)
+        if host is None:
+            return False
+        family = 4 if len(d.dst) == 4 else 6
+        if d.dport == 0:
+            raw = host.raw.get(family)
+            if raw is None:
+                return False
+            raw.inbox.put((d.src, d.dst, d.tos, d.payload))
+            return True
+        udp = host.udp.get((family, d.dport))
+        if udp is None:
+            return False
+        udp.inbox.put((UdpDatagram(d.src, d.sport, d.dst, d.tos, b""), [d.payload]))
+        return True
+
+    def replay(self, d: Datagram) -> None:
+        """Send `d` again, as an attacker who recorded it would."""
+        self.carry(d)
+
+
+def _unreachable(count: int) -> list[tuple[int, OSError]]:
+    return [(count, OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH)))] if count else []
+
+
+class FakeRaw:
+    """A raw ESP socket of one family on a `FakeNetwork`."""
+
+    def __init__(self, host: FakeKernel, family: int, batch: int = 64) -> None:
+        self.host, self.family, self.batch = host, family, batch
+        self.inbox = Readable()
+
+    def fileno(self) -> int:
+        return self.inbox.fileno()
+
+    def recv_batch(self) -> list[tuple[bytes, bytes, int, bytes]] | None:
+        out: list[tuple[bytes, bytes, int, bytes]] = []
+        while self.inbox.items and len(out) < self.batch:
+            out.append(self.inbox.take())
+        return out or None
+
+    def send_burst(
+        self,
+        dst: bytes,
+        payloads: Sequence[bytes],
+        *,
+        tos: int = 0,
+        ttl: int = 64,
+        df: bool = False,
+        src: bytes | None = None,
+        oif: str | int | None = None,
+    ) -> list[tuple[int, OSError]]:
+        source = src if src is not None else self.host.address(self.family)
+        lost = sum(not self.host.network.carry(Datagram(source, dst, tos, bytes(p))) for p in payloads)
+        return _unreachable(lost)
+
+    def close(self) -> None:
+        self.inbox.close()
+
+
+class FakeUdp:
+    """A UDP socket bound to `port` on a `FakeNetwork`; each datagram arrives alone (no GRO)."""
+
+    def __init__(self, host: FakeKernel, family: int, port: int) -> None:
+        self.host, self.family, self.port = host, family, port
+        self.inbox = Readable()
+
+    def fileno(self) -> int:
+        return self.inbox.fileno()
+
+    def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
+        got: tuple[UdpDatagram, list[bytes]] | None = self.inbox.take()
+        return got
+
+    def send_burst(
+        self,
+        dst: bytes,
+        dport: int,
+        payloads: Sequence[bytes],
+        *,
+        tos: int = 0,
+        ttl: int = 64,
+        df: bool = False,
+        src: bytes | None = None,
+        oif: str | int | None = None,
+    ) -> list[tuple[int, OSError]]:
+        source = src if src is not None else self.host.address(self.family)
+        carry = self.host.network.carry
+        lost = sum(not carry(Datagram(source, dst, tos, bytes(p), self.port, dport)) for p in payloads)
+        return _unreachable(lost)
+
+    def send(self, dst: str, dport: int, payload: bytes, *, src: str | None = None) -> bool:
+        source = ipaddress.ip_address(src).packed if src else self.host.address(self.family)
+        self.host.network.carry(
+            Datagram(source, ipaddress.ip_address(dst).packed, 0, payload, self.port, dport)
+        )
+        return True
+
+    def close(self) -> None:
+        self.host.udp.pop((self.family, self.port), None)
+        self.inbox.close()
+
+
+class FakeIcmp:
+    """Records the ICMP errors sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, packet: bytes) -> None:
+        self.sent.append(packet)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeKernel:
+    """A host's kernel as `daemon.kernel.Kernel` sees it, in memory: tunnel devices (`tun`), one raw ESP
+    socket per family (`raw`), UDP sockets by (family, port) (`udp`), ICMP senders (`icmp`), the
+    host's `addresses` on `network`, other devices (`links`, up), one path MTU for every route."""
+
+    def __init__(self, network: FakeNetwork, addresses: Sequence[str], *, path: int = 1500) -> None:
+        self.network = network
+        self.addresses = [ipaddress.ip_address(a).packed for a in addresses]
+        for packed in self.addresses:
+            network.hosts[packed] = self
+        self.path = path
+        self.links: set[str] = {"eth0", "lo"}
+        self.up: set[str] = set()
+        self.mtu: dict[str, int] = {}
+        self.tun: dict[str, FakeTun] = {}
+        self.raw: dict[int, FakeRaw] = {}
+        self.udp: dict[tuple[int, int], FakeUdp] = {}
+        self.icmp: dict[int, FakeIcmp] = {}
+
+    def address(self, family: int) -> bytes:
+        """The host's first address of IPv`family` (the outer source the route would pick)."""
+        return next(a for a in self.addresses if len(a) == (4 if family == 4 else 16))
+
+    def open_tun(self, name: str, *, vnet: bool, tso: bool, txqueuelen: int) -> FakeTun:
+        queue = FakeTun(name, vnet=vnet)
+        self.tun[name] = queue
+        return queue
+
+    def open_raw(self, family: int, *, mmsg: bool) -> FakeRaw:
+        self.raw[family] = FakeRaw(self, family)
+        return self.raw[family]
+
+    def open_udp(
+        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+    ) -> FakeUdp:
+        if (family, port) in self.udp:
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        self.udp[family, port] = FakeUdp(self, family, port)
+        return self.udp[family, port]
+
+    def open_icmp(self, family: int) -> FakeIcmp:
+        self.icmp[family] = FakeIcmp()
+        return self.icmp[family]
+
+    def exists(self, name: str) -> bool:
+        return name in self.links or (name in self.tun and not self.tun[name].closed)
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        self.mtu[name] = mtu
+
+    def is_local(self, address: str) -> bool:
+        return ipaddress.ip_address(address).packed in self.addresses
+
+    def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
+        return self.path
+
+    def is_up(self, name: str) -> bool:
+        if not self.exists(name):
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return name in self.up

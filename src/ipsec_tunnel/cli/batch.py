@@ -2,8 +2,10 @@
 for `-b -`), all over one connection to ipsecd.
 
 Blank lines and comments (a word starting with `#` to the end of the line) are skipped; words are split as
-a shell splits them (quotes, backslashes), without expansion. The batch stops at the first line that fails,
-the lines before it staying applied; with `-force` it carries on and fails at the end.
+a shell splits them (quotes, backslashes), without expansion. A batch of `sa add` and `tunnel add` lines
+only (without `-force`) is all or none: ipsecd's `batch` request (`ipsecadm.run_batch`). Any other batch
+stops at the first line that fails, the lines before it staying applied; with `-force` it carries on and
+fails at the end.
 """
 
 from __future__ import annotations

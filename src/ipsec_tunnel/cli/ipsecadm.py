@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..control.client import Client, DaemonUnreachable, default_socket_path
-from ..control.protocol import VERSION, ProtocolError
+from ..control.protocol import MAX_MESSAGE, VERSION, ProtocolError, encode_request
 from . import ike as ike_cli
 from . import render, requests
 from .batch import Batch, numbered_lines, split_batch, words
@@ -37,6 +37,7 @@ NOT_RUNNING = (
 )
 
 _where = ""  # "FILE:LINE: " while a batch line runs
+_quiet = False  # while a batch of adds is checked before it is sent: warnings wait for the second pass
 _KEY_ON_COMMAND_LINE = command_line_warning("")[:40]
 
 
@@ -49,7 +50,7 @@ def _err(line: str) -> None:
 
 
 def _warn(line: str) -> None:
-    if _where and line.startswith(_KEY_ON_COMMAND_LINE):
+    if _quiet or (_where and line.startswith(_KEY_ON_COMMAND_LINE)):
         return  # a key in a batch file is in no process list; run_batch checks the file's mode instead
     _err(line)
 
@@ -202,8 +203,104 @@ def run(argv: list[str], client: Client | None = None) -> int:
     return _HANDLERS[inv.command.mode, inv.command.sub](_Session(inv, client))
 
 
+class _Deferred(Exception):
+    """Raised by `_Recorder.call` once it has noted the request of a batch line."""
+
+
+class _Recorder(Client):
+    """The client of one line of a batch of adds: first it notes the request the line makes (and raises
+    `_Deferred`, so nothing is printed); once the batch was carried out, it answers with `answer`."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.request: tuple[str, dict[str, Any]] | None = None
+        self.answer: Any = None
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        if self.request is None:
+            self.request = (op, args or {})
+            raise _Deferred
+        return self.answer
+
+
+def _adds_only(batch: Batch, lines: list[tuple[int, list[str]]]) -> bool:
+    """Whether every line of `lines` is `sa add` or `tunnel add` (a line that does not parse counts as
+    one: it is reported before anything is sent); False for an empty batch."""
+    adds = 0
+    for _number, argv in lines:
+        try:
+            command = parse_argv([*batch.options, *argv]).command
+        except UsageError:
+            continue
+        if command is None or (command.mode, command.sub) not in (("sa", "add"), ("tunnel", "add")):
+            return False
+        adds += 1
+    return adds > 0
+
+
+def _run_adds(batch: Batch, lines: list[tuple[int, list[str]]], client: Client) -> int | None:
+    """A batch of adds as one transaction (`batch`: all or none). None when it is too big for one request
+    (the caller then goes line by line)."""
+    global _where, _quiet
+    recorders = []
+    _quiet = True
+    try:
+        for number, argv in lines:
+            _where = f"{batch.name}:{number}: "
+            recorder = _Recorder()
+
+            def note(argv: list[str] = argv, recorder: _Recorder = recorder) -> int:
+                try:
+                    return run([*batch.options, *argv], recorder)
+                except _Deferred:
+                    return EXIT_OK
+
+            rc = _guarded(note)
+            if rc != EXIT_OK:
+                _where = ""
+                _err(
+                    f"{batch.name}: nothing applied: line {number} is wrong (a batch of adds is all or none)"
+                )
+                return rc
+            if recorder.request is not None:  # (`sa add --help` asks ipsecd nothing)
+                recorders.append((number, argv, recorder))
+    finally:
+        _quiet = False
+        _where = ""
+    requests_ = [{"op": r.request[0], "args": r.request[1]} for _n, _a, r in recorders if r.request]
+    if not requests_:
+        return EXIT_OK
+    if len(encode_request("batch", {"requests": requests_})) > MAX_MESSAGE:
+        return None
+    try:
+        results = client.call("batch", {"requests": requests_})
+    except ProtocolError as exc:
+        if exc.errno == "EOPNOTSUPP":  # an ipsecd without `batch`: line by line
+            return None
+        head, _, message = exc.message.partition(": ")
+        index = int(head.split()[-1]) if head.startswith("request ") and head.split()[-1].isdigit() else 0
+        if not 0 < index <= len(recorders):
+            raise
+        number = recorders[index - 1][0]
+        _where = f"{batch.name}:{number}: "
+        _err(message)
+        _where = ""
+        _err(
+            f"{batch.name}: nothing applied: line {number} was refused and the {index - 1} command(s) "
+            "before it were undone (a batch of adds is all or none)"
+        )
+        return EXIT_FAIL
+    for (number, argv, recorder), result in zip(recorders, results, strict=True):
+        _where = f"{batch.name}:{number}: "
+        recorder.answer = result
+        _guarded(lambda: run([*batch.options, *argv], recorder))  # noqa: B023 - prints what the line says
+    _where = ""
+    return EXIT_OK
+
+
 def run_batch(batch: Batch) -> int:
-    """Carry out every command line of a batch file over one connection; the status of the first failure."""
+    """Carry out every command line of a batch file over one connection; the status of the first failure.
+    A batch of `sa add` and `tunnel add` lines only (without -force) is one transaction: all or none."""
     global _where
     try:
         stream = sys.stdin if batch.path == "-" else open(batch.path, encoding="utf-8", errors="replace")  # noqa: SIM115
@@ -217,7 +314,22 @@ def run_batch(batch: Batch) -> int:
     status = EXIT_OK
     done = 0
     try:
-        for number, line in numbered_lines(stream):
+        lines = list(numbered_lines(stream))  # read to the end first: a batch of adds is sent whole
+        split: list[tuple[int, list[str]]] = []
+        for number, line in lines:
+            try:
+                argv = words(line)
+            except ValueError:
+                split = []
+                break
+            if argv:
+                split.append((number, argv))
+        else:
+            if not batch.force and _adds_only(batch, split):
+                rc = _run_adds(batch, split, client)
+                if rc is not None:
+                    return rc
+        for number, line in lines:
             _where = f"{batch.name}:{number}: "
             try:
                 argv = words(line)

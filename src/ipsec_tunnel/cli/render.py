@@ -113,9 +113,20 @@ def _encap_text(encap: Any) -> str:
     return "-"
 
 
+def _keepalive_text(encap: Any) -> str:
+    """An ESP-in-UDP SA's NAT-keepalive interval ('20s', 'off'); '-' without UDP or when not said."""
+    if not isinstance(encap, Mapping) or encap.get("keepalive") is None:
+        return "-"
+    return f"{encap['keepalive']}s" if encap["keepalive"] else "off"
+
+
 def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
-    """The `sa show` table (the original's columns, then replay window, ESN, encapsulation, state)."""
+    """The `sa show` table (the original's columns, then replay window, ESN, encapsulation, the
+    NAT-keepalive interval when an SA uses UDP, state)."""
     headers = ["Destination", "Source", "SPI", "Cipher/bits", "Digest-HMAC/bits", "Replay", "ESN", "Encap"]
+    udp = any(isinstance(sa.get("encap"), Mapping) for sa in sas)
+    if udp:
+        headers.append("Keepalive")
     headers.append("State")
     origins = any(sa.get("origin", "manual") != "manual" for sa in sas)  # IKE's SAs say whose they are
     if origins:
@@ -131,8 +142,11 @@ def sa_table(sas: Sequence[Mapping[str, Any]], stats: bool = False) -> str:
         row = [
             _text(sa.get("dst")), _text(sa.get("src")), spi_text(sa.get("spi")), cipher_text(sa),
             digest_text(sa), "off" if window == 0 else _text(window), "yes" if sa.get("esn") else "no",
-            _encap_text(sa.get("encap")), _text(sa.get("state")),
+            _encap_text(sa.get("encap")),
         ]  # fmt: skip
+        if udp:
+            row.append(_keepalive_text(sa.get("encap")))
+        row.append(_text(sa.get("state")))
         if origins:
             row.append(_text(sa.get("origin"), "manual"))
         if lifetimes:
@@ -206,13 +220,18 @@ def stats_text(result: Mapping[str, Any]) -> str:
 
 
 def _drop_line(d: Mapping[str, Any]) -> str:
-    """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2', as ipsecd logs it."""
+    """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2' (or, for a drop on the way out,
+    '... to 192.0.2.2, sending on ipsec1'), as ipsecd logs it."""
     src = _text(d.get("src"), "?")
     if d.get("sport") is not None:
         src = f"[{src}]:{d['sport']}" if ":" in src else f"{src}:{d['sport']}"
     spi = f"SPI {spi_text(d['spi'])} " if d.get("spi") is not None else ""
     reason = str(d.get("reason"))
-    return f"{_LABELS.get(reason, reason)}: {spi}from {src} to {_text(d.get('dst'), '?')}"
+    where = f"{spi}from {src} to {_text(d.get('dst'), '?')}"
+    if d.get("device") is None:
+        return f"{_LABELS.get(reason, reason)}: {where}"
+    where = f"{where}, " if d.get("src") is not None else spi
+    return f"{_LABELS.get(reason, reason)}: {where}sending on {d['device']}"
 
 
 # -- algorithms ------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..core.algorithms import AlgorithmError, CipherAlg, find_cipher
 from ..core.replay import DEFAULT_WINDOW
-from ..core.sa import SPI_MAX, SPI_MIN, Limits, SAConfig, SAError, UdpEncap, parse_address
-from ..core.tunnel import BASE_DEVICE, Tunnel, check_name, parse_networks
+from ..core.sa import SPI_MAX, SPI_MIN, ConfigError, Limits, SAConfig, SAError, UdpEncap, parse_address
+from ..core.tunnel import BASE_DEVICE, Tunnel, TunnelError, check_name, parse_networks
 from .grammar import Invocation, UsageError
 from .keys import KeyInputError, hex_hint, load_key, looks_like_hex
 from .values import Kind, ValueInputError, parse_encap, parse_lifetime, parse_number
@@ -48,7 +48,7 @@ def _address(inv: Invocation, option: str, what: str) -> str | None:
         return None
     try:
         return str(parse_address(text, what))
-    except SAError as exc:
+    except ConfigError as exc:
         raise invalid(str(exc)) from None
 
 
@@ -235,7 +235,7 @@ def _device(inv: Invocation, *, required: bool, verb: str) -> str | None:
         return None
     try:
         check_name(name)
-    except SAError as exc:
+    except TunnelError as exc:
         raise invalid(str(exc)) from None
     if name == BASE_DEVICE and verb in _BASE_REFUSALS:
         raise invalid(_BASE_REFUSALS[verb])
@@ -258,7 +258,7 @@ def _nextdev(text: str, *, clear: bool) -> str | None:
         raise invalid("--nextdev needs an interface name")
     try:
         return check_name(text)
-    except SAError as exc:
+    except TunnelError as exc:
         raise invalid(str(exc).replace("Tunnel name", "--nextdev")) from None
 
 
@@ -269,7 +269,7 @@ def _peer_nets(texts: list[str], *, clear: bool) -> list[str]:
         raise invalid("--peer-net needs a network (CIDR)" + (", or '' alone to clear" if clear else ""))
     try:
         return [str(n) for n in parse_networks(texts)]
-    except SAError as exc:
+    except TunnelError as exc:
         raise invalid(str(exc)) from None
 
 
@@ -287,7 +287,7 @@ def tunnel_add(inv: Invocation) -> dict[str, Any]:
         tunnel = Tunnel(
             name or "ipsec1", inv.value("local") or "", inv.value("remote") or "", spi, nextdev, tuple(nets)
         ).validated()
-    except SAError as exc:
+    except TunnelError as exc:
         raise invalid(str(exc)) from None
     return {
         "name": name, "local": tunnel.local, "remote": tunnel.remote, "spi": spi, "nextdev": nextdev,
@@ -303,7 +303,7 @@ def tunnel_change(inv: Invocation) -> dict[str, Any]:
     if local is not None and remote is not None:
         try:
             Tunnel(name or "", local, remote).validated()
-        except SAError as exc:
+        except TunnelError as exc:
             raise invalid(str(exc)) from None
     for key, value in (("local", local), ("remote", remote)):
         if value is not None:

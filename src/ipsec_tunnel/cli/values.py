@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from ..core.sa import NAT_T_PORT
+from ..core.sa import LIFETIME_MAX, NAT_T_PORT, lifetime_problem
 
 Kind = Literal["bytes", "packets", "seconds"]
-
-LIMIT_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
 
 _UNITS: dict[str, dict[str, int]] = {
     "bytes": {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40},
@@ -58,7 +56,7 @@ def parse_count(text: str, kind: Kind, option: str) -> int:
     if not m:
         raise ValueInputError(f"Bad {option}: {_shown(text)!r} is not {_UNIT_HELP[kind]}")
     value = int(m.group(1)) * _UNITS[kind][m.group(2).lower()]
-    if value > LIMIT_MAX:
+    if value > LIFETIME_MAX:  # the core's maximum, said with the option's own text
         raise ValueInputError(f"Bad {option}: {_shown(text)} is too large")
     return value
 
@@ -70,8 +68,9 @@ def parse_lifetime(text: str, kind: Kind, option: str) -> tuple[int, int]:
         raise ValueInputError(f"Bad {option}: use SOFT, SOFT:HARD or :HARD, e.g. {option}={_EXAMPLE[kind]}")
     soft = parse_count(soft_text, kind, option) if soft_text.strip() else 0
     hard = parse_count(hard_text, kind, option) if hard_text.strip() else 0
-    if soft and hard and soft >= hard:
-        raise ValueInputError(f"Bad {option}: the soft limit must be below the hard limit")
+    problem = lifetime_problem(soft, hard)  # what ipsecd checks for every client
+    if problem:
+        raise ValueInputError(f"Bad {option}: {problem}")
     return soft, hard
 
 

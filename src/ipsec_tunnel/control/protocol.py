@@ -26,6 +26,7 @@ OPS = (
     "tunnel.change",
     "tunnel.del",
     "tunnel.show",
+    "batch",  # sa.add and tunnel.add requests applied all or none (`ipsecadm -b`)
     "stats",
     "algos",
     "version",

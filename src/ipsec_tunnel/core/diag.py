@@ -1,5 +1,7 @@
 """Drop diagnostics without I/O: the last drops with who sent them and which SPI, and rate-limited log
-lines naming them ("unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2")."""
+lines naming them ("unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2"); a send-side drop
+names the tunnel device it was read from ("state store not writable: SPI 0x1000 from 192.0.2.1 to
+192.0.2.2, sending on ipsec1")."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class DropRecord:
-    """One dropped packet: when, why, its SPI (None when it had none), outer addresses and UDP port."""
+    """One dropped packet: when, why, its SPI (None when it had none), outer addresses and UDP port; for a
+    packet dropped on the way out, the tunnel device it came from (None: a received one)."""
 
     time: float
     reason: Drop
@@ -43,24 +46,32 @@ class DropRecord:
     src: bytes
     dst: bytes
     sport: int | None = None  # the UDP source port, for ESP-in-UDP
+    device: str | None = None  # send side: the tunnel device the packet was read from
 
     def text(self) -> str:
-        """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2'."""
+        """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2' (received), 'no route: SPI
+        0x1000 from 192.0.2.1 to 192.0.2.2, sending on ipsec1' or 'unknown SA: sending on nope' (sent)."""
         src = str(ipaddress.ip_address(self.src)) if self.src else "?"
         if self.sport is not None:
             src = f"[{src}]:{self.sport}" if ":" in src else f"{src}:{self.sport}"
         dst = str(ipaddress.ip_address(self.dst)) if self.dst else "?"
         spi = f"SPI {self.spi:#x} " if self.spi is not None else ""
-        return f"{self.reason.label}: {spi}from {src} to {dst}"
+        if self.device is None:
+            return f"{self.reason.label}: {spi}from {src} to {dst}"
+        where = f"{spi}from {src} to {dst}, " if self.src else spi
+        return f"{self.reason.label}: {where}sending on {self.device}"
 
     def to_dict(self) -> dict[str, object]:
-        """The record for the control protocol."""
-        return {
+        """The record for the control protocol ("device" only for a send-side drop)."""
+        out: dict[str, object] = {
             "time": self.time, "reason": self.reason.value, "spi": self.spi,
             "src": str(ipaddress.ip_address(self.src)) if self.src else None,
             "dst": str(ipaddress.ip_address(self.dst)) if self.dst else None,
             "sport": self.sport,
         }  # fmt: skip
+        if self.device is not None:
+            out["device"] = self.device
+        return out
 
 
 class DropLog:

@@ -36,6 +36,9 @@ class Drop(enum.Enum):
     # Both sides: the state store could not commit the reservation a sequence number or a lifetime count
     # needs (disk full, read-only, I/O error); the packet is dropped rather than used unrecorded.
     STORE_FAILED = "store_failed"
+    # Only a decrypted packet the tunnel device refused with an error other than EIO (which is
+    # DEVICE_DOWN): ENOBUFS, ENOMEM, EINVAL from the TUN write, logged with its strerror. No send-side
+    # path counts it; it stays in SEND_DROPS so every table keeps the seed's "other" column.
     OTHER = "other"
 
     @property

@@ -141,6 +141,7 @@ class Engine:
         self._icmp_total = (ICMP_TOTAL_BURST, 0.0)  # (tokens, when last filled) for all destinations
         self._icmp_buckets: dict[bytes, tuple[float, float]] = {}  # packed destination -> the same
         self.drop_log = DropLog()
+        self._ticked = 0.0  # the last tick's `now`: the time of drops the kernel reports later (`unsent`)
         self._rx_from: tuple[bytes, bytes, int | None, float] = (b"", b"", None, 0.0)  # the datagrams' origin
         self.nat = natt.NatTraversal()
 
@@ -195,6 +196,7 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """Fire time-based lifetimes due at `now`."""
+        self._ticked = now
         for sa in self.sad:
             sa.tick(now, self._emit)
 
@@ -216,7 +218,7 @@ class Engine:
 
     def unsent(self, burst: Burst, count: int, reason: Drop) -> None:
         """`count` datagrams of `burst` counted as sent never left: count them as dropped for `reason`,
-        for the tunnel and the SA that sent them too."""
+        for the tunnel and the SA that sent them too, and note the first in the drop log."""
         self.tx_accepted -= count
         self.tx_drops[reason] += count
         tunnel = self.tunnels.for_receive(burst.src, burst.dst)
@@ -227,6 +229,9 @@ class Engine:
             sa = self.sa_for(tunnel)
             if sa is not None:
                 sa.drops[reason] += count
+        spi = spi_of(burst.payloads[0]) if burst.payloads else None
+        device = tunnel.name if tunnel is not None else "?"
+        self.drop_log.add(DropRecord(self._ticked, reason, spi, burst.src, burst.dst, None, device))
 
     def undelivered(self, device: str, count: int, reason: Drop) -> None:
         """`count` packets counted as received that device `device` refused: count them as dropped."""
@@ -237,11 +242,26 @@ class Engine:
             stats.rx_packets -= count
             stats.rx_drops[reason] += count
 
+    def unsendable(self, device: str, count: int, reason: Drop) -> None:
+        """`count` packets read from device `device` that never reached the engine (a super-packet the
+        data plane could not cut, say): count them as dropped for `reason`, for the tunnel too."""
+        self.tx_drops[reason] += count
+        self.stats_for(device).tx_drops[reason] += count
+
     # -- send ---------------------------------------------------------------------------------------------
 
-    def _tx_drop(self, stats: TunnelStats, reason: Drop) -> Drop:
+    def _tx_drop(self, stats: TunnelStats, reason: Drop, device: str, now: float) -> Drop:
         self.tx_drops[reason] += 1
         stats.tx_drops[reason] += 1
+        tunnel = self.tunnels.get(device)
+        sa = self.sa_for(tunnel) if tunnel is not None else None
+        if sa is not None:
+            record = DropRecord(now, reason, sa.config.spi, sa.key[1], sa.key[0], None, device)
+        elif tunnel is not None:
+            record = DropRecord(now, reason, None, packed(tunnel.local), packed(tunnel.remote), None, device)
+        else:
+            record = DropRecord(now, reason, None, b"", b"", None, device)
+        self.drop_log.add(record)
         return reason
 
     def send(self, device: str, inner: bytes, now: float) -> Outbound | Deliver | Drop:
@@ -249,14 +269,14 @@ class Engine:
         stats = self.stats_for(device)
         tunnel = self.tunnels.get(device)
         if tunnel is None:
-            return self._tx_drop(stats, Drop.NO_SA)
+            return self._tx_drop(stats, Drop.NO_SA, device, now)
         hdr = ip.parse(inner)
         if hdr is None:
-            return self._tx_drop(stats, Drop.NOT_IP)
+            return self._tx_drop(stats, Drop.NOT_IP, device, now)
         inner = inner[: hdr.length]
         sa = self.sa_for(tunnel)
         if sa is None:
-            return self._tx_drop(stats, Drop.NO_SA)
+            return self._tx_drop(stats, Drop.NO_SA, device, now)
         path = self.path_mtu.get(device)
         if path is not None:
             limit = inner_mtu(sa, path)
@@ -265,13 +285,13 @@ class Engine:
             elif hdr.version == 6:
                 limit = max(limit, ip.IPV6_MIN_MTU)  # a "packet too big" never says less
             if len(inner) > limit and hdr.df:
-                self._tx_drop(stats, Drop.TOO_BIG)
+                self._tx_drop(stats, Drop.TOO_BIG, device, now)
                 icmp = self._icmp(hdr.src, now, lambda: ip.too_big(hdr.dst, inner, limit))
                 return Deliver(device, icmp) if icmp else Drop.TOO_BIG
         nh = NH_IPV4 if hdr.version == 4 else NH_IPV6
         packet = sa.encrypt(inner, nh, now, self._emit)
         if isinstance(packet, Drop):
-            return self._tx_drop(stats, packet)
+            return self._tx_drop(stats, packet, device, now)
         self.tx_accepted += 1
         stats.tx_packets += 1
         stats.tx_bytes += len(inner)
@@ -315,7 +335,7 @@ class Engine:
                 inner = inner[:length]
             packet = encrypt(inner, nh, now, emit)
             if isinstance(packet, Drop):
-                self._tx_drop(self.stats_for(device), packet)
+                self._tx_drop(self.stats_for(device), packet, device, now)
                 continue
             accepted += 1
             nbytes += length

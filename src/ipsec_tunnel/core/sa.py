@@ -26,12 +26,13 @@ from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
+from .seqstore import NO_LIMIT, Counters, Direction, SequenceStore, Slot
 
 __all__ = [
     "KEEPALIVE",
     "KEEPALIVE_MAX",
+    "LIFETIME_MAX",
     "NAT_T_PORT",
-    "NO_LIMIT",
     "SEQ_MAX_32",
     "SEQ_MAX_64",
     "SEQ_MAX_SPLIT",
@@ -40,15 +41,15 @@ __all__ = [
     "SWEET32_BYTES",
     "Address",
     "Admit",
+    "ConfigError",
     "Emit",
     "Limits",
-    "Reserve",
-    "ReserveVolume",
     "SAConfig",
     "SAError",
     "SecurityAssociation",
     "UdpEncap",
     "build_transforms",
+    "lifetime_problem",
     "parse_address",
 ]
 
@@ -64,19 +65,24 @@ SWEET32_BYTES = 1 << 30
 NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
-_U64 = struct.Struct("<Q")  # a journal slot's counters
+LIFETIME_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class SAError(ValueError):
-    """An SA configuration that cannot be used; `errno` names the control protocol's error code."""
+class ConfigError(ValueError):
+    """A configuration that cannot be used (`SAError`, `tunnel.TunnelError`); `errno` names the control
+    protocol's error code."""
 
     def __init__(self, message: str, errno: str = "EINVAL") -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class SAError(ConfigError):
+    """An SA configuration that cannot be used, or an SA the SAD refuses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,16 @@ class Limits:
         return bool(self.bytes or self.packets or self.seconds)
 
 
+def lifetime_problem(soft: int, hard: int) -> str | None:
+    """What is wrong with one kind's soft and hard lifetime (0: none), or None: each at most
+    LIFETIME_MAX, and the soft limit below the hard one."""
+    if max(soft, hard) > LIFETIME_MAX:
+        return f"{max(soft, hard)} is too large (at most {LIFETIME_MAX})"
+    if soft and hard and soft >= hard:
+        return "the soft limit must be below the hard limit"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class UdpEncap:
     """ESP-in-UDP encapsulation (RFC 3948) with the ports used on the wire, and the NAT-keepalive
@@ -101,14 +117,14 @@ class UdpEncap:
     keepalive: int = KEEPALIVE
 
 
-def parse_address(text: str, what: str) -> Address:
-    """A unicast, specified IP address from `text`, or SAError naming `what`."""
+def parse_address(text: str, what: str, error: type[ConfigError] = SAError) -> Address:
+    """A unicast, specified IP address from `text`, or `error` naming `what`."""
     try:
         addr = ipaddress.ip_address(text.strip())
     except ValueError:
-        raise SAError(f"Bad {what} address: {text!r}") from None
+        raise error(f"Bad {what} address: {text!r}") from None
     if addr.is_unspecified or addr.is_multicast or (addr.version == 4 and str(addr) == "255.255.255.255"):
-        raise SAError(f"Wildcard or multicast {what} address not allowed: {text}")
+        raise error(f"Wildcard or multicast {what} address not allowed: {text}")
     return addr
 
 
@@ -135,8 +151,10 @@ class SAConfig:
     iv_split: int | None = None
     duplex: bool = False  # this SA and its reversed() twin share SPI and keys (`sa add --duplex`)
 
-    def validated(self) -> SAConfig:
-        """This configuration with canonical names and addresses, or SAError saying what is wrong."""
+    def validated(self, *, restoring: bool = False) -> SAConfig:
+        """This configuration with canonical names and addresses, or SAError saying what is wrong.
+        `restoring`: a configuration the state store kept, checked as when it was added (an SA stored by
+        an older ipsecd is not refused for a check that came later: the lifetimes' order and maximum)."""
         if not SPI_MIN <= self.spi <= SPI_MAX:
             raise SAError(f"SPI {self.spi:#x} is reserved or out of range (valid: 0x100 to 0xffffffff)")
         dst = parse_address(self.dst, "destination")
@@ -156,12 +174,24 @@ class SAConfig:
         for name, limit in (("soft", self.soft), ("hard", self.hard)):
             if min(limit.bytes, limit.packets, limit.seconds) < 0:
                 raise SAError(f"{name} lifetimes must not be negative")
+        for kind in ("bytes", "packets", "seconds"):
+            problem = (
+                None if restoring else lifetime_problem(getattr(self.soft, kind), getattr(self.hard, kind))
+            )
+            if problem:
+                raise SAError(f"Bad --lifetime-{kind}: {problem}")
         cipher = digest = None
         digest_bits = self.digest_bits
         try:
             if self.cipher:
                 alg, icv = find_cipher(self.cipher)
                 cipher = alg.name
+                named = 0 if icv is None or icv == alg.icv_lens[0] or restoring else icv
+                if alg.aead and named and self.digest_bits is not None and self.digest_bits != named * 8:
+                    raise SAError(
+                        f"--cipher={self.cipher} already sets a {named * 8}-bit ICV; drop --digest-hmac "
+                        f"or use --cipher={alg.name} --digest-hmac={self.digest_bits}"
+                    )
                 if alg.aead and self.digest:
                     raise SAError(f"{alg.name} authenticates by itself (AEAD): drop --digest")
                 if not alg.aead and not self.digest and not alg.iv_len:
@@ -175,6 +205,10 @@ class SAConfig:
                     raise SAError(f"{alg.name} allows an ICV of {allowed} bits, not {digest_bits}")
             if self.digest:
                 digest = find_auth(self.digest).name
+            elif self.digest_bits is not None and not restoring and not (self.cipher and alg.aead):
+                raise SAError(
+                    "--digest-hmac needs --digest=NAME (or an AEAD cipher, where it sets the ICV length)"
+                )
         except AlgorithmError as exc:
             raise SAError(str(exc)) from None
         split = None
@@ -283,20 +317,11 @@ def build_transforms(config: SAConfig) -> tuple[Any, Any]:
     return cipher, auth
 
 
-Reserve = Callable[["SecurityAssociation", str, int], int]
-"""Persist that sequence numbers up to at least the given one may be used ('out') or have been accepted
-('in'); returns the new limit. Raises OSError when the store cannot be written."""
-
-ReserveVolume = Callable[["SecurityAssociation", int, int], tuple[int, int]]
-"""Persist that up to the given packet and byte counts may be reached; returns the new (packets, bytes)
-limits. Raises OSError when the store cannot be written."""
-
 Emit = Callable[[SAEvent], None]
 
 Admit = Callable[[bytes, int], Drop | None]
 """The checks a decrypted (inner packet, next header) must pass before the replay window moves (the
 tunnel's inner policy): None when it may, else the reason to drop it."""
-NO_LIMIT = 1 << 64  # a count no SA reaches
 
 
 class SecurityAssociation:
@@ -319,16 +344,16 @@ class SecurityAssociation:
         self.seq_limit = config.seq_max  # highest number the store allows to send
         self.in_limit = config.seq_max  # highest number the store allows to accept
         self.replay = replay or ReplayWindow(config.replay_window, esn=config.esn)
-        self.reserve: Reserve | None = None
-        # Counts a lifetime may reach before the store must record more (see ReserveVolume); a restart
-        # resumes from the recorded counts, so it never extends a lifetime.
-        self.reserve_volume: ReserveVolume | None = None
+        # Where reservations past seq_limit, in_limit and the count limits are committed (see
+        # core/seqstore.py); None: nothing may go past them.
+        self.store: SequenceStore | None = None
+        # Counts a lifetime may reach before the store must record more; a restart resumes from the
+        # recorded counts, so it never extends a lifetime.
         self.packets_limit = self.bytes_limit = NO_LIMIT
-        # A journal slot the daemon maps from a file: the highest accepted and the last sent number are
-        # written there with every packet (little-endian u64 at hot_off and hot_off + 8), so that a process
-        # crash loses neither. None: no journal.
-        self.hot: memoryview | None = None
-        self.hot_off = 0
+        # The journal (`Slot`): the last number sent and the highest accepted, written with every packet
+        # so that a process crash loses neither. None: no journal.
+        self._journal: Counters | None = None
+        self._sent_at = self._accepted_at = 0
         self.packets = 0
         self.bytes = 0
         self.drops: Counter[Drop] = Counter()
@@ -363,6 +388,14 @@ class SecurityAssociation:
     def __repr__(self) -> str:
         c = self.config
         return f"<SA spi={c.spi:#x} {c.src}->{c.dst} {c.cipher}/{c.digest}>"
+
+    def attach(self, store: SequenceStore | None, slot: Slot | None = None) -> None:
+        """Commit reservations to `store` and write the journal `slot` with every packet (None: no store,
+        no journal)."""
+        self.store = store
+        self._journal = None if slot is None else slot.counters
+        self._sent_at = 0 if slot is None else slot.sent
+        self._accepted_at = 0 if slot is None else slot.accepted
 
     # -- lifetimes -----------------------------------------------------------------------------------------
 
@@ -424,10 +457,10 @@ class SecurityAssociation:
         packets, nbytes = self.packets + 1, self.bytes + size
         if packets <= self.packets_limit and nbytes <= self.bytes_limit:
             return True
-        if self.reserve_volume is None:
+        if self.store is None:
             return False
         try:
-            self.packets_limit, self.bytes_limit = self.reserve_volume(self, packets, nbytes)
+            self.packets_limit, self.bytes_limit = self.store.reserve_volume(self, packets, nbytes)
         except OSError:
             return False
         return packets <= self.packets_limit and nbytes <= self.bytes_limit
@@ -456,8 +489,8 @@ class SecurityAssociation:
         if self._volume and not self._volume_reserved(len(inner)):
             return self._drop(Drop.STORE_FAILED)
         self.seq_out = seq
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off + 8, seq)
+        if self._journal is not None:
+            self._journal[self._sent_at] = seq
         aead_encrypt = self._aead_encrypt
         if aead_encrypt is None:
             packet = esp.seal(
@@ -499,8 +532,8 @@ class SecurityAssociation:
         if last > self.seq_limit and not self._reserved("out", last):
             return None
         self.seq_out = last  # before anything is sealed (and the journal, before anything is sent)
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off + 8, last)
+        if self._journal is not None:
+            self._journal[self._sent_at] = last
         out: list[bytes] = []
         for rows, inner_len in groups:
             out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
@@ -574,13 +607,13 @@ class SecurityAssociation:
         the sequence number in the header (RFC 4106 §3.1: the IV is the counter)."""
         return len(packet) >= 16 and packet[8] >> 7 == self._own and packet[12:16] == packet[4:8]
 
-    def _reserved(self, direction: str, seq: int) -> bool:
+    def _reserved(self, direction: Direction, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
-        the new limit is kept. False without a store answer (no hook, a refusal, a failed write)."""
-        if self.reserve is None:
+        the new limit is kept. False without a store answer (no store, a refusal, a failed write)."""
+        if self.store is None:
             return False
         try:
-            limit = self.reserve(self, direction, seq)
+            limit = self.store.reserve(self, direction, seq)
         except OSError:
             return False
         if direction == "out":
@@ -591,8 +624,8 @@ class SecurityAssociation:
 
     def _received(self, count: int, nbytes: int, now: float) -> None:
         """Count `count` packets of `nbytes` accepted, and journal the window's top."""
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off, self.replay.top)
+        if self._journal is not None:
+            self._journal[self._accepted_at] = self.replay.top
         self.packets += count
         self.bytes += nbytes
         self.used = now
@@ -633,8 +666,8 @@ class SecurityAssociation:
         if self._volume and not self._volume_reserved(len(result[0])):
             return self._drop(Drop.STORE_FAILED)
         self.replay.accept(seq)  # ... and the window moves only after it passed every check
-        if self.hot is not None:
-            _U64.pack_into(self.hot, self.hot_off, self.replay.top)
+        if self._journal is not None:
+            self._journal[self._accepted_at] = self.replay.top
         if self._volume:
             self._account(len(result[0]), now, emit)
         else:  # _account() inlined, as in encrypt()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
-from .sa import SAError, parse_address
+from .sa import ConfigError, parse_address
 
 __all__ = [
     "BASE_DEVICE",
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_AUTO",
     "Network",
     "Tunnel",
+    "TunnelError",
     "TunnelTable",
     "check_name",
     "parse_networks",
@@ -31,23 +32,27 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class TunnelError(ConfigError):
+    """A tunnel that cannot be added, changed or removed as asked (a bad name, address or network)."""
+
+
 def check_name(name: str) -> str:
-    """`name` if it can be a Linux interface name for a tunnel, else SAError."""
+    """`name` if it can be a Linux interface name for a tunnel, else TunnelError."""
     if not name or len(name) >= IFNAMSIZ:
-        raise SAError(f"Tunnel name must be 1 to {IFNAMSIZ - 1} characters: {name!r}")
+        raise TunnelError(f"Tunnel name must be 1 to {IFNAMSIZ - 1} characters: {name!r}")
     if not _NAME.match(name) or name in (".", ".."):
-        raise SAError(f"Tunnel name may hold only letters, digits, '_', '.' and '-': {name!r}")
+        raise TunnelError(f"Tunnel name may hold only letters, digits, '_', '.' and '-': {name!r}")
     return name
 
 
 def parse_networks(texts: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
-    """The `--peer-net` CIDRs, or SAError."""
+    """The `--peer-net` CIDRs, or TunnelError."""
     nets: list[Network] = []
     for text in texts:
         try:
             nets.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
-            raise SAError(f"Bad network in --peer-net: {text!r}") from None
+            raise TunnelError(f"Bad network in --peer-net: {text!r}") from None
     return tuple(nets)
 
 
@@ -64,18 +69,18 @@ class Tunnel:
     networks: tuple[Network, ...] = field(default=(), compare=False, repr=False)
 
     def validated(self) -> Tunnel:
-        """This tunnel with canonical addresses, or SAError."""
+        """This tunnel with canonical addresses, or TunnelError."""
         check_name(self.name)
         if self.name == BASE_DEVICE:
-            raise SAError(f"{BASE_DEVICE} is the base device and cannot be a tunnel", "EPERM")
-        local = parse_address(self.local, "local")
-        remote = parse_address(self.remote, "remote")
+            raise TunnelError(f"{BASE_DEVICE} is the base device and cannot be a tunnel", "EPERM")
+        local = parse_address(self.local, "local", TunnelError)
+        remote = parse_address(self.remote, "remote", TunnelError)
         if local.version != remote.version:
-            raise SAError("Local and remote must both be IPv4 or both IPv6")
+            raise TunnelError("Local and remote must both be IPv4 or both IPv6")
         if local == remote:
-            raise SAError("Local and remote must differ")
+            raise TunnelError("Local and remote must differ")
         if self.spi and not 256 <= self.spi <= 0xFFFFFFFF:
-            raise SAError(f"SPI {self.spi:#x} is reserved or out of range (valid: 0x100 to 0xffffffff)")
+            raise TunnelError(f"SPI {self.spi:#x} is reserved or out of range (valid: 0x100 to 0xffffffff)")
         if self.nextdev is not None:
             check_name(self.nextdev)
         nets = parse_networks(self.peer_nets)
@@ -145,12 +150,12 @@ class TunnelTable:
         for i in range(1, MAX_AUTO + 1):
             if f"ipsec{i}" not in self._by_name:
                 return f"ipsec{i}"
-        raise SAError("No free tunnel name (ipsec1 .. ipsec99 are taken)", "ENOSPC")
+        raise TunnelError("No free tunnel name (ipsec1 .. ipsec99 are taken)", "ENOSPC")
 
     def _check_pair(self, tunnel: Tunnel, ignore: str | None) -> None:
         for other in self._by_name.values():
             if other.name != ignore and (other.local, other.remote) == (tunnel.local, tunnel.remote):
-                raise SAError(
+                raise TunnelError(
                     f"Tunnel {other.name} already connects {tunnel.local} and {tunnel.remote}", "EEXIST"
                 )
 
@@ -158,7 +163,7 @@ class TunnelTable:
         """Add a validated copy of `tunnel`; one tunnel per name and per (local, remote) pair."""
         tunnel = tunnel.validated()
         if tunnel.name in self._by_name:
-            raise SAError(f"Tunnel {tunnel.name} already exists", "EEXIST")
+            raise TunnelError(f"Tunnel {tunnel.name} already exists", "EEXIST")
         self._check_pair(tunnel, None)
         self._by_name[tunnel.name] = tunnel
         self._reindex()
@@ -167,10 +172,10 @@ class TunnelTable:
     def change(self, name: str, **fields: object) -> Tunnel:
         """Change only the given fields of tunnel `name`."""
         if name == BASE_DEVICE:
-            raise SAError(f"{BASE_DEVICE} cannot be changed", "EPERM")
+            raise TunnelError(f"{BASE_DEVICE} cannot be changed", "EPERM")
         old = self._by_name.get(name)
         if old is None:
-            raise SAError(f"No such tunnel: {name}", "ENOENT")
+            raise TunnelError(f"No such tunnel: {name}", "ENOENT")
         new = replace(old, **fields).validated()  # type: ignore[arg-type]
         self._check_pair(new, name)
         self._by_name[name] = new
@@ -180,10 +185,10 @@ class TunnelTable:
     def remove(self, name: str) -> Tunnel:
         """Remove tunnel `name`."""
         if name == BASE_DEVICE:
-            raise SAError(f"{BASE_DEVICE} cannot be removed", "EPERM")
+            raise TunnelError(f"{BASE_DEVICE} cannot be removed", "EPERM")
         tunnel = self._by_name.pop(name, None)
         if tunnel is None:
-            raise SAError(f"No such tunnel: {name}", "ENOENT")
+            raise TunnelError(f"No such tunnel: {name}", "ENOENT")
         self._reindex()
         return tunnel
 

@@ -1,10 +1,11 @@
 """The kernel side of ipsecd: tunnel devices and outer sockets, and the loop moving packets between them
 through the engine. One event loop serves the data plane and the control socket, so no state is shared
-between threads.
+between threads. The devices and sockets are opened through the `Kernel` the data plane is given
+(`daemon.kernel`: Linux's, or in-memory fakes in the tests).
 
 Packets move in batches: what one readable event yields (up to BATCH reads) goes through the engine in
 one call, leaves as UDP GSO bursts, and arrives in the tunnel device as coalesced TCP super-packets.
-Every offload is asked of the kernel and dropped, for good, at its first refusal (`Offloads`)."""
+Every offload is asked of the kernel and dropped, for good, at its first refusal (`OffloadOptions`)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,10 @@ from ..core.drops import Drop
 from ..core.engine import Burst, Deliver, Engine, Reject
 from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
-from ..linux import link
-from ..linux.offload import (
-    DEFAULT_TXQUEUELEN,
-    OffloadUdp,
-    RawBatch,
-    TunQueue,
-    open_offload_tun,
-    set_txqueuelen,
-)
-from ..linux.qdisc import Qdisc
-from ..linux.sockets import EspDatagram, RawEsp
+from ..linux.link import DEFAULT_TXQUEUELEN
+from ..linux.raw import MMSG_BATCH
 from .clock import steady
+from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
 
 log = logging.getLogger(__name__)
@@ -44,11 +37,10 @@ log = logging.getLogger(__name__)
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 _TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
-SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
 
 
 @dataclass(frozen=True)
-class Offloads:
+class OffloadOptions:
     """Which kernel offloads the data plane asks for (each falls back by itself when refused)."""
 
     vnet: bool = True  # virtio-net headers on TUN queues: needed by everything below that touches TUN
@@ -60,57 +52,44 @@ class Offloads:
     mmsg: bool = True  # raw ESP (IPv4) is read and sent many packets per system call (recvmmsg/sendmmsg)
 
     @classmethod
-    def none(cls) -> Offloads:
+    def none(cls) -> OffloadOptions:
         """Everything one packet at a time, as before the fast path."""
         return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0, mmsg=False)
 
 
 class KernelDevices(Devices):
-    """Tunnel devices as real kernel TUN interfaces, registered with the event loop."""
+    """Tunnel devices as the kernel's TUN interfaces (opened through the loop's `Kernel`), each queue
+    registered with the event loop."""
 
     def __init__(self, loop: DataPlane) -> None:
         self.loop = loop
-        self.tun: dict[str, TunQueue] = {}
+        self.tun: dict[str, TunEdge] = {}
 
     def create(self, name: str) -> None:
         if name in self.tun:
             return
         opts = self.loop.offloads
-        dev = open_offload_tun(name, vnet=opts.vnet)
-        try:
-            link.no_ipv6_autoconf(name)
-            if opts.txqueuelen and not set_txqueuelen(name, opts.txqueuelen):
-                log.warning("cannot set the transmit queue length of %s", name)
-            self.loop.qdisc.apply(name)
-            queue = TunQueue(dev, tso=opts.tso, uso=opts.tso)
-        except BaseException:
-            dev.close()
-            raise
-        if opts.tso and not queue.tso:
-            log.info("%s: the kernel refused TSO on TUN; reading packets one by one", name)
+        queue = self.loop.kernel.open_tun(name, vnet=opts.vnet, tso=opts.tso, txqueuelen=opts.txqueuelen)
         self.tun[name] = queue
-        self.loop.watch(dev.fileno(), functools.partial(self.loop.on_tun, queue))
+        self.loop.watch(queue.fileno(), functools.partial(self.loop.on_tun, queue))
 
     def remove(self, name: str) -> None:
         queue = self.tun.pop(name, None)
         if queue is not None:
-            self.loop.unwatch(queue.fd)
-            queue.dev.close()
+            self.loop.unwatch(queue.fileno())
+            queue.close()
 
     def exists(self, name: str) -> bool:
-        return link.exists(name)
+        return self.loop.kernel.exists(name)
 
     def set_mtu(self, name: str, mtu: int) -> None:
-        link.set_mtu(name, mtu)
+        self.loop.kernel.set_mtu(name, mtu)
 
     def is_local(self, address: str) -> bool:
-        return link.is_local_address(address)
+        return self.loop.kernel.is_local(address)
 
     def path_mtu(self, remote: str, nextdev: str | None) -> int | None:
-        try:
-            return link.route_mtu(remote, oif=nextdev)
-        except OSError:
-            return None
+        return self.loop.kernel.path_mtu(remote, nextdev)
 
     def gone(self, name: str) -> None:
         """Device `name` was deleted behind our back: stop reading it."""
@@ -129,28 +108,25 @@ class DataPlane:
         self,
         engine: Engine,
         *,
+        kernel: Kernel | None = None,
         udp_port: int = NAT_T_PORT,
         clock: Callable[[], float] = steady,
-        offloads: Offloads | None = None,
+        offloads: OffloadOptions | None = None,
         spin: float = 0.0,
-        qdisc: Qdisc | None = None,
-        socket_buffer: int = SOCKET_BUFFER,
         batch_packets: int = BATCH_PACKETS,
     ) -> None:
         self.engine = engine
-        self.qdisc = qdisc or Qdisc()
-        self.socket_buffer = socket_buffer
+        self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.spin = spin
         self.clock = clock
-        self.offloads = offloads or Offloads()
+        self.offloads = offloads or OffloadOptions()
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self.devices = KernelDevices(self)
-        self.raw: dict[int, RawEsp] = {}
-        self.raw_batch: dict[int, RawBatch] = {}  # the raw sockets read and written in batches
-        self.udp: dict[int, OffloadUdp] = {}
-        self.icmp: dict[int, socket.socket] = {}
+        self.raw: dict[int, RawEdge] = {}
+        self.udp: dict[int, UdpEdge] = {}
+        self.icmp: dict[int, IcmpEdge] = {}
         self.udp_port = udp_port
         self.running = True
         self.failures = 0  # handler exceptions survived (bugs)
@@ -181,51 +157,45 @@ class DataPlane:
 
     def open_transports(self) -> None:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
+        kernel, opts = self.kernel, self.offloads
         for family in (4, 6):
             try:
-                raw = RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer)
+                raw = kernel.open_raw(family, mmsg=opts.mmsg)
             except OSError as exc:
                 if family == 4:
                     raise
                 log.warning("no IPv6 raw ESP socket: %s", exc.strerror)
                 continue
             self.raw[family] = raw
-            batch = RawBatch(raw) if self.offloads.mmsg else None
-            if batch is not None and batch.available:
-                self.raw_batch[family] = batch
-                self.watch(raw.fileno(), functools.partial(self.on_raw_batch, batch))
-            else:
-                self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
+            self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
-                opts = self.offloads
-                udp = OffloadUdp(family, self.udp_port, gso=opts.gso, gro=opts.gro, buffer=self.socket_buffer)
+                udp = kernel.open_udp(family, self.udp_port, gso=opts.gso, gro=opts.gro)
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
                 self.udp[family] = udp
                 self.watch(udp.fileno(), functools.partial(self.on_udp, udp))
-        v4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        v4.setblocking(False)
-        self.icmp[4] = v4
+        self.icmp[4] = kernel.open_icmp(4)
         try:
-            v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-            v6.setblocking(False)
-            self.icmp[6] = v6
+            self.icmp[6] = kernel.open_icmp(6)
         except OSError:
             pass
 
     def close(self) -> None:
         """Close every socket and remove every device."""
         self.devices.close_all()
-        for t in (*self.raw.values(), *self.udp.values()):
-            t.close()
-        for s in self.icmp.values():
-            s.close()
+        edges: list[RawEdge | UdpEdge | IcmpEdge] = [
+            *self.raw.values(),
+            *self.udp.values(),
+            *self.icmp.values(),
+        ]
+        for edge in edges:
+            edge.close()
         self._epoll.close()
 
     # -- packet handlers -----------------------------------------------------------------------------------
 
-    def on_tun(self, queue: TunQueue) -> None:
+    def on_tun(self, queue: TunEdge) -> None:
         """Encrypt and send what the kernel routed into a tunnel device."""
         now = self.clock()
         name = queue.name
@@ -261,8 +231,7 @@ class DataPlane:
                         segments = gso.split(packet, offload)
                     except gso.OffloadError as exc:
                         log.debug("%s: %s", name, exc)
-                        engine.tx_drops[Drop.NOT_IP] += 1
-                        engine.stats_for(name).tx_drops[Drop.NOT_IP] += 1
+                        engine.unsendable(name, 1, Drop.NOT_IP)
                     else:
                         packets += segments
                         gathered += len(segments)
@@ -280,29 +249,18 @@ class DataPlane:
         """Send ESP datagrams to the remote peer."""
         family = 4 if len(burst.dst) == 4 else 6
         if burst.encap is None:
-            batch = self.raw_batch.get(family)
-            if batch is not None:
-                try:
-                    failed = batch.send(
-                        burst.dst, burst.payloads, tos=burst.tos, ttl=burst.ttl, df=burst.df, src=burst.src,
-                        oif=burst.nextdev,
-                    )  # fmt: skip
-                except OSError as error:
-                    failed = [(len(burst.payloads), error)]
-                for count, why in failed:
-                    self._send_failed(burst, count, why)
-                return
             raw = self.raw.get(family)
             if raw is None:
                 return
-            for payload in burst.payloads:
-                try:
-                    raw.send(
-                        burst.dst, payload, tos=burst.tos, ttl=burst.ttl, df=burst.df, src=burst.src,
-                        oif=burst.nextdev,
-                    )  # fmt: skip
-                except OSError as exc:
-                    self._send_failed(burst, 1, exc)
+            try:
+                failed = raw.send_burst(
+                    burst.dst, burst.payloads, tos=burst.tos, ttl=burst.ttl, df=burst.df, src=burst.src,
+                    oif=burst.nextdev,
+                )  # fmt: skip
+            except OSError as error:
+                failed = [(len(burst.payloads), error)]
+            for count, why in failed:
+                self._send_failed(burst, count, why)
             return
         udp = self.udp.get(family)
         if udp is None:
@@ -368,7 +326,7 @@ class DataPlane:
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
 
-    def _refused(self, queue: TunQueue, packet: bytes, offload: gso.Offload) -> None:
+    def _refused(self, queue: TunEdge, packet: bytes, offload: gso.Offload) -> None:
         """The kernel refused a super-packet: write its segments, and coalesce no more."""
         log.warning("%s refused a coalesced TCP packet: writing packets one by one from now on", queue.name)
         self.offloads = dataclasses.replace(self.offloads, coalesce=False)
@@ -380,11 +338,11 @@ class DataPlane:
 
     def reject(self, r: Reject) -> None:
         """Send an ICMP error to an outer sender."""
+        sender = self.icmp.get(r.packet[0] >> 4)
+        if sender is None:
+            return
         try:
-            if r.packet[0] >> 4 == 4:
-                self.icmp[4].sendto(r.packet, (socket.inet_ntop(socket.AF_INET, r.packet[16:20]), 0))
-            elif 6 in self.icmp:
-                self.icmp[6].sendto(r.packet[40:], (socket.inet_ntop(socket.AF_INET6, r.packet[24:40]), 0))
+            sender.send(r.packet)
         except OSError as exc:
             log.debug("ICMP send failed: %s", exc)
 
@@ -416,22 +374,10 @@ class DataPlane:
         if pending:
             self.deliver(pending)
 
-    @staticmethod
-    def _one_by_one(raw: RawEsp) -> Iterator[EspDatagram]:
-        for _ in range(BATCH):
+    def _raw_datagrams(self, raw: RawEdge) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+        for _ in range(max(1, self.batch_packets // MMSG_BATCH)):
             try:
-                dgram = raw.recv()
-            except OSError as exc:
-                log.debug("raw receive failed: %s", exc)
-                return
-            if dgram is None:
-                return
-            yield dgram
-
-    def _many_at_once(self, batch: RawBatch) -> Iterator[tuple[bytes, bytes, int, bytes]]:
-        for _ in range(max(1, self.batch_packets // batch.batch)):
-            try:
-                got = batch.recv()
+                got = raw.recv_batch()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
                 return
@@ -439,15 +385,11 @@ class DataPlane:
                 return
             yield from got
 
-    def on_raw(self, raw: RawEsp) -> None:
-        """Decrypt ESP packets from the raw socket."""
-        self._receive_runs(self._one_by_one(raw), self.clock())
+    def on_raw(self, raw: RawEdge) -> None:
+        """Decrypt ESP packets from the raw socket (many per system call where it can)."""
+        self._receive_runs(self._raw_datagrams(raw), self.clock())
 
-    def on_raw_batch(self, batch: RawBatch) -> None:
-        """`on_raw`, reading many packets per system call."""
-        self._receive_runs(self._many_at_once(batch), self.clock())
-
-    def on_udp(self, udp: OffloadUdp) -> None:
+    def on_udp(self, udp: UdpEdge) -> None:
         """Decrypt ESP-in-UDP datagrams."""
         now = self.clock()
         pending: dict[str, list[bytes]] = {}
@@ -477,7 +419,7 @@ class DataPlane:
         """Once a second: time-based lifetimes, the base device's state, events to the log."""
         self.engine.tick(self.clock())
         try:
-            self.engine.tunnels.base_up = link.is_up(BASE_DEVICE)
+            self.engine.tunnels.base_up = self.kernel.is_up(BASE_DEVICE)
         except OSError:
             self.engine.tunnels.base_up = False
         for event in self.engine.take_events():
@@ -516,12 +458,34 @@ class DataPlane:
                     exc.strerror,
                 )
 
+    def poll(self, timeout: float = 0.0) -> int:
+        """Wait up to `timeout` seconds for ready sources and serve each once; how many were ready (one
+        turn of `run`, without its timers: for tests that drive the loop themselves)."""
+        events = self._epoll.poll(timeout)
+        self._dispatch(events)
+        return len(events)
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        """Call the handler of each ready source; one that raises is counted and logged, not fatal."""
+        handlers = self._handlers
+        for fd, _mask in events:
+            handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
+            if handler is None:
+                continue
+            try:
+                handler()
+            except Exception:  # a bug must not take every tunnel down: what it was handling is lost
+                self.failures += 1
+                if time.monotonic() - self._failure_logged >= 1.0:
+                    self._failure_logged = time.monotonic()
+                    log.exception("data plane handler failed (%d so far)", self.failures)
+
     def run(self, every: Callable[[], None] | None = None) -> None:
         """Serve until `running` turns false. After each event the loop keeps polling, without sleeping
         but yielding the CPU, for `spin` seconds: what follows within that time is taken without a
         wake-up."""
         last = spin_until = 0.0
-        poll, handlers = self._epoll.poll, self._handlers
+        poll, dispatch = self._epoll.poll, self._dispatch
         while self.running:
             spinning = time.monotonic() < spin_until
             timeout = 0.0 if spinning else 0.5
@@ -532,17 +496,7 @@ class DataPlane:
             events = poll(timeout)
             if spinning and not events:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
-            for fd, _mask in events:
-                handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
-                if handler is None:
-                    continue
-                try:
-                    handler()
-                except Exception:  # a bug must not take every tunnel down: what it was handling is lost
-                    self.failures += 1
-                    if time.monotonic() - self._failure_logged >= 1.0:
-                        self._failure_logged = time.monotonic()
-                        log.exception("data plane handler failed (%d so far)", self.failures)
+            dispatch(events)
             mono = time.monotonic()
             if events:
                 spin_until = mono + self.spin

@@ -83,7 +83,7 @@ class PersistentDevices(KernelDevices):
             raise
         queue = self.tun[name]
         try:
-            queue.dev.set_persist(True)
+            queue.set_persist(True)
             index = link.ifindex(name)
             netlink.set_alias(index, MARK)
             self.index[index] = name
@@ -97,7 +97,7 @@ class PersistentDevices(KernelDevices):
         queue = self.tun.get(name)
         if queue is not None:
             try:
-                queue.dev.set_persist(False)
+                queue.set_persist(False)
             except OSError:  # deleted already
                 pass
         self._forget(name)
@@ -172,7 +172,7 @@ class PersistentDevices(KernelDevices):
         queue = self.tun.pop(old, None)
         if queue is None:
             return
-        queue.dev.renamed(new)
+        queue.renamed(new)
         self.tun[new] = queue
         for index, known in list(self.index.items()):
             if known == old:

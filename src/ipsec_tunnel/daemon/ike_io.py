@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.engine import NON_ESP_MARKER
-from ..linux.sockets import UdpEncap
 from .dataplane import DataPlane
 from .ike_runner import IKE_PORT, PER_TURN, IkeRunner
 from .ike_store import IkeStore
+from .kernel import UdpEdge
 from .state import Store
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class IkeIo:
         self.plane = plane
         self.runner = runner
         self.port = port
-        self.sockets: dict[int, UdpEncap] = {}
+        self.sockets: dict[int, UdpEdge] = {}
         runner.send = self.send
 
     def open(self) -> None:
@@ -43,7 +43,7 @@ class IkeIo:
         let the loop drive the timers."""
         for family in (4, 6):
             try:
-                sock = UdpEncap(family, self.port, rcvbuf=BUFFER, sndbuf=BUFFER)
+                sock = self.plane.kernel.open_udp(family, self.port, buffer=BUFFER)
             except OSError as exc:
                 if family == 4:
                     raise OSError(exc.errno, f"cannot open IKE port {self.port}: {exc.strerror}") from None
@@ -63,17 +63,19 @@ class IkeIo:
             sock.close()
         self.sockets.clear()
 
-    def on_ike(self, sock: UdpEncap) -> None:
+    def on_ike(self, sock: UdpEdge) -> None:
         """Queue what arrived on port 500 (a few per turn; the rest waits in the socket)."""
         for _ in range(PER_TURN):
             try:
-                d = sock.recv()
+                got = sock.recv_batch()
             except OSError as exc:
                 log.debug("IKE receive failed: %s", exc)
                 return
-            if d is None:
+            if got is None:
                 return
-            self.runner.datagram(d.payload, (_text(d.dst), self.port), (_text(d.src), d.sport))
+            d, payloads = got
+            for payload in payloads:
+                self.runner.datagram(payload, (_text(d.dst), self.port), (_text(d.src), d.sport))
 
     def on_non_esp(self, src: bytes, dst: bytes, sport: int | None, message: bytes) -> None:
         """An IKE message from the encapsulation port (the engine stripped the marker)."""
@@ -86,13 +88,13 @@ class IkeIo:
         natt = local[1] != self.port  # sent from the encapsulation port (RFC 7296 §2.23)
         sock = self.plane.udp.get(family) if natt else self.sockets.get(family)
         if sock is None:
-            self.runner.drops["no_socket"] += 1
+            self.runner.unsent("no_socket")
             return
         payload = NON_ESP_MARKER + data if natt else data
         try:
             sock.send(remote[0], remote[1], payload, src=local[0])
         except OSError as exc:
-            self.runner.drops["send_failed"] += 1
+            self.runner.unsent("send_failed")
             log.debug("IKE send to %s:%d failed: %s", remote[0], remote[1], exc.strerror or exc)
 
     def handler(self, fallback: Callable[[str, dict[str, Any]], Any]) -> Callable[[str, dict[str, Any]], Any]:

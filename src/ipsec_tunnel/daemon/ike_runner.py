@@ -19,8 +19,8 @@ from typing import Any
 
 from ..control.protocol import ProtocolError, arg
 from ..core.drops import Drop
-from ..core.sa import KEEPALIVE, SAError
-from ..core.tunnel import check_name
+from ..core.sa import KEEPALIVE, ConfigError
+from ..core.tunnel import TunnelError, check_name
 from ..linux import routes as kernel_routes
 from .ike_store import IkeStore
 
@@ -134,6 +134,10 @@ class IkeRunner:
             self.drops["queue_full"] += 1
             return
         self.inbox.append((data, local, remote))
+
+    def unsent(self, reason: str) -> None:
+        """An IKE message `send` could not hand to the kernel: counted as dropped for `reason`."""
+        self.drops[reason] += 1
 
     def tick(self, now: float) -> float | None:
         """Handle queued datagrams (up to PER_TURN, within TURN_BUDGET) and any due timer; the next
@@ -420,7 +424,7 @@ class IkeRunner:
             handler = getattr(self, "op_" + op.replace(".", "_"))
             try:
                 return handler(args)
-            except SAError as exc:
+            except ConfigError as exc:
                 raise ProtocolError(exc.errno, str(exc)) from None
         result = fallback(op, args)
         if op == "sa.show" and isinstance(result, list):
@@ -612,7 +616,7 @@ def peer_record(args: dict[str, Any]) -> dict[str, Any]:
     if tunnel:
         try:
             check_name(tunnel)
-        except SAError as exc:
+        except TunnelError as exc:
             raise ProtocolError("EINVAL", str(exc)) from None
     local = _address(arg(args, "local", str, required=True), "local")
     remote = _address(arg(args, "remote", str, required=True), "remote", any_ok=True)

@@ -15,17 +15,22 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 from pathlib import Path
 
+from ..core.seqstore import Slot
 from .paths import open_private
 
-MAGIC = b"IPSTJNL2"  # 2: the database id in the header, counters written before the key
+# 2: the database id in the header, counters written before the key. The counters are in the host's byte
+# order (the SAs write them as memoryview items; the journal is only read by the boot that wrote it); the
+# magic names the order, so a journal of the other order is never read.
+MAGIC = b"IPSTJNL2" if sys.byteorder == "little" else b"IPSTJNB2"
 HEADER = struct.Struct("<8s16sI16s")  # magic, boot id, slot count, database id
 HEADER_SIZE = 64
-SLOT_SIZE = 64  # key: dst(16) src(16) spi(4) used(1), pad; in_top u64 at 40; out_seq u64 at 48
+SLOT_SIZE = 64  # key: dst(16) src(16) spi(4) used(1), pad; in_top u64 at 40; out_seq u64 at 48 (aligned)
 KEY = struct.Struct("<16s16sIB")
 IN_OFF = 40
-U64 = struct.Struct("<Q")
+U64 = struct.Struct("=Q")
 SLOTS = 1 << 17  # room for this many SAs; the file is sparse, so unused slots cost no disk
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -63,6 +68,7 @@ class Journal:
         os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
         self.view = memoryview(self.map)
+        self.words = self.view.cast("Q")  # the counters, as the SAs write them
         self.free = list(range(self.count - 1, -1, -1))
         HEADER.pack_into(self.map, 0, MAGIC, self.boot, self.count, self.db_id)
 
@@ -84,8 +90,8 @@ class Journal:
             old = self.previous.get(key, (0, 0))
             self.previous[key] = (max(old[0], top), max(old[1], out))
 
-    def attach(self, key: Key, in_top: int, out_seq: int) -> tuple[memoryview, int]:
-        """A slot for SA `key` starting at (in_top, out_seq); returns (view, offset) for the SA to write."""
+    def attach(self, key: Key, in_top: int, out_seq: int) -> Slot:
+        """A slot for SA `key` starting at (in_top, out_seq), as the SA's journal (`core.seqstore.Slot`)."""
         if key in self.slots:
             off = self.slots[key]
         else:
@@ -99,7 +105,7 @@ class Journal:
         packed = _pack_key(key)
         self.map[off : off + KEY.size - 1] = packed[:-1]  # ... then the key ...
         self.map[off + KEY.size - 1] = packed[-1]  # ... and only then the byte that marks the slot used
-        return self.view, off + IN_OFF
+        return Slot(self.words, sent=(off + IN_OFF) // U64.size + 1, accepted=(off + IN_OFF) // U64.size)
 
     def detach(self, key: Key) -> None:
         """Free SA `key`'s slot."""
@@ -110,6 +116,7 @@ class Journal:
 
     def close(self) -> None:
         """Unmap and close (the slots keep their last values on disk)."""
+        self.words.release()
         self.view.release()
         self.map.close()
         os.close(self.fd)

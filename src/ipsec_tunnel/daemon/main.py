@@ -21,10 +21,11 @@ from ..control.protocol import DEFAULT_SOCKET
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
-from .dataplane import BATCH_PACKETS, NAT_T_PORT, SOCKET_BUFFER, DataPlane, Offloads
+from .dataplane import BATCH_PACKETS, NAT_T_PORT, DataPlane, OffloadOptions
 from .devices import PersistentDevices
 from .ike_io import start_ike
 from .ike_runner import IKE_PORT
+from .kernel import SOCKET_BUFFER, LinuxKernel
 from .lifecycle import Starter, daemonize, log_handler, notify
 from .lifecycle import stop as stop_daemon
 from .manager import Manager
@@ -89,9 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     off.add_argument(
         "--tso",
         action=argparse.BooleanOptionalAction,
-        default=Offloads.tso,
+        default=OffloadOptions.tso,
         help="let tunnel devices hand over TCP/UDP super-packets (TSO/USO) and split them here "
-        f"(default {'on' if Offloads.tso else 'off'}; off: the kernel segments them)",
+        f"(default {'on' if OffloadOptions.tso else 'off'}; off: the kernel segments them)",
     )
     off.add_argument(
         "--no-gso", action="store_true", help="send ESP-in-UDP one datagram at a time, no UDP GSO"
@@ -105,8 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     off.add_argument(
         "--txqueuelen",
         type=int,
-        default=Offloads.txqueuelen,
-        help=f"transmit queue length of the tunnel devices (default {Offloads.txqueuelen}; 0: the kernel's)",
+        default=OffloadOptions.txqueuelen,
+        help="transmit queue length of the tunnel devices "
+        f"(default {OffloadOptions.txqueuelen}; 0: the kernel's)",
     )
     queues = p.add_argument_group("queues", "where packets wait under load (see ipsecd(8), Queues)")
     queues.add_argument(
@@ -254,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         pidfile.release()
 
 
-def offloads(args: argparse.Namespace) -> Offloads:
+def offloads(args: argparse.Namespace) -> OffloadOptions:
     """The offloads the command line asks for."""
     if args.no_offload:
-        return Offloads.none()
-    return Offloads(
+        return OffloadOptions.none()
+    return OffloadOptions(
         tso=args.tso,
         coalesce=not args.no_coalesce,
         gso=not args.no_gso,
@@ -271,11 +273,10 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     engine = Engine()
     plane = DataPlane(
         engine,
+        kernel=LinuxKernel(qdisc=Qdisc(args.qdisc), socket_buffer=args.socket_buffer),
         udp_port=args.udp_port,
         offloads=offloads(args),
         spin=max(0, args.spin_us) / 1e6,
-        qdisc=Qdisc(args.qdisc),
-        socket_buffer=args.socket_buffer,
         batch_packets=args.batch,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)

@@ -16,8 +16,17 @@ from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine, TunnelStats, inner_mtu
 from ..core.ip import IPV6_MIN_MTU
-from ..core.sa import KEEPALIVE, Limits, SAConfig, SAError, SecurityAssociation, UdpEncap, parse_address
-from ..core.tunnel import BASE_DEVICE, Tunnel
+from ..core.sa import (
+    KEEPALIVE,
+    ConfigError,
+    Limits,
+    SAConfig,
+    SAError,
+    SecurityAssociation,
+    UdpEncap,
+    parse_address,
+)
+from ..core.tunnel import BASE_DEVICE, Tunnel, TunnelError
 from .clock import steady
 from .state import Store
 
@@ -101,6 +110,9 @@ def _rekey(table: dict[str, Any], old: str, new: str) -> None:
         table[new] = table.pop(old)
 
 
+BATCH_OPS = ("sa.add", "tunnel.add")  # what a batch may hold: adds, each undone by its delete
+
+
 class Manager:
     """Carries out control requests; every change is stored before it takes effect."""
 
@@ -119,10 +131,45 @@ class Manager:
         handler = getattr(self, "op_" + op.replace(".", "_"))
         try:
             return handler(args)
-        except SAError as exc:
+        except ConfigError as exc:  # SAError, TunnelError
             raise ProtocolError(exc.errno, str(exc)) from None
         except OSError as exc:
             raise ProtocolError("EIO", f"{exc.strerror or exc}") from None
+
+    # -- batches -------------------------------------------------------------------------------------
+
+    def op_batch(self, args: dict[str, Any]) -> Any:
+        """Carry out `requests` ({"op": "sa.add" or "tunnel.add", "args": {...}} each) all or none: the
+        results in order, or, when one is refused, the ones before it undone and a ProtocolError whose
+        message starts with "request N: " (1-based)."""
+        reqs = arg(args, "requests", list, required=True)
+        if not all(
+            isinstance(r, dict) and r.get("op") in BATCH_OPS and isinstance(r.get("args"), dict) for r in reqs
+        ):
+            raise ProtocolError("EINVAL", f"batch takes a list of {' and '.join(BATCH_OPS)} requests")
+        done: list[tuple[str, Any]] = []
+        for number, req in enumerate(reqs, 1):
+            try:
+                done.append((req["op"], self.handle(req["op"], req["args"])))
+            except ProtocolError as exc:
+                self._undo(done)
+                raise ProtocolError(exc.errno, f"request {number}: {exc.message}") from None
+            except BaseException:
+                self._undo(done)
+                raise
+        return [result for _op, result in done]
+
+    def _undo(self, done: list[tuple[str, Any]]) -> None:
+        """Remove what the requests of a refused batch added, newest first."""
+        for op, result in reversed(done):
+            try:
+                if op == "sa.add":
+                    for sa in result["added"]:
+                        self.op_sa_del({"dst": sa["dst"], "src": sa["src"], "spi": sa["spi"]})
+                else:
+                    self.op_tunnel_del({"name": result["name"]})
+            except (ProtocolError, ConfigError, OSError) as exc:
+                log.error("batch rollback: could not undo %s (%s)", op, exc)
 
     # -- restore -------------------------------------------------------------------------------------
 
@@ -318,7 +365,7 @@ class Manager:
         tunnel = Tunnel(name=name, **fields).validated()
         self._check_local(tunnel.local)
         if self.engine.tunnels.get(name) is None and self.devices.exists(name):
-            raise SAError(f"A network device named {name} already exists", "EEXIST")
+            raise TunnelError(f"A network device named {name} already exists", "EEXIST")
         self._check_nextdev(tunnel.nextdev)
         tunnel = self.engine.tunnels.add(tunnel)
         try:
@@ -340,13 +387,13 @@ class Manager:
     def _check_nextdev(self, nextdev: str | None) -> None:
         """Refuse a --nextdev that names no network device here."""
         if nextdev and not self.devices.exists(nextdev):
-            raise SAError(f"No such device for --nextdev: {nextdev}", "ENODEV")
+            raise TunnelError(f"No such device for --nextdev: {nextdev}", "ENODEV")
 
     def op_tunnel_change(self, args: dict[str, Any]) -> Any:
         name = arg(args, "name", str, required=True)
         fields = self._tunnel_fields(args)
         if fields.get("local"):
-            self._check_local(str(parse_address(fields["local"], "local")))
+            self._check_local(str(parse_address(fields["local"], "local", TunnelError)))
         self._check_nextdev(fields.get("nextdev"))
         tunnel = self.engine.tunnels.change(name, **fields)
         self.store.save_tunnel(tunnel)
@@ -357,7 +404,7 @@ class Manager:
         """Refuse a tunnel whose --local is not an address of this host: it would send with the SA meant
         for receiving from its peer (issue 11 item 5)."""
         if not self.devices.is_local(local):
-            raise SAError(
+            raise TunnelError(
                 f"--local {local} is not an address of this host (did you copy the peer's line? "
                 "swap --local and --remote)"
             )
@@ -402,7 +449,7 @@ class Manager:
         self.engine.tunnels.remove(old)
         try:
             renamed = self.engine.tunnels.add(dataclasses.replace(tunnel, name=new))
-        except SAError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
+        except TunnelError as exc:  # a name the kernel takes but `tunnel add` would not: as `tunnel del`
             log.warning("tunnel %s removed with its device: %s", old, exc)
             self.store.remove_tunnel(old)
             self.devices.remove(new)

@@ -39,8 +39,9 @@ from typing import Any
 
 from ..core.events import SAEvent
 from ..core.replay import ReplayWindow
-from ..core.sa import NO_LIMIT as SA_NO_LIMIT
 from ..core.sa import SAConfig, SecurityAssociation
+from ..core.seqstore import NO_LIMIT as SA_NO_LIMIT
+from ..core.seqstore import Direction
 from ..core.tunnel import Tunnel
 from .journal import Journal
 from .paths import UntrustedPath, check_directory, open_private
@@ -127,7 +128,8 @@ def key_material(config: SAConfig) -> bytes:
 
 
 class Store:
-    """The state database of one ipsecd."""
+    """The state database of one ipsecd, and the `core.seqstore.SequenceStore` of every SA it holds (with
+    the journal's slots)."""
 
     def __init__(self, directory: str | Path = DEFAULT_DIR, wall: Callable[[], float] = time.time) -> None:
         self.dir = Path(directory)
@@ -344,9 +346,7 @@ class Store:
         os.close(self._lock)
 
     def _attach(self, sa: SecurityAssociation) -> None:
-        sa.hot, sa.hot_off = self.journal.attach(sa.key, sa.replay.top, sa.seq_out)
-        sa.reserve = self.reserve
-        sa.reserve_volume = self.reserve_volume
+        sa.attach(self, self.journal.attach(sa.key, sa.replay.top, sa.seq_out))
 
     def _failed(self, exc: Exception) -> OSError:
         """The OSError for a failed write, logged (at most once every STORE_ERROR_EVERY seconds)."""
@@ -461,6 +461,7 @@ class Store:
         except OSError:
             for sa in attached:
                 self.journal.detach(sa.key)
+                sa.attach(None)
             self._transaction([(_DELETE_SA, (s.config.dst, s.config.src, s.config.spi)) for s in sas])
             raise
 
@@ -475,9 +476,10 @@ class Store:
         )
         self._in.pop(sa.key, None)
         self.journal.detach(sa.key)
+        sa.attach(None)  # the freed slot may go to another SA
 
-    def reserve(self, sa: SecurityAssociation, direction: str, needed: int) -> int:
-        """Commit a reservation covering `needed` and return its limit (the SA's `reserve` hook)."""
+    def reserve(self, sa: SecurityAssociation, direction: Direction, needed: int) -> int:
+        """Commit a reservation covering `needed` and return its limit (`SequenceStore.reserve`)."""
         c = sa.config
         if direction == "out":
             limit = min(max(needed, sa.seq_out) + OUT_BLOCK, c.seq_max)
@@ -508,8 +510,8 @@ class Store:
         return limit
 
     def reserve_volume(self, sa: SecurityAssociation, packets: int, nbytes: int) -> tuple[int, int]:
-        """Commit lifetime counts covering `packets` and `nbytes`; return the new limits (the SA's
-        `reserve_volume` hook)."""
+        """Commit lifetime counts covering `packets` and `nbytes`; return the new limits
+        (`SequenceStore.reserve_volume`)."""
         limits = self._volume_limits(sa, packets, nbytes)
         c = sa.config
         self._write(
@@ -551,7 +553,7 @@ class Store:
         wall = self.wall()
         for config_json, created, seq_out, seq_in, bitmap, clean, packets, nbytes, dead, soft, added in rows:
             try:
-                config = SAConfig.from_record(json.loads(config_json)).validated()
+                config = SAConfig.from_record(json.loads(config_json)).validated(restoring=True)
                 # converted inside the try: a garbled number is a StateError too
                 seq_out, seq_in, bits = int(seq_out), int(seq_in), int(bitmap or "0", 16)
                 packets, nbytes = int(packets), int(nbytes)

@@ -22,7 +22,6 @@ SO_RCVBUFFORCE = 33
 # linux/in.h
 IP_TOS = 1
 IP_TTL = 2
-IP_HDRINCL = 3
 IP_PKTINFO = 8
 IP_MTU_DISCOVER = 10
 IP_RECVERR = 11
@@ -50,8 +49,6 @@ IPV6_TCLASS = 67
 
 MSG_ERRQUEUE = 0x2000  # linux/socket.h
 MSG_TRUNC = 0x20
-
-IPPROTO_ESP = 50  # IANA protocol number, RFC 4303
 
 # linux/errqueue.h: struct sock_extended_err and its origins
 SO_EE_ORIGIN_NONE = 0

@@ -1,7 +1,8 @@
 """Network interface state and route queries, read from and written to the kernel.
 
-Owns the classic interface ioctls (MTU, flags, index), two read-only routing questions (which MTU and
-which source address the kernel would use towards a destination) and whether an address is local.
+Owns the classic interface ioctls (MTU, flags, index, transmit queue length), two read-only routing
+questions (which MTU and which source address the kernel would use towards a destination) and whether
+an address is local.
 Nothing here sends a packet. All calls act in the network namespace of the calling thread.
 """
 
@@ -16,6 +17,7 @@ import struct
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
 
 __all__ = [
+    "DEFAULT_TXQUEUELEN",
     "IFF_RUNNING",
     "IFF_UP",
     "exists",
@@ -27,6 +29,7 @@ __all__ = [
     "route_mtu",
     "route_source",
     "set_mtu",
+    "set_txqueuelen",
     "set_up",
 ]
 
@@ -37,6 +40,8 @@ SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 SIOCGIFINDEX = 0x8933
+SIOCSIFTXQLEN = 0x8943
+DEFAULT_TXQUEUELEN = 5000  # ipsecd's tunnel devices: room for a burst of TSO segments (kernel: 500)
 
 # linux/if.h, enum net_device_flags
 IFF_UP = 0x1
@@ -95,6 +100,15 @@ def get_mtu(name: str) -> int:
 def set_mtu(name: str, mtu: int) -> None:
     """Set the MTU of ``name`` (SIOCSIFMTU); OSError(EINVAL) outside the device's limits."""
     _ioctl(SIOCSIFMTU, _IFREQ_INT.pack(_name(name), mtu))
+
+
+def set_txqueuelen(name: str, length: int = DEFAULT_TXQUEUELEN) -> bool:
+    """Set device `name`'s transmit queue length (SIOCSIFTXQLEN); False if the kernel refused."""
+    try:
+        _ioctl(SIOCSIFTXQLEN, _IFREQ_INT.pack(_name(name), length))
+    except OSError:
+        return False
+    return True
 
 
 def get_flags(name: str) -> int:

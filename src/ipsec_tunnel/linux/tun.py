@@ -1,8 +1,10 @@
 """Kernel TUN devices: the inner side of every tunnel.
 
-Owns opening ``/dev/net/tun``, naming the device, its queues, its offload settings and whether it
-persists: a device opened here disappears when its last queue is closed, unless ``set_persist`` kept it
-(then it stays, with its addresses and routes, until ``set_persist(False)`` or ``ip link del``).
+Owns opening ``/dev/net/tun``, naming the device, its queues (`TunQueue`), its offloads (TSO/USO
+super-packets in, coalesced TCP out, each described by the virtio-net header before the packet,
+`core.gso.Offload`, packed and unpacked here only) and whether it persists: a device opened here
+disappears when its last queue is closed, unless ``set_persist`` kept it (then it stays, with its
+addresses and routes, until ``set_persist(False)`` or ``ip link del``).
 Everything else about the device (addresses, routes, MTU, up/down) is done on it as on any other netdev,
 by ``link`` or by ``ip``/``ifconfig``/``route``.
 """
@@ -16,7 +18,7 @@ import struct
 from types import TracebackType
 from typing import Self
 
-from ipsec_tunnel.core import gso
+from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, Offload
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
 
 __all__ = [
@@ -31,15 +33,9 @@ __all__ = [
     "TUN_F_TSO_ECN",
     "TUN_F_USO4",
     "TUN_F_USO6",
-    "VIRTIO_NET_HDR_F_DATA_VALID",
-    "VIRTIO_NET_HDR_F_NEEDS_CSUM",
-    "VIRTIO_NET_HDR_GSO_NONE",
-    "VIRTIO_NET_HDR_GSO_TCPV4",
-    "VIRTIO_NET_HDR_GSO_TCPV6",
-    "VIRTIO_NET_HDR_GSO_UDP_L4",
-    "VIRTIO_NET_HDR_LEN",
     "TunDevice",
-    "VnetHeader",
+    "TunQueue",
+    "open_offload_tun",
     "open_tun",
     "tun_features",
 ]
@@ -73,35 +69,8 @@ TUN_F_UFO = 0x10
 TUN_F_USO4 = 0x20  # Linux 6.2
 TUN_F_USO6 = 0x40  # Linux 6.2
 
-# struct virtio_net_hdr, linux/virtio_net.h (legacy layout, native byte order on a TUN device)
-VIRTIO_NET_HDR_LEN = gso.VNET_HDR_LEN
-VIRTIO_NET_HDR_F_NEEDS_CSUM = gso.F_NEEDS_CSUM
-VIRTIO_NET_HDR_F_DATA_VALID = gso.F_DATA_VALID
-VIRTIO_NET_HDR_GSO_NONE = gso.GSO_NONE
-VIRTIO_NET_HDR_GSO_TCPV4 = gso.GSO_TCPV4
-VIRTIO_NET_HDR_GSO_UDP = gso.GSO_UDP
-VIRTIO_NET_HDR_GSO_TCPV6 = gso.GSO_TCPV6
-VIRTIO_NET_HDR_GSO_UDP_L4 = gso.GSO_UDP_L4
-VIRTIO_NET_HDR_GSO_ECN = gso.GSO_ECN
-
 _IFREQ = struct.Struct(f"{IFNAMSIZ}sH22x")  # struct ifreq: name + ifr_flags, 40 bytes
-_VNET = gso.VNET_HDR
-
-
-class VnetHeader(gso.Offload):
-    """struct virtio_net_hdr (`core.gso.Offload`, one definition) as the kernel reads and writes it: what
-    precedes every packet on a TUN queue opened with ``vnet_hdr``."""
-
-    __slots__ = ()
-
-    def pack(self) -> bytes:
-        """The 10-byte header as the kernel reads it."""
-        return _VNET.pack(*self)
-
-    @classmethod
-    def unpack(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
-        """The header at the start of ``data`` (which must hold at least 10 bytes)."""
-        return cls(*_VNET.unpack_from(data))
+_NO_VNET = bytes(VNET_HDR_LEN)
 
 
 def _check_name(name: str) -> bytes:
@@ -127,8 +96,9 @@ class TunDevice:
     """One queue (file descriptor) of a layer-3 TUN device; packets are bare IP, no packet info.
 
     ``read`` returns one whole packet, or None when nothing is queued (non-blocking mode).
-    With ``vnet_hdr`` every packet read or written is preceded by a ``VnetHeader`` of
-    ``vnet_hdr_len`` bytes. Closing the last queue removes the device unless it persists.
+    With ``vnet_hdr`` every packet read or written is preceded by a virtio-net header of
+    ``vnet_hdr_len`` bytes (`TunQueue` reads and writes it). Closing the last queue removes the device
+    unless it persists.
     """
 
     def __init__(self, fd: int, name: str, flags: int, *, blocking: bool) -> None:
@@ -136,7 +106,7 @@ class TunDevice:
         self._name = name
         self._flags = flags
         self._blocking = blocking
-        self._vnet_hdr_len = VIRTIO_NET_HDR_LEN if flags & IFF_VNET_HDR else 0
+        self._vnet_hdr_len = VNET_HDR_LEN if flags & IFF_VNET_HDR else 0
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -178,7 +148,7 @@ class TunDevice:
 
     # -- data -----------------------------------------------------------------------------------
 
-    def read(self, n: int = 65536 + VIRTIO_NET_HDR_LEN) -> bytes | None:
+    def read(self, n: int = 65536 + VNET_HDR_LEN) -> bytes | None:
         """One packet of at most ``n`` bytes (longer packets are truncated); None if none is queued."""
         try:
             return os.read(self.fileno(), n)
@@ -247,7 +217,7 @@ class TunDevice:
             raise ValueError("the device was opened without multi_queue")
         queue = _open(self._name, self._flags, blocking=self._blocking)
         queue._vnet_hdr_len = self._vnet_hdr_len
-        if self.vnet_hdr and self._vnet_hdr_len != VIRTIO_NET_HDR_LEN:
+        if self.vnet_hdr and self._vnet_hdr_len != VNET_HDR_LEN:
             queue.set_vnet_hdr_len(self._vnet_hdr_len)
         return queue
 
@@ -316,3 +286,84 @@ def open_tun(
     if multi_queue:
         flags |= IFF_MULTI_QUEUE
     return _open(name, flags, blocking=blocking)
+
+
+class TunQueue:
+    """A TUN queue read and written packet by packet, with or without virtio-net headers.
+
+    `read` gives (Offload, packet); with `tso` the kernel may hand over TCP (and UDP, with `uso`)
+    super-packets for `core.gso.split`. `write` takes an Offload from `core.gro.coalesce`.
+    """
+
+    def __init__(self, dev: TunDevice, *, tso: bool, uso: bool) -> None:
+        self.dev = dev
+        self.fd = dev.fileno()
+        self.vnet = dev.vnet_hdr
+        self.tso = self.uso = False
+        if self.vnet:
+            flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0
+            if tso and uso and dev.set_offload(flags | TUN_F_USO4 | TUN_F_USO6):
+                self.tso = self.uso = True
+            elif dev.set_offload(flags):
+                self.tso = tso
+            else:
+                dev.set_offload(0)
+        self._size = 65536 + VNET_HDR_LEN
+
+    @property
+    def name(self) -> str:
+        """The device's name."""
+        return self.dev.name
+
+    def fileno(self) -> int:
+        """The queue's file descriptor, for the event loop."""
+        return self.fd
+
+    def set_persist(self, persist: bool) -> None:
+        """Keep the device when its last queue closes, or stop keeping it (`TunDevice.set_persist`)."""
+        self.dev.set_persist(persist)
+
+    def renamed(self, name: str) -> None:
+        """Record that the kernel now calls the device `name`."""
+        self.dev.renamed(name)
+
+    def close(self) -> None:
+        """Close the queue (`TunDevice.close`)."""
+        self.dev.close()
+
+    def read(self) -> tuple[Offload | None, bytes] | None:
+        """The next packet with its offload header (None without vnet headers); None when none is queued."""
+        try:
+            data = os.read(self.fd, self._size)
+        except BlockingIOError:
+            return None
+        if not self.vnet:
+            return None, data
+        if len(data) < VNET_HDR_LEN:
+            return Offload(), b""
+        if data.startswith(_NO_VNET):  # the common case: a plain packet
+            return NO_OFFLOAD, data[VNET_HDR_LEN:]
+        hdr = Offload._make(VNET_HDR.unpack_from(data))
+        return hdr, data[VNET_HDR_LEN:]
+
+    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+        """Hand one packet (or a GSO super-packet described by `offload`) to the kernel."""
+        if not self.vnet:
+            return os.write(self.fd, packet)
+        head = (
+            _NO_VNET
+            if offload is None or not (offload.flags or offload.gso_type)
+            else VNET_HDR.pack(*offload)
+        )
+        return os.writev(self.fd, (head, packet))
+
+
+def open_offload_tun(name: str, *, vnet: bool) -> TunDevice:
+    """Open TUN device `name` with virtio-net headers when `vnet` and the kernel allows, else without."""
+    if vnet:
+        try:
+            return open_tun(name, vnet_hdr=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    return open_tun(name)
