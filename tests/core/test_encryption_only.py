@@ -14,7 +14,8 @@ from scapy.layers.ipsec import ESP
 from scapy.packet import Raw
 
 from ipsec_tunnel.core import esp
-from ipsec_tunnel.core.engine import Deliver, Engine, Outbound, inner_mtu, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import Deliver, Outbound, inner_mtu
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import SAConfig, SAError, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel

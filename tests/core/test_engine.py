@@ -13,17 +13,9 @@ from scapy.packet import Raw
 
 from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import RECEIVE_DROPS, SEND_DROPS, Drop
-from ipsec_tunnel.core.engine import (
-    ICMP_BURST,
-    Burst,
-    Deliver,
-    Engine,
-    Outbound,
-    Reject,
-    inner_mtu,
-    packed,
-)
+from ipsec_tunnel.core.engine import Engine, packed
 from ipsec_tunnel.core.events import EventKind
+from ipsec_tunnel.core.plane import ICMP_BURST, Burst, Deliver, Outbound, Reject, inner_mtu
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.seqstore import MemoryStore
 from ipsec_tunnel.core.tunnel import BASE_DEVICE, Tunnel
@@ -89,7 +81,9 @@ def send(pair: Pair, inner: bytes, now: float = 1.0) -> Outbound:
     return out
 
 
-def deliver(pair: Pair, out: Outbound, now: float = 1.0, tos: int | None = None) -> Deliver | Reject | Drop:
+def deliver(
+    pair: Pair, out: Outbound, now: float = 1.0, tos: int | None = None
+) -> Deliver | Reject | Drop | None:
     return pair.b.receive(out.src, out.dst, out.payload, now, out.tos if tos is None else tos)
 
 
@@ -142,7 +136,7 @@ def test_ttl_and_dscp_are_copied_to_the_outer_header() -> None:
 # Which device a received packet goes to
 
 
-def _received_by(pair: Pair, now: float = 1.0) -> Deliver | Reject | Drop:
+def _received_by(pair: Pair, now: float = 1.0) -> Deliver | Reject | Drop | None:
     return deliver(pair, send(pair, inner_packet(size=200), now), now)
 
 
@@ -364,7 +358,7 @@ def test_tfc_padding_after_the_inner_packet_is_trimmed() -> None:
     sender = SecurityAssociation(pair.ab, 0.0, seq_out=100)
     for version in (4, 6):
         inner = inner_packet(version, 50)
-        packet = sender.encrypt(inner + bytes(333), 4 if version == 4 else 41, 1.0, pair.b._emit)
+        packet = sender.encrypt(inner + bytes(333), 4 if version == 4 else 41, 1.0, pair.b.emit)
         assert isinstance(packet, bytes)
         assert pair.b.receive(packed(pair.a_addr), packed(pair.b_addr), packet, 1.0) == Deliver("t0", inner)
 
@@ -404,10 +398,10 @@ def test_every_receive_drop_is_counted() -> None:
     cases: list[tuple[Drop, bytes, int, float]] = []
     tampered = bytearray(send(pair, inner_packet()).payload)
     tampered[30] ^= 1
-    dummy = forger.encrypt(b"\x00" * 16, esp.NH_NONE, 1.0, b._emit)  # RFC 4303 §2.6: next header 59
-    transport = forger.encrypt(inner_packet()[20:], ip.PROTO_UDP, 1.0, b._emit)  # not tunnel mode
-    mismatched = forger.encrypt(inner_packet(6), esp.NH_IPV4, 1.0, b._emit)  # says IPv4, carries IPv6
-    garbage_inner = forger.encrypt(b"\x45" + bytes(10), esp.NH_IPV4, 1.0, b._emit)
+    dummy = forger.encrypt(b"\x00" * 16, esp.NH_NONE, 1.0, b.emit)  # RFC 4303 §2.6: next header 59
+    transport = forger.encrypt(inner_packet()[20:], ip.PROTO_UDP, 1.0, b.emit)  # not tunnel mode
+    mismatched = forger.encrypt(inner_packet(6), esp.NH_IPV4, 1.0, b.emit)  # says IPv4, carries IPv6
+    garbage_inner = forger.encrypt(b"\x45" + bytes(10), esp.NH_IPV4, 1.0, b.emit)
     assert all(isinstance(p, bytes) for p in (dummy, transport, mismatched, garbage_inner))
     bad_pad = _aead_raw(pair.ab, 60, b"x" * 12 + b"\x05\x06\x02\x04")
     unknown = bytearray(good.payload)
@@ -442,7 +436,7 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.ENCAP_MISMATCH] = 1
     duplex = replace(_config(pair.b_addr, pair.a_addr, "aes-gcm", duplex=True), spi=0x2002)
     b.sad.add(SecurityAssociation(duplex, 0.0))
-    own = SecurityAssociation(duplex.reversed(), 0.0).encrypt(inner_packet(), esp.NH_IPV4, 1.0, b._emit)
+    own = SecurityAssociation(duplex.reversed(), 0.0).encrypt(inner_packet(), esp.NH_IPV4, 1.0, b.emit)
     assert isinstance(own, bytes)
     assert b.receive(a_p, b_p, own, 1.0) is Drop.WRONG_DIRECTION  # B's own packet sent back to it
     expected[Drop.WRONG_DIRECTION] = 1
@@ -642,7 +636,7 @@ def test_icmp_tokens_are_spent_only_on_messages_built() -> None:
 
 
 def test_the_icmp_bucket_table_is_bounded() -> None:
-    from ipsec_tunnel.core.engine import ICMP_SOURCES
+    from ipsec_tunnel.core.plane import ICMP_SOURCES
 
     pair = make_pair()
     pair.a.path_mtu["t0"] = 1400

@@ -4,7 +4,8 @@ only datagrams with the non-ESP marker take it, in a batch or alone; ESP beside 
 from __future__ import annotations
 
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Deliver, packed
+from ipsec_tunnel.core.engine import packed
+from ipsec_tunnel.core.plane import Deliver
 from ipsec_tunnel.core.sa import UdpEncap
 
 from .test_engine import inner_packet, make_pair

@@ -17,7 +17,7 @@ from scapy.packet import Packet
 
 from ipsec_tunnel.core import gro, gso
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Burst, Deliver, Outbound, Reject, packed
+from ipsec_tunnel.core.engine import packed
 from ipsec_tunnel.core.gso import (
     F_NEEDS_CSUM,
     GSO_NONE,
@@ -29,6 +29,7 @@ from ipsec_tunnel.core.gso import (
     OffloadError,
 )
 from ipsec_tunnel.core.seqstore import MemoryStore
+from ipsec_tunnel.core.plane import Burst, Deliver, Outbound, Reject
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.core.test_engine import Pair, inner_packet, make_pair
 
@@ -376,7 +377,7 @@ def _delivered(results: list[object]) -> list[bytes]:
 
 
 @pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
-def test_send_batch_equals_send(cipher: str) -> None:
+def test_send_batch_equals_its_packets_as_batches_of_one(cipher: str) -> None:
     one, many = _twins(cipher)
     for pair in (one, many):
         pair.a.path_mtu["t0"] = 1500
@@ -400,7 +401,7 @@ def test_send_batch_equals_send(cipher: str) -> None:
 
 
 @pytest.mark.parametrize("udp", [False, True])
-def test_receive_batch_equals_receive(udp: bool) -> None:
+def test_receive_batch_equals_its_datagrams_as_batches_of_one(udp: bool) -> None:
     one, many = _twins()
     a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
     wire = [r.payload for p in _mixed_inner() if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
@@ -606,10 +607,11 @@ def test_a_damaged_segment_leaves_its_super_packet_unmerged_on_the_vectorised_pa
     assert [p for _, p in run[1:48]] == segments[47:94]
 
 
-def test_receive_batch_of_one_sa_equals_receive() -> None:
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
+def test_receive_batch_of_one_sa_equals_batches_of_one(cipher: str) -> None:
     """A batch all of one SPI goes through `decrypt_many`: replays (also within the batch), a forged
     packet and a short one are dropped and counted exactly as one by one, and the journal keeps up."""
-    one, many = _twins()
+    one, many = _twins(cipher)
     a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
     wire = [r.payload for p in _mixed_inner() if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
     forged = wire[2][:-1] + bytes([wire[2][-1] ^ 1])
@@ -635,11 +637,12 @@ def test_receive_batch_of_one_sa_equals_receive() -> None:
     assert journal_one == journal_many and journal_many[0] == sa_many.replay.top and sa_many.packets > 0
 
 
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
 @pytest.mark.parametrize("damage", ["none", "forged", "cut"])
-def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
+def test_in_order_batch_of_one_sa_equals_batches_of_one(damage: str, cipher: str) -> None:
     """The in-order batch, the window checked and moved once for all: with a forged or cut packet among
     them, the drops, counters and window are still those of one by one."""
-    one, many = _twins()
+    one, many = _twins(cipher)
     a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
     inner = inner_packet(4, 300)
     wire = [r.payload for _ in range(40) if isinstance(r := one.a.send("t0", inner, 1.0), Outbound)]
@@ -662,11 +665,12 @@ def test_in_order_batch_of_one_sa_equals_receive(damage: str) -> None:
     assert not again and many.b.rx_drops[Drop.REPLAYED] == (40 if damage == "none" else 39)
 
 
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
 @pytest.mark.parametrize("outer_tos", [0, 1])  # ECT(1) outside: each packet's ECN is looked at
-def test_in_order_batch_of_mixed_inner_packets_equals_receive(outer_tos: int) -> None:
+def test_in_order_batch_of_mixed_inner_packets_equals_batches_of_one(outer_tos: int, cipher: str) -> None:
     """In order and all authentic, but not all whole inner packets (TFC padding, IPv6, TCP): each is
     delivered and counted exactly as one by one, and the window moves once for all."""
-    one, many = _twins()
+    one, many = _twins(cipher)
     a_addr, b_addr = packed(one.a_addr), packed(one.b_addr)
     inner = [*_mixed_inner(), *_mixed_inner()]
     wire = [r.payload for p in inner if isinstance(r := one.a.send("t0", p, 1.0), Outbound)]
@@ -678,6 +682,24 @@ def test_in_order_batch_of_mixed_inner_packets_equals_receive(outer_tos: int) ->
     sa_one, sa_many = (p.b.sad.get(b_addr, a_addr, 0x1001) for p in (one, many))
     assert sa_one is not None and sa_many is not None
     assert (sa_one.packets, sa_one.bytes, sa_one.replay.top) == (sa_many.packets, sa_many.bytes, len(wire))
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc", "chacha20-poly1305"])
+def test_an_in_order_batch_is_opened_without_decrypt(cipher: str) -> None:
+    """AEAD and CBC with an HMAC (issue 13): an in-order batch of one SA is opened many at a time, not
+    through `decrypt` packet by packet, and gives the inner packets themselves."""
+    pair = make_pair(cipher=cipher)
+    inner = [inner_packet(4, 100 + i) for i in range(20)]
+    wire = [r.payload for p in inner if isinstance(r := pair.a.send("t0", p, 1.0), Outbound)]
+    sa = pair.b.sad.get(packed(pair.b_addr), packed(pair.a_addr), 0x1001)
+    assert sa is not None
+
+    def one_by_one(*_args: object) -> Drop:
+        raise AssertionError("decrypt called")
+
+    sa.decrypt = one_by_one  # type: ignore[method-assign,assignment]
+    assert sa.decrypt_many(wire, 2.0, lambda _e: None) == (inner, 0)
+    assert (sa.packets, sa.replay.top) == (20, 20)
 
 
 def test_decrypt_many_of_nothing_is_nothing() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ipsec_tunnel.core.diag import DropLog, DropRecord, RateLimit
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import NAT_KEEPALIVE, Burst, Engine, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import NAT_KEEPALIVE, Burst
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
 
 from .test_engine import KEYS, inner_packet

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ipsec_tunnel.core import ip
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Deliver, Engine, Outbound, Reject, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import Deliver, Outbound, Reject
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel

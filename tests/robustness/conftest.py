@@ -17,7 +17,8 @@ import pytest
 
 from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Deliver, Engine, Outbound, Reject
+from ipsec_tunnel.core.engine import Engine
+from ipsec_tunnel.core.plane import Deliver, Outbound, Reject
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel

@@ -9,8 +9,9 @@ import tracemalloc
 import pytest
 
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import NAT_KEEPALIVE, Deliver, Engine, Outbound
+from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.events import EventKind
+from ipsec_tunnel.core.plane import NAT_KEEPALIVE, Deliver, Outbound
 from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import SEQ_MAX_32, SEQ_MAX_64, SEQ_MAX_SPLIT, Limits, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ipsec_tunnel.core import esp, ip
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import NAT_KEEPALIVE, NON_ESP_MARKER, Deliver, Outbound, Reject, inner_mtu
+from ipsec_tunnel.core.plane import NAT_KEEPALIVE, NON_ESP_MARKER, Deliver, Outbound, Reject, inner_mtu
 from tests.support import esp_reference as reference
 
 from .conftest import (

@@ -75,7 +75,8 @@ HARNESS = textwrap.dedent(
     with atheris.instrument_imports():
         from ipsec_tunnel.core import ip
         from ipsec_tunnel.core.drops import Drop
-        from ipsec_tunnel.core.engine import Deliver, Engine, Reject
+        from ipsec_tunnel.core.engine import Engine
+        from ipsec_tunnel.core.plane import Deliver, Reject
         from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
         from ipsec_tunnel.core.tunnel import Tunnel
 

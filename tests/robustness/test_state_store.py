@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Engine, Outbound
+from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.esp import NH_IPV4
 from ipsec_tunnel.core.events import SAEvent
+from ipsec_tunnel.core.plane import Outbound
 from ipsec_tunnel.core.sa import SecurityAssociation
 from ipsec_tunnel.core.seqstore import Direction
 from ipsec_tunnel.core.tunnel import Tunnel

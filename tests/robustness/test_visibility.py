@@ -18,7 +18,8 @@ import pytest
 from ipsec_tunnel.cli import render
 from ipsec_tunnel.control.protocol import ProtocolError, encode_request
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.engine import Burst, Engine, packed
+from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.plane import Burst
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel, TunnelError
 from ipsec_tunnel.daemon.dataplane import DataPlane

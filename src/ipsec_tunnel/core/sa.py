@@ -15,6 +15,7 @@ from typing import Any, cast
 from . import esp
 from .algorithms import (
     AlgorithmError,
+    AuthTransform,
     NullAuth,
     check_named_key_bits,
     find_auth,
@@ -510,16 +511,17 @@ class SecurityAssociation:
 
     @property
     def seals_rows(self) -> bool:
-        """Whether `encrypt_rows` can take this SA's packets (AEAD framing, no volume lifetime)."""
-        return self._aead_encrypt is not None and not self._volume
+        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
+        HMAC; no ESN, no volume lifetime)."""
+        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
-        """`encrypt` for inner packets laid out as rows, each followed by its `esp.aead16_trailer`: per
-        (array, inner length) group, in order. None, with nothing used up, where `encrypt` must decide
-        packet by packet (an SA that is not `seals_rows`, dead, or at the end of its sequence numbers or
-        reservation)."""
+        """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
+        AEAD, `esp.aead16_trailer`): per (array, inner length) group, in order. None, with nothing used
+        up, where `encrypt` must decide packet by packet (an SA that is not `seals_rows`, dead, or at
+        the end of its sequence numbers or reservation)."""
         encrypt = self._aead_encrypt
-        if encrypt is None or self._volume:
+        if not self.seals_rows:
             return None
         if self._timed:
             self.tick(now, emit)
@@ -536,12 +538,28 @@ class SecurityAssociation:
             self._journal[self._sent_at] = last
         out: list[bytes] = []
         for rows, inner_len in groups:
-            out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+            if encrypt is not None:
+                out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+            else:
+                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows)
             first += len(rows)
             self.bytes += len(rows) * inner_len
         self.packets += count
         self.used = now
         return out
+
+    @property
+    def _cbc_hmac(self) -> bool:
+        """Whether `esp.open_cbc_many` opens this SA's packets: a CBC cipher (a random IV of one block)
+        with an HMAC, no ESN."""
+        cipher = self.cipher
+        return (
+            isinstance(self.auth, AuthTransform)
+            and not self._esn
+            and not cipher.counter_iv
+            and cipher.iv_len > 0
+            and cipher.iv_len == cipher.block
+        )
 
     def decrypt_many(
         self, packets: list[bytes], now: float, emit: Emit, admit: Admit | None = None
@@ -550,10 +568,12 @@ class SecurityAssociation:
         whole inner IP packet may come as its bytes alone (as `esp.open_aead16_many` gives them); and
         how many results are not such bytes. A batch of new sequence numbers in order, as nearly always,
         has its window checked before the ICVs and moved after them, and the journal written, once for
-        all."""
+        all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
+        without ESN."""
         decrypt, replay, unpack = self._aead_decrypt, self.replay, _SEQ_LO.unpack_from
+        cbc = decrypt is None and self._cbc_hmac
         seqs: list[int] = []
-        if decrypt is not None and packets and not (self._volume or self._timed or self.dead):
+        if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             try:
                 seqs = [unpack(packet, 4)[0] for packet in packets]
             except struct.error:  # shorter than an ESP header
@@ -573,8 +593,10 @@ class SecurityAssociation:
                 self.decrypt(packet, now, emit, admit) for packet in packets
             ]
             return one_by_one, len(one_by_one)
-        assert decrypt is not None
-        opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+        if decrypt is not None:
+            opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+        else:
+            opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
         if not others and admit is None:
             replay.accept_run(seqs[0], seqs[-1])
             whole = cast("list[bytes]", opened)  # all of them bare inner packets

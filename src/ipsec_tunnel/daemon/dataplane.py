@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from ..core import gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
-from ..core.engine import Burst, Deliver, Engine, Reject
+from ..core.engine import Engine
+from ..core.plane import Burst, Deliver, Reject
 from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
-_TCP_GSO = {gso.GSO_TCPV4, gso.GSO_TCPV6, gso.GSO_TCPV4 | gso.GSO_ECN, gso.GSO_TCPV6 | gso.GSO_ECN}
 
 
 @dataclass(frozen=True)
@@ -200,8 +200,8 @@ class DataPlane:
         now = self.clock()
         name = queue.name
         engine = self.engine
-        results: list[Burst | Deliver] = []
         packets: list[bytes] = []  # read, not yet through the engine
+        offloads: dict[int, gso.Offload] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
         for _ in range(BATCH):
             try:
@@ -216,29 +216,14 @@ class DataPlane:
                 break
             offload, packet = got
             if offload is None or not (offload.gso_type or offload.flags):
-                packets.append(packet)
                 gathered += 1
-            else:
-                burst = engine.send_tso(name, packet, offload, now) if offload.gso_type in _TCP_GSO else None
-                if burst is not None:  # sealed many at a time; what was read before it goes first
-                    if packets:
-                        results += engine.send_batch(name, packets, now)
-                        packets = []
-                    results.append(burst)
-                    gathered += len(burst.payloads)
-                else:
-                    try:
-                        segments = gso.split(packet, offload)
-                    except gso.OffloadError as exc:
-                        log.debug("%s: %s", name, exc)
-                        engine.unsendable(name, 1, Drop.NOT_IP)
-                    else:
-                        packets += segments
-                        gathered += len(segments)
+            else:  # a super-packet counts as about as many packets as it has segments
+                offloads[len(packets)] = offload
+                gathered += len(packet) // offload.gso_size + 1 if offload.gso_size else 1
+            packets.append(packet)
             if gathered >= self.batch_packets:
                 break
-        if packets:
-            results += engine.send_batch(name, packets, now)
+        results = engine.send_batch(name, packets, now, offloads) if packets else []
         for result in results:
             if isinstance(result, Burst):
                 self.transmit(result)

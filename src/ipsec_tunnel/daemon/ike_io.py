@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..core.engine import NON_ESP_MARKER
+from ..core.plane import NON_ESP_MARKER
 from .dataplane import DataPlane
 from .ike_runner import IKE_PORT, PER_TURN, IkeRunner
 from .ike_store import IkeStore

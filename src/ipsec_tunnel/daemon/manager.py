@@ -14,8 +14,9 @@ from .. import __version__
 from ..control.protocol import VERSION, ProtocolError, arg
 from ..core import algorithms
 from ..core.drops import RECEIVE_DROPS, SEND_DROPS
-from ..core.engine import Engine, TunnelStats, inner_mtu
+from ..core.engine import Engine
 from ..core.ip import IPV6_MIN_MTU
+from ..core.plane import TunnelStats, inner_mtu
 from ..core.sa import (
     KEEPALIVE,
     ConfigError,
