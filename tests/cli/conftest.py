@@ -19,6 +19,7 @@ import pytest
 from ipsec_tunnel.cli.ipsecadm import main
 from ipsec_tunnel.control.protocol import decode_request, encode_error, encode_result
 from tests.robustness.test_control_server import Served
+from tests.support import userns
 
 # A 3DES key that is neither weak nor degenerate, and a SHA-1 HMAC key; tests check they never leak.
 DES3_KEY = bytes.fromhex("8f3a5c71e2d94b06a7c3e18f5d2b9064c1f7a83e6d5b0e29")
@@ -154,10 +155,15 @@ class FakeServer:
         self._sock.close()
 
 
+# Short paths (Unix socket paths are limited to 107 bytes): /tmp, or in a user namespace its own TMPDIR
+# (ipsecd refuses state directories below /tmp there, which the overflow uid owns)
+SHORT_TMP = userns.TMPDIR if userns.entered else "/tmp"
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short temporary directory (Unix socket paths are limited to 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="ipsecadm-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix="ipsecadm-", dir=SHORT_TMP)
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
 
@@ -207,7 +213,7 @@ def run(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> Run:
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A directory that everyone may search (mode 755, under /tmp), so its files' own modes decide."""
-    d = Path(tempfile.mkdtemp(prefix="ipsecadm-keys-", dir="/tmp"))
+    d = Path(tempfile.mkdtemp(prefix="ipsecadm-keys-", dir=SHORT_TMP))
     os.chmod(d, 0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)
@@ -228,7 +234,7 @@ def keydir(tmp_path: Path) -> Path:
 @pytest.fixture
 def served() -> Iterator[Served]:
     """A real control server, manager and state store (fake devices) on a socket of its own."""
-    d = Path(tempfile.mkdtemp(prefix="ocl-served-", dir="/tmp"))
+    d = Path(tempfile.mkdtemp(prefix="ocl-served-", dir=SHORT_TMP))
     s = Served(d)
     try:
         yield s

@@ -280,9 +280,12 @@ def test_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> Non
     directory = tmp_path / "state"
     directory.mkdir(mode=0o700)
     os.chown(directory, 65534, 65534)
-    with pytest.raises(StateError, match="owned by uid 65534"):
-        Store(directory)
-    assert list(directory.iterdir()) == []
+    try:
+        with pytest.raises(StateError, match="owned by uid 65534"):
+            Store(directory)
+        assert list(directory.iterdir()) == []
+    finally:  # back to us: in a user namespace, uid 65534 is an id the host's user could not remove
+        os.chown(directory, os.geteuid(), os.getegid())
 
 
 @pytest.mark.skipif(not is_root(), reason="giving a directory to another user needs root")
@@ -290,8 +293,11 @@ def test_state_directory_under_another_users_directory_is_refused(tmp_path: Path
     theirs = tmp_path / "t"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
-    with pytest.raises(StateError, match="owned by uid 65534"):
-        Store(theirs / "state")
+    try:
+        with pytest.raises(StateError, match="owned by uid 65534"):
+            Store(theirs / "state")
+    finally:  # back to us: in a user namespace, uid 65534 is an id the host's user could not remove
+        os.chown(theirs, os.geteuid(), os.getegid())
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])

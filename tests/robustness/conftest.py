@@ -23,6 +23,7 @@ from ipsec_tunnel.core.replay import ReplayWindow
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel
 from tests.support import esp_reference as reference
+from tests.support.userns import uid_mapped
 
 SOAK_OPTION = "--run-soak"
 NOW = 1_000_000.0  # a fixed clock: the core never reads one
@@ -258,5 +259,11 @@ def feed_send(engine: Engine, device: str, data: bytes, now: float = NOW) -> Out
 
 
 def is_root() -> bool:
-    """Whether the tests run as root."""
+    """Whether the tests run as root who can act as user nobody (uid 65534): the host's root, or root of
+    the session's user namespace (tests/support/userns.py maps 65534 too)."""
+    return os.geteuid() == 0 and uid_mapped(65534)
+
+
+def can_mount() -> bool:
+    """Whether the tests may mount file systems: root, also root of the session's user namespace."""
     return os.geteuid() == 0

@@ -31,7 +31,7 @@ from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import state
 from ipsec_tunnel.daemon.state import DB_NAME, StateError, Store
 
-from .conftest import A4, B4, DEVICE, NOW, SUITES, Suite, inner_packet, is_root, make_config
+from .conftest import A4, B4, DEVICE, NOW, SUITES, Suite, can_mount, inner_packet, make_config
 
 GCM, CBC = SUITES[0], SUITES[3]
 INNER = inner_packet(b"state store test")
@@ -528,7 +528,7 @@ def test_read_only_store_refuses_to_send_unreserved(tmp_path: Path, monkeypatch:
     store.close()
 
 
-@pytest.mark.skipif(not is_root(), reason="mounting a tiny tmpfs to fill needs root")
+@pytest.mark.skipif(not can_mount(), reason="mounting a tiny tmpfs to fill needs root")
 def test_full_disk_refuses_to_send_unreserved(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state, "OUT_BLOCK", 8)
     mount = Path(tempfile.mkdtemp(prefix="ipsec-robust-"))

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.userns import in_user_namespace
+
 UML_BINARY = "/usr/bin/linux.uml"
 UML_MODULE_ROOT = Path("/usr/lib/uml/modules")
 _CLONE_NEWNET = 0x40000000
@@ -212,6 +214,11 @@ class UmlPeer:
             return f"no UML kernel modules under {UML_MODULE_ROOT}"
         if os.geteuid() != 0:
             return "needs root (network namespaces, TAP devices)"
+        if in_user_namespace():
+            return (
+                "needs the host's root: the guest's root file system is the host's (hostfs), where in a"
+                " user namespace setuid-root mount(8) runs as the overflow uid and cannot mount /proc"
+            )
         if not os.path.exists("/dev/net/tun"):
             return "no /dev/net/tun"
         if shutil.which("ip") is None:
