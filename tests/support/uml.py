@@ -51,10 +51,23 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "chacha_generic", "poly1305_generic", "chacha20poly1305", "ccm", "cmac", "xcbc", "dummy",
 )  # fmt: skip
 
+
+def _loader() -> str:
+    """The dynamic loader that runs /bin/mount on this architecture, or "" if none is found."""
+    for path in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2"):
+        if os.path.exists(path):
+            return path
+    return ""
+
+
 _GUEST_INIT = r"""#!/bin/bash
 # PID 1 of an ipsec_tunnel UmlPeer guest (generated; the host root is mounted read-only over hostfs).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/root LANG=C
 SHARE=@SHARE@ MODDIR=@MODDIR@ MODULES=@MODULES@ AUTOLOAD=@AUTOLOAD@ ADDR4=@ADDR4@ ADDR6=@ADDR6@
+LDSO=@LDSO@
+# Booted from a user namespace, the host's root-owned files show as the overflow uid, so setuid-root
+# mount(8) would drop the guest's root: run it through the dynamic loader, which ignores the setuid bit.
+if [ -n "$LDSO" ]; then mount() { "$LDSO" /bin/mount "$@"; }; fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 [ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
@@ -214,11 +227,8 @@ class UmlPeer:
             return f"no UML kernel modules under {UML_MODULE_ROOT}"
         if os.geteuid() != 0:
             return "needs root (network namespaces, TAP devices)"
-        if in_user_namespace():
-            return (
-                "needs the host's root: the guest's root file system is the host's (hostfs), where in a"
-                " user namespace setuid-root mount(8) runs as the overflow uid and cannot mount /proc"
-            )
+        if in_user_namespace() and not _loader():
+            return "in a user namespace the guest needs the dynamic loader to run mount(8): none found"
         if not os.path.exists("/dev/net/tun"):
             return "no /dev/net/tun"
         if shutil.which("ip") is None:
@@ -280,6 +290,7 @@ class UmlPeer:
             "@AUTOLOAD@": "1" if self.autoload_modules else "0",
             "@ADDR4@": str(self.guest_addr),
             "@ADDR6@": str(self.guest_addr6 or ""),
+            "@LDSO@": _loader() if in_user_namespace() else "",
         }
         script = _GUEST_INIT
         for key, value in values.items():
