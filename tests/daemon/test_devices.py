@@ -5,6 +5,7 @@ are made up for by asking the kernel again; stopping keeps the devices unless as
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -12,44 +13,7 @@ import pytest
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.devices import PersistentDevices
 from ipsec_tunnel.linux.netlink import LinkEvent
-
-
-class FakeTun:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.closed = False
-        self.persist = True
-
-    def renamed(self, name: str) -> None:
-        self.name = name
-
-    def close(self) -> None:
-        self.closed = True
-
-    def set_persist(self, persist: bool) -> None:
-        self.persist = persist
-
-
-class FakeQueue:
-    def __init__(self, name: str, fd: int) -> None:
-        self.dev = FakeTun(name)
-        self.fd = fd
-
-    @property
-    def name(self) -> str:
-        return self.dev.name
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def set_persist(self, persist: bool) -> None:
-        self.dev.set_persist(persist)
-
-    def renamed(self, name: str) -> None:
-        self.dev.renamed(name)
-
-    def close(self) -> None:
-        self.dev.close()
+from tests.support.fakes import FakeTun
 
 
 class FakeLoop:
@@ -78,17 +42,21 @@ class FakeMonitor:
 
 
 @pytest.fixture
-def devices() -> tuple[PersistentDevices, FakeLoop, list[tuple[str, ...]]]:
+def devices() -> Iterator[tuple[PersistentDevices, FakeLoop, list[tuple[str, ...]]]]:
     loop = FakeLoop()
     made = PersistentDevices(cast(DataPlane, loop))
     told: list[tuple[str, ...]] = []
     made.on_gone = lambda name: told.append(("gone", name))
     made.on_renamed = lambda old, new: told.append(("renamed", old, new))
-    for index, name in ((5, "ipsec0"), (6, "ipsec1")):
-        made.tun[name] = cast(Any, FakeQueue(name, 10 + index))
-        made.index[index] = name
-        loop.watched.add(10 + index)
-    return made, loop, told
+    queues = [FakeTun(name, vnet=False) for name in ("ipsec0", "ipsec1")]
+    for index, queue in zip((5, 6), queues, strict=True):
+        queue.persist = True  # a device ipsecd keeps across restarts
+        made.tun[queue.name] = cast(Any, queue)
+        made.index[index] = queue.name
+        loop.watched.add(queue.fileno())
+    yield made, loop, told
+    for queue in queues:
+        queue.close()
 
 
 def test_deleted_and_renamed_devices_are_told_once(devices: Any) -> None:
@@ -101,7 +69,7 @@ def test_deleted_and_renamed_devices_are_told_once(devices: Any) -> None:
     made.on_link_events()
     assert told == [("renamed", "ipsec1", "wan0"), ("gone", "ipsec0")]
     assert set(made.tun) == {"wan0"} and made.tun["wan0"].name == "wan0"
-    assert loop.watched == {16}, "the deleted device's queue is no longer watched"
+    assert loop.watched == {made.tun["wan0"].fileno()}, "the deleted device's queue is no longer watched"
     made.gone("ipsec0")  # the read error after the event: nothing more
     assert len(told) == 2
 
@@ -129,5 +97,5 @@ def test_stopping_keeps_the_devices_unless_asked(devices: Any, remove: bool) -> 
     queues = list(made.tun.values())
     made.close_all()
     assert made.tun == {} and loop.watched == set()
-    assert all(q.dev.closed for q in queues)
-    assert all(q.dev.persist is not remove for q in queues)
+    assert all(q.closed for q in queues)
+    assert all(q.persist is not remove for q in queues)
