@@ -307,7 +307,14 @@ class FakeKernel:
         return self.raw[family]
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> FakeUdp:
         if (family, port) in self.udp:
             raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))

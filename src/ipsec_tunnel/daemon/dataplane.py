@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from ..core import gro, gso
+from ..core import codel, gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -56,6 +56,14 @@ class OffloadOptions:
     def none(cls) -> OffloadOptions:
         """Everything one packet at a time, as before the fast path."""
         return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0, mmsg=False)
+
+
+@dataclass(frozen=True)
+class AqmOptions:
+    """CoDel (RFC 8289) on what the ESP-in-UDP sockets received: its target and interval, in seconds."""
+
+    target: float = codel.TARGET
+    interval: float = codel.INTERVAL
 
 
 class KernelDevices(Devices):
@@ -115,6 +123,8 @@ class DataPlane:
         offloads: OffloadOptions | None = None,
         spin: float = 0.0,
         batch_packets: int = BATCH_PACKETS,
+        aqm: AqmOptions | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -122,6 +132,9 @@ class DataPlane:
         self.spin = spin
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
+        self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
+        self.wall = wall  # the clock of the kernel's receive timestamps (CLOCK_REALTIME)
+        self.codel: dict[int, codel.CoDel] = {}  # per ESP-in-UDP socket (its descriptor)
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self.devices = KernelDevices(self)
@@ -170,11 +183,15 @@ class DataPlane:
             self.raw[family] = raw
             self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
             try:
-                udp = kernel.open_udp(family, self.udp_port, gso=opts.gso, gro=opts.gro)
+                udp = kernel.open_udp(
+                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None
+                )
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
                 self.udp[family] = udp
+                if self.aqm is not None:
+                    self.codel[udp.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
                 self.watch(udp.fileno(), functools.partial(self.on_udp, udp))
         self.icmp[4] = kernel.open_icmp(4)
         try:
@@ -397,11 +414,28 @@ class DataPlane:
         if ahead:
             self.deliver(ahead)
 
+    def _signal(self, queue: codel.CoDel, deliver: dict[str, list[bytes]], stamp: float, count: int) -> None:
+        """CoDel on the inner packets of `count` datagrams the kernel received at `stamp` (its clock,
+        `wall`): the TCP packets it picks get ECN CE or are dropped, counted per device."""
+        due = queue.drops(self.clock(), self.wall() - stamp, count)
+        if not due:
+            return
+        engine = self.engine
+        for device, batch in deliver.items():
+            marked, dropped = codel.congest(batch, due)
+            if marked or dropped:
+                engine.congested(device, marked, dropped)
+                due -= marked + dropped
+                if due <= 0:
+                    return
+
     def on_udp(self, udp: UdpEdge) -> None:
         """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every `batch_packets` packets, what is
         not TCP goes into its device at once, and when another source is readable (an answer to it, say)
-        that source gets its turn first."""
+        that source gets its turn first. With AQM, CoDel judges each read by how long it waited in the
+        socket buffer (`_signal`)."""
         now = self.clock()
+        queue = self.codel.get(udp.fileno())
         pending: dict[str, list[bytes]] = {}
         seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
         gathered = 0
@@ -421,10 +455,12 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            self._merge(
-                pending,
-                *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),
+            deliver, rejects = self.engine.receive_batch(
+                d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
+            if queue is not None and d.stamp and deliver:
+                self._signal(queue, deliver, d.stamp, len(payloads))
+            self._merge(pending, deliver, rejects)
         if pending:
             self.deliver(pending)
 

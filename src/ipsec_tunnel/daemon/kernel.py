@@ -110,7 +110,8 @@ class UdpEdge(Protocol):
         ...
 
     def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
-        """The next datagrams of one sender: (the first's addresses, port and TOS; the payloads)."""
+        """The next datagrams of one sender: (the first's addresses, port, TOS and arrival time; the
+        payloads)."""
         ...
 
     def send_burst(
@@ -161,9 +162,17 @@ class Kernel(Protocol):
         ...
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> UdpEdge:
-        """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be."""
+        """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be. `timestamps`: its
+        datagrams carry the kernel's receive time where it can (`UdpDatagram.stamp`)."""
         ...
 
     def open_icmp(self, family: int) -> IcmpEdge:
@@ -219,10 +228,17 @@ class LinuxKernel:
         return RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer, mmsg=mmsg)
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> UdpSocket:
         size = self.socket_buffer if buffer is None else buffer
-        return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size)
+        return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size, timestamps=timestamps)
 
     def open_icmp(self, family: int) -> IcmpSocket:
         return IcmpSocket(family)
