@@ -392,14 +392,23 @@ class DataPlane:
         """Decrypt ESP packets from the raw socket (many per system call where it can)."""
         self._receive_runs(self._raw_datagrams(raw), self.clock())
 
+    def _answer(self) -> None:
+        """Serve the tunnel devices readable now: the answers to what was just delivered ahead (an echo
+        reply) leave before the turn goes on, not after it."""
+        devices = {queue.fileno() for queue in self.devices.tun.values()}
+        ready = [event for event in self._epoll.poll(0) if event[0] in devices]
+        if ready:
+            self._dispatch(ready)
+
     def _others_ready(self, fd: int) -> bool:
         """Whether a source other than `fd` has something to read now (one look, no waiting)."""
         return any(ready != fd for ready, _mask in self._epoll.poll(0))
 
-    def _deliver_ahead(self, pending: dict[str, list[bytes]], seen: dict[str, int]) -> None:
+    def _deliver_ahead(self, pending: dict[str, list[bytes]], seen: dict[str, int]) -> bool:
         """Deliver now the pending packets that are not TCP (a ping, DNS, a voice packet), in order; TCP
         segments stay, to be coalesced into the fewest writes (and answered by the fewest ACKs) at the
-        end of the turn. `seen` holds, per device, how much of its list was looked at before."""
+        end of the turn. `seen` holds, per device, how much of its list was looked at before. Whether
+        any packet was delivered."""
         ahead: dict[str, list[bytes]] = {}
         for device, batch in pending.items():
             start = seen.get(device, 0)
@@ -413,6 +422,8 @@ class DataPlane:
             seen[device] = len(batch)
         if ahead:
             self.deliver(ahead)
+            return True
+        return False
 
     def _signal(self, queue: codel.CoDel, deliver: dict[str, list[bytes]], stamp: float, count: int) -> None:
         """CoDel on the inner packets of `count` datagrams the kernel received at `stamp` (its clock,
@@ -430,10 +441,10 @@ class DataPlane:
                     return
 
     def on_udp(self, udp: UdpEdge) -> None:
-        """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every `batch_packets` packets, what is
-        not TCP goes into its device at once, and when another source is readable (an answer to it, say)
-        that source gets its turn first. With AQM, CoDel judges each read by how long it waited in the
-        socket buffer (`_signal`)."""
+        """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every read, what is not TCP goes into
+        its device at once and the tunnel devices then readable (its answer) are served; after every
+        `batch_packets` packets, when another source is readable, that source gets its turn first. With
+        AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`)."""
         now = self.clock()
         queue = self.codel.get(udp.fileno())
         pending: dict[str, list[bytes]] = {}
@@ -441,8 +452,6 @@ class DataPlane:
         gathered = 0
         for _ in range(BATCH):
             if gathered >= self.batch_packets:
-                if pending:
-                    self._deliver_ahead(pending, seen)
                 if self._others_ready(udp.fileno()):
                     break  # the rest after the other sources' turn
                 gathered = 0  # nobody else is waiting: another batch saves a loop turn
@@ -461,6 +470,8 @@ class DataPlane:
             if queue is not None and d.stamp and deliver:
                 self._signal(queue, deliver, d.stamp, len(payloads))
             self._merge(pending, deliver, rejects)
+            if pending and self._deliver_ahead(pending, seen):
+                self._answer()
         if pending:
             self.deliver(pending)
 
