@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -85,6 +86,31 @@ def test_gro_batch_carries_addresses_and_tos(pair: Pair) -> None:
     finally:
         tx.close()
         rx.close()
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_receive_timestamps_with_and_without_gro(pair: Pair, gro: bool) -> None:
+    """SO_TIMESTAMPNS: each read carries the kernel's receive time (a GRO batch: its first datagram's),
+    a wall-clock time between the send and the read; without asking, none."""
+    with pair.a.enter():
+        tx = UdpSocket(V4, 0, gso=True, gro=False, rcvbuf=1 << 20, sndbuf=1 << 20)
+    with pair.b.enter():
+        rx = UdpSocket(V4, 4500, gso=False, gro=gro, rcvbuf=8 << 20, sndbuf=8 << 20, timestamps=True)
+        plain = UdpSocket(V4, 4501, gso=False, gro=gro, rcvbuf=1 << 20, sndbuf=1 << 20)
+    try:
+        assert rx.timestamps and not plain.timestamps
+        before = time.time()
+        tx.send_burst(ADDR_B4, 4500, [b"z" * 500] * 8)
+        tx.send_burst(ADDR_B4, 4501, [b"y" * 500])
+        dgram, payloads = wait_for(rx.recv_batch, rx.fileno())
+        after = time.time()
+        assert before - 0.01 <= dgram.stamp <= after + 0.01  # the same clock (CLOCK_REALTIME), to 10 ms
+        assert payloads[0] == b"z" * 500
+        assert wait_for(plain.recv_batch, plain.fileno())[0].stamp == 0.0
+    finally:
+        tx.close()
+        rx.close()
+        plain.close()
 
 
 def _tcp_segments(n: int, mss: int = 1000) -> list[bytes]:
