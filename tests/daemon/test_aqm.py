@@ -181,3 +181,42 @@ def test_bad_aqm_values_are_one_line_errors(arg: list[str], capsys: pytest.Captu
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err and len(err.strip().splitlines()[-1]) > 0
+
+
+def test_raw_esp_late_reads_get_tcp_dropped() -> None:
+    """The same over raw ESP: the socket notes when the first packet of each read arrived."""
+    config = SAConfig(0x2000, B4, A4, "aes-gcm", KEY).validated()
+    sender, engine = Engine(), Engine()
+    sender.tunnels.add(Tunnel("t0", A4, B4))
+    sender.sad.add(SecurityAssociation(config, 0.0))
+    engine.tunnels.add(Tunnel("t0", B4, A4))
+    engine.sad.add(SecurityAssociation(config, 0.0))
+    clock = Clock()
+    kernel = FakeKernel(FakeNetwork(), [B4])
+    plane = DataPlane(
+        engine, kernel=kernel, clock=clock, wall=clock, aqm=AqmOptions(TARGET, INTERVAL),
+        offloads=OffloadOptions(coalesce=False),
+    )  # fmt: skip
+    try:
+        plane.open_transports()
+        plane.devices.create("t0")
+        raw = kernel.raw[4]
+
+        def arrive(inner: list[bytes], waited: float) -> list[bytes]:
+            (burst,) = sender.send_batch("t0", inner, clock.now)
+            assert isinstance(burst, Burst)
+            for esp in burst.payloads:
+                raw.inbox.put((packed(A4), packed(B4), 0, esp))
+            raw.stamp = clock.now - waited
+            plane.on_raw(raw)
+            return kernel.tun["t0"].take()
+
+        tcp = [_tcp(i * 1000) for i in range(4)]
+        assert arrive(tcp, 0.005) == tcp
+        clock.now += INTERVAL
+        assert arrive([*tcp, _ping(1)], 0.005) == [*tcp[1:], _ping(1)]
+        assert engine.rx_drops[Drop.AQM] == 1 and engine.rx_accepted == 8
+        clock.now += 0.001
+        assert arrive(tcp, 0.0001) == tcp
+    finally:
+        plane.close()

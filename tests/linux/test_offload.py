@@ -215,6 +215,34 @@ def test_raw_batch_round_trip_matches_one_by_one(pair: Pair) -> None:
         one.close()
 
 
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_raw_receive_timestamps(pair: Pair, mmsg: bool) -> None:
+    """With timestamps, `stamp` is the wall-clock receive time of each batch's first packet (recvmmsg:
+    the first message's control data); the packets are those read without."""
+    with pair.a.enter():
+        tx = RawEsp(V4, mmsg=True)
+    with pair.b.enter():
+        rx = RawEsp(V4, rcvbuf=8 << 20, mmsg=mmsg, timestamps=True)
+        plain = RawEsp(V4, rcvbuf=8 << 20, mmsg=mmsg)
+    try:
+        assert rx.timestamps and not plain.timestamps and rx.batched == mmsg
+        src, dst = socket.inet_aton(ADDR_A4), socket.inet_aton(ADDR_B4)
+        payloads = [os.urandom(200) for _ in range(5)]
+        time.sleep(0.05)  # the kernel switches receive timestamps on in a deferred work item
+        before = time.time()
+        assert tx.send_burst(dst, payloads, src=src) == []
+        time.sleep(0.05)  # all of them queued: one batch, stamped when the first arrived
+        got = rx.recv_batch()
+        assert got == [(src, dst, 0, p) for p in payloads]
+        assert before - 0.01 <= rx.stamp <= before + 0.04
+        assert plain.recv_batch() == got and plain.stamp == 0.0
+        assert rx.recv_batch() is None
+    finally:
+        tx.close()
+        rx.close()
+        plain.close()
+
+
 def test_raw_batch_reports_failures_and_sends_the_rest(pair: Pair) -> None:
     with pair.a.enter():
         tx = RawEsp(V4, mmsg=True)

@@ -17,7 +17,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..core import codel, gro, gso
@@ -134,7 +134,7 @@ class DataPlane:
         self.offloads = offloads or OffloadOptions()
         self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
         self.wall = wall  # the clock of the kernel's receive timestamps (CLOCK_REALTIME)
-        self.codel: dict[int, codel.CoDel] = {}  # per ESP-in-UDP socket (its descriptor)
+        self.codel: dict[int, codel.CoDel] = {}  # per raw ESP and ESP-in-UDP socket (its descriptor)
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self.devices = KernelDevices(self)
@@ -174,7 +174,7 @@ class DataPlane:
         kernel, opts = self.kernel, self.offloads
         for family in (4, 6):
             try:
-                raw = kernel.open_raw(family, mmsg=opts.mmsg)
+                raw = kernel.open_raw(family, mmsg=opts.mmsg, timestamps=self.aqm is not None)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -182,6 +182,8 @@ class DataPlane:
                 continue
             self.raw[family] = raw
             self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
+            if self.aqm is not None:
+                self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
             try:
                 udp = kernel.open_udp(
                     family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None
@@ -360,8 +362,11 @@ class DataPlane:
         for r in rejects:
             self.reject(r)
 
-    def _receive_runs(self, datagrams: Iterable[tuple[bytes, bytes, int, bytes]], now: float) -> None:
-        """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header, and deliver."""
+    def _receive_runs(
+        self, datagrams: Iterable[tuple[bytes, bytes, int, bytes]], now: float
+    ) -> dict[str, list[bytes]]:
+        """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header: the inner
+        packets per device (the ICMP errors are sent)."""
         pending: dict[str, list[bytes]] = {}
         group: list[bytes] = []
         key: tuple[bytes, bytes, int] | None = None
@@ -374,23 +379,28 @@ class DataPlane:
             group.append(esp)
         if key is not None:
             merge(pending, *receive(key[0], key[1], group, now, key[2]))
-        if pending:
-            self.deliver(pending)
+        return pending
 
-    def _raw_datagrams(self, raw: RawEdge) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+    def on_raw(self, raw: RawEdge) -> None:
+        """Decrypt ESP packets from the raw socket (many per system call where it can), up to
+        `batch_packets`; with AQM, CoDel judges each read by how long its first packet waited."""
+        now = self.clock()
+        queue = self.codel.get(raw.fileno())
+        pending: dict[str, list[bytes]] = {}
         for _ in range(max(1, self.batch_packets // MMSG_BATCH)):
             try:
                 got = raw.recv_batch()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
-                return
+                break
             if got is None:
-                return
-            yield from got
-
-    def on_raw(self, raw: RawEdge) -> None:
-        """Decrypt ESP packets from the raw socket (many per system call where it can)."""
-        self._receive_runs(self._raw_datagrams(raw), self.clock())
+                break
+            deliver = self._receive_runs(got, now)
+            if queue is not None and raw.stamp and deliver:
+                self._signal(queue, deliver, raw.stamp, len(got))
+            self._merge(pending, deliver, [])
+        if pending:
+            self.deliver(pending)
 
     def _answer(self) -> None:
         """Serve the tunnel devices readable now: the answers to what was just delivered ahead (an echo

@@ -73,7 +73,10 @@ class TunEdge(Protocol):
 
 
 class RawEdge(Protocol):
-    """A raw ESP socket (IP protocol 50) of one address family."""
+    """A raw ESP socket (IP protocol 50) of one address family. `stamp`: the kernel's receive time of
+    the first packet of the last `recv_batch` (wall-clock seconds; 0.0 when unknown or not asked)."""
+
+    stamp: float
 
     def fileno(self) -> int:
         """What the event loop waits on."""
@@ -157,8 +160,9 @@ class Kernel(Protocol):
         """Create (or attach to) tunnel device `name` and open its queue."""
         ...
 
-    def open_raw(self, family: int, *, mmsg: bool) -> RawEdge:
-        """The raw ESP socket of IPv`family` (4 or 6); OSError when there is none."""
+    def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> RawEdge:
+        """The raw ESP socket of IPv`family` (4 or 6); OSError when there is none. `timestamps`: it
+        notes the kernel's receive times where it can (`RawEdge.stamp`)."""
         ...
 
     def open_udp(
@@ -224,8 +228,9 @@ class LinuxKernel:
             log.info("%s: the kernel refused TSO on TUN; reading packets one by one", name)
         return queue
 
-    def open_raw(self, family: int, *, mmsg: bool) -> RawEsp:
-        return RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer, mmsg=mmsg)
+    def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> RawEsp:
+        size = self.socket_buffer
+        return RawEsp(family, rcvbuf=size, sndbuf=size, mmsg=mmsg, timestamps=timestamps)
 
     def open_udp(
         self,
