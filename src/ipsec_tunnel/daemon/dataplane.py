@@ -60,7 +60,8 @@ class OffloadOptions:
 
 @dataclass(frozen=True)
 class AqmOptions:
-    """CoDel (RFC 8289) on what the ESP-in-UDP sockets received: its target and interval, in seconds."""
+    """CoDel (RFC 8289) on what the raw ESP and ESP-in-UDP sockets received: target and interval, in
+    seconds."""
 
     target: float = codel.TARGET
     interval: float = codel.INTERVAL
