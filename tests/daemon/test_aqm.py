@@ -220,3 +220,32 @@ def test_raw_esp_late_reads_get_tcp_dropped() -> None:
         assert arrive(tcp, 0.0001) == tcp
     finally:
         plane.close()
+
+
+def test_a_drop_cuts_the_turn_in_two_writes_each_in_sequence(receiver: Receiver) -> None:
+    """What was pending before a read with a drop is written before that read's packets, so that each
+    write holds TCP segments in sequence (coalesced the fast way), not one batch with a hole."""
+    calls: list[dict[str, list[bytes]]] = []
+    signalled = 0
+
+    def signal(_queue: object, deliver: dict[str, list[bytes]], _stamp: float, _count: int) -> bool:
+        nonlocal signalled
+        signalled += 1
+        if signalled == 2:
+            del deliver["t0"][0]  # the AQM's drop: the head of the second read
+            return True
+        return False
+
+    def deliver(packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
+        calls.append({device: list(batch) for device, batch in packets.items()})
+
+    receiver.plane._signal = signal  # type: ignore[method-assign,assignment]
+    receiver.plane.deliver = deliver  # type: ignore[method-assign]
+    udp = receiver.kernel.udp[4, 4500]
+    tcp = [_tcp(i * 1000) for i in range(9)]
+    for part in (tcp[:3], tcp[3:6], tcp[6:]):
+        (burst,) = receiver.sender.send_batch("t0", part, receiver.clock.now)
+        assert isinstance(burst, Burst)
+        udp.inbox.put((UdpDatagram(packed(A4), 4500, packed(B4), 0, b"", WALL - 1), burst.payloads))
+    receiver.plane.on_udp(udp)
+    assert calls == [{"t0": tcp[:3]}, {"t0": tcp[4:]}]  # one turn, two writes, the hole between them

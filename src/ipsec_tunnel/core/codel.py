@@ -15,7 +15,7 @@ import math
 
 from . import ip
 
-__all__ = ["INTERVAL", "TARGET", "CoDel", "congest", "is_tcp"]
+__all__ = ["INTERVAL", "REUSE_WITHIN", "TARGET", "CoDel", "congest", "is_tcp"]
 
 TARGET = 0.005  # RFC 8289 §4.4: acceptable standing queue delay, 5 ms (seconds here)
 INTERVAL = 0.100  # RFC 8289 §4.3: a worst-case round-trip time, 100 ms (seconds here)

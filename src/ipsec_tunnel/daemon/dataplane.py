@@ -397,11 +397,23 @@ class DataPlane:
             if got is None:
                 break
             deliver = self._receive_runs(got, now)
-            if queue is not None and raw.stamp and deliver:
-                self._signal(queue, deliver, raw.stamp, len(got))
+            if (
+                queue is not None
+                and raw.stamp
+                and deliver
+                and self._signal(queue, deliver, raw.stamp, len(got))
+            ):
+                self._flush(pending)
             self._merge(pending, deliver, [])
         if pending:
             self.deliver(pending)
+
+    def _flush(self, pending: dict[str, list[bytes]]) -> None:
+        """Deliver what is pending now, before packets that follow a hole the AQM made: each side of
+        the hole stays in sequence, and coalesces the fast way (`gro.coalesce`)."""
+        if pending:
+            self.deliver(pending)
+            pending.clear()
 
     def _answer(self) -> None:
         """Serve the tunnel devices readable now: the answers to what was just delivered ahead (an echo
@@ -436,20 +448,24 @@ class DataPlane:
             return True
         return False
 
-    def _signal(self, queue: codel.CoDel, deliver: dict[str, list[bytes]], stamp: float, count: int) -> None:
+    def _signal(self, queue: codel.CoDel, deliver: dict[str, list[bytes]], stamp: float, count: int) -> bool:
         """CoDel on the inner packets of `count` datagrams the kernel received at `stamp` (its clock,
-        `wall`): the TCP packets it picks get ECN CE or are dropped, counted per device."""
+        `wall`): the TCP packets it picks get ECN CE or are dropped, counted per device. Whether any
+        was dropped."""
         due = queue.drops(self.clock(), self.wall() - stamp, count)
         if not due:
-            return
+            return False
         engine = self.engine
+        holes = False
         for device, batch in deliver.items():
             marked, dropped = codel.congest(batch, due)
             if marked or dropped:
                 engine.congested(device, marked, dropped)
+                holes = holes or dropped > 0
                 due -= marked + dropped
                 if due <= 0:
-                    return
+                    break
+        return holes
 
     def on_udp(self, udp: UdpEdge) -> None:
         """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every read, what is not TCP goes into
@@ -478,8 +494,14 @@ class DataPlane:
             deliver, rejects = self.engine.receive_batch(
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
-            if queue is not None and d.stamp and deliver:
-                self._signal(queue, deliver, d.stamp, len(payloads))
+            if (
+                queue is not None
+                and d.stamp
+                and deliver
+                and self._signal(queue, deliver, d.stamp, len(payloads))
+            ):
+                self._flush(pending)
+                seen.clear()
             self._merge(pending, deliver, rejects)
             if pending and self._deliver_ahead(pending, seen):
                 self._answer()
