@@ -14,7 +14,15 @@ from ipsec_tunnel.core.gso import NO_OFFLOAD
 from ipsec_tunnel.daemon import main
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.kernel import Kernel
-from ipsec_tunnel.daemon.spin import MAX_SPIN_US, SLEEP, Spin
+from ipsec_tunnel.daemon.spin import (
+    MAX_SPIN_US,
+    MAX_WARM_US,
+    MIN_WARM_US,
+    SLEEP,
+    WARM_WINDOW,
+    Rehearsal,
+    Spin,
+)
 from tests.support.fakes import FakeTun
 
 
@@ -57,6 +65,37 @@ def test_no_budget_never_spins() -> None:
 def test_budget_out_of_range_is_refused(budget: float) -> None:
     with pytest.raises(ValueError, match="out of range"):
         Spin(budget)
+
+
+def test_warming_wakes_within_the_period_for_a_window_after_the_last_packet() -> None:
+    clock = Clock()
+    spin = Spin(300e-6, clock, warm=1e-3)
+    assert spin.timeout() == SLEEP and not spin.turn(0)  # no traffic yet: neither wake nor rehearse
+    assert not spin.turn(1)  # a packet: no rehearsal on a busy turn
+    assert spin.timeout() == 0.0 and not spin.turn(0)  # spinning: polls, no rehearsal
+    clock.now += 300e-6
+    assert spin.timeout() == 1e-3 and spin.turn(0)  # past the budget: sleeps 1 ms at most, rehearses
+    clock.now += WARM_WINDOW - 300e-6 - 1e-6
+    assert spin.timeout() == 1e-3 and spin.turn(0)  # still within the window of the last packet
+    clock.now += 2e-6
+    assert spin.timeout() == SLEEP and not spin.turn(0)  # a second without packets: asleep, cold
+    assert spin.timeout(0.1) == 0.1
+
+
+def test_warm_period_out_of_range_is_refused() -> None:
+    for warm in (MIN_WARM_US / 1e6 / 2, MAX_WARM_US / 1e6 * 2):
+        with pytest.raises(ValueError, match="warm period out of range"):
+            Spin(0.0, warm=warm)
+
+
+def test_rehearsal_opens_what_it_seals_and_renews_its_engines() -> None:
+    rehearsal = Rehearsal()
+    first = rehearsal.sender
+    assert [rehearsal(1000.0 + i) for i in range(3)] == [1, 1, 1]
+    assert rehearsal.receiver.rx_accepted == 3
+    rehearsal.count = 1_000_000 - 1  # the next one renews the engines: fresh key, sequence from 1
+    assert rehearsal(1010.0) == 1
+    assert rehearsal.sender is not first and rehearsal.receiver.rx_accepted == 1
 
 
 class Poller:
@@ -116,6 +155,20 @@ def test_loop_polls_without_sleeping_within_the_budget(plane: DataPlane) -> None
     assert served == [True, True]  # both after empty turns: each is a woken turn
 
 
+def test_loop_rehearses_when_it_wakes_to_nothing_while_warming(plane: DataPlane) -> None:
+    rehearsals: list[float] = []
+    plane._handlers[7] = lambda: None
+    plane.warm = 1e-3
+    plane.clock = lambda: 5.0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ipsec_tunnel.daemon.dataplane.Rehearsal", lambda: rehearsals.append)
+        poller = run_script(plane, [[(7, 1)], [], [], [(7, 1)], []], spin_us=100)
+    # busy; the empty poll that ends the 100 us budget, then sleeps of at most 1 ms: a rehearsal after
+    # each empty poll from then on (two), none after the busy one; then again (the budget, one sleep)
+    assert poller.timeouts == [SLEEP, 0.0, 1e-3, 1e-3, 0.0, 1e-3]
+    assert rehearsals == [5.0] * 4
+
+
 def test_loop_without_budget_always_sleeps(plane: DataPlane) -> None:
     plane._handlers[7] = lambda: None
     poller = run_script(plane, [[(7, 1)], [(7, 1)], []], spin_us=0)
@@ -148,6 +201,22 @@ def test_woken_turn_reads_one_packet_and_the_next_turn_the_rest(plane: DataPlane
 @pytest.mark.parametrize("value,spin", [("0", 0), ("300", 300), (str(MAX_SPIN_US), MAX_SPIN_US)])
 def test_spin_option(value: str, spin: int) -> None:
     assert main.parse_args([f"--spin-us={value}"]).spin_us == spin
+
+
+@pytest.mark.parametrize("value,warm", [("0", 0), (str(MIN_WARM_US), MIN_WARM_US), ("100000", 100000)])
+def test_warm_option(value: str, warm: int) -> None:
+    assert main.parse_args([f"--warm-us={value}"]).warm_us == warm
+    assert main.parse_args([]).warm_us == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "99", "100001", "x", ""])
+def test_warm_option_refuses_bad_values(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main.parse_args([f"--warm-us={value}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "not 0 or a number of microseconds from 100 to 100000" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("value", ["-1", "100001", "abc", "1.5", ""])

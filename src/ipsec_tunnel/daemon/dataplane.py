@@ -32,7 +32,7 @@ from ..linux.raw import MMSG_BATCH
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
-from .spin import Spin
+from .spin import Rehearsal, Spin
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,14 @@ class DataPlane:
         clock: Callable[[], float] = steady,
         offloads: OffloadOptions | None = None,
         spin: float = 0.0,
+        warm: float = 0.0,
         batch_packets: int = BATCH_PACKETS,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.spin = spin
+        self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
@@ -501,9 +503,11 @@ class DataPlane:
     def run(self, every: Callable[[], None] | None = None) -> None:
         """Serve until `running` turns false. After each turn that served something the loop keeps
         polling, without sleeping but yielding the CPU, for `spin` seconds (`daemon.spin`): what follows
-        within that time is taken without a wake-up."""
+        within that time is taken without a wake-up. With `warm`, while traffic flows the loop wakes at
+        least that often and rehearses the data path when nothing came."""
         last = 0.0
-        spin = Spin(self.spin, self.monotonic)
+        spin = Spin(self.spin, self.monotonic, warm=self.warm)
+        rehearse = Rehearsal() if self.warm else None
         poll, dispatch = self._epoll.poll, self._dispatch
         while self.running:
             timeout = spin.timeout()
@@ -517,7 +521,8 @@ class DataPlane:
             self.woken = spin.idle
             dispatch(events)
             self.woken = False
-            spin.turn(len(events))
+            if spin.turn(len(events)) and rehearse is not None:
+                rehearse(self.clock())
             mono = time.monotonic()
             if mono - last >= 1.0:
                 last = mono

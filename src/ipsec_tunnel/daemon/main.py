@@ -31,7 +31,7 @@ from .lifecycle import stop as stop_daemon
 from .manager import Manager
 from .paths import check_directory, open_private
 from .server import ControlServer, answering
-from .spin import MAX_SPIN_US
+from .spin import MAX_SPIN_US, MAX_WARM_US, MIN_WARM_US
 from .state import DEFAULT_DIR, StateError, Store
 
 log = logging.getLogger("ipsecd")
@@ -143,6 +143,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once; at most {MAX_SPIN_US})",
     )
     p.add_argument(
+        "--warm-us",
+        type=_warm_us,
+        default=0,
+        help="while traffic flows (a packet within the last second), wake at least this often and run one "
+        "packet through a private SA, never sent, so that the next packet finds the data path warm "
+        f"(default 0: off; {MIN_WARM_US} to {MAX_WARM_US})",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="least severe messages logged (default: info)",
     )  # fmt: skip
@@ -166,6 +174,15 @@ def _spin_us(text: str) -> int:
     """A busy-polling budget in microseconds, 0 to MAX_SPIN_US."""
     if not text.isdigit() or not 0 <= int(text) <= MAX_SPIN_US:
         raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to {MAX_SPIN_US}: {text!r}")
+    return int(text)
+
+
+def _warm_us(text: str) -> int:
+    """A warm period in microseconds: 0 (off), or MIN_WARM_US to MAX_WARM_US."""
+    if not text.isdigit() or not (int(text) == 0 or MIN_WARM_US <= int(text) <= MAX_WARM_US):
+        raise argparse.ArgumentTypeError(
+            f"not 0 or a number of microseconds from {MIN_WARM_US} to {MAX_WARM_US}: {text!r}"
+        )
     return int(text)
 
 
@@ -285,6 +302,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         udp_port=args.udp_port,
         offloads=offloads(args),
         spin=args.spin_us / 1e6,
+        warm=args.warm_us / 1e6,
         batch_packets=args.batch,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
