@@ -38,6 +38,7 @@ log = logging.getLogger("ipsecd")
 
 DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
 DEFAULT_SPIN_US = 300  # a wake-up from sleep costs more than this much polling under load
+DEFAULT_WARM_US = 5000  # a ping every 50 ms: idle RTT about a quarter shorter for ~2% more of a core
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -145,10 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--warm-us",
         type=_warm_us,
-        default=0,
+        default=DEFAULT_WARM_US,
         help="while traffic flows (a packet within the last second), wake at least this often and run one "
         "packet through a private SA, never sent, so that the next packet finds the data path warm "
-        f"(default 0: off; {MIN_WARM_US} to {MAX_WARM_US})",
+        f"(default {DEFAULT_WARM_US}; 0: off; else {MIN_WARM_US} to {MAX_WARM_US})",
     )
     p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
