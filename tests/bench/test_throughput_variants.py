@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from bench.lib.measure import Run
 from bench.lib.planes import OursPlane, OursWithArgs
 from bench.throughput import make_planes, parse_args
 
@@ -25,3 +27,28 @@ def test_without_options_the_planes_are_the_plain_ones(tmp_path: Path) -> None:
     planes = make_planes(["ours-gcm-esp"], tmp_path)
     assert [p.key for p in planes] == ["ours-gcm-esp"]
     assert type(planes[0]) is OursPlane
+
+
+def test_run_bench_keeps_the_rounds_of_variant_planes(tmp_path: Path, monkeypatch: Any) -> None:
+    from bench.lib import runner
+
+    planes = make_planes(["ours-gcm-udp"], tmp_path, [], ["--spin-us=0"])
+    monkeypatch.setattr(runner, "open_planes", lambda ps: list(ps))
+    monkeypatch.setattr(runner, "close_planes", lambda ps: None)
+    monkeypatch.setattr(OursPlane, "rss_kib", lambda self: [1])
+
+    def rounds(ready: list[Any], runs: int, seconds: float, pings: int, gap: float, results: Any) -> None:
+        for plane in ready:
+            results[plane.key].append(Run(1, mbps=100.0))
+
+    monkeypatch.setattr(runner, "run_rounds", rounds)
+    seen: list[Any] = []
+
+    def render(summaries: list[Any], _planes: list[Any]) -> str:
+        seen.extend(summaries)
+        return ""
+
+    args = parse_args(["--only", "ours-gcm-udp", "--variant=--spin-us=0", "--json", str(tmp_path / "r.json")])
+    status = runner.run_bench("throughput", args, lambda work: planes, render, keys=["ours-gcm-udp"])
+    assert status == 0
+    assert [(s.key, s.mbps) for s in seen] == [("ours-gcm-udp", 100.0), ("ours-gcm-udp-v1", 100.0)]
