@@ -102,13 +102,15 @@ class Poller:
     """A fake epoll: hands out the scripted event lists in turn, records each timeout, and stops the
     loop when the script ends."""
 
-    def __init__(self, plane: DataPlane, script: list[list[tuple[int, int]]], clock: Clock) -> None:
-        self.plane, self.script, self.clock = plane, script, clock
+    def __init__(
+        self, plane: DataPlane, script: list[list[tuple[int, int]]], clock: Clock, step: float
+    ) -> None:
+        self.plane, self.script, self.clock, self.step = plane, script, clock, step
         self.timeouts: list[float] = []
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         self.timeouts.append(timeout)
-        self.clock.now += 100e-6  # each poll takes 100 us of the fake clock
+        self.clock.now += self.step  # each poll takes this long on the fake clock
         if not self.script:
             self.plane.running = False
             return []
@@ -135,11 +137,13 @@ def plane() -> Iterator[DataPlane]:
     epoll.close()
 
 
-def run_script(dp: DataPlane, script: list[list[tuple[int, int]]], spin_us: int) -> Poller:
+def run_script(
+    dp: DataPlane, script: list[list[tuple[int, int]]], spin_us: int, step: float = 100e-6
+) -> Poller:
     clock = Clock()
     dp.spin = spin_us / 1e6
     dp.monotonic = clock
-    poller = Poller(dp, script, clock)
+    poller = Poller(dp, script, clock, step)
     dp._epoll = cast(Any, poller)  # run() polls through it
     dp.run()
     return poller
@@ -178,9 +182,18 @@ def test_loop_without_budget_always_sleeps(plane: DataPlane) -> None:
 def test_back_to_back_turns_are_not_woken(plane: DataPlane) -> None:
     served: list[bool] = []
     plane._handlers[7] = lambda: served.append(plane.woken)
-    run_script(plane, [[(7, 1)], [(7, 1)], [], [(7, 1)]], spin_us=300)
+    run_script(plane, [[(7, 1)], [(7, 1)], [], [(7, 1)]], spin_us=300, step=10e-6)
     assert served == [True, False, True]
     assert not plane.woken  # outside a turn
+
+
+def test_a_poll_that_slept_wakes_without_spinning(plane: DataPlane) -> None:
+    served: list[bool] = []
+    plane._handlers[7] = lambda: served.append(plane.woken)
+    run_script(plane, [[(7, 1)], [(7, 1)]], spin_us=0, step=1e-3)  # each poll blocked 1 ms
+    plane.running = True
+    run_script(plane, [[(7, 1)], [(7, 1)]], spin_us=0, step=10e-6)  # ready at once: under load
+    assert served == [True, True, True, False]
 
 
 def test_woken_turn_reads_one_packet_and_the_next_turn_the_rest(plane: DataPlane) -> None:

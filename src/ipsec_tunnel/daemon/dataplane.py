@@ -518,7 +518,7 @@ class DataPlane:
             events = poll(timeout)
             if not events and not timeout:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
-            self.woken = spin.idle
+            self.woken = spin.woken()
             dispatch(events)
             self.woken = False
             if spin.turn(len(events)) and rehearse is not None:

@@ -3,7 +3,7 @@ path warm between sparse packets (`--warm-us`).
 
 After a loop turn that served something, the loop keeps polling without sleeping for a budget of
 microseconds: what arrives within it is taken without a wake-up. Past the budget the loop sleeps in
-`epoll_wait` again. The first turn after the loop found nothing to do is a *woken* turn: the sources
+`epoll_wait` again. A turn after the loop found nothing to do, or slept, is a *woken* turn: the sources
 read once and leave the rest (level-triggered epoll reports it in the next turn), which spares an idle
 packet the read that would only have said "nothing more".
 
@@ -28,6 +28,7 @@ from ..core.tunnel import Tunnel
 MAX_SPIN_US = 100_000  # --spin-us upper bound: a tenth of a second of polling per burst at most
 MIN_WARM_US, MAX_WARM_US = 100, 100_000  # --warm-us bounds (0 is off)
 SLEEP = 0.5  # longest sleep in epoll_wait (seconds): the once-a-second work is never later than this
+SLEPT = 50e-6  # a poll that took this long slept: one with something ready returns in a few us
 WARM_WINDOW = 1.0  # seconds after the last packet during which the data path is kept warm
 REHEARSALS = 1_000_000  # rehearsals before the private engines are made afresh (new key, sequence 1)
 
@@ -48,6 +49,7 @@ class Spin:
         self.until = 0.0  # polling without sleep goes on until this reading of `clock`
         self.last = -WARM_WINDOW  # the last busy turn
         self.idle = True  # the last poll found nothing ready: the next ready source wakes the loop
+        self.asked = 0.0  # when `timeout` was last asked (before a poll)
 
     def spinning(self) -> bool:
         """Whether the budget of the last busy turn still runs."""
@@ -60,9 +62,15 @@ class Spin:
     def timeout(self, longest: float = SLEEP) -> float:
         """How long the next poll may wait: 0 while spinning, at most the warm period while warming,
         else `longest`."""
-        if self.spinning():
+        now = self.asked = self.clock()
+        if self.budget > 0 and now < self.until:
             return 0.0
-        return min(self.warm, longest) if self.warming() else longest
+        return min(self.warm, longest) if self.warm > 0 and now < self.last + WARM_WINDOW else longest
+
+    def woken(self) -> bool:
+        """Whether the poll since `timeout` woke the loop: the poll before it found nothing, or this one
+        took SLEPT or longer (it slept, with nothing ready when it began)."""
+        return self.idle or self.clock() - self.asked >= SLEPT
 
     def turn(self, served: int) -> bool:
         """Note a poll's outcome (`served` ready sources restart the budget); whether to rehearse now:
