@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PREFIX ?= /usr/local
-APT_PKGS = iproute2 uidmap iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins libstrongswan-extra-plugins
+APT_PKGS = iproute2 uidmap systemd iputils-ping net-tools kmod nftables tcpdump tshark iperf3 user-mode-linux man-db strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins libstrongswan-extra-plugins
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv install uninstall demo test lint typecheck pytest soak bench bench-deps bench-scale clean
