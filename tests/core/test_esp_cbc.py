@@ -199,3 +199,16 @@ def test_cbc_streams_refuse_partial_blocks_and_stay_in_step() -> None:
     assert esp.open_cbc_many([packet], cipher, auth) == ([inner], 0)
     iv, data = os.urandom(16), os.urandom(64)
     assert cipher.decrypt(iv, cipher.encrypt(iv, data)) == data
+
+
+@pytest.mark.parametrize("seq", [5, (3 << 32) | 5, (1 << 64) - 1])
+def test_seal_cbc_with_esn_is_seal_with_esn(seq: int) -> None:
+    """RFC 4303 §2.8: with ESN the high 32 bits are in the ICV, not in the packet."""
+    cipher, auth = _transforms(*SUITES[0])
+    inner = _ipv4(300)
+    packet = esp.seal_cbc(0x1234, seq, cipher, auth, inner, 4, esn=True)
+    assert packet == esp.seal(0x1234, seq, True, cipher, auth, inner, 4, iv=packet[8:24])
+    assert esp.open_packet(packet, seq, True, cipher, auth) == (inner, 4)
+    assert packet[4:8] == (seq & 0xFFFFFFFF).to_bytes(4, "big")
+    if seq >> 32:
+        assert esp.open_packet(packet, seq & 0xFFFFFFFF, False, cipher, auth) is Drop.AUTH_FAILED

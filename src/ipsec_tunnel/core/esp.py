@@ -166,13 +166,17 @@ def seal_rows(
     return out
 
 
-def seal_cbc(spi: int, seq: int, cipher: Any, auth: AuthTransform, inner: bytes, next_header: int) -> bytes:
-    """`seal` for a CBC cipher with an HMAC and no ESN, made fast: the same packet as `seal` given the IV
-    this one draws (`cipher.encrypt_fresh`: random and unpredictable, RFC 3602 §2)."""
+def seal_cbc(
+    spi: int, seq: int, cipher: Any, auth: AuthTransform, inner: bytes, next_header: int, esn: bool = False
+) -> bytes:
+    """`seal` for a CBC cipher with an HMAC, made fast: the same packet as `seal` given the IV this one
+    draws (`cipher.encrypt_fresh`: random and unpredictable, RFC 3602 §2)."""
     trailer = _trailer(-(len(inner) + 2) % cipher.block, next_header)
-    body: bytes = _HDR.pack(spi, seq) + cipher.encrypt_fresh(inner, trailer)
+    body: bytes = _HDR.pack(spi, seq & 0xFFFFFFFF) + cipher.encrypt_fresh(inner, trailer)
     h = auth.start()
-    h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext
+    h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext ...
+    if esn:
+        h.update(_SEQHI.pack(seq >> 32))  # ... and with ESN the high 32 bits, not sent (§3.3.2.1)
     return body + h.finalize()[: auth.icv_len]
 
 

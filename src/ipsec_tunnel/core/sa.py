@@ -385,7 +385,9 @@ class SecurityAssociation:
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
-        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_cbc, esp.open_cbc_many
+        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
+        cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
+        self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
 
     def __repr__(self) -> str:
         c = self.config
@@ -498,8 +500,8 @@ class SecurityAssociation:
             packet = esp.seal_aead16(
                 self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
             )
-        elif self._cbc_fast:
-            packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header)
+        elif self._cbc_seal:
+            packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
         else:
             packet = esp.seal(
                 self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
