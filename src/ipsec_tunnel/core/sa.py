@@ -401,6 +401,9 @@ class SecurityAssociation:
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
+        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
+        cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
+        self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
 
     def __repr__(self) -> str:
         c = self.config
@@ -509,13 +512,15 @@ class SecurityAssociation:
         if self._journal is not None:
             self._journal[self._sent_at] = seq
         aead_encrypt = self._aead_encrypt
-        if aead_encrypt is None:
-            packet = esp.seal(
-                self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
-            )
-        else:
+        if aead_encrypt is not None:
             packet = esp.seal_aead16(
                 self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
+            )
+        elif self._cbc_seal:
+            packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
+        else:
+            packet = esp.seal(
+                self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
             )
         if self._volume:
             self._account(len(inner), now, emit)
@@ -529,7 +534,7 @@ class SecurityAssociation:
     def seals_rows(self) -> bool:
         """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
         HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
+        return (self._aead_encrypt is not None or self._cbc_fast) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
@@ -587,7 +592,7 @@ class SecurityAssociation:
         all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
         without ESN."""
         decrypt, replay = self._aead_decrypt, self.replay
-        cbc = decrypt is None and self._cbc_hmac
+        cbc = decrypt is None and self._cbc_fast
         first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             first, last = _in_order(packets)
