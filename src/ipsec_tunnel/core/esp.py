@@ -224,6 +224,9 @@ def _unpadded(plain: bytes) -> tuple[bytes, int] | Drop:
 # Per pad length, the whole trailer of a tunnel-mode payload carrying IPv4 or IPv6 (RFC 4303 §2.4-2.6).
 _TAILS_V4 = [_PAD[:n] + bytes((n, NH_IPV4)) for n in range(256)]
 _TAILS_V6 = [_PAD[:n] + bytes((n, NH_IPV6)) for n in range(256)]
+# The same by the trailer's whole length (pad length + 2)
+_ENDS_V4 = {n + 2: tail for n, tail in enumerate(_TAILS_V4)}
+_ENDS_V6 = {n + 2: tail for n, tail in enumerate(_TAILS_V6)}
 
 
 def open_aead16_many(
@@ -236,7 +239,7 @@ def open_aead16_many(
     out: list[bytes | tuple[bytes, int] | Drop] = []
     append = out.append
     others = 0
-    v4, v6 = _TAILS_V4, _TAILS_V6
+    v4, v6 = _ENDS_V4, _ENDS_V6
     for packet in packets:
         body_len = len(packet) - _AEAD16_OVERHEAD
         if body_len < 4 or body_len & 3:
@@ -249,19 +252,19 @@ def open_aead16_many(
             append(Drop.AUTH_FAILED)
             others += 1
             continue
-        pad_len = plain[-2]
-        end = len(plain) - 2 - pad_len
+        # The IP length says where the trailer starts; what follows must be exactly the trailer whose
+        # padding fills the rest (the same test as reading the pad length first, with fewer steps).
         first = plain[0]
-        if (  # RFC 791: version 4 and a 20-byte header, the total length at octets 2-3
-            first == 0x45 and plain.endswith(v4[pad_len]) and end >= 20 and plain[2] << 8 | plain[3] == end
-        ) or (  # RFC 8200: version 6, the payload length (after 40 bytes) at octets 4-5
-            first >> 4 == 6
-            and plain.endswith(v6[pad_len])
-            and end >= 40
-            and 40 + (plain[4] << 8 | plain[5]) == end
-        ):
-            append(plain[:end])
-            continue
+        if first == 0x45:  # RFC 791: version 4 and a 20-byte header, the total length at octets 2-3
+            end = plain[2] << 8 | plain[3]
+            if end >= 20 and plain[end:] == v4.get(len(plain) - end):
+                append(plain[:end])
+                continue
+        elif first >> 4 == 6 and len(plain) >= 42:  # RFC 8200: the payload length (after 40) at 4-5
+            end = 40 + (plain[4] << 8 | plain[5])
+            if plain[end:] == v6.get(len(plain) - end):
+                append(plain[:end])
+                continue
         append(_unpadded(plain))
         others += 1
     return out, others
