@@ -66,11 +66,14 @@ class Host(IpsecHost):
 class Variant(OursPlane):
     """ours-gcm-udp with the code under `src` and extra ipsecd options."""
 
-    def __init__(self, key: str, work: Path, src: str, options: list[str]) -> None:
+    def __init__(
+        self, key: str, work: Path, src: str, options: list[str], host: type[Host] | None = None
+    ) -> None:
         self.options = options
         self.config = OursConfig("gcm", True)
         self.work = work
-        self.hosts = (Host(f"{key}-A", work, src), Host(f"{key}-B", work, src))
+        make = host or Host
+        self.hosts = (make(f"{key}-A", work, src), make(f"{key}-B", work, src))
         super(OursPlane, self).__init__(key, f"{key} ({src} {' '.join(options)})", work, "gcm")
         self.encap_filter = "udp port 4500"
 

@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
-from bench.lib.planes import OursConfig, OursPlane, Plane, close_planes, open_planes
+from bench.lib.planes import OursConfig, Plane, close_planes, open_planes, ours_variants
 from bench.lib.prerequisites import busy_note, check_prerequisites, ipsecadm_works, versions
 from bench.lib.processes import (
     BenchError,
@@ -375,21 +375,6 @@ def render(summaries: Sequence[LatSummary], args: argparse.Namespace, seconds: f
 # -- main ------------------------------------------------------------------------------------------------
 
 
-class OursWithArgs(OursPlane):
-    """ipsecd started with extra daemon options (--ipsecd-args)."""
-
-    def __init__(self, key: str, work: Path, config: OursConfig, extra: Sequence[str]) -> None:
-        super().__init__(key, work, config)
-        self.extra = list(extra)
-        if self.extra:
-            self.label += f" [{' '.join(self.extra)}]"
-
-    def setup(self) -> None:
-        for host in self.hosts:
-            host.start("--log-level", "warning", *self.extra)
-        self.configure()
-
-
 def make_planes(
     keys: Sequence[str], work: Path, extra: Sequence[str], variants: Sequence[str] = ()
 ) -> list[Plane]:
@@ -400,9 +385,7 @@ def make_planes(
         if key.startswith("ours-"):
             _, cipher, encap = key.split("-")
             config = OursConfig(cipher, udp=encap == "udp")
-            planes.append(OursWithArgs(key, work, config, extra))
-            for i, variant in enumerate(variants, 1):
-                planes.append(OursWithArgs(f"{key}-v{i}", work, config, [*extra, *shlex.split(variant)]))
+            planes += ours_variants(key, work, config, extra, variants)
         else:
             planes += throughput_planes([key], work)
     return planes

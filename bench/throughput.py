@@ -14,12 +14,14 @@ Run as root: bench/throughput [--runs 3] [--seconds 10] [--only ours,strongswan]
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
-from bench.lib.planes import OursConfig, OursPlane, Plane, VethPlane
+from bench.lib.planes import OursConfig, OursPlane, Plane, VethPlane, ours_variants
 from bench.lib.prerequisites import check_prerequisites, ipsecadm_works
 from bench.lib.report import Summary, failures, fmt, table
 from bench.lib.runner import check_common, common_args, run_bench
@@ -87,20 +89,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LIST",
         help="leave these groups or planes out, e.g. --skip strongswan",
     )
+    p.add_argument(
+        "--ipsecd-args", default="", metavar="ARGS", help="extra options for every ipsecd, e.g. '--spin-us=0'"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="measure each ipsecd plane once more, started with ARGS added, in the same interleaved rounds "
+        "(repeatable), e.g. --variant='--spin-us=0'",
+    )
     common_args(p)
     args = p.parse_args(argv)
     check_common(p, args)
     return args
 
 
-def make_planes(keys: list[str], work: Path) -> list[Plane]:
+def make_planes(
+    keys: list[str], work: Path, extra: Sequence[str] = (), variants: Sequence[str] = ()
+) -> list[Plane]:
+    """The planes of `keys`; each ipsecd plane started with `extra`, and once more per variant."""
     planes: list[Plane] = []
     for key in keys:
         if key == "veth":
             planes.append(VethPlane(key, "plain veth (no tunnel)", work))
         elif key.startswith("ours-"):
             _, cipher, encap = key.split("-")
-            planes.append(OursPlane(key, work, OursConfig(cipher, udp=encap == "udp")))
+            config = OursConfig(cipher, udp=encap == "udp")
+            if extra or variants:
+                planes += ours_variants(key, work, config, extra, variants)
+            else:
+                planes.append(OursPlane(key, work, config))
         elif key == "swan-gcm":
             planes.append(StrongSwanPlane(key, work, "aes128gcm16", "gcm"))
         elif key == "swan-cbc":
@@ -172,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_bench(
         "throughput",
         args,
-        lambda work: make_planes(keys, work),
+        lambda work: make_planes(keys, work, shlex.split(args.ipsecd_args), args.variant),
         lambda summaries, _planes: render(summaries, args),
         keys=keys,
         after=lambda _planes, summaries: add_ratios(summaries),

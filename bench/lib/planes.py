@@ -5,6 +5,7 @@ only what the plane should (tunnelled, or in the clear for veth)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Sequence
@@ -224,6 +225,32 @@ class OursPlane(Plane):
                 if line.startswith("VmRSS:"):
                     out.append(int(line.split()[1]))
         return out
+
+
+class OursWithArgs(OursPlane):
+    """ipsecd started with extra daemon options (--ipsecd-args, --variant)."""
+
+    def __init__(self, key: str, work: Path, config: OursConfig, extra: Sequence[str]) -> None:
+        super().__init__(key, work, config)
+        self.extra = list(extra)
+        if self.extra:
+            self.label += f" [{' '.join(self.extra)}]"
+
+    def setup(self) -> None:
+        for host in self.hosts:
+            host.start("--log-level", "warning", *self.extra)
+        self.configure()
+
+
+def ours_variants(
+    key: str, work: Path, config: OursConfig, extra: Sequence[str], variants: Sequence[str]
+) -> list[Plane]:
+    """ipsecd plane `key` started with `extra`, and once more per variant with its options added (keys
+    KEY-v1, KEY-v2 ...), to be measured in the same interleaved rounds."""
+    planes: list[Plane] = [OursWithArgs(key, work, config, extra)]
+    for i, variant in enumerate(variants, 1):
+        planes.append(OursWithArgs(f"{key}-v{i}", work, config, [*extra, *shlex.split(variant)]))
+    return planes
 
 
 def open_planes(planes: Sequence[Plane]) -> list[Plane]:

@@ -63,6 +63,8 @@ def run_bench(
         with workdir(args.keep, f"ipsec-bench-{name}-") as work:
             try:
                 planes = make_planes(work)
+                for p in planes:  # variants of a plane (KEY-v1 ...) are not in `keys`
+                    results.setdefault(p.key, [])
                 ready = open_planes(planes)
                 if ready:
                     log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")

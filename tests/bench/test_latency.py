@@ -11,7 +11,6 @@ import pytest
 from bench.latency import (
     LatRun,
     LatSummary,
-    OursWithArgs,
     make_planes,
     parse_iperf,
     parse_ping,
@@ -21,6 +20,7 @@ from bench.latency import (
     render,
     route_device,
 )
+from bench.lib.planes import OursWithArgs
 
 PING = """PING 10.0.2.1 (10.0.2.1) from 10.0.1.1 : 56(84) bytes of data.
 64 bytes from 10.0.2.1: icmp_seq=1 ttl=64 time=0.712 ms

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import struct
 from typing import Any
 
@@ -367,6 +368,13 @@ _INNERS = [
     ("dummy", _trailed(bytes(30), 59)),
     ("tiny", bytes([0x45, 0, 0, 2])),
     ("padding longer than the payload", bytes([0x45, 0, 9, 4])),
+    ("tiny v6", bytes([0x60, 0, 0, 41])),
+    ("v6 header cut", bytes([0x60, 0, 0, 0, 0, 0]) + bytes(32) + bytes([0, 41])),
+    ("v4 length below its header", _trailed(_v4(120, 16), 4)),
+    ("v4 length beyond the payload", _trailed(_v4(120, 400), 4)),
+    ("v4 length into the trailer", _trailed(_v4(120, 121), 4)),
+    ("v6 length too long", _trailed(_v6(140, 144), 41)),
+    ("v6 length too short", _trailed(_v6(140, 136), 41)),
 ]
 
 
@@ -393,3 +401,47 @@ def test_open_aead16_many_is_open_aead16_with_whole_packets_bare(name: str, plai
             assert got == one
     whole = name in ("v4", "v4 odd", "v6", "v4 with more padding")
     assert isinstance(opened[1], bytes) == whole
+
+
+def _whole_by_pad_length(plain: bytes) -> bool:
+    """The rule open_aead16_many had before it read the IP length first: the pad length byte, the
+    trailer it implies, and an IP length ending where that trailer starts."""
+    pad_len = plain[-2]
+    end = len(plain) - 2 - pad_len
+    tail4 = bytes(range(1, pad_len + 1)) + bytes([pad_len, 4])
+    tail6 = bytes(range(1, pad_len + 1)) + bytes([pad_len, 41])
+    return (plain[0] == 0x45 and plain.endswith(tail4) and end >= 20 and plain[2] << 8 | plain[3] == end) or (
+        plain[0] >> 4 == 6 and plain.endswith(tail6) and end >= 40 and 40 + (plain[4] << 8 | plain[5]) == end
+    )
+
+
+def test_open_aead16_many_takes_as_whole_what_the_pad_length_rule_takes() -> None:
+    """Random plaintexts near the boundaries (IP lengths around the trailer, pad lengths right and wrong,
+    both versions and next headers): bare bytes exactly where the rule by pad length says so."""
+    rng = random.Random(13)
+    decrypt = AESGCM(_MANY_KEY).decrypt
+    plains = []
+    for _ in range(3000):
+        v6 = rng.random() < 0.4
+        size = rng.choice([4, 8, 40, 44, 60, 64, 120, 1420])
+        inner = _v6(max(size, 40)) if v6 else _v4(max(size, 20))
+        body = bytearray(_trailed(inner, rng.choice([4, 41, 59]), extra_pad=rng.choice([0, 0, 1, 63])))
+        if rng.random() < 0.5:  # the IP length off by a little
+            at = 4 if v6 else 2
+            length = int.from_bytes(body[at : at + 2], "big") + rng.choice([-3, -2, -1, 1, 2, 3, 300])
+            body[at : at + 2] = (length & 0xFFFF).to_bytes(2, "big")
+        if rng.random() < 0.2:  # a damaged trailer byte
+            body[rng.randrange(max(1, len(body) - 6), len(body))] ^= rng.choice([1, 0x40])
+        if rng.random() < 0.1:
+            body = body[: rng.choice([4, 8, 12])]  # short: nothing to read an IP length from
+        if len(body) % 4:
+            body += bytes(4 - len(body) % 4)
+        plains.append(bytes(body))
+    packets = [_sealed_with(i + 1, plain) for i, plain in enumerate(plains)]
+    opened, others = esp.open_aead16_many(packets, decrypt, _MANY_SALT)
+    bare = [isinstance(got, bytes) for got in opened]
+    assert bare == [_whole_by_pad_length(plain) for plain in plains]
+    assert 300 < sum(bare) < 2700 and others == len(plains) - sum(bare)  # both ways, many times
+    for packet, got in zip(packets, opened, strict=True):
+        one = esp.open_aead16(packet, decrypt, _MANY_SALT)
+        assert one == ((got, 4 if got[0] == 0x45 else 41) if isinstance(got, bytes) else got)

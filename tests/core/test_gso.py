@@ -736,3 +736,65 @@ def test_coalesce_checks_every_segment_alone(count: int, v6: bool) -> None:
     assert (NO_OFFLOAD, damaged[1]) in flows and (NO_OFFLOAD, damaged[-2]) in flows
     ((offload, merged),) = gro.coalesce(good)  # intact, they merge
     assert offload.gso_type and gso.split(merged, offload) == good
+
+
+# -- the batch's header checks, made with C-level steps: the same answers as the loops they replace ----------
+
+
+def _old_in_order(packets: list[bytes]) -> tuple[int, int]:
+    """The loop `sa._in_order` replaces: each sequence number unpacked, the list against a range."""
+    try:
+        seqs = [struct.unpack_from("!I", p, 4)[0] for p in packets]
+    except struct.error:
+        return -1, -1
+    if seqs and seqs == list(range(seqs[0], seqs[0] + len(seqs))):
+        return seqs[0], seqs[-1]
+    return -1, -1
+
+
+_SEQ_LISTS = st.one_of(
+    st.builds(lambda first, n: list(range(first, first + n)), st.integers(0, 2**32 - 1), st.integers(1, 70)),
+    st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=70),
+    st.lists(st.sampled_from([0, 1, 2, 3, 2**32 - 2, 2**32 - 1]), min_size=1, max_size=8),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SEQ_LISTS, st.lists(st.integers(0, 69), max_size=2), st.lists(st.integers(0, 7), max_size=2))
+def test_in_order_answers_as_the_unpacking_loop(seqs: list[int], changes: list[int], cuts: list[int]) -> None:
+    """Runs (also up to 2^32 - 1), gaps, repeats, and packets shorter than the ESP header."""
+    from ipsec_tunnel.core.sa import _in_order
+
+    packets = [struct.pack("!II", 0x1001, s % 2**32) + bytes(20) for s in seqs]  # a run may wrap
+    for i in changes:  # one number moved off the run
+        if i < len(packets):
+            packets[i] = packets[i][:4] + struct.pack("!I", (seqs[i] + 1) % 2**32) + packets[i][8:]
+    for n in cuts:
+        if packets:
+            packets[n % len(packets)] = packets[n % len(packets)][:n]
+    assert _in_order(packets) == _old_in_order(packets)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"\x00\x00\x10\x01", b"\x00\x00\x10\x02", b"\x00\x00\x00\x00"]), min_size=2,
+                max_size=40), st.lists(st.integers(0, 12), max_size=2))  # fmt: skip
+def test_one_sa_answers_as_the_all_loop(spis: list[bytes], cuts: list[int]) -> None:
+    """A batch goes to `decrypt_many` exactly when every datagram has the first one's SPI (not the non-ESP
+    marker) and the ESP header's length."""
+    from ipsec_tunnel.core.receive import _one_sa
+
+    pair = make_pair()
+    a_addr, b_addr = packed(pair.a_addr), packed(pair.b_addr)
+    sa = pair.b.sad.get(b_addr, a_addr, 0x1001)
+    datagrams = [spi + bytes(30) for spi in spis]
+    for n in cuts:
+        datagrams[n % len(datagrams)] = datagrams[n % len(datagrams)][:n]
+    first = datagrams[0][:4]
+    expected = (
+        sa
+        if len(first) == 4
+        and first == b"\x00\x00\x10\x01"
+        and all(d[:4] == first and len(d) >= 8 for d in datagrams)
+        else None
+    )
+    assert _one_sa(pair.b, a_addr, b_addr, datagrams) is expected

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers import algorithms as _old  # 3DES, Blowfish, CAST5 live here
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
@@ -147,22 +148,76 @@ class _ChaCha:
 
 
 class _Cbc:
-    """A block cipher in CBC mode with an explicit random IV the size of a block (RFC 2451, RFC 3602)."""
+    """A block cipher in CBC mode with an explicit random IV the size of a block (RFC 2451, RFC 3602).
+
+    `encrypt` takes the IV it is given, on a context of its own. The data path instead uses two CBC
+    contexts kept for the SA's life and never finalized (building one costs several times what AES does
+    to a packet), each fed whole blocks only:
+
+    - `encrypt_fresh` feeds a fresh random block Z, then the data: what comes out first,
+      E_K(Z xor the last ciphertext block out), is the packet's IV, uniformly random and unpredictable
+      as Z is (RFC 3602 §2; the "encrypted random value" IV of NIST SP 800-38A Appendix C), Z never
+      leaves the process, and the data is then CBC-encrypted under that IV, as `encrypt` would;
+    - `decrypt_joined` feeds IV || ciphertext: CBC decryption XORs each block's decryption with the
+      ciphertext block before it, so every block after the IV comes out under that IV, and only the
+      first block out (the IV's, chained to the previous packet) has no meaning.
+    """
 
     counter_iv = False
+    _POOL_BLOCKS = 256  # random blocks drawn at once for `encrypt_fresh`
 
     def __init__(self, algorithm: CipherAlgorithm, block: int) -> None:
         self._algorithm = algorithm
         self.iv_len = block
         self.block = block
+        self._stream = Cipher(algorithm, modes.CBC(bytes(block))).encryptor()
+        self._unstream = Cipher(algorithm, modes.CBC(bytes(block))).decryptor()
+        self._pool = b""
+        self._taken = 0
 
     def encrypt(self, iv: bytes, data: bytes) -> bytes:
         enc = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
         return enc.update(data) + enc.finalize()
 
     def decrypt(self, iv: bytes, data: bytes) -> bytes:
-        dec = Cipher(self._algorithm, modes.CBC(iv)).decryptor()
-        return dec.update(data) + dec.finalize()
+        if len(iv) != self.block:
+            raise ValueError(f"CBC needs an IV of {self.block} bytes")
+        return self.decrypt_joined(iv + data)[self.block :]
+
+    def decrypt_joined(self, iv_ct: bytes) -> bytes:
+        """One block of no meaning, then the plaintext of `iv_ct[block:]` CBC-decrypted under the IV
+        `iv_ct[:block]`; `iv_ct` is a whole number of blocks (else ValueError)."""
+        if len(iv_ct) % self.block:
+            raise ValueError("CBC data must be a whole number of blocks")
+        out: bytes = self._unstream.update(iv_ct)
+        return out
+
+    def encrypt_fresh(self, data: bytes, tail: bytes = b"") -> bytes:
+        """A fresh unpredictable IV, then `data` + `tail` (a whole number of blocks, else ValueError)
+        CBC-encrypted under it."""
+        block = self.block
+        if (len(data) + len(tail)) % block:
+            raise ValueError("CBC data must be a whole number of blocks")
+        taken = self._taken
+        if taken >= len(self._pool):
+            self._pool = random_bytes(block * self._POOL_BLOCKS)
+            taken = 0
+        self._taken = taken + block
+        out: bytes = self._stream.update(self._pool[taken : taken + block] + data + tail)
+        return out
+
+    def encrypt_fresh_rows(self, rows: Any) -> bytes:
+        """`encrypt_fresh` of each row of a C-contiguous 2-D byte array (NumPy) whose width is a whole
+        number of blocks, in one call: per row, its IV then its ciphertext."""
+        count, width = rows.shape
+        block = self.block
+        if width % block:
+            raise ValueError("CBC data must be a whole number of blocks")
+        joined = np.empty((count, block + width), np.uint8)
+        joined[:, :block] = np.frombuffer(random_bytes(block * count), np.uint8).reshape(count, block)
+        joined[:, block:] = rows
+        out: bytes = self._stream.update(joined.data.cast("B"))
+        return out
 
 
 class _Ctr:
@@ -203,6 +258,9 @@ class AuthTransform:
     def __init__(self, algorithm: hashes.HashAlgorithm, key: bytes, icv_len: int) -> None:
         self._template = hmac.HMAC(key, algorithm)
         self.icv_len = icv_len
+        # a fresh HMAC context already keyed (a copy of the template: cheaper than keying one anew), to
+        # update and finalize; for callers that sign or verify packets themselves
+        self.start: Callable[[], hmac.HMAC] = self._template.copy
 
     def sign(self, *parts: bytes) -> bytes:
         """The truncated ICV over the concatenation of `parts`."""

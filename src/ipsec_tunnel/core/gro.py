@@ -36,6 +36,7 @@ __all__ = ["MAX_SEGMENTS", "RUN_MIN", "coalesce"]
 
 MAX_SEGMENTS = 64  # as the kernel's GRO (MAX_GRO_SKBS / gso_max_segs on a TUN device is 65535)
 RUN_MIN = 8  # fewer packets than this are not worth the vectorised single-flow path
+_nonzero = np.count_nonzero  # for "any": one C call, where ndarray.any() goes through Python first
 
 # What segments of one super-packet share, besides the TCP options (the key of a flow).
 # IPv4: TOS; DF and TTL (and the protocol); addresses and ports; acknowledgment and data offset; window.
@@ -72,7 +73,7 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
     count = len(packets)
     if count >= RUN_MIN:
         lengths = np.fromiter(map(len, packets), np.int64, count)
-        if lengths.all() and not (lengths & 1).any():  # 16-bit words from the start of every packet
+        if _nonzero(lengths) == count and not _nonzero(lengths & 1):  # 16-bit words from every packet's start
             run = _coalesce_run(packets, lengths, b"".join(packets))
             if run is not None:
                 return run
@@ -101,20 +102,20 @@ def _coalesce_run(
     octets = np.frombuffer(joined, np.uint8)
     rows = octets[offsets[:, None] + _HEADER[:hl]]  # every packet's IP and TCP headers
     if (
-        ((rows != rows[0]) & _CONNECTION[:hl]).any()  # one connection
-        or ((rows[:, 2].astype(np.int64) << 8 | rows[:, 3]) != lengths).any()  # IP length: all of it
-        or (rows[:, 33] & _NO_COALESCE).any()
+        _nonzero((rows != rows[0]) & _CONNECTION[:hl])  # one connection
+        or _nonzero((rows[:, 2].astype(np.int64) << 8 | rows[:, 3]) != lengths)  # IP length: all of it
+        or _nonzero(rows[:, 33] & _NO_COALESCE)
     ):
         return None
     # Where TOS, TTL, acknowledgment, window or options (timestamps) change, another flow key begins.
     changed = ((rows[1:] != rows[:-1]) & _SAME[:hl]).any(axis=1)
     seq = np.ascontiguousarray(rows[:, 24:28]).view(">u4").ravel()
     sizes = lengths - hl
-    if ((seq[1:] - seq[:-1]).astype(np.int64) != sizes[:-1]).any():  # in sequence (modulo 2^32)
+    if _nonzero((seq[1:] - seq[:-1]).astype(np.int64) != sizes[:-1]):  # in sequence (modulo 2^32)
         return None
     mss = int(sizes.max())
     short = sizes < mss
-    if (short[:-1] & short[1:]).any():  # short segments in a row may merge among themselves: not here
+    if _nonzero(short[:-1] & short[1:]):  # short segments in a row may merge among themselves: not here
         return None
     psh = (rows[:, 33] & TCP_PSH) != 0
     cut = psh | short
@@ -139,7 +140,10 @@ def _coalesce_run(
     words = np.add.reduceat(np.frombuffer(joined, "<u2"), offsets >> 1, dtype=np.uint32).astype(np.int64)
     base = (int.from_bytes(head[12:20], "big") + PROTO_TCP - 20) % 0xFFFF
     bad = ((words + ((base + lengths) << 8)) % 0xFFFF) != 0
-    bad_groups = np.logical_or.reduceat(bad, [start for start, _ in groups]).tolist()
+    if _nonzero(bad):
+        bad_groups = np.logical_or.reduceat(bad, [start for start, _ in groups]).tolist()
+    else:  # as nearly always
+        bad_groups = [False] * len(groups)
     result: list[tuple[Offload, bytes]] = []
     full = hl + mss
     for (start, stop), damaged in zip(groups, bad_groups, strict=True):

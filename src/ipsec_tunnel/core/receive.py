@@ -25,6 +25,7 @@ datagram is a batch of one. The stages, in the order datagrams take them:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import cast
 
@@ -36,6 +37,8 @@ from .sa import SecurityAssociation
 from .tunnel import BASE_DEVICE, Tunnel
 
 __all__ = ["receive"]
+
+_SPI_FIELD = operator.itemgetter(slice(0, 4))  # RFC 4303 §2.1: the SPI field, as bytes
 
 _Opened = list[bytes | tuple[bytes, int] | Drop]
 """What `SecurityAssociation.decrypt_many` gives per datagram: a whole inner IP packet alone, (inner
@@ -100,7 +103,10 @@ def _one_sa(plane: Plane, src: bytes, dst: bytes, datagrams: list[bytes]) -> Sec
     first = datagrams[0][:4] if len(datagrams) > 1 else b""
     if len(first) != 4 or first == NON_ESP_MARKER:
         return None
-    if not all(d[:4] == first and len(d) >= HEADER_LEN for d in datagrams):
+    if (
+        list(map(_SPI_FIELD, datagrams)).count(first) != len(datagrams)
+        or min(map(len, datagrams)) < HEADER_LEN
+    ):
         return None
     return plane.sad.get(dst, src, int.from_bytes(first, "big"))
 

@@ -26,7 +26,7 @@ from .algorithms import (
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
-from .replay import DEFAULT_WINDOW, MAX_WINDOW, ReplayWindow
+from .replay import DEFAULT_WINDOW, MAX_WINDOW, SEQ32, ReplayWindow
 from .seqstore import NO_LIMIT, Counters, Direction, SequenceStore, Slot
 
 __all__ = [
@@ -69,8 +69,24 @@ KEEPALIVE_MAX = 3600
 LIFETIME_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
+_SEQ_FIELD = operator.itemgetter(slice(4, 8))  # RFC 4303 §2.2: the sequence number field, as bytes
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _in_order(packets: list[bytes]) -> tuple[int, int]:
+    """(first, last) when the ESP `packets` carry the sequence numbers first, first + 1, ..., last (low
+    32 bits, RFC 4303 §2.2), else (-1, -1): one also when a packet is shorter than the ESP header. The
+    fields are compared as bytes, all at once."""
+    count = len(packets)
+    fields = b"".join(map(_SEQ_FIELD, packets))
+    if len(fields) != 4 * count:
+        return -1, -1
+    first = int.from_bytes(fields[:4], "big")
+    last = first + count - 1
+    if last >= SEQ32:  # a run through 2^32 is not one of 32-bit numbers in order
+        return -1, -1
+    return (first, last) if fields == struct.pack(f"!{count}I", *range(first, last + 1)) else (-1, -1)
 
 
 class ConfigError(ValueError):
@@ -385,6 +401,9 @@ class SecurityAssociation:
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
+        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
+        cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
+        self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
 
     def __repr__(self) -> str:
         c = self.config
@@ -493,13 +512,15 @@ class SecurityAssociation:
         if self._journal is not None:
             self._journal[self._sent_at] = seq
         aead_encrypt = self._aead_encrypt
-        if aead_encrypt is None:
-            packet = esp.seal(
-                self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
-            )
-        else:
+        if aead_encrypt is not None:
             packet = esp.seal_aead16(
                 self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
+            )
+        elif self._cbc_seal:
+            packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
+        else:
+            packet = esp.seal(
+                self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
             )
         if self._volume:
             self._account(len(inner), now, emit)
@@ -513,7 +534,7 @@ class SecurityAssociation:
     def seals_rows(self) -> bool:
         """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
         HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
+        return (self._aead_encrypt is not None or self._cbc_fast) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
@@ -570,19 +591,15 @@ class SecurityAssociation:
         has its window checked before the ICVs and moved after them, and the journal written, once for
         all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
         without ESN."""
-        decrypt, replay, unpack = self._aead_decrypt, self.replay, _SEQ_LO.unpack_from
-        cbc = decrypt is None and self._cbc_hmac
-        seqs: list[int] = []
+        decrypt, replay = self._aead_decrypt, self.replay
+        cbc = decrypt is None and self._cbc_fast
+        first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
-            try:
-                seqs = [unpack(packet, 4)[0] for packet in packets]
-            except struct.error:  # shorter than an ESP header
-                seqs = []
+            first, last = _in_order(packets)
         if not (
-            seqs
-            and replay.top < seqs[0]
-            and seqs[-1] <= self.in_limit
-            and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            first >= 0
+            and replay.top < first
+            and last <= self.in_limit
             and (
                 self._own < 0
                 or set(map(_IV_FIRST, packets)) == {self._peer_top}
@@ -598,12 +615,12 @@ class SecurityAssociation:
         else:
             opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
         if not others and admit is None:
-            replay.accept_run(seqs[0], seqs[-1])
+            replay.accept_run(first, last)
             whole = cast("list[bytes]", opened)  # all of them bare inner packets
             self._received(len(whole), sum(map(len, whole)), now)
             return opened, 0
         accepted = nbytes = 0
-        for i, (seq, result) in enumerate(zip(seqs, opened, strict=True)):  # a forged or damaged one
+        for i, result in enumerate(opened):  # a forged or damaged one
             if isinstance(result, Drop):  # among them, or a policy to check: one by one
                 self._drop(result)
                 continue
@@ -617,7 +634,7 @@ class SecurityAssociation:
                     opened[i] = refused
                     others += isinstance(result, bytes)
                     continue
-            replay.accept(seq)
+            replay.accept(first + i)
             accepted += 1
             nbytes += len(result) if isinstance(result, bytes) else len(result[0])
         if accepted:

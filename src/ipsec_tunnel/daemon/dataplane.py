@@ -32,6 +32,7 @@ from ..linux.raw import MMSG_BATCH
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
+from .spin import Rehearsal, Spin
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class DataPlane:
         clock: Callable[[], float] = steady,
         offloads: OffloadOptions | None = None,
         spin: float = 0.0,
+        warm: float = 0.0,
         batch_packets: int = BATCH_PACKETS,
         aqm: AqmOptions | None = None,
         wall: Callable[[], float] = time.time,
@@ -131,6 +133,8 @@ class DataPlane:
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.spin = spin
+        self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
+        self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
         self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
@@ -144,6 +148,7 @@ class DataPlane:
         self.icmp: dict[int, IcmpEdge] = {}
         self.udp_port = udp_port
         self.running = True
+        self.woken = False  # this turn follows one that found nothing: each source reads once (daemon.spin)
         self.failures = 0  # handler exceptions survived (bugs)
         # Called every loop turn with time.monotonic(): runs what is due, returns the next deadline (IKE).
         self.timer: Callable[[float], float | None] | None = None
@@ -224,7 +229,7 @@ class DataPlane:
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.Offload] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
-        for _ in range(BATCH):
+        for _ in range(1 if self.woken else BATCH):
             try:
                 got = queue.read()
             except OSError as exc:
@@ -477,7 +482,7 @@ class DataPlane:
         pending: dict[str, list[bytes]] = {}
         seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
         gathered = 0
-        for _ in range(BATCH):
+        for _ in range(1 if self.woken else BATCH):
             if gathered >= self.batch_packets:
                 if self._others_ready(udp.fileno()):
                     break  # the rest after the other sources' turn
@@ -576,25 +581,29 @@ class DataPlane:
                     log.exception("data plane handler failed (%d so far)", self.failures)
 
     def run(self, every: Callable[[], None] | None = None) -> None:
-        """Serve until `running` turns false. After each event the loop keeps polling, without sleeping
-        but yielding the CPU, for `spin` seconds: what follows within that time is taken without a
-        wake-up."""
-        last = spin_until = 0.0
+        """Serve until `running` turns false. After each turn that served something the loop keeps
+        polling, without sleeping but yielding the CPU, for `spin` seconds (`daemon.spin`): what follows
+        within that time is taken without a wake-up. With `warm`, while traffic flows the loop wakes at
+        least that often and rehearses the data path when nothing came."""
+        last = 0.0
+        spin = Spin(self.spin, self.monotonic, warm=self.warm)
+        rehearse = Rehearsal() if self.warm else None
         poll, dispatch = self._epoll.poll, self._dispatch
         while self.running:
-            spinning = time.monotonic() < spin_until
-            timeout = 0.0 if spinning else 0.5
+            timeout = spin.timeout()
             if self.timer is not None:
                 due = self.timer(time.monotonic())
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - time.monotonic()))
             events = poll(timeout)
-            if spinning and not events:
+            if not events and not timeout:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
+            self.woken = spin.woken()
             dispatch(events)
+            self.woken = False
+            if spin.turn(len(events)) and rehearse is not None:
+                rehearse(self.clock())
             mono = time.monotonic()
-            if events:
-                spin_until = mono + self.spin
             if mono - last >= 1.0:
                 last = mono
                 self.periodic()

@@ -31,12 +31,14 @@ from .lifecycle import stop as stop_daemon
 from .manager import Manager
 from .paths import check_directory, open_private
 from .server import ControlServer, answering
+from .spin import MAX_SPIN_US, MAX_WARM_US, MIN_WARM_US
 from .state import DEFAULT_DIR, StateError, Store
 
 log = logging.getLogger("ipsecd")
 
 DEFAULT_PIDFILE = "/run/ipsec-tunnel/ipsecd.pid"
 DEFAULT_SPIN_US = 300  # a wake-up from sleep costs more than this much polling under load
+DEFAULT_WARM_US = 5000  # a ping every 50 ms: idle RTT about a quarter shorter for ~2% more of a core
 AQM_KINDS = ("codel", "none")
 DEFAULT_AQM = "codel"
 DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LAN-short (ipsecd(8), Queues)
@@ -162,10 +164,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--spin-us",
-        type=int,
+        type=_spin_us,
         default=DEFAULT_SPIN_US,
         help="after each burst of packets keep polling, yielding the CPU to anything runnable, this many "
-        f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once)",
+        f"microseconds before sleeping (default {DEFAULT_SPIN_US}; 0: sleep at once; at most {MAX_SPIN_US})",
+    )
+    p.add_argument(
+        "--warm-us",
+        type=_warm_us,
+        default=DEFAULT_WARM_US,
+        help="while traffic flows (a packet within the last second), wake at least this often and run one "
+        "packet through a private SA, never sent, so that the next packet finds the data path warm "
+        f"(default {DEFAULT_WARM_US}; 0: off; else {MIN_WARM_US} to {MAX_WARM_US})",
     )
     p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -200,6 +210,22 @@ def _buffer_size(text: str) -> int:
     if not (64 << 10) <= size <= (256 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
     return size
+
+
+def _spin_us(text: str) -> int:
+    """A busy-polling budget in microseconds, 0 to MAX_SPIN_US."""
+    if not text.isdigit() or not 0 <= int(text) <= MAX_SPIN_US:
+        raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to {MAX_SPIN_US}: {text!r}")
+    return int(text)
+
+
+def _warm_us(text: str) -> int:
+    """A warm period in microseconds: 0 (off), or MIN_WARM_US to MAX_WARM_US."""
+    if not text.isdigit() or not (int(text) == 0 or MIN_WARM_US <= int(text) <= MAX_WARM_US):
+        raise argparse.ArgumentTypeError(
+            f"not 0 or a number of microseconds from {MIN_WARM_US} to {MAX_WARM_US}: {text!r}"
+        )
+    return int(text)
 
 
 def _batch_size(text: str) -> int:
@@ -324,7 +350,8 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         kernel=LinuxKernel(qdisc=Qdisc(args.qdisc), socket_buffer=args.socket_buffer),
         udp_port=args.udp_port,
         offloads=offloads(args),
-        spin=max(0, args.spin_us) / 1e6,
+        spin=args.spin_us / 1e6,
+        warm=args.warm_us / 1e6,
         batch_packets=args.batch,
         aqm=aqm(args),
     )

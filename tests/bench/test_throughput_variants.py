@@ -1,0 +1,54 @@
+"""bench/throughput's --ipsecd-args and --variant: one ipsecd plane per variant, the others untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.lib.measure import Run
+from bench.lib.planes import OursPlane, OursWithArgs
+from bench.throughput import make_planes, parse_args
+
+
+def test_variants_add_an_ipsecd_plane_each_with_their_options(tmp_path: Path) -> None:
+    args = parse_args(["--only", "ours-gcm-udp,wg-go", "--ipsecd-args=--batch=64", "--variant=--spin-us=0"])
+    assert args.ipsecd_args == "--batch=64" and args.variant == ["--spin-us=0"]
+    planes = make_planes(["ours-gcm-udp", "wg-go"], tmp_path, ["--batch=64"], ["--spin-us=0 --no-gro"])
+    assert [p.key for p in planes] == ["ours-gcm-udp", "ours-gcm-udp-v1", "wg-go"]
+    base, variant = planes[0], planes[1]
+    assert isinstance(base, OursWithArgs) and isinstance(variant, OursWithArgs)
+    assert base.extra == ["--batch=64"]
+    assert variant.extra == ["--batch=64", "--spin-us=0", "--no-gro"]
+    assert variant.label.endswith("[--batch=64 --spin-us=0 --no-gro]")
+    assert base.a.name != variant.a.name  # namespaces of their own
+
+
+def test_without_options_the_planes_are_the_plain_ones(tmp_path: Path) -> None:
+    planes = make_planes(["ours-gcm-esp"], tmp_path)
+    assert [p.key for p in planes] == ["ours-gcm-esp"]
+    assert type(planes[0]) is OursPlane
+
+
+def test_run_bench_keeps_the_rounds_of_variant_planes(tmp_path: Path, monkeypatch: Any) -> None:
+    from bench.lib import runner
+
+    planes = make_planes(["ours-gcm-udp"], tmp_path, [], ["--spin-us=0"])
+    monkeypatch.setattr(runner, "open_planes", lambda ps: list(ps))
+    monkeypatch.setattr(runner, "close_planes", lambda ps: None)
+    monkeypatch.setattr(OursPlane, "rss_kib", lambda self: [1])
+
+    def rounds(ready: list[Any], runs: int, seconds: float, pings: int, gap: float, results: Any) -> None:
+        for plane in ready:
+            results[plane.key].append(Run(1, mbps=100.0))
+
+    monkeypatch.setattr(runner, "run_rounds", rounds)
+    seen: list[Any] = []
+
+    def render(summaries: list[Any], _planes: list[Any]) -> str:
+        seen.extend(summaries)
+        return ""
+
+    args = parse_args(["--only", "ours-gcm-udp", "--variant=--spin-us=0", "--json", str(tmp_path / "r.json")])
+    status = runner.run_bench("throughput", args, lambda work: planes, render, keys=["ours-gcm-udp"])
+    assert status == 0
+    assert [(s.key, s.mbps) for s in seen] == [("ours-gcm-udp", 100.0), ("ours-gcm-udp-v1", 100.0)]
