@@ -158,13 +158,13 @@ def test_stats_show_aqm_drops_and_marks(receiver: Receiver) -> None:
 
 def test_aqm_defaults() -> None:
     args = ipsecd.parse_args([])
-    assert args.aqm == ipsecd.DEFAULT_AQM
-    options = ipsecd.aqm(args)
+    assert args.aqm == ipsecd.DEFAULT_AQM == "none" and ipsecd.aqm(args) is None
+    options = ipsecd.aqm(ipsecd.parse_args(["--aqm=codel"]))
     assert options == AqmOptions(ipsecd.DEFAULT_AQM_TARGET_MS / 1e3, ipsecd.DEFAULT_AQM_INTERVAL_MS / 1e3)
 
 
 def test_aqm_options() -> None:
-    args = ipsecd.parse_args(["--aqm-target=0.5", "--aqm-interval=25"])
+    args = ipsecd.parse_args(["--aqm=codel", "--aqm-target=0.5", "--aqm-interval=25"])
     assert ipsecd.aqm(args) == AqmOptions(0.0005, 0.025)
     assert ipsecd.aqm(ipsecd.parse_args(["--aqm=none", "--aqm-target=3"])) is None
     assert ipsecd.aqm(ipsecd.parse_args(["--aqm=codel"])) is not None
