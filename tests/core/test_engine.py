@@ -445,8 +445,9 @@ def test_every_receive_drop_is_counted() -> None:
     expected[Drop.EXPIRED] = 1
     assert dict(b.rx_drops) == expected
     assert set(expected) <= set(RECEIVE_DROPS)
-    # STORE_FAILED: the reserve hook (test_sa), OTHER unused; DEVICE_DOWN: the data plane (test_visibility)
-    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.STORE_FAILED, Drop.DEVICE_DOWN}
+    # STORE_FAILED: the reserve hook (test_sa), OTHER unused; DEVICE_DOWN: the data plane (test_visibility);
+    # AQM: the data plane's CoDel (tests/daemon/test_aqm.py)
+    assert set(RECEIVE_DROPS) - set(expected) == {Drop.OTHER, Drop.STORE_FAILED, Drop.DEVICE_DOWN, Drop.AQM}
 
 
 def test_every_send_drop_is_counted() -> None:

@@ -304,11 +304,12 @@ class Snapshot:
 
 
 def counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
-    """ipsecd drop counters (receive and send, not `accepted`) that changed."""
+    """ipsecd drop counters (receive and send, not `accepted`, nor the AQM's drops: CoDel's signal to a
+    TCP sender, by design) that changed."""
     out = {}
     for side in ("receive", "send"):
         for name, value in after[side].items():
-            if name != "accepted" and value != before[side].get(name, 0):
+            if name not in ("accepted", "aqm") and value != before[side].get(name, 0):
                 out[f"{side}.{name}"] = value - before[side].get(name, 0)
     return out
 

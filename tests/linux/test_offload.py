@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -85,6 +86,31 @@ def test_gro_batch_carries_addresses_and_tos(pair: Pair) -> None:
     finally:
         tx.close()
         rx.close()
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_receive_timestamps_with_and_without_gro(pair: Pair, gro: bool) -> None:
+    """SO_TIMESTAMPNS: each read carries the kernel's receive time (a GRO batch: its first datagram's),
+    a wall-clock time between the send and the read; without asking, none."""
+    with pair.a.enter():
+        tx = UdpSocket(V4, 0, gso=True, gro=False, rcvbuf=1 << 20, sndbuf=1 << 20)
+    with pair.b.enter():
+        rx = UdpSocket(V4, 4500, gso=False, gro=gro, rcvbuf=8 << 20, sndbuf=8 << 20, timestamps=True)
+        plain = UdpSocket(V4, 4501, gso=False, gro=gro, rcvbuf=1 << 20, sndbuf=1 << 20)
+    try:
+        assert rx.timestamps and not plain.timestamps
+        before = time.time()
+        tx.send_burst(ADDR_B4, 4500, [b"z" * 500] * 8)
+        tx.send_burst(ADDR_B4, 4501, [b"y" * 500])
+        dgram, payloads = wait_for(rx.recv_batch, rx.fileno())
+        after = time.time()
+        assert before - 0.01 <= dgram.stamp <= after + 0.01  # the same clock (CLOCK_REALTIME), to 10 ms
+        assert payloads[0] == b"z" * 500
+        assert wait_for(plain.recv_batch, plain.fileno())[0].stamp == 0.0
+    finally:
+        tx.close()
+        rx.close()
+        plain.close()
 
 
 def _tcp_segments(n: int, mss: int = 1000) -> list[bytes]:
@@ -187,6 +213,34 @@ def test_raw_batch_round_trip_matches_one_by_one(pair: Pair) -> None:
         tx.close()
         rx.close()
         one.close()
+
+
+@pytest.mark.parametrize("mmsg", [True, False])
+def test_raw_receive_timestamps(pair: Pair, mmsg: bool) -> None:
+    """With timestamps, `stamp` is the wall-clock receive time of each batch's first packet (recvmmsg:
+    the first message's control data); the packets are those read without."""
+    with pair.a.enter():
+        tx = RawEsp(V4, mmsg=True)
+    with pair.b.enter():
+        rx = RawEsp(V4, rcvbuf=8 << 20, mmsg=mmsg, timestamps=True)
+        plain = RawEsp(V4, rcvbuf=8 << 20, mmsg=mmsg)
+    try:
+        assert rx.timestamps and not plain.timestamps and rx.batched == mmsg
+        src, dst = socket.inet_aton(ADDR_A4), socket.inet_aton(ADDR_B4)
+        payloads = [os.urandom(200) for _ in range(5)]
+        time.sleep(0.05)  # the kernel switches receive timestamps on in a deferred work item
+        before = time.time()
+        assert tx.send_burst(dst, payloads, src=src) == []
+        time.sleep(0.05)  # all of them queued: one batch, stamped when the first arrived
+        got = rx.recv_batch()
+        assert got == [(src, dst, 0, p) for p in payloads]
+        assert before - 0.01 <= rx.stamp <= before + 0.04
+        assert plain.recv_batch() == got and plain.stamp == 0.0
+        assert rx.recv_batch() is None
+    finally:
+        tx.close()
+        rx.close()
+        plain.close()
 
 
 def test_raw_batch_reports_failures_and_sends_the_rest(pair: Pair) -> None:

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.gso import Offload
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import BATCH, DataPlane
 from ipsec_tunnel.daemon.kernel import SOCKET_BUFFER, LinuxKernel
 from ipsec_tunnel.linux.qdisc import DEFAULT_QDISC, Qdisc
+from tests.support.fakes import FakeKernel, FakeNetwork, FakeTun
 
 from .conftest import A4, B4, NOW
 
@@ -155,8 +157,8 @@ def test_what_is_not_tcp_is_delivered_ahead_in_order_and_tcp_waits() -> None:
 
 
 def test_a_ping_in_a_long_udp_turn_is_written_before_the_tcp_read_with_it() -> None:
-    """A flood of TCP with one ping in its first read: the ping goes into the device at the first
-    batch boundary; the TCP segments, all of them in order, at the end of the turn."""
+    """A flood of TCP with one ping in its first read: the ping goes into the device right after that
+    read; the TCP segments, all of them in order, at the end of the turn."""
     engine = Engine()
     plane = DataPlane(engine, clock=lambda: NOW, batch_packets=128)
     written = _recording(plane)
@@ -177,6 +179,54 @@ def test_a_ping_in_a_long_udp_turn_is_written_before_the_tcp_read_with_it() -> N
         assert flood.reads == BATCH  # nothing else was readable: one long turn
         assert written[0] == {"ipsec1": [ping]}
         assert written[1:] == [{"ipsec1": [_inner(4, 6, i) for i in range(64 * BATCH)]}]
+    finally:
+        plane.close()
+        udp_end.close()
+        peer.close()
+
+
+def test_the_answer_to_a_ping_leaves_before_the_turn_goes_on() -> None:
+    """The ping delivered ahead in the middle of a long ESP-in-UDP turn makes its device readable (the
+    echo reply): the device is served right after that read, and the turn then goes on."""
+    engine = Engine()
+    kernel = FakeKernel(FakeNetwork(), [A4])
+    plane = DataPlane(engine, kernel=kernel, clock=lambda: NOW, batch_packets=4096)
+    ping, reply = _inner(4, 1, 99999), _inner(4, 1, 77777)
+    served: list[tuple[int, list[bytes]]] = []  # (reads so far, what the device handed over)
+
+    def on_tun(queue: FakeTun) -> None:
+        got = []
+        while (packet := queue.read()) is not None:
+            got.append(packet[1])
+        served.append((flood.reads, got))
+
+    plane.on_tun = on_tun  # type: ignore[method-assign,assignment]
+    plane.devices.create("ipsec1")
+    tun = kernel.tun["ipsec1"]
+    write = tun.write
+
+    def write_and_answer(packet: bytes, offload: Offload | None = None) -> int:
+        if packet == ping:
+            tun.route(reply)  # the host's stack answers at once
+        return write(packet, offload)
+
+    tun.write = write_and_answer  # type: ignore[method-assign]
+    reads = iter(range(BATCH))
+
+    def receive_batch(*_args: object, **_kw: object) -> tuple[dict[str, list[bytes]], list[object]]:
+        n = next(reads)
+        segments = [_inner(4, 6, n * 64 + i) for i in range(64)]
+        return {"ipsec1": [*segments, ping] if n == 2 else segments}, []
+
+    engine.receive_batch = receive_batch  # type: ignore[method-assign,assignment]
+    udp_end, peer = socket.socketpair()
+    try:
+        plane.watch(udp_end.fileno(), lambda: None)
+        flood = _Flood(64, udp_end.fileno())
+        plane.on_udp(flood)  # type: ignore[arg-type]
+        assert served == [(3, [reply])]  # right after the third read, not at the end of the turn
+        assert flood.reads == BATCH  # and then the turn went on
+        assert tun.take() == [ping, *(_inner(4, 6, i) for i in range(64 * BATCH))]
     finally:
         plane.close()
         udp_end.close()

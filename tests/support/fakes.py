@@ -189,6 +189,7 @@ class FakeRaw:
     def __init__(self, host: FakeKernel, family: int, batch: int = 64) -> None:
         self.host, self.family, self.batch = host, family, batch
         self.inbox = Readable()
+        self.stamp = 0.0  # the receive time the next batches report (tests set it)
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -302,12 +303,19 @@ class FakeKernel:
         self.tun[name] = queue
         return queue
 
-    def open_raw(self, family: int, *, mmsg: bool) -> FakeRaw:
+    def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> FakeRaw:
         self.raw[family] = FakeRaw(self, family)
         return self.raw[family]
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> FakeUdp:
         if (family, port) in self.udp:
             raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))

@@ -26,6 +26,7 @@ class Drop(enum.Enum):
     WRONG_DIRECTION = "wrong_direction"  # a --duplex counter-mode IV this host sends itself: reflected
     ENCAP_MISMATCH = "encap_mismatch"  # raw ESP for an --encap=udp SA, or ESP-in-UDP for a raw-ESP SA
     DEVICE_DOWN = "device_down"  # decrypted, but the tunnel device refused it (down: EIO)
+    AQM = "aqm"  # RFC 8289 CoDel: a TCP packet that waited too long in the receive queue, not ECN-capable
     # Send side.
     NO_SA = "no_sa"
     SEQ_EXHAUSTED = "seq_exhausted"
@@ -63,6 +64,7 @@ _LABELS: dict[Drop, str] = {
     Drop.WRONG_DIRECTION: "own direction (reflected)",
     Drop.ENCAP_MISMATCH: "encapsulation mismatch",
     Drop.DEVICE_DOWN: "device down",
+    Drop.AQM: "queue too long (AQM)",
     Drop.NO_SA: "unknown SA",
     Drop.SEQ_EXHAUSTED: "sequence exhausted",
     Drop.TOO_BIG: "packet too big",
@@ -89,6 +91,7 @@ RECEIVE_DROPS: tuple[Drop, ...] = (
     Drop.WRONG_DIRECTION,
     Drop.ENCAP_MISMATCH,
     Drop.DEVICE_DOWN,
+    Drop.AQM,
     Drop.STORE_FAILED,
     Drop.OTHER,
 )

@@ -130,6 +130,7 @@ class Plane:
         self.rx_drops: Counter[Drop] = Counter()
         self.tx_drops: Counter[Drop] = Counter()
         self.keepalives = 0
+        self.ce_marked = 0  # received packets the AQM marked with ECN CE instead of dropping (core/codel.py)
         # Takes (source, destination, source port, IKE message) for a datagram with the non-ESP marker on
         # the encapsulation port (RFC 3948 §2.2), the marker stripped; None: such datagrams are dropped.
         self.on_non_esp: Callable[[bytes, bytes, int | None, bytes], None] | None = None
@@ -241,6 +242,13 @@ class Plane:
         if stats is not None:
             stats.rx_packets -= count
             stats.rx_drops[reason] += count
+
+    def congested(self, device: str, marked: int, dropped: int) -> None:
+        """The AQM signalled congestion on packets counted as received for device `device`: `marked` got
+        ECN CE (still delivered), `dropped` were dropped (`Drop.AQM`)."""
+        self.ce_marked += marked
+        if dropped:
+            self.undelivered(device, dropped, Drop.AQM)
 
     # -- counting drops (both directions) -------------------------------------------------------------------
 

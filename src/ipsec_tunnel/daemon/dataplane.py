@@ -17,10 +17,10 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import gro, gso
+from ..core import codel, gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -57,6 +57,15 @@ class OffloadOptions:
     def none(cls) -> OffloadOptions:
         """Everything one packet at a time, as before the fast path."""
         return cls(vnet=False, tso=False, coalesce=False, gso=False, gro=False, txqueuelen=0, mmsg=False)
+
+
+@dataclass(frozen=True)
+class AqmOptions:
+    """CoDel (RFC 8289) on what the raw ESP and ESP-in-UDP sockets received: target and interval, in
+    seconds."""
+
+    target: float = codel.TARGET
+    interval: float = codel.INTERVAL
 
 
 class KernelDevices(Devices):
@@ -117,6 +126,8 @@ class DataPlane:
         spin: float = 0.0,
         warm: float = 0.0,
         batch_packets: int = BATCH_PACKETS,
+        aqm: AqmOptions | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -126,6 +137,9 @@ class DataPlane:
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
+        self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
+        self.wall = wall  # the clock of the kernel's receive timestamps (CLOCK_REALTIME)
+        self.codel: dict[int, codel.CoDel] = {}  # per raw ESP and ESP-in-UDP socket (its descriptor)
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self.devices = KernelDevices(self)
@@ -166,7 +180,7 @@ class DataPlane:
         kernel, opts = self.kernel, self.offloads
         for family in (4, 6):
             try:
-                raw = kernel.open_raw(family, mmsg=opts.mmsg)
+                raw = kernel.open_raw(family, mmsg=opts.mmsg, timestamps=self.aqm is not None)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -174,12 +188,18 @@ class DataPlane:
                 continue
             self.raw[family] = raw
             self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
+            if self.aqm is not None:
+                self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
             try:
-                udp = kernel.open_udp(family, self.udp_port, gso=opts.gso, gro=opts.gro)
+                udp = kernel.open_udp(
+                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None
+                )
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
                 self.udp[family] = udp
+                if self.aqm is not None:
+                    self.codel[udp.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
                 self.watch(udp.fileno(), functools.partial(self.on_udp, udp))
         self.icmp[4] = kernel.open_icmp(4)
         try:
@@ -348,8 +368,11 @@ class DataPlane:
         for r in rejects:
             self.reject(r)
 
-    def _receive_runs(self, datagrams: Iterable[tuple[bytes, bytes, int, bytes]], now: float) -> None:
-        """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header, and deliver."""
+    def _receive_runs(
+        self, datagrams: Iterable[tuple[bytes, bytes, int, bytes]], now: float
+    ) -> dict[str, list[bytes]]:
+        """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header: the inner
+        packets per device (the ICMP errors are sent)."""
         pending: dict[str, list[bytes]] = {}
         group: list[bytes] = []
         key: tuple[bytes, bytes, int] | None = None
@@ -362,32 +385,58 @@ class DataPlane:
             group.append(esp)
         if key is not None:
             merge(pending, *receive(key[0], key[1], group, now, key[2]))
-        if pending:
-            self.deliver(pending)
+        return pending
 
-    def _raw_datagrams(self, raw: RawEdge) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+    def on_raw(self, raw: RawEdge) -> None:
+        """Decrypt ESP packets from the raw socket (many per system call where it can), up to
+        `batch_packets`; with AQM, CoDel judges each read by how long its first packet waited."""
+        now = self.clock()
+        queue = self.codel.get(raw.fileno())
+        pending: dict[str, list[bytes]] = {}
         for _ in range(max(1, self.batch_packets // MMSG_BATCH)):
             try:
                 got = raw.recv_batch()
             except OSError as exc:
                 log.debug("raw receive failed: %s", exc)
-                return
+                break
             if got is None:
-                return
-            yield from got
+                break
+            deliver = self._receive_runs(got, now)
+            if (
+                queue is not None
+                and raw.stamp
+                and deliver
+                and self._signal(queue, deliver, raw.stamp, len(got))
+            ):
+                self._flush(pending)
+            self._merge(pending, deliver, [])
+        if pending:
+            self.deliver(pending)
 
-    def on_raw(self, raw: RawEdge) -> None:
-        """Decrypt ESP packets from the raw socket (many per system call where it can)."""
-        self._receive_runs(self._raw_datagrams(raw), self.clock())
+    def _flush(self, pending: dict[str, list[bytes]]) -> None:
+        """Deliver what is pending now, before packets that follow a hole the AQM made: each side of
+        the hole stays in sequence, and coalesces the fast way (`gro.coalesce`)."""
+        if pending:
+            self.deliver(pending)
+            pending.clear()
+
+    def _answer(self) -> None:
+        """Serve the tunnel devices readable now: the answers to what was just delivered ahead (an echo
+        reply) leave before the turn goes on, not after it."""
+        devices = {queue.fileno() for queue in self.devices.tun.values()}
+        ready = [event for event in self._epoll.poll(0) if event[0] in devices]
+        if ready:
+            self._dispatch(ready)
 
     def _others_ready(self, fd: int) -> bool:
         """Whether a source other than `fd` has something to read now (one look, no waiting)."""
         return any(ready != fd for ready, _mask in self._epoll.poll(0))
 
-    def _deliver_ahead(self, pending: dict[str, list[bytes]], seen: dict[str, int]) -> None:
+    def _deliver_ahead(self, pending: dict[str, list[bytes]], seen: dict[str, int]) -> bool:
         """Deliver now the pending packets that are not TCP (a ping, DNS, a voice packet), in order; TCP
         segments stay, to be coalesced into the fewest writes (and answered by the fewest ACKs) at the
-        end of the turn. `seen` holds, per device, how much of its list was looked at before."""
+        end of the turn. `seen` holds, per device, how much of its list was looked at before. Whether
+        any packet was delivered."""
         ahead: dict[str, list[bytes]] = {}
         for device, batch in pending.items():
             start = seen.get(device, 0)
@@ -401,19 +450,40 @@ class DataPlane:
             seen[device] = len(batch)
         if ahead:
             self.deliver(ahead)
+            return True
+        return False
+
+    def _signal(self, queue: codel.CoDel, deliver: dict[str, list[bytes]], stamp: float, count: int) -> bool:
+        """CoDel on the inner packets of `count` datagrams the kernel received at `stamp` (its clock,
+        `wall`): the TCP packets it picks get ECN CE or are dropped, counted per device. Whether any
+        was dropped."""
+        due = queue.drops(self.clock(), self.wall() - stamp, count)
+        if not due:
+            return False
+        engine = self.engine
+        holes = False
+        for device, batch in deliver.items():
+            marked, dropped = codel.congest(batch, due)
+            if marked or dropped:
+                engine.congested(device, marked, dropped)
+                holes = holes or dropped > 0
+                due -= marked + dropped
+                if due <= 0:
+                    break
+        return holes
 
     def on_udp(self, udp: UdpEdge) -> None:
-        """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every `batch_packets` packets, what is
-        not TCP goes into its device at once, and when another source is readable (an answer to it, say)
-        that source gets its turn first."""
+        """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every read, what is not TCP goes into
+        its device at once and the tunnel devices then readable (its answer) are served; after every
+        `batch_packets` packets, when another source is readable, that source gets its turn first. With
+        AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`)."""
         now = self.clock()
+        queue = self.codel.get(udp.fileno())
         pending: dict[str, list[bytes]] = {}
         seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
         gathered = 0
         for _ in range(1 if self.woken else BATCH):
             if gathered >= self.batch_packets:
-                if pending:
-                    self._deliver_ahead(pending, seen)
                 if self._others_ready(udp.fileno()):
                     break  # the rest after the other sources' turn
                 gathered = 0  # nobody else is waiting: another batch saves a loop turn
@@ -426,10 +496,20 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            self._merge(
-                pending,
-                *self.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport),
+            deliver, rejects = self.engine.receive_batch(
+                d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
+            if (
+                queue is not None
+                and d.stamp
+                and deliver
+                and self._signal(queue, deliver, d.stamp, len(payloads))
+            ):
+                self._flush(pending)
+                seen.clear()
+            self._merge(pending, deliver, rejects)
+            if pending and self._deliver_ahead(pending, seen):
+                self._answer()
         if pending:
             self.deliver(pending)
 

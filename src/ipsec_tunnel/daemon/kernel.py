@@ -73,7 +73,10 @@ class TunEdge(Protocol):
 
 
 class RawEdge(Protocol):
-    """A raw ESP socket (IP protocol 50) of one address family."""
+    """A raw ESP socket (IP protocol 50) of one address family. `stamp`: the kernel's receive time of
+    the first packet of the last `recv_batch` (wall-clock seconds; 0.0 when unknown or not asked)."""
+
+    stamp: float
 
     def fileno(self) -> int:
         """What the event loop waits on."""
@@ -110,7 +113,8 @@ class UdpEdge(Protocol):
         ...
 
     def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
-        """The next datagrams of one sender: (the first's addresses, port and TOS; the payloads)."""
+        """The next datagrams of one sender: (the first's addresses, port, TOS and arrival time; the
+        payloads)."""
         ...
 
     def send_burst(
@@ -156,14 +160,23 @@ class Kernel(Protocol):
         """Create (or attach to) tunnel device `name` and open its queue."""
         ...
 
-    def open_raw(self, family: int, *, mmsg: bool) -> RawEdge:
-        """The raw ESP socket of IPv`family` (4 or 6); OSError when there is none."""
+    def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> RawEdge:
+        """The raw ESP socket of IPv`family` (4 or 6); OSError when there is none. `timestamps`: it
+        notes the kernel's receive times where it can (`RawEdge.stamp`)."""
         ...
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> UdpEdge:
-        """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be."""
+        """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be. `timestamps`: its
+        datagrams carry the kernel's receive time where it can (`UdpDatagram.stamp`)."""
         ...
 
     def open_icmp(self, family: int) -> IcmpEdge:
@@ -215,14 +228,22 @@ class LinuxKernel:
             log.info("%s: the kernel refused TSO on TUN; reading packets one by one", name)
         return queue
 
-    def open_raw(self, family: int, *, mmsg: bool) -> RawEsp:
-        return RawEsp(family, rcvbuf=self.socket_buffer, sndbuf=self.socket_buffer, mmsg=mmsg)
+    def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> RawEsp:
+        size = self.socket_buffer
+        return RawEsp(family, rcvbuf=size, sndbuf=size, mmsg=mmsg, timestamps=timestamps)
 
     def open_udp(
-        self, family: int, port: int, *, gso: bool = False, gro: bool = False, buffer: int | None = None
+        self,
+        family: int,
+        port: int,
+        *,
+        gso: bool = False,
+        gro: bool = False,
+        buffer: int | None = None,
+        timestamps: bool = False,
     ) -> UdpSocket:
         size = self.socket_buffer if buffer is None else buffer
-        return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size)
+        return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size, timestamps=timestamps)
 
     def open_icmp(self, family: int) -> IcmpSocket:
         return IcmpSocket(family)

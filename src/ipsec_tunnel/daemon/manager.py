@@ -512,7 +512,7 @@ class Manager:
         send = {"accepted": e.tx_accepted} | {d.value: e.tx_drops[d] for d in SEND_DROPS}
         out = {
             "receive": receive, "send": send, "keepalives": e.keepalives,
-            "keepalives_sent": e.nat.keepalives_sent, "icmp_sent": e.icmp_sent,
+            "keepalives_sent": e.nat.keepalives_sent, "icmp_sent": e.icmp_sent, "ce_marked": e.ce_marked,
         }  # fmt: skip
         if arg(args, "last_drops", bool, False):
             out["last_drops"] = [r.to_dict() for r in e.drop_log.ring]

@@ -18,6 +18,8 @@ SO_BINDTODEVICE = 25
 SO_ATTACH_FILTER = 26
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a struct timespec (CLOCK_REALTIME) of each datagram's arrival
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS  # the control message it comes in (64-bit time_t on 64-bit hosts)
 
 # linux/in.h
 IP_TOS = 1
@@ -60,6 +62,7 @@ _EXT_ERR = struct.Struct("=IBBBBII")
 IN_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr (linux/in.h)
 IN6_PKTINFO = struct.Struct("=16sI")  # struct in6_pktinfo: addr, ifindex (linux/ipv6.h)
 _INT = struct.Struct("=i")
+TIMESPEC = struct.Struct("=qq")  # struct timespec on a 64-bit host: tv_sec, tv_nsec
 
 # errno values that report something about the network (usually a received ICMP error) rather
 # than misuse of the socket; a read that fails with one of them is retried.
@@ -150,6 +153,17 @@ def cmsg_int(data: bytes) -> int:
         (value,) = _INT.unpack_from(data)
         return int(value)
     return data[0] if data else 0
+
+
+def cmsg_timespec(data: bytes) -> float:
+    """A struct timespec control message (SCM_TIMESTAMPNS) in seconds; 0.0 when it is not one."""
+    if len(data) >= TIMESPEC.size:
+        sec, nsec = TIMESPEC.unpack_from(data)
+    elif len(data) >= 8:  # a 32-bit host's struct timespec
+        sec, nsec = struct.unpack_from("=ii", data)
+    else:
+        return 0.0
+    return float(sec + nsec * 1e-9)
 
 
 def set_buffers(sock: socket.socket, rcvbuf: int | None, sndbuf: int | None) -> None:

@@ -29,10 +29,13 @@ from ipsec_tunnel.linux._sockopt import (
     IPV6_RECVTCLASS,
     IPV6_TCLASS,
     MSG_TRUNC,
+    SCM_TIMESTAMPNS,
+    SO_TIMESTAMPNS,
     Address,
     SocketError,
     attach_drop_all,
     cmsg_int,
+    cmsg_timespec,
     int_cmsg,
     pack_addr,
 )
@@ -93,6 +96,8 @@ class RawEsp(Transport):
     collected (``pop_errors``) when ``recverr`` is on, by default on all but ``send_only`` sockets.
     ``mmsg``: `recv_batch` and `send_burst` move many datagrams per system call (recvmmsg/sendmmsg,
     IPv4 only, where libc has them; ``batched`` says whether they do), else one at a time.
+    ``timestamps``: after `recv_batch`, `stamp` is the kernel's receive time of the batch's first
+    packet (SO_TIMESTAMPNS, CLOCK_REALTIME seconds; 0.0 when unknown).
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class RawEsp(Transport):
         recverr: bool | None = None,
         mmsg: bool = False,
         batch: int = MMSG_BATCH,
+        timestamps: bool = False,
     ) -> None:
         super().__init__(
             family,
@@ -132,6 +138,14 @@ class RawEsp(Transport):
             self.close()
             raise
         self.send_only = send_only
+        self.timestamps = False
+        self.stamp = 0.0
+        if timestamps and not send_only:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.timestamps = True
+            except OSError:
+                pass
         self._ident = int.from_bytes(os.urandom(2), "big")
         self._view = memoryview(self._buf)
         self.batch = batch
@@ -149,6 +163,11 @@ class RawEsp(Transport):
             if got is None:
                 return None
             n, anc, addr = got
+            if self.timestamps:
+                stamps = [
+                    cmsg_timespec(d) for lv, k, d in anc if lv == socket.SOL_SOCKET and k == SCM_TIMESTAMPNS
+                ]
+                self.stamp = stamps[0] if stamps else 0.0
             if self._v6:
                 dst = bytes(16)
                 tclass = 0
@@ -169,6 +188,7 @@ class RawEsp(Transport):
         if self._mmsg is not None:
             return self._mmsg.recv()
         out: list[tuple[bytes, bytes, int, bytes]] = []
+        first = 0.0
         for _ in range(self.batch):
             try:
                 got = self.recv()
@@ -178,7 +198,10 @@ class RawEsp(Transport):
                 raise
             if got is None:
                 break
+            if not out:
+                first = self.stamp
             out.append(got)
+        self.stamp = first
         return out or None
 
     def send(
@@ -389,6 +412,11 @@ class _Mmsg:
         self._rx_hdrs = memoryview(self._rx_msgs).cast("B")
         self._name = ctypes.create_string_buffer(16)  # struct sockaddr_in
         self._name_view = memoryview(self._name).cast("B")
+        # the first message's control data: its receive time (SO_TIMESTAMPNS), when asked for
+        self._control = ctypes.create_string_buffer(_CONTROL_ROOM)
+        self._control_view = memoryview(self._control).cast("B")
+        if raw.timestamps:
+            self._rx_msgs[0].hdr.control = ctypes.addressof(self._control)
         rx_base, tx_base = ctypes.addressof(self._rx), ctypes.addressof(self._tx)
         for i in range(batch):
             self._rx_iov[i].base = rx_base + i * _MMSG_SLOT
@@ -404,7 +432,10 @@ class _Mmsg:
     def recv(self) -> list[tuple[bytes, bytes, int, bytes]] | None:
         """The queued ESP packets, up to `batch`, as `RawEsp.recv_batch` gives them."""
         raw = self.raw
+        first = self._rx_msgs[0].hdr
         for _ in range(256):  # the kernel sets each message's msg_len and msg_flags
+            if raw.timestamps:
+                first.controllen = _CONTROL_ROOM  # the kernel sets it to what it wrote
             n = _RECVMMSG(self._fd, ctypes.addressof(self._rx_msgs), self.batch, _MSG_DONTWAIT, None)
             if n > 0:
                 break
@@ -420,6 +451,8 @@ class _Mmsg:
             raise exc
         else:
             return None
+        if raw.timestamps:
+            raw.stamp = _first_timestamp(self._control_view, first.controllen)
         out: list[tuple[bytes, bytes, int, bytes]] = []
         view, hdrs = self._rx_view, self._rx_hdrs
         unpack, parse = _U32.unpack_from, _esp_in_ipv4
@@ -465,6 +498,23 @@ class _Mmsg:
                 failed += raw._one_by_one(dst, payloads[i : i + 1], tos, ttl, df, src, None)
                 i += 1
         return failed
+
+
+_CMSGHDR = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type
+_CONTROL_ROOM = socket.CMSG_SPACE(16) * 2  # a struct timespec, with room to spare
+
+
+def _first_timestamp(control: memoryview, length: int) -> float:
+    """The SCM_TIMESTAMPNS time among the control messages in `control[:length]` (0.0: none)."""
+    at = 0
+    while at + _CMSGHDR.size <= length:
+        size, level, kind = _CMSGHDR.unpack_from(control, at)
+        if size < _CMSGHDR.size or at + size > length:
+            break
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+            return cmsg_timespec(bytes(control[at + _CMSGHDR.size : at + size]))
+        at += socket.CMSG_SPACE(size - _CMSGHDR.size)
+    return 0.0
 
 
 def _missing(*_args: object) -> int:

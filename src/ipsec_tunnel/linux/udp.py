@@ -31,9 +31,12 @@ from ipsec_tunnel.linux._sockopt import (
     IPV6_RECVTCLASS,
     IPV6_TCLASS,
     IPV6_V6ONLY,
+    SCM_TIMESTAMPNS,
+    SO_TIMESTAMPNS,
     Address,
     SocketError,
     cmsg_int,
+    cmsg_timespec,
     int_cmsg,
     pack_addr,
 )
@@ -60,13 +63,15 @@ _GRO_ANCILLARY = socket.CMSG_SPACE(4) * 4 + 128
 
 
 class UdpDatagram(NamedTuple):
-    """A received UDP datagram: outer source (packed) and port, destination (packed), TOS, UDP payload."""
+    """A received UDP datagram: outer source (packed) and port, destination (packed), TOS, UDP payload,
+    and when the kernel received it (`stamp`, CLOCK_REALTIME seconds; 0.0 when not asked or unknown)."""
 
     src: bytes
     sport: int
     dst: bytes
     tos: int
     payload: bytes
+    stamp: float = 0.0
 
 
 class UdpSocket(Transport):
@@ -76,7 +81,9 @@ class UdpSocket(Transport):
     The datagrams are moved as they are: non-ESP markers and keepalives are the core's business.
     ``gso``: `send_burst` sends runs of equal-sized datagrams as one UDP GSO send; ``gro``: `recv_batch`
     takes coalesced UDP GRO batches. Each is used only when the kernel accepts it (the attributes of
-    the same names tell which are on) and switched off at the first refusal.
+    the same names tell which are on) and switched off at the first refusal. ``timestamps``: each
+    received datagram (a GRO batch: its first) carries the kernel's receive time (SO_TIMESTAMPNS), for
+    the time it waited in the socket buffer.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class UdpSocket(Transport):
         reuse_addr: bool = False,
         gso: bool = False,
         gro: bool = False,
+        timestamps: bool = False,
     ) -> None:
         super().__init__(
             family,
@@ -126,6 +134,13 @@ class UdpSocket(Transport):
                 self._ancillary = _GRO_ANCILLARY  # room for the UDP_GRO segment size as well
             except OSError:
                 pass
+        self.timestamps = False
+        if timestamps:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.timestamps = True
+            except OSError:
+                pass
         self._cached: tuple[object, ...] = ()
         self._cmsgs: list[tuple[int, int, bytes]] = []
 
@@ -148,8 +163,12 @@ class UdpSocket(Transport):
         payload left in the buffer, empty here, unless `payload`)."""
         dst = bytes(16 if self._v6 else 4)
         tos = 0
+        stamp = 0.0
         for level, kind, data in anc:
-            if self._v6 and level == socket.IPPROTO_IPV6:
+            if level == socket.SOL_SOCKET:
+                if kind == SCM_TIMESTAMPNS:
+                    stamp = cmsg_timespec(data)
+            elif self._v6 and level == socket.IPPROTO_IPV6:
                 if kind == IPV6_PKTINFO and len(data) >= 16:
                     dst = data[:16]
                 elif kind == IPV6_TCLASS:
@@ -161,7 +180,8 @@ class UdpSocket(Transport):
                     tos = data[0]
         host, port = addr[0], addr[1]  # type: ignore[index]
         src = socket.inet_pton(self.family, str(host).split("%", 1)[0])
-        return UdpDatagram(src, int(port), dst, tos, bytes(memoryview(self._buf)[:n]) if payload else b"")
+        body = bytes(memoryview(self._buf)[:n]) if payload else b""
+        return UdpDatagram(src, int(port), dst, tos, body, stamp)
 
     def send(
         self,
