@@ -5,6 +5,8 @@
  *               every header field and checksum made whole (as core/tso.py, core/gso.py split_tcp).
  * coalesce_run: a batch of IPv4 TCP segments of one connection joined into GRO super-packets
  *               (as core/gro.py _coalesce_run), or None where the general path must decide.
+ * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
+ * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -358,6 +360,137 @@ done:
     return result;
 }
 
+/* A native unsigned int at `p` (a field of struct mmsghdr). */
+static unsigned
+get_uint(const uint8_t *p)
+{
+    unsigned v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+PyDoc_STRVAR(esp_in_ipv4_batch_doc,
+"esp_in_ipv4_batch(view, hdrs, n, slot, msg_size, len_off, flags_off, trunc, /) -> list\n\n"
+"Per received message i < n (its length and flags native unsigned ints at i * msg_size + len_off and\n"
+"+ flags_off in hdrs, its bytes at i * slot in view), skipping those whose flags have `trunc`: the IPv4\n"
+"packet as (source, destination, TOS, ESP), as linux/raw.py _esp_in_ipv4 gives it; packets that are\n"
+"not IPv4 or whose header is cut short are left out.");
+
+static PyObject *
+esp_in_ipv4_batch(PyObject *self, PyObject *args)
+{
+    Py_buffer view, hdrs;
+    Py_ssize_t n, slot, msg_size, len_off, flags_off;
+    unsigned long trunc;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*nnnnnk:esp_in_ipv4_batch", &view, &hdrs, &n, &slot, &msg_size, &len_off,
+                          &flags_off, &trunc))
+        return NULL;
+    if (n < 0 || slot <= 0 || msg_size <= 0 || len_off < 0 || flags_off < 0
+        || len_off + (Py_ssize_t)sizeof(unsigned) > msg_size || flags_off + (Py_ssize_t)sizeof(unsigned) > msg_size
+        || n > hdrs.len / msg_size || n > view.len / slot) {
+        PyErr_SetString(PyExc_ValueError, "esp_in_ipv4_batch: messages beyond the buffers");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *h = (const uint8_t *)hdrs.buf + i * msg_size;
+        if (get_uint(h + flags_off) & trunc)
+            continue;
+        Py_ssize_t size = get_uint(h + len_off);
+        if (size > slot)
+            size = slot; /* the kernel never writes beyond the slot's iovec */
+        const uint8_t *p = (const uint8_t *)view.buf + i * slot;
+        if (size < 20 || p[0] >> 4 != 4)
+            continue;
+        Py_ssize_t ihl = (p[0] & 0x0F) * 4;
+        Py_ssize_t total = (Py_ssize_t)p[2] << 8 | p[3];
+        if (ihl < 20 || size < ihl)
+            continue;
+        Py_ssize_t end = (ihl <= total && total <= size) ? total : size; /* RFC 791: what arrived counts */
+        PyObject *item = Py_BuildValue("(y#y#iy#)", (const char *)p + 12, (Py_ssize_t)4, (const char *)p + 16,
+                                       (Py_ssize_t)4, (int)p[1], (const char *)p + ihl, end - ihl);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&hdrs);
+    return out;
+}
+
+PyDoc_STRVAR(ipv4_fill_doc,
+"ipv4_fill(view, slot, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_len_off, /)\n"
+"-> int\n\n"
+"Writes payloads[start:], up to `batch` of them, each behind an outer IPv4 header (RFC 791: no\n"
+"options, identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment\n"
+"word `frag`) into slot k of `view`, and its length as a native size_t at k * iov_size + iov_len_off in\n"
+"`iov`; stops before a payload that does not fit a slot. Returns how many it wrote.");
+
+static PyObject *
+ipv4_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer view, src, dst, iov;
+    PyObject *payloads;
+    Py_ssize_t slot, start, batch, iov_size, iov_len_off;
+    int tos, frag, ttl;
+    Py_ssize_t k = -1;
+    if (!PyArg_ParseTuple(args, "w*nOnniiiy*y*w*nn:ipv4_fill", &view, &slot, &payloads, &start, &batch, &tos,
+                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_len_off))
+        return NULL;
+    PyObject *seq = PySequence_Fast(payloads, "ipv4_fill: payloads must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (src.len != 4 || dst.len != 4 || slot < 21 || start < 0 || batch < 0 || iov_size <= 0
+        || iov_len_off < 0 || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
+        || batch > view.len / slot || batch > iov.len / iov_size || (tos | frag | ttl) < 0
+        || tos > 0xFF || ttl > 0xFF || frag > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "ipv4_fill: arguments beyond the buffers");
+        goto done;
+    }
+    for (k = 0; start + k < count && k < batch; k++) {
+        Py_buffer esp;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, start + k), &esp, PyBUF_SIMPLE) < 0) {
+            k = -1;
+            goto done;
+        }
+        Py_ssize_t size = 20 + esp.len;
+        if (size > slot - 1) {
+            PyBuffer_Release(&esp);
+            break;
+        }
+        uint8_t *p = (uint8_t *)view.buf + k * slot;
+        p[0] = 0x45;
+        p[1] = (uint8_t)tos;
+        put16(p + 2, (unsigned)size);
+        put16(p + 4, 0);
+        put16(p + 6, (unsigned)frag);
+        p[8] = (uint8_t)ttl;
+        p[9] = 50; /* IANA: ESP */
+        put16(p + 10, 0);
+        memcpy(p + 12, src.buf, 4);
+        memcpy(p + 16, dst.buf, 4);
+        memcpy(p + 20, esp.buf, esp.len);
+        PyBuffer_Release(&esp);
+        size_t length = (size_t)size;
+        memcpy((uint8_t *)iov.buf + k * iov_size + iov_len_off, &length, sizeof length);
+    }
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&iov);
+    return k < 0 ? NULL : PyLong_FromSsize_t(k);
+}
+
 static PyObject *
 pure_requested(PyObject *self, PyObject *unused)
 {
@@ -368,6 +501,8 @@ pure_requested(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
+    {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
+    {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},

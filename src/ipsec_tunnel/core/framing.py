@@ -5,12 +5,13 @@ or IPSEC_TUNNEL_PURE=1 asks for the pure-Python path, which stays and gives the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 __all__ = ["NAME", "Framing", "available", "native"]
 
 _T = TypeVar("_T")
+_Buffer = bytes | bytearray | memoryview  # what the C functions read or write (the buffer protocol)
 
 
 class Framing(Protocol):
@@ -23,6 +24,37 @@ class Framing(Protocol):
     def coalesce_run(
         self, packets: list[bytes], no_offload: _T, make_offload: Callable[[int, int], _T], /
     ) -> list[tuple[_T, bytes]] | None: ...
+
+    def esp_in_ipv4_batch(
+        self,
+        view: _Buffer,
+        hdrs: _Buffer,
+        n: int,
+        slot: int,
+        msg_size: int,
+        len_off: int,
+        flags_off: int,
+        trunc: int,
+        /,
+    ) -> list[tuple[bytes, bytes, int, bytes]]: ...
+
+    def ipv4_fill(
+        self,
+        view: _Buffer,
+        slot: int,
+        payloads: Sequence[_Buffer],
+        start: int,
+        batch: int,
+        tos: int,
+        frag: int,
+        ttl: int,
+        src: bytes,
+        dst: bytes,
+        iov: _Buffer,
+        iov_size: int,
+        iov_len_off: int,
+        /,
+    ) -> int: ...
 
     def pure_requested(self) -> bool: ...
 
