@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ipsec_tunnel.core import framing, gro, gso, tso
+from ipsec_tunnel.core import esp, framing, gro, gso, tso
 from ipsec_tunnel.core.gso import Offload, OffloadError
 from tests.core.test_gso import _segment, one_flow, v4_tcp, v6_tcp
 from tests.core.test_gso import tso as make_tso
@@ -214,3 +214,93 @@ def test_each_implementation_round_trips(impl: str) -> None:
         joined = gro.coalesce(segments)
         assert [s for o, p in joined for s in gso.split(p, o)] == segments
         assert len(joined) == 1 and joined[0][1][:2] == packet[:2]
+
+
+# -- ESP: the inner packet of a decrypted payload ----------------------------------------------------------
+
+
+class _Hmac:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def finalize(self) -> bytes:
+        return bytes(32)
+
+
+class _FakeAuth:
+    """An HMAC whose ICV is always zeros (the packets below carry zeros)."""
+
+    icv_len = 16
+
+    def start(self) -> _Hmac:
+        return _Hmac()
+
+
+class _FakeCbc:
+    """A CBC cipher whose decryption gives `plain` whatever the ciphertext."""
+
+    block = iv_len = 16
+
+    def __init__(self, plain: bytes) -> None:
+        self.plain = plain
+
+    def decrypt_joined(self, data: bytes) -> bytes:
+        return self.plain
+
+
+def _trailered(inner: bytes, pad: int, nh: int) -> bytes:
+    return inner + bytes(range(1, pad + 1)) + bytes((pad, nh))
+
+
+@st.composite
+def plaintexts(draw: st.DrawFn) -> bytes:
+    """Decrypted payloads: whole IPv4/IPv6 packets with good or spoilt trailers and lengths, or noise."""
+    kind = draw(st.sampled_from(["v4", "v6", "noise"]))
+    if kind == "noise":
+        return draw(st.binary(max_size=90))
+    body = draw(st.binary(min_size=0, max_size=60))
+    if kind == "v4":
+        inner = bytes([0x45, 0]) + (20 + len(body)).to_bytes(2, "big") + bytes(16) + body
+        nh = 4
+    else:
+        inner = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2, "big") + bytes(34) + body
+        nh = 41
+    plain = bytearray(_trailered(inner, draw(st.integers(0, 20)), draw(st.sampled_from([nh, 4, 41, 59]))))
+    if draw(st.booleans()):  # spoil a byte: the length, the padding, the header
+        plain[draw(st.integers(0, len(plain) - 1))] = draw(st.integers(0, 255))
+    return bytes(plain)
+
+
+@needs_ext
+@settings(max_examples=400, deadline=None)
+@given(plaintexts(), st.sampled_from([0, 16]))
+def test_whole_inner_in_c_is_the_python_test(plain: bytes, at: int) -> None:
+    """open_aead16_many (AEAD, the payload from 0) and open_cbc_many (from one IV block on): the same
+    results and count of others under either implementation, for any decrypted payload (of at least
+    the 4 bytes a packet that passes the length checks decrypts to)."""
+    assume(len(plain) >= 4)
+    if at:
+        plain = bytes(16) + plain
+        packet = bytes(8 + 16 + 16 * max(1, -(-len(plain) // 16)) + 16)
+        auth: Any = _FakeAuth()
+        call: Any = lambda: esp.open_cbc_many([packet], _FakeCbc(plain), auth)  # noqa: E731
+    else:
+        packet = bytes(32 + 4)
+        call = lambda: esp.open_aead16_many([packet], lambda n, d, a: plain, b"salt")  # noqa: E731
+    results = []
+    for native in (None, ext):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(esp, "_native", native)
+            results.append(call())
+    assert results[1] == results[0]
+
+
+@needs_ext
+def test_whole_inner_in_c_takes_whole_packets_only() -> None:
+    assert ext is not None
+    v4 = bytes([0x45, 0, 0, 24]) + bytes(20)
+    assert ext.whole_inner(_trailered(v4, 2, 4), 0) == v4
+    assert ext.whole_inner(_trailered(v4, 2, 41), 0) is None  # the next header says IPv6
+    assert ext.whole_inner(_trailered(v4, 2, 4)[:-3] + b"\x09\x02\x04", 0) is None  # bad padding
+    assert ext.whole_inner(b"\x00" * 16 + _trailered(v4, 0, 4), 16) == v4
+    assert ext.whole_inner(b"", 0) is None and ext.whole_inner(b"\x45", -1) is None

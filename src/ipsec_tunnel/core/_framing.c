@@ -7,6 +7,7 @@
  *               (as core/gro.py _coalesce_run), or None where the general path must decide.
  * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
  * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
+ * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -491,6 +492,52 @@ done:
     return k < 0 ? NULL : PyLong_FromSsize_t(k);
 }
 
+PyDoc_STRVAR(whole_inner_doc,
+"whole_inner(plain, at, /) -> bytes | None\n\n"
+"The inner packet of a decrypted tunnel-mode ESP payload starting at `at` in `plain` when it is a whole\n"
+"IPv4 packet without options or an IPv6 packet, its IP length exactly what precedes a valid trailer\n"
+"(RFC 4303 §2.4-2.6: padding 1, 2, 3, ..., pad length, next header 4 or 41 by the IP version); None for\n"
+"anything else (core/esp.py open_aead16_many and open_cbc_many decide then).");
+
+static PyObject *
+whole_inner(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t at;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*n:whole_inner", &buf, &at))
+        return NULL;
+    const uint8_t *p = buf.buf;
+    Py_ssize_t len = buf.len;
+    if (at < 0 || len - at < 22) /* at least an IPv4 header and the trailer */
+        goto none;
+    Py_ssize_t pad = p[len - 2], nh = p[len - 1];
+    Py_ssize_t end = len - 2 - pad; /* where the trailer starts */
+    Py_ssize_t ip_len;
+    if (p[at] == 0x45) { /* RFC 791: version 4, a 20-byte header; the total length at octets 2-3 */
+        ip_len = (Py_ssize_t)p[at + 2] << 8 | p[at + 3];
+        if (nh != 4 || ip_len < 20)
+            goto none;
+    } else if (p[at] >> 4 == 6 && len - at >= 42) { /* RFC 8200: the payload length (after 40) at 4-5 */
+        ip_len = 40 + ((Py_ssize_t)p[at + 4] << 8 | p[at + 5]);
+        if (nh != 41)
+            goto none;
+    } else {
+        goto none;
+    }
+    if (ip_len != end - at)
+        goto none;
+    for (Py_ssize_t i = 0; i < pad; i++)
+        if (p[end + i] != (uint8_t)(i + 1))
+            goto none;
+    out = PyBytes_FromStringAndSize((const char *)p + at, ip_len);
+    PyBuffer_Release(&buf);
+    return out;
+none:
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 pure_requested(PyObject *self, PyObject *unused)
 {
@@ -503,6 +550,7 @@ static PyMethodDef methods[] = {
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
     {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
     {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
+    {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
