@@ -304,3 +304,20 @@ def test_whole_inner_in_c_takes_whole_packets_only() -> None:
     assert ext.whole_inner(_trailered(v4, 2, 4)[:-3] + b"\x09\x02\x04", 0) is None  # bad padding
     assert ext.whole_inner(b"\x00" * 16 + _trailered(v4, 0, 4), 16) == v4
     assert ext.whole_inner(b"", 0) is None and ext.whole_inner(b"\x45", -1) is None
+
+
+@needs_ext
+@pytest.mark.parametrize("mss", [536, 1000, 1447])
+def test_rows_in_c_with_ipv4_options_are_the_pure_rows(mss: int) -> None:
+    """An IPv4 header with options (24 bytes): its checksum in every row covers them, in C as in Python."""
+    packet, offload = make_tso(v4_tcp(os.urandom(9000)), mss)
+    raw = bytearray(packet[:20] + b"\x01\x01\x01\x00" + packet[20:])  # NOP, NOP, NOP, end of options
+    raw[0] = 0x46
+    raw[2:4] = (len(raw)).to_bytes(2, "big")
+    offload = offload._replace(hdr_len=offload.hdr_len + 4, csum_start=24)
+    with pytest.MonkeyPatch.context() as mp:
+        pure, native = _both(mp, tso.tcp_rows, bytes(raw), offload, _tail)
+    assert not isinstance(pure, type) and _flat(native) == _flat(pure)
+    segments = [row.tobytes()[:inner] for rows, inner in native for row in rows]
+    assert segments == gso.split(bytes(raw), offload) and segments[0][:1] == b"\x46"
+    assert all(gso.checksum(s[:24]) == 0 for s in segments)
