@@ -8,6 +8,7 @@
  * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
  * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
+ * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -538,6 +539,38 @@ none:
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(in_order_doc,
+"in_order(packets, /) -> tuple[int, int] | None\n\n"
+"core/sa.py _in_order: (first, last) when the ESP packets carry the sequence numbers first, first + 1,\n"
+"..., last (low 32 bits, RFC 4303 §2.2), else (-1, -1), also when one is shorter than the ESP header;\n"
+"None when one is not bytes (the Python code decides then).");
+
+static PyObject *
+in_order(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "O!:in_order", &PyList_Type, &list))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    if (count == 0)
+        return Py_BuildValue("(nn)", (Py_ssize_t)0, (Py_ssize_t)-1);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (PyBytes_GET_SIZE(items[i]) < 8)
+            return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    uint64_t first = get32((const uint8_t *)PyBytes_AS_STRING(items[0]) + 4);
+    uint64_t last = first + (uint64_t)count - 1;
+    if (last >= ((uint64_t)1 << 32)) /* a run through 2^32 is not one of 32-bit numbers in order */
+        return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    for (Py_ssize_t i = 1; i < count; i++)
+        if (get32((const uint8_t *)PyBytes_AS_STRING(items[i]) + 4) != first + (uint64_t)i)
+            return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    return Py_BuildValue("(KK)", (unsigned long long)first, (unsigned long long)last);
+}
+
 static PyObject *
 pure_requested(PyObject *self, PyObject *unused)
 {
@@ -551,6 +584,7 @@ static PyMethodDef methods[] = {
     {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
     {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
+    {"in_order", in_order, METH_VARARGS, in_order_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
