@@ -92,9 +92,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# IPSEC_REQUIRE_EXT=1: tests/core/test_framing.py fails when the C framing extension was not built
+# IPSEC_REQUIRE_EXT=1: tests/core/test_framing.py fails when the C framing extension was not built;
+# then (without PYTEST_ARGS) the core's tests once more on the pure-Python framing (IPSEC_TUNNEL_PURE=1)
+PURE_TESTS = tests/core tests/linux/test_raw_parse.py
 pytest: venv
 	IPSEC_REQUIRE_EXT=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),@true,IPSEC_TUNNEL_PURE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q $(PURE_TESTS))
 
 test: deps venv lint typecheck pytest
 
