@@ -8,8 +8,9 @@ and wireguard-go (plain veth with --only veth). All are set up first, then measu
 rounds; per round and plane:
 
 - idle: --pings pings 10.0.1.1 -> 10.0.2.1, 50 ms apart;
-- under load: one iperf3 TCP stream 10.0.1.1 -> 10.0.2.1, and after a --warmup the same number of pings
-  alongside it (the ping is a separate flow: it waits in whatever queue the stream fills);
+- under load: one iperf3 TCP stream 10.0.1.1 -> 10.0.2.1 (as fast as it goes, or capped with --rate), and
+  after a --warmup the same number of pings alongside it (the ping is a separate flow: it waits in
+  whatever queue the stream fills);
 - with --queues, during the loaded pings, every 0.25 s: the qdisc backlog of A's tunnel device (`tc -s
   qdisc`) and the largest Recv-Q / Send-Q of the UDP and raw sockets in A and B (`ss`): where the standing
   queue is.
@@ -17,7 +18,7 @@ rounds; per round and plane:
 One table follows: p50/p95/p99 of the RTTs of all rounds pooled, lost pings, Mbit/s under load, and
 ours over each peer. Figures only; nothing is asserted.
 
-Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--json [FILE]].
+Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--rate 200M] [--json [FILE]].
 """
 
 from __future__ import annotations
@@ -194,8 +195,18 @@ class QueueSampler(threading.Thread):
                 self.add(f"{side} socket Send-Q bytes", send)
 
 
-def measure(plane: Plane, run: int, count: int, seconds: float, warmup: float, queues: bool) -> LatRun:
-    """Idle pings, then pings alongside one iperf3 stream; failures are recorded, never raised."""
+def iperf_argv(seconds: float, rate: str | None = None) -> list[str]:
+    """The loading iperf3 client: one TCP stream IN_A -> IN_B for `seconds`, capped at `rate` (iperf3's
+    -b, e.g. 200M) when given, else as fast as it goes."""
+    argv = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+    return [*argv, "-b", rate] if rate else argv
+
+
+def measure(
+    plane: Plane, run: int, count: int, seconds: float, warmup: float, queues: bool, rate: str | None = None
+) -> LatRun:
+    """Idle pings, then pings alongside one iperf3 stream (capped at `rate`); failures are recorded,
+    never raised."""
     r = LatRun(run)
     try:
         r.idle_ms, r.idle_sent = pings(plane.a, count)
@@ -204,7 +215,7 @@ def measure(plane: Plane, run: int, count: int, seconds: float, warmup: float, q
             r.qdisc = parse_qdisc(plane.a.run(["tc", "-j", "qdisc", "show", "dev", device]).stdout).get(
                 "kind"
             )
-        iperf = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+        iperf = iperf_argv(seconds, rate)
         proc = plane.a.popen(iperf, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = QueueSampler(plane, device) if queues else None
         try:
@@ -232,7 +243,7 @@ def run_rounds(
     """`--runs` rounds of every plane, the starting plane rotating from round to round."""
     for i in range(args.runs):
         for plane in list(planes[i % len(planes) :]) + list(planes[: i % len(planes)]):
-            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues)
+            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues, args.rate)
             results.setdefault(plane.key, []).append(r)
             if r.error:
                 log(f"run {i + 1}/{args.runs} {plane.label}: FAILED: {r.error}")
@@ -339,9 +350,11 @@ def render(summaries: Sequence[LatSummary], args: argparse.Namespace, seconds: f
                     ratio(s.mbps, peer.mbps),
                 ]
             )
+    cap = f" capped at {args.rate}" if getattr(args, "rate", None) else ""
     lines = [
         f"RTT ms of pings 10.0.1.1 -> 10.0.2.1, {INTERVAL * 1000:g} ms apart, {args.pings} per round idle "
-        f"and {args.pings} under load (one iperf3 TCP stream, {seconds:g} s, pings after {args.warmup:g} s);",
+        f"and {args.pings} under load (one iperf3 TCP stream{cap}, {seconds:g} s, pings after "
+        f"{args.warmup:g} s);",
         f"{args.runs} interleaved rounds, percentiles of all rounds' pings pooled. Mbit/s: iperf3 receiver "
         "side, median.",
         "lost %: pings unanswered under load. qdisc: root qdisc of A's tunnel device.",
@@ -403,6 +416,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--pings", type=int, default=100, help="pings per round, idle and loaded (default 100)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the pings (default 1)")
+    p.add_argument(
+        "--rate",
+        default=None,
+        metavar="RATE",
+        help="cap the loading stream at RATE (iperf3 -b: 200M, 1G): the RTT when the tunnel is not "
+        "saturated (default: uncapped)",
+    )
     p.add_argument(
         "--queues", action="store_true", help="sample the tunnel device's qdisc and the socket queues"
     )
@@ -477,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "pings": args.pings,
         "seconds": seconds,
         "ipsecd_args": args.ipsecd_args,
+        "rate": args.rate,
         "variants": args.variant,
         "interrupted": interrupted,
         "loadavg_at_start": round(load, 2),

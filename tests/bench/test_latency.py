@@ -11,6 +11,7 @@ import pytest
 from bench.latency import (
     LatRun,
     LatSummary,
+    iperf_argv,
     make_planes,
     parse_iperf,
     parse_ping,
@@ -130,3 +131,9 @@ def test_variants_add_an_ipsecd_plane_each_with_their_options(tmp_path: Path) ->
     assert variant.extra == ["--qdisc=none", "--socket-buffer=1m", "--batch=64"]
     assert variant.label.endswith("[--qdisc=none --socket-buffer=1m --batch=64]")
     assert base.a.name != variant.a.name  # namespaces of their own
+
+
+def test_the_load_is_uncapped_unless_a_rate_is_given() -> None:
+    assert "-b" not in iperf_argv(5.0)
+    argv = iperf_argv(5.0, "200M")
+    assert argv[-2:] == ["-b", "200M"] and argv[argv.index("-t") + 1] == "5"
