@@ -70,3 +70,10 @@ def test_reorder_moves_the_notes_with_their_packets() -> None:
     same = [bulk[0], bulk[1]]
     kept = {1: "x"}
     assert fq.reorder(same, kept) == (same, kept)
+
+
+def test_short_and_garbled_packets_are_flows_of_their_own_not_errors() -> None:
+    bulk = [_tcp(i * 1000) for i in range(3)]
+    batch = [bulk[0], b"", b"\x45", bytes(IP(src="10.0.1.1", dst="10.0.2.1"))[:12], bulk[1], b"\x45" * 30]
+    order = fq.sparse_first(batch)
+    assert order == [1, 2, 3, 5, 0, 4]
