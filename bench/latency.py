@@ -18,13 +18,15 @@ rounds; per round and plane:
 One table follows: p50/p95/p99 of the RTTs of all rounds pooled, lost pings, Mbit/s under load, and
 ours over each peer. Figures only; nothing is asserted.
 
-Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--rate 200M] [--json [FILE]].
+Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--turns] [--rate 200M]
+[--json [FILE]].
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import statistics
@@ -69,6 +71,7 @@ PEERS = ("swan-gcm", "wg-go")  # the planes ours is compared with
 INTERVAL = 0.05  # seconds between pings
 SAMPLE_EVERY = 0.25  # seconds between queue samples (--queues)
 PERCENTILES = (50, 95, 99)
+TURNS = Path(__file__).resolve().parent / "lib" / "turns"  # the sitecustomize of --turns
 
 
 # -- parsing (unit-tested in tests/bench/test_latency.py) ------------------------------------------------
@@ -132,6 +135,31 @@ def parse_ss(text: str) -> tuple[int, int]:
         if len(nums) >= 2:
             recv, send = max(recv, int(nums[0])), max(send, int(nums[1]))
     return recv, send
+
+
+def parse_turns(doc: dict[str, Any]) -> tuple[str, str, dict[str, dict[float, int]]] | None:
+    """A turns file of bench/lib/turns (one ipsecd): its plane key and side (from the --socket path,
+    .../KEY-A/ipsecd.sock) and, per handler, the count of calls per duration bucket (ms, upper edge);
+    None for a process that is no plane's ipsecd."""
+    argv = doc.get("argv", [])
+    socket = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--socket"), None)
+    m = re.search(r"/([^/]+)-([AB])/ipsecd\.sock$", socket or "")
+    if m is None:
+        return None
+    turns = {name: {float(b): int(n) for b, n in buckets.items()} for name, buckets in doc["turns"].items()}
+    return m.group(1), m.group(2), turns
+
+
+def turn_rows(label: str, side: str, turns: dict[str, dict[float, int]]) -> list[list[str]]:
+    """Table rows for one ipsecd's handlers: calls, how many lasted over 2 and over 8 ms, the longest
+    bucket."""
+    rows = []
+    for name, buckets in sorted(turns.items()):
+        calls = sum(buckets.values())
+        over2 = sum(n for b, n in buckets.items() if b > 2)
+        over8 = sum(n for b, n in buckets.items() if b > 8)
+        rows.append([label, side, name, f"{calls:,}", f"{over2:,}", f"{over8:,}", f"<= {max(buckets):g} ms"])
+    return rows
 
 
 def route_device(text: str) -> str | None:
@@ -404,6 +432,22 @@ def make_planes(
     return planes
 
 
+def read_turns(work: Path, planes: Sequence[Plane]) -> list[list[str]]:
+    """The rows of every turns file the stopped ipsecds wrote into `work`."""
+    labels = {p.key: p.label for p in planes}
+    rows: list[list[str]] = []
+    for path in sorted(work.glob("turns-*.json")):
+        try:
+            got = parse_turns(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log(f"{path.name}: unreadable ({exc})")
+            continue
+        if got is not None:
+            key, side, turns = got
+            rows += turn_rows(labels.get(key, key), side, turns)
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/latency",
@@ -422,6 +466,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="RATE",
         help="cap the loading stream at RATE (iperf3 -b: 200M, 1G): the RTT when the tunnel is not "
         "saturated (default: uncapped)",
+    )
+    p.add_argument(
+        "--turns",
+        action="store_true",
+        help="time every handler call in each ipsecd (bench/lib/turns): how long a source's turn keeps "
+        "the others waiting, idle and loaded phases together",
     )
     p.add_argument(
         "--queues", action="store_true", help="sample the tunnel device's qdisc and the socket queues"
@@ -470,9 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         log(busy)
     planes: list[Plane] = []
     results: dict[str, list[LatRun]] = {}
+    turns: list[list[str]] = []
     interrupted = False
     try:
         with workdir(args.keep, "ipsec-bench-latency-") as work:
+            if args.turns:
+                os.environ["IPSEC_TURNS_DIR"] = str(work)
+                inherited = os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = f"{TURNS}{os.pathsep}{inherited}" if inherited else str(TURNS)
             try:
                 planes = make_planes(keys, work, shlex.split(args.ipsecd_args), args.variant)
                 ready = open_planes(planes)
@@ -485,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shield_cleanup()
                 close_planes(planes)
+                turns = read_turns(work, planes) if args.turns else []
     except BenchError as exc:
         print(f"bench/latency: {exc}", file=sys.stderr)
         return 1
@@ -505,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         "planes": [s.to_json() for s in summaries],
     }
     text = render(summaries, args, seconds)
+    if turns:
+        report["turns"] = turns
+        text += "\n\nhandler calls per ipsecd (wall clock, bench/lib/turns)\n" + table(
+            ["", "side", "handler", "calls", "> 2 ms", "> 8 ms", "longest"], turns
+        )
     if busy:
         text += "\n" + busy.replace("Mbit/s moves with other load, CPU-s/GB much less", "RTTs move with it")
     if interrupted:
