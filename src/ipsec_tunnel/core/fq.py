@@ -19,7 +19,7 @@ from . import ip
 
 __all__ = ["QUANTUM", "flow_key", "reorder", "sparse_first"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 QUANTUM = 1514  # RFC 8290 §4.2 / §5.1: a flow's quantum, one Ethernet MTU of bytes (fq_codel's default)
 
@@ -75,8 +75,8 @@ def sparse_first(packets: list[bytes], quantum: int = QUANTUM) -> list[int] | No
 
 
 def reorder(
-    packets: list[bytes], notes: dict[int, T], quantum: int = QUANTUM
-) -> tuple[list[bytes], dict[int, T]]:
+    packets: list[bytes], notes: dict[int, _T], quantum: int = QUANTUM
+) -> tuple[list[bytes], dict[int, _T]]:
     """`packets` in `sparse_first` order, and `notes` (anything kept by index, such as the virtio-net
     headers of the packets with offload work) moved with their packets; both as given when the order
     read stands."""
