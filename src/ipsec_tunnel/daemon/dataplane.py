@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, gro, gso
+from ..core import codel, fq, gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -128,10 +128,12 @@ class DataPlane:
         batch_packets: int = BATCH_PACKETS,
         aqm: AqmOptions | None = None,
         wall: Callable[[], float] = time.time,
+        sparse_first: bool = True,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
+        self.sparse_first = sparse_first  # a device batch's sparse flows are sealed first (core.fq)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
@@ -222,7 +224,8 @@ class DataPlane:
     # -- packet handlers -----------------------------------------------------------------------------------
 
     def on_tun(self, queue: TunEdge) -> None:
-        """Encrypt and send what the kernel routed into a tunnel device."""
+        """Encrypt and send what the kernel routed into a tunnel device, up to `batch_packets` packets;
+        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`)."""
         now = self.clock()
         name = queue.name
         engine = self.engine
@@ -249,6 +252,8 @@ class DataPlane:
             packets.append(packet)
             if gathered >= self.batch_packets:
                 break
+        if self.sparse_first and len(packets) > 1:
+            packets, offloads = fq.reorder(packets, offloads)
         results = engine.send_batch(name, packets, now, offloads) if packets else []
         for result in results:
             if isinstance(result, Burst):
