@@ -190,6 +190,7 @@ class FakeRaw:
         self.host, self.family, self.batch = host, family, batch
         self.inbox = Readable()
         self.stamp = 0.0  # the receive time the next batches report (tests set it)
+        self.errors_polled = 0  # calls of poll_errors
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -215,6 +216,10 @@ class FakeRaw:
         lost = sum(not self.host.network.carry(Datagram(source, dst, tos, bytes(p))) for p in payloads)
         return _unreachable(lost)
 
+    def poll_errors(self) -> int:
+        self.errors_polled += 1
+        return 0
+
     def close(self) -> None:
         self.inbox.close()
 
@@ -225,6 +230,7 @@ class FakeUdp:
     def __init__(self, host: FakeKernel, family: int, port: int) -> None:
         self.host, self.family, self.port = host, family, port
         self.inbox = Readable()
+        self.errors_polled = 0  # calls of poll_errors
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -256,6 +262,10 @@ class FakeUdp:
             Datagram(source, ipaddress.ip_address(dst).packed, 0, payload, self.port, dport)
         )
         return True
+
+    def poll_errors(self) -> int:
+        self.errors_polled += 1
+        return 0
 
     def close(self) -> None:
         self.host.udp.pop((self.family, self.port), None)
