@@ -33,7 +33,7 @@ from ..linux.raw import MMSG_BATCH
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
-from .spin import Rehearsal, Spin
+from .spin import Rehearsal, Spin, in_use
 
 log = logging.getLogger(__name__)
 
@@ -603,6 +603,7 @@ class DataPlane:
         last = 0.0
         spin = Spin(self.spin, self.monotonic, warm=self.warm)
         rehearse = Rehearsal() if self.warm else None
+        moved: dict[str, int] = {}  # packets per tunnel at the last look (spin.in_use)
         poll, dispatch = self._epoll.poll, self._dispatch
         served = True  # the last turn served something, or ran the once-a-second work
         timer_due = 0.0  # when `timer` is next due (time.monotonic); it also runs after a served turn
@@ -632,3 +633,5 @@ class DataPlane:
                 if every is not None:
                     every()
                 served = True
+                if rehearse is not None and (config := in_use(self.engine, moved)) is not None:
+                    rehearse.follow(config)  # the algorithms and encapsulation of the busiest tunnel
