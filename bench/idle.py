@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.variant:
             name, _, rest = spec.partition("=")
             src, _, opts = rest.partition(":")
-            plane = Variant(f"wk{name}", work, src, [o for o in opts.split(",") if o])
+            variant = Variant(f"wk{name}", work, src, [o for o in opts.split(",") if o])
             _, cipher, encap = args.plane.split("-")
-            plane.config = OursConfig(cipher, udp=encap == "udp")
-            plane.cipher = cipher
-            plane.encap_filter = "udp port 4500" if encap == "udp" else "ip proto 50"
-            plane.label = f"{name} {args.plane} ({src} {' '.join(plane.options)})"
-            planes.append(plane)
+            variant.config = OursConfig(cipher, udp=encap == "udp")
+            variant.cipher = cipher
+            variant.encap_filter = "udp port 4500" if encap == "udp" else "ip proto 50"
+            variant.label = f"{name} {args.plane} ({src} {' '.join(variant.options)})"
+            planes.append(variant)
         if not args.no_wg:
             planes += throughput_planes(["wg-go"], work)
         try:
