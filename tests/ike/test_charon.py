@@ -395,7 +395,11 @@ def test_ipv6_outer(setup: Setup, initiator: str) -> None:
     try:
         up = _up(setup, d, initiator)
         assert (up.local_addr, up.remote_addr) == (US6, THEM6)
-        assert f"remote-host={US6}" in setup.charon.sas() and not d.ike.drops
+        assert f"remote-host={US6}" in setup.charon.sas()
+        # a loaded machine may make us resend a request; charon then answers twice (§2.1), and only
+        # those duplicate answers may be dropped
+        assert set(d.ike.drops) <= {"unexpected_response"}, d.ike.drops
+        assert d.ike.drops["unexpected_response"] <= d.ike.retransmits, (d.ike.drops, d.ike.retransmits)
     finally:
         d.close()
 

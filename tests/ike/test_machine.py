@@ -231,6 +231,7 @@ def test_retransmission_after_loss() -> None:
     assert p.status("a").state == "established"
     sent = [s.data for who, s in p.wire if who == "a"]
     assert sent[0] == sent[1] == dropped[0]
+    assert (p.a.retransmits, p.b.retransmits) == (1, 0)
 
 
 def test_no_answer() -> None:
@@ -243,7 +244,7 @@ def test_no_answer() -> None:
     p.advance(0.2)
     st = p.status("a")
     assert st.state == "down" and st.reason == "no answer from 198.51.100.2:500 after 5 tries"
-    assert len(p.wire) == 5 and len({s.data for _, s in p.wire}) == 1
+    assert len(p.wire) == 5 and len({s.data for _, s in p.wire}) == 1 and p.a.retransmits == 4
     assert p.a.next_timer() is None and not p.a.sas
 
 

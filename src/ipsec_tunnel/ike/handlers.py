@@ -155,6 +155,7 @@ def timers(ike: Ike, now: float) -> None:
                 continue
             pend.deadline = now + RETRANSMIT_BASE * 2**pend.sends
             pend.sends += 1
+            ike.retransmits += 1
             ike.send(sa, pend.data)
             continue
         if sa.established and sa.cfg.dpd > 0 and sa.pending is None and now >= sa.last_recv + sa.cfg.dpd:

@@ -49,6 +49,7 @@ class Ike:
         self.random: Callable[[int], bytes] = random or secrets.token_bytes
         self.log_keys_for_test = log_keys_for_test
         self.drops: Counter[str] = Counter()
+        self.retransmits = 0  # requests of ours sent again after no answer (§2.4)
         self.peers_by_name: dict[str, PeerEntry] = {}
         self.sas: dict[int, IkeSa] = {}  # by our SPI
         # responder IKE SAs by their IKE_SA_INIT's (remote ip, port, SPIi), kept while the SA lives so
