@@ -151,13 +151,24 @@ def test_epollerr_drains_the_error_queue_and_reads_only_if_readable(hosts: tuple
     udp = a.plane.udp[4]
     assert isinstance(udp, FakeUdp)
     a.calls.clear()
+    udp.errors_queued = 1
     a.plane._dispatch([(udp.fileno(), select.EPOLLERR)])
     assert udp.errors_polled == 1 and a.calls == {}  # no receive: nothing to read
     a.plane._dispatch([(udp.fileno(), select.EPOLLIN)])
     assert udp.errors_polled == 1 and a.calls == {"udp.recv_batch": 1}  # no error-queue read
     a.calls.clear()
+    udp.errors_queued = 1
     a.plane._dispatch([(udp.fileno(), select.EPOLLIN | select.EPOLLERR)])
     assert udp.errors_polled == 2 and a.calls == {"udp.recv_batch": 1}
+
+
+def test_epollerr_with_an_empty_error_queue_reads_the_pending_error(hosts: tuple[Host, Host]) -> None:
+    a, _ = hosts
+    udp = a.plane.udp[4]
+    assert isinstance(udp, FakeUdp)
+    a.calls.clear()
+    a.plane._dispatch([(udp.fileno(), select.EPOLLERR)])  # the socket's own error, not queued
+    assert udp.errors_polled == 1 and a.calls == {"udp.recv_batch": 1}  # the read returns and clears it
 
 
 def test_a_source_without_an_error_queue_is_served_on_epollerr(hosts: tuple[Host, Host]) -> None:

@@ -191,6 +191,7 @@ class FakeRaw:
         self.inbox = Readable()
         self.stamp = 0.0  # the receive time the next batches report (tests set it)
         self.errors_polled = 0  # calls of poll_errors
+        self.errors_queued = 0  # what the next poll_errors reads (tests set it)
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -218,7 +219,8 @@ class FakeRaw:
 
     def poll_errors(self) -> int:
         self.errors_polled += 1
-        return 0
+        queued, self.errors_queued = self.errors_queued, 0
+        return queued
 
     def close(self) -> None:
         self.inbox.close()
@@ -231,6 +233,7 @@ class FakeUdp:
         self.host, self.family, self.port = host, family, port
         self.inbox = Readable()
         self.errors_polled = 0  # calls of poll_errors
+        self.errors_queued = 0  # what the next poll_errors reads (tests set it)
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -265,7 +268,8 @@ class FakeUdp:
 
     def poll_errors(self) -> int:
         self.errors_polled += 1
-        return 0
+        queued, self.errors_queued = self.errors_queued, 0
+        return queued
 
     def close(self) -> None:
         self.host.udp.pop((self.family, self.port), None)

@@ -576,18 +576,22 @@ class DataPlane:
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         """Call the handler of each ready source (for EPOLLERR on a socket with an error queue, read the
-        queue, and call the handler only if the socket is readable too); one that raises is counted and
-        logged, not fatal."""
+        queue, and call the handler only if the socket is readable too or the queue held nothing: the
+        error is then the socket's pending one, which a read returns and clears); one that raises is
+        counted and logged, not fatal."""
         handlers = self._handlers
         for fd, mask in events:
             handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
             if handler is None:
                 continue
             try:
-                if mask & select.EPOLLERR and (drain := self._drains.get(fd)) is not None:
-                    drain()
-                    if not mask & select.EPOLLIN:
-                        continue
+                if (
+                    mask & select.EPOLLERR
+                    and (drain := self._drains.get(fd)) is not None
+                    and drain()
+                    and not mask & select.EPOLLIN
+                ):
+                    continue  # errors read, nothing else; an error the queue did not hold: the read takes it
                 handler()
             except Exception:  # a bug must not take every tunnel down: what it was handling is lost
                 self.failures += 1
