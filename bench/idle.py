@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.variant:
             name, _, rest = spec.partition("=")
             src, _, opts = rest.partition(":")
-            variant = Variant(f"wk{name}", work, src, [o for o in opts.split(",") if o])
+            variant = Variant(f"idle{len(planes)}", work, src, [o for o in opts.split(",") if o])
             _, cipher, encap = args.plane.split("-")
             variant.config = OursConfig(cipher, udp=encap == "udp")
             variant.cipher = cipher
