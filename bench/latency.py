@@ -8,8 +8,9 @@ and wireguard-go (plain veth with --only veth). All are set up first, then measu
 rounds; per round and plane:
 
 - idle: --pings pings 10.0.1.1 -> 10.0.2.1, 50 ms apart;
-- under load: one iperf3 TCP stream 10.0.1.1 -> 10.0.2.1, and after a --warmup the same number of pings
-  alongside it (the ping is a separate flow: it waits in whatever queue the stream fills);
+- under load: one iperf3 TCP stream 10.0.1.1 -> 10.0.2.1 (as fast as it goes, or capped with --rate), and
+  after a --warmup the same number of pings alongside it (the ping is a separate flow: it waits in
+  whatever queue the stream fills);
 - with --queues, during the loaded pings, every 0.25 s: the qdisc backlog of A's tunnel device (`tc -s
   qdisc`) and the largest Recv-Q / Send-Q of the UDP and raw sockets in A and B (`ss`): where the standing
   queue is.
@@ -17,13 +18,15 @@ rounds; per round and plane:
 One table follows: p50/p95/p99 of the RTTs of all rounds pooled, lost pings, Mbit/s under load, and
 ours over each peer. Figures only; nothing is asserted.
 
-Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--json [FILE]].
+Run as root: bench/latency [--runs 3] [--pings 100] [--only ours,wg] [--queues] [--turns] [--rate 200M]
+[--json [FILE]].
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import statistics
@@ -68,6 +71,7 @@ PEERS = ("swan-gcm", "wg-go")  # the planes ours is compared with
 INTERVAL = 0.05  # seconds between pings
 SAMPLE_EVERY = 0.25  # seconds between queue samples (--queues)
 PERCENTILES = (50, 95, 99)
+TURNS = Path(__file__).resolve().parent / "lib" / "turns"  # the sitecustomize of --turns
 
 
 # -- parsing (unit-tested in tests/bench/test_latency.py) ------------------------------------------------
@@ -133,6 +137,31 @@ def parse_ss(text: str) -> tuple[int, int]:
     return recv, send
 
 
+def parse_turns(doc: dict[str, Any]) -> tuple[str, str, dict[str, dict[float, int]]] | None:
+    """A turns file of bench/lib/turns (one ipsecd): its plane key and side (from the --socket path,
+    .../KEY-A/ipsecd.sock) and, per handler, the count of calls per duration bucket (ms, upper edge);
+    None for a process that is no plane's ipsecd."""
+    argv = doc.get("argv", [])
+    socket = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--socket"), None)
+    m = re.search(r"/([^/]+)-([AB])/ipsecd\.sock$", socket or "")
+    if m is None:
+        return None
+    turns = {name: {float(b): int(n) for b, n in buckets.items()} for name, buckets in doc["turns"].items()}
+    return m.group(1), m.group(2), turns
+
+
+def turn_rows(label: str, side: str, turns: dict[str, dict[float, int]]) -> list[list[str]]:
+    """Table rows for one ipsecd's handlers: calls, how many lasted over 2 and over 8 ms, the longest
+    bucket."""
+    rows = []
+    for name, buckets in sorted(turns.items()):
+        calls = sum(buckets.values())
+        over2 = sum(n for b, n in buckets.items() if b > 2)
+        over8 = sum(n for b, n in buckets.items() if b > 8)
+        rows.append([label, side, name, f"{calls:,}", f"{over2:,}", f"{over8:,}", f"<= {max(buckets):g} ms"])
+    return rows
+
+
 def route_device(text: str) -> str | None:
     """The output device in `ip route get` output."""
     m = re.search(r"\bdev (\S+)", text)
@@ -194,8 +223,18 @@ class QueueSampler(threading.Thread):
                 self.add(f"{side} socket Send-Q bytes", send)
 
 
-def measure(plane: Plane, run: int, count: int, seconds: float, warmup: float, queues: bool) -> LatRun:
-    """Idle pings, then pings alongside one iperf3 stream; failures are recorded, never raised."""
+def iperf_argv(seconds: float, rate: str | None = None) -> list[str]:
+    """The loading iperf3 client: one TCP stream IN_A -> IN_B for `seconds`, capped at `rate` (iperf3's
+    -b, e.g. 200M) when given, else as fast as it goes."""
+    argv = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+    return [*argv, "-b", rate] if rate else argv
+
+
+def measure(
+    plane: Plane, run: int, count: int, seconds: float, warmup: float, queues: bool, rate: str | None = None
+) -> LatRun:
+    """Idle pings, then pings alongside one iperf3 stream (capped at `rate`); failures are recorded,
+    never raised."""
     r = LatRun(run)
     try:
         r.idle_ms, r.idle_sent = pings(plane.a, count)
@@ -204,7 +243,7 @@ def measure(plane: Plane, run: int, count: int, seconds: float, warmup: float, q
             r.qdisc = parse_qdisc(plane.a.run(["tc", "-j", "qdisc", "show", "dev", device]).stdout).get(
                 "kind"
             )
-        iperf = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+        iperf = iperf_argv(seconds, rate)
         proc = plane.a.popen(iperf, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = QueueSampler(plane, device) if queues else None
         try:
@@ -232,7 +271,7 @@ def run_rounds(
     """`--runs` rounds of every plane, the starting plane rotating from round to round."""
     for i in range(args.runs):
         for plane in list(planes[i % len(planes) :]) + list(planes[: i % len(planes)]):
-            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues)
+            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues, args.rate)
             results.setdefault(plane.key, []).append(r)
             if r.error:
                 log(f"run {i + 1}/{args.runs} {plane.label}: FAILED: {r.error}")
@@ -339,9 +378,11 @@ def render(summaries: Sequence[LatSummary], args: argparse.Namespace, seconds: f
                     ratio(s.mbps, peer.mbps),
                 ]
             )
+    cap = f" capped at {args.rate}" if getattr(args, "rate", None) else ""
     lines = [
         f"RTT ms of pings 10.0.1.1 -> 10.0.2.1, {INTERVAL * 1000:g} ms apart, {args.pings} per round idle "
-        f"and {args.pings} under load (one iperf3 TCP stream, {seconds:g} s, pings after {args.warmup:g} s);",
+        f"and {args.pings} under load (one iperf3 TCP stream{cap}, {seconds:g} s, pings after "
+        f"{args.warmup:g} s);",
         f"{args.runs} interleaved rounds, percentiles of all rounds' pings pooled. Mbit/s: iperf3 receiver "
         "side, median.",
         "lost %: pings unanswered under load. qdisc: root qdisc of A's tunnel device.",
@@ -391,6 +432,22 @@ def make_planes(
     return planes
 
 
+def read_turns(work: Path, planes: Sequence[Plane]) -> list[list[str]]:
+    """The rows of every turns file the stopped ipsecds wrote into `work`."""
+    labels = {p.key: p.label for p in planes}
+    rows: list[list[str]] = []
+    for path in sorted(work.glob("turns-*.json")):
+        try:
+            got = parse_turns(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log(f"{path.name}: unreadable ({exc})")
+            continue
+        if got is not None:
+            key, side, turns = got
+            rows += turn_rows(labels.get(key, key), side, turns)
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/latency",
@@ -403,6 +460,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--pings", type=int, default=100, help="pings per round, idle and loaded (default 100)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the pings (default 1)")
+    p.add_argument(
+        "--rate",
+        default=None,
+        metavar="RATE",
+        help="cap the loading stream at RATE (iperf3 -b: 200M, 1G): the RTT when the tunnel is not "
+        "saturated (default: uncapped)",
+    )
+    p.add_argument(
+        "--turns",
+        action="store_true",
+        help="time every handler call in each ipsecd (bench/lib/turns): how long a source's turn keeps "
+        "the others waiting, idle and loaded phases together",
+    )
     p.add_argument(
         "--queues", action="store_true", help="sample the tunnel device's qdisc and the socket queues"
     )
@@ -450,9 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         log(busy)
     planes: list[Plane] = []
     results: dict[str, list[LatRun]] = {}
+    turns: list[list[str]] = []
     interrupted = False
     try:
         with workdir(args.keep, "ipsec-bench-latency-") as work:
+            if args.turns:
+                os.environ["IPSEC_TURNS_DIR"] = str(work)
+                inherited = os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = f"{TURNS}{os.pathsep}{inherited}" if inherited else str(TURNS)
             try:
                 planes = make_planes(keys, work, shlex.split(args.ipsecd_args), args.variant)
                 ready = open_planes(planes)
@@ -465,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shield_cleanup()
                 close_planes(planes)
+                turns = read_turns(work, planes) if args.turns else []
     except BenchError as exc:
         print(f"bench/latency: {exc}", file=sys.stderr)
         return 1
@@ -477,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "pings": args.pings,
         "seconds": seconds,
         "ipsecd_args": args.ipsecd_args,
+        "rate": args.rate,
         "variants": args.variant,
         "interrupted": interrupted,
         "loadavg_at_start": round(load, 2),
@@ -484,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         "planes": [s.to_json() for s in summaries],
     }
     text = render(summaries, args, seconds)
+    if turns:
+        report["turns"] = turns
+        text += "\n\nhandler calls per ipsecd (wall clock, bench/lib/turns)\n" + table(
+            ["", "side", "handler", "calls", "> 2 ms", "> 8 ms", "longest"], turns
+        )
     if busy:
         text += "\n" + busy.replace("Mbit/s moves with other load, CPU-s/GB much less", "RTTs move with it")
     if interrupted:

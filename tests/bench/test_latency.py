@@ -11,14 +11,17 @@ import pytest
 from bench.latency import (
     LatRun,
     LatSummary,
+    iperf_argv,
     make_planes,
     parse_iperf,
     parse_ping,
     parse_qdisc,
     parse_ss,
+    parse_turns,
     percentile,
     render,
     route_device,
+    turn_rows,
 )
 from bench.lib.planes import OursWithArgs
 
@@ -130,3 +133,24 @@ def test_variants_add_an_ipsecd_plane_each_with_their_options(tmp_path: Path) ->
     assert variant.extra == ["--qdisc=none", "--socket-buffer=1m", "--batch=64"]
     assert variant.label.endswith("[--qdisc=none --socket-buffer=1m --batch=64]")
     assert base.a.name != variant.a.name  # namespaces of their own
+
+
+def test_the_load_is_uncapped_unless_a_rate_is_given() -> None:
+    assert "-b" not in iperf_argv(5.0)
+    argv = iperf_argv(5.0, "200M")
+    assert argv[-2:] == ["-b", "200M"] and argv[argv.index("-t") + 1] == "5"
+
+
+def test_turns_files_name_their_plane_and_side_and_count_long_calls() -> None:
+    doc = {
+        "argv": ["main.py", "-f", "--socket", "/tmp/w/ours-gcm-udp-v1-B/ipsecd.sock", "--log-level", "x"],
+        "turns": {"on_udp": {"0.5": 10, "4.0": 3, "16.0": 2}, "on_tun": {"0.125": 7}},
+    }
+    got = parse_turns(doc)
+    assert got is not None
+    key, side, turns = got
+    assert (key, side) == ("ours-gcm-udp-v1", "B") and turns["on_udp"] == {0.5: 10, 4.0: 3, 16.0: 2}
+    rows = turn_rows("label", side, turns)
+    assert rows[1] == ["label", "B", "on_udp", "15", "5", "2", "<= 16 ms"]
+    assert rows[0][2:6] == ["on_tun", "7", "0", "0"]
+    assert parse_turns({"argv": ["bench/latency.py"], "turns": {}}) is None

@@ -4,6 +4,7 @@ the option's bounds."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -11,6 +12,8 @@ import pytest
 
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.gso import NO_OFFLOAD
+from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
+from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import main
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.kernel import Kernel
@@ -22,6 +25,8 @@ from ipsec_tunnel.daemon.spin import (
     WARM_WINDOW,
     Rehearsal,
     Spin,
+    in_use,
+    kind,
 )
 from tests.support.fakes import FakeTun
 
@@ -98,6 +103,73 @@ def test_rehearsal_opens_what_it_seals_and_renews_its_engines() -> None:
     assert rehearsal.sender is not first and rehearsal.receiver.rx_accepted == 1
 
 
+def _config(
+    spi: int,
+    cipher: str,
+    udp: bool,
+    digest: str | None = None,
+    src: str = "192.0.2.1",
+    dst: str = "192.0.2.2",
+) -> SAConfig:
+    keys = {"aes-gcm": 20, "aes-cbc": 16}
+    return SAConfig(
+        spi, dst, src, cipher, os.urandom(keys[cipher]), digest,
+        os.urandom(32) if digest else b"", encap=UdpEncap() if udp else None,
+    ).validated()  # fmt: skip
+
+
+def test_rehearsal_follows_the_algorithms_and_encapsulation_with_keys_of_its_own() -> None:
+    rehearse = Rehearsal()
+    assert rehearse.kind == kind(_config(0x1000, "aes-gcm", True)) and rehearse(1.0) == 1
+    cbc = _config(0x2000, "aes-cbc", False, "sha256")
+    assert rehearse.follow(cbc) and rehearse.kind == kind(cbc)
+    (private,) = rehearse.sender.sad
+    assert private.config.cipher == "aes-cbc" and private.config.digest == "sha256"
+    assert private.config.encap is None and private.config.spi == 0x1000
+    assert private.config.cipher_key != cbc.cipher_key and private.config.digest_key != cbc.digest_key
+    assert rehearse(2.0) == 1 and rehearse(3.0) == 1  # sealed and opened over raw ESP
+    assert not rehearse.follow(_config(0x3000, "aes-cbc", False, "sha256"))  # the same kind: kept
+    assert rehearse.follow(_config(0x4000, "aes-gcm", True)) and rehearse(4.0) == 1
+
+
+def test_in_use_is_the_sa_of_the_tunnel_that_moved_most_since_the_last_look() -> None:
+    engine = Engine()
+    gcm = _config(0x1000, "aes-gcm", True)
+    cbc = _config(0x2000, "aes-cbc", False, "sha256", src="192.0.2.3", dst="192.0.2.4")
+    for name, config in (("ipsec1", gcm), ("ipsec2", cbc)):
+        engine.tunnels.add(Tunnel(name, config.src, config.dst, spi=config.spi))
+        engine.sad.add(SecurityAssociation(config, 0.0))
+    seen: dict[str, int] = {}
+    assert in_use(engine, seen) is None  # nothing moved
+    engine.stats_for("ipsec1").tx_packets = 5
+    engine.stats_for("ipsec2").rx_packets = 3
+    assert in_use(engine, seen) is engine.sa_for(engine.tunnels.get("ipsec1")).config  # type: ignore[union-attr,arg-type]
+    engine.stats_for("ipsec2").rx_packets = 10  # 7 more, against none
+    assert in_use(engine, seen) is engine.sa_for(engine.tunnels.get("ipsec2")).config  # type: ignore[union-attr,arg-type]
+    assert in_use(engine, seen) is None
+
+
+def test_loop_has_the_rehearsal_follow_the_busiest_tunnel_once_a_second(plane: DataPlane) -> None:
+    followed: list[SAConfig] = []
+    config = _config(0x2000, "aes-cbc", False, "sha256")
+
+    class Stub:
+        def __call__(self, now: float) -> int:
+            return 1
+
+        def follow(self, c: SAConfig) -> bool:
+            followed.append(c)
+            return True
+
+    plane._handlers[7] = lambda: None
+    plane.warm = 1e-3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ipsec_tunnel.daemon.dataplane.Rehearsal", Stub)
+        mp.setattr("ipsec_tunnel.daemon.dataplane.in_use", lambda engine, seen: config)
+        run_script(plane, [[(7, 1)], []], spin_us=100)
+    assert followed == [config]  # the first turn's once-a-second work; the loop ran less than a second
+
+
 class Poller:
     """A fake epoll: hands out the scripted event lists in turn, records each timeout, and stops the
     loop when the script ends."""
@@ -122,6 +194,7 @@ class StubEngine:
 
     def __init__(self) -> None:
         self.batches: list[list[bytes]] = []
+        self.tunnels: list[Any] = []  # none: no SA in use for the rehearsal to follow
 
     def send_batch(self, name: str, packets: list[bytes], now: float, offloads: Any) -> list[Any]:
         self.batches.append(list(packets))

@@ -190,6 +190,8 @@ class FakeRaw:
         self.host, self.family, self.batch = host, family, batch
         self.inbox = Readable()
         self.stamp = 0.0  # the receive time the next batches report (tests set it)
+        self.errors_polled = 0  # calls of poll_errors
+        self.errors_queued = 0  # what the next poll_errors reads (tests set it)
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -215,6 +217,11 @@ class FakeRaw:
         lost = sum(not self.host.network.carry(Datagram(source, dst, tos, bytes(p))) for p in payloads)
         return _unreachable(lost)
 
+    def poll_errors(self) -> int:
+        self.errors_polled += 1
+        queued, self.errors_queued = self.errors_queued, 0
+        return queued
+
     def close(self) -> None:
         self.inbox.close()
 
@@ -225,6 +232,8 @@ class FakeUdp:
     def __init__(self, host: FakeKernel, family: int, port: int) -> None:
         self.host, self.family, self.port = host, family, port
         self.inbox = Readable()
+        self.errors_polled = 0  # calls of poll_errors
+        self.errors_queued = 0  # what the next poll_errors reads (tests set it)
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -256,6 +265,11 @@ class FakeUdp:
             Datagram(source, ipaddress.ip_address(dst).packed, 0, payload, self.port, dport)
         )
         return True
+
+    def poll_errors(self) -> int:
+        self.errors_polled += 1
+        queued, self.errors_queued = self.errors_queued, 0
+        return queued
 
     def close(self) -> None:
         self.host.udp.pop((self.family, self.port), None)

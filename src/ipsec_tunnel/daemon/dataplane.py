@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import math
 import os
 import select
 import socket
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, gro, gso
+from ..core import codel, fq, gro, gso
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -32,7 +33,7 @@ from ..linux.raw import MMSG_BATCH
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
-from .spin import Rehearsal, Spin
+from .spin import Rehearsal, Spin, in_use
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class KernelDevices(Devices):
     def __init__(self, loop: DataPlane) -> None:
         self.loop = loop
         self.tun: dict[str, TunEdge] = {}
+        self.fds: set[int] = set()  # the queues' descriptors (DataPlane._answer looks them up per turn)
 
     def create(self, name: str) -> None:
         if name in self.tun:
@@ -82,11 +84,13 @@ class KernelDevices(Devices):
         opts = self.loop.offloads
         queue = self.loop.kernel.open_tun(name, vnet=opts.vnet, tso=opts.tso, txqueuelen=opts.txqueuelen)
         self.tun[name] = queue
+        self.fds.add(queue.fileno())
         self.loop.watch(queue.fileno(), functools.partial(self.loop.on_tun, queue))
 
     def remove(self, name: str) -> None:
         queue = self.tun.pop(name, None)
         if queue is not None:
+            self.fds.discard(queue.fileno())
             self.loop.unwatch(queue.fileno())
             queue.close()
 
@@ -128,10 +132,12 @@ class DataPlane:
         batch_packets: int = BATCH_PACKETS,
         aqm: AqmOptions | None = None,
         wall: Callable[[], float] = time.time,
+        sparse_first: bool = True,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
+        self.sparse_first = sparse_first  # a device batch's sparse flows are sealed first (core.fq)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
@@ -142,6 +148,7 @@ class DataPlane:
         self.codel: dict[int, codel.CoDel] = {}  # per raw ESP and ESP-in-UDP socket (its descriptor)
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
+        self._drains: dict[int, Callable[[], int]] = {}  # what reads a socket's error queue (EPOLLERR)
         self.devices = KernelDevices(self)
         self.raw: dict[int, RawEdge] = {}
         self.udp: dict[int, UdpEdge] = {}
@@ -157,10 +164,13 @@ class DataPlane:
 
     # -- sources -------------------------------------------------------------------------------------------
 
-    def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever `fd` is readable."""
+    def watch(self, fd: int, callback: Callable[[], None], errors: Callable[[], int] | None = None) -> None:
+        """Call `callback` whenever `fd` is readable; `errors` (a socket's `poll_errors`), when given,
+        whenever epoll reports EPOLLERR on it, and `callback` then only if `fd` is readable too."""
         self._epoll.register(fd, select.EPOLLIN)
         self._handlers[fd] = callback
+        if errors is not None:
+            self._drains[fd] = errors
 
     def writable(self, fd: int, on: bool) -> None:
         """Call `fd`'s callback when it is writable (`on`) rather than readable, or back."""
@@ -169,6 +179,7 @@ class DataPlane:
 
     def unwatch(self, fd: int) -> None:
         """Stop watching `fd`."""
+        self._drains.pop(fd, None)
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -187,7 +198,7 @@ class DataPlane:
                 log.warning("no IPv6 raw ESP socket: %s", exc.strerror)
                 continue
             self.raw[family] = raw
-            self.watch(raw.fileno(), functools.partial(self.on_raw, raw))
+            self.watch(raw.fileno(), functools.partial(self.on_raw, raw), raw.poll_errors)
             if self.aqm is not None:
                 self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
             try:
@@ -200,7 +211,7 @@ class DataPlane:
                 self.udp[family] = udp
                 if self.aqm is not None:
                     self.codel[udp.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
-                self.watch(udp.fileno(), functools.partial(self.on_udp, udp))
+                self.watch(udp.fileno(), functools.partial(self.on_udp, udp), udp.poll_errors)
         self.icmp[4] = kernel.open_icmp(4)
         try:
             self.icmp[6] = kernel.open_icmp(6)
@@ -222,7 +233,8 @@ class DataPlane:
     # -- packet handlers -----------------------------------------------------------------------------------
 
     def on_tun(self, queue: TunEdge) -> None:
-        """Encrypt and send what the kernel routed into a tunnel device."""
+        """Encrypt and send what the kernel routed into a tunnel device, up to `batch_packets` packets;
+        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`)."""
         now = self.clock()
         name = queue.name
         engine = self.engine
@@ -249,6 +261,8 @@ class DataPlane:
             packets.append(packet)
             if gathered >= self.batch_packets:
                 break
+        if self.sparse_first and len(packets) > 1:
+            packets, offloads = fq.reorder(packets, offloads)
         results = engine.send_batch(name, packets, now, offloads) if packets else []
         for result in results:
             if isinstance(result, Burst):
@@ -423,7 +437,7 @@ class DataPlane:
     def _answer(self) -> None:
         """Serve the tunnel devices readable now: the answers to what was just delivered ahead (an echo
         reply) leave before the turn goes on, not after it."""
-        devices = {queue.fileno() for queue in self.devices.tun.values()}
+        devices = self.devices.fds
         ready = [event for event in self._epoll.poll(0) if event[0] in devices]
         if ready:
             self._dispatch(ready)
@@ -566,13 +580,23 @@ class DataPlane:
         return len(events)
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
-        """Call the handler of each ready source; one that raises is counted and logged, not fatal."""
+        """Call the handler of each ready source (for EPOLLERR on a socket with an error queue, read the
+        queue, and call the handler only if the socket is readable too or the queue held nothing: the
+        error is then the socket's pending one, which a read returns and clears); one that raises is
+        counted and logged, not fatal."""
         handlers = self._handlers
-        for fd, _mask in events:
+        for fd, mask in events:
             handler = handlers.get(fd)  # None: unwatched by an earlier handler of this round
             if handler is None:
                 continue
             try:
+                if (
+                    mask & select.EPOLLERR
+                    and (drain := self._drains.get(fd)) is not None
+                    and drain()
+                    and not mask & select.EPOLLIN
+                ):
+                    continue  # errors read, nothing else; an error the queue did not hold: the read takes it
                 handler()
             except Exception:  # a bug must not take every tunnel down: what it was handling is lost
                 self.failures += 1
@@ -588,19 +612,27 @@ class DataPlane:
         last = 0.0
         spin = Spin(self.spin, self.monotonic, warm=self.warm)
         rehearse = Rehearsal() if self.warm else None
+        moved: dict[str, int] = {}  # packets per tunnel at the last look (spin.in_use)
         poll, dispatch = self._epoll.poll, self._dispatch
+        served = True  # the last turn served something, or ran the once-a-second work
+        timer_due = 0.0  # when `timer` is next due (time.monotonic); it also runs after a served turn
         while self.running:
             timeout = spin.timeout()
-            if self.timer is not None:
-                due = self.timer(time.monotonic())
-                if due is not None:
-                    timeout = min(timeout, max(0.0, due - time.monotonic()))
+            timer = self.timer
+            if timer is not None:
+                now = time.monotonic()
+                if served or now >= timer_due:  # only a served turn can have given IKE work or timers
+                    due = timer(now)
+                    timer_due = math.inf if due is None else due
+                if timer_due < math.inf:
+                    timeout = min(timeout, max(0.0, timer_due - now))
             events = poll(timeout)
             if not events and not timeout:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
             self.woken = spin.woken()
             dispatch(events)
             self.woken = False
+            served = bool(events)
             if spin.turn(len(events)) and rehearse is not None:
                 rehearse(self.clock())
             mono = time.monotonic()
@@ -609,3 +641,6 @@ class DataPlane:
                 self.periodic()
                 if every is not None:
                     every()
+                served = True
+                if rehearse is not None and (config := in_use(self.engine, moved)) is not None:
+                    rehearse.follow(config)  # the algorithms and encapsulation of the busiest tunnel

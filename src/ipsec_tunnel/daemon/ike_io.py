@@ -50,7 +50,7 @@ class IkeIo:
                 log.warning("no IPv6 IKE socket on port %d: %s", self.port, exc.strerror)
                 continue
             self.sockets[family] = sock
-            self.plane.watch(sock.fileno(), functools.partial(self.on_ike, sock))
+            self.plane.watch(sock.fileno(), functools.partial(self.on_ike, sock), sock.poll_errors)
         self.plane.engine.on_non_esp = self.on_non_esp
         self.plane.timer = self.runner.tick
 

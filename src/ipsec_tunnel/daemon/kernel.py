@@ -100,6 +100,11 @@ class RawEdge(Protocol):
         """Send ESP packets to `dst` in order; those that failed as (count, error)."""
         ...
 
+    def poll_errors(self) -> int:
+        """Drain the socket's error queue (ICMP errors from the path); how many were read. The loop calls
+        it when epoll reports EPOLLERR, and only then."""
+        ...
+
     def close(self) -> None:
         """Close the socket."""
         ...
@@ -134,6 +139,11 @@ class UdpEdge(Protocol):
 
     def send(self, dst: str, dport: int, payload: bytes, *, src: str | None = None) -> bool:
         """Send one datagram; False if the socket buffer is full."""
+        ...
+
+    def poll_errors(self) -> int:
+        """Drain the socket's error queue (ICMP errors from the path); how many were read. The loop calls
+        it when epoll reports EPOLLERR, and only then."""
         ...
 
     def close(self) -> None:

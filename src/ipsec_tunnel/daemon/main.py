@@ -42,6 +42,8 @@ DEFAULT_SPIN_US = 300  # a wake-up from sleep costs more than this much polling 
 DEFAULT_WARM_US = 5000  # a ping every 50 ms: idle RTT about a quarter shorter for ~2% more of a core
 AQM_KINDS = ("codel", "none")
 DEFAULT_AQM = "none"  # CoDel costs 5-9% CPU per GB here, for a loaded RTT gain within the noise
+SEND_ORDERS = ("sparse", "fifo")
+DEFAULT_SEND_ORDER = "sparse"  # a ping or keystroke read among bulk super-packets is sealed first
 DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LAN-short (ipsecd(8), Queues)
 DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 100 ms on the Internet
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
@@ -140,6 +142,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PACKETS",
         help=f"packets taken from one source (device or socket) before the others get a turn "
         f"(default {BATCH_PACKETS}, 1 to 4096)",
+    )
+    queues.add_argument(
+        "--send-order",
+        choices=SEND_ORDERS,
+        default=DEFAULT_SEND_ORDER,
+        help=f"order in which a batch read from a tunnel device is sealed (default {DEFAULT_SEND_ORDER}; "
+        "sparse: flows with at most 1514 bytes in the batch first, as fq_codel; fifo: as read)",
     )
     queues.add_argument(
         "--aqm",
@@ -355,6 +364,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         warm=args.warm_us / 1e6,
         batch_packets=args.batch,
         aqm=aqm(args),
+        sparse_first=args.send_order == "sparse",
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None

@@ -11,18 +11,21 @@ On a virtual machine the caches go cold within a few milliseconds of idleness, a
 several times as long through the daemon as one right after another. With a warm period, for
 WARM_WINDOW seconds after the last packet the loop sleeps at most that period, and each time it wakes to
 nothing it runs a rehearsal (`Rehearsal`): one packet sealed and opened through a private engine, never
-sent, so the next real packet finds the code and the cipher warm.
+sent, so the next real packet finds the code and the cipher warm. The private SAs use the algorithms
+and the encapsulation of the SA that carried the most traffic in the last second (`in_use`,
+`Rehearsal.follow`): AES-GCM over UDP until then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 
 from ..core.engine import Engine
 from ..core.plane import Burst
-from ..core.sa import SAConfig, SecurityAssociation, UdpEncap
+from ..core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ..core.tunnel import Tunnel
 
 MAX_SPIN_US = 100_000  # --spin-us upper bound: a tenth of a second of polling per burst at most
@@ -83,20 +86,55 @@ class Spin:
         return self.warming() and not self.spinning()
 
 
+Kind = tuple[str | None, int, str | None, int, int | None, bool, bool]  # what `kind` tells apart
+GCM_UDP: Kind = ("aes-gcm", 20, None, 0, None, True, False)  # AES-128 key and salt (RFC 4106 §8.1)
+
+
+def kind(config: SAConfig) -> Kind:
+    """What a rehearsal copies of an SA: cipher and key length, digest and key length, ICV bits, whether
+    ESP goes in UDP, ESN. Never the keys."""
+    return (config.cipher, len(config.cipher_key), config.digest, len(config.digest_key),
+            config.digest_bits, config.encap is not None, config.esn)  # fmt: skip
+
+
 class Rehearsal:
-    """One packet through a private pair of engines (AES-128-GCM, ESP-in-UDP): sealed by one, opened by
-    the other, never sent. Its key is random and its own; its SAs are in no SAD of the daemon."""
+    """One packet through a private pair of engines (AES-128-GCM over ESP-in-UDP, or what `follow` says):
+    sealed by one, opened by the other, never sent. Its keys are random and its own; its SAs are in no
+    SAD of the daemon."""
 
     PACKET = bytes([0x45, 0, 0, 84, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + bytes(64)
 
     def __init__(self) -> None:
         self.count = 0
+        self.kind = GCM_UDP
         self._build()
 
+    def follow(self, config: SAConfig) -> bool:
+        """Rehearse with the algorithms and encapsulation of `config` from now on (fresh keys of the same
+        lengths); whether that changed anything. One the private engines refuse is not followed."""
+        wanted = kind(config)
+        if wanted == self.kind:
+            return False
+        previous = self.kind
+        self.kind = wanted
+        try:
+            self._build()
+        except ValueError:  # an SAError: kept as it was (the daemon's SA passed the same checks)
+            self.kind = previous
+            self._build()
+            return False
+        return True
+
     def _build(self) -> None:
-        key = os.urandom(20)  # AES-128 key and salt (RFC 4106 §8.1); only the sender seals with it
-        self.sender = _engine(key, "192.0.2.1", "192.0.2.2")
-        self.receiver = _engine(key, "192.0.2.2", "192.0.2.1")
+        cipher, cipher_len, digest, digest_len, bits, udp, esn = self.kind
+        config = SAConfig(
+            0x1000, "192.0.2.2", "192.0.2.1", cipher, os.urandom(cipher_len), digest, os.urandom(digest_len),
+            bits, esn=esn, encap=UdpEncap() if udp else None, soft=Limits(), hard=Limits(),
+        ).validated()  # fmt: skip
+        self.kind = kind(config)  # as validated (the ICV bits filled in)
+        self.udp = udp
+        self.sender = _engine(config, "192.0.2.1", "192.0.2.2")
+        self.receiver = _engine(config, "192.0.2.2", "192.0.2.1")
 
     def __call__(self, now: float) -> int:
         """Run one packet through; how many the receiver accepted (1)."""
@@ -106,15 +144,32 @@ class Rehearsal:
         accepted = self.receiver.rx_accepted
         for out in self.sender.send_batch("t0", [self.PACKET], now):
             if isinstance(out, Burst):
-                self.receiver.receive_batch(out.src, out.dst, out.payloads, now, 0, udp=True, sport=4500)
+                if self.udp:
+                    self.receiver.receive_batch(out.src, out.dst, out.payloads, now, 0, udp=True, sport=4500)
+                else:
+                    self.receiver.receive_batch(out.src, out.dst, out.payloads, now, 0)
         return self.receiver.rx_accepted - accepted
 
 
-def _engine(key: bytes, local: str, remote: str) -> Engine:
-    """An engine with tunnel t0 local -> remote and the one SA 192.0.2.1 -> 192.0.2.2 (outbound for
-    the sender, inbound for the receiver), all its own."""
+def in_use(engine: Engine, seen: dict[str, int]) -> SAConfig | None:
+    """The configuration of the SA the busiest tunnel sends with: the most packets either way since the
+    last call (`seen` keeps each tunnel's count between calls); None when none moved any."""
+    best, most = None, 0
+    for tunnel in engine.tunnels:
+        stats = engine.stats_for(tunnel.name)
+        total = stats.tx_packets + stats.rx_packets
+        moved = total - seen.get(tunnel.name, 0)
+        seen[tunnel.name] = total
+        if moved > most:
+            best, most = tunnel, moved
+    sa = engine.sa_for(best) if best is not None else None
+    return sa.config if sa is not None else None
+
+
+def _engine(config: SAConfig, local: str, remote: str) -> Engine:
+    """An engine with tunnel t0 local -> remote and the one SA 192.0.2.1 -> 192.0.2.2 of `config`
+    (outbound for the sender, inbound for the receiver), all its own."""
     engine = Engine()
     engine.tunnels.add(Tunnel("t0", local, remote))
-    config = SAConfig(0x1000, "192.0.2.2", "192.0.2.1", "aes-gcm", key, encap=UdpEncap()).validated()
-    engine.sad.add(SecurityAssociation(config, 0.0))
+    engine.sad.add(SecurityAssociation(dataclasses.replace(config), 0.0))
     return engine

@@ -2,8 +2,11 @@
 
 Owns one socket's life: its family, device binding, buffer sizes, DF mode, the receive loop that
 skips truncated datagrams and asynchronous errors, and the collection of ICMP errors from the
-error queue (IP_RECVERR/IPV6_RECVERR). Interface names are resolved in the socket's own network
-namespace, so a transport works the same whichever thread (and namespace) calls it.
+error queue (IP_RECVERR/IPV6_RECVERR). The error queue is read only when asked (`poll_errors`, which
+the event loop calls when epoll reports EPOLLERR: the kernel reports it while the queue holds
+anything), never as a side effect of a receive that found nothing. Interface names are resolved in
+the socket's own network namespace, so a transport works the same whichever thread (and namespace)
+calls it.
 """
 
 from __future__ import annotations
@@ -174,7 +177,8 @@ class Transport:
     def pop_errors(self) -> list[SocketError]:
         """The asynchronous errors (ICMP errors from the path) collected since the last call.
 
-        Errors are collected by ``recv`` (when it finds the receive queue empty) and ``poll_errors``.
+        Errors are collected by ``poll_errors`` (called here first) and from the errors a receive or
+        send returned.
         """
         self.poll_errors()
         errors = list(self._errors)
@@ -182,7 +186,8 @@ class Transport:
         return errors
 
     def poll_errors(self) -> int:
-        """Move queued errors from the kernel into this object; returns how many were read."""
+        """Move queued errors from the kernel into this object; returns how many were read. Call it
+        when epoll reports EPOLLERR on the socket (until it is called, the kernel keeps reporting it)."""
         if not self._recverr:
             return 0
         count = 0
@@ -229,12 +234,12 @@ class Transport:
         return True
 
     def _recvmsg(self) -> tuple[int, list[tuple[int, int, bytes]], object] | None:
-        """One datagram into the buffer: (length, ancillary data, source address); None when empty."""
+        """One datagram into the buffer: (length, ancillary data, source address); None when empty (one
+        system call: the error queue is left to `poll_errors`)."""
         for _ in range(_MAX_ERRORS):
             try:
                 n, anc, flags, addr = self._sock.recvmsg_into([self._buf], self._ancillary)
             except BlockingIOError:
-                self.poll_errors()
                 return None
             except OSError as exc:
                 if self._note(exc):

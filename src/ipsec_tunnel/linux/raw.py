@@ -444,8 +444,7 @@ class _Mmsg:
             if n > 0:
                 break
             err = ctypes.get_errno()
-            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raw.poll_errors()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):  # the error queue is left to poll_errors
                 return None
             if err == errno.EINTR:
                 continue
