@@ -228,7 +228,8 @@ class OursPlane(Plane):
 
 
 class OursWithArgs(OursPlane):
-    """ipsecd started with extra daemon options (--ipsecd-args, --variant)."""
+    """ipsecd started with extra daemon options (--ipsecd-args, --variant); a NAME=VALUE among them is set
+    in ipsecd's environment instead (e.g. --variant=IPSEC_TUNNEL_PURE=1: the pure-Python framing)."""
 
     def __init__(self, key: str, work: Path, config: OursConfig, extra: Sequence[str]) -> None:
         super().__init__(key, work, config)
@@ -237,8 +238,19 @@ class OursWithArgs(OursPlane):
             self.label += f" [{' '.join(self.extra)}]"
 
     def setup(self) -> None:
-        for host in self.hosts:
-            host.start("--log-level", "warning", *self.extra)
+        env = dict(a.split("=", 1) for a in self.extra if "=" in a and not a.startswith("-"))
+        options = [a for a in self.extra if "=" not in a or a.startswith("-")]
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)  # IpsecHost.start passes os.environ on to ipsecd
+        try:
+            for host in self.hosts:
+                host.start("--log-level", "warning", *options)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
         self.configure()
 
 

@@ -52,3 +52,24 @@ def test_run_bench_keeps_the_rounds_of_variant_planes(tmp_path: Path, monkeypatc
     status = runner.run_bench("throughput", args, lambda work: planes, render, keys=["ours-gcm-udp"])
     assert status == 0
     assert [(s.key, s.mbps) for s in seen] == [("ours-gcm-udp", 100.0), ("ours-gcm-udp-v1", 100.0)]
+
+
+def test_a_name_value_variant_goes_into_ipsecds_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    """--variant=IPSEC_TUNNEL_PURE=1: ipsecd starts with it in its environment, not as an option; the
+    bench's own environment is as before afterwards."""
+    import os
+
+    [_, variant] = make_planes(["ours-gcm-udp"], tmp_path, [], ["IPSEC_TUNNEL_PURE=1 --spin-us=0"])
+    assert isinstance(variant, OursWithArgs)
+    monkeypatch.delenv("IPSEC_TUNNEL_PURE", raising=False)
+    started: list[tuple[tuple[str, ...], str | None]] = []
+
+    class Host:
+        def start(self, *args: str) -> None:
+            started.append((args, os.environ.get("IPSEC_TUNNEL_PURE")))
+
+    monkeypatch.setattr(variant, "hosts", (Host(), Host()))
+    monkeypatch.setattr(OursWithArgs, "configure", lambda self: None)
+    variant.setup()
+    assert started == [(("--log-level", "warning", "--spin-us=0"), "1")] * 2
+    assert "IPSEC_TUNNEL_PURE" not in os.environ

@@ -3,10 +3,16 @@ by the recvmmsg batch alike), without a socket: what it keeps, what it refuses."
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ipsec_tunnel.core import framing
+from ipsec_tunnel.core.ip import IPV4_HEADER
+from ipsec_tunnel.linux import raw
 from ipsec_tunnel.linux.raw import _esp_in_ipv4
 
 SRC, DST = bytes((192, 0, 2, 1)), bytes((192, 0, 2, 2))
@@ -56,3 +62,85 @@ def test_a_total_length_beyond_what_arrived_keeps_what_arrived() -> None:
 )
 def test_what_is_not_an_ipv4_packet_is_refused(data: bytes) -> None:
     assert _parse(data) is None
+
+
+# -- the recvmmsg / sendmmsg batches in C (core/_framing.c) against the Python loops ---------------------
+
+_ext = framing.available
+_needs_ext = pytest.mark.skipif(_ext is None, reason="the C extension is not built")
+_SLOT = 2048  # a smaller slot than the socket's: the functions take it as an argument
+
+
+@_needs_ext
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=80), st.integers(0, 3), st.integers(0, 0xFFFF), st.integers(0, 120)),
+        max_size=12,
+    )
+)
+def test_batch_parse_in_c_is_the_python_parse(messages: list[tuple[bytes, int, int, int]]) -> None:
+    """Any bytes, lengths and flags (MSG_TRUNC among them) in a recvmmsg batch: the same datagrams out."""
+    assert _ext is not None
+    n = len(messages)
+    msgs = (raw._Mmsghdr * max(n, 1))()
+    buffer = bytearray(max(n, 1) * _SLOT)
+    for i, (data, flags, total, size) in enumerate(messages):
+        packet = bytearray(data)
+        if flags & 1 and len(packet) >= 4:  # mostly IPv4-looking, with a total length of any kind
+            packet[0] = 0x40 | packet[0] & 0x0F
+            packet[2:4] = total.to_bytes(2, "big")
+        buffer[i * _SLOT : i * _SLOT + len(packet)] = packet
+        msgs[i].len = min(size, _SLOT)
+        msgs[i].hdr.flags = socket.MSG_TRUNC if flags & 2 else 0
+    view, hdrs = memoryview(buffer), memoryview(msgs).cast("B")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(raw, "_MMSG_SLOT", _SLOT)
+        expected = raw._parse_batch(view, hdrs, n)
+    got = _ext.esp_in_ipv4_batch(
+        view, hdrs, n, _SLOT, raw._MMSG_SIZE, raw._MSG_LEN, raw._MSG_FLAGS, socket.MSG_TRUNC
+    )
+    assert got == expected
+
+
+@_needs_ext
+def test_batch_parse_in_c_refuses_counts_beyond_its_buffers() -> None:
+    assert _ext is not None
+    msgs = (raw._Mmsghdr * 2)()
+    with pytest.raises(ValueError, match="beyond"):
+        _ext.esp_in_ipv4_batch(bytes(2 * _SLOT), memoryview(msgs).cast("B"), 3, _SLOT, raw._MMSG_SIZE,
+                               raw._MSG_LEN, raw._MSG_FLAGS, socket.MSG_TRUNC)  # fmt: skip
+
+
+@_needs_ext
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=100), st.just(bytes(_SLOT - 21)), st.just(bytes(_SLOT))), max_size=10
+    ),
+    st.integers(0, 4),
+    st.integers(1, 6),
+    st.integers(0, 255),
+    st.booleans(),
+)
+def test_burst_fill_in_c_is_the_python_fill(
+    payloads: list[bytes], start: int, batch: int, tos: int, df: bool
+) -> None:
+    """The same slots, lengths and count for any payloads, one too big for a slot among them."""
+    assert _ext is not None
+    filled = []
+    for native in (False, True):
+        view = memoryview(bytearray(batch * _SLOT))
+        iov = (raw._Iovec * batch)()
+        frag = raw._IP_DF if df else 0
+        if native:
+            k = _ext.ipv4_fill(view, _SLOT, payloads, start, batch, tos, frag, 63, SRC, DST,
+                               memoryview(iov).cast("B"), raw._IOVEC_SIZE, raw._IOVEC_LEN)  # fmt: skip
+        else:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(raw, "_MMSG_SLOT", _SLOT)
+                k = raw._fill(view, iov, payloads, start, batch, tos, frag, 63, SRC, DST)
+        filled.append((k, bytes(view), [iov[i].len for i in range(k)]))
+    assert filled[1] == filled[0]
+    k, slots, lengths = filled[1]
+    assert k == 0 or IPV4_HEADER.unpack_from(slots, 0)[:3] == (0x45, tos, lengths[0])

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 
 from .algorithms import AuthTransform, random_bytes
 from .drops import Drop
+from .framing import native as _native
 
 __all__ = [
     "HEADER_LEN",
@@ -240,6 +241,7 @@ def open_aead16_many(
     append = out.append
     others = 0
     v4, v6 = _ENDS_V4, _ENDS_V6
+    whole = _native.whole_inner if _native is not None else None
     for packet in packets:
         body_len = len(packet) - _AEAD16_OVERHEAD
         if body_len < 4 or body_len & 3:
@@ -251,6 +253,14 @@ def open_aead16_many(
         except InvalidTag:
             append(Drop.AUTH_FAILED)
             others += 1
+            continue
+        if whole is not None:  # the same test in C (core/_framing.c)
+            inner = whole(plain, 0)
+            if inner is not None:
+                append(inner)
+            else:
+                append(_unpadded(plain))
+                others += 1
             continue
         # The IP length says where the trailer starts; what follows must be exactly the trailer whose
         # padding fills the rest (the same test as reading the pad length first, with fewer steps).
@@ -284,6 +294,7 @@ def open_cbc_many(
     icv_len, block = auth.icv_len, cipher.block
     overhead = HEADER_LEN + cipher.iv_len + icv_len
     start, decrypt = auth.start, cipher.decrypt_joined
+    whole = _native.whole_inner if _native is not None else None
     at = block  # the plaintext's start in what `decrypt_joined` gives
     for packet in packets:
         body_len = len(packet) - overhead
@@ -300,6 +311,14 @@ def open_cbc_many(
             others += 1
             continue
         plain = decrypt(signed[HEADER_LEN:])  # one block of no meaning, then the plaintext
+        if whole is not None:  # the same test in C (core/_framing.c)
+            inner = whole(plain, at)
+            if inner is not None:
+                append(inner)
+            else:
+                append(_unpadded(plain[at:]))
+                others += 1
+            continue
         pad_len = plain[-2]
         end = len(plain) - 2 - pad_len
         first = plain[at]

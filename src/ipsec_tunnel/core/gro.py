@@ -7,10 +7,12 @@ so that one write carries many segments; `gso.split` undoes it exactly.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
 
+from .framing import native as _native
 from .gso import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
@@ -71,13 +73,23 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
     fragments and IPv6 with extension headers pass unchanged. Order within a flow is kept.
     """
     count = len(packets)
-    if count >= RUN_MIN:
+    if count >= RUN_MIN and _native is not None:  # `_coalesce_run` in C (core/_framing.c)
+        run = _native.coalesce_run(packets, NO_OFFLOAD, _run_offload)
+        if run is not None:
+            return run
+    elif count >= RUN_MIN:
         lengths = np.fromiter(map(len, packets), np.int64, count)
         if _nonzero(lengths) == count and not _nonzero(lengths & 1):  # 16-bit words from every packet's start
             run = _coalesce_run(packets, lengths, b"".join(packets))
             if run is not None:
                 return run
     return _coalesce_flows(packets, packet_sums(packets))
+
+
+@functools.lru_cache(maxsize=64)
+def _run_offload(hl: int, mss: int) -> Offload:
+    """The `Offload` of an IPv4 TCP super-packet of `hl` header bytes cut every `mss` bytes."""
+    return Offload(F_NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, TCP_CSUM_OFFSET)
 
 
 def _coalesce_run(

@@ -26,6 +26,7 @@ from .algorithms import (
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6
 from .events import EventKind, SAEvent
+from .framing import native as _native
 from .replay import DEFAULT_WINDOW, MAX_WINDOW, SEQ32, ReplayWindow
 from .seqstore import NO_LIMIT, Counters, Direction, SequenceStore, Slot
 
@@ -77,7 +78,11 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 def _in_order(packets: list[bytes]) -> tuple[int, int]:
     """(first, last) when the ESP `packets` carry the sequence numbers first, first + 1, ..., last (low
     32 bits, RFC 4303 §2.2), else (-1, -1): one also when a packet is shorter than the ESP header. The
-    fields are compared as bytes, all at once."""
+    fields are compared as bytes, all at once (or in C, core/_framing.c)."""
+    if _native is not None:
+        found = _native.in_order(packets)
+        if found is not None:
+            return found
     count = len(packets)
     fields = b"".join(map(_SEQ_FIELD, packets))
     if len(fields) != 4 * count:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .framing import native as _native
 from .gso import (
     GSO_ECN,
     GSO_TCPV4,
@@ -56,6 +57,8 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
     count = -(-payload // mss)
     full = payload // mss
     last_size = payload - (count - 1) * mss
+    if _native is not None:  # the same rows, cut in C (core/_framing.c)
+        return _native_rows(packet, l4, hl, end, mss, full, count, last_size, tail)
     flags = packet[l4 + 13]
     mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)  # CWR on the first, FIN and PSH on the last
     first_seq = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
@@ -116,6 +119,23 @@ def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> l
         fields["flags"] = row_flags[lo:hi]
         fields["tcp_csum"] = tcp_csum[lo:hi]
         out.append((rows, inner))
+    return out
+
+
+def _native_rows(
+    packet: bytes, l4: int, hl: int, end: int, mss: int, full: int, count: int, last_size: int,
+    tail: Callable[[int], bytes],
+) -> list[Rows]:  # fmt: skip
+    """`tcp_rows`' rows of two or more segments, each group cut by `_framing.tcp_rows`."""
+    assert _native is not None
+    out: list[Rows] = []
+    for lo, hi in ((0, full), (full, count)):
+        if lo == hi:
+            continue
+        inner = hl + (mss if lo < full else last_size)
+        trailer = tail(inner)
+        cut = _native.tcp_rows(packet, l4, hl, end, mss, lo, hi, trailer)
+        out.append((np.frombuffer(cut, np.uint8).reshape(hi - lo, inner + len(trailer)), inner))
     return out
 
 

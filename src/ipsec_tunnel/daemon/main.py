@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
+from ..core import framing
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
@@ -391,7 +392,10 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         devices.prune(t.name for t in engine.tunnels)  # devices of tunnels no longer stored
         devices.on_gone, devices.on_renamed = manager.device_gone, manager.device_renamed
         devices.follow_links()
-        log.info("ipsecd %s ready: %s created, control socket %s", __version__, BASE_DEVICE, args.socket)
+        log.info(
+            "ipsecd %s ready: %s created, control socket %s, framing in %s",
+            __version__, BASE_DEVICE, args.socket, framing.NAME,
+        )  # fmt: skip
         starter.ready()
         notify("READY=1")
         # The data plane makes no reference cycles of its own: what is loaded by now is kept out of the

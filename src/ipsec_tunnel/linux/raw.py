@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
+from ipsec_tunnel.core.framing import native as _native
 from ipsec_tunnel.core.ip import IPV4_HEADER
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
@@ -373,6 +374,8 @@ _SOCKADDR_IN = struct.Struct("=HH4s")  # struct sockaddr_in: family (native), po
 _MSG_LEN = _Mmsghdr.len.offset
 _MSG_FLAGS = _Mmsghdr.hdr.offset + _Msghdr.flags.offset
 _MMSG_SIZE = ctypes.sizeof(_Mmsghdr)
+_IOVEC_SIZE = ctypes.sizeof(_Iovec)
+_IOVEC_LEN = _Iovec.len.offset
 
 
 def _libc_call(name: str) -> Callable[..., int] | None:
@@ -410,6 +413,7 @@ class _Mmsg:
         self._rx_msgs = (_Mmsghdr * batch)()
         self._tx_msgs = (_Mmsghdr * batch)()
         self._rx_hdrs = memoryview(self._rx_msgs).cast("B")
+        self._tx_iov_bytes = memoryview(self._tx_iov).cast("B")
         self._name = ctypes.create_string_buffer(16)  # struct sockaddr_in
         self._name_view = memoryview(self._name).cast("B")
         # the first message's control data: its receive time (SO_TIMESTAMPNS), when asked for
@@ -452,17 +456,11 @@ class _Mmsg:
             return None
         if raw.timestamps:
             raw.stamp = _first_timestamp(self._control_view, first.controllen)
-        out: list[tuple[bytes, bytes, int, bytes]] = []
         view, hdrs = self._rx_view, self._rx_hdrs
-        unpack, parse = _U32.unpack_from, _esp_in_ipv4
-        for i in range(n):
-            at = i * _MMSG_SIZE
-            if unpack(hdrs, at + _MSG_FLAGS)[0] & MSG_TRUNC:  # a plain int: socket's enum is slow
-                continue
-            got = parse(view, i * _MMSG_SLOT, unpack(hdrs, at + _MSG_LEN)[0])
-            if got is not None:
-                out.append(got)
-        return out
+        if _native is not None:  # the same parse in C (core/_framing.c)
+            parsed = _native.esp_in_ipv4_batch
+            return parsed(view, hdrs, n, _MMSG_SLOT, _MMSG_SIZE, _MSG_LEN, _MSG_FLAGS, MSG_TRUNC)
+        return _parse_batch(view, hdrs, n)
 
     def send(
         self, dst: bytes, payloads: Sequence[bytes], tos: int, ttl: int, df: bool, src: bytes | None
@@ -474,21 +472,16 @@ class _Mmsg:
         saddr = src if src is not None else bytes(4)
         frag = _IP_DF if df else 0
         view, iov = self._tx_view, self._tx_iov
-        pack_into = _IPV4_HEADER.pack_into
         i, count = 0, len(payloads)
         while i < count:
             k = 0
-            while i + k < count and k < self.batch:
-                esp = payloads[i + k]
-                size = 20 + len(esp)
-                if size > _MMSG_SLOT - 1:
-                    break
-                off = k * _MMSG_SLOT
-                # ID 0 and checksum 0: the kernel fills in both, as in RawEsp.send
-                pack_into(view, off, 0x45, tos, size, 0, frag, ttl, IPPROTO_ESP, 0, saddr, dst)
-                view[off + 20 : off + size] = esp
-                iov[k].len = size
-                k += 1
+            if _native is not None:  # the same slots filled in C (core/_framing.c)
+                k = _native.ipv4_fill(
+                    view, _MMSG_SLOT, payloads, i, self.batch, tos, frag, ttl, saddr, dst, self._tx_iov_bytes,
+                    _IOVEC_SIZE, _IOVEC_LEN,
+                )  # fmt: skip
+            else:
+                k = _fill(view, iov, payloads, i, self.batch, tos, frag, ttl, saddr, dst)
             sent = _SENDMMSG(self._fd, ctypes.addressof(self._tx_msgs), k, 0) if k else 0
             if sent < 0:
                 sent = 0
@@ -497,6 +490,43 @@ class _Mmsg:
                 failed += raw._one_by_one(dst, payloads[i : i + 1], tos, ttl, df, src, None)
                 i += 1
         return failed
+
+
+def _parse_batch(view: memoryview, hdrs: memoryview, n: int) -> list[tuple[bytes, bytes, int, bytes]]:
+    """The first `n` messages of a recvmmsg batch (`hdrs`: the struct mmsghdr array, `view`: their
+    slots) parsed by `_esp_in_ipv4`, truncated ones (MSG_TRUNC) and what it refuses left out."""
+    out: list[tuple[bytes, bytes, int, bytes]] = []
+    unpack, parse = _U32.unpack_from, _esp_in_ipv4
+    for i in range(n):
+        at = i * _MMSG_SIZE
+        if unpack(hdrs, at + _MSG_FLAGS)[0] & MSG_TRUNC:  # a plain int: socket's enum is slow
+            continue
+        got = parse(view, i * _MMSG_SLOT, unpack(hdrs, at + _MSG_LEN)[0])
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def _fill(
+    view: memoryview, iov: ctypes.Array[_Iovec], payloads: Sequence[bytes], start: int, batch: int, tos: int,
+    frag: int, ttl: int, saddr: bytes, dst: bytes,
+) -> int:  # fmt: skip
+    """Slots of a sendmmsg batch filled with `payloads[start:]`, up to `batch`, each behind its outer
+    IPv4 header, their lengths in `iov`; stops before one that does not fit a slot. How many it filled."""
+    pack_into = _IPV4_HEADER.pack_into
+    k, count = 0, len(payloads)
+    while start + k < count and k < batch:
+        esp = payloads[start + k]
+        size = 20 + len(esp)
+        if size > _MMSG_SLOT - 1:
+            break
+        off = k * _MMSG_SLOT
+        # ID 0 and checksum 0: the kernel fills in both, as in RawEsp.send
+        pack_into(view, off, 0x45, tos, size, 0, frag, ttl, IPPROTO_ESP, 0, saddr, dst)
+        view[off + 20 : off + size] = esp
+        iov[k].len = size
+        k += 1
+    return k
 
 
 _CMSGHDR = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type

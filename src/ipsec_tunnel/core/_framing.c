@@ -1,0 +1,601 @@
+/* Per-packet framing of ipsec-tunnel's core in C: byte shuffling and Internet checksums only, no
+ * cryptography (that stays in the `cryptography` package).
+ *
+ * tcp_rows:     a TCP super-packet (TSO) cut into segment rows, each followed by ESP's trailer, with
+ *               every header field and checksum made whole (as core/tso.py, core/gso.py split_tcp).
+ * coalesce_run: a batch of IPv4 TCP segments of one connection joined into GRO super-packets
+ *               (as core/gro.py _coalesce_run), or None where the general path must decide.
+ * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
+ * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
+ * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
+ * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
+ * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
+ *
+ * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
+ * Every length is checked against the buffers; bad arguments raise ValueError, never read out of bounds.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROTO_TCP 6        /* IANA */
+#define TCP_FIN 0x01       /* RFC 9293 §3.1 control bits */
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_URG 0x20
+#define TCP_ECE 0x40
+#define TCP_CWR 0x80
+#define NO_COALESCE (TCP_SYN | TCP_RST | TCP_URG | TCP_ECE | TCP_CWR | TCP_FIN)
+#define IP_MAXPACKET 0xFFFF /* RFC 791 total length: 16 bits */
+#define MAX_SEGMENTS 64     /* core/gro.py MAX_SEGMENTS */
+
+/* A number congruent modulo 0xFFFF to the sum of `len` bytes' 16-bit big-endian words (a trailing odd
+ * byte padded with zero), non-zero when that sum is. The words are added as they lie in memory, 64 bits
+ * at a time, and the folded result byte-swapped: RFC 1071 §2(B), the sum is independent of byte order. */
+static uint64_t
+word_sum(const uint8_t *p, Py_ssize_t len)
+{
+    uint64_t sum = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        sum += (v & 0xFFFFFFFFu) + (v >> 32);
+    }
+    for (; i + 2 <= len; i += 2) {
+        uint16_t w;
+        memcpy(&w, p + i, 2);
+        sum += w;
+    }
+    if (i < len) {
+        uint16_t w = 0;
+        memcpy(&w, p + i, 1); /* the odd byte first in memory: the high one of a big-endian word */
+        sum += w;
+    }
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    uint16_t folded = (uint16_t)sum, swapped = 0;
+    uint8_t bytes[2];
+    memcpy(bytes, &folded, 2); /* the folded sum as it lies in memory, read big-endian */
+    swapped = (uint16_t)(bytes[0] << 8 | bytes[1]);
+    return swapped;
+}
+
+/* The RFC 1071 one's-complement value of a sum (0xFFFF for a non-zero multiple of 0xFFFF). */
+static unsigned
+fold(uint64_t sum)
+{
+    uint64_t r = sum % 0xFFFF;
+    return (unsigned)(r ? r : (sum ? 0xFFFF : 0));
+}
+
+static void
+put16(uint8_t *p, unsigned v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static uint32_t
+get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+PyDoc_STRVAR(tcp_rows_doc,
+"tcp_rows(packet, l4, hl, end, mss, lo, hi, trailer, /) -> bytes\n\n"
+"Segments lo..hi-1 (all of one length) of the TCP super-packet `packet` (transport header at l4, headers\n"
+"hl bytes, the IP length ending at end) cut every mss payload bytes, one row each: the segment with its\n"
+"IP length, IPv4 identification and checksum, sequence number, flags and TCP checksum made whole,\n"
+"then `trailer`. A super-packet of at least two segments; ValueError for arguments that do not fit.");
+
+static PyObject *
+tcp_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer pkt, tail;
+    Py_ssize_t l4, hl, end, mss, lo, hi;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*nnnnnny*:tcp_rows", &pkt, &l4, &hl, &end, &mss, &lo, &hi, &tail))
+        return NULL;
+    const uint8_t *p = pkt.buf;
+    Py_ssize_t plen = pkt.len;
+    int v4 = plen > 0 && p[0] >> 4 == 4;
+    if (plen < 20 || (v4 ? l4 < 20 : l4 < 40) || hl < l4 + 20 || hl > end || end > plen || mss <= 0
+        || mss > IP_MAXPACKET || end - hl <= mss || lo < 0 || hi <= lo) {
+        PyErr_SetString(PyExc_ValueError, "tcp_rows: a layout that does not fit the packet");
+        goto done;
+    }
+    Py_ssize_t payload = end - hl;
+    Py_ssize_t count = (payload + mss - 1) / mss;
+    Py_ssize_t last_size = payload - (count - 1) * mss;
+    if (hi > count || (lo < count - 1 && hi == count && last_size != mss)) {
+        PyErr_SetString(PyExc_ValueError, "tcp_rows: rows of different lengths");
+        goto done;
+    }
+    Py_ssize_t size = (lo == count - 1) ? last_size : mss;
+    Py_ssize_t inner = hl + size;
+    Py_ssize_t width = inner + tail.len;
+    if (inner > IP_MAXPACKET + (v4 ? 0 : 40) || width > PY_SSIZE_T_MAX / (hi - lo)) {
+        PyErr_SetString(PyExc_ValueError, "tcp_rows: segments too long");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (hi - lo) * width);
+    if (out == NULL)
+        goto done;
+    uint8_t *row = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t flags = p[l4 + 13];
+    unsigned first_id = (unsigned)p[4] << 8 | p[5];
+    uint32_t first_seq = get32(p + l4 + 4);
+    /* the pseudo-header's addresses and protocol (RFC 9293 §3.1, RFC 8200 §8.1) */
+    uint64_t pseudo = (v4 ? word_sum(p + 12, 8) : word_sum(p + 8, 32)) + PROTO_TCP;
+    for (Py_ssize_t g = lo; g < hi; g++, row += width) {
+        memcpy(row, p, hl);
+        memcpy(row + hl, p + hl + g * mss, size);
+        memcpy(row + inner, tail.buf, tail.len);
+        uint8_t f = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR); /* CWR on the first, FIN and PSH on the last */
+        if (g == 0)
+            f = flags & ~(TCP_FIN | TCP_PSH);
+        else if (g == count - 1)
+            f = flags & ~TCP_CWR;
+        if (v4) {
+            put16(row + 2, (unsigned)inner);
+            put16(row + 4, (first_id + (unsigned)g) & 0xFFFF);
+            put16(row + 10, 0);
+            put16(row + 10, 0xFFFF - fold(word_sum(row, l4)));
+        } else {
+            put16(row + 4, (unsigned)(inner - 40));
+        }
+        uint32_t seq = first_seq + (uint32_t)((uint64_t)g * (uint64_t)mss);
+        uint8_t *th = row + l4;
+        th[4] = (uint8_t)(seq >> 24);
+        th[5] = (uint8_t)(seq >> 16);
+        th[6] = (uint8_t)(seq >> 8);
+        th[7] = (uint8_t)seq;
+        th[13] = f;
+        put16(th + 16, 0);
+        put16(th + 16, 0xFFFF - fold(pseudo + (uint64_t)(inner - l4) + word_sum(th, inner - l4)));
+    }
+done:
+    PyBuffer_Release(&pkt);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+/* Whether header column c (of an IPv4 + TCP header) must be equal for segments of one connection. */
+static int
+connection_column(Py_ssize_t c)
+{
+    return c == 0 || c == 6 || c == 7 || c == 9 || (c >= 12 && c < 24) || c == 32;
+}
+
+/* Whether header column c must be equal for segments of one flow key (all but lengths, identification,
+ * checksums, sequence number, flags, urgent pointer). */
+static int
+same_column(Py_ssize_t c)
+{
+    switch (c) {
+    case 2: case 3: case 4: case 5: case 10: case 11: case 24: case 25: case 26: case 27:
+    case 33: case 36: case 37: case 38: case 39:
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+/* The super-packet of packets[start:stop] (IPv4, 20-byte IP header, hl bytes of headers, size bytes in
+ * all), as core/gro.py _super_packet builds it: lengths and IPv4 checksum whole, the TCP checksum field
+ * holding the pseudo-header sum (CHECKSUM_PARTIAL), PSH if psh. */
+static PyObject *
+super_packet(PyObject **items, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t hl, Py_ssize_t size, int psh)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    const uint8_t *head = (const uint8_t *)PyBytes_AS_STRING(items[start]);
+    memcpy(o, head, hl);
+    Py_ssize_t at = hl;
+    for (Py_ssize_t i = start; i < stop; i++) {
+        Py_ssize_t n = PyBytes_GET_SIZE(items[i]) - hl;
+        memcpy(o + at, PyBytes_AS_STRING(items[i]) + hl, n);
+        at += n;
+    }
+    put16(o + 2, (unsigned)size);
+    put16(o + 10, 0);
+    put16(o + 10, 0xFFFF - fold(word_sum(o, 20)));
+    o[33] = (uint8_t)((head[33] & ~TCP_PSH) | (psh ? TCP_PSH : 0));
+    uint64_t pseudo = (uint64_t)get32(head + 12) + get32(head + 16) + PROTO_TCP + (uint64_t)(size - 20);
+    put16(o + 36, fold(pseudo));
+    return out;
+}
+
+PyDoc_STRVAR(coalesce_run_doc,
+"coalesce_run(packets, no_offload, make_offload, /) -> list | None\n\n"
+"core/gro.py's coalesce for a batch of IPv4 TCP segments with DF, of one connection, in sequence, with\n"
+"nothing but ACK and PSH, all of even non-zero length: per item, (no_offload, packet) or\n"
+"(make_offload(hl, mss), super-packet). None for any other batch (the general path decides).");
+
+static PyObject *
+coalesce_run(PyObject *self, PyObject *args)
+{
+    PyObject *list, *no_offload, *make_offload;
+    if (!PyArg_ParseTuple(args, "O!OO:coalesce_run", &PyList_Type, &list, &no_offload, &make_offload))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    if (count < 2)
+        Py_RETURN_NONE;
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+        Py_ssize_t len = PyBytes_GET_SIZE(items[i]);
+        if (len == 0 || len & 1)
+            Py_RETURN_NONE;
+    }
+    const uint8_t *head = (const uint8_t *)PyBytes_AS_STRING(items[0]);
+    Py_ssize_t head_len = PyBytes_GET_SIZE(items[0]);
+    /* IPv4 without options, TCP, DF and not a fragment (the rest must be equal to it) */
+    if (head_len < 40 || head[0] != 0x45 || head[9] != PROTO_TCP || (head[6] & 0x7F) != 0x40 || head[7])
+        Py_RETURN_NONE;
+    Py_ssize_t hl = 20 + (head[32] >> 2 & 0x3C);
+    if (hl < 40)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (PyBytes_GET_SIZE(items[i]) <= hl)
+            Py_RETURN_NONE;
+    /* per segment: its payload size, whether it ends a super-packet (PSH, short, a new flow key next) */
+    Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * count);
+    unsigned char *cut = PyMem_Malloc(count);
+    unsigned char *bad = PyMem_Malloc(count);
+    PyObject *result = NULL;
+    if (sizes == NULL || cut == NULL || bad == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t mss = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint8_t *r = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+        Py_ssize_t len = PyBytes_GET_SIZE(items[i]);
+        for (Py_ssize_t c = 0; c < hl; c++)
+            if (connection_column(c) && r[c] != head[c])
+                goto none;
+        if (((Py_ssize_t)r[2] << 8 | r[3]) != len || r[33] & NO_COALESCE)
+            goto none;
+        sizes[i] = len - hl;
+        if (sizes[i] > mss)
+            mss = sizes[i];
+    }
+    for (Py_ssize_t i = 0; i + 1 < count; i++) {
+        const uint8_t *a = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+        const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(items[i + 1]);
+        if ((uint32_t)(get32(b + 24) - get32(a + 24)) != (uint64_t)sizes[i]) /* in sequence, modulo 2^32 */
+            goto none;
+        if (sizes[i] < mss && sizes[i + 1] < mss) /* short segments in a row: not here */
+            goto none;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint8_t *r = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+        cut[i] = (r[33] & TCP_PSH) || sizes[i] < mss;
+        if (i + 1 < count && !cut[i]) {
+            const uint8_t *n = (const uint8_t *)PyBytes_AS_STRING(items[i + 1]);
+            for (Py_ssize_t c = 0; c < hl; c++)
+                if (same_column(c) && r[c] != n[c]) {
+                    cut[i] = 1; /* TOS, TTL, acknowledgment, window or options changed: a new flow key */
+                    break;
+                }
+        }
+        /* every segment's checksums, each alone: its words' sum (the IPv4 header's included, which a
+         * valid checksum makes zero) and its pseudo-header's */
+        Py_ssize_t len = PyBytes_GET_SIZE(items[i]);
+        uint64_t sum = word_sum(r, len) + word_sum(head + 12, 8) + PROTO_TCP + (uint64_t)(len - 20);
+        bad[i] = sum % 0xFFFF != 0;
+    }
+    result = PyList_New(0);
+    if (result == NULL)
+        goto done;
+    Py_ssize_t per = (IP_MAXPACKET - hl) / mss;
+    if (per > MAX_SEGMENTS)
+        per = MAX_SEGMENTS;
+    Py_ssize_t start = 0;
+    while (start < count) {
+        Py_ssize_t end = start;
+        while (end < count - 1 && !cut[end])
+            end++;
+        end++; /* a super-packet ends after each cut, and at the batch's end */
+        while (start < end) {
+            Py_ssize_t stop = start + per < end ? start + per : end;
+            Py_ssize_t n = stop - start;
+            if (stop == end - 1 && n < MAX_SEGMENTS && hl + n * mss + sizes[stop] <= IP_MAXPACKET)
+                stop = end; /* the short last segment fits where a full one would not */
+            n = stop - start;
+            int damaged = 0;
+            Py_ssize_t size = hl;
+            for (Py_ssize_t i = start; i < stop; i++) {
+                damaged |= bad[i];
+                size += sizes[i];
+            }
+            if (n == 1 || damaged) {
+                for (Py_ssize_t i = start; i < stop; i++) {
+                    PyObject *pair = PyTuple_Pack(2, no_offload, items[i]);
+                    if (pair == NULL || PyList_Append(result, pair) < 0) {
+                        Py_XDECREF(pair);
+                        goto fail;
+                    }
+                    Py_DECREF(pair);
+                }
+            } else {
+                const uint8_t *last = (const uint8_t *)PyBytes_AS_STRING(items[stop - 1]);
+                PyObject *packet = super_packet(items, start, stop, hl, size, last[33] & TCP_PSH);
+                if (packet == NULL)
+                    goto fail;
+                PyObject *offload = PyObject_CallFunction(make_offload, "nn", hl, mss);
+                if (offload == NULL) {
+                    Py_DECREF(packet);
+                    goto fail;
+                }
+                PyObject *pair = PyTuple_Pack(2, offload, packet);
+                Py_DECREF(offload);
+                Py_DECREF(packet);
+                if (pair == NULL || PyList_Append(result, pair) < 0) {
+                    Py_XDECREF(pair);
+                    goto fail;
+                }
+                Py_DECREF(pair);
+            }
+            start = stop;
+        }
+    }
+    goto done;
+none:
+    result = Py_None;
+    Py_INCREF(result);
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    PyMem_Free(sizes);
+    PyMem_Free(cut);
+    PyMem_Free(bad);
+    return result;
+}
+
+/* A native unsigned int at `p` (a field of struct mmsghdr). */
+static unsigned
+get_uint(const uint8_t *p)
+{
+    unsigned v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+PyDoc_STRVAR(esp_in_ipv4_batch_doc,
+"esp_in_ipv4_batch(view, hdrs, n, slot, msg_size, len_off, flags_off, trunc, /) -> list\n\n"
+"Per received message i < n (its length and flags native unsigned ints at i * msg_size + len_off and\n"
+"+ flags_off in hdrs, its bytes at i * slot in view), skipping those whose flags have `trunc`: the IPv4\n"
+"packet as (source, destination, TOS, ESP), as linux/raw.py _esp_in_ipv4 gives it; packets that are\n"
+"not IPv4 or whose header is cut short are left out.");
+
+static PyObject *
+esp_in_ipv4_batch(PyObject *self, PyObject *args)
+{
+    Py_buffer view, hdrs;
+    Py_ssize_t n, slot, msg_size, len_off, flags_off;
+    unsigned long trunc;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*nnnnnk:esp_in_ipv4_batch", &view, &hdrs, &n, &slot, &msg_size, &len_off,
+                          &flags_off, &trunc))
+        return NULL;
+    if (n < 0 || slot <= 0 || msg_size <= 0 || len_off < 0 || flags_off < 0
+        || len_off + (Py_ssize_t)sizeof(unsigned) > msg_size || flags_off + (Py_ssize_t)sizeof(unsigned) > msg_size
+        || n > hdrs.len / msg_size || n > view.len / slot) {
+        PyErr_SetString(PyExc_ValueError, "esp_in_ipv4_batch: messages beyond the buffers");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *h = (const uint8_t *)hdrs.buf + i * msg_size;
+        if (get_uint(h + flags_off) & trunc)
+            continue;
+        Py_ssize_t size = get_uint(h + len_off);
+        if (size > slot)
+            size = slot; /* the kernel never writes beyond the slot's iovec */
+        const uint8_t *p = (const uint8_t *)view.buf + i * slot;
+        if (size < 20 || p[0] >> 4 != 4)
+            continue;
+        Py_ssize_t ihl = (p[0] & 0x0F) * 4;
+        Py_ssize_t total = (Py_ssize_t)p[2] << 8 | p[3];
+        if (ihl < 20 || size < ihl)
+            continue;
+        Py_ssize_t end = (ihl <= total && total <= size) ? total : size; /* RFC 791: what arrived counts */
+        PyObject *item = Py_BuildValue("(y#y#iy#)", (const char *)p + 12, (Py_ssize_t)4, (const char *)p + 16,
+                                       (Py_ssize_t)4, (int)p[1], (const char *)p + ihl, end - ihl);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&hdrs);
+    return out;
+}
+
+PyDoc_STRVAR(ipv4_fill_doc,
+"ipv4_fill(view, slot, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_len_off, /)\n"
+"-> int\n\n"
+"Writes payloads[start:], up to `batch` of them, each behind an outer IPv4 header (RFC 791: no\n"
+"options, identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment\n"
+"word `frag`) into slot k of `view`, and its length as a native size_t at k * iov_size + iov_len_off in\n"
+"`iov`; stops before a payload that does not fit a slot. Returns how many it wrote.");
+
+static PyObject *
+ipv4_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer view, src, dst, iov;
+    PyObject *payloads;
+    Py_ssize_t slot, start, batch, iov_size, iov_len_off;
+    int tos, frag, ttl;
+    Py_ssize_t k = -1;
+    if (!PyArg_ParseTuple(args, "w*nOnniiiy*y*w*nn:ipv4_fill", &view, &slot, &payloads, &start, &batch, &tos,
+                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_len_off))
+        return NULL;
+    PyObject *seq = PySequence_Fast(payloads, "ipv4_fill: payloads must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (src.len != 4 || dst.len != 4 || slot < 21 || start < 0 || batch < 0 || iov_size <= 0
+        || iov_len_off < 0 || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
+        || batch > view.len / slot || batch > iov.len / iov_size || (tos | frag | ttl) < 0
+        || tos > 0xFF || ttl > 0xFF || frag > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "ipv4_fill: arguments beyond the buffers");
+        goto done;
+    }
+    for (k = 0; start + k < count && k < batch; k++) {
+        Py_buffer esp;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, start + k), &esp, PyBUF_SIMPLE) < 0) {
+            k = -1;
+            goto done;
+        }
+        Py_ssize_t size = 20 + esp.len;
+        if (size > slot - 1) {
+            PyBuffer_Release(&esp);
+            break;
+        }
+        uint8_t *p = (uint8_t *)view.buf + k * slot;
+        p[0] = 0x45;
+        p[1] = (uint8_t)tos;
+        put16(p + 2, (unsigned)size);
+        put16(p + 4, 0);
+        put16(p + 6, (unsigned)frag);
+        p[8] = (uint8_t)ttl;
+        p[9] = 50; /* IANA: ESP */
+        put16(p + 10, 0);
+        memcpy(p + 12, src.buf, 4);
+        memcpy(p + 16, dst.buf, 4);
+        memcpy(p + 20, esp.buf, esp.len);
+        PyBuffer_Release(&esp);
+        size_t length = (size_t)size;
+        memcpy((uint8_t *)iov.buf + k * iov_size + iov_len_off, &length, sizeof length);
+    }
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&iov);
+    return k < 0 ? NULL : PyLong_FromSsize_t(k);
+}
+
+PyDoc_STRVAR(whole_inner_doc,
+"whole_inner(plain, at, /) -> bytes | None\n\n"
+"The inner packet of a decrypted tunnel-mode ESP payload starting at `at` in `plain` when it is a whole\n"
+"IPv4 packet without options or an IPv6 packet, its IP length exactly what precedes a valid trailer\n"
+"(RFC 4303 §2.4-2.6: padding 1, 2, 3, ..., pad length, next header 4 or 41 by the IP version); None for\n"
+"anything else (core/esp.py open_aead16_many and open_cbc_many decide then).");
+
+static PyObject *
+whole_inner(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t at;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*n:whole_inner", &buf, &at))
+        return NULL;
+    const uint8_t *p = buf.buf;
+    Py_ssize_t len = buf.len;
+    if (at < 0 || len - at < 22) /* at least an IPv4 header and the trailer */
+        goto none;
+    Py_ssize_t pad = p[len - 2], nh = p[len - 1];
+    Py_ssize_t end = len - 2 - pad; /* where the trailer starts */
+    Py_ssize_t ip_len;
+    if (p[at] == 0x45) { /* RFC 791: version 4, a 20-byte header; the total length at octets 2-3 */
+        ip_len = (Py_ssize_t)p[at + 2] << 8 | p[at + 3];
+        if (nh != 4 || ip_len < 20)
+            goto none;
+    } else if (p[at] >> 4 == 6 && len - at >= 42) { /* RFC 8200: the payload length (after 40) at 4-5 */
+        ip_len = 40 + ((Py_ssize_t)p[at + 4] << 8 | p[at + 5]);
+        if (nh != 41)
+            goto none;
+    } else {
+        goto none;
+    }
+    if (ip_len != end - at)
+        goto none;
+    for (Py_ssize_t i = 0; i < pad; i++)
+        if (p[end + i] != (uint8_t)(i + 1))
+            goto none;
+    out = PyBytes_FromStringAndSize((const char *)p + at, ip_len);
+    PyBuffer_Release(&buf);
+    return out;
+none:
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(in_order_doc,
+"in_order(packets, /) -> tuple[int, int] | None\n\n"
+"core/sa.py _in_order: (first, last) when the ESP packets carry the sequence numbers first, first + 1,\n"
+"..., last (low 32 bits, RFC 4303 §2.2), else (-1, -1), also when one is shorter than the ESP header;\n"
+"None when one is not bytes (the Python code decides then).");
+
+static PyObject *
+in_order(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "O!:in_order", &PyList_Type, &list))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    if (count == 0)
+        return Py_BuildValue("(nn)", (Py_ssize_t)0, (Py_ssize_t)-1);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (PyBytes_GET_SIZE(items[i]) < 8)
+            return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    uint64_t first = get32((const uint8_t *)PyBytes_AS_STRING(items[0]) + 4);
+    uint64_t last = first + (uint64_t)count - 1;
+    if (last >= ((uint64_t)1 << 32)) /* a run through 2^32 is not one of 32-bit numbers in order */
+        return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    for (Py_ssize_t i = 1; i < count; i++)
+        if (get32((const uint8_t *)PyBytes_AS_STRING(items[i]) + 4) != first + (uint64_t)i)
+            return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
+    return Py_BuildValue("(KK)", (unsigned long long)first, (unsigned long long)last);
+}
+
+static PyObject *
+pure_requested(PyObject *self, PyObject *unused)
+{
+    const char *value = getenv("IPSEC_TUNNEL_PURE");
+    return PyBool_FromLong(value != NULL && strcmp(value, "1") == 0);
+}
+
+static PyMethodDef methods[] = {
+    {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
+    {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
+    {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
+    {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
+    {"in_order", in_order, METH_VARARGS, in_order_doc},
+    {"pure_requested", pure_requested, METH_NOARGS,
+     "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_framing", "Per-packet framing in C: segmenting, joining, checksums.", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__framing(void)
+{
+    return PyModule_Create(&module);
+}

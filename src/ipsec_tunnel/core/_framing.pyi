@@ -1,0 +1,44 @@
+"""Per-packet framing in C (`_framing.c`): segmenting, joining, checksums; no cryptography."""
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+_T = TypeVar("_T")
+_Buffer = bytes | bytearray | memoryview
+
+def tcp_rows(
+    packet: bytes, l4: int, hl: int, end: int, mss: int, lo: int, hi: int, trailer: bytes, /
+) -> bytes: ...
+def coalesce_run(
+    packets: list[bytes], no_offload: _T, make_offload: Callable[[int, int], _T], /
+) -> list[tuple[_T, bytes]] | None: ...
+def esp_in_ipv4_batch(
+    view: _Buffer,
+    hdrs: _Buffer,
+    n: int,
+    slot: int,
+    msg_size: int,
+    len_off: int,
+    flags_off: int,
+    trunc: int,
+    /,
+) -> list[tuple[bytes, bytes, int, bytes]]: ...
+def ipv4_fill(
+    view: _Buffer,
+    slot: int,
+    payloads: Sequence[_Buffer],
+    start: int,
+    batch: int,
+    tos: int,
+    frag: int,
+    ttl: int,
+    src: bytes,
+    dst: bytes,
+    iov: _Buffer,
+    iov_size: int,
+    iov_len_off: int,
+    /,
+) -> int: ...
+def whole_inner(plain: bytes, at: int, /) -> bytes | None: ...
+def in_order(packets: list[bytes], /) -> tuple[int, int] | None: ...
+def pure_requested() -> bool: ...

@@ -1,0 +1,73 @@
+"""Which code frames packets: the C extension `_framing` (built by `pip install`) unless it is missing
+or IPSEC_TUNNEL_PURE=1 asks for the pure-Python path, which stays and gives the same bytes.
+
+`native` is the extension module in use, or None; `core/tso.py` and `core/gro.py` read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+__all__ = ["NAME", "Framing", "available", "native"]
+
+_T = TypeVar("_T")
+_Buffer = bytes | bytearray | memoryview  # what the C functions read or write (the buffer protocol)
+
+
+class Framing(Protocol):
+    """What `_framing.c` offers (its stub, `_framing.pyi`, says the same)."""
+
+    def tcp_rows(
+        self, packet: bytes, l4: int, hl: int, end: int, mss: int, lo: int, hi: int, trailer: bytes, /
+    ) -> bytes: ...
+
+    def coalesce_run(
+        self, packets: list[bytes], no_offload: _T, make_offload: Callable[[int, int], _T], /
+    ) -> list[tuple[_T, bytes]] | None: ...
+
+    def esp_in_ipv4_batch(
+        self,
+        view: _Buffer,
+        hdrs: _Buffer,
+        n: int,
+        slot: int,
+        msg_size: int,
+        len_off: int,
+        flags_off: int,
+        trunc: int,
+        /,
+    ) -> list[tuple[bytes, bytes, int, bytes]]: ...
+
+    def ipv4_fill(
+        self,
+        view: _Buffer,
+        slot: int,
+        payloads: Sequence[_Buffer],
+        start: int,
+        batch: int,
+        tos: int,
+        frag: int,
+        ttl: int,
+        src: bytes,
+        dst: bytes,
+        iov: _Buffer,
+        iov_size: int,
+        iov_len_off: int,
+        /,
+    ) -> int: ...
+
+    def whole_inner(self, plain: bytes, at: int, /) -> bytes | None: ...
+
+    def in_order(self, packets: list[bytes], /) -> tuple[int, int] | None: ...
+
+    def pure_requested(self) -> bool: ...
+
+
+available: Framing | None
+try:
+    from . import _framing as available
+except ImportError:  # not built (no compiler or headers at install): the pure-Python path
+    available = None
+
+native: Framing | None = None if available is None or available.pure_requested() else available
+NAME = "C extension" if native is not None else "pure Python"
