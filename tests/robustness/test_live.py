@@ -138,6 +138,19 @@ def memory_kb(pid: int) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M)}
 
 
+def daemon_memory_kb(host: IpsecHost) -> dict[str, int]:
+    """`memory_kb` of the host's ipsecd, which must still be running (else: its exit status and log)."""
+    assert host.daemon is not None
+    code = host.daemon.poll()
+    if code is None:
+        mem = memory_kb(host.daemon.pid)
+        if "VmRSS" in mem:  # else it exited between poll() and the read: reported below
+            return mem
+        code = host.daemon.wait(timeout=5)
+    log = host.log.read_text(errors="replace")
+    raise AssertionError(f"ipsecd on {host.label} exited with status {code}; its log ends:\n{log[-3000:]}")
+
+
 def assert_no_traceback(host: IpsecHost) -> None:
     """ipsecd logged no exception (a handler that caught one would hide a crash from the exit status)."""
     log = host.log.read_text(errors="replace")
@@ -716,7 +729,7 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
     `seconds`, with pings through the tunnel meanwhile; B's memory is sampled throughout."""
     pid = daemon_pid(h.b)
     assert ping(h.a, B_IN, 5, 0.05) == 5  # warm: the first packets through allocate what they need
-    base = memory_kb(pid)
+    base = daemon_memory_kb(h.b)
     s0, d0, a0, b0 = stats(h.b), socket_drops(pid), stats(h.a)["send"]["accepted"], backlog_drops()
     module = [sys.executable, "-m", "tests.support.lossy", "flood", h.b_pub, "--src", h.a_pub,
               f"--seconds={seconds}", f"--spi={SPI:#x}"]  # fmt: skip
@@ -729,7 +742,7 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
     try:
         time.sleep(1)
         while any(f.poll() is None for f in floods):
-            peak = max(peak, memory_kb(pid)["VmRSS"])
+            peak = max(peak, daemon_memory_kb(h.b)["VmRSS"])
             if len(control) < seconds / 2:
                 t = time.monotonic()
                 h.b.adm("-j", "stats")
@@ -751,7 +764,7 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
     send = sender(h.a, MB)
     sent, _ = send.communicate(timeout=60)
     received, _ = recv.communicate(timeout=60)
-    mem = memory_kb(pid)
+    mem = daemon_memory_kb(h.b)
     s1, d1, a1, b1 = stats(h.b), socket_drops(pid), stats(h.a)["send"]["accepted"], backlog_drops()
     total = sum(g["sent"] for g in generated)
     dropped = sum(d1[k] - d0[k] for k in d1)
