@@ -63,6 +63,13 @@ class Host(IpsecHost):
         return {**os.environ, "IPSEC_TUNNEL_SOCKET": str(self.socket), "PYTHONPATH": f"{self.src}:{root}"}
 
 
+def variant_spec(spec: str) -> tuple[str, str, list[str]]:
+    """A `--variant NAME=SRC[:OPT,OPT]` word: the name, SRC as an absolute path, the ipsecd options."""
+    name, _, rest = spec.partition("=")
+    src, _, opts = rest.partition(":")
+    return name, str(Path(src).resolve()), [o for o in opts.split(",") if o]
+
+
 class Variant(OursPlane):
     """ours-gcm-udp with the code under `src` and extra ipsecd options."""
 
@@ -181,10 +188,8 @@ def main() -> int:
     planes: dict[str, Variant] = {}
     try:
         for spec in args.variant:
-            name, _, rest = spec.partition("=")
-            src, _, opts = rest.partition(":")
-            key = f"{args.prefix}{len(planes)}"
-            planes[name] = Variant(key, work, str(Path(src).resolve()), [o for o in opts.split(",") if o])
+            name, src, options = variant_spec(spec)
+            planes[name] = Variant(f"{args.prefix}{len(planes)}", work, src, options)
         for plane in planes.values():
             plane.open()
         names = list(planes)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*, tests.*
 
-from bench.counts import Variant, process
+from bench.counts import Variant, process, variant_spec
 from bench.latency import percentile, pings
 from bench.lib.measure import HZ
 from bench.lib.planes import OursConfig, Plane, close_planes, open_planes
@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(False, "ipsec-bench-idle-") as work:
         planes: list[Plane] = []
         for spec in args.variant:
-            name, _, rest = spec.partition("=")
-            src, _, opts = rest.partition(":")
-            variant = Variant(f"idle{len(planes)}", work, src, [o for o in opts.split(",") if o])
+            name, src, options = variant_spec(spec)
+            variant = Variant(f"idle{len(planes)}", work, src, options)
             _, cipher, encap = args.plane.split("-")
             variant.config = OursConfig(cipher, udp=encap == "udp")
             variant.cipher = cipher

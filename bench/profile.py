@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*, tests.*
 
-from bench.counts import Host, Variant
+from bench.counts import Host, Variant, variant_spec
 from bench.lib.planes import OursConfig
 from bench.lib.topology import IN_A, IN_B
 
@@ -157,10 +157,8 @@ def main() -> int:
     planes: dict[str, Variant] = {}
     try:
         for spec in args.variant:
-            name, _, rest = spec.partition("=")
-            src, _, opts = rest.partition(":")
-            options = [o for o in opts.split(",") if o]
-            plane = Variant(f"{args.prefix}{len(planes)}", work, str(Path(src).resolve()), options, Profiled)
+            name, src, options = variant_spec(spec)
+            plane = Variant(f"{args.prefix}{len(planes)}", work, src, options, Profiled)
             if args.esp:
                 plane.config, plane.encap_filter = OursConfig("gcm", False), "ip proto 50"
             planes[name] = plane
