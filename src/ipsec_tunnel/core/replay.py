@@ -90,6 +90,35 @@ class ReplayWindow:
             return False
         return not self._ring[(seq >> _BLOCK_BITS) % self._blocks] >> (seq & 7) & 1
 
+    def check_run(self, first: int, last: int) -> bool:
+        """True when every full sequence number from `first` to `last` is new and inside the window:
+        `check` of each, answered for all at once (changes nothing). A run behind a later number that
+        was opened first (read ahead of it: `accept` moved the top past the run) may pass."""
+        if first <= 0 or last < first:
+            return False
+        if not self.size or first > self.top:
+            return True
+        if self.top - first >= self.size:
+            return False
+        return not self._any_set(first, min(last, self.top))
+
+    def _any_set(self, lo: int, hi: int) -> bool:
+        """Whether a bit of `lo` to `hi` (within the window) is set."""
+        ring, n = self._ring, self._blocks
+        lb, hb = lo >> _BLOCK_BITS, hi >> _BLOCK_BITS
+        if lb == hb:
+            return bool(ring[lb % n] & (((1 << (hi - lo + 1)) - 1) << (lo & 7)))
+        if ring[lb % n] & (0xFF << (lo & 7)) & 0xFF or ring[hb % n] & ((1 << ((hi & 7) + 1)) - 1):
+            return True
+        count = hb - lb - 1
+        if not count:
+            return False
+        start = (lb + 1) % n
+        end = start + count
+        if end <= n:
+            return ring.count(0, start, end) != count
+        return ring.count(0, start) != n - start or ring.count(0, 0, end - n) != end - n
+
     def _clear_after_top(self, seq: int) -> None:
         """Clear the blocks after the one holding `top`, up to the one holding `seq` (RFC 6479 §2)."""
         first, last = (self.top >> _BLOCK_BITS) + 1, seq >> _BLOCK_BITS
@@ -121,11 +150,13 @@ class ReplayWindow:
             self._ring[(seq >> _BLOCK_BITS) % self._blocks] |= 1 << (seq & 7)
 
     def accept_run(self, first: int, last: int) -> None:
-        """Record `first` to `last`, all above the top, as received: what `accept` of each in turn does."""
+        """Record `first` to `last`, all new and inside the window (`check_run`), as received: what
+        `accept` of each in turn does."""
         if self.size:
             self._clear_after_top(last)
             self._set_run(max(first, last - self.size + 1), last)
-        self.top = last
+        if last > self.top:
+            self.top = last
 
     def _set_run(self, lo: int, hi: int) -> None:
         """Set the bits of `lo` to `hi` (fewer than the ring holds)."""
