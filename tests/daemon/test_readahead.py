@@ -297,3 +297,21 @@ def test_engine_default_plane_reads_nothing_ahead() -> None:
         assert plane.read_ahead == 0 and ipsecd.parse_args([]).read_ahead == READ_AHEAD
     finally:
         plane.close()
+
+
+def test_raw_esp_small_ones_before_any_bulk_stay_in_their_run(fd: int) -> None:
+    """In one recvmmsg batch: a small datagram with no bulk before it stays in the run; the ping after
+    the bulk goes ahead; the bulk on each side of it is opened as its own run, in order."""
+    pair = make_pair(replay_window=4096)
+    tcp = [_tcp(n) for n in range(20)]
+    small_tcp = _tcp(99, size=40)
+    wire = _seal(pair, [small_tcp, *tcp[:10], PING, *tcp[10:]])
+    events: list[tuple[Any, ...]] = []
+    plane = _plane(pair, events)
+    try:
+        plane.on_raw(_Raw(pair, [wire], fd))  # type: ignore[arg-type]
+    finally:
+        plane.close()
+    assert [e[1] for e in events if e[0] == "open"] == [[12], list(range(1, 12)), list(range(13, 23))]
+    assert events[1] == ("write", {"t0": [PING]})
+    assert _written_tcp(events) == [small_tcp, *tcp]

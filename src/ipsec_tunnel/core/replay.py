@@ -14,7 +14,11 @@ __all__ = ["DEFAULT_WINDOW", "MAX_WINDOW", "SEQ32", "ReplayWindow"]
 
 SEQ32 = 1 << 32  # RFC 4303 §2.2: the transmitted sequence number is the low 32 bits
 MAX_WINDOW = 1 << 20  # largest window accepted (RFC 4303 §3.4.3 sets no upper bound)
-DEFAULT_WINDOW = 128
+# RFC 4303 §3.4.3 lets the receiver choose a window larger than the minimum of 32. A wide one lets
+# ipsecd open a small datagram read ahead of a bulk backlog first (ipsecd --read-ahead) without pushing
+# the backlog out of the window; 4096 is the most Linux's xfrm takes (with ESN bitmaps), wireguard-go
+# keeps 8128. The ring costs one bit per number, and check and accept touch one byte whatever the size.
+DEFAULT_WINDOW = 4096
 
 
 _BLOCK_BITS = 3  # RFC 6479 §2: a block of 2^3 = 8 sequence numbers, one byte of the ring

@@ -17,6 +17,7 @@ its ICV and moves nothing, as any other.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ def _first_key(entry: _Read) -> tuple[bytes, bytes, bytes] | None:
     if entry.udp is not None:
         return (entry.udp.src, entry.udp.dst, entry.payloads[0]) if entry.payloads else None
     return (entry.raw[0][0], entry.raw[0][1], entry.raw[0][3]) if entry.raw else None
+
+
+def _before(sorted_positions: list[int], start: int) -> int:
+    """How many of `sorted_positions` are below `start`."""
+    return bisect.bisect_left(sorted_positions, start)
 
 
 def inside(sad: SADatabase, waiting: deque[_Read], src: bytes, dst: bytes, esp: bytes) -> bool:
@@ -257,24 +263,33 @@ def serve_raw(plane: DataPlane, raw: RawEdge) -> None:
                 break
             turn.reads += 1
             stamp = raw.stamp
-            run: list[tuple[bytes, bytes, int, bytes]] = []
-            size = big = 0
-            for datagram in got:
-                esp = datagram[3]
-                if len(esp) <= SMALL and (turn.big or big):
-                    if run:
-                        turn.wait(_Read(raw=run, size=size, big=big, stamp=stamp))
-                        run, size, big = [], 0, 0
-                    if inside(sad, waiting, datagram[0], datagram[1], esp):
-                        answered = turn.ahead(plane._receive_runs([datagram], turn.now)) or answered
-                    else:  # not inside the window yet
-                        turn.wait(_Read(raw=[datagram], size=len(esp), stamp=stamp, small=True))
-                    continue
-                run.append(datagram)
-                size += len(esp)
-                big += len(esp) > SMALL
-            if run:
-                turn.wait(_Read(raw=run, size=size, big=big, stamp=stamp))
+            sizes = [len(datagram[3]) for datagram in got]
+            smalls = [i for i, n in enumerate(sizes) if n <= SMALL]
+            start = 0  # the first datagram of `got` not yet waiting or opened
+            for k, i in enumerate(smalls):
+                if not turn.big and i == k:
+                    continue  # only small ones so far: nothing to go ahead of
+                if i > start:
+                    part = sizes[start:i]
+                    turn.wait(
+                        _Read(raw=got[start:i], size=sum(part), big=sum(n > SMALL for n in part), stamp=stamp)
+                    )
+                start = i + 1
+                src, dst, _tos, esp = datagram = got[i]
+                if inside(sad, waiting, src, dst, esp):
+                    answered = turn.ahead(plane._receive_runs([datagram], turn.now)) or answered
+                else:  # not inside the window yet
+                    turn.wait(_Read(raw=[datagram], size=len(esp), stamp=stamp, small=True))
+            if start < len(got):
+                rest = sizes[start:] if start else sizes
+                turn.wait(
+                    _Read(
+                        raw=got[start:] if start else got,
+                        size=sum(rest),
+                        big=len(rest) - (len(smalls) - _before(smalls, start)),
+                        stamp=stamp,
+                    )
+                )
         if turn.smalls:
             for late in turn.now_inside():
                 answered = turn.ahead(plane._receive_runs(late.raw, turn.now)) or answered
