@@ -315,3 +315,23 @@ def test_raw_esp_small_ones_before_any_bulk_stay_in_their_run(fd: int) -> None:
     assert [e[1] for e in events if e[0] == "open"] == [[12], list(range(1, 12)), list(range(13, 23))]
     assert events[1] == ("write", {"t0": [PING]})
     assert _written_tcp(events) == [small_tcp, *tcp]
+
+
+def test_a_small_tcp_segment_held_back_by_the_window_keeps_its_place_when_it_goes_ahead(fd: int) -> None:
+    """Window 128: the small segment (number 193) waits until the bulk before it fits in the window,
+    then is opened ahead of 129-192; its packet is still written between 192 and 194."""
+    pair = make_pair(encap=UdpEncap(), replay_window=128)
+    before = [_tcp(n) for n in range(192)]
+    tail = _tcp(192, size=40)
+    after = [_tcp(n) for n in range(193, 257)]
+    wire = _seal(pair, [*before, tail, *after])
+    reads = [wire[0:64], wire[64:128], wire[128:192], [wire[192]], wire[193:257]]
+    events: list[tuple[Any, ...]] = []
+    plane = _plane(pair, events)
+    try:
+        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
+    finally:
+        plane.close()
+    assert [e[1] for e in events if e[0] == "open"][:3] == [list(range(1, 65)), list(range(65, 129)), [193]]
+    assert _written_tcp(events) == [*before, tail, *after]
+    assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)

@@ -164,7 +164,8 @@ class _Turn:
         self.smalls += entry.small
 
     def now_inside(self) -> list[_Read]:
-        """The small datagrams kept waiting that the window now lets go ahead, taken out of the wait."""
+        """The small datagrams kept waiting that the window now lets go ahead (left in their place:
+        `ahead_in_place` once opened)."""
         sad = self.plane.engine.sad
         ready = []
         for entry in self.waiting:
@@ -172,11 +173,18 @@ class _Turn:
                 src, dst, esp = _first_key(entry) or (b"", b"", b"")
                 if inside(sad, self.waiting, src, dst, esp):
                     ready.append(entry)
-        for entry in ready:
-            self.waiting.remove(entry)
-            self.held -= entry.size
-            self.smalls -= 1
         return ready
+
+    def ahead_in_place(self, entry: _Read, deliver: dict[str, list[bytes]]) -> bool:
+        """`ahead` for a small datagram kept waiting and now opened: its TCP packets stay at its place."""
+        self.held -= entry.size
+        self.smalls -= 1
+        entry.small = False
+        now_out, entry.opened = _split(deliver)
+        if now_out:
+            self.plane.deliver(now_out)
+            return True
+        return False
 
     def next_waiting(self) -> _Read | None:
         """The oldest read still waiting (a small datagram's TCP packets go into pending on the way)."""
@@ -232,7 +240,9 @@ def serve_udp(plane: DataPlane, udp: UdpEdge) -> None:
         if turn.smalls:
             for late in turn.now_inside():
                 assert late.udp is not None
-                answered = turn.ahead(_open_udp(plane, late.udp, late.payloads, turn.now)) or answered
+                answered = (
+                    turn.ahead_in_place(late, _open_udp(plane, late.udp, late.payloads, turn.now)) or answered
+                )
         if answered:
             plane._answer()
         entry = turn.next_waiting()
@@ -292,7 +302,7 @@ def serve_raw(plane: DataPlane, raw: RawEdge) -> None:
                 )
         if turn.smalls:
             for late in turn.now_inside():
-                answered = turn.ahead(plane._receive_runs(late.raw, turn.now)) or answered
+                answered = turn.ahead_in_place(late, plane._receive_runs(late.raw, turn.now)) or answered
         if answered:
             plane._answer()
         entry = turn.next_waiting()
