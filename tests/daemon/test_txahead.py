@@ -232,3 +232,29 @@ def test_the_switch_and_its_default() -> None:
     assert ipsecd.parse_args(["--tun-read-ahead=0"]).tun_read_ahead == 0
     assert ipsecd.parse_args(["--tun-read-ahead=256k"]).tun_read_ahead == 256 << 10
     assert DataPlane(Engine(), kernel=FakeKernel(FakeNetwork(), [A4])).tun_read_ahead == 0
+
+
+def test_a_woken_turn_reads_one_packet_and_takes_no_socket_turn(pairs: list[Pair]) -> None:
+    pair = Pair(TUN_READ_AHEAD)
+    pairs.append(pair)
+    looks: list[int] = []
+    pair.a._epoll = _Counted(pair.a._epoll, looks)  # type: ignore[assignment]
+    pair.route([(_ping(1), None), (_ping(2), None)])
+    pair.a.woken = True
+    pair.a.on_tun(pair.tun)
+    assert len(pair.esp_wire()) == 1 and len(pair.tun.inbox.items) == 1
+    assert looks == []  # read one, sealed it: the turn ends without an epoll look
+
+
+class _Counted:
+    """An epoll object counting its polls."""
+
+    def __init__(self, epoll: Any, looks: list[int]) -> None:
+        self.epoll, self.looks = epoll, looks
+
+    def poll(self, timeout: float = -1) -> Any:
+        self.looks.append(1)
+        return self.epoll.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.epoll, name)

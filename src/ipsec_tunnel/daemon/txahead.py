@@ -133,5 +133,6 @@ def _turn(plane: DataPlane, queue: TunEdge) -> None:
                 gathered += item[2]
         size -= sum(len(item[0]) for item in chunk)
         _seal(plane, name, chunk, now)
-        if held or reading:
+        reading = reading and reads < most and total < 2 * limit
+        if held or reading:  # a turn that has read all it will and sealed it ends without a look
             _serve_outer(plane)
