@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=TUN_READ_AHEAD,
         metavar="BYTES",
         help=f"bytes a tunnel device is read ahead of encryption, so a small packet behind a bulk "
-        f"backlog is sealed first (default {TUN_READ_AHEAD}; suffixes k, m; 0: off)",
+        f"backlog is sealed first (default {TUN_READ_AHEAD}: off; suffixes k, m; e.g. 1m)",
     )
     queues.add_argument(
         "--send-order",
