@@ -150,11 +150,14 @@ def block_trailer(inner_len: int, next_header: int, block: int) -> bytes:
 
 def seal_rows(
     spi: int, first_seq: int, iv_split: int | None, encrypt: Callable[[bytes, Any, bytes], bytes],
-    salt: bytes, rows: Any,
+    salt: bytes, rows: Any, encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
 ) -> list[bytes]:  # fmt: skip
     """`seal_aead16` for many inner packets at once, each already followed by its `aead16_trailer`: the
-    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on."""
+    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on. With the
+    library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
     count, width = rows.shape
+    if encrypt_into is not None and _native is not None and count:
+        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width)
     flat = memoryview(rows).cast("B")
     pack = _HDR_IV.pack
     split = _SPLIT_BIT if iv_split else 0
@@ -231,12 +234,20 @@ _ENDS_V6 = {n + 2: tail for n, tail in enumerate(_TAILS_V6)}
 
 
 def open_aead16_many(
-    packets: list[bytes], decrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes
-) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
+    packets: list[bytes], decrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes,
+    decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
+) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:  # fmt: skip
     """`open_aead16` of each packet, in order, except that a whole inner IP packet comes as its bytes
     alone: IPv4 without options or IPv6, named by the next header, its IP length exactly what precedes
     the trailer (the next header is then 4 or 41 by its IP version). Also returns how many results are
-    not such bytes (drops, anything else)."""
+    not such bytes (drops, anything else). With the library's `decrypt_into` (`decrypt` writing into a
+    buffer), the loop runs in C (core/_framing.c)."""
+    if decrypt_into is not None and _native is not None:
+        done = _native.open_aead16_many(
+            decrypt_into, salt, packets, InvalidTag, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded
+        )
+        if done is not None:
+            return done
     out: list[bytes | tuple[bytes, int] | Drop] = []
     append = out.append
     others = 0
