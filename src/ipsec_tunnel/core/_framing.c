@@ -593,7 +593,7 @@ view_of(const uint8_t *p, Py_ssize_t len, int flags)
 }
 
 /* `call(a, b, c, d)`, then each argument let go of; -1 when the call raised or one of the views it was
- * given is still held by someone (it must not outlive the memory it shows). */
+ * given is still held by someone (it must not outlive the memory it shows: it is released). */
 static int
 call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObject **result)
 {
@@ -607,7 +607,17 @@ call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObje
     }
     PyObject *argv[4] = {a, b, c, d};
     *result = PyObject_Vectorcall(call, argv, 4, NULL);
-    int kept = Py_REFCNT(b) != 1 || Py_REFCNT(c) != 1 || Py_REFCNT(d) != 1;
+    int kept = 0;
+    for (int i = 1; i < 4; i++)
+        if (Py_REFCNT(argv[i]) != 1) { /* kept by the callee: released, so it can never be read again */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject *r = PyObject_CallMethod(argv[i], "release", NULL);
+            Py_XDECREF(r);
+            PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+            kept = 1;
+        }
     Py_DECREF(a);
     Py_DECREF(b);
     Py_DECREF(c);
