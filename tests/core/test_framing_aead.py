@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_tunnel.core import esp, framing
+from ipsec_tunnel.core.algorithms import find_auth, find_cipher, make_auth, make_cipher
 from ipsec_tunnel.core.drops import Drop
 
 ext = framing.available
 needs_ext = pytest.mark.skipif(ext is None, reason="the C extension is not built (IPSEC_REQUIRE_EXT=1 fails)")
-AEADS = {"gcm": lambda: AESGCM(os.urandom(16)), "chacha": lambda: ChaCha20Poly1305(os.urandom(32))}
+AEADS: dict[str, Callable[[], Any]] = {
+    "gcm": lambda: AESGCM(os.urandom(16)),
+    "chacha": lambda: ChaCha20Poly1305(os.urandom(32)),
+}
 
 
 def _pure(call: Any, *args: Any) -> Any:
@@ -147,7 +152,8 @@ def test_open_many_in_c_leaves_what_is_not_bytes_to_python() -> None:
     aead, salt = AESGCM(os.urandom(16)), os.urandom(4)
     packet = esp.seal_aead16(0x1234, 1, None, aead.encrypt, salt, _v4(b"z" * 9), 4)
     args = (InvalidTag, Drop.MALFORMED, Drop.AUTH_FAILED, esp._unpadded)
-    assert ext.open_aead16_many(aead.decrypt_into, salt, [bytearray(packet)], *args) is None
+    odd: Any = [bytearray(packet)]
+    assert ext.open_aead16_many(aead.decrypt_into, salt, odd, *args) is None
     mixed: Any = [packet, bytearray(packet)]
     assert _native(esp.open_aead16_many, mixed, aead.decrypt, salt, aead.decrypt_into) == _pure(
         esp.open_aead16_many, mixed, aead.decrypt, salt
@@ -186,3 +192,69 @@ def test_views_given_to_the_library_must_not_outlive_the_call() -> None:
     for view in kept:  # released: reading one raises instead of reading freed memory
         with pytest.raises(ValueError):
             bytes(view)
+
+
+# -- CBC with an HMAC: the loops around the HMAC and AES calls -----------------------------------------
+
+
+class _StubCbc:
+    """A CBC cipher whose `encrypt_fresh_rows` is deterministic (IV = the row's index, ciphertext = the
+    row), so that the two loops around it can be compared byte for byte."""
+
+    iv_len = block = 16
+
+    def encrypt_fresh_rows(self, rows: Any) -> bytes:
+        return b"".join(i.to_bytes(16, "big") + row.tobytes() for i, row in enumerate(rows))
+
+
+@needs_ext
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 30),
+    st.integers(1, 90).map(lambda n: 16 * n),
+    st.one_of(st.integers(0, 1 << 20), st.integers(0xFFFFFF00, 0xFFFFFFFF)),
+    st.sampled_from(["sha256", "sha1", "sha512"]),
+)
+def test_seal_rows_cbc_in_c_are_the_pure_rows(count: int, width: int, first: int, digest: str) -> None:
+    count = min(count, 0x100000000 - first)
+    alg = find_auth(digest)
+    auth = make_auth(alg, os.urandom(alg.key_len))
+    rows = np.frombuffer(os.urandom(count * width), np.uint8).reshape(count, width)
+    pure = _pure(esp.seal_rows_cbc, 0x4321, first, _StubCbc(), auth, rows)
+    native = _native(esp.seal_rows_cbc, 0x4321, first, _StubCbc(), auth, rows)
+    assert native == pure and all(type(p) is bytes for p in native)
+
+
+@needs_ext
+def test_seal_rows_cbc_in_c_refuse_what_does_not_fit() -> None:
+    assert ext is not None
+    start = make_auth(find_auth("sha256"), bytes(32)).start
+    with pytest.raises(ValueError):
+        ext.seal_rows_cbc(start, 16, 0x100, 0xFFFFFFFF, bytes(64), 32)  # 2 rows: past 2^32 - 1
+    with pytest.raises(ValueError):
+        ext.seal_rows_cbc(start, 16, 0x100, 1, bytes(64), 30)
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    ("cipher", "key_len", "digest"), [("aes-cbc", 16, "sha256"), ("des_ede3-cbc", 24, "sha1")]
+)
+def test_open_cbc_many_in_c_is_the_pure_open(cipher: str, key_len: int, digest: str) -> None:
+    """Good, forged, damaged, cut, padded and not-whole packets: the same results and others; two
+    cipher objects of one key (each its own decryption stream)."""
+    key, alg = os.urandom(key_len), find_auth(digest)
+    auth = make_auth(alg, os.urandom(alg.key_len))
+    sender = make_cipher(find_cipher(cipher)[0], key)
+    inners = [(_v4(b"a" * n), 4) for n in (0, 1, 30, 1380)] + [(_v6(b"b" * n), 41) for n in (0, 7, 1300)]
+    inners += [(_v4(b"c" * 40) + bytes(6), 4), (b"\x00" * 9, 59), (_v4(b"d" * 5), 41), (b"noise" * 9, 4)]
+    good = [esp.seal_cbc(0x1234, i, sender, auth, inner, nh) for i, (inner, nh) in enumerate(inners, 1)]
+    spoilt = [p[:k] + bytes([p[k] ^ 4]) + p[k + 1 :] for p in good[:3] for k in (0, 9, 30, len(p) - 1)]
+    cut = [good[0][:-1], good[1] + b"\0", good[2][:20], b"", good[3][: -sender.block]]
+    packets = good + spoilt + cut
+    pure = _pure(esp.open_cbc_many, packets, make_cipher(find_cipher(cipher)[0], key), auth)
+    native = _native(esp.open_cbc_many, packets, make_cipher(find_cipher(cipher)[0], key), auth)
+    assert native == pure
+    assert native[0][: len(inners)] == [inner for inner, _ in inners[:7]] + inners[7:]  # whole ones bare
+    assert native[0][len(inners) :] == [Drop.AUTH_FAILED] * len(spoilt) + [Drop.MALFORMED] * 4 + [
+        Drop.AUTH_FAILED
+    ]

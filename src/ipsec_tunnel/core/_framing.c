@@ -784,6 +784,184 @@ done:
     return out;
 }
 
+/* 0 when the `len` bytes at a and b are equal, in time independent of where they differ. */
+static int
+differ(const uint8_t *a, const uint8_t *b, Py_ssize_t len)
+{
+    volatile uint8_t acc = 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        acc |= a[i] ^ b[i];
+    return acc != 0;
+}
+
+/* The HMAC of the `len` bytes at `p`: start(), then update(a view of them), then finalize(); a new
+ * reference to the digest (bytes of at least `icv_len`), or NULL. */
+static PyObject *
+hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len)
+{
+    static PyObject *update_name, *finalize_name;
+    if (update_name == NULL && (update_name = PyUnicode_InternFromString("update")) == NULL)
+        return NULL;
+    if (finalize_name == NULL && (finalize_name = PyUnicode_InternFromString("finalize")) == NULL)
+        return NULL;
+    PyObject *h = PyObject_CallNoArgs(start);
+    if (h == NULL)
+        return NULL;
+    PyObject *view = view_of(p, len, PyBUF_READ), *digest = NULL;
+    if (view == NULL)
+        goto done;
+    PyObject *r = PyObject_CallMethodOneArg(h, update_name, view);
+    int kept = Py_REFCNT(view) != 1;
+    Py_DECREF(view);
+    if (r == NULL || kept) {
+        Py_XDECREF(r);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a view of a packet buffer outlived the call");
+        goto done;
+    }
+    Py_DECREF(r);
+    digest = PyObject_CallMethodNoArgs(h, finalize_name);
+    if (digest != NULL && (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) < icv_len)) {
+        Py_CLEAR(digest);
+        PyErr_SetString(PyExc_ValueError, "an HMAC shorter than the ICV");
+    }
+done:
+    Py_DECREF(h);
+    return digest;
+}
+
+PyDoc_STRVAR(seal_rows_cbc_doc,
+"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, /) -> list[bytes]\n\n"
+"core/esp.py seal_rows_cbc after its one encryption: per `step` bytes of `sealed` (a row's IV and\n"
+"ciphertext), in order, SPI || sequence number || those bytes || the first icv_len bytes of the HMAC\n"
+"over all before it, computed by start() (a keyed `cryptography` HMAC), update() and finalize() (RFC\n"
+"4303 §2.8). ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+
+static PyObject *
+seal_rows_cbc(PyObject *self, PyObject *args)
+{
+    PyObject *start, *out = NULL;
+    Py_ssize_t icv_len, step;
+    unsigned long spi;
+    unsigned long long first;
+    Py_buffer sealed;
+    if (!PyArg_ParseTuple(args, "OnkKy*n:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step))
+        return NULL;
+    if (step <= 0 || step > IP_MAXPACKET + 40 || sealed.len % step || icv_len < 0 || icv_len > 64
+        || spi > 0xFFFFFFFFul || first > 0xFFFFFFFFull
+        || first + (unsigned long long)(sealed.len / step) > 0x100000000ull) {
+        PyErr_SetString(PyExc_ValueError, "seal_rows_cbc: rows, SPI or sequence numbers out of range");
+        goto done;
+    }
+    Py_ssize_t count = sealed.len / step;
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *packet = PyBytes_FromStringAndSize(NULL, 8 + step + icv_len);
+        if (packet == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, packet);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
+        put32(o, (uint32_t)spi);
+        put32(o + 4, (uint32_t)(first + (uint64_t)i));
+        memcpy(o + 8, (const uint8_t *)sealed.buf + i * step, step);
+        PyObject *digest = hmac_of(start, o, 8 + step, icv_len);
+        if (digest == NULL)
+            goto fail;
+        memcpy(o + 8 + step, PyBytes_AS_STRING(digest), icv_len);
+        Py_DECREF(digest);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&sealed);
+    return out;
+}
+
+PyDoc_STRVAR(open_cbc_many_doc,
+"open_cbc_many(start, icv_len, decrypt_joined, block, packets, malformed, auth_failed, unpadded, /)\n"
+"-> tuple[list, int] | None\n\n"
+"core/esp.py open_cbc_many: per packet, in order, `malformed` for a body that is not a whole number of\n"
+"blocks (at least 4 bytes), `auth_failed` when the first icv_len bytes of the HMAC (start(), update(),\n"
+"finalize()) over all but the ICV differ from it (compared in constant time, before any decryption),\n"
+"else decrypt_joined(IV || ciphertext) and the inner packet alone where whole_inner(plain, block)\n"
+"finds it, or unpadded(plain[block:]); and how many are not such bytes. None when a packet is not bytes.");
+
+static PyObject *
+open_cbc_many_c(PyObject *self, PyObject *args)
+{
+    PyObject *start, *decrypt, *list, *malformed, *auth_failed, *unpadded, *out = NULL;
+    Py_ssize_t icv_len, block;
+    if (!PyArg_ParseTuple(args, "OnOnO!OOO:open_cbc_many", &start, &icv_len, &decrypt, &block, &PyList_Type,
+                          &list, &malformed, &auth_failed, &unpadded))
+        return NULL;
+    if (icv_len < 0 || icv_len > 64 || block < 4 || block > 64) {
+        PyErr_SetString(PyExc_ValueError, "open_cbc_many: an ICV or block length out of range");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = items[i], *result;
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 8 - block - icv_len, icv_at = len - icv_len;
+        if (body < 4 || body % block) {
+            PyList_SET_ITEM(out, i, Py_NewRef(malformed));
+            others++;
+            continue;
+        }
+        PyObject *digest = hmac_of(start, p, icv_at, icv_len); /* RFC 4303 §3.4.4: the ICV first */
+        if (digest == NULL)
+            goto fail;
+        int forged = differ((const uint8_t *)PyBytes_AS_STRING(digest), p + icv_at, icv_len);
+        Py_DECREF(digest);
+        if (forged) {
+            PyList_SET_ITEM(out, i, Py_NewRef(auth_failed));
+            others++;
+            continue;
+        }
+        PyObject *view = view_of(p + 8, icv_at - 8, PyBUF_READ);
+        if (view == NULL)
+            goto fail;
+        PyObject *plain = PyObject_CallOneArg(decrypt, view);
+        int kept = Py_REFCNT(view) != 1;
+        Py_DECREF(view);
+        if (plain == NULL || kept || !PyBytes_Check(plain)) {
+            Py_XDECREF(plain);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "open_cbc_many: decrypt_joined gave an unexpected result");
+            goto fail;
+        }
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(plain);
+        Py_ssize_t plen = PyBytes_GET_SIZE(plain), ip_len = inner_length(q, plen, block);
+        if (ip_len >= 0) {
+            result = PyBytes_FromStringAndSize((const char *)q + block, ip_len);
+        } else {
+            Py_ssize_t at = plen < block ? plen : block; /* CBC gives at least a block: as Python would */
+            PyObject *rest = PyBytes_FromStringAndSize((const char *)q + at, plen - at);
+            result = rest == NULL ? NULL : PyObject_CallOneArg(unpadded, rest);
+            Py_XDECREF(rest);
+            others++;
+        }
+        Py_DECREF(plain);
+        if (result == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, result);
+    }
+    return Py_BuildValue("(Nn)", out, others);
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *
 pure_requested(PyObject *self, PyObject *unused)
 {
@@ -800,6 +978,8 @@ static PyMethodDef methods[] = {
     {"in_order", in_order, METH_VARARGS, in_order_doc},
     {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},
     {"open_aead16_many", open_aead16_many_c, METH_VARARGS, open_aead16_many_doc},
+    {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},
+    {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},

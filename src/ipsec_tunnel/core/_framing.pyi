@@ -61,4 +61,18 @@ def open_aead16_many(
     unpadded: Callable[[bytes], Any],
     /,
 ) -> tuple[list[Any], int] | None: ...
+def seal_rows_cbc(
+    start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+) -> list[bytes]: ...
+def open_cbc_many(
+    start: Callable[[], Any],
+    icv_len: int,
+    decrypt_joined: Callable[[Any], bytes],
+    block: int,
+    packets: list[bytes],
+    malformed: _T,
+    auth_failed: _T,
+    unpadded: Callable[[bytes], Any],
+    /,
+) -> tuple[list[Any], int] | None: ...
 def pure_requested() -> bool: ...

@@ -192,6 +192,8 @@ def seal_rows_cbc(spi: int, first_seq: int, cipher: Any, auth: AuthTransform, ro
     step = cipher.iv_len + width
     sealed = cipher.encrypt_fresh_rows(rows)  # per row: IV || ciphertext
     start, icv_len, pack = auth.start, auth.icv_len, _HDR.pack
+    if _native is not None:  # the same loop in C (core/_framing.c), the HMAC calls the same
+        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step)
     out: list[bytes] = []
     append = out.append
     for i in range(count):
@@ -305,6 +307,12 @@ def open_cbc_many(
     icv_len, block = auth.icv_len, cipher.block
     overhead = HEADER_LEN + cipher.iv_len + icv_len
     start, decrypt = auth.start, cipher.decrypt_joined
+    if _native is not None:  # the same loop in C (core/_framing.c), the HMAC and AES calls the same
+        done = _native.open_cbc_many(
+            start, icv_len, decrypt, block, packets, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded
+        )
+        if done is not None:
+            return done
     whole = _native.whole_inner if _native is not None else None
     at = block  # the plaintext's start in what `decrypt_joined` gives
     for packet in packets:

@@ -84,6 +84,23 @@ class Framing(Protocol):
         /,
     ) -> tuple[list[Any], int] | None: ...
 
+    def seal_rows_cbc(
+        self, start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+    ) -> list[bytes]: ...
+
+    def open_cbc_many(
+        self,
+        start: Callable[[], Any],
+        icv_len: int,
+        decrypt_joined: Callable[[Any], bytes],
+        block: int,
+        packets: list[bytes],
+        malformed: _T,
+        auth_failed: _T,
+        unpadded: Callable[[bytes], Any],
+        /,
+    ) -> tuple[list[Any], int] | None: ...
+
     def pure_requested(self) -> bool: ...
 
 
