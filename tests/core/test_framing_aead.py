@@ -258,3 +258,25 @@ def test_open_cbc_many_in_c_is_the_pure_open(cipher: str, key_len: int, digest: 
     assert native[0][len(inners) :] == [Drop.AUTH_FAILED] * len(spoilt) + [Drop.MALFORMED] * 4 + [
         Drop.AUTH_FAILED
     ]
+
+
+@needs_ext
+def test_views_given_to_an_hmac_must_not_outlive_the_call() -> None:
+    assert ext is not None
+    kept: list[Any] = []
+
+    class Keeper:
+        def update(self, data: Any) -> None:
+            kept.append(data)
+
+        def finalize(self) -> bytes:
+            return bytes(32)
+
+    with pytest.raises(RuntimeError):
+        ext.seal_rows_cbc(Keeper, 16, 0x100, 1, bytes(32), 32)
+    with pytest.raises(RuntimeError):
+        ext.open_cbc_many(Keeper, 16, lambda d: bytes(d), 16, [bytes(8 + 16 + 16 + 16)], 1, 2, repr)
+    assert len(kept) == 2
+    for view in kept:
+        with pytest.raises(ValueError):
+            bytes(view)

@@ -592,8 +592,26 @@ view_of(const uint8_t *p, Py_ssize_t len, int flags)
     return PyMemoryView_FromMemory((char *)p, len, flags);
 }
 
+/* Lets go of `view` (a view_of); 1 when someone else still held it: it is then released, so that it
+ * can never be read again (the exception being raised, if any, is kept). */
+static int
+let_go(PyObject *view)
+{
+    int kept = Py_REFCNT(view) != 1;
+    if (kept) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = PyObject_CallMethod(view, "release", NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(view);
+    return kept;
+}
+
 /* `call(a, b, c, d)`, then each argument let go of; -1 when the call raised or one of the views it was
- * given is still held by someone (it must not outlive the memory it shows: it is released). */
+ * given (b and d) is still held by someone (it must not outlive the memory it shows: it is released). */
 static int
 call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObject **result)
 {
@@ -607,21 +625,9 @@ call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObje
     }
     PyObject *argv[4] = {a, b, c, d};
     *result = PyObject_Vectorcall(call, argv, 4, NULL);
-    int kept = 0;
-    for (int i = 1; i < 4; i++)
-        if (Py_REFCNT(argv[i]) != 1) { /* kept by the callee: released, so it can never be read again */
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyObject *r = PyObject_CallMethod(argv[i], "release", NULL);
-            Py_XDECREF(r);
-            PyErr_Clear();
-            PyErr_Restore(type, value, tb);
-            kept = 1;
-        }
+    int kept = let_go(b) | let_go(d); /* the views: the data and the buffer */
     Py_DECREF(a);
-    Py_DECREF(b);
     Py_DECREF(c);
-    Py_DECREF(d);
     if (kept) {
         Py_CLEAR(*result);
         if (!PyErr_Occurred())
@@ -678,7 +684,7 @@ seal_rows_aead(PyObject *self, PyObject *args)
         }
         PyObject *result;
         if (call4(encrypt_into, nonce, view_of((const uint8_t *)rows.buf + i * width, width, PyBUF_READ),
-                  view_of(o, 8, PyBUF_READ), view_of(o + 16, width + 16, PyBUF_WRITE), &result) < 0)
+                  PyBytes_FromStringAndSize((const char *)o, 8), view_of(o + 16, width + 16, PyBUF_WRITE), &result) < 0)
             goto fail;
         Py_ssize_t wrote = PyLong_AsSsize_t(result);
         Py_DECREF(result);
@@ -748,7 +754,7 @@ open_aead16_many_c(PyObject *self, PyObject *args)
         }
         PyObject *result;
         /* the item stays alive: the list holds it while this runs */
-        if (call4(decrypt_into, nonce, view_of(p + 16, len - 16, PyBUF_READ), view_of(p, 8, PyBUF_READ),
+        if (call4(decrypt_into, nonce, view_of(p + 16, len - 16, PyBUF_READ), PyBytes_FromStringAndSize((const char *)p, 8),
                   view_of(o, body, PyBUF_WRITE), &result) < 0) {
             Py_DECREF(plain);
             if (result == NULL && PyErr_ExceptionMatches(invalid_tag)) {
@@ -811,8 +817,7 @@ hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len)
     if (view == NULL)
         goto done;
     PyObject *r = PyObject_CallMethodOneArg(h, update_name, view);
-    int kept = Py_REFCNT(view) != 1;
-    Py_DECREF(view);
+    int kept = let_go(view);
     if (r == NULL || kept) {
         Py_XDECREF(r);
         if (!PyErr_Occurred())
@@ -932,8 +937,7 @@ open_cbc_many_c(PyObject *self, PyObject *args)
         if (view == NULL)
             goto fail;
         PyObject *plain = PyObject_CallOneArg(decrypt, view);
-        int kept = Py_REFCNT(view) != 1;
-        Py_DECREF(view);
+        int kept = let_go(view);
         if (plain == NULL || kept || !PyBytes_Check(plain)) {
             Py_XDECREF(plain);
             if (!PyErr_Occurred())
