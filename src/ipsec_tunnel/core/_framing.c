@@ -1,5 +1,5 @@
 /* Per-packet framing of ipsec-tunnel's core in C: byte shuffling and Internet checksums only, no
- * cryptography (that stays in the `cryptography` package).
+ * cryptography (that stays in the `cryptography` package, called from here where a loop runs here).
  *
  * tcp_rows:     a TCP super-packet (TSO) cut into segment rows, each followed by ESP's trailer, with
  *               every header field and checksum made whole (as core/tso.py, core/gso.py split_tcp).
@@ -9,6 +9,9 @@
  * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
+ * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
+ *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
+ *               the views of packet memory handed to it are checked not to outlive the call.
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
