@@ -280,3 +280,21 @@ def test_views_given_to_an_hmac_must_not_outlive_the_call() -> None:
     for view in kept:
         with pytest.raises(ValueError):
             bytes(view)
+
+
+# -- a UDP GRO batch cut back into datagrams (linux/udp.py recv_batch) ---------------------------------
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000), st.integers(0, 3000), st.integers(1, 1500))
+def test_split_in_c_is_the_python_slicing(data: bytes, n: int, size: int) -> None:
+    assert ext is not None
+    buffer = bytearray(data)
+    if n > len(buffer):
+        with pytest.raises(ValueError):
+            ext.split(buffer, n, size)
+        return
+    assert ext.split(buffer, n, size) == [data[:n][i : i + size] for i in range(0, n, size)]
+    with pytest.raises(ValueError):
+        ext.split(buffer, n, 0)

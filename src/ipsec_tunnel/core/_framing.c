@@ -969,6 +969,39 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(split_doc,
+"split(buffer, n, size, /) -> list[bytes]\n\n"
+"The first n bytes of `buffer` cut every `size` bytes, the last piece possibly shorter (a UDP GRO batch\n"
+"back into its datagrams, as linux/udp.py recv_batch cuts it). ValueError when n is beyond the buffer.");
+
+static PyObject *
+split(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t n, size;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*nn:split", &buf, &n, &size))
+        return NULL;
+    if (n < 0 || n > buf.len || size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "split: a length beyond the buffer");
+        goto done;
+    }
+    out = PyList_New((n + size - 1) / size);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0, at = 0; at < n; i++, at += size) {
+        PyObject *piece = PyBytes_FromStringAndSize((const char *)buf.buf + at, n - at < size ? n - at : size);
+        if (piece == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, piece);
+    }
+done:
+    PyBuffer_Release(&buf);
+    return out;
+}
+
 static PyObject *
 pure_requested(PyObject *self, PyObject *unused)
 {
@@ -987,6 +1020,7 @@ static PyMethodDef methods[] = {
     {"open_aead16_many", open_aead16_many_c, METH_VARARGS, open_aead16_many_doc},
     {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},
     {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
+    {"split", split, METH_VARARGS, split_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
