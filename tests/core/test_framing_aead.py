@@ -106,6 +106,15 @@ def received(draw: st.DrawFn) -> tuple[str, list[bytes], bytes, Any]:
         if kind == "v4-tfc":
             inner += bytes(draw(st.integers(1, 9)))  # TFC padding after the IP length (RFC 4303 §2.7)
         packet = esp.seal_aead16(0x1234, seq, None, aead.encrypt, salt, inner, nh)
+        if draw(st.integers(0, 4)) == 0:  # an authentic packet whose trailer is wrong: padding, length
+            pad = draw(st.integers(0, 11))
+            padding = bytearray(range(1, pad + 1))
+            if pad:
+                padding[draw(st.integers(0, pad - 1))] ^= draw(st.integers(1, 255))
+            plain = inner + bytes(padding) + bytes((pad, nh))
+            plain += bytes(-len(plain) % 4)
+            header, iv = struct.pack("!II", 0x1234, seq), struct.pack("!Q", seq)
+            packet = header + iv + aead.encrypt(salt + iv, plain, header)
         spoil = draw(st.sampled_from(["", "", "", "icv", "body", "short", "ragged"]))
         if spoil == "icv":
             packet = packet[:-1] + bytes([packet[-1] ^ 1])
