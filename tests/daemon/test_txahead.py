@@ -260,3 +260,24 @@ class _Counted:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.epoll, name)
+
+
+def test_small_packets_are_held_at_most_four_batches_ahead(pairs: list[Pair]) -> None:
+    pair = Pair(ON)
+    pairs.append(pair)
+    acks: list[tuple[bytes, gso.Offload | None]] = [
+        (_tcp(1 + n, 0), None) for n in range(2000)
+    ]  # a TCP receiver's ACKs: 40 bytes each
+    pair.route(acks)
+    transmit = pair.a.transmit
+    read_before_first_send: list[int] = []
+
+    def sent(burst: Any) -> None:
+        if not read_before_first_send:
+            read_before_first_send.append(2000 - len(pair.tun.inbox.items))
+        transmit(burst)
+
+    pair.a.transmit = sent  # type: ignore[method-assign]
+    pair.drain_a()
+    assert read_before_first_send == [4 * 256]  # 80 KB, well within the byte bound
+    assert pair.received() == _segments(acks)

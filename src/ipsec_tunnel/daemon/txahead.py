@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READS = 4096  # reads of one device in one turn at most
+BATCHES = 4  # packets held at most, in --batch units (counted as a batch counts them): small packets
+# (a TCP receiver's ACKs) would otherwise hold thousands within the byte bound
 
 _Item = tuple[bytes, "gso.Offload | None", int]  # packet, offload header asking for work, segments
 
@@ -98,9 +100,12 @@ def _turn(plane: DataPlane, queue: TunEdge) -> None:
     size = 0  # bytes held
     total = 0  # bytes read this turn
     reads = 0
+    counted = 0  # packets held, as a batch counts them
+    most_held = BATCHES * plane.batch_packets
     reading = True
+    fresh = False  # read since the sparse flows were last put first
     while True:
-        while reading and size < limit and total < 2 * limit and reads < most:
+        while reading and size < limit and counted < most_held and total < 2 * limit and reads < most:
             try:
                 got = queue.read()
             except OSError as exc:
@@ -116,12 +121,16 @@ def _turn(plane: DataPlane, queue: TunEdge) -> None:
             reads += 1
             offload, packet = got
             work = offload is not None and bool(offload.gso_type or offload.flags)
-            held.append((packet, offload if work else None, _segments(packet, offload)))
+            segments = _segments(packet, offload)
+            held.append((packet, offload if work else None, segments))
+            counted += segments
+            fresh = True
             size += len(packet)
             total += len(packet)
         if not held:
             return
-        count = _sparse_group(held) if plane.sparse_first and len(held) > 1 else 0
+        count = _sparse_group(held) if fresh and plane.sparse_first and len(held) > 1 else 0
+        fresh = False
         chunk: list[_Item] = []
         if count:
             chunk = [held.popleft() for _ in range(count)]
@@ -132,6 +141,7 @@ def _turn(plane: DataPlane, queue: TunEdge) -> None:
                 chunk.append(item)
                 gathered += item[2]
         size -= sum(len(item[0]) for item in chunk)
+        counted -= sum(item[2] for item in chunk)
         _seal(plane, name, chunk, now)
         reading = reading and reads < most and total < 2 * limit
         if held or reading:  # a turn that has read all it will and sealed it ends without a look
