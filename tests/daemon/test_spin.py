@@ -200,6 +200,9 @@ class StubEngine:
         self.batches.append(list(packets))
         return []
 
+    def send_one(self, name: str, packet: bytes, now: float) -> bool:
+        return False  # every packet through send_batch, even alone
+
 
 @pytest.fixture
 def plane() -> Iterator[DataPlane]:

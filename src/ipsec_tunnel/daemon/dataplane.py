@@ -30,6 +30,7 @@ from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
+from . import lone
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -261,6 +262,8 @@ class DataPlane:
             packets.append(packet)
             if gathered >= self.batch_packets:
                 break
+        if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
+            return  # read alone: the short way (daemon.lone)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
         results = engine.send_batch(name, packets, now, offloads) if packets else []
@@ -510,7 +513,10 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            deliver, rejects = self.engine.receive_batch(
+            one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
+            if one is True:
+                continue
+            deliver, rejects = one or self.engine.receive_batch(
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
             if (

@@ -1,0 +1,49 @@
+"""The data plane's short way for a loop turn that read ONE packet (`core.lone`): a packet read alone
+from a tunnel device is sealed and sent without the batch pipeline; a datagram received alone is opened
+and, when nothing else of the turn waits, written into its device at once, and the device's answer (an
+echo reply) served before the turn goes on, as `DataPlane.on_udp` does for what is not TCP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.plane import Burst, Reject
+from ..linux.udp import UdpDatagram
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane
+
+__all__ = ["receive", "send"]
+
+IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
+
+
+def send(plane: DataPlane, device: str, packet: bytes, now: float) -> bool:
+    """Seal and send `packet`, read alone from tunnel device `device` (a counted drop sends nothing);
+    False, with nothing changed, when it must go through `Engine.send_batch`."""
+    got = plane.engine.send_one(device, packet, now)
+    if got is False:
+        return False
+    if isinstance(got, Burst):
+        plane.transmit(got)
+    return True
+
+
+def receive(
+    plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: float, alone: bool
+) -> tuple[dict[str, list[bytes]], list[Reject]] | bool:
+    """One ESP-in-UDP read of a single datagram (`payloads`): True when it is done with (dropped, or,
+    with `alone`, nothing else of the turn pending, not TCP, written into its device and the devices
+    then readable served); what `Engine.receive_batch` would give, for the turn's other steps; False,
+    with nothing changed, when it must go through `Engine.receive_batch`."""
+    if len(payloads) != 1:
+        return False
+    got = plane.engine.receive_one(d.src, d.dst, payloads[0], now, d.tos, d.sport)
+    if got is False or got is True:
+        return got
+    packet = got.packet
+    if not alone or packet[9 if packet[0] >> 4 == 4 else 6] == IPPROTO_TCP:
+        return {got.device: [packet]}, []  # TCP waits for the turn's end, to be coalesced
+    plane.deliver({got.device: [packet]})
+    plane._answer()
+    return True
