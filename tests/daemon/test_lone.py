@@ -58,6 +58,8 @@ def test_an_idle_ping_takes_the_short_way_both_ways(
         _pump(a, b)
         assert a.device().take() == [reply]
     assert [x.sent for x in batches] == [0, 0]
+    if encap == "udp":  # one sendmsg each, not a burst
+        assert a.kernel.udp[(4, 4500)].sent_one == 4 and b.kernel.udp[(4, 4500)].sent_one == 3
     # raw ESP is received through the batch (on_raw); ESP-in-UDP the short way, but for the first reply
     # (A learns B's port: NAT traversal's work, the batch's)
     assert [x.received for x in batches] == ([1, 0] if encap == "udp" else [3, 3])

@@ -24,8 +24,19 @@ def send(plane: DataPlane, device: str, packet: bytes, now: float) -> bool:
     got = plane.engine.send_one(device, packet, now)
     if got is False:
         return False
-    if isinstance(got, Burst):
-        plane.transmit(got)
+    if not isinstance(got, Burst):
+        return True
+    encap, udp = got.encap, plane.udp.get(4 if len(got.dst) == 4 else 6)
+    if encap is None or udp is None:
+        plane.transmit(got)  # raw ESP (sendmmsg); without a socket, dropped as transmit does
+        return True
+    try:
+        error = udp.send_one(got.dst, encap.dport, got.payloads[0], got.tos, got.ttl, got.df, got.src,
+                             got.nextdev)  # fmt: skip
+    except OSError as exc:  # before anything was sent (an unknown --nextdev, say)
+        error = exc
+    if error is not None:
+        plane._send_failed(got, 1, error)
     return True
 
 
@@ -44,6 +55,11 @@ def receive(
     packet = got.packet
     if not alone or packet[9 if packet[0] >> 4 == 4 else 6] == IPPROTO_TCP:
         return {got.device: [packet]}, []  # TCP waits for the turn's end, to be coalesced
-    plane.deliver({got.device: [packet]})
+    queue = plane.devices.tun.get(got.device)
+    if queue is not None:  # as DataPlane.deliver writes it
+        try:
+            queue.write(packet)
+        except OSError as exc:
+            plane._write_failed(got.device, 1, exc)
     plane._answer()
     return True
