@@ -63,6 +63,15 @@ def test_flow_keys_are_the_five_tuple() -> None:
     assert fq.flow_key(b"\x45\x00") == b"" and fq.flow_key(b"\x60" + bytes(30)) == b""
 
 
+def test_tcp_and_udp_on_the_same_ports_are_two_flows() -> None:
+    bulk = [_tcp(i * 1000) for i in range(3)]
+    # a UDP flow with the bulk TCP flow's addresses and ports (a QUIC or RTP stream may well): sparse
+    voice = bytes(IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=5001, dport=5201) / bytes(160))
+    assert fq.sparse_first([bulk[0], bulk[1], voice, bulk[2]]) == [2, 0, 1, 3]
+    for packet in (bulk[0], voice):  # the inline key is flow_key's
+        assert fq.flow_key(packet) == packet[9:10] + packet[12:24]
+
+
 def test_reorder_moves_the_notes_with_their_packets() -> None:
     bulk = [_tcp(i * 1000, size=1400) for i in range(2)]
     packets, notes = fq.reorder([bulk[0], _ping(1), bulk[1]], {0: "gso0", 2: "gso2"})

@@ -54,10 +54,10 @@ def sparse_first(packets: list[bytes], quantum: int = QUANTUM) -> list[int] | No
         return None
     if min(map(len, packets)) > quantum:
         return None  # every flow has more than a quantum here (super-packets, full segments)
-    # the common case inline (IPv4 without options, TCP or UDP, not a later fragment): addresses and
-    # ports, 12 bytes; any other packet's key (flow_key) has another length, so the two never collide
+    # the common case inline (IPv4 without options, TCP or UDP, not a later fragment): the key that
+    # flow_key gives it (protocol, addresses, ports), without the call
     keys = [
-        p[12:24]
+        p[9:10] + p[12:24]
         if len(p) >= 24 and p[0] == 0x45 and p[9] in _PORTS and not (p[6] & 0x1F or p[7])
         else flow_key(p)
         for p in packets

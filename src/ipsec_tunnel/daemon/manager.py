@@ -142,22 +142,27 @@ class Manager:
     def op_batch(self, args: dict[str, Any]) -> Any:
         """Carry out `requests` ({"op": "sa.add" or "tunnel.add", "args": {...}} each) all or none: the
         results in order, or, when one is refused, the ones before it undone and a ProtocolError whose
-        message starts with "request N: " (1-based)."""
+        message starts with "request N: " (1-based). The state database takes the batch in one
+        transaction, so a crash in the middle of it leaves none of it stored."""
         reqs = arg(args, "requests", list, required=True)
         if not all(
             isinstance(r, dict) and r.get("op") in BATCH_OPS and isinstance(r.get("args"), dict) for r in reqs
         ):
             raise ProtocolError("EINVAL", f"batch takes a list of {' and '.join(BATCH_OPS)} requests")
         done: list[tuple[str, Any]] = []
-        for number, req in enumerate(reqs, 1):
-            try:
-                done.append((req["op"], self.handle(req["op"], req["args"])))
-            except ProtocolError as exc:
-                self._undo(done)
-                raise ProtocolError(exc.errno, f"request {number}: {exc.message}") from None
-            except BaseException:
-                self._undo(done)
-                raise
+        try:
+            with self.store.atomic():
+                for req in reqs:
+                    done.append((req["op"], self.handle(req["op"], req["args"])))
+        except ProtocolError as exc:
+            self._undo(done)
+            raise ProtocolError(exc.errno, f"request {len(done) + 1}: {exc.message}") from None
+        except OSError as exc:  # the transaction could not begin or commit: nothing is stored
+            self._undo(done)
+            raise ProtocolError("EIO", f"{exc.strerror or exc}") from None
+        except BaseException:
+            self._undo(done)
+            raise
         return [result for _op, result in done]
 
     def _undo(self, done: list[tuple[str, Any]]) -> None:

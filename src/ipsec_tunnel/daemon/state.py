@@ -21,6 +21,7 @@ One daemon per directory: the store holds an exclusive lock on `lock` inside it 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -32,7 +33,7 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ class Store:
         self.wall = wall
         self._in: dict[tuple[bytes, bytes, int], _InState] = {}
         self._error_logged = -STORE_ERROR_EVERY
+        self._atomic = False  # inside `atomic`: transactions are savepoints of its one
         self._lock = self._take_lock()
         try:
             self.db = self._open()
@@ -368,11 +370,47 @@ class Store:
             raise self._failed(exc) from None
 
     def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run `statements` as one committed transaction, or none of them (OSError)."""
+        """Run `statements` as one committed transaction, or none of them (OSError). Inside `atomic`,
+        they are a savepoint of its transaction instead: all or none, committed with it."""
+        begin, end, undo = (
+            ("SAVEPOINT step", "RELEASE step", "ROLLBACK TO step")
+            if self._atomic
+            else ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        )
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(begin)
             for sql, params in statements:
                 self.db.execute(sql, params)
+            self.db.execute(end)
+        except sqlite3.OperationalError as exc:
+            if self.db.in_transaction:
+                self.db.execute(undo)
+                if self._atomic:
+                    self.db.execute(end)
+            raise self._failed(exc) from None
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Every write made inside is committed together when the block ends, or none is: an exception
+        in the block, or a crash (`kill -9`) before its end, leaves the database as it was before it
+        (OSError when the commit itself fails)."""
+        if self._atomic:
+            yield
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._failed(exc) from None
+        self._atomic = True
+        try:
+            yield
+        except BaseException:
+            self._atomic = False
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self._atomic = False
+        try:
             self.db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if self.db.in_transaction:
