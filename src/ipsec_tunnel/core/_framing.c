@@ -9,6 +9,7 @@
  * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
+ * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -578,6 +579,57 @@ pure_requested(PyObject *self, PyObject *unused)
     return PyBool_FromLong(value != NULL && strcmp(value, "1") == 0);
 }
 
+PyDoc_STRVAR(inner_head_doc,
+"inner_head(packet, /) -> tuple[int, int, int, bool, int] | None\n\n"
+"(IP length, TOS or traffic class, TTL or hop limit, DF, ESP next header) of a packet read from a tunnel\n"
+"device when it is IPv4 without options (RFC 791) or IPv6 (RFC 8200, DF always) and its IP length is at\n"
+"least 20 and at most the bytes read; None for anything else (as core/lone.py _inner_head).");
+
+static PyObject *
+inner_head(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "inner_head: bytes expected");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    long ip_len, tos, ttl, nh;
+    int df;
+    if (len >= 20 && p[0] == 0x45) { /* RFC 791: total length 2-3, TOS 1, flags 6 (DF 0x40), TTL 8 */
+        ip_len = (long)p[2] << 8 | p[3];
+        tos = p[1];
+        ttl = p[8];
+        df = (p[6] & 0x40) != 0;
+        nh = 4; /* RFC 4303 §2.6: IPv4-in-IP */
+    } else if (len >= 40 && p[0] >> 4 == 6) { /* RFC 8200: traffic class 0-1, payload length 4-5, hop limit 7 */
+        ip_len = 40 + ((long)p[4] << 8 | p[5]);
+        tos = (p[0] & 0x0F) << 4 | p[1] >> 4;
+        ttl = p[7];
+        df = 1;
+        nh = 41; /* IPv6 encapsulation */
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (ip_len < 20 || ip_len > len)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(5);
+    if (out == NULL)
+        return NULL;
+    PyObject *items[5] = {PyLong_FromLong(ip_len), PyLong_FromLong(tos), PyLong_FromLong(ttl),
+                          PyBool_FromLong(df), PyLong_FromLong(nh)};
+    for (int i = 0; i < 5; i++) {
+        if (items[i] == NULL) {
+            for (int j = i + 1; j < 5; j++)
+                Py_XDECREF(items[j]);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
@@ -585,6 +637,7 @@ static PyMethodDef methods[] = {
     {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"in_order", in_order, METH_VARARGS, in_order_doc},
+    {"inner_head", inner_head, METH_O, inner_head_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},

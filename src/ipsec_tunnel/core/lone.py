@@ -24,12 +24,33 @@ from typing import Literal
 from . import ip
 from .drops import Drop
 from .esp import HEADER_LEN, NH_IPV4, NH_IPV6
+from .framing import native as _native
 from .plane import Burst, Deliver, Plane, inner_mtu
 from .receive import _inner
 
 __all__ = ["receive_one", "send_one"]
 
 _PLAIN_ECN = (ip.ECN_NOT_ECT, ip.ECN_ECT0)  # RFC 6040 §4.2: outer ECN that changes no inner packet
+
+
+def _inner_head(inner: bytes) -> tuple[int, int, int, bool, int] | None:
+    """(IP length, TOS or traffic class, TTL or hop limit, DF, ESP next header) of `inner` when it is
+    IPv4 without options (RFC 791) or IPv6 (RFC 8200: DF always), its IP length at least 20 and at most
+    what was read (`ip.parse` inlined, as in `send._seal`); else None. The same in C: `_framing.c`."""
+    size = len(inner)
+    if size >= ip.IPV4_HEADER_LEN and inner[0] == 0x45:
+        length = inner[2] << 8 | inner[3]
+        head = length, inner[1], inner[8], bool(inner[6] & 0x40), NH_IPV4
+    elif size >= ip.IPV6_HEADER_LEN and inner[0] >> 4 == 6:
+        length = ip.IPV6_HEADER_LEN + (inner[4] << 8 | inner[5])
+        head = length, (inner[0] & 0x0F) << 4 | inner[1] >> 4, inner[7], True, NH_IPV6
+    else:
+        return None
+    return head if ip.IPV4_HEADER_LEN <= length <= size else None
+
+
+# The C one where the extension is in use (an extension built before it lacks it: the Python one).
+_head = getattr(_native, "inner_head", _inner_head) if _native is not None else _inner_head
 
 
 def send_one(plane: Plane, device: str, inner: bytes, now: float) -> Burst | Drop | Literal[False]:
@@ -42,22 +63,15 @@ def send_one(plane: Plane, device: str, inner: bytes, now: float) -> Burst | Dro
     sa = plane.sa_for(tunnel)
     if sa is None:
         return False
-    size = len(inner)
-    if size >= ip.IPV4_HEADER_LEN and inner[0] == 0x45:  # ip.parse() inlined, as in send._seal
-        length = inner[2] << 8 | inner[3]
-        tos, ttl, df, nh = inner[1], inner[8], bool(inner[6] & 0x40), NH_IPV4
-    elif size >= ip.IPV6_HEADER_LEN and inner[0] >> 4 == 6:
-        length = ip.IPV6_HEADER_LEN + (inner[4] << 8 | inner[5])
-        tos, ttl, df, nh = (inner[0] & 0x0F) << 4 | inner[1] >> 4, inner[7], True, NH_IPV6
-    else:
+    head = _head(inner)
+    if head is None:
         return False
-    if not ip.IPV4_HEADER_LEN <= length <= size:
-        return False
+    length, tos, ttl, df, nh = head
     if df and plane.path_mtu:
         path = plane.path_mtu.get(device)
         if path is not None and length > inner_mtu(sa, path):
             return False
-    if length != size:
+    if length != len(inner):
         inner = inner[:length]
     packet = sa.encrypt(inner, nh, now, plane.emit)
     stats = plane.stats_for(device)
