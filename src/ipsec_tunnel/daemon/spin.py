@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable
 
-from ..core.engine import Engine
+from ..core.engine import Engine, packed
 from ..core.plane import Burst
 from ..core.sa import NAT_T_PORT, Limits, SAConfig, SecurityAssociation, UdpEncap
 from ..core.tunnel import Tunnel
@@ -100,8 +100,8 @@ def kind(config: SAConfig) -> Kind:
 class Rehearsal:
     """One packet through a private pair of engines (AES-128-GCM over ESP-in-UDP, or what `follow` says):
     sealed by one, opened by the other, never sent, the short way a packet read alone takes
-    (`core.lone`; the batch pipelines where it declines: the first datagram, before NAT traversal knows
-    the port). Its keys are random and its own; its SAs are in no SAD of the daemon."""
+    (`core.lone`; the batch pipelines only where it declines). Its keys are random and its own; its
+    SAs are in no SAD of the daemon."""
 
     PACKET = bytes([0x45, 0, 0, 84, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + bytes(64)
 
@@ -136,6 +136,9 @@ class Rehearsal:
         self.udp = udp
         self.sender = _engine(config, "192.0.2.1", "192.0.2.2")
         self.receiver = _engine(config, "192.0.2.2", "192.0.2.1")
+        # The sender's port, as NAT traversal learns it from a daemon's own outbound SA (the receiver has
+        # none): every datagram takes the short way (core.lone), as a ping's does.
+        self.receiver.nat.ports[(packed("192.0.2.1"), packed("192.0.2.2"))] = NAT_T_PORT
 
     def __call__(self, now: float) -> int:
         """Run one packet through; how many the receiver accepted (1)."""
