@@ -418,7 +418,10 @@ class DataPlane:
                 break
             if got is None:
                 break
-            deliver = self._receive_runs(got, now)
+            one = lone.receive_raw(self, got, now, queue is None and not pending)  # daemon.lone
+            if one is True:
+                continue
+            deliver = self._receive_runs(got, now) if one is False else one
             if (
                 queue is not None
                 and raw.stamp
