@@ -139,7 +139,7 @@ def test_seed_command_with_a_digest_sends_the_right_request(
                 "spi": 0x1000, "dst": "5.6.7.8", "src": "1.2.3.4",
                 "cipher": "des_ede3-cbc", "cipher_key": DES3_KEY.hex(),
                 "digest": "sha1", "digest_key": SHA1_KEY.hex(), "digest_bits": None,
-                "duplex": True, "replay_window": 128, "esn": False, "encap": None,
+                "duplex": True, "replay_window": 4096, "esn": False, "encap": None,
                 "soft": NO_LIMITS, "hard": NO_LIMITS,
             },
         )

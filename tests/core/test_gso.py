@@ -702,6 +702,48 @@ def test_an_in_order_batch_is_opened_without_decrypt(cipher: str) -> None:
     assert (sa.packets, sa.replay.top) == (20, 20)
 
 
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
+def test_a_batch_behind_a_packet_opened_first_still_takes_the_batch_way(cipher: str) -> None:
+    """Read ahead (issue 13): a later packet opened first moves the window's top past a bulk batch; the
+    batch, all new and inside the window, is still opened many at a time and leaves the window, the
+    counters and the inner packets as one by one would; sent again, it is all replays."""
+    pair = make_pair(cipher=cipher)
+    inner = [inner_packet(4, 100 + i) for i in range(30)]
+    wire = [r.payload for p in inner if isinstance(r := pair.a.send("t0", p, 1.0), Outbound)]
+    sa = pair.b.sad.get(packed(pair.b_addr), packed(pair.a_addr), 0x1001)
+    assert sa is not None
+    emit = lambda _e: None  # noqa: E731
+    assert sa.decrypt(wire[29], 2.0, emit) == (inner[29], 4)  # the small one, read ahead, opened first
+    singles: list[object] = []
+
+    def one_by_one(*args: object) -> object:
+        singles.append(args)
+        raise AssertionError("decrypt called")
+
+    real = sa.decrypt
+    sa.decrypt = one_by_one  # type: ignore[method-assign,assignment]
+    assert sa.decrypt_many(wire[:29], 2.0, emit) == (inner[:29], 0)
+    assert (sa.packets, sa.replay.top, sa.replay.bitmap & ((1 << 30) - 1)) == (30, 30, (1 << 30) - 1)
+    sa.decrypt = real  # type: ignore[method-assign]
+    again, others = sa.decrypt_many(wire[:29], 3.0, emit)
+    assert again == [Drop.REPLAYED] * 29 and others == 29 and sa.packets == 30
+
+
+@pytest.mark.parametrize("cipher", ["aes-gcm", "aes-cbc"])
+def test_a_forged_packet_read_ahead_never_moves_the_window(cipher: str) -> None:
+    """A forged datagram with a later sequence number opened first is dropped and leaves the window
+    where it was, so the batch before it is opened the batch way with the top unchanged by the forgery."""
+    pair = make_pair(cipher=cipher)
+    inner = [inner_packet(4, 100 + i) for i in range(20)]
+    wire = [r.payload for p in inner if isinstance(r := pair.a.send("t0", p, 1.0), Outbound)]
+    sa = pair.b.sad.get(packed(pair.b_addr), packed(pair.a_addr), 0x1001)
+    assert sa is not None
+    forged = wire[19][:4] + (1000).to_bytes(4, "big") + wire[19][8:]  # a far later number, its old ICV
+    assert sa.decrypt(forged, 2.0, lambda _e: None) == Drop.AUTH_FAILED
+    assert (sa.replay.top, sa.replay.bitmap) == (0, 0)
+    assert sa.decrypt_many(wire, 2.0, lambda _e: None) == (inner, 0) and sa.replay.top == 20
+
+
 def test_decrypt_many_of_nothing_is_nothing() -> None:
     pair = make_pair()
     sa = pair.b.sad.get(packed(pair.a_addr), packed(pair.b_addr), 0x1001)

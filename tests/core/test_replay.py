@@ -139,6 +139,78 @@ def test_accept_run_is_accept_of_each(size: int, before: list[int], gap: int, ru
     assert (many.top, many.bitmap) == (one.top, one.bitmap)
 
 
+@given(
+    st.sampled_from([1, 8, 64, 128, 1000, 4096]),
+    st.lists(st.integers(1, 6000), max_size=40),
+    st.integers(-1200, 50),
+    st.integers(1, 300),
+)
+@settings(max_examples=300, deadline=None)
+def test_check_run_is_check_of_each_and_accept_run_is_accept_of_each(
+    size: int, before: list[int], offset: int, run: int
+) -> None:
+    """A run anywhere around the top (below it too, as when a later packet read ahead was opened first):
+    `check_run` answers what `check` of each number says, changes nothing, and `accept_run` of a run it
+    passed leaves the window as `accept` of each in turn."""
+    one, many = ReplayWindow(size), ReplayWindow(size)
+    for seq in before:
+        for window in (one, many):
+            if window.check(seq):
+                window.accept(seq)
+    first = max(1, one.top + offset)
+    last = first + run - 1
+    state = (many.top, many.bitmap)
+    expected = all(one.check(seq) for seq in range(first, last + 1))
+    assert many.check_run(first, last) is expected
+    assert (many.top, many.bitmap) == state
+    if expected:
+        for seq in range(first, last + 1):
+            one.accept(seq)
+        many.accept_run(first, last)
+        assert (many.top, many.bitmap) == (one.top, one.bitmap)
+
+
+@pytest.mark.parametrize("size", [32, 128, 4096])
+def test_read_ahead_table(size: int) -> None:
+    """Numbered steps of (first, last, passes?) of runs checked with `check_run` and, when they pass,
+    recorded with `accept_run`: a small packet read ahead of a bulk backlog is opened first, the bulk
+    behind it still passes as long as it lies inside the window, and nothing passes twice."""
+    w = size
+    steps = [
+        (1, w // 2, True),  # 1: a bulk read in order
+        (w + 1, w + 1, True),  # 2: a ping read ahead of the bulk, opened first
+        (w // 2 + 1, w, True),  # 3: the bulk before it, below the top, all new
+        (w // 2 + 1, w, False),  # 4: the same run again (replayed)
+        (w, w + 2, False),  # 5: straddles the top, but w and w+1 were received
+        (w + 2, w + w // 4, True),  # 6: the bulk after the ping, above the top
+        (3 * w, 3 * w, True),  # 7: read ahead by 2w: the top moves far
+        (
+            w + w // 4 + 1,
+            2 * w,
+            False,
+        ),  # 8: behind by more than the window: outside (hence --read-ahead < window)
+        (2 * w + 1, 3 * w - 1, True),  # 9: the oldest numbers the window still holds, up to the top
+        (0, 3, False),  # 10: RFC 4303 §3.3.3: 0 is never sent
+        (3 * w + 1, 3 * w + 1, True),  # 11
+        (3 * w + 1, 3 * w + 1, False),  # 12
+    ]
+    window = ReplayWindow(size)
+    received: set[int] = set()
+    for step, (first, last, expected) in enumerate(steps, 1):
+        assert window.check_run(first, last) is expected, f"step {step}: run {first}-{last}"
+        if expected:
+            window.accept_run(first, last)
+            received.update(range(first, last + 1))
+        assert window.top == max(received), f"step {step}"
+        assert all(not window.check(seq) for seq in received if seq > window.top - size), f"step {step}"
+
+
+def test_check_run_with_the_window_off_passes_anything_but_zero() -> None:
+    window = ReplayWindow(0)
+    window.accept_run(1, 10)
+    assert window.check_run(1, 10) and window.check_run(5, 5) and not window.check_run(0, 3)
+
+
 def test_check_changes_nothing() -> None:
     window = ReplayWindow(64)
     for seq in (1, 2, 5, 9):

@@ -58,10 +58,10 @@ def test_an_idle_ping_takes_the_short_way_both_ways(
         _pump(a, b)
         assert a.device().take() == [reply]
     assert [x.sent for x in batches] == [0, 0]
-    if encap == "udp":  # one sendmsg each, not a burst
+    if encap.startswith("udp"):  # one sendmsg each, not a burst
         assert a.kernel.udp[(4, 4500)].sent_one == 4 and b.kernel.udp[(4, 4500)].sent_one == 3
     # the short way, but for ESP-in-UDP's first reply (A learns B's port: NAT traversal's work, the batch's)
-    assert [x.received for x in batches] == ([1, 0] if encap == "udp" else [0, 0])
+    assert [x.received for x in batches] == ([1, 0] if encap.startswith("udp") else [0, 0])
     assert a.engine.stats_for("ipsec1").tx_packets == 4 and b.engine.stats_for("ipsec1").rx_packets == 4
     assert [d.payload[4:8] for d in network.wire if d.payload[:4] == bytes.fromhex("00001000")] == [
         n.to_bytes(4, "big") for n in range(1, 5)

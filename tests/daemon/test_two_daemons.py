@@ -30,7 +30,7 @@ from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.gso import Offload
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
-from ipsec_tunnel.daemon.dataplane import DataPlane
+from ipsec_tunnel.daemon.dataplane import READ_AHEAD, DataPlane
 from ipsec_tunnel.daemon.kernel import Kernel
 from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.state import Store
@@ -87,12 +87,12 @@ class Daemon:
         return received
 
 
-def _start(tmp_path: Path, network: FakeNetwork, address: str) -> Daemon:
+def _start(tmp_path: Path, network: FakeNetwork, address: str, read_ahead: int = 0) -> Daemon:
     """What daemon.main does, on the fake kernel."""
     kernel = FakeKernel(network, [address])
     edge: Kernel = kernel  # the fake is a Kernel (checked by mypy)
     engine = Engine()
-    plane = DataPlane(engine, kernel=edge, clock=lambda: NOW)
+    plane = DataPlane(engine, kernel=edge, clock=lambda: NOW, read_ahead=read_ahead)
     plane.open_transports()
     plane.devices.create(BASE_DEVICE)
     store = Store(tmp_path / address)
@@ -115,11 +115,12 @@ def _key(tmp_path: Path, name: str) -> str:
     return str(path)
 
 
-@pytest.fixture(params=["raw", "udp"])
+@pytest.fixture(params=["raw", "udp", "raw-read-ahead", "udp-read-ahead"])
 def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Daemon, Daemon, FakeNetwork, str]]:
     network = FakeNetwork()
-    a, b = _start(tmp_path, network, A), _start(tmp_path, network, B)
-    encap = ["--encap=udp"] if request.param == "udp" else []
+    ahead = READ_AHEAD if request.param.endswith("read-ahead") else 0
+    a, b = _start(tmp_path, network, A, ahead), _start(tmp_path, network, B, ahead)
+    encap = ["--encap=udp"] if request.param.startswith("udp") else []
     a_to_b, b_to_a = _key(tmp_path, "a-to-b.key"), _key(tmp_path, "b-to-a.key")
     try:
         for d, local, remote in ((a, A, B), (b, B, A)):
@@ -154,7 +155,7 @@ def test_two_daemons_ping_each_other(pair: tuple[Daemon, Daemon, FakeNetwork, st
     assert b.device().take() == [echo]
     (outer,) = network.wire
     assert (outer.src, outer.dst) == (bytes((192, 0, 2, 1)), bytes((192, 0, 2, 2)))
-    assert (outer.sport, outer.dport) == ((4500, 4500) if encap == "udp" else (0, 0))
+    assert (outer.sport, outer.dport) == ((4500, 4500) if encap.startswith("udp") else (0, 0))
     assert outer.payload[:4] == bytes.fromhex("00001000") and b"ping" not in outer.payload  # SPI, sealed
     reply = _echo(INNER_B, INNER_A, 1, reply=True)
     b.device().route(reply)

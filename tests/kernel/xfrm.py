@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-DEFAULT_REPLAY_WINDOW = 128  # ipsecd's default; the kernel's default is 0 (no replay protection)
+# the kernel side's window when the ipsecadm line names none: xfrm's legacy replay_window is a u8 (at most
+# 255; ipsecd's own default is 4096); the kernel's default is 0 (no replay protection)
+DEFAULT_REPLAY_WINDOW = 128
 
 # ipsecadm --cipher name -> (ip xfrm keyword, kernel algorithm name, ICV bits for AEAD or None)
 CIPHERS: dict[str, tuple[str, str, int | None]] = {

@@ -592,7 +592,8 @@ class SecurityAssociation:
     ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
         """`decrypt` of each packet, in order, with the same checks, drops and counters, except that a
         whole inner IP packet may come as its bytes alone (as `esp.open_aead16_many` gives them); and
-        how many results are not such bytes. A batch of new sequence numbers in order, as nearly always,
+        how many results are not such bytes. A batch of new sequence numbers in order, as nearly always
+        (also below the top, when a later packet read ahead was opened first: `ReplayWindow.check_run`),
         has its window checked before the ICVs and moved after them, and the journal written, once for
         all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
         without ESN."""
@@ -603,7 +604,7 @@ class SecurityAssociation:
             first, last = _in_order(packets)
         if not (
             first >= 0
-            and replay.top < first
+            and replay.check_run(first, last)
             and last <= self.in_limit
             and (
                 self._own < 0

@@ -30,7 +30,7 @@ from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
-from . import lone
+from . import lone, readahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
+READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,13 @@ class DataPlane:
         aqm: AqmOptions | None = None,
         wall: Callable[[], float] = time.time,
         sparse_first: bool = True,
+        read_ahead: int = 0,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.sparse_first = sparse_first  # a device batch's sparse flows are sealed first (core.fq)
+        self.read_ahead = read_ahead  # bytes read ahead of decryption on the outer sockets (0: off)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
@@ -390,6 +393,11 @@ class DataPlane:
     ) -> dict[str, list[bytes]]:
         """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header: the inner
         packets per device (the ICMP errors are sent)."""
+        if isinstance(datagrams, list) and len(datagrams) == 1:  # read alone: the short way (core.lone)
+            src, dst, tos, esp = datagrams[0]
+            one = self.engine.receive_one(src, dst, esp, now, tos)
+            if one is not False:
+                return {} if one is True else {one.device: [one.packet]}
         pending: dict[str, list[bytes]] = {}
         group: list[bytes] = []
         key: tuple[bytes, bytes, int] | None = None
@@ -406,7 +414,11 @@ class DataPlane:
 
     def on_raw(self, raw: RawEdge) -> None:
         """Decrypt ESP packets from the raw socket (many per system call where it can), up to
-        `batch_packets`; with AQM, CoDel judges each read by how long its first packet waited."""
+        `batch_packets`; with AQM, CoDel judges each read by how long its first packet waited. With
+        `read_ahead`, `readahead.serve_raw` instead."""
+        if self.read_ahead:
+            readahead.serve_raw(self, raw)
+            return
         now = self.clock()
         queue = self.codel.get(raw.fileno())
         pending: dict[str, list[bytes]] = {}
@@ -496,7 +508,11 @@ class DataPlane:
         """Decrypt ESP-in-UDP datagrams: up to BATCH reads. After every read, what is not TCP goes into
         its device at once and the tunnel devices then readable (its answer) are served; after every
         `batch_packets` packets, when another source is readable, that source gets its turn first. With
-        AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`)."""
+        AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`). With
+        `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first."""
+        if self.read_ahead:
+            readahead.serve_udp(self, udp)
+            return
         now = self.clock()
         queue = self.codel.get(udp.fileno())
         pending: dict[str, list[bytes]] = {}

@@ -22,7 +22,7 @@ from ..core import framing
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
-from .dataplane import BATCH_PACKETS, NAT_T_PORT, AqmOptions, DataPlane, OffloadOptions
+from .dataplane import BATCH_PACKETS, NAT_T_PORT, READ_AHEAD, AqmOptions, DataPlane, OffloadOptions
 from .devices import PersistentDevices
 from .ike_io import start_ike
 from .ike_runner import IKE_PORT
@@ -144,6 +144,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default {BATCH_PACKETS}, 1 to 4096)",
     )
     queues.add_argument(
+        "--read-ahead",
+        type=_read_ahead,
+        default=READ_AHEAD,
+        metavar="BYTES",
+        help=f"bytes an outer socket is read ahead of decryption, so a small datagram behind a bulk "
+        f"backlog is opened first (default {READ_AHEAD}; suffixes k, m; 0: off)",
+    )
+    queues.add_argument(
         "--send-order",
         choices=SEND_ORDERS,
         default=DEFAULT_SEND_ORDER,
@@ -219,6 +227,18 @@ def _buffer_size(text: str) -> int:
     size = int(digits) * scale
     if not (64 << 10) <= size <= (256 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
+    return size
+
+
+def _read_ahead(text: str) -> int:
+    """A read-ahead in bytes: 0 (off), or 16 KiB to 64 MiB, with a k or m suffix (powers of 1024)."""
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
+    size = int(digits) * scale
+    if size and not (16 << 10) <= size <= (64 << 20):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 16k and 64m")
     return size
 
 
@@ -365,6 +385,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         batch_packets=args.batch,
         aqm=aqm(args),
         sparse_first=args.send_order == "sparse",
+        read_ahead=args.read_ahead,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None

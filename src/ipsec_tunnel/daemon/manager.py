@@ -17,6 +17,7 @@ from ..core.drops import RECEIVE_DROPS, SEND_DROPS
 from ..core.engine import Engine
 from ..core.ip import IPV6_MIN_MTU
 from ..core.plane import TunnelStats, inner_mtu
+from ..core.replay import DEFAULT_WINDOW
 from ..core.sa import (
     KEEPALIVE,
     ConfigError,
@@ -215,7 +216,7 @@ class Manager:
                 digest=arg(args, "digest", str),
                 digest_key=bytes.fromhex(arg(args, "digest_key", str, "")),
                 digest_bits=arg(args, "digest_bits", int),
-                replay_window=arg(args, "replay_window", int, 128),
+                replay_window=arg(args, "replay_window", int, DEFAULT_WINDOW),
                 esn=bool(arg(args, "esn", bool, False)),
                 encap=encap,
                 soft=_limits(args, "soft"),

@@ -1,0 +1,316 @@
+"""Reading the outer sockets ahead of decryption (`--read-ahead`, issue 13).
+
+Under a bulk transfer the standing queue is in the receiving socket: a ping's datagram waits there until
+everything before it is decrypted. Reading costs a fraction of opening, so a socket's turn reads up to
+`read_ahead` bytes ahead of what it has opened; a small datagram found behind the bulk it read
+(`SMALL` bytes at most, and over UDP alone in its read: not part of a UDP GRO batch) is opened at once,
+what it carries that is not TCP is delivered and its answer served (`DataPlane._answer`); then the bulk
+is opened, in the order read, one read at a time. Inner TCP packets keep the order they were read in,
+whichever datagram was opened first.
+
+Opening a later sequence number first moves the replay window's top (RFC 4303 §3.4.3). A small datagram
+is opened ahead only when the oldest datagram of its SA still waiting stays inside the SA's window, so
+the bulk behind is never refused as too old (else it waits for its turn, as without read-ahead); the
+bulk is then still opened many at a time (`ReplayWindow.check_run`). A forged datagram read ahead fails
+its ICV and moves nothing, as any other.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..core.replay import SEQ32
+from ..linux.udp import UdpDatagram
+
+if TYPE_CHECKING:
+    from ..core.sad import SADatabase
+    from .dataplane import DataPlane
+    from .kernel import RawEdge, UdpEdge
+
+log = logging.getLogger(__name__)
+
+SMALL = 512  # bytes of ESP: a ping, a keystroke, a DNS query, a voice packet; not a full-sized segment
+READS = 64  # reads (UDP GRO batches, recvmmsg batches) in one turn at most, as without read-ahead
+IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
+_NON_ESP = bytes(4)  # RFC 3948 §2.2: the non-ESP marker (IKE) where an SPI would be
+
+
+@dataclass(eq=False)
+class _Read:
+    """What one read gave, waiting to be opened: the datagrams (a UDP read: `udp` and its payloads; raw
+    ESP: `raw`), or, for a small datagram opened ahead, its inner TCP packets (`opened`), kept for
+    their place in the order read."""
+
+    udp: UdpDatagram | None = None
+    payloads: list[bytes] = field(default_factory=list)
+    raw: list[tuple[bytes, bytes, int, bytes]] = field(default_factory=list)
+    opened: dict[str, list[bytes]] | None = None
+    size: int = 0  # bytes
+    big: int = 0  # datagrams (or UDP GRO batches) longer than SMALL: the bulk a small one may go ahead of
+    stamp: float = 0.0  # when the kernel received the read (AQM)
+    small: bool = False  # a small datagram that could not go ahead yet (the replay window)
+
+
+def _is_tcp(p: bytes) -> bool:
+    return len(p) > 9 and p[9 if p[0] >> 4 == 4 else 6] == IPPROTO_TCP
+
+
+def _split(deliver: dict[str, list[bytes]]) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]]]:
+    """(what is not TCP, the TCP packets), per device, each in order."""
+    ahead: dict[str, list[bytes]] = {}
+    tcp: dict[str, list[bytes]] = {}
+    for device, batch in deliver.items():
+        rest = [p for p in batch if not _is_tcp(p)]
+        if rest:
+            ahead[device] = rest
+        if len(rest) != len(batch):
+            tcp[device] = [p for p in batch if _is_tcp(p)]
+    return ahead, tcp
+
+
+def _first_key(entry: _Read) -> tuple[bytes, bytes, bytes] | None:
+    """(source, destination, ESP) of the oldest datagram of `entry` still to open."""
+    if entry.opened is not None:
+        return None
+    if entry.udp is not None:
+        return (entry.udp.src, entry.udp.dst, entry.payloads[0]) if entry.payloads else None
+    return (entry.raw[0][0], entry.raw[0][1], entry.raw[0][3]) if entry.raw else None
+
+
+def _before(sorted_positions: list[int], start: int) -> int:
+    """How many of `sorted_positions` are below `start`."""
+    return bisect.bisect_left(sorted_positions, start)
+
+
+def inside(sad: SADatabase, waiting: deque[_Read], src: bytes, dst: bytes, esp: bytes) -> bool:
+    """Whether opening `esp` now keeps the oldest waiting datagram of its SA inside the SA's replay
+    window (RFC 4303 §3.4.3): the sequence numbers from it to `esp`'s span fewer than the window."""
+    if len(esp) < 8 or esp[:4] == _NON_ESP:
+        return True
+    spi = esp[:4]
+    for entry in waiting:
+        key = _first_key(entry)
+        if key is not None and key[0] == src and key[1] == dst and key[2][:4] == spi and len(key[2]) >= 8:
+            oldest = int.from_bytes(key[2][4:8], "big")
+            break
+    else:
+        return True  # nothing of its SA waits
+    sa = sad.get(dst, src, int.from_bytes(spi, "big"))
+    if sa is None or not sa.replay.size:
+        return True  # dropped anyway, or no window
+    ahead = (int.from_bytes(esp[4:8], "big") - oldest) % SEQ32
+    return ahead < sa.replay.size or ahead >= SEQ32 // 2  # ahead by less than the window, or behind
+
+
+class _Turn:
+    """One socket's turn: what was read and not yet opened, and what is opened and pending delivery."""
+
+    def __init__(self, plane: DataPlane, fd: int) -> None:
+        self.plane = plane
+        self.fd = fd
+        self.now = plane.clock()
+        self.waiting: deque[_Read] = deque()
+        self.held = 0  # bytes read, not yet opened
+        self.big = 0  # of which datagrams longer than SMALL (UDP: reads)
+        self.smalls = 0  # small datagrams waiting because the window did not allow them ahead yet
+        self.pending: dict[str, list[bytes]] = {}
+        self.seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
+        self.reads = 0
+        self.most = 1 if plane.woken else READS
+        self.reading = True
+        self.gathered = 0
+        self.codel = plane.codel.get(fd)
+
+    def ahead(self, deliver: dict[str, list[bytes]]) -> bool:
+        """A small datagram's inner packets, opened ahead: what is not TCP delivered now, TCP kept at
+        its place in the order read. Whether anything was delivered."""
+        now_out, tcp = _split(deliver)
+        if tcp:
+            if self.waiting:
+                self.waiting.append(_Read(opened=tcp))
+            else:
+                self.plane._merge(self.pending, tcp, [])
+        if now_out:
+            self.plane.deliver(now_out)
+            return True
+        return False
+
+    def opened(self, deliver: dict[str, list[bytes]], stamp: float, count: int) -> None:
+        """A read's inner packets, opened in turn: CoDel (with AQM), then pending; what is not TCP goes
+        at once and the answers are served (as `DataPlane.on_udp`)."""
+        plane = self.plane
+        if self.codel is not None and stamp and deliver and plane._signal(self.codel, deliver, stamp, count):
+            plane._flush(self.pending)
+            self.seen.clear()
+        plane._merge(self.pending, deliver, [])
+        if self.pending and plane._deliver_ahead(self.pending, self.seen):
+            plane._answer()
+        self.gathered += count
+        if self.gathered >= plane.batch_packets:
+            if plane._others_ready(self.fd):
+                self.reading = False  # open what was read, then the other sources get their turn
+            else:
+                self.gathered = 0
+
+    def wait(self, entry: _Read) -> None:
+        """Keep `entry`, read, to be opened in turn."""
+        self.waiting.append(entry)
+        self.held += entry.size
+        self.big += entry.big
+        self.smalls += entry.small
+
+    def now_inside(self) -> list[_Read]:
+        """The small datagrams kept waiting that the window now lets go ahead (left in their place:
+        `ahead_in_place` once opened)."""
+        sad = self.plane.engine.sad
+        ready = []
+        for entry in self.waiting:
+            if entry.small:
+                src, dst, esp = _first_key(entry) or (b"", b"", b"")
+                if inside(sad, self.waiting, src, dst, esp):
+                    ready.append(entry)
+        return ready
+
+    def ahead_in_place(self, entry: _Read, deliver: dict[str, list[bytes]]) -> bool:
+        """`ahead` for a small datagram kept waiting and now opened: its TCP packets stay at its place."""
+        self.held -= entry.size
+        self.smalls -= 1
+        entry.small = False
+        now_out, entry.opened = _split(deliver)
+        if now_out:
+            self.plane.deliver(now_out)
+            return True
+        return False
+
+    def next_waiting(self) -> _Read | None:
+        """The oldest read still waiting (a small datagram's TCP packets go into pending on the way)."""
+        while self.waiting:
+            entry = self.waiting.popleft()
+            if entry.opened is None:
+                self.held -= entry.size
+                self.big -= entry.big
+                self.smalls -= entry.small
+                return entry
+            self.plane._merge(self.pending, entry.opened, [])
+        return None
+
+    def finish(self) -> None:
+        if self.pending:
+            self.plane.deliver(self.pending)
+
+
+def _open_udp(plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
+    """The inner packets of one UDP read, per device (the ICMP errors are sent); a datagram read alone
+    takes the short way (`core.lone`) where it can."""
+    if len(payloads) == 1 and (one := plane.engine.receive_one(d.src, d.dst, payloads[0], now, d.tos,
+                                                                d.sport)) is not False:  # fmt: skip
+        return {} if one is True else {one.device: [one.packet]}
+    deliver, rejects = plane.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport)
+    for r in rejects:
+        plane.reject(r)
+    return deliver
+
+
+def serve_udp(plane: DataPlane, udp: UdpEdge) -> None:
+    """`DataPlane.on_udp` reading ahead: up to `plane.read_ahead` bytes read and not yet opened."""
+    turn = _Turn(plane, udp.fileno())
+    sad, limit = plane.engine.sad, plane.read_ahead
+    waiting = turn.waiting
+    while True:
+        answered = False
+        while turn.reading and turn.held < limit and turn.reads < turn.most:
+            try:
+                got = udp.recv_batch()
+            except OSError as exc:
+                log.debug("UDP receive failed: %s", exc)
+                turn.reading = False
+                break
+            if got is None:
+                break
+            turn.reads += 1
+            d, payloads = got
+            size = sum(map(len, payloads))
+            small = turn.big > 0 and len(payloads) == 1 and size <= SMALL  # alone in its read, behind bulk
+            if small and inside(sad, waiting, d.src, d.dst, payloads[0]):
+                answered = turn.ahead(_open_udp(plane, d, payloads, turn.now)) or answered
+                continue
+            turn.wait(
+                _Read(udp=d, payloads=payloads, size=size, big=size > SMALL, stamp=d.stamp, small=small)
+            )
+        if turn.smalls:
+            for late in turn.now_inside():
+                assert late.udp is not None
+                answered = (
+                    turn.ahead_in_place(late, _open_udp(plane, late.udp, late.payloads, turn.now)) or answered
+                )
+        if answered:
+            plane._answer()
+        entry = turn.next_waiting()
+        if entry is None:
+            break
+        assert entry.udp is not None
+        turn.opened(_open_udp(plane, entry.udp, entry.payloads, turn.now), entry.stamp, len(entry.payloads))
+    turn.finish()
+
+
+def serve_raw(plane: DataPlane, raw: RawEdge) -> None:
+    """`DataPlane.on_raw` reading ahead: up to `plane.read_ahead` bytes read and not yet opened. A
+    recvmmsg batch is cut where a small datagram was taken out ahead of it, so each part stays in
+    sequence (and is opened many at a time)."""
+    turn = _Turn(plane, raw.fileno())
+    sad, limit = plane.engine.sad, plane.read_ahead
+    waiting = turn.waiting
+    while True:
+        answered = False
+        while turn.reading and turn.held < limit and turn.reads < turn.most:
+            try:
+                got = raw.recv_batch()
+            except OSError as exc:
+                log.debug("raw receive failed: %s", exc)
+                turn.reading = False
+                break
+            if got is None:
+                break
+            turn.reads += 1
+            stamp = raw.stamp
+            sizes = [len(datagram[3]) for datagram in got]
+            smalls = [i for i, n in enumerate(sizes) if n <= SMALL]
+            start = 0  # the first datagram of `got` not yet waiting or opened
+            for k, i in enumerate(smalls):
+                if not turn.big and i == k:
+                    continue  # only small ones so far: nothing to go ahead of
+                if i > start:
+                    part = sizes[start:i]
+                    turn.wait(
+                        _Read(raw=got[start:i], size=sum(part), big=sum(n > SMALL for n in part), stamp=stamp)
+                    )
+                start = i + 1
+                src, dst, _tos, esp = datagram = got[i]
+                if inside(sad, waiting, src, dst, esp):
+                    answered = turn.ahead(plane._receive_runs([datagram], turn.now)) or answered
+                else:  # not inside the window yet
+                    turn.wait(_Read(raw=[datagram], size=len(esp), stamp=stamp, small=True))
+            if start < len(got):
+                rest = sizes[start:] if start else sizes
+                turn.wait(
+                    _Read(
+                        raw=got[start:] if start else got,
+                        size=sum(rest),
+                        big=len(rest) - (len(smalls) - _before(smalls, start)),
+                        stamp=stamp,
+                    )
+                )
+        if turn.smalls:
+            for late in turn.now_inside():
+                answered = turn.ahead_in_place(late, plane._receive_runs(late.raw, turn.now)) or answered
+        if answered:
+            plane._answer()
+        entry = turn.next_waiting()
+        if entry is None:
+            break
+        turn.opened(plane._receive_runs(entry.raw, turn.now), entry.stamp, len(entry.raw))
+    turn.finish()
