@@ -43,6 +43,7 @@ SAMPLER = Path(__file__).resolve().parent / "lib" / "sampler"
 # Kinds of work, by the innermost frame of ipsec_tunnel's ("file:function" prefix; the first that
 # matches): NumPy's own frames count for the code that called them
 KINDS = [
+    ("CBC loops", ["esp.py:seal_rows_cbc", "esp.py:open_cbc_many", "esp.py:seal_cbc", "esp.py:open_cbc"]),
     (
         "AES-GCM loops",
         ["esp.py:seal_rows", "esp.py:open_aead16_many", "esp.py:seal_aead16", "esp.py:open_aead16"],
@@ -146,6 +147,7 @@ def main() -> int:
     p.add_argument("--variant", action="append", required=True, metavar="NAME=SRC[:OPT,OPT]",
                    help="a name, the src directory to import ipsec_tunnel from, ipsecd options")  # fmt: skip
     p.add_argument("--esp", action="store_true", help="raw ESP instead of ESP-in-UDP")
+    p.add_argument("--cbc", action="store_true", help="AES-128-CBC + HMAC-SHA-256 instead of AES-128-GCM")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--top", type=int, default=25, help="functions listed per end")
@@ -159,8 +161,11 @@ def main() -> int:
         for spec in args.variant:
             name, src, options = variant_spec(spec)
             plane = Variant(f"{args.prefix}{len(planes)}", work, src, options, Profiled)
+            cipher = "cbc" if args.cbc else "gcm"
             if args.esp:
-                plane.config, plane.encap_filter = OursConfig("gcm", False), "ip proto 50"
+                plane.config, plane.encap_filter = OursConfig(cipher, False), "ip proto 50"
+            elif args.cbc:
+                plane.config = OursConfig(cipher, True)
             planes[name] = plane
         for plane in planes.values():
             plane.open()

@@ -1,5 +1,5 @@
 /* Per-packet framing of ipsec-tunnel's core in C: byte shuffling and Internet checksums only, no
- * cryptography (that stays in the `cryptography` package).
+ * cryptography (that stays in the `cryptography` package, called from here where a loop runs here).
  *
  * tcp_rows:     a TCP super-packet (TSO) cut into segment rows, each followed by ESP's trailer, with
  *               every header field and checksum made whole (as core/tso.py, core/gso.py split_tcp).
@@ -9,6 +9,9 @@
  * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
+ * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
+ *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
+ *               the views of packet memory handed to it are checked not to outlive the call.
  * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
@@ -501,43 +504,47 @@ PyDoc_STRVAR(whole_inner_doc,
 "(RFC 4303 §2.4-2.6: padding 1, 2, 3, ..., pad length, next header 4 or 41 by the IP version); None for\n"
 "anything else (core/esp.py open_aead16_many and open_cbc_many decide then).");
 
-static PyObject *
-whole_inner(PyObject *self, PyObject *args)
+/* The IP length of the whole inner packet at `at` in the decrypted payload p[:len] (as whole_inner
+ * takes it), or -1 when it is not one. */
+static Py_ssize_t
+inner_length(const uint8_t *p, Py_ssize_t len, Py_ssize_t at)
 {
-    Py_buffer buf;
-    Py_ssize_t at;
-    PyObject *out = NULL;
-    if (!PyArg_ParseTuple(args, "y*n:whole_inner", &buf, &at))
-        return NULL;
-    const uint8_t *p = buf.buf;
-    Py_ssize_t len = buf.len;
     if (at < 0 || len - at < 22) /* at least an IPv4 header and the trailer */
-        goto none;
+        return -1;
     Py_ssize_t pad = p[len - 2], nh = p[len - 1];
     Py_ssize_t end = len - 2 - pad; /* where the trailer starts */
     Py_ssize_t ip_len;
     if (p[at] == 0x45) { /* RFC 791: version 4, a 20-byte header; the total length at octets 2-3 */
         ip_len = (Py_ssize_t)p[at + 2] << 8 | p[at + 3];
         if (nh != 4 || ip_len < 20)
-            goto none;
+            return -1;
     } else if (p[at] >> 4 == 6 && len - at >= 42) { /* RFC 8200: the payload length (after 40) at 4-5 */
         ip_len = 40 + ((Py_ssize_t)p[at + 4] << 8 | p[at + 5]);
         if (nh != 41)
-            goto none;
+            return -1;
     } else {
-        goto none;
+        return -1;
     }
     if (ip_len != end - at)
-        goto none;
+        return -1;
     for (Py_ssize_t i = 0; i < pad; i++)
         if (p[end + i] != (uint8_t)(i + 1))
-            goto none;
-    out = PyBytes_FromStringAndSize((const char *)p + at, ip_len);
+            return -1;
+    return ip_len;
+}
+
+static PyObject *
+whole_inner(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t at;
+    if (!PyArg_ParseTuple(args, "y*n:whole_inner", &buf, &at))
+        return NULL;
+    Py_ssize_t ip_len = inner_length(buf.buf, buf.len, at);
+    PyObject *out = ip_len < 0 ? Py_NewRef(Py_None)
+                               : PyBytes_FromStringAndSize((const char *)buf.buf + at, ip_len);
     PyBuffer_Release(&buf);
     return out;
-none:
-    PyBuffer_Release(&buf);
-    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(in_order_doc,
@@ -570,6 +577,430 @@ in_order(PyObject *self, PyObject *args)
         if (get32((const uint8_t *)PyBytes_AS_STRING(items[i]) + 4) != first + (uint64_t)i)
             return Py_BuildValue("(nn)", (Py_ssize_t)-1, (Py_ssize_t)-1);
     return Py_BuildValue("(KK)", (unsigned long long)first, (unsigned long long)last);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* A memoryview on `len` bytes at `p`, read-only or writable (`flags`: PyBUF_READ, PyBUF_WRITE). It does
+ * not own them: the callers below let go of it (and check that nobody kept it) before they may go. */
+static PyObject *
+view_of(const uint8_t *p, Py_ssize_t len, int flags)
+{
+    return PyMemoryView_FromMemory((char *)p, len, flags);
+}
+
+/* Lets go of `view` (a view_of); 1 when someone else still held it: it is then released, so that it
+ * can never be read again (the exception being raised, if any, is kept). */
+static int
+let_go(PyObject *view)
+{
+    int kept = Py_REFCNT(view) != 1;
+    if (kept) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = PyObject_CallMethod(view, "release", NULL);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(view);
+    return kept;
+}
+
+/* `call(a, b, c, d)`, then each argument let go of; -1 when the call raised or one of the views it was
+ * given (b and d) is still held by someone (it must not outlive the memory it shows: it is released). */
+static int
+call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObject **result)
+{
+    *result = NULL;
+    if (a == NULL || b == NULL || c == NULL || d == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        Py_XDECREF(d);
+        return -1;
+    }
+    PyObject *argv[4] = {a, b, c, d};
+    *result = PyObject_Vectorcall(call, argv, 4, NULL);
+    int kept = let_go(b) | let_go(d); /* the views: the data and the buffer */
+    Py_DECREF(a);
+    Py_DECREF(c);
+    if (kept) {
+        Py_CLEAR(*result);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a view of a packet buffer outlived the call");
+        return -1;
+    }
+    return *result == NULL ? -1 : 0;
+}
+
+PyDoc_STRVAR(seal_rows_aead_doc,
+"seal_rows_aead(encrypt_into, spi, first_seq, split, salt, rows, width, /) -> list[bytes]\n\n"
+"core/esp.py seal_rows with the AEAD's encrypt_into(nonce, data, aad, buf) (the `cryptography` call does\n"
+"all the cryptography): per row of `width` bytes of the buffer `rows`, in order, the ESP packet SPI ||\n"
+"sequence number || IV || ciphertext || 16-byte ICV, the IV the 64-bit counter (RFC 4106 §3.1) with its\n"
+"top bit set when `split`, the nonce salt || IV, the AAD SPI || sequence number (RFC 4106 §5).\n"
+"ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+
+static PyObject *
+seal_rows_aead(PyObject *self, PyObject *args)
+{
+    PyObject *encrypt_into, *out = NULL;
+    unsigned long spi;
+    unsigned long long first;
+    int split;
+    Py_buffer salt, rows;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "OkKpy*y*n:seal_rows_aead", &encrypt_into, &spi, &first, &split, &salt, &rows,
+                          &width))
+        return NULL;
+    if (salt.len != 4 || width <= 0 || width > IP_MAXPACKET + 40 || rows.len % width || spi > 0xFFFFFFFFul
+        || first > 0xFFFFFFFFull || first + (unsigned long long)(rows.len / width) > 0x100000000ull) {
+        PyErr_SetString(PyExc_ValueError, "seal_rows_aead: rows, SPI or sequence numbers out of range");
+        goto done;
+    }
+    Py_ssize_t count = rows.len / width, size = 16 + width + 16;
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *packet = PyBytes_FromStringAndSize(NULL, size);
+        if (packet == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, packet);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
+        uint64_t seq = first + (uint64_t)i, iv = seq | (split ? (uint64_t)1 << 63 : 0);
+        put32(o, (uint32_t)spi);
+        put32(o + 4, (uint32_t)seq);
+        put32(o + 8, (uint32_t)(iv >> 32));
+        put32(o + 12, (uint32_t)iv);
+        PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12);
+        if (nonce != NULL) {
+            memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+            memcpy(PyBytes_AS_STRING(nonce) + 4, o + 8, 8);
+        }
+        PyObject *result;
+        if (call4(encrypt_into, nonce, view_of((const uint8_t *)rows.buf + i * width, width, PyBUF_READ),
+                  PyBytes_FromStringAndSize((const char *)o, 8), view_of(o + 16, width + 16, PyBUF_WRITE), &result) < 0)
+            goto fail;
+        Py_ssize_t wrote = PyLong_AsSsize_t(result);
+        Py_DECREF(result);
+        if (wrote != width + 16) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "seal_rows_aead: encrypt_into wrote an unexpected length");
+            goto fail;
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&rows);
+    return out;
+}
+
+PyDoc_STRVAR(open_aead16_many_doc,
+"open_aead16_many(decrypt_into, salt, packets, invalid_tag, malformed, auth_failed, unpadded, /)\n"
+"-> tuple[list, int] | None\n\n"
+"core/esp.py open_aead16_many with the AEAD's decrypt_into(nonce, data, aad, buf) (the `cryptography`\n"
+"call does all the cryptography): per packet, in order, `malformed` for a body that is not a whole\n"
+"number of 4 bytes (at least 4), `auth_failed` where decrypt_into raises `invalid_tag`, the inner packet\n"
+"alone where whole_inner(plain, 0) finds it, else unpadded(plain); and how many are not such bytes.\n"
+"None when a packet is not bytes (the Python code decides then).");
+
+static PyObject *
+open_aead16_many_c(PyObject *self, PyObject *args)
+{
+    PyObject *decrypt_into, *list, *invalid_tag, *malformed, *auth_failed, *unpadded, *out = NULL;
+    Py_buffer salt;
+    if (!PyArg_ParseTuple(args, "Oy*O!OOOO:open_aead16_many", &decrypt_into, &salt, &PyList_Type, &list,
+                          &invalid_tag, &malformed, &auth_failed, &unpadded))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    if (salt.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "open_aead16_many: a salt of 4 bytes");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i])) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = items[i];
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 32; /* header 8, IV 8, ICV 16 */
+        if (body < 4 || body & 3) {
+            PyList_SET_ITEM(out, i, Py_NewRef(malformed));
+            others++;
+            continue;
+        }
+        PyObject *plain = PyBytes_FromStringAndSize(NULL, body);
+        if (plain == NULL)
+            goto fail;
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
+        PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12);
+        if (nonce != NULL) {
+            memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+            memcpy(PyBytes_AS_STRING(nonce) + 4, p + 8, 8);
+        }
+        PyObject *result;
+        /* the item stays alive: the list holds it while this runs */
+        if (call4(decrypt_into, nonce, view_of(p + 16, len - 16, PyBUF_READ), PyBytes_FromStringAndSize((const char *)p, 8),
+                  view_of(o, body, PyBUF_WRITE), &result) < 0) {
+            Py_DECREF(plain);
+            if (result == NULL && PyErr_ExceptionMatches(invalid_tag)) {
+                PyErr_Clear();
+                PyList_SET_ITEM(out, i, Py_NewRef(auth_failed));
+                others++;
+                continue;
+            }
+            goto fail;
+        }
+        Py_DECREF(result);
+        Py_ssize_t ip_len = inner_length(o, body, 0);
+        if (ip_len < 0) {
+            PyObject *other = PyObject_CallOneArg(unpadded, plain);
+            Py_DECREF(plain);
+            if (other == NULL)
+                goto fail;
+            PyList_SET_ITEM(out, i, other);
+            others++;
+            continue;
+        }
+        if (ip_len < body && _PyBytes_Resize(&plain, ip_len) < 0) /* only this function holds it */
+            goto fail;
+        PyList_SET_ITEM(out, i, plain);
+    }
+    PyObject *pair = Py_BuildValue("(Nn)", out, others);
+    out = pair;
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&salt);
+    return out;
+}
+
+/* 0 when the `len` bytes at a and b are equal, in time independent of where they differ. */
+static int
+differ(const uint8_t *a, const uint8_t *b, Py_ssize_t len)
+{
+    volatile uint8_t acc = 0;
+    for (Py_ssize_t i = 0; i < len; i++)
+        acc |= a[i] ^ b[i];
+    return acc != 0;
+}
+
+/* The HMAC of the `len` bytes at `p`: start(), then update(a view of them), then finalize(); a new
+ * reference to the digest (bytes of at least `icv_len`), or NULL. */
+static PyObject *
+hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len)
+{
+    static PyObject *update_name, *finalize_name;
+    if (update_name == NULL && (update_name = PyUnicode_InternFromString("update")) == NULL)
+        return NULL;
+    if (finalize_name == NULL && (finalize_name = PyUnicode_InternFromString("finalize")) == NULL)
+        return NULL;
+    PyObject *h = PyObject_CallNoArgs(start);
+    if (h == NULL)
+        return NULL;
+    PyObject *view = view_of(p, len, PyBUF_READ), *digest = NULL;
+    if (view == NULL)
+        goto done;
+    PyObject *r = PyObject_CallMethodOneArg(h, update_name, view);
+    int kept = let_go(view);
+    if (r == NULL || kept) {
+        Py_XDECREF(r);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a view of a packet buffer outlived the call");
+        goto done;
+    }
+    Py_DECREF(r);
+    digest = PyObject_CallMethodNoArgs(h, finalize_name);
+    if (digest != NULL && (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) < icv_len)) {
+        Py_CLEAR(digest);
+        PyErr_SetString(PyExc_ValueError, "an HMAC shorter than the ICV");
+    }
+done:
+    Py_DECREF(h);
+    return digest;
+}
+
+PyDoc_STRVAR(seal_rows_cbc_doc,
+"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, /) -> list[bytes]\n\n"
+"core/esp.py seal_rows_cbc after its one encryption: per `step` bytes of `sealed` (a row's IV and\n"
+"ciphertext), in order, SPI || sequence number || those bytes || the first icv_len bytes of the HMAC\n"
+"over all before it, computed by start() (a keyed `cryptography` HMAC), update() and finalize() (RFC\n"
+"4303 §2.8). ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+
+static PyObject *
+seal_rows_cbc(PyObject *self, PyObject *args)
+{
+    PyObject *start, *out = NULL;
+    Py_ssize_t icv_len, step;
+    unsigned long spi;
+    unsigned long long first;
+    Py_buffer sealed;
+    if (!PyArg_ParseTuple(args, "OnkKy*n:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step))
+        return NULL;
+    if (step <= 0 || step > IP_MAXPACKET + 40 || sealed.len % step || icv_len < 0 || icv_len > 64
+        || spi > 0xFFFFFFFFul || first > 0xFFFFFFFFull
+        || first + (unsigned long long)(sealed.len / step) > 0x100000000ull) {
+        PyErr_SetString(PyExc_ValueError, "seal_rows_cbc: rows, SPI or sequence numbers out of range");
+        goto done;
+    }
+    Py_ssize_t count = sealed.len / step;
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *packet = PyBytes_FromStringAndSize(NULL, 8 + step + icv_len);
+        if (packet == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, packet);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
+        put32(o, (uint32_t)spi);
+        put32(o + 4, (uint32_t)(first + (uint64_t)i));
+        memcpy(o + 8, (const uint8_t *)sealed.buf + i * step, step);
+        PyObject *digest = hmac_of(start, o, 8 + step, icv_len);
+        if (digest == NULL)
+            goto fail;
+        memcpy(o + 8 + step, PyBytes_AS_STRING(digest), icv_len);
+        Py_DECREF(digest);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&sealed);
+    return out;
+}
+
+PyDoc_STRVAR(open_cbc_many_doc,
+"open_cbc_many(start, icv_len, decrypt_joined, block, packets, malformed, auth_failed, unpadded, /)\n"
+"-> tuple[list, int] | None\n\n"
+"core/esp.py open_cbc_many: per packet, in order, `malformed` for a body that is not a whole number of\n"
+"blocks (at least 4 bytes), `auth_failed` when the first icv_len bytes of the HMAC (start(), update(),\n"
+"finalize()) over all but the ICV differ from it (compared in constant time, before any decryption),\n"
+"else decrypt_joined(IV || ciphertext) and the inner packet alone where whole_inner(plain, block)\n"
+"finds it, or unpadded(plain[block:]); and how many are not such bytes. None when a packet is not bytes.");
+
+static PyObject *
+open_cbc_many_c(PyObject *self, PyObject *args)
+{
+    PyObject *start, *decrypt, *list, *malformed, *auth_failed, *unpadded, *out = NULL;
+    Py_ssize_t icv_len, block;
+    if (!PyArg_ParseTuple(args, "OnOnO!OOO:open_cbc_many", &start, &icv_len, &decrypt, &block, &PyList_Type,
+                          &list, &malformed, &auth_failed, &unpadded))
+        return NULL;
+    if (icv_len < 0 || icv_len > 64 || block < 4 || block > 64) {
+        PyErr_SetString(PyExc_ValueError, "open_cbc_many: an ICV or block length out of range");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = items[i], *result;
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 8 - block - icv_len, icv_at = len - icv_len;
+        if (body < 4 || body % block) {
+            PyList_SET_ITEM(out, i, Py_NewRef(malformed));
+            others++;
+            continue;
+        }
+        PyObject *digest = hmac_of(start, p, icv_at, icv_len); /* RFC 4303 §3.4.4: the ICV first */
+        if (digest == NULL)
+            goto fail;
+        int forged = differ((const uint8_t *)PyBytes_AS_STRING(digest), p + icv_at, icv_len);
+        Py_DECREF(digest);
+        if (forged) {
+            PyList_SET_ITEM(out, i, Py_NewRef(auth_failed));
+            others++;
+            continue;
+        }
+        PyObject *view = view_of(p + 8, icv_at - 8, PyBUF_READ);
+        if (view == NULL)
+            goto fail;
+        PyObject *plain = PyObject_CallOneArg(decrypt, view);
+        int kept = let_go(view);
+        if (plain == NULL || kept || !PyBytes_Check(plain)) {
+            Py_XDECREF(plain);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "open_cbc_many: decrypt_joined gave an unexpected result");
+            goto fail;
+        }
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(plain);
+        Py_ssize_t plen = PyBytes_GET_SIZE(plain), ip_len = inner_length(q, plen, block);
+        if (ip_len >= 0) {
+            result = PyBytes_FromStringAndSize((const char *)q + block, ip_len);
+        } else {
+            Py_ssize_t at = plen < block ? plen : block; /* CBC gives at least a block: as Python would */
+            PyObject *rest = PyBytes_FromStringAndSize((const char *)q + at, plen - at);
+            result = rest == NULL ? NULL : PyObject_CallOneArg(unpadded, rest);
+            Py_XDECREF(rest);
+            others++;
+        }
+        Py_DECREF(plain);
+        if (result == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, result);
+    }
+    return Py_BuildValue("(Nn)", out, others);
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+PyDoc_STRVAR(split_doc,
+"split(buffer, n, size, /) -> list[bytes]\n\n"
+"The first n bytes of `buffer` cut every `size` bytes, the last piece possibly shorter (a UDP GRO batch\n"
+"back into its datagrams, as linux/udp.py recv_batch cuts it). ValueError when n is beyond the buffer.");
+
+static PyObject *
+split(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t n, size;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*nn:split", &buf, &n, &size))
+        return NULL;
+    if (n < 0 || n > buf.len || size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "split: a length beyond the buffer");
+        goto done;
+    }
+    out = PyList_New((n + size - 1) / size);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0, at = 0; at < n; i++, at += size) {
+        PyObject *piece = PyBytes_FromStringAndSize((const char *)buf.buf + at, n - at < size ? n - at : size);
+        if (piece == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, piece);
+    }
+done:
+    PyBuffer_Release(&buf);
+    return out;
 }
 
 static PyObject *
@@ -637,6 +1068,11 @@ static PyMethodDef methods[] = {
     {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"in_order", in_order, METH_VARARGS, in_order_doc},
+    {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},
+    {"open_aead16_many", open_aead16_many_c, METH_VARARGS, open_aead16_many_doc},
+    {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},
+    {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
+    {"split", split, METH_VARARGS, split_doc},
     {"inner_head", inner_head, METH_O, inner_head_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},

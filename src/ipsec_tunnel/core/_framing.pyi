@@ -1,7 +1,7 @@
 """Per-packet framing in C (`_framing.c`): segmenting, joining, checksums; no cryptography."""
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 _Buffer = bytes | bytearray | memoryview
@@ -41,5 +41,40 @@ def ipv4_fill(
 ) -> int: ...
 def whole_inner(plain: bytes, at: int, /) -> bytes | None: ...
 def in_order(packets: list[bytes], /) -> tuple[int, int] | None: ...
+def seal_rows_aead(
+    encrypt_into: Callable[[bytes, Any, Any, Any], int],
+    spi: int,
+    first_seq: int,
+    split: bool,
+    salt: bytes,
+    rows: Any,
+    width: int,
+    /,
+) -> list[bytes]: ...
+def open_aead16_many(
+    decrypt_into: Callable[[bytes, Any, Any, Any], int],
+    salt: bytes,
+    packets: list[bytes],
+    invalid_tag: type[BaseException],
+    malformed: _T,
+    auth_failed: _T,
+    unpadded: Callable[[bytes], Any],
+    /,
+) -> tuple[list[Any], int] | None: ...
+def seal_rows_cbc(
+    start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+) -> list[bytes]: ...
+def open_cbc_many(
+    start: Callable[[], Any],
+    icv_len: int,
+    decrypt_joined: Callable[[Any], bytes],
+    block: int,
+    packets: list[bytes],
+    malformed: _T,
+    auth_failed: _T,
+    unpadded: Callable[[bytes], Any],
+    /,
+) -> tuple[list[Any], int] | None: ...
+def split(buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 def inner_head(packet: bytes, /) -> tuple[int, int, int, bool, int] | None: ...
 def pure_requested() -> bool: ...

@@ -98,6 +98,9 @@ class _Gcm:
         self.salt = salt
         self.full_icv_encrypt = self._aead.encrypt if icv_len == 16 else None
         self.full_icv_decrypt = self._aead.decrypt if icv_len == 16 else None
+        # the same writing into a buffer of the caller's (cryptography >= 45; None before)
+        self.full_icv_encrypt_into = getattr(self._aead, "encrypt_into", None) if icv_len == 16 else None
+        self.full_icv_decrypt_into = getattr(self._aead, "decrypt_into", None) if icv_len == 16 else None
 
     def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         out = self._aead.encrypt(self._salt + iv, plaintext, aad)
@@ -136,6 +139,8 @@ class _ChaCha:
         self.salt = salt  # as _Gcm
         self.full_icv_encrypt = self._aead.encrypt
         self.full_icv_decrypt = self._aead.decrypt
+        self.full_icv_encrypt_into = getattr(self._aead, "encrypt_into", None)
+        self.full_icv_decrypt_into = getattr(self._aead, "decrypt_into", None)
 
     def seal(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._aead.encrypt(self._salt + iv, plaintext, aad)

@@ -150,11 +150,14 @@ def block_trailer(inner_len: int, next_header: int, block: int) -> bytes:
 
 def seal_rows(
     spi: int, first_seq: int, iv_split: int | None, encrypt: Callable[[bytes, Any, bytes], bytes],
-    salt: bytes, rows: Any,
+    salt: bytes, rows: Any, encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
 ) -> list[bytes]:  # fmt: skip
     """`seal_aead16` for many inner packets at once, each already followed by its `aead16_trailer`: the
-    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on."""
+    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on. With the
+    library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
     count, width = rows.shape
+    if encrypt_into is not None and _native is not None and count:
+        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width)
     flat = memoryview(rows).cast("B")
     pack = _HDR_IV.pack
     split = _SPLIT_BIT if iv_split else 0
@@ -189,6 +192,8 @@ def seal_rows_cbc(spi: int, first_seq: int, cipher: Any, auth: AuthTransform, ro
     step = cipher.iv_len + width
     sealed = cipher.encrypt_fresh_rows(rows)  # per row: IV || ciphertext
     start, icv_len, pack = auth.start, auth.icv_len, _HDR.pack
+    if _native is not None:  # the same loop in C (core/_framing.c), the HMAC calls the same
+        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step)
     out: list[bytes] = []
     append = out.append
     for i in range(count):
@@ -231,12 +236,20 @@ _ENDS_V6 = {n + 2: tail for n, tail in enumerate(_TAILS_V6)}
 
 
 def open_aead16_many(
-    packets: list[bytes], decrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes
-) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
+    packets: list[bytes], decrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes,
+    decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
+) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:  # fmt: skip
     """`open_aead16` of each packet, in order, except that a whole inner IP packet comes as its bytes
     alone: IPv4 without options or IPv6, named by the next header, its IP length exactly what precedes
     the trailer (the next header is then 4 or 41 by its IP version). Also returns how many results are
-    not such bytes (drops, anything else)."""
+    not such bytes (drops, anything else). With the library's `decrypt_into` (`decrypt` writing into a
+    buffer), the loop runs in C (core/_framing.c)."""
+    if decrypt_into is not None and _native is not None:
+        done = _native.open_aead16_many(
+            decrypt_into, salt, packets, InvalidTag, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded
+        )
+        if done is not None:
+            return done
     out: list[bytes | tuple[bytes, int] | Drop] = []
     append = out.append
     others = 0
@@ -294,6 +307,12 @@ def open_cbc_many(
     icv_len, block = auth.icv_len, cipher.block
     overhead = HEADER_LEN + cipher.iv_len + icv_len
     start, decrypt = auth.start, cipher.decrypt_joined
+    if _native is not None:  # the same loop in C (core/_framing.c), the HMAC and AES calls the same
+        done = _native.open_cbc_many(
+            start, icv_len, decrypt, block, packets, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded
+        )
+        if done is not None:
+            return done
     whole = _native.whole_inner if _native is not None else None
     at = block  # the plaintext's start in what `decrypt_joined` gives
     for packet in packets:

@@ -6,7 +6,7 @@ or IPSEC_TUNNEL_PURE=1 asks for the pure-Python path, which stays and gives the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["NAME", "Framing", "available", "native"]
 
@@ -60,6 +60,49 @@ class Framing(Protocol):
 
     def in_order(self, packets: list[bytes], /) -> tuple[int, int] | None: ...
     def inner_head(self, packet: bytes, /) -> tuple[int, int, int, bool, int] | None: ...
+
+    def seal_rows_aead(
+        self,
+        encrypt_into: Callable[[bytes, Any, Any, Any], int],
+        spi: int,
+        first_seq: int,
+        split: bool,
+        salt: bytes,
+        rows: Any,
+        width: int,
+        /,
+    ) -> list[bytes]: ...
+
+    def open_aead16_many(
+        self,
+        decrypt_into: Callable[[bytes, Any, Any, Any], int],
+        salt: bytes,
+        packets: list[bytes],
+        invalid_tag: type[BaseException],
+        malformed: _T,
+        auth_failed: _T,
+        unpadded: Callable[[bytes], Any],
+        /,
+    ) -> tuple[list[Any], int] | None: ...
+
+    def seal_rows_cbc(
+        self, start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+    ) -> list[bytes]: ...
+
+    def open_cbc_many(
+        self,
+        start: Callable[[], Any],
+        icv_len: int,
+        decrypt_joined: Callable[[Any], bytes],
+        block: int,
+        packets: list[bytes],
+        malformed: _T,
+        auth_failed: _T,
+        unpadded: Callable[[bytes], Any],
+        /,
+    ) -> tuple[list[Any], int] | None: ...
+
+    def split(self, buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 
     def pure_requested(self) -> bool: ...
 

@@ -406,6 +406,13 @@ class SecurityAssociation:
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
+        # the same two writing into a buffer (cryptography >= 45), for the loops in C (core/_framing.c)
+        self._aead_encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
+            getattr(self.cipher, "full_icv_encrypt_into", None) if plain else None
+        )
+        self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
+            getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
+        )
         self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
         cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
         self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
@@ -565,7 +572,9 @@ class SecurityAssociation:
         out: list[bytes] = []
         for rows, inner_len in groups:
             if encrypt is not None:
-                out += esp.seal_rows(self._spi, first, self._iv_split, encrypt, self._salt, rows)
+                out += esp.seal_rows(
+                    self._spi, first, self._iv_split, encrypt, self._salt, rows, self._aead_encrypt_into
+                )
             else:
                 out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows)
             first += len(rows)
@@ -617,7 +626,7 @@ class SecurityAssociation:
             ]
             return one_by_one, len(one_by_one)
         if decrypt is not None:
-            opened, others = esp.open_aead16_many(packets, decrypt, self._salt)
+            opened, others = esp.open_aead16_many(packets, decrypt, self._salt, self._aead_decrypt_into)
         else:
             opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
         if not others and admit is None:

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
+from ipsec_tunnel.core.framing import native as _native
 from ipsec_tunnel.core.sa import NAT_T_PORT
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
@@ -353,8 +354,11 @@ class UdpSocket(Transport):
         if size <= 0 or size >= n:
             dgram = self._datagram(n, rest, addr)
             return dgram, [dgram.payload]
+        first = self._datagram(n, rest, addr, payload=False)
+        if _native is not None:  # the same cut in C (core/_framing.c): each datagram copied out once
+            return first, _native.split(self._buf, n, size)
         data = bytes(memoryview(self._buf)[:n])  # copied out at once, then sliced: cheaper per datagram
-        return self._datagram(n, rest, addr, payload=False), [data[i : i + size] for i in range(0, n, size)]
+        return first, [data[i : i + size] for i in range(0, n, size)]
 
 
 def _gso_groups(payloads: Sequence[bytes]) -> Iterator[tuple[list[bytes], int]]:
