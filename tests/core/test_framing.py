@@ -352,3 +352,44 @@ def test_in_order_in_c_is_the_python_check(packets: list[bytes]) -> None:
     assert ext.in_order(packets) == expected
     others: Any = [bytearray(p) for p in packets]
     assert ext.in_order(others) is None or not packets  # not bytes: the Python code decides
+
+
+@st.composite
+def inner_packets(draw: st.DrawFn) -> bytes:
+    """What a tunnel device may hand over: IPv4 (with or without options), IPv6, anything else, with an
+    IP length that may lie, cut short or followed by more bytes."""
+    first = draw(st.sampled_from([0x45, 0x46, 0x4F, 0x60, 0x6F, 0x00, 0x50]))
+    body = bytearray(draw(st.binary(min_size=0, max_size=120)))
+    packet = bytearray([first]) + body
+    if len(packet) >= 6 and draw(st.booleans()):  # a length that tells the truth, or close to it
+        size = len(packet) + draw(st.integers(-3, 3))
+        if first >> 4 == 4:
+            packet[2:4] = max(0, size).to_bytes(2, "big")
+        else:
+            packet[4:6] = max(0, size - 40).to_bytes(2, "big")
+    return bytes(packet)
+
+
+@needs_ext
+@settings(max_examples=500, deadline=None)
+@given(inner_packets())
+def test_inner_head_in_c_is_the_python_one(packet: bytes) -> None:
+    """core/lone.py's header read of a packet read alone: the same fields or the same refusal."""
+    from ipsec_tunnel.core import lone
+
+    assert ext is not None
+    assert ext.inner_head(packet) == lone._inner_head(packet)
+
+
+@needs_ext
+def test_inner_head_in_c_reads_the_fields() -> None:
+    assert ext is not None
+    v4 = bytes([0x45, 0xB8, 0, 28, 0, 0, 0x40, 0, 9, 17]) + bytes(18)
+    assert ext.inner_head(v4) == (28, 0xB8, 9, True, esp.NH_IPV4)
+    assert ext.inner_head(v4 + b"more") == (28, 0xB8, 9, True, esp.NH_IPV4)  # the IP length says
+    assert ext.inner_head(v4[:27]) is None  # shorter than its IP length
+    v6 = bytes([0x6B, 0x80, 0, 0, 0, 4, 17, 3]) + bytes(32) + bytes(4)
+    assert ext.inner_head(v6) == (44, 0xB8, 3, True, esp.NH_IPV6)
+    assert ext.inner_head(b"\x46" + v4[1:]) is None and ext.inner_head(b"") is None
+    with pytest.raises(TypeError):
+        ext.inner_head(bytearray(v4))  # type: ignore[arg-type]

@@ -99,7 +99,16 @@ def _plane(pair: Pair, events: list[tuple[Any, ...]], read_ahead: int = READ_AHE
     def deliver(packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
         events.append(("write", {device: list(batch) for device, batch in packets.items()}))
 
+    one = engine.receive_one
+
+    def logged_one(src: bytes, dst: bytes, esp: bytes, *args: Any) -> Any:  # a datagram read alone
+        got = one(src, dst, esp, *args)
+        if got is not False:  # taken the short way (core.lone), not declined to receive_batch
+            events.append(("open", [_seq(esp)]))
+        return got
+
     engine.receive_batch = logged  # type: ignore[method-assign,assignment]
+    engine.receive_one = logged_one  # type: ignore[method-assign,assignment]
     plane.deliver = deliver  # type: ignore[method-assign]
     return plane
 
@@ -229,7 +238,16 @@ def test_a_forged_or_replayed_datagram_read_ahead_is_dropped_and_moves_nothing(f
         tops.append((sa.replay.top, sa.replay.bitmap))
         return got
 
+    one = pair.b.receive_one
+
+    def watched_one(*args: Any) -> Any:  # a datagram read alone, the short way (core.lone)
+        got = one(*args)
+        if got is not False:
+            tops.append((sa.replay.top, sa.replay.bitmap))
+        return got
+
     pair.b.receive_batch = watched  # type: ignore[method-assign]
+    pair.b.receive_one = watched_one  # type: ignore[method-assign,assignment]
     try:
         plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
     finally:

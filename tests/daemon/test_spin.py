@@ -103,6 +103,19 @@ def test_rehearsal_opens_what_it_seals_and_renews_its_engines() -> None:
     assert rehearsal.sender is not first and rehearsal.receiver.rx_accepted == 1
 
 
+@pytest.mark.parametrize("cipher,udp", [("aes-gcm", True), ("aes-gcm", False), ("aes-cbc", True)])
+def test_rehearsal_takes_the_short_way_of_a_lone_packet(
+    cipher: str, udp: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rehearsal = Rehearsal()
+    rehearsal.follow(_config(0x1000, cipher, udp, "sha256" if cipher == "aes-cbc" else None))
+    calls: list[str] = []
+    for engine, name in ((rehearsal.sender, "send_batch"), (rehearsal.receiver, "receive_batch")):
+        monkeypatch.setattr(engine, name, lambda *a, _n=name, **k: calls.append(_n))
+    assert [rehearsal(1.0 + i) for i in range(3)] == [1, 1, 1]
+    assert calls == []  # core.lone both ways, every time
+
+
 def _config(
     spi: int,
     cipher: str,
@@ -199,6 +212,9 @@ class StubEngine:
     def send_batch(self, name: str, packets: list[bytes], now: float, offloads: Any) -> list[Any]:
         self.batches.append(list(packets))
         return []
+
+    def send_one(self, name: str, packet: bytes, now: float) -> bool:
+        return False  # every packet through send_batch, even alone
 
 
 @pytest.fixture

@@ -82,6 +82,30 @@ def test_udp_bursts_arrive_as_sent(
         rx.close()
 
 
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_send_one_arrives_as_send_burst_sends_it(pair: Pair, family: int) -> None:
+    """`send_one` (a packet read alone): the datagram, TOS and source as `send_burst` gives them, its
+    cached control messages and DF still right after a `send_burst` with other fields in between."""
+    with pair.a.enter():
+        tx = UdpSocket(family, 0, gso=True, gro=False)
+    with pair.b.enter():
+        rx = UdpSocket(family, 4500, gso=False, gro=False)
+    dst = socket.inet_pton(family, ADDRS[family][1])
+    try:
+        for tos, df in ((0x10, True), (0x10, True), (0xB8, False)):
+            assert tx.send_one(dst, 4500, b"one" * 100, tos, 9, df, None, None) is None
+            assert tx._df == (df if family == V4 else None)  # IPv6: a control message per send
+            dgram, payloads = wait_for(rx.recv_batch, rx.fileno())
+            assert payloads == [b"one" * 100] and dgram.tos == tos and dgram.sport == tx.port
+            assert tx.send_burst(dst, 4500, [b"burst"], tos=0, ttl=9, df=not df) == []
+            assert wait_for(rx.recv_batch, rx.fileno())[1] == [b"burst"]
+        error = tx.send_one(dst, 4500, b"x" * 70000, 0, 9, True, None, None)  # too big for any datagram
+        assert isinstance(error, OSError) and error.errno == errno.EMSGSIZE
+    finally:
+        tx.close()
+        rx.close()
+
+
 def test_gro_batch_carries_addresses_and_tos(pair: Pair) -> None:
     with pair.a.enter():
         tx = UdpSocket(V4, 0, gso=True, gro=False, rcvbuf=1 << 20, sndbuf=1 << 20)

@@ -503,7 +503,10 @@ def test_send_garbage_from_a_device(
         elif hdr is None:
             assert result is Drop.NOT_IP
         elif isinstance(result, Outbound):
-            assert path_mtu is None or not hdr.df or hdr.length <= inner_mtu(pair.tx_sa, path_mtu)
+            # too big with DF is refused, except an IPv6 packet up to IPv6's minimum MTU of 1,280 (RFC
+            # 8200 §5), which leaves in outer fragments (RFC 4213 §3.2)
+            fits = path_mtu is None or hdr.length <= inner_mtu(pair.tx_sa, path_mtu)
+            assert fits or not hdr.df or (hdr.version == 6 and hdr.length <= ip.IPV6_MIN_MTU)
             received = pair.receive(result.payload, tos=result.tos)
             assert isinstance(received, Deliver), received
             assert received.packet == data[: hdr.length]
@@ -516,3 +519,20 @@ def test_send_garbage_from_a_device(
             assert result is Drop.TOO_BIG and path_mtu is not None and hdr.df
             assert hdr.length > inner_mtu(pair.tx_sa, path_mtu)
     assert tx_total(pair.tx) == fed
+
+
+@pytest.mark.parametrize("suite", SUITES[:4], ids=SUITE_IDS[:4])
+def test_ipv6_between_the_tunnel_mtu_and_1280_leaves_in_outer_fragments(suite: Suite) -> None:
+    """The example the fuzzer found: an IPv6 packet over the tunnel MTU of a 1,280-byte path but within
+    IPv6's minimum MTU is sent (its outer packet fragmented), not refused, and arrives whole."""
+    pair = make_pair(suite)
+    pair.tx.path_mtu[DEVICE] = 1280
+    size = inner_mtu(pair.tx_sa, 1280) + 1
+    assert size <= ip.IPV6_MIN_MTU
+    data = struct.pack("!IHBB16s16s", 6 << 28, size - 40, 59, 64, bytes(16), bytes(15) + b"\1") + bytes(
+        size - 40
+    )
+    result = feed_send(pair.tx, DEVICE, data)
+    assert isinstance(result, Outbound), result
+    received = pair.receive(result.payload, tos=result.tos)
+    assert isinstance(received, Deliver) and received.packet == data

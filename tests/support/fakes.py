@@ -234,6 +234,7 @@ class FakeUdp:
         self.inbox = Readable()
         self.errors_polled = 0  # calls of poll_errors
         self.errors_queued = 0  # what the next poll_errors reads (tests set it)
+        self.sent_one = 0  # calls of send_one
 
     def fileno(self) -> int:
         return self.inbox.fileno()
@@ -258,6 +259,14 @@ class FakeUdp:
         carry = self.host.network.carry
         lost = sum(not carry(Datagram(source, dst, tos, bytes(p), self.port, dport)) for p in payloads)
         return _unreachable(lost)
+
+    def send_one(
+        self, dst: bytes, dport: int, payload: bytes, tos: int, ttl: int, df: bool, src: bytes | None,
+        oif: str | int | None,
+    ) -> OSError | None:  # fmt: skip
+        self.sent_one += 1
+        failed = self.send_burst(dst, dport, [payload], tos=tos, ttl=ttl, df=df, src=src, oif=oif)
+        return failed[0][1] if failed else None
 
     def send(self, dst: str, dport: int, payload: bytes, *, src: str | None = None) -> bool:
         source = ipaddress.ip_address(src).packed if src else self.host.address(self.family)

@@ -12,6 +12,7 @@
  * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
  *               the views of packet memory handed to it are checked not to outlive the call.
+ * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -1009,6 +1010,57 @@ pure_requested(PyObject *self, PyObject *unused)
     return PyBool_FromLong(value != NULL && strcmp(value, "1") == 0);
 }
 
+PyDoc_STRVAR(inner_head_doc,
+"inner_head(packet, /) -> tuple[int, int, int, bool, int] | None\n\n"
+"(IP length, TOS or traffic class, TTL or hop limit, DF, ESP next header) of a packet read from a tunnel\n"
+"device when it is IPv4 without options (RFC 791) or IPv6 (RFC 8200, DF always) and its IP length is at\n"
+"least 20 and at most the bytes read; None for anything else (as core/lone.py _inner_head).");
+
+static PyObject *
+inner_head(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "inner_head: bytes expected");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    long ip_len, tos, ttl, nh;
+    int df;
+    if (len >= 20 && p[0] == 0x45) { /* RFC 791: total length 2-3, TOS 1, flags 6 (DF 0x40), TTL 8 */
+        ip_len = (long)p[2] << 8 | p[3];
+        tos = p[1];
+        ttl = p[8];
+        df = (p[6] & 0x40) != 0;
+        nh = 4; /* RFC 4303 §2.6: IPv4-in-IP */
+    } else if (len >= 40 && p[0] >> 4 == 6) { /* RFC 8200: traffic class 0-1, payload length 4-5, hop limit 7 */
+        ip_len = 40 + ((long)p[4] << 8 | p[5]);
+        tos = (p[0] & 0x0F) << 4 | p[1] >> 4;
+        ttl = p[7];
+        df = 1;
+        nh = 41; /* IPv6 encapsulation */
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (ip_len < 20 || ip_len > len)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(5);
+    if (out == NULL)
+        return NULL;
+    PyObject *items[5] = {PyLong_FromLong(ip_len), PyLong_FromLong(tos), PyLong_FromLong(ttl),
+                          PyBool_FromLong(df), PyLong_FromLong(nh)};
+    for (int i = 0; i < 5; i++) {
+        if (items[i] == NULL) {
+            for (int j = i + 1; j < 5; j++)
+                Py_XDECREF(items[j]);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
@@ -1021,6 +1073,7 @@ static PyMethodDef methods[] = {
     {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},
     {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
     {"split", split, METH_VARARGS, split_doc},
+    {"inner_head", inner_head, METH_O, inner_head_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},

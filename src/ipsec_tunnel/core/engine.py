@@ -14,6 +14,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 
+from . import lone
 from .drops import Drop
 from .gso import Offload
 from .plane import Burst, Deliver, Outbound, Plane, Reject
@@ -25,6 +26,10 @@ __all__ = ["Engine", "packed"]
 
 class Engine(Plane):
     """SAs, tunnels and counters, and the two pipelines that use them."""
+
+    # One packet read alone, the short way, or False for the batch (`lone.py`; bound as methods).
+    send_one = lone.send_one
+    receive_one = lone.receive_one
 
     def send_batch(
         self, device: str, packets: list[bytes], now: float, offloads: dict[int, Offload] | None = None

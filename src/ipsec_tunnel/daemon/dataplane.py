@@ -30,7 +30,7 @@ from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
-from . import readahead, txahead
+from . import lone, readahead, txahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -273,6 +273,8 @@ class DataPlane:
             packets.append(packet)
             if gathered >= self.batch_packets:
                 break
+        if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
+            return  # read alone: the short way (daemon.lone)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
         results = engine.send_batch(name, packets, now, offloads) if packets else []
@@ -399,6 +401,11 @@ class DataPlane:
     ) -> dict[str, list[bytes]]:
         """Decrypt (source, destination, TOS, ESP) datagrams in runs of one outer header: the inner
         packets per device (the ICMP errors are sent)."""
+        if isinstance(datagrams, list) and len(datagrams) == 1:  # read alone: the short way (core.lone)
+            src, dst, tos, esp = datagrams[0]
+            one = self.engine.receive_one(src, dst, esp, now, tos)
+            if one is not False:
+                return {} if one is True else {one.device: [one.packet]}
         pending: dict[str, list[bytes]] = {}
         group: list[bytes] = []
         key: tuple[bytes, bytes, int] | None = None
@@ -431,7 +438,10 @@ class DataPlane:
                 break
             if got is None:
                 break
-            deliver = self._receive_runs(got, now)
+            one = lone.receive_raw(self, got, now, queue is None and not pending)  # daemon.lone
+            if one is True:
+                continue
+            deliver = self._receive_runs(got, now) if one is False else one
             if (
                 queue is not None
                 and raw.stamp
@@ -530,7 +540,10 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            deliver, rejects = self.engine.receive_batch(
+            one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
+            if one is True:
+                continue
+            deliver, rejects = one or self.engine.receive_batch(
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
             if (

@@ -137,6 +137,13 @@ class UdpEdge(Protocol):
         """Send datagrams to `dst`:`dport` in order; those that failed as (count, error)."""
         ...
 
+    def send_one(
+        self, dst: bytes, dport: int, payload: bytes, tos: int, ttl: int, df: bool, src: bytes | None,
+        oif: str | int | None,
+    ) -> OSError | None:  # fmt: skip
+        """`send_burst` of one datagram (a packet read alone): the error that lost it, else None."""
+        ...
+
     def send(self, dst: str, dport: int, payload: bytes, *, src: str | None = None) -> bool:
         """Send one datagram; False if the socket buffer is full."""
         ...

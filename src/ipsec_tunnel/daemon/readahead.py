@@ -204,7 +204,11 @@ class _Turn:
 
 
 def _open_udp(plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
-    """The inner packets of one UDP read, per device (the ICMP errors are sent)."""
+    """The inner packets of one UDP read, per device (the ICMP errors are sent); a datagram read alone
+    takes the short way (`core.lone`) where it can."""
+    if len(payloads) == 1 and (one := plane.engine.receive_one(d.src, d.dst, payloads[0], now, d.tos,
+                                                                d.sport)) is not False:  # fmt: skip
+        return {} if one is True else {one.device: [one.packet]}
     deliver, rejects = plane.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport)
     for r in rejects:
         plane.reject(r)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..core import fq, gso
 from ..core.plane import Burst
+from . import lone
 
 if TYPE_CHECKING:
     from .dataplane import DataPlane
@@ -70,6 +71,8 @@ def _serve_outer(plane: DataPlane) -> None:
 
 
 def _seal(plane: DataPlane, name: str, chunk: list[_Item], now: float) -> None:
+    if len(chunk) == 1 and chunk[0][1] is None and lone.send(plane, name, chunk[0][0], now):
+        return  # alone: the short way (daemon.lone)
     packets = [item[0] for item in chunk]
     offloads = {i: item[1] for i, item in enumerate(chunk) if item[1] is not None}
     for result in plane.engine.send_batch(name, packets, now, offloads):

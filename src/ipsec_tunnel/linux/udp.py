@@ -14,7 +14,7 @@ import errno
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ipsec_tunnel.core.framing import native as _native
 from ipsec_tunnel.core.sa import NAT_T_PORT
@@ -32,6 +32,7 @@ from ipsec_tunnel.linux._sockopt import (
     IPV6_RECVTCLASS,
     IPV6_TCLASS,
     IPV6_V6ONLY,
+    NETWORK_ERRNOS,
     SCM_TIMESTAMPNS,
     SO_TIMESTAMPNS,
     Address,
@@ -143,6 +144,8 @@ class UdpSocket(Transport):
             except OSError:
                 pass
         self._cached: tuple[object, ...] = ()
+        self._one_key: tuple[object, ...] = ()  # send_one's last (dst, dport, tos, ttl, df, src, oif)
+        self._one: tuple[list[tuple[int, int, bytes]], tuple[Any, ...] | None] = ([], None)  # cmsgs, address
         self._cmsgs: list[tuple[int, int, bytes]] = []
 
     @property
@@ -303,6 +306,36 @@ class UdpSocket(Transport):
                 if sent:
                     self.gso = False
         return failed
+
+    def send_one(
+        self, dst: Address, dport: int, payload: bytes, tos: int, ttl: int, df: bool, src: Address | None,
+        oif: str | int | None,
+    ) -> OSError | None:  # fmt: skip
+        """`send_burst` of one datagram with the fewest steps (a packet read alone, `daemon.lone`): the
+        error that lost it, else None (a full socket buffer loses it silently, as `send_burst`)."""
+        key = (dst, dport, tos, ttl, df, src, oif)
+        if key != self._one_key:
+            self._one = self._burst_cmsgs(tos, ttl, df, src, oif), self._sockaddr(dst, dport)
+            self._one_key = key
+        elif df != self._df and not self._v6:  # send_burst switched it since
+            self._set_df(df)
+        cmsgs, address = self._one
+        sock = self._sock
+        try:
+            sock.sendmsg([payload], cmsgs, 0, address)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # as _retrying: a stored ICMP error fails the next send once
+            if exc.errno not in NETWORK_ERRNOS:
+                return exc
+            try:
+                sock.sendmsg([payload], cmsgs, 0, address)
+            except BlockingIOError:
+                return None
+            except OSError as again:
+                return again
+            self._note(exc)
+        return None
 
     def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
         """The next datagram, or the next GRO batch split back into its datagrams: (the first's
