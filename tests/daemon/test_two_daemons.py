@@ -87,12 +87,16 @@ class Daemon:
         return received
 
 
-def _start(tmp_path: Path, network: FakeNetwork, address: str, read_ahead: int = 0) -> Daemon:
+def _start(
+    tmp_path: Path, network: FakeNetwork, address: str, read_ahead: int = 0, tun_read_ahead: int = 0
+) -> Daemon:
     """What daemon.main does, on the fake kernel."""
     kernel = FakeKernel(network, [address])
     edge: Kernel = kernel  # the fake is a Kernel (checked by mypy)
     engine = Engine()
-    plane = DataPlane(engine, kernel=edge, clock=lambda: NOW, read_ahead=read_ahead)
+    plane = DataPlane(
+        engine, kernel=edge, clock=lambda: NOW, read_ahead=read_ahead, tun_read_ahead=tun_read_ahead
+    )
     plane.open_transports()
     plane.devices.create(BASE_DEVICE)
     store = Store(tmp_path / address)
@@ -115,11 +119,14 @@ def _key(tmp_path: Path, name: str) -> str:
     return str(path)
 
 
-@pytest.fixture(params=["raw", "udp", "raw-read-ahead", "udp-read-ahead"])
+@pytest.fixture(
+    params=["raw", "udp", "raw-read-ahead", "udp-read-ahead", "raw-tun-read-ahead", "udp-tun-read-ahead"]
+)
 def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Daemon, Daemon, FakeNetwork, str]]:
     network = FakeNetwork()
     ahead = READ_AHEAD if request.param.endswith("read-ahead") else 0
-    a, b = _start(tmp_path, network, A, ahead), _start(tmp_path, network, B, ahead)
+    tun = 1 << 20 if "-tun-" in request.param else 0  # --tun-read-ahead=1m
+    a, b = _start(tmp_path, network, A, ahead, tun), _start(tmp_path, network, B, ahead, tun)
     encap = ["--encap=udp"] if request.param.startswith("udp") else []
     a_to_b, b_to_a = _key(tmp_path, "a-to-b.key"), _key(tmp_path, "b-to-a.key")
     try:

@@ -33,6 +33,7 @@ MODES = {
     "no-tso": ["--no-tso"],  # the kernel segments what goes into TUN
     "no-offload": ["--no-offload"],
     "no-gro-gso": ["--no-gso", "--no-gro"],
+    "tun-read-ahead": ["--tun-read-ahead=1m"],  # the device read ahead of encryption (daemon/txahead.py)
 }
 
 

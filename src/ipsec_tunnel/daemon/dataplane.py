@@ -30,7 +30,7 @@ from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
-from . import lone, readahead
+from . import lone, readahead, txahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -42,6 +42,7 @@ BATCH = 64  # reads per readable event before other sources get a turn
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
+TUN_READ_AHEAD = 0  # --tun-read-ahead's default, off: not borne out by the measurements (txahead)
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,15 @@ class DataPlane:
         wall: Callable[[], float] = time.time,
         sparse_first: bool = True,
         read_ahead: int = 0,
+        tun_read_ahead: int = 0,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self.batch_packets = max(1, batch_packets)  # a small packet waits behind at most this many
         self.sparse_first = sparse_first  # a device batch's sparse flows are sealed first (core.fq)
         self.read_ahead = read_ahead  # bytes read ahead of decryption on the outer sockets (0: off)
+        self.tun_read_ahead = tun_read_ahead  # bytes read ahead of encryption on the devices (0: off)
+        self.tun_turns: set[int] = set()  # the devices in a read-ahead turn now (daemon.txahead)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
@@ -238,7 +242,11 @@ class DataPlane:
 
     def on_tun(self, queue: TunEdge) -> None:
         """Encrypt and send what the kernel routed into a tunnel device, up to `batch_packets` packets;
-        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`)."""
+        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`). With
+        `tun_read_ahead`, `txahead.serve_tun` instead: the ring read further, sealed in chunks."""
+        if self.tun_read_ahead:
+            txahead.serve_tun(self, queue)
+            return
         now = self.clock()
         name = queue.name
         engine = self.engine

@@ -22,7 +22,15 @@ from ..core import framing
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
-from .dataplane import BATCH_PACKETS, NAT_T_PORT, READ_AHEAD, AqmOptions, DataPlane, OffloadOptions
+from .dataplane import (
+    BATCH_PACKETS,
+    NAT_T_PORT,
+    READ_AHEAD,
+    TUN_READ_AHEAD,
+    AqmOptions,
+    DataPlane,
+    OffloadOptions,
+)
 from .devices import PersistentDevices
 from .ike_io import start_ike
 from .ike_runner import IKE_PORT
@@ -150,6 +158,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BYTES",
         help=f"bytes an outer socket is read ahead of decryption, so a small datagram behind a bulk "
         f"backlog is opened first (default {READ_AHEAD}; suffixes k, m; 0: off)",
+    )
+    queues.add_argument(
+        "--tun-read-ahead",
+        type=_read_ahead,
+        default=TUN_READ_AHEAD,
+        metavar="BYTES",
+        help=f"bytes a tunnel device is read ahead of encryption, so a small packet behind a bulk "
+        f"backlog is sealed first (default {TUN_READ_AHEAD}: off; suffixes k, m; e.g. 1m)",
     )
     queues.add_argument(
         "--send-order",
@@ -386,6 +402,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         aqm=aqm(args),
         sparse_first=args.send_order == "sparse",
         read_ahead=args.read_ahead,
+        tun_read_ahead=args.tun_read_ahead,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
