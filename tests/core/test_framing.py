@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ipsec_tunnel.core import esp, framing, gro, gso, sa, tso
-from ipsec_tunnel.core.gso import Offload, OffloadError
+from ipsec_tunnel.core.gso import OffloadError, VnetHeader
 from tests.core.test_gso import _segment, one_flow, v4_tcp, v6_tcp
 from tests.core.test_gso import tso as make_tso
 
@@ -201,7 +201,7 @@ def test_c_coalesce_declines_what_is_not_bytes_or_not_a_run() -> None:
     run = ext.coalesce_run(segments, gso.NO_OFFLOAD, gro._run_offload)
     assert run is not None
     [(offload, merged)] = run
-    assert offload == Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 20, 16)
+    assert offload == VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 20, 16)
     assert gso.split(merged, offload) == segments
 
 

@@ -25,8 +25,8 @@ from ipsec_tunnel.core.gso import (
     GSO_TCPV6,
     GSO_UDP_L4,
     NO_OFFLOAD,
-    Offload,
     OffloadError,
+    VnetHeader,
 )
 from ipsec_tunnel.core.plane import Burst, Deliver, Outbound, Reject
 from ipsec_tunnel.core.seqstore import MemoryStore
@@ -61,7 +61,7 @@ def transport_valid(packet: bytes) -> bool:
     return reference_checksum(pseudo(packet, proto, len(seg)) + seg) == 0
 
 
-def tso(inner: Packet, mss: int) -> tuple[bytes, Offload]:
+def tso(inner: Packet, mss: int) -> tuple[bytes, VnetHeader]:
     """A super-packet as Linux's TCP hands it to a TSO device: IP header complete (checksum included),
     the TCP checksum field holding the pseudo-header sum (CHECKSUM_PARTIAL)."""
     raw = bytearray(bytes(inner))
@@ -71,7 +71,7 @@ def tso(inner: Packet, mss: int) -> tuple[bytes, Offload]:
     raw[l4 + 16 : l4 + 18] = partial.to_bytes(2, "big")
     kind = GSO_TCPV4 if v4 else GSO_TCPV6
     hl = l4 + (raw[l4 + 12] >> 4) * 4
-    return bytes(raw), Offload(F_NEEDS_CSUM, kind, hl, mss, l4, 16)
+    return bytes(raw), VnetHeader(F_NEEDS_CSUM, kind, hl, mss, l4, 16)
 
 
 def v4_tcp(payload: bytes, *, flags: str = "A", seq: int = 1000, ident: int = 77, df: bool = True) -> Packet:
@@ -133,7 +133,7 @@ def test_complete_checksum_matches_scapy() -> None:
     udp = bytes(IP(src="10.0.1.1", dst="10.0.2.1") / UDP(sport=1, dport=2) / b"abc")
     raw = bytearray(udp)
     raw[26:28] = gso.pseudo_sum(raw[12:16], raw[16:20], 17, len(raw) - 20).to_bytes(2, "big")
-    assert gso.split(bytes(raw), Offload(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6)) == [udp]
+    assert gso.split(bytes(raw), VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6)) == [udp]
 
 
 def test_packet_without_offload_is_untouched() -> None:
@@ -229,7 +229,7 @@ def test_udp_split(v6: bool, size: int, seg: int) -> None:
     l4 = 40 if v6 else 20
     partial = gso.pseudo_sum(*gso._addresses(bytes(raw), not v6), 17, len(raw) - l4)
     raw[l4 + 6 : l4 + 8] = partial.to_bytes(2, "big")
-    segs = gso.split(bytes(raw), Offload(F_NEEDS_CSUM, GSO_UDP_L4, l4 + 8, seg, l4, 6))
+    segs = gso.split(bytes(raw), VnetHeader(F_NEEDS_CSUM, GSO_UDP_L4, l4 + 8, seg, l4, 6))
     assert b"".join(bytes((IPv6(s) if v6 else IP(s))[UDP].payload) for s in segs) == data
     for i, s in enumerate(segs):
         assert transport_valid(s)
@@ -251,7 +251,7 @@ def test_split_then_coalesce_round_trip(make, size: int, mss: int) -> None:  # t
 
 def test_coalesced_header_is_what_the_kernel_expects() -> None:
     sup, _ = tso(v4_tcp(os.urandom(5000), flags="PA"), 1448)
-    [(off, merged)] = gro.coalesce(gso.split(sup, Offload(F_NEEDS_CSUM, GSO_TCPV4, 0, 1448, 20, 16)))
+    [(off, merged)] = gro.coalesce(gso.split(sup, VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, 0, 1448, 20, 16)))
     assert off.flags == F_NEEDS_CSUM and off.gso_type == GSO_TCPV4 and off.gso_size == 1448
     assert off.csum_start == 20 and off.csum_offset == 16 and off.hdr_len == 20 + 32
     p = IP(merged)
@@ -481,7 +481,7 @@ def _segment(seq: int, size: int, *, psh: bool, ident: int, window: int = 500, t
     return ip + tcp + payload
 
 
-def _run(segments: list[bytes]) -> list[tuple[Offload, bytes]] | None:
+def _run(segments: list[bytes]) -> list[tuple[VnetHeader, bytes]] | None:
     """The vectorised single-flow path, or None where it declines (or cannot take odd lengths)."""
     lengths = np.fromiter(map(len, segments), np.int64, len(segments))
     if (lengths & 1).any():

@@ -46,7 +46,7 @@ def test_every_core_module_exports_exactly_its_public_definitions(module: str) -
         (r"^IFNAMSIZ\s*=", "core/tunnel.py"),  # linux/if.h
         (r"Struct\(\"!BBHHHBBH4s4s\"\)", "core/ip.py"),  # the RFC 791 §3.1 header, no options
         (r"Struct\(\"=BBHHHH\"\)", "core/gso.py"),  # struct virtio_net_hdr
-        (r"^\s+csum_offset: int", "core/gso.py"),  # ... and its fields (`Offload`)
+        (r"^\s+csum_offset: int", "core/gso.py"),  # ... and its fields (`VnetHeader`)
     ],
 )
 def test_shared_protocol_constants_are_defined_once_in_the_core(pattern: str, home: str) -> None:

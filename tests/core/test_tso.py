@@ -19,7 +19,7 @@ from scapy.packet import Raw
 
 from ipsec_tunnel.core import esp, gso, send, tso
 from ipsec_tunnel.core.drops import Drop
-from ipsec_tunnel.core.gso import Offload, OffloadError
+from ipsec_tunnel.core.gso import OffloadError, VnetHeader
 from ipsec_tunnel.core.plane import Burst, Deliver
 from ipsec_tunnel.core.sa import Limits
 from ipsec_tunnel.core.seqstore import MemoryStore
@@ -66,13 +66,13 @@ def test_ipv4_identification_wraps_in_rows_as_in_split() -> None:
 @pytest.mark.parametrize(
     "offload",
     [
-        Offload(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 1000, 20, 6),  # not TCP
-        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV6, 52, 1000, 20, 16),  # the wrong IP version
-        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 0, 20, 16),  # gso_size 0
-        Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16),  # csum_start elsewhere
+        VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 1000, 20, 6),  # not TCP
+        VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV6, 52, 1000, 20, 16),  # the wrong IP version
+        VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 0, 20, 16),  # gso_size 0
+        VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16),  # csum_start elsewhere
     ],
 )
-def test_rows_refuse_what_split_refuses(offload: Offload) -> None:
+def test_rows_refuse_what_split_refuses(offload: VnetHeader) -> None:
     packet, _ = make_tso(v4_tcp(os.urandom(3000)), 1000)
     with pytest.raises(OffloadError):
         tso.tcp_rows(packet, offload, _tail)
@@ -86,12 +86,12 @@ def _twins(outer: int = 4, cipher: str = "aes-gcm", **extra: object) -> tuple[Pa
     return make_pair(outer, cipher, **extra), make_pair(outer, cipher, **extra)
 
 
-def _one_by_one(pair: Pair, packet: bytes, offload: Offload) -> list[bytes]:
+def _one_by_one(pair: Pair, packet: bytes, offload: VnetHeader) -> list[bytes]:
     out = pair.a.send_batch("t0", gso.split(packet, offload), 1.0)
     return [p for burst in out if isinstance(burst, Burst) for p in burst.payloads]
 
 
-def _rows(pair: Pair, packet: bytes, offload: Offload) -> Burst | None:
+def _rows(pair: Pair, packet: bytes, offload: VnetHeader) -> Burst | None:
     """The rows branch of the send pipeline's cut stage alone, for super-packet `packet` read on t0."""
     tunnel = _tunnel(pair)
     return send._rows(pair.a, "t0", tunnel, pair.a.sa_for(tunnel), packet, offload, 1.0, [], [])
@@ -124,7 +124,7 @@ def _tunnel(pair: Pair) -> Tunnel:
     return tunnel
 
 
-def _declined(pair: Pair, packet: bytes, offload: Offload) -> None:
+def _declined(pair: Pair, packet: bytes, offload: VnetHeader) -> None:
     sa = pair.a.sa_for(_tunnel(pair))
     assert sa is not None
     before = (sa.seq_out, sa.packets, pair.a.tx_accepted)
@@ -282,7 +282,7 @@ def test_send_batch_seals_a_tso_read_as_rows_in_read_order() -> None:
 def test_send_batch_splits_what_cannot_be_rows_and_counts_what_split_refuses() -> None:
     pair = make_pair(4, "aes-gcm", esn=True)  # ESN: no rows
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
-    bad = Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16)  # csum_start elsewhere
+    bad = VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16)  # csum_start elsewhere
     out = pair.a.send_batch("t0", [packet, packet], 1.0, {0: offload, 1: bad})
     assert [len(b.payloads) for b in out if isinstance(b, Burst)] == [len(gso.split(packet, offload))]
     assert pair.a.tx_drops == {Drop.NOT_IP: 1} and pair.a.stats_for("t0").tx_drops == {Drop.NOT_IP: 1}

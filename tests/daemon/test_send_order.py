@@ -32,10 +32,10 @@ def _ping(seq: int) -> bytes:
     return bytes(IP(src="10.0.1.1", dst="10.0.2.1") / ICMP(id=7, seq=seq) / bytes(56))
 
 
-def _super(seq: int, segments: int) -> tuple[bytes, gso.Offload]:
+def _super(seq: int, segments: int) -> tuple[bytes, gso.VnetHeader]:
     """A TSO super-packet of `segments` MSS-sized segments, as TUN hands it over."""
     packet = _tcp(seq, MSS * segments)
-    return packet, gso.Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
+    return packet, gso.VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
 
 
 class Pair:
@@ -60,7 +60,7 @@ class Pair:
             self.planes.append(plane)
         self.a, self.b = self.planes
 
-    def through(self, reads: list[tuple[bytes, gso.Offload | None]]) -> list[bytes]:
+    def through(self, reads: list[tuple[bytes, gso.VnetHeader | None]]) -> list[bytes]:
         """Route `reads` into A's t0, let A take them as one batch and B receive them: what B wrote."""
         tun = self.kernels[0].tun["t0"]
         for packet, offload in reads:

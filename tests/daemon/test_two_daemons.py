@@ -28,7 +28,7 @@ from ipsec_tunnel.control.protocol import (
 from ipsec_tunnel.core import gso
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine
-from ipsec_tunnel.core.gso import Offload
+from ipsec_tunnel.core.gso import VnetHeader
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
 from ipsec_tunnel.daemon.dataplane import READ_AHEAD, DataPlane
 from ipsec_tunnel.daemon.kernel import Kernel
@@ -205,7 +205,7 @@ def test_a_super_packet_that_cannot_be_cut_is_a_counted_drop(
     pair: tuple[Daemon, Daemon, FakeNetwork, str],
 ) -> None:
     a, b, network, _ = pair
-    bad = Offload(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 100, 20, 6)  # says UDP; the packet is ICMP
+    bad = VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_UDP_L4, 28, 100, 20, 6)  # says UDP; the packet is ICMP
     a.device().route(_echo(INNER_A, INNER_B, 1) + bytes(300), bad)
     _pump(a, b)
     assert network.wire == []

@@ -37,10 +37,10 @@ def _ping(seq: int, src: str = "10.0.1.1", dst: str = "10.0.2.1", kind: int = 8)
     return bytes(IP(src=src, dst=dst) / ICMP(type=kind, id=7, seq=seq) / bytes(56))
 
 
-def _super(n: int) -> tuple[bytes, gso.Offload]:
+def _super(n: int) -> tuple[bytes, gso.VnetHeader]:
     """TSO super-packet `n` of the bulk flow, as TUN hands it over."""
     packet = _tcp(1 + n * MSS * SEGMENTS, MSS * SEGMENTS)
-    return packet, gso.Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
+    return packet, gso.VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
 
 
 class Pair:
@@ -72,7 +72,7 @@ class Pair:
         self.a, self.b = self.planes
         self.tun = self.kernels[0].tun["t0"]
 
-    def route(self, reads: list[tuple[bytes, gso.Offload | None]]) -> None:
+    def route(self, reads: list[tuple[bytes, gso.VnetHeader | None]]) -> None:
         for packet, offload in reads:
             self.tun.route(packet, offload)
 
@@ -108,11 +108,11 @@ def pairs() -> Iterator[list[Pair]]:
         p.close()
 
 
-def _bulk(count: int) -> list[tuple[bytes, gso.Offload | None]]:
+def _bulk(count: int) -> list[tuple[bytes, gso.VnetHeader | None]]:
     return [_super(n) for n in range(count)]
 
 
-def _segments(reads: list[tuple[bytes, gso.Offload | None]]) -> list[bytes]:
+def _segments(reads: list[tuple[bytes, gso.VnetHeader | None]]) -> list[bytes]:
     out: list[bytes] = []
     for packet, offload in reads:
         out += gso.split(packet, offload) if offload is not None else [packet]
@@ -265,7 +265,7 @@ class _Counted:
 def test_small_packets_are_held_at_most_four_batches_ahead(pairs: list[Pair]) -> None:
     pair = Pair(ON)
     pairs.append(pair)
-    acks: list[tuple[bytes, gso.Offload | None]] = [
+    acks: list[tuple[bytes, gso.VnetHeader | None]] = [
         (_tcp(1 + n, 0), None) for n in range(2000)
     ]  # a TCP receiver's ACKs: 40 bytes each
     pair.route(acks)

@@ -17,7 +17,7 @@ from scapy.layers.inet import ICMP, IP
 
 from ipsec_tunnel.cli import ipsecadm
 from ipsec_tunnel.core.engine import Engine
-from ipsec_tunnel.core.gso import Offload
+from ipsec_tunnel.core.gso import VnetHeader
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.manager import Manager
@@ -96,7 +96,7 @@ def _answering(tun: FakeTun) -> None:
     kernel does within the write)."""
     write = tun.write
 
-    def write_and_answer(packet: bytes, offload: Offload | None = None) -> int:
+    def write_and_answer(packet: bytes, offload: VnetHeader | None = None) -> int:
         n = write(packet, offload)
         if packet[20] == 8:  # ICMP echo request
             tun.route(_echo(INNER_B, INNER_A, int.from_bytes(packet[4:6], "big"), reply=True))

@@ -154,7 +154,7 @@ def _tcp_segments(n: int, mss: int = 1000) -> list[bytes]:
     )
     raw = bytearray(bytes(sup))
     raw[36:38] = gso.pseudo_sum(raw[12:16], raw[16:20], 6, len(raw) - 20).to_bytes(2, "big")
-    return gso.split(bytes(raw), gso.Offload(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, mss, 20, 16))
+    return gso.split(bytes(raw), gso.VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, mss, 20, 16))
 
 
 def _stat(ns: Netns, name: str, counter: str) -> int:

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from ipsec_tunnel.core.gso import VNET_HDR, VNET_HDR_LEN, Offload
+from ipsec_tunnel.core.gso import VNET_HDR, VNET_HDR_LEN, VnetHeader
 from ipsec_tunnel.linux import link
 from ipsec_tunnel.linux.tun import (
     IFF_MULTI_QUEUE,
@@ -268,9 +268,9 @@ def test_vnet_header_precedes_packets(ns: Netns) -> None:
         tun = open_tun("ipsec1", vnet_hdr=True)
     with tun:
         _configure(ns, "ipsec1")
-        tun.write(VNET_HDR.pack(*Offload()) + icmp4_echo("10.0.1.2", "10.0.1.1", 9, 1, b"vnet"))
+        tun.write(VNET_HDR.pack(*VnetHeader()) + icmp4_echo("10.0.1.2", "10.0.1.1", 9, 1, b"vnet"))
         reply = read_matching(tun, b"\x00\x00", 20, skip=VNET_HDR_LEN)
-        header = Offload._make(VNET_HDR.unpack_from(reply))
+        header = VnetHeader._make(VNET_HDR.unpack_from(reply))
         assert header.gso_type == 0 and header.gso_size == 0
         assert reply[VNET_HDR_LEN] == 0x45
         assert reply.endswith(b"vnet")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from ipsec_tunnel.core.engine import Engine, packed
-from ipsec_tunnel.core.gso import Offload
+from ipsec_tunnel.core.gso import VnetHeader
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import BATCH, DataPlane
 from ipsec_tunnel.daemon.kernel import SOCKET_BUFFER, LinuxKernel
@@ -205,7 +205,7 @@ def test_the_answer_to_a_ping_leaves_before_the_turn_goes_on() -> None:
     tun = kernel.tun["ipsec1"]
     write = tun.write
 
-    def write_and_answer(packet: bytes, offload: Offload | None = None) -> int:
+    def write_and_answer(packet: bytes, offload: VnetHeader | None = None) -> int:
         if packet == ping:
             tun.route(reply)  # the host's stack answers at once
         return write(packet, offload)

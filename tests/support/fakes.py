@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ipsec_tunnel.core import gso
-from ipsec_tunnel.core.gso import NO_OFFLOAD, Offload
+from ipsec_tunnel.core.gso import NO_OFFLOAD, VnetHeader
 from ipsec_tunnel.daemon.manager import Devices
 from ipsec_tunnel.linux.udp import UdpDatagram
 
@@ -101,17 +101,17 @@ class FakeTun:
     def fileno(self) -> int:
         return self.inbox.fileno()
 
-    def route(self, packet: bytes, offload: Offload | None = None) -> None:
+    def route(self, packet: bytes, offload: VnetHeader | None = None) -> None:
         self.inbox.put((offload if offload is not None else NO_OFFLOAD, packet))
 
-    def read(self) -> tuple[Offload | None, bytes] | None:
+    def read(self) -> tuple[VnetHeader | None, bytes] | None:
         got = self.inbox.take()
         if got is None:
             return None
         offload, packet = got
         return (offload if self.vnet else None), packet
 
-    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+    def write(self, packet: bytes, offload: VnetHeader | None = None) -> int:
         if self.down:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         if offload is not None and offload.gso_type:

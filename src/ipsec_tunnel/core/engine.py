@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from . import lone
 from .drops import Drop
-from .gso import Offload
+from .gso import VnetHeader
 from .plane import Burst, Deliver, Outbound, Plane, Reject
 from .receive import receive
 from .send import send
@@ -32,7 +32,7 @@ class Engine(Plane):
     receive_one = lone.receive_one
 
     def send_batch(
-        self, device: str, packets: list[bytes], now: float, offloads: dict[int, Offload] | None = None
+        self, device: str, packets: list[bytes], now: float, offloads: dict[int, VnetHeader] | None = None
     ) -> list[Burst | Deliver]:
         """The ESP datagrams (bursts of equal outer header fields, in order) and the ICMP errors for the
         device, for `packets` read in this order from tunnel device `device`; `offloads`: the virtio-net

@@ -28,7 +28,7 @@ from .gso import (
     TCP_RST,
     TCP_SYN,
     TCP_URG,
-    Offload,
+    VnetHeader,
     checksum,
     packet_sums,
     pseudo_sum,
@@ -57,9 +57,9 @@ _CONNECTION = np.zeros(60, bool)
 _CONNECTION[[0, 6, 7, 9, *range(12, 24), 32]] = True
 
 
-def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
+def coalesce(packets: list[bytes]) -> list[tuple[VnetHeader, bytes]]:
     """TCP segments merged per flow as Linux GRO would merge them, everything else unchanged, each with
-    the `Offload` to write it with.
+    the `VnetHeader` to write it with.
 
     A merged packet carries GSO_TCPV4/GSO_TCPV6 with the first segment's payload size as gso_size and
     NEEDS_CSUM with the pseudo-header sum in the checksum field, as the kernel's GRO leaves it
@@ -87,14 +87,14 @@ def coalesce(packets: list[bytes]) -> list[tuple[Offload, bytes]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _run_offload(hl: int, mss: int) -> Offload:
-    """The `Offload` of an IPv4 TCP super-packet of `hl` header bytes cut every `mss` bytes."""
-    return Offload(F_NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, TCP_CSUM_OFFSET)
+def _run_offload(hl: int, mss: int) -> VnetHeader:
+    """The `VnetHeader` of an IPv4 TCP super-packet of `hl` header bytes cut every `mss` bytes."""
+    return VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, hl, mss, 20, TCP_CSUM_OFFSET)
 
 
 def _coalesce_run(
     packets: list[bytes], lengths: np.ndarray, joined: bytes
-) -> list[tuple[Offload, bytes]] | None:
+) -> list[tuple[VnetHeader, bytes]] | None:
     """`coalesce` for the common batch, checked in a few vectorised steps: IPv4 TCP segments with DF, of
     one connection, in sequence, with nothing but ACK and PSH; None for any other batch. `lengths` are
     the packets' (even) lengths, `joined` the packets one after another.
@@ -156,7 +156,7 @@ def _coalesce_run(
         bad_groups = np.logical_or.reduceat(bad, [start for start, _ in groups]).tolist()
     else:  # as nearly always
         bad_groups = [False] * len(groups)
-    result: list[tuple[Offload, bytes]] = []
+    result: list[tuple[VnetHeader, bytes]] = []
     full = hl + mss
     for (start, stop), damaged in zip(groups, bad_groups, strict=True):
         n = stop - start
@@ -215,9 +215,9 @@ class _Flow:
         self.bad = False  # a segment whose checksums do not verify
 
 
-def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[Offload, bytes]]:
+def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[VnetHeader, bytes]]:
     """`coalesce`, one packet at a time, for any mix of flows and packets."""
-    out: list[tuple[Offload, bytes] | _Flow] = []
+    out: list[tuple[VnetHeader, bytes] | _Flow] = []
     flows: dict[tuple[tuple[bytes, ...], bytes], _Flow] = {}
     from_bytes = int.from_bytes
     for packet, value in zip(packets, sums, strict=True):
@@ -269,7 +269,7 @@ def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[Offload
                 flow.closed = True
         if (value + ((flow.base + size) << 8)) % 0xFFFF:  # each segment checked alone
             flow.bad = True
-    result: list[tuple[Offload, bytes]] = []
+    result: list[tuple[VnetHeader, bytes]] = []
     for item in out:
         if isinstance(item, tuple):
             result.append(item)
@@ -280,14 +280,16 @@ def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[Offload
     return result
 
 
-def _merged(packets: list[bytes], l4: int, hl: int, size: int, mss: int, psh: int) -> tuple[Offload, bytes]:
+def _merged(
+    packets: list[bytes], l4: int, hl: int, size: int, mss: int, psh: int
+) -> tuple[VnetHeader, bytes]:
     """The super-packet of two or more segments of `hl` header bytes, `size` bytes in all, PSH if `psh`."""
     return _super_packet(packets[0], l4, hl, size, mss, psh, [memoryview(p)[hl:] for p in packets])
 
 
 def _super_packet(
     head: bytes, l4: int, hl: int, size: int, mss: int, psh: int, payload: list[bytes | memoryview]
-) -> tuple[Offload, bytes]:
+) -> tuple[VnetHeader, bytes]:
     """A super-packet of `size` bytes: `head`'s headers, lengths and checksums made whole for it, then
     the `payload` parts; PSH if `psh`."""
     tcp_len = size - l4
@@ -308,5 +310,5 @@ def _super_packet(
         + partial.to_bytes(2, "big")
         + head[l4 + 18 : hl]
     )
-    offload = Offload(F_NEEDS_CSUM, gso, hl, mss, l4, TCP_CSUM_OFFSET)
+    offload = VnetHeader(F_NEEDS_CSUM, gso, hl, mss, l4, TCP_CSUM_OFFSET)
     return offload, b"".join([ip, tcp, *payload])

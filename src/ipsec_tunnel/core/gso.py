@@ -5,7 +5,7 @@ whose transport checksum is only partial; `split` turns such a packet into the w
 kernel would have sent, each with complete and correct IP and transport headers, exactly as Linux's
 software GSO does (tcp_gso_segment, __udp_gso_segment). The other direction is `gro.coalesce`.
 
-Offload metadata travels as `Offload`, the fields of struct virtio_net_hdr (linux/virtio_net.h) that
+Offload metadata travels as `VnetHeader`, the fields of struct virtio_net_hdr (linux/virtio_net.h) that
 precedes each packet on a TUN queue opened with IFF_VNET_HDR.
 
 Checksums are RFC 1071 one's-complement sums. The sum of a byte string's 16-bit big-endian words is
@@ -48,8 +48,8 @@ __all__ = [
     "UDP_CSUM_OFFSET",
     "VNET_HDR",
     "VNET_HDR_LEN",
-    "Offload",
     "OffloadError",
+    "VnetHeader",
     "checksum",
     "chunk_sums",
     "complete_checksum",
@@ -87,7 +87,7 @@ UDP_CSUM_OFFSET = 6  # RFC 768
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 
 
-class Offload(NamedTuple):
+class VnetHeader(NamedTuple):
     """struct virtio_net_hdr (legacy layout): how a packet read from or written to TUN is offloaded."""
 
     flags: int = 0
@@ -98,7 +98,7 @@ class Offload(NamedTuple):
     csum_offset: int = 0
 
 
-NO_OFFLOAD = Offload()
+NO_OFFLOAD = VnetHeader()
 
 
 class OffloadError(ValueError):
@@ -155,7 +155,7 @@ def complete_checksum(packet: bytes, csum_start: int, csum_offset: int, *, udp: 
 # -- segmentation ------------------------------------------------------------------------------------------
 
 
-def split(packet: bytes, offload: Offload) -> list[bytes]:
+def split(packet: bytes, offload: VnetHeader) -> list[bytes]:
     """The wire packets of a packet read with `offload`: the segments of a TSO/USO super-packet, else the
     packet itself with any partial checksum completed. Raises OffloadError for a malformed super-packet."""
     gso = offload.gso_type & ~GSO_ECN
@@ -187,7 +187,7 @@ def _l4_proto(packet: bytes, l4: int) -> int:
     return packet[6] if len(packet) >= 40 and l4 == 40 else 0
 
 
-def l4_offset(packet: bytes, v4: bool, offload: Offload, proto: int) -> int:
+def l4_offset(packet: bytes, v4: bool, offload: VnetHeader, proto: int) -> int:
     """Where the transport header starts, checked against the IP header and the offload header."""
     if v4:
         if len(packet) < 20 or packet[9] != proto:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from . import gso, ip, tso
 from .drops import Drop
 from .esp import NH_IPV4, NH_IPV6, block_trailer
-from .gso import Offload, OffloadError
+from .gso import OffloadError, VnetHeader
 from .plane import Burst, Deliver, Plane, inner_mtu
 from .sa import SecurityAssociation
 from .tunnel import Tunnel
@@ -40,7 +40,7 @@ _TCP_GSO = (gso.GSO_TCPV4, gso.GSO_TCPV6)  # virtio-net GSO types of TCP super-p
 
 
 def send(
-    plane: Plane, device: str, packets: list[bytes], now: float, offloads: dict[int, Offload] | None = None
+    plane: Plane, device: str, packets: list[bytes], now: float, offloads: dict[int, VnetHeader] | None = None
 ) -> list[Burst | Deliver]:
     """What to send for `packets`, read in this order from tunnel device `device`; `offloads`: the
     virtio-net header of each packet read with one that asks for work (GSO, a checksum), by its index
@@ -60,7 +60,7 @@ def send(
 
 def _cut(
     plane: Plane, device: str, tunnel: Tunnel | None, sa: SecurityAssociation | None, packets: list[bytes],
-    offloads: dict[int, Offload], now: float, out: list[Burst | Deliver],
+    offloads: dict[int, VnetHeader], now: float, out: list[Burst | Deliver],
 ) -> list[bytes]:  # fmt: skip
     """Stage 2: the offloaded packets cut, in order. Those sealed as rows go to `out` as bursts of their
     own, after the packets before them are sealed; returns the plain packets and segments after the last
@@ -85,7 +85,7 @@ def _cut(
 
 def _rows(
     plane: Plane, device: str, tunnel: Tunnel | None, sa: SecurityAssociation | None, packet: bytes,
-    offload: Offload, now: float, before: list[bytes], out: list[Burst | Deliver],
+    offload: VnetHeader, now: float, before: list[bytes], out: list[Burst | Deliver],
 ) -> Burst | None:  # fmt: skip
     """Stage 2's fast branch: the segments of TCP super-packet `packet` sealed many at a time, counted (the
     same ESP packets, counters and sequence numbers as `gso.split` and `_seal` give). The packets read

@@ -22,8 +22,8 @@ from .gso import (
     TCP_CWR,
     TCP_FIN,
     TCP_PSH,
-    Offload,
     OffloadError,
+    VnetHeader,
     chunk_sums,
     l4_offset,
     split_tcp,
@@ -35,7 +35,7 @@ __all__ = ["Rows", "tcp_rows"]
 Rows = tuple[np.ndarray, int]  # segments, each followed by its tail; and the segments' length
 
 
-def tcp_rows(packet: bytes, offload: Offload, tail: Callable[[int], bytes]) -> list[Rows]:
+def tcp_rows(packet: bytes, offload: VnetHeader, tail: Callable[[int], bytes]) -> list[Rows]:
     """The segments `gso.split(packet, offload)` gives for a TCP super-packet, each followed by
     `tail(its length)`, as rows: one (array, length) per segment length, in order. Raises OffloadError
     where `gso.split` would, and for anything but TCP."""

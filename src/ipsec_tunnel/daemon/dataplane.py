@@ -251,7 +251,7 @@ class DataPlane:
         name = queue.name
         engine = self.engine
         packets: list[bytes] = []  # read, not yet through the engine
-        offloads: dict[int, gso.Offload] = {}  # the offload headers asking for work, by index in packets
+        offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
         for _ in range(1 if self.woken else BATCH):
             try:
@@ -365,7 +365,7 @@ class DataPlane:
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
 
-    def _refused(self, queue: TunEdge, packet: bytes, offload: gso.Offload) -> None:
+    def _refused(self, queue: TunEdge, packet: bytes, offload: gso.VnetHeader) -> None:
         """The kernel refused a super-packet: write its segments, and coalesce no more."""
         log.warning("%s refused a coalesced TCP packet: writing packets one by one from now on", queue.name)
         self.offloads = dataclasses.replace(self.offloads, coalesce=False)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..core.gso import Offload
+from ..core.gso import VnetHeader
 from ..linux import link
 from ..linux.icmp import IcmpSocket
 from ..linux.qdisc import Qdisc
@@ -51,11 +51,11 @@ class TunEdge(Protocol):
         """What the event loop waits on: readable while a packet is queued."""
         ...
 
-    def read(self) -> tuple[Offload | None, bytes] | None:
+    def read(self) -> tuple[VnetHeader | None, bytes] | None:
         """The next packet and its offload header (None without vnet headers); None when none is queued."""
         ...
 
-    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+    def write(self, packet: bytes, offload: VnetHeader | None = None) -> int:
         """Hand a packet (or a super-packet `offload` describes) to the kernel's stack; OSError if refused."""
         ...
 

@@ -36,10 +36,10 @@ READS = 4096  # reads of one device in one turn at most
 BATCHES = 4  # packets held at most, in --batch units (counted as a batch counts them): small packets
 # (a TCP receiver's ACKs) would otherwise hold thousands within the byte bound
 
-_Item = tuple[bytes, "gso.Offload | None", int]  # packet, offload header asking for work, segments
+_Item = tuple[bytes, "gso.VnetHeader | None", int]  # packet, offload header asking for work, segments
 
 
-def _segments(packet: bytes, offload: gso.Offload | None) -> int:
+def _segments(packet: bytes, offload: gso.VnetHeader | None) -> int:
     """How many packets `packet` counts for in a batch (a super-packet: about its segments), as
     `DataPlane.on_tun` counts them."""
     if offload is None or not (offload.gso_type or offload.flags):

@@ -2,7 +2,7 @@
 
 Owns opening ``/dev/net/tun``, naming the device, its queues (`TunQueue`), its offloads (TSO/USO
 super-packets in, coalesced TCP out, each described by the virtio-net header before the packet,
-`core.gso.Offload`, packed and unpacked here only) and whether it persists: a device opened here
+`core.gso.VnetHeader`, packed and unpacked here only) and whether it persists: a device opened here
 disappears when its last queue is closed, unless ``set_persist`` kept it (then it stays, with its
 addresses and routes, until ``set_persist(False)`` or ``ip link del``).
 Everything else about the device (addresses, routes, MTU, up/down) is done on it as on any other netdev,
@@ -18,7 +18,7 @@ import struct
 from types import TracebackType
 from typing import Self
 
-from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, Offload
+from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, VnetHeader
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
 
 __all__ = [
@@ -291,8 +291,8 @@ def open_tun(
 class TunQueue:
     """A TUN queue read and written packet by packet, with or without virtio-net headers.
 
-    `read` gives (Offload, packet); with `tso` the kernel may hand over TCP (and UDP, with `uso`)
-    super-packets for `core.gso.split`. `write` takes an Offload from `core.gro.coalesce`.
+    `read` gives (VnetHeader, packet); with `tso` the kernel may hand over TCP (and UDP, with `uso`)
+    super-packets for `core.gso.split`. `write` takes a VnetHeader from `core.gro.coalesce`.
     """
 
     def __init__(self, dev: TunDevice, *, tso: bool, uso: bool) -> None:
@@ -331,7 +331,7 @@ class TunQueue:
         """Close the queue (`TunDevice.close`)."""
         self.dev.close()
 
-    def read(self) -> tuple[Offload | None, bytes] | None:
+    def read(self) -> tuple[VnetHeader | None, bytes] | None:
         """The next packet with its offload header (None without vnet headers); None when none is queued."""
         try:
             data = os.read(self.fd, self._size)
@@ -340,13 +340,13 @@ class TunQueue:
         if not self.vnet:
             return None, data
         if len(data) < VNET_HDR_LEN:
-            return Offload(), b""
+            return VnetHeader(), b""
         if data.startswith(_NO_VNET):  # the common case: a plain packet
             return NO_OFFLOAD, data[VNET_HDR_LEN:]
-        hdr = Offload._make(VNET_HDR.unpack_from(data))
+        hdr = VnetHeader._make(VNET_HDR.unpack_from(data))
         return hdr, data[VNET_HDR_LEN:]
 
-    def write(self, packet: bytes, offload: Offload | None = None) -> int:
+    def write(self, packet: bytes, offload: VnetHeader | None = None) -> int:
         """Hand one packet (or a GSO super-packet described by `offload`) to the kernel."""
         if not self.vnet:
             return os.write(self.fd, packet)
