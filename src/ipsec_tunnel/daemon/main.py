@@ -234,13 +234,18 @@ def _milliseconds(text: str) -> float:
     return value
 
 
-def _buffer_size(text: str) -> int:
-    """A socket buffer size: bytes, or with a k or m suffix (powers of 1024); 64 KiB to 256 MiB."""
+def _bytes(text: str) -> int:
+    """A size in bytes, with a k or m suffix (powers of 1024)."""
     scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
     digits = text[:-1] if scale > 1 else text
     if not digits.isdigit():
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
-    size = int(digits) * scale
+    return int(digits) * scale
+
+
+def _buffer_size(text: str) -> int:
+    """A socket buffer size: bytes, or with a k or m suffix (powers of 1024); 64 KiB to 256 MiB."""
+    size = _bytes(text)
     if not (64 << 10) <= size <= (256 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be between 64k and 256m")
     return size
@@ -248,11 +253,7 @@ def _buffer_size(text: str) -> int:
 
 def _read_ahead(text: str) -> int:
     """A read-ahead in bytes: 0 (off), or 16 KiB to 64 MiB, with a k or m suffix (powers of 1024)."""
-    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
-    digits = text[:-1] if scale > 1 else text
-    if not digits.isdigit():
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}")
-    size = int(digits) * scale
+    size = _bytes(text)
     if size and not (16 << 10) <= size <= (64 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 16k and 64m")
     return size
