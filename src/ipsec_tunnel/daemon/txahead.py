@@ -1,7 +1,8 @@
 """Reading a tunnel device ahead of encryption (`--tun-read-ahead`, issue 13).
 
 Under a bulk TCP transfer the sending daemon's standing queue is the tunnel device's ring: TCP small
-queues let hundreds of KB to MBs of TSO super-packets sit there (the qdisc stays empty), and a ping
+queues do not hold back a local sender (the TUN driver orphans what it queues): under one stream the
+ring held up to 1.4-2.8 MB of TSO super-packets (`bench/ring`; the qdisc stays empty), and a ping
 read behind them waits for every batch before it. A device turn here reads up to `tun_read_ahead`
 bytes ahead of what it has sealed; the sparse flows among what is held (`core.fq`) are sealed and
 sent first, on their own, then the rest in chunks of `batch_packets` segments. Between chunks the
@@ -10,9 +11,11 @@ read again up to the bound, so a ping routed meanwhile passes the bulk still hel
 
 Packets of one flow keep the order read; sequence numbers are given at sealing, so the receiver sees
 each SA's numbers in order. A turn holds at most `tun_read_ahead` bytes (plus one packet) and reads at
-most twice that in all. A nested turn of a device already in its turn (an outer socket served between
-chunks delivers into the device, and `DataPlane._answer` serves the devices then readable) returns at
-once: the outer turn reads on.
+most twice that in all (a nested turn may read on within the bounds on what is held). A nested turn of
+a device already in its turn (an outer socket served between chunks delivers into the device, and
+`DataPlane._answer` serves the devices then readable) reads within those bounds and seals only the
+sparse flows among what the turn holds (an echo reply), at once: the bulk it read is sealed by the
+outer turn, in order.
 """
 
 from __future__ import annotations
@@ -156,13 +159,12 @@ def _read(plane: DataPlane, queue: TunEdge, turn: Turn, bytes_: int, packets: in
 
 def _nested(plane: DataPlane, queue: TunEdge, turn: Turn) -> None:
     """A turn of a device whose own turn is serving the outer sockets between chunks (an answer
-    delivered there, `DataPlane._answer` finding the device readable): read the ring, up to the
-    turn's bounds again, and seal at once the packets of the sparse flows among all held (an echo
-    reply), which would otherwise wait for the rest of the outer socket's turn. The bulk stays held,
-    in order, for the outer turn."""
+    delivered there, `DataPlane._answer` finding the device readable): read the ring as far as the
+    turn's bounds on what it holds allow (at most a batch of reads), and seal at once the packets of
+    the sparse flows among all held (an echo reply), which would otherwise wait for the rest of the
+    outer socket's turn. The bulk stays held, in order, for the outer turn."""
     reading = turn.reading  # the outer turn's own decision stands
-    more = (turn.size + turn.limit, turn.counted + turn.most_held, plane.batch_packets)
-    gone = not _read(plane, queue, turn, *more)
+    gone = not _read(plane, queue, turn, turn.limit, turn.most_held, plane.batch_packets)
     turn.reading = reading
     if gone:
         return
