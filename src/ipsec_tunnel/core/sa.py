@@ -413,9 +413,15 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
-        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
-        cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
-        self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
+        # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc; without ESN
+        # also esp.seal_rows_cbc and esp.open_cbc_many.
+        cipher = self.cipher
+        self._cbc_hmac = (
+            isinstance(self.auth, AuthTransform)
+            and not cipher.counter_iv
+            and cipher.iv_len > 0
+            and cipher.iv_len == cipher.block
+        )
 
     def __repr__(self) -> str:
         c = self.config
@@ -528,7 +534,7 @@ class SecurityAssociation:
             packet = esp.seal_aead16(
                 self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
             )
-        elif self._cbc_seal:
+        elif self._cbc_hmac:
             packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
         else:
             packet = esp.seal(
@@ -546,7 +552,7 @@ class SecurityAssociation:
     def seals_rows(self) -> bool:
         """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
         HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or self._cbc_fast) and not self._volume
+        return (self._aead_encrypt is not None or (self._cbc_hmac and not self._esn)) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
@@ -583,19 +589,6 @@ class SecurityAssociation:
         self.used = now
         return out
 
-    @property
-    def _cbc_hmac(self) -> bool:
-        """Whether `esp.open_cbc_many` opens this SA's packets: a CBC cipher (a random IV of one block)
-        with an HMAC, no ESN."""
-        cipher = self.cipher
-        return (
-            isinstance(self.auth, AuthTransform)
-            and not self._esn
-            and not cipher.counter_iv
-            and cipher.iv_len > 0
-            and cipher.iv_len == cipher.block
-        )
-
     def decrypt_many(
         self, packets: list[bytes], now: float, emit: Emit, admit: Admit | None = None
     ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
@@ -607,7 +600,7 @@ class SecurityAssociation:
         all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
         without ESN."""
         decrypt, replay = self._aead_decrypt, self.replay
-        cbc = decrypt is None and self._cbc_fast
+        cbc = decrypt is None and self._cbc_hmac and not self._esn
         first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             first, last = _in_order(packets)
