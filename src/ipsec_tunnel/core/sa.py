@@ -597,13 +597,19 @@ class SecurityAssociation:
         how many results are not such bytes. A batch of new sequence numbers in order, as nearly always
         (also below the top, when a later packet read ahead was opened first: `ReplayWindow.check_run`),
         has its window checked before the ICVs and moved after them, and the journal written, once for
-        all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
-        without ESN."""
+        all: AEAD with a 16-byte ICV, no ESN (`esp.open_aead16_many`), or CBC with an HMAC, with or
+        without ESN (`esp.open_cbc_many`). With ESN, each packet's high 32 bits are inferred from the
+        window before the batch (RFC 4303 §A2.1); a batch whose first and last infer different ones goes
+        one by one."""
         decrypt, replay = self._aead_decrypt, self.replay
-        cbc = decrypt is None and self._cbc_hmac and not self._esn
+        cbc = decrypt is None and self._cbc_hmac
         first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             first, last = _in_order(packets)
+            if self._esn and first >= 0:  # the full numbers; all with the same high 32 bits, or none
+                first, last = replay.infer(first), replay.infer(last)
+                if last >> 32 != first >> 32:
+                    first = last = -1
         if not (
             first >= 0
             and replay.check_run(first, last)
@@ -621,7 +627,9 @@ class SecurityAssociation:
         if decrypt is not None:
             opened, others = esp.open_aead16_many(packets, decrypt, self._salt, self._aead_decrypt_into)
         else:
-            opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
+            opened, others = esp.open_cbc_many(
+                packets, self.cipher, self.auth, first >> 32 if self._esn else None
+            )
         if not others and admit is None:
             replay.accept_run(first, last)
             whole = cast("list[bytes]", opened)  # all of them bare inner packets
