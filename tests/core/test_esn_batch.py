@@ -18,8 +18,11 @@ from ipsec_tunnel.core import esp, framing
 from ipsec_tunnel.core import sa as sa_module
 from ipsec_tunnel.core.algorithms import find_auth
 from ipsec_tunnel.core.drops import Drop
+from ipsec_tunnel.core.engine import packed
+from ipsec_tunnel.core.plane import Outbound
 from ipsec_tunnel.core.replay import SEQ32, ReplayWindow
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, build_transforms
+from tests.core.test_engine import inner_packet, make_pair
 
 NOW = 5.0
 # SAs opened the batch way: AES-CBC (3DES SAs carry the Sweet32 byte lifetime and go one by one)
@@ -241,3 +244,38 @@ def test_open_cbc_many_in_c_refuses_high_bits_out_of_range() -> None:
     for bad in (-2, SEQ32):
         with pytest.raises(ValueError, match="seq_hi"):
             ext.open_cbc_many(lambda: None, 16, bytes, 16, [b""], 1, 2, repr, bad)
+
+
+def test_an_engine_receives_an_esn_stream_through_2_32_the_batch_way(path: str) -> None:
+    """Through the receive pipeline (`Engine.receive_batch`): a CBC+HMAC ESN stream whose numbers pass
+    2^32, read in batches, is delivered whole and in order, each batch on either side of 2^32 opened
+    the batch way; the one holding the boundary goes one by one; twin engines agree packet by packet."""
+    pairs = [make_pair(cipher="aes-cbc", esn=True, replay_window=4096) for _ in range(2)]
+    a = pairs[0].a
+    sender = a.sad.get(packed(pairs[0].b_addr), packed(pairs[0].a_addr), 0x1001)
+    assert sender is not None
+    sender.seq_out = SEQ32 - 40  # the next number sent is 2^32 - 39
+    inner = [inner_packet(size=100 + n) for n in range(80)]
+    wire = [out.payload for p in inner if isinstance(out := a.send("t0", p, 1.0), Outbound)]
+    src, dst = packed(pairs[0].a_addr), packed(pairs[0].b_addr)
+    reads = [wire[0:30], wire[30:50], wire[50:80]]  # the second holds 2^32 - 1 and 2^32
+    b_sa = pairs[0].b.sad.get(dst, src, 0x1001)
+    assert b_sa is not None
+    one_by_one: list[int] = []
+    decrypt = b_sa.decrypt
+
+    def counted(packet: bytes, *args: Any) -> Any:
+        one_by_one.append(int.from_bytes(packet[4:8], "big"))
+        return decrypt(packet, *args)
+
+    b_sa.decrypt = counted  # type: ignore[method-assign,assignment]
+    got = [pairs[0].b.receive_batch(src, dst, read, NOW) for read in reads]
+    twin = [pairs[1].b.receive_batch(src, dst, [p], NOW) for p in wire]
+    assert [p for deliver, _ in got for p in deliver["t0"]] == inner
+    assert [p for deliver, _ in twin for p in deliver["t0"]] == inner
+    assert one_by_one == [n & 0xFFFFFFFF for n in range(SEQ32 - 9, SEQ32 + 11)]  # the middle read only
+    twin_sa = pairs[1].b.sad.get(dst, src, 0x1001)
+    assert twin_sa is not None
+    assert (b_sa.replay.top, b_sa.replay.bitmap) == (twin_sa.replay.top, twin_sa.replay.bitmap)
+    assert b_sa.replay.top == SEQ32 + 40 and b_sa.packets == twin_sa.packets == 80
+    assert sum(pairs[0].b.rx_drops.values()) == sum(pairs[1].b.rx_drops.values()) == 0
