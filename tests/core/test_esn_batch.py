@@ -80,6 +80,19 @@ def _as_pairs(results: list[Any]) -> list[Any]:
     ]
 
 
+def _one_by_one_counted(sa: SecurityAssociation) -> list[int]:
+    """The low 32 bits of the packets `sa` opens one by one (not the batch way), as it opens them."""
+    calls: list[int] = []
+    decrypt = sa.decrypt
+
+    def counted(packet: bytes, *args: Any) -> Any:
+        calls.append(int.from_bytes(packet[4:8], "big"))
+        return decrypt(packet, *args)
+
+    sa.decrypt = counted  # type: ignore[method-assign,assignment]
+    return calls
+
+
 def _twins(
     config: SAConfig, top: int, bitmap: int, packets: list[bytes]
 ) -> tuple[list[Any], list[Any], SecurityAssociation, SecurityAssociation, list[int]]:
@@ -92,14 +105,7 @@ def _twins(
         )
         for _ in range(2)
     )
-    one_by_one: list[int] = []
-    decrypt = batch.decrypt
-
-    def counted(packet: bytes, *args: Any) -> Any:
-        one_by_one.append(int.from_bytes(packet[4:8], "big"))
-        return decrypt(packet, *args)
-
-    batch.decrypt = counted  # type: ignore[method-assign,assignment]
+    one_by_one = _one_by_one_counted(batch)
     opened, others = batch.decrypt_many(packets, NOW, events.append)
     assert others == sum(not isinstance(r, bytes) for r in opened)
     each = [single.decrypt(p, NOW, events.append) for p in packets]
@@ -261,14 +267,7 @@ def test_an_engine_receives_an_esn_stream_through_2_32_the_batch_way(path: str) 
     reads = [wire[0:30], wire[30:50], wire[50:80]]  # the second holds 2^32 - 1 and 2^32
     b_sa = pairs[0].b.sad.get(dst, src, 0x1001)
     assert b_sa is not None
-    one_by_one: list[int] = []
-    decrypt = b_sa.decrypt
-
-    def counted(packet: bytes, *args: Any) -> Any:
-        one_by_one.append(int.from_bytes(packet[4:8], "big"))
-        return decrypt(packet, *args)
-
-    b_sa.decrypt = counted  # type: ignore[method-assign,assignment]
+    one_by_one = _one_by_one_counted(b_sa)
     got = [pairs[0].b.receive_batch(src, dst, read, NOW) for read in reads]
     twin = [pairs[1].b.receive_batch(src, dst, [p], NOW) for p in wire]
     assert [p for deliver, _ in got for p in deliver["t0"]] == inner
