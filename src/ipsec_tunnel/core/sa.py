@@ -413,8 +413,8 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
-        # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc; without ESN
-        # also esp.seal_rows_cbc and esp.open_cbc_many.
+        # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
+        # esp.open_cbc_many; without ESN also esp.seal_rows_cbc.
         cipher = self.cipher
         self._cbc_hmac = (
             isinstance(self.auth, AuthTransform)
@@ -606,7 +606,9 @@ class SecurityAssociation:
         first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             first, last = _in_order(packets)
-            if self._esn and first >= 0:  # the full numbers; all with the same high 32 bits, or none
+            if self._esn and first >= 0:  # the full numbers, all with the same high 32 bits, or none:
+                # across a run of low bits in order the inferred high bits change once at most (RFC 4303
+                # §A2.1), so ends that agree mean every number between them agrees
                 first, last = replay.infer(first), replay.infer(last)
                 if last >> 32 != first >> 32:
                     first = last = -1
