@@ -6,6 +6,7 @@ leaves the bulk in order; 0 keeps the old order."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import READ_AHEAD, TUN_READ_AHEAD, DataPlane, OffloadOptions
+from ipsec_tunnel.daemon.txahead import _sparse_lead
 from tests.support.fakes import FakeKernel, FakeNetwork
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
@@ -312,3 +314,19 @@ def test_small_packets_are_held_at_most_four_batches_ahead(pairs: list[Pair]) ->
     pair.drain_a()
     assert read_before_first_send == [4 * 256]  # 80 KB, well within the byte bound
     assert pair.received() == _segments(acks)
+
+
+def test_sparse_lead_counts_the_sparse_packets_put_first() -> None:
+    def held(*packets: bytes) -> deque[tuple[bytes, gso.VnetHeader | None, int]]:
+        return deque((p, None, 1) for p in packets)
+
+    big = [_tcp(1 + n * MSS) for n in range(3)]  # 3000 bytes of one flow: bulk
+    assert _sparse_lead(held(*big)) == 0
+    already = held(_ping(1), *big)
+    assert _sparse_lead(already) == 1 and already[0][0] == _ping(1)
+    behind = held(*big, _ping(2))
+    assert _sparse_lead(behind) == 1 and [i[0] for i in behind] == [_ping(2), *big]
+    small = held(_ping(3), _tcp(7, 0))  # only sparse flows: all of them lead, in their order
+    assert _sparse_lead(small) == 2 and [i[0] for i in small] == [_ping(3), _tcp(7, 0)]
+    assert _sparse_lead(held(_ping(4))) == 1
+    assert _sparse_lead(held(_super(0)[0])) == 0

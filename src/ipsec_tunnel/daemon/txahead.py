@@ -177,8 +177,8 @@ def _nested(plane: DataPlane, queue: TunEdge, turn: Turn) -> None:
 
 
 def _sparse_lead(held: deque[_Item]) -> int:
-    """Put the packets of the sparse flows of `held` first (each flow in its order); how many lead
-    (0: none is sparse, or all are)."""
+    """Put the packets of the sparse flows of `held` first (each flow in its order); how many lead (0:
+    none is sparse; all of them when all are)."""
     if len(held) == 1:
         return 1 if len(held[0][0]) <= fq.QUANTUM else 0
     count = _sparse_group(held)
