@@ -22,6 +22,7 @@ from ipsec_tunnel.daemon.spin import (
     MAX_SPIN_US,
     MAX_WARM_US,
     MIN_WARM_US,
+    MISSED,
     SLEEP,
     WARM_WINDOW,
     Rehearsal,
@@ -436,3 +437,19 @@ def test_warm_loopback_option() -> None:
     assert main.parse_args([]).warm_loopback is main.DEFAULT_WARM_LOOPBACK
     assert main.parse_args(["--warm-loopback"]).warm_loopback is True
     assert main.parse_args(["--no-warm-loopback"]).warm_loopback is False
+
+
+def test_rehearsal_lets_go_of_a_loopback_that_never_answers() -> None:
+    class Mute(BrokenWire):
+        def send_one(self, *args: Any) -> OSError | None:
+            return None  # sent, never comes back (a firewall dropping it)
+
+        def recv_batch(self) -> None:
+            return None
+
+    wire = Mute()
+    rehearsal = Rehearsal(cast(Any, wire))
+    for i in range(MISSED - 1):
+        assert rehearsal(1.0 + i) == 1
+    assert not wire.closed and rehearsal.missed == MISSED - 1
+    assert rehearsal(100.0) == 1 and wire.closed and rehearsal.wire is None

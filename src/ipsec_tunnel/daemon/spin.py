@@ -38,6 +38,7 @@ SLEPT = 50e-6  # a poll that took this long slept: one with something ready retu
 WARM_WINDOW = 1.0  # seconds after the last packet during which the data path is kept warm
 REHEARSALS = 1_000_000  # rehearsals before the private engines are made afresh (new key, sequence 1)
 STALE = 8  # datagrams read at most from the loopback socket per rehearsal, looking for its own
+MISSED = 64  # rehearsals in a row whose datagram did not come back before the loopback socket is let go
 LOOPBACK = bytes((127, 0, 0, 1))  # where the wire socket sends to: itself (RFC 1122 §3.2.1.3)
 
 
@@ -116,6 +117,7 @@ class Rehearsal:
         self.count = 0
         self.wire = wire
         self.looped = 0  # datagrams that went through `wire` and came back as sent
+        self.missed = 0  # rehearsals in a row whose datagram did not come back
         self.kind = GCM_UDP
         self._build()
 
@@ -171,7 +173,7 @@ class Rehearsal:
         """The one datagram of `payloads` sent to the wire socket's own port and read back, as the
         daemon sends (`send_one`, DF set) and receives (`recv_batch`) one; `payloads` itself when it
         did not come back within STALE reads (the socket closed and let go when sending or reading
-        failed)."""
+        failed, or after MISSED such rehearsals in a row)."""
         wire = self.wire
         assert wire is not None
         try:
@@ -184,8 +186,13 @@ class Rehearsal:
                     break
                 if got[1] == payloads:
                     self.looped += 1
+                    self.missed = 0
                     return got[1]
         except OSError:
+            self.close()
+            return payloads
+        self.missed += 1
+        if self.missed >= MISSED:  # a firewall that drops it, say: not worth its system calls
             self.close()
         return payloads
 
