@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -307,3 +307,70 @@ def test_split_in_c_is_the_python_slicing(data: bytes, n: int, size: int) -> Non
     assert ext.split(buffer, n, size) == [data[:n][i : i + size] for i in range(0, n, size)]
     with pytest.raises(ValueError):
         ext.split(buffer, n, 0)
+
+
+# -- a lone packet's seal and open in one call (core/sa.py encrypt / decrypt) -------------------------
+
+
+@needs_ext
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sorted(AEADS)),
+    st.binary(max_size=300),
+    st.sampled_from([esp.NH_IPV4, esp.NH_IPV6, esp.NH_NONE, 255]),
+    st.integers(0, 0xFFFFFFFF),
+    st.one_of(st.integers(1, 1 << 20), st.integers(0xFFFFFF00, 0xFFFFFFFF)),
+    st.sampled_from([None, 0, 1]),
+)
+def test_seal_and_open_one_in_c_are_the_python_ones(
+    aead_name: str, inner: bytes, nh: int, spi: int, seq: int, split: int | None
+) -> None:
+    assert ext is not None
+    aead, salt = AEADS[aead_name](), os.urandom(4)
+    packet = ext.seal_aead16_one(aead.encrypt_into, spi, seq, bool(split), salt, inner, nh)
+    assert packet == esp.seal_aead16(spi, seq, split, aead.encrypt, salt, inner, nh)
+    drops = (InvalidTag, Drop.MALFORMED, Drop.AUTH_FAILED, Drop.BAD_PADDING)
+    assert ext.open_aead16_one(aead.decrypt_into, salt, packet, *drops) == (inner, nh)
+    for bad in (packet[:-1] + bytes([packet[-1] ^ 1]), packet[:20], packet + b"1234", packet[:-4]):
+        assert ext.open_aead16_one(aead.decrypt_into, salt, bad, *drops) == esp.open_aead16(
+            bad, aead.decrypt, salt
+        )
+
+
+@needs_ext
+@pytest.mark.parametrize("pad", [bytes([1, 3]), bytes([2, 2]), bytes([0])])
+def test_open_one_in_c_refuses_a_bad_padding_under_a_good_icv(pad: bytes) -> None:
+    assert ext is not None
+    aead, salt, header, iv = AESGCM(os.urandom(16)), b"salt", bytes(8), bytes(7) + b"\x01"
+    body = _v4(bytes(6 - len(pad))) + pad + bytes([len(pad), esp.NH_IPV4])
+    packet = header + iv + aead.encrypt(salt + iv, body, header)
+    drops = (InvalidTag, Drop.MALFORMED, Drop.AUTH_FAILED, Drop.BAD_PADDING)
+    assert ext.open_aead16_one(aead.decrypt_into, salt, packet, *drops) is Drop.BAD_PADDING
+    assert esp.open_aead16(packet, aead.decrypt, salt) is Drop.BAD_PADDING
+
+
+@needs_ext
+def test_seal_and_open_one_in_c_refuse_what_does_not_fit() -> None:
+    assert ext is not None
+    aead = AESGCM(bytes(16))
+    for args in ((1 << 32, 1, b"salt", 4), (1, 1 << 32, b"salt", 4), (1, 1, b"sal", 4), (1, 1, b"salt", 256)):
+        spi, seq, salt, nh = args
+        with pytest.raises(ValueError):
+            ext.seal_aead16_one(aead.encrypt_into, spi, seq, False, salt, bytes(20), nh)
+    with pytest.raises(ValueError):
+        ext.open_aead16_one(aead.decrypt_into, b"sal", bytes(48), InvalidTag, 1, 2, 3)
+    with pytest.raises(TypeError):
+        ext.open_aead16_one(aead.decrypt_into, b"salt", cast(Any, bytearray(48)), InvalidTag, 1, 2, 3)
+
+    def keeper(nonce: bytes, data: Any, aad: Any, buf: Any) -> int:
+        kept.append(buf)
+        return len(buf)
+
+    kept: list[Any] = []
+    with pytest.raises(RuntimeError):  # a view kept past the call: released, never dangling
+        ext.seal_aead16_one(keeper, 1, 1, False, b"salt", bytes(40), 4)
+    with pytest.raises(RuntimeError):
+        ext.open_aead16_one(keeper, b"salt", bytes(48), InvalidTag, 1, 2, 3)
+    for view in kept:
+        with pytest.raises(ValueError):
+            bytes(view)

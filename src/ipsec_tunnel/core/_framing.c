@@ -13,6 +13,8 @@
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
  *               the views of packet memory handed to it are checked not to outlive the call.
  * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
+ * seal_aead16_one, open_aead16_one: one AEAD packet sealed or opened (as core/esp.py seal_aead16, open_aead16),
+ *               for a packet read alone (core/sa.py encrypt, decrypt), the AEAD call still `cryptography`'s.
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -1061,6 +1063,16 @@ inner_head(PyObject *self, PyObject *arg)
     return out;
 }
 
+static PyObject *seal_aead16_one(PyObject *self, PyObject *args); /* defined at the end */
+static PyObject *open_aead16_one(PyObject *self, PyObject *args);
+PyDoc_STRVAR(seal_aead16_one_doc,
+"seal_aead16_one(encrypt_into, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
+"core/esp.py seal_aead16 of one inner packet, the library's encrypt_into doing the AEAD.");
+PyDoc_STRVAR(open_aead16_one_doc,
+"open_aead16_one(decrypt_into, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)\n"
+"-> tuple[bytes, int] | object\n\n"
+"core/esp.py open_aead16 of one ESP packet, the library's decrypt_into doing the AEAD.");
+
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
@@ -1074,6 +1086,8 @@ static PyMethodDef methods[] = {
     {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
     {"split", split, METH_VARARGS, split_doc},
     {"inner_head", inner_head, METH_O, inner_head_doc},
+    {"seal_aead16_one", seal_aead16_one, METH_VARARGS, seal_aead16_one_doc},
+    {"open_aead16_one", open_aead16_one, METH_VARARGS, open_aead16_one_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
@@ -1087,4 +1101,138 @@ PyMODINIT_FUNC
 PyInit__framing(void)
 {
     return PyModule_Create(&module);
+}
+
+/* ---- a lone packet's seal and open (core/lone.py through core/sa.py): one call each ---- */
+
+/* seal_aead16_one(encrypt_into, spi, seq, split, salt, inner, next_header, /) -> bytes
+ * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt_into(nonce, data, aad, buf) (the
+ * `cryptography` call does all the cryptography): SPI || sequence number || IV || ciphertext || 16-byte
+ * ICV, the payload the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC
+ * 4303 §2.4-2.6), the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce
+ * salt || IV, the AAD SPI || sequence number (RFC 4106 §5). ValueError for a salt that is not 4 bytes, an
+ * SPI or sequence number past 2^32 - 1, a next header past 255 or an inner packet past 65,535 bytes. */
+
+static PyObject *
+seal_aead16_one(PyObject *self, PyObject *args)
+{
+    PyObject *encrypt_into, *packet = NULL;
+    unsigned long spi, next_header;
+    unsigned long long seq;
+    int split;
+    Py_buffer salt, inner;
+    if (!PyArg_ParseTuple(args, "OkKpy*y*k:seal_aead16_one", &encrypt_into, &spi, &seq, &split, &salt, &inner,
+                          &next_header))
+        return NULL;
+    if (salt.len != 4 || spi > 0xFFFFFFFFul || seq > 0xFFFFFFFFull || next_header > 0xFF
+        || inner.len > IP_MAXPACKET) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: salt, SPI, sequence number, next header or length out of range");
+        goto done;
+    }
+    Py_ssize_t pad = -(inner.len + 2) & 3, body = inner.len + pad + 2;
+    uint8_t *plain = PyMem_Malloc((size_t)body);
+    if (plain == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(plain, inner.buf, (size_t)inner.len);
+    for (Py_ssize_t i = 0; i < pad; i++)
+        plain[inner.len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
+    plain[body - 2] = (uint8_t)pad;
+    plain[body - 1] = (uint8_t)next_header;
+    packet = PyBytes_FromStringAndSize(NULL, 16 + body + 16);
+    if (packet != NULL) {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
+        uint64_t iv = seq | (split ? (uint64_t)1 << 63 : 0);
+        put32(o, (uint32_t)spi);
+        put32(o + 4, (uint32_t)seq);
+        put32(o + 8, (uint32_t)(iv >> 32));
+        put32(o + 12, (uint32_t)iv);
+        PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *result;
+        if (nonce != NULL) {
+            memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+            memcpy(PyBytes_AS_STRING(nonce) + 4, o + 8, 8);
+        }
+        if (call4(encrypt_into, nonce, view_of(plain, body, PyBUF_READ), PyBytes_FromStringAndSize((const char *)o, 8),
+                  view_of(o + 16, body + 16, PyBUF_WRITE), &result) < 0) {
+            Py_CLEAR(packet);
+        } else {
+            Py_ssize_t wrote = PyLong_AsSsize_t(result);
+            Py_DECREF(result);
+            if (wrote != body + 16) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "seal_aead16_one: encrypt_into wrote an unexpected length");
+                Py_CLEAR(packet);
+            }
+        }
+    }
+    PyMem_Free(plain);
+done:
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&inner);
+    return packet;
+}
+
+/* open_aead16_one(decrypt_into, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)
+ * -> tuple[bytes, int] | object
+ * core/esp.py open_aead16 of one ESP packet with the AEAD's decrypt_into(nonce, data, aad, buf) (the
+ * `cryptography` call does all the cryptography): (payload, next header), or `malformed` for a body that
+ * is not a whole number of 4 bytes (at least 4), `auth_failed` where decrypt_into raises `invalid_tag`,
+ * `bad_padding` for a trailer whose padding is not 1, 2, 3, ... (RFC 4303 §2.4). */
+
+static PyObject *
+open_aead16_one(PyObject *self, PyObject *args)
+{
+    PyObject *decrypt_into, *invalid_tag, *malformed, *auth_failed, *bad_padding, *out = NULL;
+    Py_buffer salt;
+    PyObject *item;
+    if (!PyArg_ParseTuple(args, "Oy*O!OOOO:open_aead16_one", &decrypt_into, &salt, &PyBytes_Type, &item,
+                          &invalid_tag, &malformed, &auth_failed, &bad_padding))
+        return NULL;
+    if (salt.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "open_aead16_one: a salt of 4 bytes");
+        goto done;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
+    Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 32; /* header 8, IV 8, ICV 16 */
+    if (body < 4 || body & 3) {
+        out = Py_NewRef(malformed);
+        goto done;
+    }
+    PyObject *plain = PyBytes_FromStringAndSize(NULL, body), *result;
+    if (plain == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
+    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12);
+    if (nonce != NULL) {
+        memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+        memcpy(PyBytes_AS_STRING(nonce) + 4, p + 8, 8);
+    }
+    /* the packet stays alive: the caller's argument tuple holds it while this runs */
+    if (call4(decrypt_into, nonce, view_of(p + 16, len - 16, PyBUF_READ), PyBytes_FromStringAndSize((const char *)p, 8),
+              view_of(o, body, PyBUF_WRITE), &result) < 0) {
+        Py_DECREF(plain);
+        if (result == NULL && PyErr_ExceptionMatches(invalid_tag)) {
+            PyErr_Clear();
+            out = Py_NewRef(auth_failed);
+        }
+        goto done;
+    }
+    Py_DECREF(result);
+    Py_ssize_t pad = o[body - 2], end = body - 2 - pad;
+    int bad = end < 0;
+    for (Py_ssize_t i = 0; !bad && i < pad; i++)
+        bad = o[end + i] != (uint8_t)(i + 1);
+    if (bad) {
+        Py_DECREF(plain);
+        out = Py_NewRef(bad_padding);
+        goto done;
+    }
+    long next_header = o[body - 1];
+    if (_PyBytes_Resize(&plain, end) < 0) /* only this function holds it */
+        goto done;
+    out = Py_BuildValue("(Nl)", plain, next_header);
+done:
+    PyBuffer_Release(&salt);
+    return out;
 }

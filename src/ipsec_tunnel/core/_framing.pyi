@@ -77,4 +77,24 @@ def open_cbc_many(
 ) -> tuple[list[Any], int] | None: ...
 def split(buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 def inner_head(packet: bytes, /) -> tuple[int, int, int, bool, int] | None: ...
+def seal_aead16_one(
+    encrypt_into: Callable[[bytes, Any, Any, Any], int],
+    spi: int,
+    seq: int,
+    split: bool,
+    salt: bytes,
+    inner: _Buffer,
+    next_header: int,
+    /,
+) -> bytes: ...
+def open_aead16_one(
+    decrypt_into: Callable[[bytes, Any, Any, Any], int],
+    salt: bytes,
+    packet: bytes,
+    invalid_tag: type[BaseException],
+    malformed: _T,
+    auth_failed: _T,
+    bad_padding: _T,
+    /,
+) -> tuple[bytes, int] | _T: ...
 def pure_requested() -> bool: ...

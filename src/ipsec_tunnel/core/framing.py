@@ -106,6 +106,30 @@ class Framing(Protocol):
 
     def pure_requested(self) -> bool: ...
 
+    def seal_aead16_one(
+        self,
+        encrypt_into: Callable[[bytes, Any, Any, Any], int],
+        spi: int,
+        seq: int,
+        split: bool,
+        salt: bytes,
+        inner: _Buffer,
+        next_header: int,
+        /,
+    ) -> bytes: ...
+
+    def open_aead16_one(
+        self,
+        decrypt_into: Callable[[bytes, Any, Any, Any], int],
+        salt: bytes,
+        packet: bytes,
+        invalid_tag: type[BaseException],
+        malformed: _T,
+        auth_failed: _T,
+        bad_padding: _T,
+        /,
+    ) -> tuple[bytes, int] | _T: ...
+
 
 available: Framing | None
 try:
