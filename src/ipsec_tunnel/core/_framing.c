@@ -1066,12 +1066,12 @@ inner_head(PyObject *self, PyObject *arg)
 static PyObject *seal_aead16_one(PyObject *self, PyObject *args); /* defined at the end */
 static PyObject *open_aead16_one(PyObject *self, PyObject *args);
 PyDoc_STRVAR(seal_aead16_one_doc,
-"seal_aead16_one(encrypt_into, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
-"core/esp.py seal_aead16 of one inner packet, the library's encrypt_into doing the AEAD.");
+"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
+"core/esp.py seal_aead16 of one inner packet, the library's encrypt doing the AEAD.");
 PyDoc_STRVAR(open_aead16_one_doc,
-"open_aead16_one(decrypt_into, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)\n"
+"open_aead16_one(decrypt, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)\n"
 "-> tuple[bytes, int] | object\n\n"
-"core/esp.py open_aead16 of one ESP packet, the library's decrypt_into doing the AEAD.");
+"core/esp.py open_aead16 of one ESP packet, the library's decrypt doing the AEAD.");
 
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
@@ -1105,23 +1105,24 @@ PyInit__framing(void)
 
 /* ---- a lone packet's seal and open (core/lone.py through core/sa.py): one call each ---- */
 
-/* seal_aead16_one(encrypt_into, spi, seq, split, salt, inner, next_header, /) -> bytes
- * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt_into(nonce, data, aad, buf) (the
- * `cryptography` call does all the cryptography): SPI || sequence number || IV || ciphertext || 16-byte
- * ICV, the payload the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC
- * 4303 §2.4-2.6), the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce
- * salt || IV, the AAD SPI || sequence number (RFC 4106 §5). ValueError for a salt that is not 4 bytes, an
- * SPI or sequence number past 2^32 - 1, a next header past 255 or an inner packet past 65,535 bytes. */
-
+/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes
+ * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt(nonce, data, aad) -> ciphertext ||
+ * 16-byte ICV (the `cryptography` call does all the cryptography; its plain form, not encrypt_into with
+ * views, which costs more on cold caches): SPI || sequence number || IV || ciphertext || ICV, the payload
+ * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
+ * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
+ * AAD SPI || sequence number (RFC 4106 §5). ValueError for a salt that is not 4 bytes, an SPI or
+ * sequence number past 2^32 - 1, a next header past 255, an inner packet past 65,535 bytes, or a
+ * ciphertext of the wrong length. */
 static PyObject *
 seal_aead16_one(PyObject *self, PyObject *args)
 {
-    PyObject *encrypt_into, *packet = NULL;
+    PyObject *encrypt, *packet = NULL;
     unsigned long spi, next_header;
     unsigned long long seq;
     int split;
     Py_buffer salt, inner;
-    if (!PyArg_ParseTuple(args, "OkKpy*y*k:seal_aead16_one", &encrypt_into, &spi, &seq, &split, &salt, &inner,
+    if (!PyArg_ParseTuple(args, "OkKpy*y*k:seal_aead16_one", &encrypt, &spi, &seq, &split, &salt, &inner,
                           &next_header))
         return NULL;
     if (salt.len != 4 || spi > 0xFFFFFFFFul || seq > 0xFFFFFFFFull || next_header > 0xFF
@@ -1130,64 +1131,61 @@ seal_aead16_one(PyObject *self, PyObject *args)
         goto done;
     }
     Py_ssize_t pad = -(inner.len + 2) & 3, body = inner.len + pad + 2;
-    uint8_t *plain = PyMem_Malloc((size_t)body);
-    if (plain == NULL) {
-        PyErr_NoMemory();
+    uint8_t head[16];
+    uint64_t iv = seq | (split ? (uint64_t)1 << 63 : 0);
+    put32(head, (uint32_t)spi);
+    put32(head + 4, (uint32_t)seq);
+    put32(head + 8, (uint32_t)(iv >> 32));
+    put32(head + 12, (uint32_t)iv);
+    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *plain = PyBytes_FromStringAndSize(NULL, body),
+             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL;
+    if (nonce != NULL && plain != NULL && aad != NULL) {
+        memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+        memcpy(PyBytes_AS_STRING(nonce) + 4, head + 8, 8);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
+        memcpy(o, inner.buf, (size_t)inner.len);
+        for (Py_ssize_t i = 0; i < pad; i++)
+            o[inner.len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
+        o[body - 2] = (uint8_t)pad;
+        o[body - 1] = (uint8_t)next_header;
+        PyObject *argv[3] = {nonce, plain, aad};
+        sealed = PyObject_Vectorcall(encrypt, argv, 3, NULL);
+    }
+    Py_XDECREF(nonce);
+    Py_XDECREF(plain);
+    Py_XDECREF(aad);
+    if (sealed == NULL)
         goto done;
-    }
-    memcpy(plain, inner.buf, (size_t)inner.len);
-    for (Py_ssize_t i = 0; i < pad; i++)
-        plain[inner.len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
-    plain[body - 2] = (uint8_t)pad;
-    plain[body - 1] = (uint8_t)next_header;
-    packet = PyBytes_FromStringAndSize(NULL, 16 + body + 16);
-    if (packet != NULL) {
-        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
-        uint64_t iv = seq | (split ? (uint64_t)1 << 63 : 0);
-        put32(o, (uint32_t)spi);
-        put32(o + 4, (uint32_t)seq);
-        put32(o + 8, (uint32_t)(iv >> 32));
-        put32(o + 12, (uint32_t)iv);
-        PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *result;
-        if (nonce != NULL) {
-            memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
-            memcpy(PyBytes_AS_STRING(nonce) + 4, o + 8, 8);
-        }
-        if (call4(encrypt_into, nonce, view_of(plain, body, PyBUF_READ), PyBytes_FromStringAndSize((const char *)o, 8),
-                  view_of(o + 16, body + 16, PyBUF_WRITE), &result) < 0) {
-            Py_CLEAR(packet);
-        } else {
-            Py_ssize_t wrote = PyLong_AsSsize_t(result);
-            Py_DECREF(result);
-            if (wrote != body + 16) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError, "seal_aead16_one: encrypt_into wrote an unexpected length");
-                Py_CLEAR(packet);
-            }
+    if (!PyBytes_Check(sealed) || PyBytes_GET_SIZE(sealed) != body + 16) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: encrypt gave an unexpected length");
+    } else {
+        packet = PyBytes_FromStringAndSize(NULL, 16 + body + 16);
+        if (packet != NULL) {
+            memcpy(PyBytes_AS_STRING(packet), head, 16);
+            memcpy(PyBytes_AS_STRING(packet) + 16, PyBytes_AS_STRING(sealed), (size_t)(body + 16));
         }
     }
-    PyMem_Free(plain);
+    Py_DECREF(sealed);
 done:
     PyBuffer_Release(&salt);
     PyBuffer_Release(&inner);
     return packet;
 }
 
-/* open_aead16_one(decrypt_into, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)
+/* open_aead16_one(decrypt, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)
  * -> tuple[bytes, int] | object
- * core/esp.py open_aead16 of one ESP packet with the AEAD's decrypt_into(nonce, data, aad, buf) (the
- * `cryptography` call does all the cryptography): (payload, next header), or `malformed` for a body that
- * is not a whole number of 4 bytes (at least 4), `auth_failed` where decrypt_into raises `invalid_tag`,
- * `bad_padding` for a trailer whose padding is not 1, 2, 3, ... (RFC 4303 §2.4). */
-
+ * core/esp.py open_aead16 of one ESP packet with the AEAD's decrypt(nonce, data, aad) -> plaintext (the
+ * `cryptography` call does all the cryptography, raising `invalid_tag` for a bad ICV): (payload, next
+ * header), or `malformed` for a body that is not a whole number of 4 bytes (at least 4), `auth_failed`
+ * where decrypt raises `invalid_tag`, `bad_padding` for a trailer whose padding is not 1, 2, 3, ... (RFC
+ * 4303 §2.4). */
 static PyObject *
 open_aead16_one(PyObject *self, PyObject *args)
 {
-    PyObject *decrypt_into, *invalid_tag, *malformed, *auth_failed, *bad_padding, *out = NULL;
+    PyObject *decrypt, *invalid_tag, *malformed, *auth_failed, *bad_padding, *item, *out = NULL;
     Py_buffer salt;
-    PyObject *item;
-    if (!PyArg_ParseTuple(args, "Oy*O!OOOO:open_aead16_one", &decrypt_into, &salt, &PyBytes_Type, &item,
-                          &invalid_tag, &malformed, &auth_failed, &bad_padding))
+    if (!PyArg_ParseTuple(args, "Oy*O!OOOO:open_aead16_one", &decrypt, &salt, &PyBytes_Type, &item, &invalid_tag,
+                          &malformed, &auth_failed, &bad_padding))
         return NULL;
     if (salt.len != 4) {
         PyErr_SetString(PyExc_ValueError, "open_aead16_one: a salt of 4 bytes");
@@ -1199,39 +1197,39 @@ open_aead16_one(PyObject *self, PyObject *args)
         out = Py_NewRef(malformed);
         goto done;
     }
-    PyObject *plain = PyBytes_FromStringAndSize(NULL, body), *result;
-    if (plain == NULL)
-        goto done;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
-    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12);
-    if (nonce != NULL) {
+    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *data = PyBytes_FromStringAndSize((const char *)p + 16, len - 16),
+             *aad = PyBytes_FromStringAndSize((const char *)p, 8), *plain = NULL;
+    if (nonce != NULL && data != NULL && aad != NULL) {
         memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
         memcpy(PyBytes_AS_STRING(nonce) + 4, p + 8, 8);
+        PyObject *argv[3] = {nonce, data, aad};
+        plain = PyObject_Vectorcall(decrypt, argv, 3, NULL);
     }
-    /* the packet stays alive: the caller's argument tuple holds it while this runs */
-    if (call4(decrypt_into, nonce, view_of(p + 16, len - 16, PyBUF_READ), PyBytes_FromStringAndSize((const char *)p, 8),
-              view_of(o, body, PyBUF_WRITE), &result) < 0) {
-        Py_DECREF(plain);
-        if (result == NULL && PyErr_ExceptionMatches(invalid_tag)) {
+    Py_XDECREF(nonce);
+    Py_XDECREF(data);
+    Py_XDECREF(aad);
+    if (plain == NULL) {
+        if (PyErr_ExceptionMatches(invalid_tag)) {
             PyErr_Clear();
             out = Py_NewRef(auth_failed);
         }
         goto done;
     }
-    Py_DECREF(result);
+    if (!PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != body) {
+        PyErr_SetString(PyExc_ValueError, "open_aead16_one: decrypt gave an unexpected length");
+        Py_DECREF(plain);
+        goto done;
+    }
+    const uint8_t *o = (const uint8_t *)PyBytes_AS_STRING(plain);
     Py_ssize_t pad = o[body - 2], end = body - 2 - pad;
     int bad = end < 0;
     for (Py_ssize_t i = 0; !bad && i < pad; i++)
         bad = o[end + i] != (uint8_t)(i + 1);
-    if (bad) {
-        Py_DECREF(plain);
+    if (bad)
         out = Py_NewRef(bad_padding);
-        goto done;
-    }
-    long next_header = o[body - 1];
-    if (_PyBytes_Resize(&plain, end) < 0) /* only this function holds it */
-        goto done;
-    out = Py_BuildValue("(Nl)", plain, next_header);
+    else
+        out = Py_BuildValue("(y#l)", (const char *)o, end, (long)o[body - 1]);
+    Py_DECREF(plain);
 done:
     PyBuffer_Release(&salt);
     return out;

@@ -78,7 +78,7 @@ def open_cbc_many(
 def split(buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 def inner_head(packet: bytes, /) -> tuple[int, int, int, bool, int] | None: ...
 def seal_aead16_one(
-    encrypt_into: Callable[[bytes, Any, Any, Any], int],
+    encrypt: Callable[[bytes, bytes, bytes], bytes],
     spi: int,
     seq: int,
     split: bool,
@@ -88,7 +88,7 @@ def seal_aead16_one(
     /,
 ) -> bytes: ...
 def open_aead16_one(
-    decrypt_into: Callable[[bytes, Any, Any, Any], int],
+    decrypt: Callable[[bytes, bytes, bytes], bytes],
     salt: bytes,
     packet: bytes,
     invalid_tag: type[BaseException],

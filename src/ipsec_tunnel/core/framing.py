@@ -108,7 +108,7 @@ class Framing(Protocol):
 
     def seal_aead16_one(
         self,
-        encrypt_into: Callable[[bytes, Any, Any, Any], int],
+        encrypt: Callable[[bytes, bytes, bytes], bytes],
         spi: int,
         seq: int,
         split: bool,
@@ -120,7 +120,7 @@ class Framing(Protocol):
 
     def open_aead16_one(
         self,
-        decrypt_into: Callable[[bytes, Any, Any, Any], int],
+        decrypt: Callable[[bytes, bytes, bytes], bytes],
         salt: bytes,
         packet: bytes,
         invalid_tag: type[BaseException],
