@@ -519,8 +519,10 @@ class DataPlane:
         its device at once and the tunnel devices then readable (its answer) are served; after every
         `batch_packets` packets, when another source is readable, that source gets its turn first. With
         AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`). With
-        `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first."""
-        if self.read_ahead:
+        `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first;
+        but not in a woken turn, which reads once (nothing to go ahead of): an idle datagram read alone
+        then takes `daemon.lone`'s direct write."""
+        if self.read_ahead and not self.woken:
             readahead.serve_udp(self, udp)
             return
         now = self.clock()
