@@ -82,10 +82,10 @@ def _layout(burst: Burst) -> Burst:
 
 
 def _python_framing(engine: Engine) -> None:
-    """Have `engine`'s SAs seal and open one AEAD packet with core/esp.py's Python, not core/_framing.c's
-    `seal_aead16_one` / `open_aead16_one` (the short way's twin keeps them where the extension is in use)."""
+    """Have `engine`'s SAs seal one AEAD packet with core/esp.py's Python (`seal_aead16`), not
+    core/_framing.c's `seal_aead16_one` (the short way's twin keeps it where the extension is in use)."""
     for sa in engine.sad:
-        sa._seal_one = sa._open_one = None
+        sa._seal_one = None
 
 
 class Twins:
@@ -103,7 +103,7 @@ class Twins:
         self.receivers = [_engine(config, b, a, self.stores[2 + i]) for i in range(2)]
         self.handled = 0  # what the short way took (did not decline)
         for engine in (self.senders[1], self.receivers[1]):
-            _python_framing(engine)  # the batch twin seals and opens in Python (esp.seal_aead16, open_aead16)
+            _python_framing(engine)  # the batch twin seals in Python (esp.seal_aead16)
 
     def send(self, inner: bytes, now: float = NOW) -> list[Burst]:
         """`inner` sent by both senders; the bursts (equal), after checking the states are equal."""
@@ -332,14 +332,15 @@ def test_receive_with_peer_networks_declines() -> None:
 
 @pytest.mark.parametrize("cipher", AEAD)
 @pytest.mark.parametrize("duplex", [False, True])
-def test_sealed_and_opened_alone_in_c_as_in_python(cipher: str, duplex: bool) -> None:
-    """The short way's twin seals and opens in one C call (`_framing.seal_aead16_one`, `open_aead16_one`)
-    where the extension is in use; the batch twin in Python: every padding length, both IP versions, the
-    IV's direction bit of --duplex, a forged ICV, a bad padding under a good ICV, a runt, a replay."""
+def test_sealed_alone_in_c_as_in_python(cipher: str, duplex: bool) -> None:
+    """The short way's twin seals in one C call (`_framing.seal_aead16_one`) where the extension is in
+    use, the batch twin in Python: every padding length, both IP versions, the IV's direction bit of
+    --duplex; and both open alike what they sealed, a forged ICV, a bad padding under a good ICV, a
+    runt, a replay."""
     twins = Twins(cipher, duplex=duplex, iv_split=1 if duplex else None)
-    lone_tx, lone_rx = twins.senders[0].sad.find()[0], twins.receivers[0].sad.find()[0]
+    lone_tx = twins.senders[0].sad.find()[0]
     if native is not None:  # else (IPSEC_TUNNEL_PURE=1, no extension) both twins run the Python
-        assert lone_tx._seal_one is not None and lone_rx._open_one is not None
+        assert lone_tx._seal_one is not None
     packets = [v4(n) for n in range(4)] + [v6(n) for n in (0, 1, 2, 3, 1200)] + [v4(1400, df=True)]
     datagrams = [twins.sealed(inner) for inner in packets]
     for inner, datagram in zip(packets, datagrams, strict=True):

@@ -13,8 +13,8 @@
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
  *               the views of packet memory handed to it are checked not to outlive the call.
  * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
- * seal_aead16_one, open_aead16_one: one AEAD packet sealed or opened (as core/esp.py seal_aead16, open_aead16),
- *               for a packet read alone (core/sa.py encrypt, decrypt), the AEAD call still `cryptography`'s.
+ * seal_aead16_one: one AEAD packet sealed (as core/esp.py seal_aead16), for a packet read alone
+ *               (core/sa.py encrypt), the AEAD call still `cryptography`'s.
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -1063,15 +1063,10 @@ inner_head(PyObject *self, PyObject *arg)
     return out;
 }
 
-static PyObject *seal_aead16_one(PyObject *self, PyObject *args); /* defined at the end */
-static PyObject *open_aead16_one(PyObject *self, PyObject *args);
+static PyObject *seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* at the end */
 PyDoc_STRVAR(seal_aead16_one_doc,
 "seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
 "core/esp.py seal_aead16 of one inner packet, the library's encrypt doing the AEAD.");
-PyDoc_STRVAR(open_aead16_one_doc,
-"open_aead16_one(decrypt, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)\n"
-"-> tuple[bytes, int] | object\n\n"
-"core/esp.py open_aead16 of one ESP packet, the library's decrypt doing the AEAD.");
 
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
@@ -1086,8 +1081,7 @@ static PyMethodDef methods[] = {
     {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
     {"split", split, METH_VARARGS, split_doc},
     {"inner_head", inner_head, METH_O, inner_head_doc},
-    {"seal_aead16_one", seal_aead16_one, METH_VARARGS, seal_aead16_one_doc},
-    {"open_aead16_one", open_aead16_one, METH_VARARGS, open_aead16_one_doc},
+    {"seal_aead16_one", (PyCFunction)(void (*)(void))seal_aead16_one, METH_FASTCALL, seal_aead16_one_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
@@ -1103,7 +1097,29 @@ PyInit__framing(void)
     return PyModule_Create(&module);
 }
 
-/* ---- a lone packet's seal and open (core/lone.py through core/sa.py): one call each ---- */
+/* ---- a lone packet's seal (core/lone.py through core/sa.py) in one call ---- */
+/* It takes its arguments as the vector call gives them (METH_FASTCALL): no format string to parse.
+ * (An open in one call was tried and left out: on cold caches it cost more than the Python it
+ * replaced, a few slices; docs/performance.md.) */
+
+/* `n` as an unsigned number at most `max`, else -1 with ValueError (TypeError: not an int). */
+static long long
+lone_uint(PyObject *n, unsigned long long max)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(n);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
+        }
+        return -1;
+    }
+    if (v > max) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
+        return -1;
+    }
+    return (long long)v;
+}
 
 /* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes
  * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt(nonce, data, aad) -> ciphertext ||
@@ -1111,41 +1127,47 @@ PyInit__framing(void)
  * views, which costs more on cold caches): SPI || sequence number || IV || ciphertext || ICV, the payload
  * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
  * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
- * AAD SPI || sequence number (RFC 4106 §5). ValueError for a salt that is not 4 bytes, an SPI or
- * sequence number past 2^32 - 1, a next header past 255, an inner packet past 65,535 bytes, or a
- * ciphertext of the wrong length. */
+ * AAD SPI || sequence number (RFC 4106 §5). `salt` and `inner` are bytes. ValueError for a salt that is
+ * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, an inner packet past
+ * 65,535 bytes, or a ciphertext of the wrong length. */
 static PyObject *
-seal_aead16_one(PyObject *self, PyObject *args)
+seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *encrypt, *packet = NULL;
-    unsigned long spi, next_header;
-    unsigned long long seq;
-    int split;
-    Py_buffer salt, inner;
-    if (!PyArg_ParseTuple(args, "OkKpy*y*k:seal_aead16_one", &encrypt, &spi, &seq, &split, &salt, &inner,
-                          &next_header))
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 arguments");
         return NULL;
-    if (salt.len != 4 || spi > 0xFFFFFFFFul || seq > 0xFFFFFFFFull || next_header > 0xFF
-        || inner.len > IP_MAXPACKET) {
-        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: salt, SPI, sequence number, next header or length out of range");
-        goto done;
     }
-    Py_ssize_t pad = -(inner.len + 2) & 3, body = inner.len + pad + 2;
+    PyObject *encrypt = args[0], *salt = args[4], *inner = args[5];
+    if (!PyBytes_Check(salt) || !PyBytes_Check(inner)) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one: salt and inner packet must be bytes");
+        return NULL;
+    }
+    long long spi = lone_uint(args[1], 0xFFFFFFFFull), seq = spi < 0 ? -1 : lone_uint(args[2], 0xFFFFFFFFull),
+              next_header = seq < 0 ? -1 : lone_uint(args[6], 0xFF);
+    int split = next_header < 0 ? -1 : PyObject_IsTrue(args[3]);
+    if (split < 0)
+        return NULL;
+    Py_ssize_t len = PyBytes_GET_SIZE(inner);
+    if (PyBytes_GET_SIZE(salt) != 4 || len > IP_MAXPACKET) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: a salt of 4 bytes and an inner packet of 65,535 at most");
+        return NULL;
+    }
+    Py_ssize_t pad = -(len + 2) & 3, body = len + pad + 2;
     uint8_t head[16];
-    uint64_t iv = seq | (split ? (uint64_t)1 << 63 : 0);
+    uint64_t iv = (uint64_t)seq | (split ? (uint64_t)1 << 63 : 0);
     put32(head, (uint32_t)spi);
     put32(head + 4, (uint32_t)seq);
     put32(head + 8, (uint32_t)(iv >> 32));
     put32(head + 12, (uint32_t)iv);
     PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *plain = PyBytes_FromStringAndSize(NULL, body),
-             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL;
+             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL, *packet = NULL;
     if (nonce != NULL && plain != NULL && aad != NULL) {
-        memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
+        memcpy(PyBytes_AS_STRING(nonce), PyBytes_AS_STRING(salt), 4);
         memcpy(PyBytes_AS_STRING(nonce) + 4, head + 8, 8);
         uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
-        memcpy(o, inner.buf, (size_t)inner.len);
+        memcpy(o, PyBytes_AS_STRING(inner), (size_t)len);
         for (Py_ssize_t i = 0; i < pad; i++)
-            o[inner.len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
+            o[len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
         o[body - 2] = (uint8_t)pad;
         o[body - 1] = (uint8_t)next_header;
         PyObject *argv[3] = {nonce, plain, aad};
@@ -1155,7 +1177,7 @@ seal_aead16_one(PyObject *self, PyObject *args)
     Py_XDECREF(plain);
     Py_XDECREF(aad);
     if (sealed == NULL)
-        goto done;
+        return NULL;
     if (!PyBytes_Check(sealed) || PyBytes_GET_SIZE(sealed) != body + 16) {
         PyErr_SetString(PyExc_ValueError, "seal_aead16_one: encrypt gave an unexpected length");
     } else {
@@ -1166,71 +1188,5 @@ seal_aead16_one(PyObject *self, PyObject *args)
         }
     }
     Py_DECREF(sealed);
-done:
-    PyBuffer_Release(&salt);
-    PyBuffer_Release(&inner);
     return packet;
-}
-
-/* open_aead16_one(decrypt, salt, packet, invalid_tag, malformed, auth_failed, bad_padding, /)
- * -> tuple[bytes, int] | object
- * core/esp.py open_aead16 of one ESP packet with the AEAD's decrypt(nonce, data, aad) -> plaintext (the
- * `cryptography` call does all the cryptography, raising `invalid_tag` for a bad ICV): (payload, next
- * header), or `malformed` for a body that is not a whole number of 4 bytes (at least 4), `auth_failed`
- * where decrypt raises `invalid_tag`, `bad_padding` for a trailer whose padding is not 1, 2, 3, ... (RFC
- * 4303 §2.4). */
-static PyObject *
-open_aead16_one(PyObject *self, PyObject *args)
-{
-    PyObject *decrypt, *invalid_tag, *malformed, *auth_failed, *bad_padding, *item, *out = NULL;
-    Py_buffer salt;
-    if (!PyArg_ParseTuple(args, "Oy*O!OOOO:open_aead16_one", &decrypt, &salt, &PyBytes_Type, &item, &invalid_tag,
-                          &malformed, &auth_failed, &bad_padding))
-        return NULL;
-    if (salt.len != 4) {
-        PyErr_SetString(PyExc_ValueError, "open_aead16_one: a salt of 4 bytes");
-        goto done;
-    }
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
-    Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 32; /* header 8, IV 8, ICV 16 */
-    if (body < 4 || body & 3) {
-        out = Py_NewRef(malformed);
-        goto done;
-    }
-    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *data = PyBytes_FromStringAndSize((const char *)p + 16, len - 16),
-             *aad = PyBytes_FromStringAndSize((const char *)p, 8), *plain = NULL;
-    if (nonce != NULL && data != NULL && aad != NULL) {
-        memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
-        memcpy(PyBytes_AS_STRING(nonce) + 4, p + 8, 8);
-        PyObject *argv[3] = {nonce, data, aad};
-        plain = PyObject_Vectorcall(decrypt, argv, 3, NULL);
-    }
-    Py_XDECREF(nonce);
-    Py_XDECREF(data);
-    Py_XDECREF(aad);
-    if (plain == NULL) {
-        if (PyErr_ExceptionMatches(invalid_tag)) {
-            PyErr_Clear();
-            out = Py_NewRef(auth_failed);
-        }
-        goto done;
-    }
-    if (!PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != body) {
-        PyErr_SetString(PyExc_ValueError, "open_aead16_one: decrypt gave an unexpected length");
-        Py_DECREF(plain);
-        goto done;
-    }
-    const uint8_t *o = (const uint8_t *)PyBytes_AS_STRING(plain);
-    Py_ssize_t pad = o[body - 2], end = body - 2 - pad;
-    int bad = end < 0;
-    for (Py_ssize_t i = 0; !bad && i < pad; i++)
-        bad = o[end + i] != (uint8_t)(i + 1);
-    if (bad)
-        out = Py_NewRef(bad_padding);
-    else
-        out = Py_BuildValue("(y#l)", (const char *)o, end, (long)o[body - 1]);
-    Py_DECREF(plain);
-done:
-    PyBuffer_Release(&salt);
-    return out;
 }

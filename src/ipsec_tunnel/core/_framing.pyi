@@ -83,18 +83,8 @@ def seal_aead16_one(
     seq: int,
     split: bool,
     salt: bytes,
-    inner: _Buffer,
+    inner: bytes,
     next_header: int,
     /,
 ) -> bytes: ...
-def open_aead16_one(
-    decrypt: Callable[[bytes, bytes, bytes], bytes],
-    salt: bytes,
-    packet: bytes,
-    invalid_tag: type[BaseException],
-    malformed: _T,
-    auth_failed: _T,
-    bad_padding: _T,
-    /,
-) -> tuple[bytes, int] | _T: ...
 def pure_requested() -> bool: ...

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
-from cryptography.exceptions import InvalidTag
-
 from . import esp
 from .algorithms import (
     AlgorithmError,
@@ -70,10 +68,8 @@ NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
 LIFETIME_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
-# core/_framing.c's seal and open of one AEAD packet (None without the extension, or one built before them)
+# core/_framing.c's seal of one AEAD packet (None without the extension, or one built before it)
 _SEAL_ONE: Callable[..., bytes] | None = getattr(_native, "seal_aead16_one", None)
-_OPEN_ONE: Callable[..., Any] | None = getattr(_native, "open_aead16_one", None)
-_OPEN_DROPS = Drop.MALFORMED, Drop.AUTH_FAILED, Drop.BAD_PADDING  # what _OPEN_ONE answers instead of opening
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 _SEQ_FIELD = operator.itemgetter(slice(4, 8))  # RFC 4303 §2.2: the sequence number field, as bytes
@@ -419,9 +415,8 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
-        # a lone packet's seal and open in one C call each (esp.seal_aead16 / open_aead16 otherwise)
+        # a lone packet's seal in one C call (esp.seal_aead16 otherwise)
         self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
-        self._open_one = _OPEN_ONE if self._aead_decrypt is not None else None
         self._split = bool(self._iv_split)
         self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
         cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
@@ -536,7 +531,7 @@ class SecurityAssociation:
         aead_encrypt = self._aead_encrypt
         if aead_encrypt is not None:
             seal_one = self._seal_one
-            if seal_one is not None:
+            if seal_one is not None and type(inner) is bytes:
                 packet = seal_one(aead_encrypt, self._spi, seq, self._split, self._salt, inner, next_header)
             else:
                 packet = esp.seal_aead16(
@@ -721,16 +716,6 @@ class SecurityAssociation:
         aead_decrypt = self._aead_decrypt
         if aead_decrypt is None:
             result = esp.open_packet(packet, seq, self._esn, self.cipher, self.auth)
-        elif self._open_one is not None and type(packet) is bytes:
-            result = self._open_one(
-                aead_decrypt,
-                self._salt,
-                packet,
-                InvalidTag,
-                Drop.MALFORMED,
-                Drop.AUTH_FAILED,
-                Drop.BAD_PADDING,
-            )
         else:
             result = esp.open_aead16(packet, aead_decrypt, self._salt)
         if isinstance(result, Drop):
