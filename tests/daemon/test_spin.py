@@ -329,7 +329,7 @@ def test_spin_option(value: str, spin: int) -> None:
 @pytest.mark.parametrize("value,warm", [("0", 0), (str(MIN_WARM_US), MIN_WARM_US), ("100000", 100000)])
 def test_warm_option(value: str, warm: int) -> None:
     assert main.parse_args([f"--warm-us={value}"]).warm_us == warm
-    assert main.parse_args([]).warm_us == main.DEFAULT_WARM_US == 5000
+    assert main.parse_args([]).warm_us == main.DEFAULT_WARM_US == 2000
 
 
 @pytest.mark.parametrize("value", ["-1", "99", "100001", "x", ""])
