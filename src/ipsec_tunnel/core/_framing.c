@@ -1147,8 +1147,8 @@ lone_uint(PyObject *n, unsigned long long max)
  * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
  * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
  * AAD SPI || sequence number (RFC 4106 §5). `salt` and `inner` are bytes. ValueError for a salt that is
- * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, an inner packet past
- * 65,535 bytes, or a ciphertext of the wrong length. */
+ * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, or a ciphertext of the
+ * wrong length. */
 static PyObject *
 seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1166,9 +1166,9 @@ seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int split = next_header < 0 ? -1 : PyObject_IsTrue(args[3]);
     if (split < 0)
         return NULL;
-    Py_ssize_t len = PyBytes_GET_SIZE(inner);
-    if (PyBytes_GET_SIZE(salt) != 4 || len > IP_MAXPACKET) {
-        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: a salt of 4 bytes and an inner packet of 65,535 at most");
+    Py_ssize_t len = PyBytes_GET_SIZE(inner); /* any length, as esp.seal_aead16 (an IPv6 packet may pass 65,535) */
+    if (PyBytes_GET_SIZE(salt) != 4) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: a salt of 4 bytes");
         return NULL;
     }
     Py_ssize_t pad = -(len + 2) & 3, body = len + pad + 2;
