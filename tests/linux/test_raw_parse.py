@@ -178,23 +178,3 @@ def test_burst_gather_in_c_refuses_arguments_beyond_its_buffers() -> None:
     with pytest.raises(ValueError, match="beyond"):  # the base and the length overlapping
         _ext.ipv4_gather(bytearray(40), [b"x"], 0, 1, 0, 0, 64, SRC, DST, memoryview(iov).cast("B"),
                          raw._IOVEC_SIZE, raw._IOVEC_LEN, raw._IOVEC_LEN)  # fmt: skip
-
-
-@_needs_ext
-def test_batch_parse_in_c_shares_the_addresses_of_a_run() -> None:
-    """One bytes object per outer address while it repeats (equal values either way)."""
-    assert _ext is not None
-    other = bytes((198, 51, 100, 7))
-    packets = [_ipv4(b"a"), _ipv4(b"b"), _ipv4(b"c").replace(SRC, other, 1), _ipv4(b"d")]
-    msgs = (raw._Mmsghdr * 4)()
-    buffer = bytearray(4 * _SLOT)
-    for i, packet in enumerate(packets):
-        buffer[i * _SLOT : i * _SLOT + len(packet)] = packet
-        msgs[i].len = len(packet)
-    got = _ext.esp_in_ipv4_batch(
-        memoryview(buffer), memoryview(msgs).cast("B"), 4, _SLOT, raw._MMSG_SIZE, raw._MSG_LEN,
-        raw._MSG_FLAGS, socket.MSG_TRUNC,
-    )  # fmt: skip
-    assert [g[0] for g in got] == [SRC, SRC, other, SRC]
-    assert got[0][0] is got[1][0] and got[0][1] is got[3][1]
-    assert [g[3] for g in got] == [b"a", b"b", b"c", b"d"]

@@ -388,7 +388,7 @@ esp_in_ipv4_batch(PyObject *self, PyObject *args)
     Py_buffer view, hdrs;
     Py_ssize_t n, slot, msg_size, len_off, flags_off;
     unsigned long trunc;
-    PyObject *out = NULL, *saddr = NULL, *daddr = NULL;
+    PyObject *out = NULL;
     if (!PyArg_ParseTuple(args, "y*y*nnnnnk:esp_in_ipv4_batch", &view, &hdrs, &n, &slot, &msg_size, &len_off,
                           &flags_off, &trunc))
         return NULL;
@@ -416,39 +416,16 @@ esp_in_ipv4_batch(PyObject *self, PyObject *args)
         if (ihl < 20 || size < ihl)
             continue;
         Py_ssize_t end = (ihl <= total && total <= size) ? total : size; /* RFC 791: what arrived counts */
-        /* a run of one outer source and destination shares their bytes objects (equal values) */
-        if (saddr == NULL || memcmp(PyBytes_AS_STRING(saddr), p + 12, 4) != 0) {
-            Py_XSETREF(saddr, PyBytes_FromStringAndSize((const char *)p + 12, 4));
-            if (saddr == NULL)
-                goto fail;
-        }
-        if (daddr == NULL || memcmp(PyBytes_AS_STRING(daddr), p + 16, 4) != 0) {
-            Py_XSETREF(daddr, PyBytes_FromStringAndSize((const char *)p + 16, 4));
-            if (daddr == NULL)
-                goto fail;
-        }
-        PyObject *item = PyTuple_New(4);
-        if (item == NULL)
-            goto fail;
-        PyObject *tos = PyLong_FromLong(p[1]), *esp = PyBytes_FromStringAndSize((const char *)p + ihl, end - ihl);
-        Py_INCREF(saddr);
-        Py_INCREF(daddr);
-        PyTuple_SET_ITEM(item, 0, saddr);
-        PyTuple_SET_ITEM(item, 1, daddr);
-        PyTuple_SET_ITEM(item, 2, tos);
-        PyTuple_SET_ITEM(item, 3, esp);
-        if (tos == NULL || esp == NULL || PyList_Append(out, item) < 0) {
-            Py_DECREF(item);
-            goto fail;
+        PyObject *item = Py_BuildValue("(y#y#iy#)", (const char *)p + 12, (Py_ssize_t)4, (const char *)p + 16,
+                                       (Py_ssize_t)4, (int)p[1], (const char *)p + ihl, end - ihl);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+            goto done;
         }
         Py_DECREF(item);
     }
-    goto done;
-fail:
-    Py_CLEAR(out);
 done:
-    Py_XDECREF(saddr);
-    Py_XDECREF(daddr);
     PyBuffer_Release(&view);
     PyBuffer_Release(&hdrs);
     return out;
