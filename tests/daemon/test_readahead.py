@@ -353,3 +353,65 @@ def test_a_small_tcp_segment_held_back_by_the_window_keeps_its_place_when_it_goe
     assert [e[1] for e in events if e[0] == "open"][:3] == [list(range(1, 65)), list(range(65, 129)), [193]]
     assert _written_tcp(events) == [*before, tail, *after]
     assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
+
+
+def test_raw_esp_a_small_segment_held_back_by_the_window_keeps_its_place_when_it_goes_ahead(fd: int) -> None:
+    """The same over raw ESP: the small segment (193) first in its recvmmsg batch waits alone until the
+    bulk before it fits in the window of 128, then is opened ahead of 129-192, and written in place."""
+    pair = make_pair(replay_window=128)
+    before = [_tcp(n) for n in range(192)]
+    tail = _tcp(192, size=40)
+    after = [_tcp(n) for n in range(193, 257)]
+    wire = _seal(pair, [*before, tail, *after])
+    reads = [wire[0:64], wire[64:128], wire[128:192], wire[192:257]]
+    events: list[tuple[Any, ...]] = []
+    plane = _plane(pair, events)
+    try:
+        plane.on_raw(_Raw(pair, reads, fd))  # type: ignore[arg-type]
+    finally:
+        plane.close()
+    assert [e[1] for e in events if e[0] == "open"] == [
+        list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),
+    ]  # fmt: skip
+    assert _written_tcp(events) == [*before, tail, *after]
+    assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
+
+
+class _Failing:
+    """A socket whose second read fails (an error the kernel reports on the socket, say)."""
+
+    stamp = 0.0
+
+    def __init__(self, edge: _Udp | _Raw) -> None:
+        self.edge = edge
+        self.reads = 0
+
+    def fileno(self) -> int:
+        return self.edge.fileno()
+
+    def recv_batch(self) -> Any:
+        self.reads += 1
+        if self.reads == 2:
+            raise OSError(104, "Connection reset by peer")
+        return self.edge.recv_batch()
+
+
+@pytest.mark.parametrize("transport", ["udp", "raw"])
+def test_a_failed_read_ends_the_reading_and_what_was_read_is_opened(transport: str, fd: int) -> None:
+    pair = make_pair(encap=UdpEncap() if transport == "udp" else None, replay_window=4096)
+    tcp = [_tcp(n) for n in range(40)]
+    wire = _seal(pair, tcp)
+    edge = _Udp(pair, [wire[:20], wire[20:]], fd) if transport == "udp" else _Raw(pair, [wire[:20]], fd)
+    failing = _Failing(edge)
+    events: list[tuple[Any, ...]] = []
+    plane = _plane(pair, events)
+    try:
+        if transport == "udp":
+            plane.on_udp(failing)  # type: ignore[arg-type]
+        else:
+            plane.on_raw(failing)  # type: ignore[arg-type]
+    finally:
+        plane.close()
+    assert failing.reads == 2  # no read after the failed one in this turn
+    assert [e[1] for e in events if e[0] == "open"] == [list(range(1, 21))]
+    assert _written_tcp(events) == tcp[:20]

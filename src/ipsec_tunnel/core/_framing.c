@@ -810,10 +810,11 @@ differ(const uint8_t *a, const uint8_t *b, Py_ssize_t len)
     return acc != 0;
 }
 
-/* The HMAC of the `len` bytes at `p`: start(), then update(a view of them), then finalize(); a new
+/* The HMAC of the `len` bytes at `p`, then `tail` (NULL: none; with ESN the high 32 bits of the
+ * sequence number, RFC 4303 §2.2.1): start(), update(a view of them), update(tail), finalize(); a new
  * reference to the digest (bytes of at least `icv_len`), or NULL. */
 static PyObject *
-hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len)
+hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len, PyObject *tail)
 {
     static PyObject *update_name, *finalize_name;
     if (update_name == NULL && (update_name = PyUnicode_InternFromString("update")) == NULL)
@@ -835,6 +836,12 @@ hmac_of(PyObject *start, const uint8_t *p, Py_ssize_t len, Py_ssize_t icv_len)
         goto done;
     }
     Py_DECREF(r);
+    if (tail != NULL) {
+        r = PyObject_CallMethodOneArg(h, update_name, tail);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
     digest = PyObject_CallMethodNoArgs(h, finalize_name);
     if (digest != NULL && (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) < icv_len)) {
         Py_CLEAR(digest);
@@ -881,7 +888,7 @@ seal_rows_cbc(PyObject *self, PyObject *args)
         put32(o, (uint32_t)spi);
         put32(o + 4, (uint32_t)(first + (uint64_t)i));
         memcpy(o + 8, (const uint8_t *)sealed.buf + i * step, step);
-        PyObject *digest = hmac_of(start, o, 8 + step, icv_len);
+        PyObject *digest = hmac_of(start, o, 8 + step, icv_len, NULL);
         if (digest == NULL)
             goto fail;
         memcpy(o + 8 + step, PyBytes_AS_STRING(digest), icv_len);
@@ -896,24 +903,26 @@ done:
 }
 
 PyDoc_STRVAR(open_cbc_many_doc,
-"open_cbc_many(start, icv_len, decrypt_joined, block, packets, malformed, auth_failed, unpadded, /)\n"
-"-> tuple[list, int] | None\n\n"
+"open_cbc_many(start, icv_len, decrypt_joined, block, packets, malformed, auth_failed, unpadded,\n"
+"              seq_hi=-1, /) -> tuple[list, int] | None\n\n"
 "core/esp.py open_cbc_many: per packet, in order, `malformed` for a body that is not a whole number of\n"
 "blocks (at least 4 bytes), `auth_failed` when the first icv_len bytes of the HMAC (start(), update(),\n"
-"finalize()) over all but the ICV differ from it (compared in constant time, before any decryption),\n"
+"finalize()) over all but the ICV, then with ESN (seq_hi >= 0) the high 32 bits of the sequence number\n"
+"(RFC 4303 §2.2.1), differ from it (compared in constant time, before any decryption),\n"
 "else decrypt_joined(IV || ciphertext) and the inner packet alone where whole_inner(plain, block)\n"
 "finds it, or unpadded(plain[block:]); and how many are not such bytes. None when a packet is not bytes.");
 
 static PyObject *
 open_cbc_many_c(PyObject *self, PyObject *args)
 {
-    PyObject *start, *decrypt, *list, *malformed, *auth_failed, *unpadded, *out = NULL;
+    PyObject *start, *decrypt, *list, *malformed, *auth_failed, *unpadded, *out = NULL, *tail = NULL;
     Py_ssize_t icv_len, block;
-    if (!PyArg_ParseTuple(args, "OnOnO!OOO:open_cbc_many", &start, &icv_len, &decrypt, &block, &PyList_Type,
-                          &list, &malformed, &auth_failed, &unpadded))
+    long long seq_hi = -1;
+    if (!PyArg_ParseTuple(args, "OnOnO!OOO|L:open_cbc_many", &start, &icv_len, &decrypt, &block,
+                          &PyList_Type, &list, &malformed, &auth_failed, &unpadded, &seq_hi))
         return NULL;
-    if (icv_len < 0 || icv_len > 64 || block < 4 || block > 64) {
-        PyErr_SetString(PyExc_ValueError, "open_cbc_many: an ICV or block length out of range");
+    if (icv_len < 0 || icv_len > 64 || block < 4 || block > 64 || seq_hi < -1 || seq_hi > 0xFFFFFFFFll) {
+        PyErr_SetString(PyExc_ValueError, "open_cbc_many: an ICV or block length or seq_hi out of range");
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
@@ -921,9 +930,17 @@ open_cbc_many_c(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < count; i++)
         if (!PyBytes_CheckExact(items[i]))
             Py_RETURN_NONE;
+    if (seq_hi >= 0) { /* RFC 4303 §2.2.1: the high 32 bits, in the ICV and never sent */
+        uint8_t hi[4];
+        put32(hi, (uint32_t)seq_hi);
+        if ((tail = PyBytes_FromStringAndSize((const char *)hi, 4)) == NULL)
+            return NULL;
+    }
     out = PyList_New(count);
-    if (out == NULL)
+    if (out == NULL) {
+        Py_XDECREF(tail);
         return NULL;
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = items[i], *result;
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
@@ -933,7 +950,7 @@ open_cbc_many_c(PyObject *self, PyObject *args)
             others++;
             continue;
         }
-        PyObject *digest = hmac_of(start, p, icv_at, icv_len); /* RFC 4303 §3.4.4: the ICV first */
+        PyObject *digest = hmac_of(start, p, icv_at, icv_len, tail); /* RFC 4303 §3.4.4: the ICV first */
         if (digest == NULL)
             goto fail;
         int forged = differ((const uint8_t *)PyBytes_AS_STRING(digest), p + icv_at, icv_len);
@@ -970,8 +987,10 @@ open_cbc_many_c(PyObject *self, PyObject *args)
             goto fail;
         PyList_SET_ITEM(out, i, result);
     }
+    Py_XDECREF(tail);
     return Py_BuildValue("(Nn)", out, others);
 fail:
+    Py_XDECREF(tail);
     Py_DECREF(out);
     return NULL;
 }

@@ -73,6 +73,7 @@ def open_cbc_many(
     malformed: _T,
     auth_failed: _T,
     unpadded: Callable[[bytes], Any],
+    seq_hi: int = -1,
     /,
 ) -> tuple[list[Any], int] | None: ...
 def split(buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...

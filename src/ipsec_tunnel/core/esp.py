@@ -294,11 +294,12 @@ def open_aead16_many(
 
 
 def open_cbc_many(
-    packets: list[bytes], cipher: Any, auth: AuthTransform
+    packets: list[bytes], cipher: Any, auth: AuthTransform, seq_hi: int | None = None
 ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
     """`open_packet` of each packet, in order, for a CBC cipher (a random IV of one block, RFC 3602) with
-    an HMAC and no ESN, except that a whole inner IP packet comes as its bytes alone, as
-    `open_aead16_many` gives them; and how many results are not such bytes. The ICV is verified
+    an HMAC, except that a whole inner IP packet comes as its bytes alone, as `open_aead16_many` gives
+    them; and how many results are not such bytes. `seq_hi`: with ESN, the high 32 bits of every
+    packet's sequence number (RFC 4303 §2.2.1), which the ICV covers; None: no ESN. The ICV is verified
     (constant-time) before anything is decrypted."""
     out: list[bytes | tuple[bytes, int] | Drop] = []
     append = out.append
@@ -307,10 +308,12 @@ def open_cbc_many(
     icv_len, block = auth.icv_len, cipher.block
     overhead = HEADER_LEN + cipher.iv_len + icv_len
     start, decrypt = auth.start, cipher.decrypt_joined
+    hi = None if seq_hi is None else _SEQHI.pack(seq_hi)  # RFC 4303 §2.2.1: in the ICV, never sent
     if _native is not None:  # the same loop in C (core/_framing.c), the HMAC and AES calls the same
         done = _native.open_cbc_many(
-            start, icv_len, decrypt, block, packets, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded
-        )
+            start, icv_len, decrypt, block, packets, Drop.MALFORMED, Drop.AUTH_FAILED, _unpadded,
+            -1 if seq_hi is None else seq_hi,
+        )  # fmt: skip
         if done is not None:
             return done
     whole = _native.whole_inner if _native is not None else None
@@ -325,6 +328,8 @@ def open_cbc_many(
         signed = packet[:icv_at]
         h = start()
         h.update(signed)
+        if hi is not None:
+            h.update(hi)
         if not compare_digest(h.finalize()[:icv_len], packet[icv_at:]):  # RFC 4303 §3.4.4: the ICV first
             append(Drop.AUTH_FAILED)
             others += 1

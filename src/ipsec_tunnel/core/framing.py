@@ -99,6 +99,7 @@ class Framing(Protocol):
         malformed: _T,
         auth_failed: _T,
         unpadded: Callable[[bytes], Any],
+        seq_hi: int = -1,
         /,
     ) -> tuple[list[Any], int] | None: ...
 

@@ -10,10 +10,11 @@ datagram is a batch of one. The stages, in the order datagrams take them:
    nothing); the policy the SA checks before its window moves (`Tunnel.admit`).
 2. NAT: for ESP-in-UDP, the source port is noted (`NatTraversal.watch`, RFC 3948 port floating).
 3. Open: a batch that is all ESP of one SA (`_one_sa`) is opened in one call,
-   `SecurityAssociation.decrypt_many` (the replay window checked before any ICV, `esp.open_aead16_many`,
-   the window moved after); any other goes one datagram at a time (`_each`): RFC 3948 NAT-keepalives
-   absorbed and non-ESP markers handed to IKE (`Plane.on_non_esp`), the SA by (destination, source, SPI)
-   (`SADatabase.get`), the encapsulation it expects, `SecurityAssociation.decrypt`.
+   `SecurityAssociation.decrypt_many` (the replay window checked before any ICV, `esp.open_aead16_many`
+   or `esp.open_cbc_many`, with or without ESN, the window moved after); any other goes one datagram at
+   a time (`_each`): RFC 3948 NAT-keepalives absorbed and non-ESP markers handed to IKE
+   (`Plane.on_non_esp`), the SA by (destination, source, SPI) (`SADatabase.get`), the encapsulation it
+   expects, `SecurityAssociation.decrypt`.
 4. Deliver: a whole inner IP packet, on the straight way, goes to the tunnel's list as it is; anything
    else takes `_inner`: next header (dummy 59, tunnel mode only), `ip.parse`, the device
    (`TunnelTable.for_receive`, else `ipsec0` when it is up, else an ICMP protocol unreachable for the

@@ -413,9 +413,15 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
-        self._cbc_fast = self._cbc_hmac  # CBC with an HMAC, no ESN: esp.seal_rows_cbc, esp.open_cbc_many
-        cipher = self.cipher  # CBC with an HMAC, with or without ESN: esp.seal_cbc
-        self._cbc_seal = isinstance(self.auth, AuthTransform) and hasattr(cipher, "encrypt_fresh")
+        # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
+        # esp.open_cbc_many; without ESN also esp.seal_rows_cbc.
+        cipher = self.cipher
+        self._cbc_hmac = (
+            isinstance(self.auth, AuthTransform)
+            and not cipher.counter_iv
+            and cipher.iv_len > 0
+            and cipher.iv_len == cipher.block
+        )
 
     def __repr__(self) -> str:
         c = self.config
@@ -528,7 +534,7 @@ class SecurityAssociation:
             packet = esp.seal_aead16(
                 self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
             )
-        elif self._cbc_seal:
+        elif self._cbc_hmac:
             packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
         else:
             packet = esp.seal(
@@ -546,7 +552,7 @@ class SecurityAssociation:
     def seals_rows(self) -> bool:
         """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
         HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or self._cbc_fast) and not self._volume
+        return (self._aead_encrypt is not None or (self._cbc_hmac and not self._esn)) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
@@ -583,19 +589,6 @@ class SecurityAssociation:
         self.used = now
         return out
 
-    @property
-    def _cbc_hmac(self) -> bool:
-        """Whether `esp.open_cbc_many` opens this SA's packets: a CBC cipher (a random IV of one block)
-        with an HMAC, no ESN."""
-        cipher = self.cipher
-        return (
-            isinstance(self.auth, AuthTransform)
-            and not self._esn
-            and not cipher.counter_iv
-            and cipher.iv_len > 0
-            and cipher.iv_len == cipher.block
-        )
-
     def decrypt_many(
         self, packets: list[bytes], now: float, emit: Emit, admit: Admit | None = None
     ) -> tuple[list[bytes | tuple[bytes, int] | Drop], int]:
@@ -604,13 +597,21 @@ class SecurityAssociation:
         how many results are not such bytes. A batch of new sequence numbers in order, as nearly always
         (also below the top, when a later packet read ahead was opened first: `ReplayWindow.check_run`),
         has its window checked before the ICVs and moved after them, and the journal written, once for
-        all: AEAD with a 16-byte ICV (`esp.open_aead16_many`), or CBC with an HMAC (`esp.open_cbc_many`),
-        without ESN."""
+        all: AEAD with a 16-byte ICV, no ESN (`esp.open_aead16_many`), or CBC with an HMAC, with or
+        without ESN (`esp.open_cbc_many`). With ESN, each packet's high 32 bits are inferred from the
+        window before the batch (RFC 4303 §A2.1); a batch whose first and last infer different ones goes
+        one by one."""
         decrypt, replay = self._aead_decrypt, self.replay
-        cbc = decrypt is None and self._cbc_fast
+        cbc = decrypt is None and self._cbc_hmac
         first = last = -1  # the batch's sequence numbers when they are first, first + 1, ..., last
         if (decrypt is not None or cbc) and packets and not (self._volume or self._timed or self.dead):
             first, last = _in_order(packets)
+            if self._esn and first >= 0:  # the full numbers, all with the same high 32 bits, or none:
+                # across a run of low bits in order the inferred high bits change once at most (RFC 4303
+                # §A2.1), so ends that agree mean every number between them agrees
+                first, last = replay.infer(first), replay.infer(last)
+                if last >> 32 != first >> 32:
+                    first = last = -1
         if not (
             first >= 0
             and replay.check_run(first, last)
@@ -628,7 +629,9 @@ class SecurityAssociation:
         if decrypt is not None:
             opened, others = esp.open_aead16_many(packets, decrypt, self._salt, self._aead_decrypt_into)
         else:
-            opened, others = esp.open_cbc_many(packets, self.cipher, self.auth)
+            opened, others = esp.open_cbc_many(
+                packets, self.cipher, self.auth, first >> 32 if self._esn else None
+            )
         if not others and admit is None:
             replay.accept_run(first, last)
             whole = cast("list[bytes]", opened)  # all of them bare inner packets

@@ -20,8 +20,9 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..core.replay import SEQ32
 from ..linux.udp import UdpDatagram
@@ -37,6 +38,7 @@ SMALL = 512  # bytes of ESP: a ping, a keystroke, a DNS query, a voice packet; n
 READS = 64  # reads (UDP GRO batches, recvmmsg batches) in one turn at most, as without read-ahead
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 _NON_ESP = bytes(4)  # RFC 3948 §2.2: the non-ESP marker (IKE) where an SPI would be
+_Got = TypeVar("_Got")  # what one read gives: a UDP read, or a recvmmsg batch of raw ESP
 
 
 @dataclass(eq=False)
@@ -215,102 +217,99 @@ def _open_udp(plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: floa
     return deliver
 
 
-def serve_udp(plane: DataPlane, udp: UdpEdge) -> None:
-    """`DataPlane.on_udp` reading ahead: up to `plane.read_ahead` bytes read and not yet opened."""
-    turn = _Turn(plane, udp.fileno())
-    sad, limit = plane.engine.sad, plane.read_ahead
-    waiting = turn.waiting
+def _open(plane: DataPlane, entry: _Read, now: float) -> dict[str, list[bytes]]:
+    """The inner packets of a waiting read, per device: a UDP read, or raw ESP datagrams by outer header."""
+    if entry.udp is not None:
+        return _open_udp(plane, entry.udp, entry.payloads, now)
+    return plane._receive_runs(entry.raw, now)
+
+
+def _take_udp(turn: _Turn, got: tuple[UdpDatagram, list[bytes]]) -> bool:
+    """Keep one UDP read waiting, or open it now: a small datagram alone in its read behind the bulk,
+    inside its SA's window. Whether anything was delivered."""
+    plane = turn.plane
+    d, payloads = got
+    size = sum(map(len, payloads))
+    small = turn.big > 0 and len(payloads) == 1 and size <= SMALL  # alone in its read, behind bulk
+    if small and inside(plane.engine.sad, turn.waiting, d.src, d.dst, payloads[0]):
+        return turn.ahead(_open_udp(plane, d, payloads, turn.now))
+    turn.wait(_Read(udp=d, payloads=payloads, size=size, big=size > SMALL, stamp=d.stamp, small=small))
+    return False
+
+
+def _take_raw(turn: _Turn, got: list[tuple[bytes, bytes, int, bytes]], stamp: float) -> bool:
+    """Keep one recvmmsg batch waiting, cut where a small datagram behind the bulk was taken out: opened
+    now when inside its SA's window, else kept waiting alone. Whether anything was delivered."""
+    plane = turn.plane
+    answered = False
+    sizes = [len(datagram[3]) for datagram in got]
+    smalls = [i for i, n in enumerate(sizes) if n <= SMALL]
+    start = 0  # the first datagram of `got` not yet waiting or opened
+    for k, i in enumerate(smalls):
+        if not turn.big and i == k:
+            continue  # only small ones so far: nothing to go ahead of
+        if i > start:
+            part = sizes[start:i]
+            turn.wait(_Read(raw=got[start:i], size=sum(part), big=sum(n > SMALL for n in part), stamp=stamp))
+        start = i + 1
+        src, dst, _tos, esp = datagram = got[i]
+        if inside(plane.engine.sad, turn.waiting, src, dst, esp):
+            answered = turn.ahead(plane._receive_runs([datagram], turn.now)) or answered
+        else:  # not inside the window yet
+            turn.wait(_Read(raw=[datagram], size=len(esp), stamp=stamp, small=True))
+    if start < len(got):
+        rest = sizes[start:] if start else sizes
+        turn.wait(
+            _Read(
+                raw=got[start:] if start else got,
+                size=sum(rest),
+                big=len(rest) - (len(smalls) - _before(smalls, start)),
+                stamp=stamp,
+            )
+        )
+    return answered
+
+
+def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None],
+           take: Callable[[_Turn, _Got], bool]) -> None:  # fmt: skip
+    """One socket's turn reading ahead: `recv` reads (None: nothing more), `take` keeps what it read
+    waiting or opens it ahead; the small datagrams the window now lets go are opened, the answers
+    served, then the oldest read waiting is opened; until nothing waits."""
+    turn = _Turn(plane, fd)
+    limit = plane.read_ahead
     while True:
         answered = False
         while turn.reading and turn.held < limit and turn.reads < turn.most:
             try:
-                got = udp.recv_batch()
+                got = recv()
             except OSError as exc:
-                log.debug("UDP receive failed: %s", exc)
+                log.debug("%s receive failed: %s", what, exc)
                 turn.reading = False
                 break
             if got is None:
                 break
             turn.reads += 1
-            d, payloads = got
-            size = sum(map(len, payloads))
-            small = turn.big > 0 and len(payloads) == 1 and size <= SMALL  # alone in its read, behind bulk
-            if small and inside(sad, waiting, d.src, d.dst, payloads[0]):
-                answered = turn.ahead(_open_udp(plane, d, payloads, turn.now)) or answered
-                continue
-            turn.wait(
-                _Read(udp=d, payloads=payloads, size=size, big=size > SMALL, stamp=d.stamp, small=small)
-            )
+            answered = take(turn, got) or answered
         if turn.smalls:
             for late in turn.now_inside():
-                assert late.udp is not None
-                answered = (
-                    turn.ahead_in_place(late, _open_udp(plane, late.udp, late.payloads, turn.now)) or answered
-                )
+                answered = turn.ahead_in_place(late, _open(plane, late, turn.now)) or answered
         if answered:
             plane._answer()
         entry = turn.next_waiting()
         if entry is None:
             break
-        assert entry.udp is not None
-        turn.opened(_open_udp(plane, entry.udp, entry.payloads, turn.now), entry.stamp, len(entry.payloads))
+        count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
+        turn.opened(_open(plane, entry, turn.now), entry.stamp, count)
     turn.finish()
+
+
+def serve_udp(plane: DataPlane, udp: UdpEdge) -> None:
+    """`DataPlane.on_udp` reading ahead: up to `plane.read_ahead` bytes read and not yet opened."""
+    _serve(plane, udp.fileno(), "UDP", udp.recv_batch, _take_udp)
 
 
 def serve_raw(plane: DataPlane, raw: RawEdge) -> None:
     """`DataPlane.on_raw` reading ahead: up to `plane.read_ahead` bytes read and not yet opened. A
     recvmmsg batch is cut where a small datagram was taken out ahead of it, so each part stays in
     sequence (and is opened many at a time)."""
-    turn = _Turn(plane, raw.fileno())
-    sad, limit = plane.engine.sad, plane.read_ahead
-    waiting = turn.waiting
-    while True:
-        answered = False
-        while turn.reading and turn.held < limit and turn.reads < turn.most:
-            try:
-                got = raw.recv_batch()
-            except OSError as exc:
-                log.debug("raw receive failed: %s", exc)
-                turn.reading = False
-                break
-            if got is None:
-                break
-            turn.reads += 1
-            stamp = raw.stamp
-            sizes = [len(datagram[3]) for datagram in got]
-            smalls = [i for i, n in enumerate(sizes) if n <= SMALL]
-            start = 0  # the first datagram of `got` not yet waiting or opened
-            for k, i in enumerate(smalls):
-                if not turn.big and i == k:
-                    continue  # only small ones so far: nothing to go ahead of
-                if i > start:
-                    part = sizes[start:i]
-                    turn.wait(
-                        _Read(raw=got[start:i], size=sum(part), big=sum(n > SMALL for n in part), stamp=stamp)
-                    )
-                start = i + 1
-                src, dst, _tos, esp = datagram = got[i]
-                if inside(sad, waiting, src, dst, esp):
-                    answered = turn.ahead(plane._receive_runs([datagram], turn.now)) or answered
-                else:  # not inside the window yet
-                    turn.wait(_Read(raw=[datagram], size=len(esp), stamp=stamp, small=True))
-            if start < len(got):
-                rest = sizes[start:] if start else sizes
-                turn.wait(
-                    _Read(
-                        raw=got[start:] if start else got,
-                        size=sum(rest),
-                        big=len(rest) - (len(smalls) - _before(smalls, start)),
-                        stamp=stamp,
-                    )
-                )
-        if turn.smalls:
-            for late in turn.now_inside():
-                answered = turn.ahead_in_place(late, plane._receive_runs(late.raw, turn.now)) or answered
-        if answered:
-            plane._answer()
-        entry = turn.next_waiting()
-        if entry is None:
-            break
-        turn.opened(plane._receive_runs(entry.raw, turn.now), entry.stamp, len(entry.raw))
-    turn.finish()
+    _serve(plane, raw.fileno(), "raw", raw.recv_batch, lambda turn, got: _take_raw(turn, got, raw.stamp))
