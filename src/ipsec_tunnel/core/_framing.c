@@ -6,7 +6,7 @@
  * coalesce_run: a batch of IPv4 TCP segments of one connection joined into GRO super-packets
  *               (as core/gro.py _coalesce_run), or None where the general path must decide.
  * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
- * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
+ * ipv4_gather:  a sendmmsg batch's outer IPv4 headers and iovecs, the ESP not copied (as linux/raw.py _gather).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
  * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
@@ -433,48 +433,55 @@ done:
     return out;
 }
 
-PyDoc_STRVAR(ipv4_fill_doc,
-"ipv4_fill(view, slot, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_len_off, /)\n"
-"-> int\n\n"
-"Writes payloads[start:], up to `batch` of them, each behind an outer IPv4 header (RFC 791: no\n"
-"options, identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment\n"
-"word `frag`) into slot k of `view`, and its length as a native size_t at k * iov_size + iov_len_off in\n"
-"`iov`; stops before a payload that does not fit a slot. Returns how many it wrote.");
+PyDoc_STRVAR(ipv4_gather_doc,
+"ipv4_gather(headers, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_base_off,\n"
+"iov_len_off, /) -> int\n\n"
+"For payloads[start:], up to `batch` of them: writes message k's outer IPv4 header (RFC 791: no options,\n"
+"identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment word\n"
+"`frag`) at k * 20 in `headers`, and two struct iovec (native pointer at iov_base_off and size_t at\n"
+"iov_len_off, iov_size bytes each) at 2k and 2k + 1 in `iov`: that header, then the payload's own bytes,\n"
+"not copied. Stops before a payload that is not a bytes object or does not fit an IPv4 datagram.\n"
+"Returns how many it wrote. The iovecs point into `headers` and into the payloads: both must outlive\n"
+"their use (the caller keeps them).");
+
+static void
+put_iovec(uint8_t *at, Py_ssize_t base_off, Py_ssize_t len_off, const void *base, size_t len)
+{
+    memcpy(at + base_off, &base, sizeof base);
+    memcpy(at + len_off, &len, sizeof len);
+}
 
 static PyObject *
-ipv4_fill(PyObject *self, PyObject *args)
+ipv4_gather(PyObject *self, PyObject *args)
 {
-    Py_buffer view, src, dst, iov;
+    Py_buffer headers, src, dst, iov;
     PyObject *payloads;
-    Py_ssize_t slot, start, batch, iov_size, iov_len_off;
+    Py_ssize_t start, batch, iov_size, iov_base_off, iov_len_off;
     int tos, frag, ttl;
     Py_ssize_t k = -1;
-    if (!PyArg_ParseTuple(args, "w*nOnniiiy*y*w*nn:ipv4_fill", &view, &slot, &payloads, &start, &batch, &tos,
-                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_len_off))
+    if (!PyArg_ParseTuple(args, "w*Onniiiy*y*w*nnn:ipv4_gather", &headers, &payloads, &start, &batch, &tos,
+                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_base_off, &iov_len_off))
         return NULL;
-    PyObject *seq = PySequence_Fast(payloads, "ipv4_fill: payloads must be a sequence");
+    PyObject *seq = PySequence_Fast(payloads, "ipv4_gather: payloads must be a sequence");
     if (seq == NULL)
         goto done;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    if (src.len != 4 || dst.len != 4 || slot < 21 || start < 0 || batch < 0 || iov_size <= 0
-        || iov_len_off < 0 || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
-        || batch > view.len / slot || batch > iov.len / iov_size || (tos | frag | ttl) < 0
+    if (src.len != 4 || dst.len != 4 || start < 0 || batch < 0 || iov_size <= 0 || iov_base_off < 0
+        || iov_len_off < 0 || iov_base_off + (Py_ssize_t)sizeof(void *) > iov_size
+        || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
+        || (iov_base_off < iov_len_off + (Py_ssize_t)sizeof(size_t)
+            && iov_len_off < iov_base_off + (Py_ssize_t)sizeof(void *))
+        || batch > headers.len / 20 || batch > iov.len / (2 * iov_size) || (tos | frag | ttl) < 0
         || tos > 0xFF || ttl > 0xFF || frag > 0xFFFF) {
-        PyErr_SetString(PyExc_ValueError, "ipv4_fill: arguments beyond the buffers");
+        PyErr_SetString(PyExc_ValueError, "ipv4_gather: arguments beyond the buffers");
         goto done;
     }
     for (k = 0; start + k < count && k < batch; k++) {
-        Py_buffer esp;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, start + k), &esp, PyBUF_SIMPLE) < 0) {
-            k = -1;
-            goto done;
-        }
-        Py_ssize_t size = 20 + esp.len;
-        if (size > slot - 1) {
-            PyBuffer_Release(&esp);
+        PyObject *esp = PySequence_Fast_GET_ITEM(seq, start + k);
+        if (!PyBytes_Check(esp) || PyBytes_GET_SIZE(esp) > 0xFFFF - 20)
             break;
-        }
-        uint8_t *p = (uint8_t *)view.buf + k * slot;
+        Py_ssize_t size = 20 + PyBytes_GET_SIZE(esp);
+        uint8_t *p = (uint8_t *)headers.buf + k * 20;
         p[0] = 0x45;
         p[1] = (uint8_t)tos;
         put16(p + 2, (unsigned)size);
@@ -485,14 +492,13 @@ ipv4_fill(PyObject *self, PyObject *args)
         put16(p + 10, 0);
         memcpy(p + 12, src.buf, 4);
         memcpy(p + 16, dst.buf, 4);
-        memcpy(p + 20, esp.buf, esp.len);
-        PyBuffer_Release(&esp);
-        size_t length = (size_t)size;
-        memcpy((uint8_t *)iov.buf + k * iov_size + iov_len_off, &length, sizeof length);
+        uint8_t *v = (uint8_t *)iov.buf + 2 * k * iov_size;
+        put_iovec(v, iov_base_off, iov_len_off, p, 20);
+        put_iovec(v + iov_size, iov_base_off, iov_len_off, PyBytes_AS_STRING(esp), (size_t)(size - 20));
     }
 done:
     Py_XDECREF(seq);
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&headers);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     PyBuffer_Release(&iov);
@@ -1091,7 +1097,7 @@ static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
     {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
-    {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
+    {"ipv4_gather", ipv4_gather, METH_VARARGS, ipv4_gather_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"in_order", in_order, METH_VARARGS, in_order_doc},
     {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},

@@ -38,11 +38,10 @@ class Framing(Protocol):
         /,
     ) -> list[tuple[bytes, bytes, int, bytes]]: ...
 
-    def ipv4_fill(
+    def ipv4_gather(
         self,
-        view: _Buffer,
-        slot: int,
-        payloads: Sequence[_Buffer],
+        headers: _Buffer,
+        payloads: Sequence[bytes],
         start: int,
         batch: int,
         tos: int,
@@ -52,6 +51,7 @@ class Framing(Protocol):
         dst: bytes,
         iov: _Buffer,
         iov_size: int,
+        iov_base_off: int,
         iov_len_off: int,
         /,
     ) -> int: ...
