@@ -107,6 +107,18 @@ class Framing(Protocol):
 
     def pure_requested(self) -> bool: ...
 
+    def seal_aead16_one(
+        self,
+        encrypt: Callable[[bytes, bytes, bytes], bytes],
+        spi: int,
+        seq: int,
+        split: bool,
+        salt: bytes,
+        inner: bytes,
+        next_header: int,
+        /,
+    ) -> bytes: ...
+
 
 available: Framing | None
 try:
