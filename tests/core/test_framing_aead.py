@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -307,3 +307,56 @@ def test_split_in_c_is_the_python_slicing(data: bytes, n: int, size: int) -> Non
     assert ext.split(buffer, n, size) == [data[:n][i : i + size] for i in range(0, n, size)]
     with pytest.raises(ValueError):
         ext.split(buffer, n, 0)
+
+
+# -- a lone packet's seal in one call (core/sa.py encrypt) ----------------------------------------------
+
+
+@needs_ext
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sorted(AEADS)),
+    st.binary(max_size=300),
+    st.sampled_from([esp.NH_IPV4, esp.NH_IPV6, esp.NH_NONE, 255]),
+    st.integers(0, 0xFFFFFFFF),
+    st.one_of(st.integers(1, 1 << 20), st.integers(0xFFFFFF00, 0xFFFFFFFF)),
+    st.sampled_from([None, 0, 1]),
+)
+def test_seal_one_in_c_is_the_python_seal(
+    aead_name: str, inner: bytes, nh: int, spi: int, seq: int, split: int | None
+) -> None:
+    assert ext is not None
+    aead, salt = AEADS[aead_name](), os.urandom(4)
+    packet = ext.seal_aead16_one(aead.encrypt, spi, seq, bool(split), salt, inner, nh)
+    assert packet == esp.seal_aead16(spi, seq, split, aead.encrypt, salt, inner, nh)
+    assert esp.open_aead16(packet, aead.decrypt, salt) == (inner, nh)
+
+
+@needs_ext
+def test_seal_one_in_c_refuses_what_does_not_fit() -> None:
+    assert ext is not None
+    aead = AESGCM(bytes(16))
+    for args in ((1 << 32, 1, b"salt", 4), (1, 1 << 32, b"salt", 4), (1, 1, b"sal", 4), (1, 1, b"salt", 256)):
+        spi, seq, salt, nh = args
+        with pytest.raises(ValueError):
+            ext.seal_aead16_one(aead.encrypt, spi, seq, False, salt, bytes(20), nh)
+    with pytest.raises(ValueError):
+        ext.seal_aead16_one(aead.encrypt, -1, 1, False, b"salt", bytes(20), 4)
+    big = bytes(40 + 65535)  # the largest IPv6 packet passes 65,535 bytes: sealed as in Python
+    assert ext.seal_aead16_one(aead.encrypt, 1, 1, False, b"salt", big, 41) == esp.seal_aead16(
+        1, 1, None, aead.encrypt, b"salt", big, 41
+    )
+    with pytest.raises(TypeError):
+        ext.seal_aead16_one(aead.encrypt, 1, 1, False, b"salt", cast(Any, bytearray(20)), 4)
+    with pytest.raises(TypeError):
+        ext.seal_aead16_one(aead.encrypt, cast(Any, "1"), 1, False, b"salt", bytes(20), 4)
+    with pytest.raises(TypeError):
+        cast(Any, ext).seal_aead16_one(aead.encrypt, 1, 1)
+    with pytest.raises(ValueError, match="unexpected length"):  # a callee that gives something else
+        ext.seal_aead16_one(lambda n, d, a: b"short", 1, 1, False, b"salt", bytes(40), 4)
+
+    def fails(nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        raise KeyError("any error")
+
+    with pytest.raises(KeyError):  # goes on as it came
+        ext.seal_aead16_one(fails, 1, 1, False, b"salt", bytes(40), 4)

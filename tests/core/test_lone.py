@@ -8,7 +8,8 @@ agree)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import struct
+from typing import Any, cast
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -18,6 +19,7 @@ from scapy.packet import Raw
 from ipsec_tunnel.core import esp
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine, packed
+from ipsec_tunnel.core.framing import native
 from ipsec_tunnel.core.plane import Burst, Deliver, Reject
 from ipsec_tunnel.core.sa import Limits, SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.seqstore import MemoryStore
@@ -79,6 +81,13 @@ def _layout(burst: Burst) -> Burst:
     return dataclasses.replace(burst, payloads=[p[:8] + bytes(len(p) - 8) for p in burst.payloads])
 
 
+def _python_framing(engine: Engine) -> None:
+    """Have `engine`'s SAs seal one AEAD packet with core/esp.py's Python (`seal_aead16`), not
+    core/_framing.c's `seal_aead16_one` (the short way's twin keeps it where the extension is in use)."""
+    for sa in engine.sad:
+        sa._seal_one = None
+
+
 class Twins:
     """Two senders and two receivers with the same SAs: `lone` on one of each, the batch on the other."""
 
@@ -93,6 +102,8 @@ class Twins:
         self.senders = [_engine(config, a, b, self.stores[i]) for i in range(2)]
         self.receivers = [_engine(config, b, a, self.stores[2 + i]) for i in range(2)]
         self.handled = 0  # what the short way took (did not decline)
+        for engine in (self.senders[1], self.receivers[1]):
+            _python_framing(engine)  # the batch twin seals in Python (esp.seal_aead16)
 
     def send(self, inner: bytes, now: float = NOW) -> list[Burst]:
         """`inner` sent by both senders; the bursts (equal), after checking the states are equal."""
@@ -317,3 +328,60 @@ def test_receive_with_peer_networks_declines() -> None:
     assert isinstance(burst, Burst)
     assert receiver.receive_one(packed(A), packed(B), burst.payloads[0], NOW) is False
     assert receiver.rx_accepted == 0
+
+
+@pytest.mark.parametrize("cipher", AEAD)
+@pytest.mark.parametrize("duplex", [False, True])
+def test_sealed_alone_in_c_as_in_python(cipher: str, duplex: bool) -> None:
+    """The short way's twin seals in one C call (`_framing.seal_aead16_one`) where the extension is in
+    use, the batch twin in Python: every padding length, both IP versions, the IV's direction bit of
+    --duplex; and both open alike what they sealed, a forged ICV, a bad padding under a good ICV, a
+    runt, a replay."""
+    twins = Twins(cipher, duplex=duplex, iv_split=1 if duplex else None)
+    lone_tx = twins.senders[0].sad.find()[0]
+    if native is not None:  # else (IPSEC_TUNNEL_PURE=1, no extension) both twins run the Python
+        assert lone_tx._seal_one is not None
+    packets = [v4(n) for n in range(4)] + [v6(n) for n in (0, 1, 2, 3, 1200)] + [v4(1400, df=True)]
+    datagrams = [twins.sealed(inner) for inner in packets]
+    for inner, datagram in zip(packets, datagrams, strict=True):
+        assert twins.receive(datagram) == ({"t0": [inner]}, [])
+    assert twins.receive(datagrams[0]) == ({}, [])  # replayed
+    late = twins.sealed(v4())
+    assert twins.receive(late[:-1] + bytes([late[-1] ^ 0x80])) == ({}, [])  # forged: the ICV fails
+    assert twins.receive(late[:31]) == ({}, [])  # a runt: malformed
+    # a good ICV over a bad padding (sealed by hand under the next sequence number, never used again)
+    sender = twins.senders[1].sad.find()[0]
+    seq = sender.seq_out + 1
+    sender.seq_out = seq
+    twins.senders[0].sad.find()[0].seq_out = seq
+    header = struct.pack("!II", sender.config.spi, seq)
+    iv = struct.pack("!Q", seq | (1 << 63 if duplex and sender._iv_split else 0))
+    body = v4(4) + bytes([1, 9, 2, esp.NH_IPV4])  # padding 1, 9: not 1, 2
+    assert sender._aead_encrypt is not None
+    bad = header + iv + sender._aead_encrypt(sender._salt + iv, body, header)
+    assert twins.receive(bad) == ({}, [])
+    assert twins.receive(late) == ({"t0": [v4()]}, [])  # the window did not move for any of them
+    drops = twins.receivers[0].rx_drops
+    kinds = (Drop.REPLAYED, Drop.AUTH_FAILED, Drop.BAD_PADDING, Drop.MALFORMED)
+    assert [drops[kind] for kind in kinds] == [1, 1, 1, 1]
+    assert twins.handled == 2 * len(packets) + 6  # all the short way
+
+
+@pytest.mark.parametrize("src,dst", [(A, B), (B, A)])
+def test_sealed_in_c_as_in_python_both_ways_of_duplex(src: str, dst: str) -> None:
+    """--duplex: each direction's IVs carry its own top bit (RFC 4106 §3.1 counter, ipsecd's split); the C
+    seal sets it as the Python one does."""
+    config = _config("aes-gcm", dst, src, duplex=True)
+    c, python = SecurityAssociation(config, 0.0), SecurityAssociation(config, 0.0)
+    python._seal_one = None
+    assert c._split == (config.iv_split == 1)
+    assert c._seal_one is not None or native is None
+    for n in range(6):
+        inner = v4(n)
+        assert c.encrypt(inner, esp.NH_IPV4, NOW, print) == python.encrypt(inner, esp.NH_IPV4, NOW, print)
+    other = c.encrypt(cast(bytes, bytearray(v6())), esp.NH_IPV6, NOW, print)  # not bytes: the Python seal
+    assert other == python.encrypt(v6(), esp.NH_IPV6, NOW, print)
+
+
+def test_duplex_covers_both_iv_bits() -> None:
+    assert {_config("aes-gcm", d, s, duplex=True).iv_split for s, d in ((A, B), (B, A))} == {0, 1}

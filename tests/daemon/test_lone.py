@@ -13,6 +13,7 @@ import pytest
 
 from ipsec_tunnel.core.drops import Drop
 from ipsec_tunnel.core.engine import Engine
+from ipsec_tunnel.daemon import readahead
 from tests.daemon import test_two_daemons as two
 from tests.daemon.test_two_daemons import INNER_A, INNER_B, Daemon, _echo, _pump
 from tests.support.fakes import FakeNetwork
@@ -100,3 +101,39 @@ def test_a_device_refusing_the_short_way_write_is_a_counted_drop(
     _pump(a, b)
     stats = b.engine.stats_for("ipsec1")
     assert stats.rx_drops[Drop.DEVICE_DOWN] == 1 and stats.rx_packets == 1
+
+
+@pytest.mark.parametrize("pair", ["udp-read-ahead"], indirect=True)
+def test_a_woken_turn_reading_ahead_writes_a_lone_datagram_at_once(
+    pair: tuple[Daemon, Daemon, FakeNetwork, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _, _ = pair
+    assert len(_ping(a, b, 1)) == 1  # B learns A's port
+    ahead: list[object] = []
+    delivered: list[object] = []
+    serve_udp, deliver = readahead.serve_udp, b.plane.deliver
+
+    def serve(plane: Any, udp: Any) -> None:
+        ahead.append(plane)
+        serve_udp(plane, udp)
+
+    def deliver_all(pending: dict[str, list[bytes]]) -> None:
+        delivered.append(pending)
+        deliver(pending)
+
+    monkeypatch.setattr(readahead, "serve_udp", serve)
+    monkeypatch.setattr(b.plane, "deliver", deliver_all)
+    turns = []
+    for seq, woken in ((2, True), (3, False)):
+        a.device().route(_echo(INNER_A, INNER_B, seq))
+        assert a.plane.poll(0.0) == 1  # sealed and sent
+        b.plane.woken = woken  # as DataPlane.run sets it: the turn after an empty poll or a sleep
+        assert b.plane.poll(0.0) == 1
+        b.plane.woken = False
+        assert b.device().take() == [_echo(INNER_A, INNER_B, seq)]
+        turns.append((len(ahead), len(delivered)))
+        ahead.clear()
+        delivered.clear()
+    # the woken turn: the short way's direct write (daemon.lone), no read-ahead turn, no batch delivery;
+    # a turn that is not woken reads ahead as before
+    assert turns[0] == (0, 0) and turns[1][0] == 1 and turns[1][1] >= 1

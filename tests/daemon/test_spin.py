@@ -5,6 +5,7 @@ the option's bounds."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -16,11 +17,12 @@ from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import main
 from ipsec_tunnel.daemon.dataplane import DataPlane
-from ipsec_tunnel.daemon.kernel import Kernel
+from ipsec_tunnel.daemon.kernel import Kernel, LinuxKernel
 from ipsec_tunnel.daemon.spin import (
     MAX_SPIN_US,
     MAX_WARM_US,
     MIN_WARM_US,
+    MISSED,
     SLEEP,
     WARM_WINDOW,
     Rehearsal,
@@ -28,7 +30,8 @@ from ipsec_tunnel.daemon.spin import (
     in_use,
     kind,
 )
-from tests.support.fakes import FakeTun
+from ipsec_tunnel.linux.udp import UdpSocket
+from tests.support.fakes import FakeKernel, FakeNetwork, FakeTun
 
 
 class Clock:
@@ -167,8 +170,14 @@ def test_loop_has_the_rehearsal_follow_the_busiest_tunnel_once_a_second(plane: D
     config = _config(0x2000, "aes-cbc", False, "sha256")
 
     class Stub:
+        def __init__(self, wire: object) -> None:
+            pass
+
         def __call__(self, now: float) -> int:
             return 1
+
+        def close(self) -> None:
+            pass
 
         def follow(self, c: SAConfig) -> bool:
             followed.append(c)
@@ -253,13 +262,25 @@ def test_loop_rehearses_when_it_wakes_to_nothing_while_warming(plane: DataPlane)
     plane._handlers[7] = lambda: None
     plane.warm = 1e-3
     plane.clock = lambda: 5.0
+
+    class Stub:
+        def __init__(self, wire: object) -> None:
+            assert wire is None  # no --warm-loopback
+
+        def __call__(self, now: float) -> int:
+            rehearsals.append(now)
+            return 1
+
+        def close(self) -> None:
+            rehearsals.append(-1.0)
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("ipsec_tunnel.daemon.dataplane.Rehearsal", lambda: rehearsals.append)
+        mp.setattr("ipsec_tunnel.daemon.dataplane.Rehearsal", Stub)
         poller = run_script(plane, [[(7, 1)], [], [], [(7, 1)], []], spin_us=100)
     # busy; the empty poll that ends the 100 us budget, then sleeps of at most 1 ms: a rehearsal after
     # each empty poll from then on (two), none after the busy one; then again (the budget, one sleep)
     assert poller.timeouts == [SLEEP, 0.0, 1e-3, 1e-3, 0.0, 1e-3]
-    assert rehearsals == [5.0] * 4
+    assert rehearsals == [5.0] * 4 + [-1.0]  # closed when the loop ends
 
 
 def test_loop_without_budget_always_sleeps(plane: DataPlane) -> None:
@@ -308,7 +329,7 @@ def test_spin_option(value: str, spin: int) -> None:
 @pytest.mark.parametrize("value,warm", [("0", 0), (str(MIN_WARM_US), MIN_WARM_US), ("100000", 100000)])
 def test_warm_option(value: str, warm: int) -> None:
     assert main.parse_args([f"--warm-us={value}"]).warm_us == warm
-    assert main.parse_args([]).warm_us == main.DEFAULT_WARM_US == 5000
+    assert main.parse_args([]).warm_us == main.DEFAULT_WARM_US == 2000
 
 
 @pytest.mark.parametrize("value", ["-1", "99", "100001", "x", ""])
@@ -329,3 +350,106 @@ def test_spin_option_refuses_bad_values(value: str, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert "not a number of microseconds from 0 to 100000" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def loopback() -> Iterator[UdpSocket]:
+    """A loopback UDP socket as ipsecd opens it for the rehearsal (no root needed)."""
+    sock = LinuxKernel().open_loopback(gro=True)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_rehearsal_through_the_loopback_opens_what_came_back(loopback: UdpSocket) -> None:
+    rehearsal = Rehearsal(loopback)
+    sent: list[bytes] = []
+    send_one = loopback.send_one
+
+    def spy(dst: bytes, dport: int, payload: bytes, *rest: Any) -> OSError | None:
+        sent.append(payload)
+        assert (dst, dport) == (bytes((127, 0, 0, 1)), loopback.port)  # to itself, never elsewhere
+        return send_one(dst, dport, payload, *rest)
+
+    loopback.send_one = spy  # type: ignore[method-assign,assignment]
+    opened: list[bytes] = []
+    receive_one = rehearsal.receiver.receive_one
+
+    def spy_open(src: bytes, dst: bytes, esp: bytes, *rest: Any) -> Any:
+        opened.append(esp)
+        return receive_one(src, dst, esp, *rest)
+
+    rehearsal.receiver.receive_one = spy_open  # type: ignore[method-assign,assignment]
+    assert [rehearsal(1.0 + i) for i in range(3)] == [1, 1, 1]
+    assert rehearsal.looped == 3 and rehearsal.wire is loopback
+    assert opened == sent and len({p[4:8] for p in sent}) == 3  # what came back, sequence 1, 2, 3
+    assert loopback.recv_batch() is None  # nothing left behind
+
+
+def test_rehearsal_ignores_a_stranger_on_the_loopback_port(loopback: UdpSocket) -> None:
+    rehearsal = Rehearsal(loopback)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(b"not ours", ("127.0.0.1", loopback.port))
+        assert rehearsal(1.0) == 1  # the stranger's datagram is read and dropped, then ours
+    assert rehearsal.looped == 1 and rehearsal.wire is loopback
+    assert rehearsal(2.0) == 1 and rehearsal.looped == 2
+    assert loopback.recv_batch() is None
+
+
+class BrokenWire:
+    """A loopback socket whose sends fail (the loopback down)."""
+
+    port = 9
+    closed = False
+
+    def send_one(self, *args: Any) -> OSError | None:
+        return OSError(101, "Network is unreachable")
+
+    def recv_batch(self) -> None:
+        raise AssertionError("read after a failed send")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_rehearsal_lets_a_failing_loopback_go_and_goes_on_in_memory() -> None:
+    wire = BrokenWire()
+    rehearsal = Rehearsal(cast(Any, wire))
+    assert rehearsal(1.0) == 1 and rehearsal(2.0) == 1
+    assert wire.closed and rehearsal.wire is None and rehearsal.looped == 0
+
+
+def test_rehearsal_over_raw_esp_never_uses_the_loopback(loopback: UdpSocket) -> None:
+    rehearsal = Rehearsal(loopback)
+    rehearsal.follow(_config(0x1000, "aes-gcm", False))
+    assert rehearsal(1.0) == 1 and rehearsal.looped == 0
+
+
+def test_loopback_only_when_asked_and_none_without_one(plane: DataPlane) -> None:
+    assert plane._loopback() is None  # --no-warm-loopback: the kernel is not even asked
+    plane.warm_loopback = True
+    plane.kernel = FakeKernel(FakeNetwork(), ["192.0.2.1"])  # it has no loopback: OSError
+    assert plane._loopback() is None
+
+
+def test_warm_loopback_option() -> None:
+    assert main.parse_args([]).warm_loopback is main.DEFAULT_WARM_LOOPBACK
+    assert main.parse_args(["--warm-loopback"]).warm_loopback is True
+    assert main.parse_args(["--no-warm-loopback"]).warm_loopback is False
+
+
+def test_rehearsal_lets_go_of_a_loopback_that_never_answers() -> None:
+    class Mute(BrokenWire):
+        def send_one(self, *args: Any) -> OSError | None:
+            return None  # sent, never comes back (a firewall dropping it)
+
+        def recv_batch(self) -> None:
+            return None
+
+    wire = Mute()
+    rehearsal = Rehearsal(cast(Any, wire))
+    for i in range(MISSED - 1):
+        assert rehearsal(1.0 + i) == 1
+    assert not wire.closed and rehearsal.missed == MISSED - 1
+    assert rehearsal(100.0) == 1 and wire.closed and rehearsal.wire is None

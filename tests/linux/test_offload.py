@@ -249,6 +249,24 @@ def test_raw_batch_round_trip_matches_one_by_one(pair: Pair) -> None:
         one.close()
 
 
+def test_raw_batch_sends_other_buffers_in_order(pair: Pair) -> None:
+    """The batch points at bytes payloads where they are; a bytearray or memoryview among them leaves
+    the one-by-one way, in its place."""
+    with pair.a.enter():
+        tx = RawEsp(V4, mmsg=True, batch=4)
+    with pair.b.enter():
+        rx = RawEsp(V4, rcvbuf=8 << 20, mmsg=True)
+    try:
+        src, dst = socket.inet_aton(ADDR_A4), socket.inet_aton(ADDR_B4)
+        data = [os.urandom(300 + i) for i in range(10)]
+        payloads: list[bytes] = [*data[:3], bytearray(data[3]), *data[4:8], memoryview(data[8]), data[9]]  # type: ignore[list-item]
+        assert tx.send_burst(dst, payloads, src=src) == []
+        assert _raw_collect(rx, len(data)) == [(src, dst, 0, p) for p in data]
+    finally:
+        tx.close()
+        rx.close()
+
+
 @pytest.mark.parametrize("mmsg", [True, False])
 def test_raw_receive_timestamps(pair: Pair, mmsg: bool) -> None:
     """With timestamps, `stamp` is the wall-clock receive time of each batch's first packet (recvmmsg:

@@ -3,6 +3,7 @@ by the recvmmsg batch alike), without a socket: what it keeps, what it refuses."
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
 
@@ -112,35 +113,68 @@ def test_batch_parse_in_c_refuses_counts_beyond_its_buffers() -> None:
                                raw._MSG_LEN, raw._MSG_FLAGS, socket.MSG_TRUNC)  # fmt: skip
 
 
-@_needs_ext
+def _gathered(
+    payloads: list[bytes], start: int, batch: int, tos: int, frag: int, native: bool
+) -> tuple[int, bytes, list[tuple[int, int]], list[bytes]]:
+    """A sendmmsg batch gathered by C or Python: the count, the header buffer, each iovec as (offset in
+    the header buffer, length) for a header, and the bytes each payload iovec points at."""
+    headers = ctypes.create_string_buffer(batch * 20)
+    view = memoryview(headers).cast("B")
+    iov = (raw._Iovec * (2 * batch))()
+    if native:
+        assert _ext is not None
+        k = _ext.ipv4_gather(view, payloads, start, batch, tos, frag, 63, SRC, DST, memoryview(iov).cast("B"),
+                             raw._IOVEC_SIZE, raw._IOVEC_BASE, raw._IOVEC_LEN)  # fmt: skip
+    else:
+        k = raw._gather(view, iov, payloads, start, batch, tos, frag, 63, SRC, DST)
+    base = ctypes.addressof(headers)
+    heads = [(iov[2 * i].base - base, iov[2 * i].len) for i in range(k)]
+    bodies = [ctypes.string_at(iov[2 * i + 1].base, iov[2 * i + 1].len) for i in range(k)]
+    return k, bytes(view), heads, bodies
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.one_of(st.binary(max_size=100), st.just(bytes(_SLOT - 21)), st.just(bytes(_SLOT))), max_size=10
+        st.one_of(
+            st.binary(max_size=100),
+            st.just(bytes(0xFFFF - 20)),  # the largest that fits an IPv4 datagram
+            st.just(bytes(0xFFFF - 19)),  # one byte too many: stops the batch
+            st.binary(max_size=20).map(bytearray),  # not bytes: stops the batch
+        ),
+        max_size=10,
     ),
     st.integers(0, 4),
     st.integers(1, 6),
     st.integers(0, 255),
     st.booleans(),
 )
-def test_burst_fill_in_c_is_the_python_fill(
+def test_burst_gather_points_at_each_payload_behind_its_header(
     payloads: list[bytes], start: int, batch: int, tos: int, df: bool
 ) -> None:
-    """The same slots, lengths and count for any payloads, one too big for a slot among them."""
+    """Python (and C, byte for byte): message k is its header at 20k, then the payload itself; the batch
+    stops before a payload that is too big or not bytes, which goes the one-by-one way."""
+    frag = raw._IP_DF if df else 0
+    got = _gathered(payloads, start, batch, tos, frag, native=False)
+    if _ext is not None:
+        assert _gathered(payloads, start, batch, tos, frag, native=True) == got
+    k, headers, heads, bodies = got
+    fits = [type(p) is bytes and len(p) <= 0xFFFF - 20 for p in payloads[start:]]
+    assert k == min(batch, [*fits, False].index(False))
+    assert bodies == payloads[start : start + k]
+    assert heads == [(20 * i, 20) for i in range(k)]
+    for i, esp in enumerate(bodies):
+        header = IPV4_HEADER.unpack_from(headers, 20 * i)
+        assert header == (0x45, tos, 20 + len(esp), 0, frag, 63, 50, 0, SRC, DST)
+
+
+@_needs_ext
+def test_burst_gather_in_c_refuses_arguments_beyond_its_buffers() -> None:
     assert _ext is not None
-    filled = []
-    for native in (False, True):
-        view = memoryview(bytearray(batch * _SLOT))
-        iov = (raw._Iovec * batch)()
-        frag = raw._IP_DF if df else 0
-        if native:
-            k = _ext.ipv4_fill(view, _SLOT, payloads, start, batch, tos, frag, 63, SRC, DST,
-                               memoryview(iov).cast("B"), raw._IOVEC_SIZE, raw._IOVEC_LEN)  # fmt: skip
-        else:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(raw, "_MMSG_SLOT", _SLOT)
-                k = raw._fill(view, iov, payloads, start, batch, tos, frag, 63, SRC, DST)
-        filled.append((k, bytes(view), [iov[i].len for i in range(k)]))
-    assert filled[1] == filled[0]
-    k, slots, lengths = filled[1]
-    assert k == 0 or IPV4_HEADER.unpack_from(slots, 0)[:3] == (0x45, tos, lengths[0])
+    iov = (raw._Iovec * 4)()
+    with pytest.raises(ValueError, match="beyond"):  # 3 messages: 60 bytes of headers, 6 iovecs
+        _ext.ipv4_gather(bytearray(40), [b"x"] * 3, 0, 3, 0, 0, 64, SRC, DST, memoryview(iov).cast("B"),
+                         raw._IOVEC_SIZE, raw._IOVEC_BASE, raw._IOVEC_LEN)  # fmt: skip
+    with pytest.raises(ValueError, match="beyond"):  # the base and the length overlapping
+        _ext.ipv4_gather(bytearray(40), [b"x"], 0, 1, 0, 0, 64, SRC, DST, memoryview(iov).cast("B"),
+                         raw._IOVEC_SIZE, raw._IOVEC_LEN, raw._IOVEC_LEN)  # fmt: skip

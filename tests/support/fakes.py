@@ -345,6 +345,9 @@ class FakeKernel:
         self.udp[family, port] = FakeUdp(self, family, port)
         return self.udp[family, port]
 
+    def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> FakeUdp:
+        raise OSError(errno.ENETUNREACH, "no loopback on a FakeNetwork")
+
     def open_icmp(self, family: int) -> FakeIcmp:
         self.icmp[family] = FakeIcmp()
         return self.icmp[family]

@@ -6,13 +6,15 @@
  * coalesce_run: a batch of IPv4 TCP segments of one connection joined into GRO super-packets
  *               (as core/gro.py _coalesce_run), or None where the general path must decide.
  * esp_in_ipv4_batch: a recvmmsg batch of raw IPv4 datagrams parsed (as linux/raw.py _esp_in_ipv4).
- * ipv4_fill:    a sendmmsg batch's slots filled with outer IPv4 headers and ESP (as linux/raw.py _Mmsg.send).
+ * ipv4_gather:  a sendmmsg batch's outer IPv4 headers and iovecs, the ESP not copied (as linux/raw.py _gather).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
  * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
  *               the views of packet memory handed to it are checked not to outlive the call.
  * inner_head:   the outer header fields of a packet read alone from a tunnel device (as core/lone.py _inner_head).
+ * seal_aead16_one: one AEAD packet sealed (as core/esp.py seal_aead16), for a packet read alone
+ *               (core/sa.py encrypt), the AEAD call still `cryptography`'s.
  * pure_requested: whether IPSEC_TUNNEL_PURE=1 asks for the pure-Python path.
  *
  * The Python code is the reference: tests/core/test_framing.py holds the two together byte for byte.
@@ -431,48 +433,55 @@ done:
     return out;
 }
 
-PyDoc_STRVAR(ipv4_fill_doc,
-"ipv4_fill(view, slot, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_len_off, /)\n"
-"-> int\n\n"
-"Writes payloads[start:], up to `batch` of them, each behind an outer IPv4 header (RFC 791: no\n"
-"options, identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment\n"
-"word `frag`) into slot k of `view`, and its length as a native size_t at k * iov_size + iov_len_off in\n"
-"`iov`; stops before a payload that does not fit a slot. Returns how many it wrote.");
+PyDoc_STRVAR(ipv4_gather_doc,
+"ipv4_gather(headers, payloads, start, batch, tos, frag, ttl, src, dst, iov, iov_size, iov_base_off,\n"
+"iov_len_off, /) -> int\n\n"
+"For payloads[start:], up to `batch` of them: writes message k's outer IPv4 header (RFC 791: no options,\n"
+"identification and checksum 0 for the kernel to fill in, protocol ESP, the flags and fragment word\n"
+"`frag`) at k * 20 in `headers`, and two struct iovec (native pointer at iov_base_off and size_t at\n"
+"iov_len_off, iov_size bytes each) at 2k and 2k + 1 in `iov`: that header, then the payload's own bytes,\n"
+"not copied. Stops before a payload that is not a bytes object or does not fit an IPv4 datagram.\n"
+"Returns how many it wrote. The iovecs point into `headers` and into the payloads: both must outlive\n"
+"their use (the caller keeps them).");
+
+static void
+put_iovec(uint8_t *at, Py_ssize_t base_off, Py_ssize_t len_off, const void *base, size_t len)
+{
+    memcpy(at + base_off, &base, sizeof base);
+    memcpy(at + len_off, &len, sizeof len);
+}
 
 static PyObject *
-ipv4_fill(PyObject *self, PyObject *args)
+ipv4_gather(PyObject *self, PyObject *args)
 {
-    Py_buffer view, src, dst, iov;
+    Py_buffer headers, src, dst, iov;
     PyObject *payloads;
-    Py_ssize_t slot, start, batch, iov_size, iov_len_off;
+    Py_ssize_t start, batch, iov_size, iov_base_off, iov_len_off;
     int tos, frag, ttl;
     Py_ssize_t k = -1;
-    if (!PyArg_ParseTuple(args, "w*nOnniiiy*y*w*nn:ipv4_fill", &view, &slot, &payloads, &start, &batch, &tos,
-                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_len_off))
+    if (!PyArg_ParseTuple(args, "w*Onniiiy*y*w*nnn:ipv4_gather", &headers, &payloads, &start, &batch, &tos,
+                          &frag, &ttl, &src, &dst, &iov, &iov_size, &iov_base_off, &iov_len_off))
         return NULL;
-    PyObject *seq = PySequence_Fast(payloads, "ipv4_fill: payloads must be a sequence");
+    PyObject *seq = PySequence_Fast(payloads, "ipv4_gather: payloads must be a sequence");
     if (seq == NULL)
         goto done;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    if (src.len != 4 || dst.len != 4 || slot < 21 || start < 0 || batch < 0 || iov_size <= 0
-        || iov_len_off < 0 || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
-        || batch > view.len / slot || batch > iov.len / iov_size || (tos | frag | ttl) < 0
+    if (src.len != 4 || dst.len != 4 || start < 0 || batch < 0 || iov_size <= 0 || iov_base_off < 0
+        || iov_len_off < 0 || iov_base_off + (Py_ssize_t)sizeof(void *) > iov_size
+        || iov_len_off + (Py_ssize_t)sizeof(size_t) > iov_size
+        || (iov_base_off < iov_len_off + (Py_ssize_t)sizeof(size_t)
+            && iov_len_off < iov_base_off + (Py_ssize_t)sizeof(void *))
+        || batch > headers.len / 20 || batch > iov.len / (2 * iov_size) || (tos | frag | ttl) < 0
         || tos > 0xFF || ttl > 0xFF || frag > 0xFFFF) {
-        PyErr_SetString(PyExc_ValueError, "ipv4_fill: arguments beyond the buffers");
+        PyErr_SetString(PyExc_ValueError, "ipv4_gather: arguments beyond the buffers");
         goto done;
     }
     for (k = 0; start + k < count && k < batch; k++) {
-        Py_buffer esp;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, start + k), &esp, PyBUF_SIMPLE) < 0) {
-            k = -1;
-            goto done;
-        }
-        Py_ssize_t size = 20 + esp.len;
-        if (size > slot - 1) {
-            PyBuffer_Release(&esp);
+        PyObject *esp = PySequence_Fast_GET_ITEM(seq, start + k);
+        if (!PyBytes_Check(esp) || PyBytes_GET_SIZE(esp) > 0xFFFF - 20)
             break;
-        }
-        uint8_t *p = (uint8_t *)view.buf + k * slot;
+        Py_ssize_t size = 20 + PyBytes_GET_SIZE(esp);
+        uint8_t *p = (uint8_t *)headers.buf + k * 20;
         p[0] = 0x45;
         p[1] = (uint8_t)tos;
         put16(p + 2, (unsigned)size);
@@ -483,14 +492,13 @@ ipv4_fill(PyObject *self, PyObject *args)
         put16(p + 10, 0);
         memcpy(p + 12, src.buf, 4);
         memcpy(p + 16, dst.buf, 4);
-        memcpy(p + 20, esp.buf, esp.len);
-        PyBuffer_Release(&esp);
-        size_t length = (size_t)size;
-        memcpy((uint8_t *)iov.buf + k * iov_size + iov_len_off, &length, sizeof length);
+        uint8_t *v = (uint8_t *)iov.buf + 2 * k * iov_size;
+        put_iovec(v, iov_base_off, iov_len_off, p, 20);
+        put_iovec(v + iov_size, iov_base_off, iov_len_off, PyBytes_AS_STRING(esp), (size_t)(size - 20));
     }
 done:
     Py_XDECREF(seq);
-    PyBuffer_Release(&view);
+    PyBuffer_Release(&headers);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     PyBuffer_Release(&iov);
@@ -1080,11 +1088,16 @@ inner_head(PyObject *self, PyObject *arg)
     return out;
 }
 
+static PyObject *seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* at the end */
+PyDoc_STRVAR(seal_aead16_one_doc,
+"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
+"core/esp.py seal_aead16 of one inner packet, the library's encrypt doing the AEAD.");
+
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
     {"coalesce_run", coalesce_run, METH_VARARGS, coalesce_run_doc},
     {"esp_in_ipv4_batch", esp_in_ipv4_batch, METH_VARARGS, esp_in_ipv4_batch_doc},
-    {"ipv4_fill", ipv4_fill, METH_VARARGS, ipv4_fill_doc},
+    {"ipv4_gather", ipv4_gather, METH_VARARGS, ipv4_gather_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"in_order", in_order, METH_VARARGS, in_order_doc},
     {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},
@@ -1093,6 +1106,7 @@ static PyMethodDef methods[] = {
     {"open_cbc_many", open_cbc_many_c, METH_VARARGS, open_cbc_many_doc},
     {"split", split, METH_VARARGS, split_doc},
     {"inner_head", inner_head, METH_O, inner_head_doc},
+    {"seal_aead16_one", (PyCFunction)(void (*)(void))seal_aead16_one, METH_FASTCALL, seal_aead16_one_doc},
     {"pure_requested", pure_requested, METH_NOARGS,
      "pure_requested() -> bool\n\nWhether IPSEC_TUNNEL_PURE=1 is set: the pure-Python path is wanted."},
     {NULL, NULL, 0, NULL},
@@ -1106,4 +1120,98 @@ PyMODINIT_FUNC
 PyInit__framing(void)
 {
     return PyModule_Create(&module);
+}
+
+/* ---- a lone packet's seal (core/lone.py through core/sa.py) in one call ---- */
+/* It takes its arguments as the vector call gives them (METH_FASTCALL): no format string to parse.
+ * (An open in one call was tried and left out: on cold caches it cost more than the Python it
+ * replaced, a few slices; docs/performance.md.) */
+
+/* `n` as an unsigned number at most `max`, else -1 with ValueError (TypeError: not an int). */
+static long long
+lone_uint(PyObject *n, unsigned long long max)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(n);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
+        }
+        return -1;
+    }
+    if (v > max) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
+        return -1;
+    }
+    return (long long)v;
+}
+
+/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes
+ * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt(nonce, data, aad) -> ciphertext ||
+ * 16-byte ICV (the `cryptography` call does all the cryptography; its plain form, not encrypt_into with
+ * views, which costs more on cold caches): SPI || sequence number || IV || ciphertext || ICV, the payload
+ * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
+ * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
+ * AAD SPI || sequence number (RFC 4106 §5). `salt` and `inner` are bytes. ValueError for a salt that is
+ * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, or a ciphertext of the
+ * wrong length. */
+static PyObject *
+seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 arguments");
+        return NULL;
+    }
+    PyObject *encrypt = args[0], *salt = args[4], *inner = args[5];
+    if (!PyBytes_Check(salt) || !PyBytes_Check(inner)) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one: salt and inner packet must be bytes");
+        return NULL;
+    }
+    long long spi = lone_uint(args[1], 0xFFFFFFFFull), seq = spi < 0 ? -1 : lone_uint(args[2], 0xFFFFFFFFull),
+              next_header = seq < 0 ? -1 : lone_uint(args[6], 0xFF);
+    int split = next_header < 0 ? -1 : PyObject_IsTrue(args[3]);
+    if (split < 0)
+        return NULL;
+    Py_ssize_t len = PyBytes_GET_SIZE(inner); /* any length, as esp.seal_aead16 (an IPv6 packet may pass 65,535) */
+    if (PyBytes_GET_SIZE(salt) != 4) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: a salt of 4 bytes");
+        return NULL;
+    }
+    Py_ssize_t pad = -(len + 2) & 3, body = len + pad + 2;
+    uint8_t head[16];
+    uint64_t iv = (uint64_t)seq | (split ? (uint64_t)1 << 63 : 0);
+    put32(head, (uint32_t)spi);
+    put32(head + 4, (uint32_t)seq);
+    put32(head + 8, (uint32_t)(iv >> 32));
+    put32(head + 12, (uint32_t)iv);
+    PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *plain = PyBytes_FromStringAndSize(NULL, body),
+             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL, *packet = NULL;
+    if (nonce != NULL && plain != NULL && aad != NULL) {
+        memcpy(PyBytes_AS_STRING(nonce), PyBytes_AS_STRING(salt), 4);
+        memcpy(PyBytes_AS_STRING(nonce) + 4, head + 8, 8);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(plain);
+        memcpy(o, PyBytes_AS_STRING(inner), (size_t)len);
+        for (Py_ssize_t i = 0; i < pad; i++)
+            o[len + i] = (uint8_t)(i + 1); /* RFC 4303 §2.4: 1, 2, 3, ... */
+        o[body - 2] = (uint8_t)pad;
+        o[body - 1] = (uint8_t)next_header;
+        PyObject *argv[3] = {nonce, plain, aad};
+        sealed = PyObject_Vectorcall(encrypt, argv, 3, NULL);
+    }
+    Py_XDECREF(nonce);
+    Py_XDECREF(plain);
+    Py_XDECREF(aad);
+    if (sealed == NULL)
+        return NULL;
+    if (!PyBytes_Check(sealed) || PyBytes_GET_SIZE(sealed) != body + 16) {
+        PyErr_SetString(PyExc_ValueError, "seal_aead16_one: encrypt gave an unexpected length");
+    } else {
+        packet = PyBytes_FromStringAndSize(NULL, 16 + body + 16);
+        if (packet != NULL) {
+            memcpy(PyBytes_AS_STRING(packet), head, 16);
+            memcpy(PyBytes_AS_STRING(packet) + 16, PyBytes_AS_STRING(sealed), (size_t)(body + 16));
+        }
+    }
+    Py_DECREF(sealed);
+    return packet;
 }

@@ -23,10 +23,9 @@ def esp_in_ipv4_batch(
     trunc: int,
     /,
 ) -> list[tuple[bytes, bytes, int, bytes]]: ...
-def ipv4_fill(
-    view: _Buffer,
-    slot: int,
-    payloads: Sequence[_Buffer],
+def ipv4_gather(
+    headers: _Buffer,
+    payloads: Sequence[bytes],
     start: int,
     batch: int,
     tos: int,
@@ -36,6 +35,7 @@ def ipv4_fill(
     dst: bytes,
     iov: _Buffer,
     iov_size: int,
+    iov_base_off: int,
     iov_len_off: int,
     /,
 ) -> int: ...
@@ -78,4 +78,14 @@ def open_cbc_many(
 ) -> tuple[list[Any], int] | None: ...
 def split(buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 def inner_head(packet: bytes, /) -> tuple[int, int, int, bool, int] | None: ...
+def seal_aead16_one(
+    encrypt: Callable[[bytes, bytes, bytes], bytes],
+    spi: int,
+    seq: int,
+    split: bool,
+    salt: bytes,
+    inner: bytes,
+    next_header: int,
+    /,
+) -> bytes: ...
 def pure_requested() -> bool: ...

@@ -38,11 +38,10 @@ class Framing(Protocol):
         /,
     ) -> list[tuple[bytes, bytes, int, bytes]]: ...
 
-    def ipv4_fill(
+    def ipv4_gather(
         self,
-        view: _Buffer,
-        slot: int,
-        payloads: Sequence[_Buffer],
+        headers: _Buffer,
+        payloads: Sequence[bytes],
         start: int,
         batch: int,
         tos: int,
@@ -52,6 +51,7 @@ class Framing(Protocol):
         dst: bytes,
         iov: _Buffer,
         iov_size: int,
+        iov_base_off: int,
         iov_len_off: int,
         /,
     ) -> int: ...
@@ -106,6 +106,18 @@ class Framing(Protocol):
     def split(self, buffer: _Buffer, n: int, size: int, /) -> list[bytes]: ...
 
     def pure_requested(self) -> bool: ...
+
+    def seal_aead16_one(
+        self,
+        encrypt: Callable[[bytes, bytes, bytes], bytes],
+        spi: int,
+        seq: int,
+        split: bool,
+        salt: bytes,
+        inner: bytes,
+        next_header: int,
+        /,
+    ) -> bytes: ...
 
 
 available: Framing | None

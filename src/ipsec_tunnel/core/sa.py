@@ -68,6 +68,8 @@ NAT_T_PORT = 4500  # RFC 3948 §2: UDP encapsulation port
 KEEPALIVE = 20  # RFC 3948 §4: seconds between NAT-keepalives (20 s, as IKE daemons use)
 KEEPALIVE_MAX = 3600
 LIFETIME_MAX = (1 << 63) - 1  # lifetimes are stored as signed 64-bit integers
+# core/_framing.c's seal of one AEAD packet (None without the extension, or one built before it)
+_SEAL_ONE: Callable[..., bytes] | None = getattr(_native, "seal_aead16_one", None)
 _SEQ_LO = struct.Struct("!I")  # RFC 4303 §2.2: the sequence number field, after the SPI
 _IV_FIRST = operator.itemgetter(8)  # the first byte of the IV (RFC 4303 §2.3), after SPI and sequence
 _SEQ_FIELD = operator.itemgetter(slice(4, 8))  # RFC 4303 §2.2: the sequence number field, as bytes
@@ -413,6 +415,9 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
+        # a lone packet's seal in one C call (esp.seal_aead16 otherwise)
+        self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
+        self._split = bool(self._iv_split)
         # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
         # esp.open_cbc_many; without ESN also esp.seal_rows_cbc.
         cipher = self.cipher
@@ -531,9 +536,13 @@ class SecurityAssociation:
             self._journal[self._sent_at] = seq
         aead_encrypt = self._aead_encrypt
         if aead_encrypt is not None:
-            packet = esp.seal_aead16(
-                self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
-            )
+            seal_one = self._seal_one
+            if seal_one is not None and type(inner) is bytes:
+                packet = seal_one(aead_encrypt, self._spi, seq, self._split, self._salt, inner, next_header)
+            else:
+                packet = esp.seal_aead16(
+                    self._spi, seq, self._iv_split, aead_encrypt, self._salt, inner, next_header
+                )
         elif self._cbc_hmac:
             packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
         else:

@@ -132,6 +132,7 @@ class DataPlane:
         offloads: OffloadOptions | None = None,
         spin: float = 0.0,
         warm: float = 0.0,
+        warm_loopback: bool = False,
         batch_packets: int = BATCH_PACKETS,
         aqm: AqmOptions | None = None,
         wall: Callable[[], float] = time.time,
@@ -148,6 +149,7 @@ class DataPlane:
         self.tun_turns: dict[int, txahead.Turn] = {}  # the devices in a read-ahead turn now (daemon.txahead)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
+        self.warm_loopback = warm_loopback  # ... through a loopback UDP socket of its own (Rehearsal.wire)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
@@ -517,8 +519,10 @@ class DataPlane:
         its device at once and the tunnel devices then readable (its answer) are served; after every
         `batch_packets` packets, when another source is readable, that source gets its turn first. With
         AQM, CoDel judges each read by how long it waited in the socket buffer (`_signal`). With
-        `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first."""
-        if self.read_ahead:
+        `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first;
+        but not in a woken turn, which reads once (nothing to go ahead of): an idle datagram read alone
+        then takes `daemon.lone`'s direct write."""
+        if self.read_ahead and not self.woken:
             readahead.serve_udp(self, udp)
             return
         now = self.clock()
@@ -644,7 +648,7 @@ class DataPlane:
         least that often and rehearses the data path when nothing came."""
         last = 0.0
         spin = Spin(self.spin, self.monotonic, warm=self.warm)
-        rehearse = Rehearsal() if self.warm else None
+        rehearse = Rehearsal(self._loopback()) if self.warm else None
         moved: dict[str, int] = {}  # packets per tunnel at the last look (spin.in_use)
         poll, dispatch = self._epoll.poll, self._dispatch
         served = True  # the last turn served something, or ran the once-a-second work
@@ -677,3 +681,16 @@ class DataPlane:
                 served = True
                 if rehearse is not None and (config := in_use(self.engine, moved)) is not None:
                     rehearse.follow(config)  # the algorithms and encapsulation of the busiest tunnel
+        if rehearse is not None:
+            rehearse.close()
+
+    def _loopback(self) -> UdpEdge | None:
+        """The rehearsal's loopback socket with `warm_loopback` (opened as the encapsulation sockets
+        are, so it runs the same receive code); None without, or when there is none."""
+        if not self.warm_loopback:
+            return None
+        try:
+            return self.kernel.open_loopback(gro=self.offloads.gro, timestamps=self.aqm is not None)
+        except OSError as exc:
+            log.info("warm rehearsal in memory: no loopback socket (%s)", exc.strerror or exc)
+            return None

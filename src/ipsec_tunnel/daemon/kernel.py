@@ -35,6 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 << 20  # outer socket buffers (SO_*BUFFORCE): what a TCP window needs; a flood drains fast
+LOOPBACK = "127.0.0.1"  # RFC 1122 §3.2.1.3: this host, never on the wire
 
 
 class TunEdge(Protocol):
@@ -144,6 +145,11 @@ class UdpEdge(Protocol):
         """`send_burst` of one datagram (a packet read alone): the error that lost it, else None."""
         ...
 
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        ...
+
     def send(self, dst: str, dport: int, payload: bytes, *, src: str | None = None) -> bool:
         """Send one datagram; False if the socket buffer is full."""
         ...
@@ -194,6 +200,12 @@ class Kernel(Protocol):
     ) -> UdpEdge:
         """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be. `timestamps`: its
         datagrams carry the kernel's receive time where it can (`UdpDatagram.stamp`)."""
+        ...
+
+    def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> UdpEdge:
+        """A UDP socket of its own on 127.0.0.1 (a free port), opened as `open_udp` opens the
+        encapsulation socket but never watched by the loop: the warm rehearsal (`daemon.spin`) sends
+        its ESP-in-UDP datagram to itself through it. OSError when there is none (no loopback)."""
         ...
 
     def open_icmp(self, family: int) -> IcmpEdge:
@@ -261,6 +273,9 @@ class LinuxKernel:
     ) -> UdpSocket:
         size = self.socket_buffer if buffer is None else buffer
         return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size, timestamps=timestamps)
+
+    def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> UdpSocket:
+        return UdpSocket(4, 0, LOOPBACK, gro=gro, timestamps=timestamps, rcvbuf=None, sndbuf=None)
 
     def open_icmp(self, family: int) -> IcmpSocket:
         return IcmpSocket(family)

@@ -13,7 +13,9 @@ WARM_WINDOW seconds after the last packet the loop sleeps at most that period, a
 nothing it runs a rehearsal (`Rehearsal`): one packet sealed and opened through a private engine, never
 sent, so the next real packet finds the code and the cipher warm. The private SAs use the algorithms
 and the encapsulation of the SA that carried the most traffic in the last second (`in_use`,
-`Rehearsal.follow`): AES-GCM over UDP until then.
+`Rehearsal.follow`): AES-GCM over UDP until then. Over UDP, with a loopback socket of its own (`wire`),
+the sealed datagram goes out and back in through it (`send_one`, `recv_batch`), so the socket code a
+real datagram runs, the daemon's and the kernel's, is warm too; it never leaves the host.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..core.engine import Engine, packed
 from ..core.plane import Burst
 from ..core.sa import NAT_T_PORT, Limits, SAConfig, SecurityAssociation, UdpEncap
 from ..core.tunnel import Tunnel
+from .kernel import UdpEdge
 
 MAX_SPIN_US = 100_000  # --spin-us upper bound: a tenth of a second of polling per burst at most
 MIN_WARM_US, MAX_WARM_US = 100, 100_000  # --warm-us bounds (0 is off)
@@ -34,6 +37,9 @@ SLEEP = 0.5  # longest sleep in epoll_wait (seconds): the once-a-second work is 
 SLEPT = 50e-6  # a poll that took this long slept: one with something ready returns in a few us
 WARM_WINDOW = 1.0  # seconds after the last packet during which the data path is kept warm
 REHEARSALS = 1_000_000  # rehearsals before the private engines are made afresh (new key, sequence 1)
+STALE = 8  # datagrams read at most from the loopback socket per rehearsal, looking for its own
+MISSED = 64  # rehearsals in a row whose datagram did not come back before the loopback socket is let go
+LOOPBACK = bytes((127, 0, 0, 1))  # where the wire socket sends to: itself (RFC 1122 §3.2.1.3)
 
 
 class Spin:
@@ -101,12 +107,17 @@ class Rehearsal:
     """One packet through a private pair of engines (AES-128-GCM over ESP-in-UDP, or what `follow` says):
     sealed by one, opened by the other, never sent, the short way a packet read alone takes
     (`core.lone`; the batch pipelines only where it declines). Its keys are random and its own; its
-    SAs are in no SAD of the daemon."""
+    SAs are in no SAD of the daemon. `wire`: a loopback UDP socket of its own (`Kernel.open_loopback`)
+    through which an ESP-in-UDP rehearsal sends its datagram to itself and reads it back (closed and
+    let go at its first failure; without it, or for raw ESP, the datagram is handed over in memory)."""
 
     PACKET = bytes([0x45, 0, 0, 84, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + bytes(64)
 
-    def __init__(self) -> None:
+    def __init__(self, wire: UdpEdge | None = None) -> None:
         self.count = 0
+        self.wire = wire
+        self.looped = 0  # datagrams that went through `wire` and came back as sent
+        self.missed = 0  # rehearsals in a row whose datagram did not come back
         self.kind = GCM_UDP
         self._build()
 
@@ -151,9 +162,45 @@ class Rehearsal:
         for out in sender.send_batch("t0", [self.PACKET], now) if sent is False else [sent]:
             if not isinstance(out, Burst):
                 continue
-            if receiver.receive_one(out.src, out.dst, out.payloads[0], now, 0, sport) is False:
-                receiver.receive_batch(out.src, out.dst, out.payloads, now, 0, udp=self.udp, sport=sport)
+            payloads = out.payloads
+            if self.udp and self.wire is not None and len(payloads) == 1:
+                payloads = self._loop(payloads)
+            if receiver.receive_one(out.src, out.dst, payloads[0], now, 0, sport) is False:
+                receiver.receive_batch(out.src, out.dst, payloads, now, 0, udp=self.udp, sport=sport)
         return self.receiver.rx_accepted - accepted
+
+    def _loop(self, payloads: list[bytes]) -> list[bytes]:
+        """The one datagram of `payloads` sent to the wire socket's own port and read back, as the
+        daemon sends (`send_one`, DF set) and receives (`recv_batch`) one; `payloads` itself when it
+        did not come back within STALE reads (the socket closed and let go when sending or reading
+        failed, or after MISSED such rehearsals in a row)."""
+        wire = self.wire
+        assert wire is not None
+        try:
+            error = wire.send_one(LOOPBACK, wire.port, payloads[0], 0, 64, True, None, None)
+            if error is not None:
+                raise error
+            for _ in range(STALE):  # anything else read first is dropped unopened (a stranger's, a late one)
+                got = wire.recv_batch()
+                if got is None:
+                    break
+                if got[1] == payloads:
+                    self.looped += 1
+                    self.missed = 0
+                    return got[1]
+        except OSError:
+            self.close()
+            return payloads
+        self.missed += 1
+        if self.missed >= MISSED:  # a firewall that drops it, say: not worth its system calls
+            self.close()
+        return payloads
+
+    def close(self) -> None:
+        """Close the wire socket, if any (the rehearsal goes on in memory)."""
+        if self.wire is not None:
+            self.wire.close()
+            self.wire = None
 
 
 def in_use(engine: Engine, seen: dict[str, int]) -> SAConfig | None:

@@ -376,6 +376,7 @@ _MSG_FLAGS = _Mmsghdr.hdr.offset + _Msghdr.flags.offset
 _MMSG_SIZE = ctypes.sizeof(_Mmsghdr)
 _IOVEC_SIZE = ctypes.sizeof(_Iovec)
 _IOVEC_LEN = _Iovec.len.offset
+_IOVEC_BASE = _Iovec.base.offset
 
 
 def _libc_call(name: str) -> Callable[..., int] | None:
@@ -405,11 +406,12 @@ class _Mmsg:
         self.batch = batch
         self._fd = raw.fileno()
         self._rx = ctypes.create_string_buffer(batch * _MMSG_SLOT)
-        self._tx = ctypes.create_string_buffer(batch * _MMSG_SLOT)
         self._rx_view = memoryview(self._rx).cast("B")
-        self._tx_view = memoryview(self._tx).cast("B")
         self._rx_iov = (_Iovec * batch)()
-        self._tx_iov = (_Iovec * batch)()
+        # sending: each message is two iovecs, its outer header here and the payload's own bytes
+        self._headers = ctypes.create_string_buffer(batch * 20)
+        self._headers_view = memoryview(self._headers).cast("B")
+        self._tx_iov = (_Iovec * (2 * batch))()
         self._rx_msgs = (_Mmsghdr * batch)()
         self._tx_msgs = (_Mmsghdr * batch)()
         self._rx_hdrs = memoryview(self._rx_msgs).cast("B")
@@ -421,15 +423,14 @@ class _Mmsg:
         self._control_view = memoryview(self._control).cast("B")
         if raw.timestamps:
             self._rx_msgs[0].hdr.control = ctypes.addressof(self._control)
-        rx_base, tx_base = ctypes.addressof(self._rx), ctypes.addressof(self._tx)
+        rx_base = ctypes.addressof(self._rx)
         for i in range(batch):
             self._rx_iov[i].base = rx_base + i * _MMSG_SLOT
             self._rx_iov[i].len = _MMSG_SLOT
             self._rx_msgs[i].hdr.iov = ctypes.pointer(self._rx_iov[i])
             self._rx_msgs[i].hdr.iovlen = 1
-            self._tx_iov[i].base = tx_base + i * _MMSG_SLOT
-            self._tx_msgs[i].hdr.iov = ctypes.pointer(self._tx_iov[i])
-            self._tx_msgs[i].hdr.iovlen = 1
+            self._tx_msgs[i].hdr.iov = ctypes.pointer(self._tx_iov[2 * i])
+            self._tx_msgs[i].hdr.iovlen = 2
             self._tx_msgs[i].hdr.name = ctypes.addressof(self._name)
             self._tx_msgs[i].hdr.namelen = 16
 
@@ -471,18 +472,20 @@ class _Mmsg:
         _SOCKADDR_IN.pack_into(self._name_view, 0, socket.AF_INET, 0, dst)
         saddr = src if src is not None else bytes(4)
         frag = _IP_DF if df else 0
-        view, iov = self._tx_view, self._tx_iov
+        headers, iov = self._headers_view, self._tx_iov
         i, count = 0, len(payloads)
         while i < count:
-            k = 0
-            if _native is not None:  # the same slots filled in C (core/_framing.c)
-                k = _native.ipv4_fill(
-                    view, _MMSG_SLOT, payloads, i, self.batch, tos, frag, ttl, saddr, dst, self._tx_iov_bytes,
-                    _IOVEC_SIZE, _IOVEC_LEN,
+            # the iovecs point into these payloads: held here until sendmmsg has returned
+            held = payloads[i : i + self.batch]
+            if _native is not None:  # the same headers and iovecs in C (core/_framing.c)
+                k = _native.ipv4_gather(
+                    headers, held, 0, self.batch, tos, frag, ttl, saddr, dst, self._tx_iov_bytes, _IOVEC_SIZE,
+                    _IOVEC_BASE, _IOVEC_LEN,
                 )  # fmt: skip
             else:
-                k = _fill(view, iov, payloads, i, self.batch, tos, frag, ttl, saddr, dst)
+                k = _gather(headers, iov, held, 0, self.batch, tos, frag, ttl, saddr, dst)
             sent = _SENDMMSG(self._fd, ctypes.addressof(self._tx_msgs), k, 0) if k else 0
+            del held
             if sent < 0:
                 sent = 0
             i += sent
@@ -507,24 +510,27 @@ def _parse_batch(view: memoryview, hdrs: memoryview, n: int) -> list[tuple[bytes
     return out
 
 
-def _fill(
-    view: memoryview, iov: ctypes.Array[_Iovec], payloads: Sequence[bytes], start: int, batch: int, tos: int,
-    frag: int, ttl: int, saddr: bytes, dst: bytes,
+def _gather(
+    headers: memoryview, iov: ctypes.Array[_Iovec], payloads: Sequence[bytes], start: int, batch: int,
+    tos: int, frag: int, ttl: int, saddr: bytes, dst: bytes,
 ) -> int:  # fmt: skip
-    """Slots of a sendmmsg batch filled with `payloads[start:]`, up to `batch`, each behind its outer
-    IPv4 header, their lengths in `iov`; stops before one that does not fit a slot. How many it filled."""
+    """A sendmmsg batch of `payloads[start:]`, up to `batch`: message k's outer IPv4 header written at
+    k * 20 in `headers`, `iov[2k]` pointing at it and `iov[2k + 1]` at the payload's own bytes (not
+    copied: the caller holds the payloads until the send returns); stops before a payload that is not
+    bytes or does not fit an IPv4 datagram. How many it wrote."""
     pack_into = _IPV4_HEADER.pack_into
+    base = ctypes.addressof(ctypes.c_char.from_buffer(headers))
     k, count = 0, len(payloads)
     while start + k < count and k < batch:
         esp = payloads[start + k]
-        size = 20 + len(esp)
-        if size > _MMSG_SLOT - 1:
+        if type(esp) is not bytes or len(esp) > 0xFFFF - 20:
             break
-        off = k * _MMSG_SLOT
         # ID 0 and checksum 0: the kernel fills in both, as in RawEsp.send
-        pack_into(view, off, 0x45, tos, size, 0, frag, ttl, IPPROTO_ESP, 0, saddr, dst)
-        view[off + 20 : off + size] = esp
-        iov[k].len = size
+        pack_into(headers, 20 * k, 0x45, tos, 20 + len(esp), 0, frag, ttl, IPPROTO_ESP, 0, saddr, dst)
+        iov[2 * k].base = base + 20 * k
+        iov[2 * k].len = 20
+        iov[2 * k + 1].base = ctypes.cast(ctypes.c_char_p(esp), ctypes.c_void_p).value
+        iov[2 * k + 1].len = len(esp)
         k += 1
     return k
 
