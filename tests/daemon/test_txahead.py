@@ -1,10 +1,12 @@
 """Reading a tunnel device ahead of encryption (`--tun-read-ahead`, daemon/txahead.py, issue 13), on the
 fakes: a ping routed behind more than one batch of TSO super-packets leaves first; the bulk's order and
 wire bytes are those of a turn without read-ahead; an outer socket readable between chunks is served
-before the rest of the bulk; a nested turn of the same device reads nothing; 0 keeps the old order."""
+before the rest of the bulk; a nested turn of the same device seals its sparse flows at once and
+leaves the bulk in order; 0 keeps the old order."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import READ_AHEAD, TUN_READ_AHEAD, DataPlane, OffloadOptions
+from ipsec_tunnel.daemon.txahead import _sparse_lead
 from tests.support.fakes import FakeKernel, FakeNetwork
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
@@ -192,7 +195,7 @@ def test_an_outer_socket_readable_between_chunks_is_served_before_the_rest(pairs
         assert pair.received() == _segments(_bulk(16))
 
 
-def test_a_nested_turn_of_the_same_device_reads_nothing(pairs: list[Pair]) -> None:
+def test_a_nested_turn_of_the_same_device_keeps_the_bulk_in_order(pairs: list[Pair]) -> None:
     pair = Pair(64 << 10)
     pairs.append(pair)
     reads = _bulk(16)
@@ -208,8 +211,38 @@ def test_a_nested_turn_of_the_same_device_reads_nothing(pairs: list[Pair]) -> No
 
     pair.a.transmit = sent  # type: ignore[method-assign]
     pair.drain_a()
-    assert nested and set(nested) == {0}
+    assert nested  # the nested turns read bulk into the turn's hold; the outer turn seals it in order
+    wire = pair.esp_wire()
+    assert [int.from_bytes(p[4:8], "big") for p in wire] == list(range(1, len(wire) + 1))
     assert pair.received() == _segments(reads)
+
+
+def test_a_nested_turn_seals_a_sparse_packet_at_once(pairs: list[Pair]) -> None:
+    """An answer routed while the device's turn serves an outer socket between chunks (the echo reply
+    to a ping delivered there) is sealed in the nested turn `DataPlane._answer` makes, not after the
+    rest of that socket's turn and the bulk held."""
+    pair = Pair(ON)
+    pairs.append(pair)
+    reads = _bulk(16)
+    pair.route(reads)
+    transmit = pair.a.transmit
+    at_once: list[bool] = []
+
+    def sent(burst: Any) -> None:
+        transmit(burst)
+        if not at_once:  # after the first chunk: a ping is routed, the device is served again
+            pair.tun.route(_ping(9))
+            before = len(pair.esp_wire())
+            at_once.append(False)
+            pair.a.on_tun(pair.tun)
+            at_once[0] = len(pair.esp_wire()) == before + 1
+
+    pair.a.transmit = sent  # type: ignore[method-assign]
+    pair.drain_a()
+    assert at_once == [True]
+    got = pair.received()
+    assert sorted(got) == sorted([_ping(9), *_segments(reads)])
+    assert [p for p in got if p != _ping(9)] == _segments(reads)  # the bulk in its order
 
 
 def test_a_nested_turn_through_answer_keeps_the_order(pairs: list[Pair]) -> None:
@@ -281,3 +314,19 @@ def test_small_packets_are_held_at_most_four_batches_ahead(pairs: list[Pair]) ->
     pair.drain_a()
     assert read_before_first_send == [4 * 256]  # 80 KB, well within the byte bound
     assert pair.received() == _segments(acks)
+
+
+def test_sparse_lead_counts_the_sparse_packets_put_first() -> None:
+    def held(*packets: bytes) -> deque[tuple[bytes, gso.VnetHeader | None, int]]:
+        return deque((p, None, 1) for p in packets)
+
+    big = [_tcp(1 + n * MSS) for n in range(3)]  # 3000 bytes of one flow: bulk
+    assert _sparse_lead(held(*big)) == 0
+    already = held(_ping(1), *big)
+    assert _sparse_lead(already) == 1 and already[0][0] == _ping(1)
+    behind = held(*big, _ping(2))
+    assert _sparse_lead(behind) == 1 and [i[0] for i in behind] == [_ping(2), *big]
+    small = held(_ping(3), _tcp(7, 0))  # only sparse flows: all of them lead, in their order
+    assert _sparse_lead(small) == 2 and [i[0] for i in small] == [_ping(3), _tcp(7, 0)]
+    assert _sparse_lead(held(_ping(4))) == 1
+    assert _sparse_lead(held(_super(0)[0])) == 0

@@ -146,7 +146,7 @@ class DataPlane:
         self.sparse_first = sparse_first  # a device batch's sparse flows are sealed first (core.fq)
         self.read_ahead = read_ahead  # bytes read ahead of decryption on the outer sockets (0: off)
         self.tun_read_ahead = tun_read_ahead  # bytes read ahead of encryption on the devices (0: off)
-        self.tun_turns: set[int] = set()  # the devices in a read-ahead turn now (daemon.txahead)
+        self.tun_turns: dict[int, txahead.Turn] = {}  # the devices in a read-ahead turn now (daemon.txahead)
         self.spin = spin
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.warm_loopback = warm_loopback  # ... through a loopback UDP socket of its own (Rehearsal.wire)

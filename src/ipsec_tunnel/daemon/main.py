@@ -55,6 +55,7 @@ SEND_ORDERS = ("sparse", "fifo")
 DEFAULT_SEND_ORDER = "sparse"  # a ping or keystroke read among bulk super-packets is sealed first
 DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LAN-short (ipsecd(8), Queues)
 DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 100 ms on the Internet
+DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -197,6 +198,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"CoDel's interval: how long the delay may stay above target before a drop or mark "
         f"(default {DEFAULT_AQM_INTERVAL_MS:g} ms)",
     )
+    queues.add_argument(
+        "--nice",
+        type=_nice,
+        default=DEFAULT_NICE,
+        metavar="N",
+        help="scheduling priority of the daemon, -20 (first) to 19 (last): below 0, packets wait less "
+        f"for the CPU behind the applications they carry (default {DEFAULT_NICE}: the kernel's)",
+    )
     p.add_argument(
         "--spin-us",
         type=_spin_us,
@@ -266,6 +275,29 @@ def _read_ahead(text: str) -> int:
     if size and not (16 << 10) <= size <= (64 << 20):
         raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 16k and 64m")
     return size
+
+
+def _nice(text: str) -> int:
+    """A nice value, -20 to 19 (setpriority(2))."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not -20 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{value} is not within -20 to 19")
+    return value
+
+
+def prioritize(nice: int) -> str | None:
+    """Run this process's thread at `nice` (setpriority(2); 0 leaves the priority alone); why not, in
+    one line, or None."""
+    if not nice:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        return f"cannot set the scheduling priority to {nice}: {exc.strerror}"
+    return None
 
 
 def _spin_us(text: str) -> int:
@@ -400,6 +432,8 @@ def aqm(args: argparse.Namespace) -> AqmOptions | None:
 
 
 def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
+    if (why := prioritize(args.nice)) is not None:
+        log.warning("%s (--nice)", why)
     engine = Engine()
     plane = DataPlane(
         engine,

@@ -1,7 +1,8 @@
 """Reading a tunnel device ahead of encryption (`--tun-read-ahead`, issue 13).
 
 Under a bulk TCP transfer the sending daemon's standing queue is the tunnel device's ring: TCP small
-queues let hundreds of KB to MBs of TSO super-packets sit there (the qdisc stays empty), and a ping
+queues do not hold back a local sender (the TUN driver orphans what it queues): under one stream the
+ring held up to 1.4-2.8 MB of TSO super-packets (`bench/ring`; the qdisc stays empty), and a ping
 read behind them waits for every batch before it. A device turn here reads up to `tun_read_ahead`
 bytes ahead of what it has sealed; the sparse flows among what is held (`core.fq`) are sealed and
 sent first, on their own, then the rest in chunks of `batch_packets` segments. Between chunks the
@@ -10,9 +11,11 @@ read again up to the bound, so a ping routed meanwhile passes the bulk still hel
 
 Packets of one flow keep the order read; sequence numbers are given at sealing, so the receiver sees
 each SA's numbers in order. A turn holds at most `tun_read_ahead` bytes (plus one packet) and reads at
-most twice that in all. A nested turn of a device already in its turn (an outer socket served between
-chunks delivers into the device, and `DataPlane._answer` serves the devices then readable) returns at
-once: the outer turn reads on.
+most twice that in all (a nested turn may read on within the bounds on what is held). A nested turn of
+a device already in its turn (an outer socket served between chunks delivers into the device, and
+`DataPlane._answer` serves the devices then readable) reads within those bounds and seals only the
+sparse flows among what the turn holds (an echo reply), at once: the bulk it read is sealed by the
+outer turn, in order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core import fq, gso
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 READS = 4096  # reads of one device in one turn at most
 BATCHES = 4  # packets held at most, in --batch units (counted as a batch counts them): small packets
 # (a TCP receiver's ACKs) would otherwise hold thousands within the byte bound
+
+_BULK = bytes(fq.QUANTUM + 1)  # a stand-in bulk packet (`_sparse_lead`)
 
 _Item = tuple[bytes, "gso.VnetHeader | None", int]  # packet, offload header asking for work, segments
 
@@ -82,70 +88,134 @@ def _seal(plane: DataPlane, name: str, chunk: list[_Item], now: float) -> None:
             plane.deliver_now(result)
 
 
+@dataclass(eq=False)
+class Turn:
+    """A device's read-ahead turn in progress: what it holds and has read."""
+
+    limit: int  # bytes held at most (tun_read_ahead)
+    most: int  # reads at most
+    most_held: int  # packets held at most, as a batch counts them
+    held: deque[_Item] = field(default_factory=deque)
+    size: int = 0  # bytes held
+    total: int = 0  # bytes read this turn
+    reads: int = 0
+    counted: int = 0  # packets held, as a batch counts them
+    reading: bool = True  # the ring may hold more and the turn's bounds allow reading it
+    fresh: bool = False  # read since the sparse flows were last put first
+
+    def take(self, count: int) -> list[_Item]:
+        """The first `count` held packets, out of the turn."""
+        chunk = [self.held.popleft() for _ in range(count)]
+        self.size -= sum(len(item[0]) for item in chunk)
+        self.counted -= sum(item[2] for item in chunk)
+        return chunk
+
+
 def serve_tun(plane: DataPlane, queue: TunEdge) -> None:
-    """`DataPlane.on_tun` reading ahead: up to `plane.tun_read_ahead` bytes read and not yet sealed."""
+    """`DataPlane.on_tun` reading ahead: up to `plane.tun_read_ahead` bytes read and not yet sealed. A
+    turn of a device already in its turn (`_nested`) seals only the sparse flows it finds."""
     fd = queue.fileno()
-    if fd in plane.tun_turns:
-        return  # nested inside this device's own turn, which reads on
-    plane.tun_turns.add(fd)
+    turn = plane.tun_turns.get(fd)
+    if turn is not None:
+        _nested(plane, queue, turn)
+        return
+    limit = plane.tun_read_ahead
+    turn = Turn(limit, 1 if plane.woken else READS, BATCHES * plane.batch_packets)
+    plane.tun_turns[fd] = turn
     try:
-        _turn(plane, queue)
+        _turn(plane, queue, turn)
     finally:
-        plane.tun_turns.discard(fd)
+        del plane.tun_turns[fd]
 
 
-def _turn(plane: DataPlane, queue: TunEdge) -> None:
+def _read(plane: DataPlane, queue: TunEdge, turn: Turn, bytes_: int, packets: int, reads: int) -> bool:
+    """Read the ring into `turn.held` while it holds less than `bytes_` and `packets` (as a batch counts
+    them) and fewer than `reads` reads were made; False when the device is gone."""
+    while turn.size < bytes_ and turn.counted < packets and reads > 0:
+        try:
+            got = queue.read()
+        except OSError as exc:
+            if exc.errno == errno.EBADFD:  # the device was deleted (ip link del)
+                plane.devices.gone(queue.name)
+                return False
+            log.warning("read from %s failed: %s", queue.name, exc.strerror)
+            turn.reading = False
+            return True
+        if got is None:
+            turn.reading = False
+            return True
+        reads -= 1
+        turn.reads += 1
+        offload, packet = got
+        work = offload is not None and bool(offload.gso_type or offload.flags)
+        segments = _segments(packet, offload)
+        turn.held.append((packet, offload if work else None, segments))
+        turn.counted += segments
+        turn.fresh = True
+        turn.size += len(packet)
+        turn.total += len(packet)
+    return True
+
+
+def _nested(plane: DataPlane, queue: TunEdge, turn: Turn) -> None:
+    """A turn of a device whose own turn is serving the outer sockets between chunks (an answer
+    delivered there, `DataPlane._answer` finding the device readable): read the ring as far as the
+    turn's bounds on what it holds allow (at most a batch of reads), and seal at once the packets of
+    the sparse flows among all held (an echo reply), which would otherwise wait for the rest of the
+    outer socket's turn. The bulk stays held, in order, for the outer turn."""
+    reading = turn.reading  # the outer turn's own decision stands
+    gone = not _read(plane, queue, turn, turn.limit, turn.most_held, plane.batch_packets)
+    turn.reading = reading
+    if gone:
+        return
+    if not turn.fresh or not plane.sparse_first:
+        return
+    turn.fresh = False
+    count = _sparse_lead(turn.held)
+    if count:
+        _seal(plane, queue.name, turn.take(count), plane.clock())
+
+
+def _sparse_lead(held: deque[_Item]) -> int:
+    """Put the packets of the sparse flows of `held` first (each flow in its order); how many lead (0:
+    none is sparse; all of them when all are)."""
+    if len(held) == 1:
+        return 1 if len(held[0][0]) <= fq.QUANTUM else 0
+    count = _sparse_group(held)
+    if count:
+        return count
+    # the order stood: no sparse flow, only sparse flows, or the sparse ones already first. With a
+    # bulk packet put in front (a flow of its own, more than a quantum), the sparse ones, if any, are
+    # not first: as many lead as come before that packet in the order given
+    order = fq.sparse_first([_BULK, *(item[0] for item in held)])
+    return 0 if order is None else order.index(0)
+
+
+def _turn(plane: DataPlane, queue: TunEdge, turn: Turn) -> None:
     now = plane.clock()
     name = queue.name
-    limit = plane.tun_read_ahead
-    most = 1 if plane.woken else READS
-    held: deque[_Item] = deque()
-    size = 0  # bytes held
-    total = 0  # bytes read this turn
-    reads = 0
-    counted = 0  # packets held, as a batch counts them
-    most_held = BATCHES * plane.batch_packets
-    reading = True
-    fresh = False  # read since the sparse flows were last put first
+    limit = turn.limit
+    held = turn.held
     while True:
-        while reading and size < limit and counted < most_held and total < 2 * limit and reads < most:
-            try:
-                got = queue.read()
-            except OSError as exc:
-                if exc.errno == errno.EBADFD:  # the device was deleted (ip link del)
-                    plane.devices.gone(name)
-                    return
-                log.warning("read from %s failed: %s", name, exc.strerror)
-                reading = False
-                break
-            if got is None:
-                reading = False
-                break
-            reads += 1
-            offload, packet = got
-            work = offload is not None and bool(offload.gso_type or offload.flags)
-            segments = _segments(packet, offload)
-            held.append((packet, offload if work else None, segments))
-            counted += segments
-            fresh = True
-            size += len(packet)
-            total += len(packet)
+        if turn.reading and turn.total < 2 * limit and turn.reads < turn.most:
+            most_bytes = min(limit, turn.size + 2 * limit - turn.total)  # held, and read in the turn
+            if not _read(plane, queue, turn, most_bytes, turn.most_held, turn.most - turn.reads):
+                return
         if not held:
             return
-        count = _sparse_group(held) if fresh and plane.sparse_first and len(held) > 1 else 0
-        fresh = False
-        chunk: list[_Item] = []
+        count = _sparse_group(held) if turn.fresh and plane.sparse_first and len(held) > 1 else 0
+        turn.fresh = False
         if count:
-            chunk = [held.popleft() for _ in range(count)]
+            chunk = turn.take(count)
         else:
-            gathered = 0
-            while held and gathered < plane.batch_packets:
-                item = held.popleft()
-                chunk.append(item)
+            gathered = taken = 0
+            for item in held:
+                if gathered >= plane.batch_packets:
+                    break
                 gathered += item[2]
-        size -= sum(len(item[0]) for item in chunk)
-        counted -= sum(item[2] for item in chunk)
+                taken += 1
+            chunk = turn.take(taken)
         _seal(plane, name, chunk, now)
-        reading = reading and reads < most and total < 2 * limit
-        if held or reading:  # a turn that has read all it will and sealed it ends without a look
+        turn.reading = turn.reading and turn.reads < turn.most and turn.total < 2 * limit
+        if held or turn.reading:  # a turn that has read all it will and sealed it ends without a look
             _serve_outer(plane)
