@@ -103,25 +103,26 @@ def test_a_device_refusing_the_short_way_write_is_a_counted_drop(
     assert stats.rx_drops[Drop.DEVICE_DOWN] == 1 and stats.rx_packets == 1
 
 
-@pytest.mark.parametrize("pair", ["udp-read-ahead"], indirect=True)
+@pytest.mark.parametrize("pair", ["udp-read-ahead", "raw-read-ahead"], indirect=True)
 def test_a_woken_turn_reading_ahead_writes_a_lone_datagram_at_once(
     pair: tuple[Daemon, Daemon, FakeNetwork, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b, _, _ = pair
+    a, b, _, kind = pair
     assert len(_ping(a, b, 1)) == 1  # B learns A's port
     ahead: list[object] = []
     delivered: list[object] = []
-    serve_udp, deliver = readahead.serve_udp, b.plane.deliver
+    name = "serve_udp" if kind.startswith("udp") else "serve_raw"  # the transport's read-ahead turn
+    serve_edge, deliver = getattr(readahead, name), b.plane.deliver
 
-    def serve(plane: Any, udp: Any) -> None:
+    def serve(plane: Any, edge: Any) -> None:
         ahead.append(plane)
-        serve_udp(plane, udp)
+        serve_edge(plane, edge)
 
     def deliver_all(pending: dict[str, list[bytes]]) -> None:
         delivered.append(pending)
         deliver(pending)
 
-    monkeypatch.setattr(readahead, "serve_udp", serve)
+    monkeypatch.setattr(readahead, name, serve)
     monkeypatch.setattr(b.plane, "deliver", deliver_all)
     turns = []
     for seq, woken in ((2, True), (3, False)):

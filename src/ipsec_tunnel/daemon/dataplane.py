@@ -425,14 +425,15 @@ class DataPlane:
     def on_raw(self, raw: RawEdge) -> None:
         """Decrypt ESP packets from the raw socket (many per system call where it can), up to
         `batch_packets`; with AQM, CoDel judges each read by how long its first packet waited. With
-        `read_ahead`, `readahead.serve_raw` instead."""
-        if self.read_ahead:
+        `read_ahead`, `readahead.serve_raw` instead; but not in a woken turn, which reads once (nothing to
+        go ahead of): an idle packet read alone then takes `daemon.lone`'s direct write."""
+        if self.read_ahead and not self.woken:
             readahead.serve_raw(self, raw)
             return
         now = self.clock()
         queue = self.codel.get(raw.fileno())
         pending: dict[str, list[bytes]] = {}
-        for _ in range(max(1, self.batch_packets // MMSG_BATCH)):
+        for _ in range(1 if self.woken else max(1, self.batch_packets // MMSG_BATCH)):
             try:
                 got = raw.recv_batch()
             except OSError as exc:
