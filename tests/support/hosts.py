@@ -123,6 +123,15 @@ class IpsecHost:
         return self.ns.popen(cmd, env=self.env, **kwargs)
 
 
+def stop_hosts(*hosts: IpsecHost) -> None:
+    """Stop each host's ipsecd and delete its namespace, the namespace even when the stop fails."""
+    for host in hosts:
+        try:
+            host.stop()
+        finally:
+            host.ns.delete()
+
+
 class TwoHosts:
     """The seed's hosts A and B, each running ipsecd, joined by a veth on the outer network."""
 
@@ -156,11 +165,7 @@ class TwoHosts:
 
     def close(self) -> None:
         """Stop both daemons, delete the namespaces and the work directory."""
-        for host in (self.a, self.b):
-            try:
-                host.stop()
-            finally:
-                host.ns.delete()
+        stop_hosts(self.a, self.b)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def key(self, name: str, size: int) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .hosts import IpsecHost
+from .hosts import IpsecHost, stop_hosts
 from .netns import Netns, veth_pair
 
 A_PRIVATE, NAT_LAN, NAT_PUBLIC, B_PUBLIC = "10.77.0.2", "10.77.0.1", "203.0.113.254", "203.0.113.2"
@@ -96,11 +96,7 @@ EOF""")
         self.close()
 
     def close(self) -> None:
-        """Stop both daemons, delete the namespaces and the work directory."""
-        for host in (self.a, self.b):
-            try:
-                host.stop()
-            finally:
-                host.ns.delete()
+        """Stop both daemons, delete the namespaces (N's too) and the work directory."""
+        stop_hosts(self.a, self.b)
         self.n.delete()
         shutil.rmtree(self.tmp, ignore_errors=True)
