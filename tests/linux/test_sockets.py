@@ -15,7 +15,7 @@ from ipsec_tunnel.linux.raw import EspDatagram, RawEsp, SocketError
 from ipsec_tunnel.linux.udp import NAT_T_PORT, UdpDatagram, UdpSocket
 from tests.support.netns import Netns, netns_available, veth_pair
 
-from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
+from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, opened, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -110,11 +110,7 @@ def test_raw_esp_roundtrip(esp_pair: tuple[Pair, dict[int, tuple[RawEsp, RawEsp]
 
 def test_raw_esp_v4_header_on_the_wire(pair: Pair) -> None:
     """The outer IPv4 header as sent: TTL, DF, TOS as asked; checksum, length and ID filled by the kernel."""
-    with pair.a.enter():
-        tx = RawEsp(V4)
-    with pair.b.enter():
-        sniff = Sniffer(V4, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V4)) as tx, opened(pair.b, lambda: Sniffer(V4, 50)) as sniff:
         tx.send(ADDR_B4, esp_packet(), tos=0x2E, ttl=7, df=True)
         data, _ = sniff.recv()
         version_ihl, tos, total, ident, frag, ttl, proto, csum = struct.unpack_from("!BBHHHBBH", data)
@@ -128,9 +124,6 @@ def test_raw_esp_v4_header_on_the_wire(pair: Pair) -> None:
         _, _, _, _ident, frag, ttl, _, _ = struct.unpack_from("!BBHHHBBH", data)
         assert frag == 0 and ttl == 200  # without DF the kernel picks the ID
         assert _checksum(data[:20]) == 0
-    finally:
-        tx.close()
-        sniff.close()
 
 
 def _checksum(data: bytes) -> int:
@@ -141,19 +134,12 @@ def _checksum(data: bytes) -> int:
 
 
 def test_raw_esp_v6_hoplimit_and_tclass_on_the_wire(pair: Pair) -> None:
-    with pair.a.enter():
-        tx = RawEsp(V6)
-    with pair.b.enter():
-        sniff = Sniffer(V6, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V6)) as tx, opened(pair.b, lambda: Sniffer(V6, 50)) as sniff:
         tx.send(ADDR_B6, esp_packet(), tos=0xB9, ttl=9, df=True)
         data, values = sniff.recv()
         assert data == esp_packet()
         assert values[socket.IPV6_HOPLIMIT] == 9
         assert values[socket.IPV6_TCLASS] == 0xB9
-    finally:
-        tx.close()
-        sniff.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -174,17 +160,10 @@ def test_raw_esp_df_and_fragmentation(
 
 
 def test_raw_esp_v4_fragments_on_the_wire(pair: Pair) -> None:
-    with pair.a.enter():
-        tx = RawEsp(V4)
-    with pair.b.enter():
-        sniff = Sniffer(V4, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V4)) as tx, opened(pair.b, lambda: Sniffer(V4, 50)) as sniff:
         tx.send(ADDR_B4, esp_packet(size=3000), ttl=20, df=False)
         data, _ = sniff.recv()  # raw sockets see the reassembled datagram
         assert len(data) == 20 + 3000 and data[8] == 20
-    finally:
-        tx.close()
-        sniff.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -192,11 +171,7 @@ def test_raw_esp_source_and_oif(pair: Pair, family: int) -> None:
     extra = "192.0.2.11" if family == V4 else "2001:db8::11"
     pair.a.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_a, "nodad"])
     a, b = ADDRS[family]
-    with pair.a.enter():
-        tx = RawEsp(family)
-    with pair.b.enter():
-        rx = RawEsp(family)
-    try:
+    with opened(pair.a, lambda: RawEsp(family)) as tx, opened(pair.b, lambda: RawEsp(family)) as rx:
         tx.send(b, esp_packet(seq=1), src=extra)
         assert recv_esp(rx).src == packed(extra)
         tx.send(b, esp_packet(seq=2), oif=pair.dev_a)
@@ -206,9 +181,6 @@ def test_raw_esp_source_and_oif(pair: Pair, family: int) -> None:
             index = link.ifindex(pair.dev_a)
         tx.send(b, esp_packet(seq=3), src=extra, oif=index)
         assert recv_esp(rx).src == packed(extra)
-    finally:
-        tx.close()
-        rx.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -344,20 +316,16 @@ def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
 def test_udp_encap_source_address(pair: Pair, family: int) -> None:
     extra = "192.0.2.13" if family == V4 else "2001:db8::13"
     pair.a.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_a, "nodad"])
-    with pair.a.enter():
-        tx = UdpSocket(family, port=4500)
-    with pair.b.enter():
-        rx = UdpSocket(family, port=4500)
-    try:
+    with (
+        opened(pair.a, lambda: UdpSocket(family, port=4500)) as tx,
+        opened(pair.b, lambda: UdpSocket(family, port=4500)) as rx,
+    ):
         tx.send(ADDRS[family][1], 4500, b"from extra", src=extra, oif=pair.dev_a)
         got = recv_udp(rx)
         assert got.src == packed(extra) and got.sport == 4500
         rx.send(got.src, got.sport, b"reply", tos=0x04)
         reply = recv_udp(tx)
         assert reply.dst == packed(extra) and reply.payload == b"reply" and reply.tos == 0x04
-    finally:
-        tx.close()
-        rx.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
