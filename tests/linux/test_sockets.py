@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -15,7 +18,7 @@ from ipsec_tunnel.linux.raw import EspDatagram, RawEsp, SocketError
 from ipsec_tunnel.linux.udp import NAT_T_PORT, UdpDatagram, UdpSocket
 from tests.support.netns import Netns, netns_available, veth_pair
 
-from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, opened, wait_for
+from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Closable, Pair, opened, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -23,6 +26,8 @@ V4, V6 = socket.AF_INET, socket.AF_INET6
 ADDRS: dict[int, tuple[str, str]] = {V4: (ADDR_A4, ADDR_B4), V6: (ADDR_A6, ADDR_B6)}
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH = 3, 4, 3  # RFC 792
 ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, ICMPV6_PKT_TOOBIG = 1, 4, 2  # RFC 4443
+A = TypeVar("A", bound=Closable)
+B = TypeVar("B", bound=Closable)
 
 
 def packed(addr: str) -> bytes:
@@ -75,19 +80,24 @@ class Sniffer:
         self.sock.close()
 
 
+def _both_families(
+    pair: Pair, make_a: Callable[[int], A], make_b: Callable[[int], B]
+) -> Iterator[tuple[Pair, dict[int, tuple[A, B]]]]:
+    """For IPv4 and IPv6: a socket `make_a` opens in A and one `make_b` opens in B, closed at the end."""
+    with contextlib.ExitStack() as stack:
+        socks: dict[int, tuple[A, B]] = {
+            family: (
+                stack.enter_context(opened(pair.a, functools.partial(make_a, family))),
+                stack.enter_context(opened(pair.b, functools.partial(make_b, family))),
+            )
+            for family in (V4, V6)
+        }
+        yield pair, socks
+
+
 @pytest.fixture
 def esp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[RawEsp, RawEsp]]]]:
-    socks: dict[int, tuple[RawEsp, RawEsp]] = {}
-    for family in (V4, V6):
-        with pair.a.enter():
-            tx = RawEsp(family)
-        with pair.b.enter():
-            rx = RawEsp(family)
-        socks[family] = (tx, rx)
-    yield pair, socks
-    for tx, rx in socks.values():
-        tx.close()
-        rx.close()
+    yield from _both_families(pair, RawEsp, RawEsp)
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -246,17 +256,7 @@ def test_socket_basics(ns: Netns) -> None:
 
 @pytest.fixture
 def udp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[UdpSocket, UdpSocket]]]]:
-    socks: dict[int, tuple[UdpSocket, UdpSocket]] = {}
-    for family in (V4, V6):
-        with pair.a.enter():
-            tx = UdpSocket(family)
-        with pair.b.enter():
-            rx = UdpSocket(family, NAT_T_PORT)
-        socks[family] = (tx, rx)
-    yield pair, socks
-    for tx, rx in socks.values():
-        tx.close()
-        rx.close()
+    yield from _both_families(pair, UdpSocket, lambda family: UdpSocket(family, NAT_T_PORT))
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
