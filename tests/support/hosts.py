@@ -132,7 +132,31 @@ def stop_hosts(*hosts: IpsecHost) -> None:
             host.ns.delete()
 
 
-class TwoHosts:
+class Topology:
+    """Namespaces and daemons set up on entering (`open`) and torn down (`close`) on leaving, or at once
+    when setting up fails part way."""
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class TwoHosts(Topology):
     """The seed's hosts A and B, each running ipsecd, joined by a veth on the outer network."""
 
     def __init__(self, *, outer6: bool = False) -> None:
@@ -144,24 +168,13 @@ class TwoHosts:
         self.plen = 64 if outer6 else 24
         self.links: tuple[str, str] = ("", "")
 
-    def __enter__(self) -> Self:
-        try:
-            self.a.ns.create()
-            self.b.ns.create()
-            self.links = veth_pair(
-                self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}"
-            )
-            self.a.start()
-            self.b.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def open(self) -> None:
+        """Create both namespaces and the veth between them, start both daemons."""
+        self.a.ns.create()
+        self.b.ns.create()
+        self.links = veth_pair(self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}")
+        self.a.start()
+        self.b.start()
 
     def close(self) -> None:
         """Stop both daemons, delete the namespaces and the work directory."""
