@@ -198,12 +198,11 @@ def test_raw_esp_bind_addr_filters(pair: Pair, family: int) -> None:
     extra = "192.0.2.12" if family == V4 else "2001:db8::12"
     pair.b.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_b, "nodad"])
     b = ADDRS[family][1]
-    with pair.a.enter():
-        tx = RawEsp(family)
-    with pair.b.enter():
-        bound = RawEsp(family, bind_addr=extra)
-        catch_all = RawEsp(family)
-    try:
+    with (
+        opened(pair.a, lambda: RawEsp(family)) as tx,
+        opened(pair.b, lambda: RawEsp(family, bind_addr=extra)) as bound,
+        opened(pair.b, lambda: RawEsp(family)) as catch_all,
+    ):
         tx.send(b, esp_packet(seq=1))
         assert recv_esp(catch_all).dst == packed(b)
         tx.send(extra, esp_packet(seq=2))
@@ -211,9 +210,6 @@ def test_raw_esp_bind_addr_filters(pair: Pair, family: int) -> None:
         got = recv_esp(bound)
         assert got.dst == packed(extra) and got.esp == esp_packet(seq=2)
         assert bound.recv() is None, "the packet to the other address was not delivered here"
-    finally:
-        for sock in (tx, bound, catch_all):
-            sock.close()
 
 
 def test_device_bound_send_only_socket(pair: Pair) -> None:
@@ -279,13 +275,12 @@ def test_udp_encap_roundtrip(
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
-    with pair.a.enter():
-        tx = UdpSocket(family, port=0)
-    with pair.b.enter():
-        rx = UdpSocket(family, port=4500)
-        sniff = Sniffer(family, socket.IPPROTO_UDP)
     b = ADDRS[family][1]
-    try:
+    with (
+        opened(pair.a, lambda: UdpSocket(family, port=0)) as tx,
+        opened(pair.b, lambda: UdpSocket(family, port=4500)) as rx,
+        opened(pair.b, lambda: Sniffer(family, socket.IPPROTO_UDP)) as sniff,
+    ):
         tx.send(b, 4500, b"x" * 100, tos=0xB8, ttl=5, df=True)
         data, values = sniff.recv()
         if family == V4:
@@ -307,9 +302,6 @@ def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
         while (got := recv_udp(rx)).payload[:1] != b"z":
             pass
         assert len(got.payload) == 3000
-    finally:
-        for closable in (tx, rx, sniff):
-            closable.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
