@@ -123,6 +123,25 @@ def _abandon(ike: Ike, sa: IkeSa, entry: PeerEntry, reason: str, now: float) -> 
     ike.emit_status(entry)
 
 
+def _peer_auth_failure(
+    sa: IkeSa, id_body: bytes, auth_body: bytes, message: bytes, nonce: bytes, sk_p: bytes
+) -> str | None:
+    """Notes the peer's identity (`sa.peer_id`) from its ID payload `id_body`, then checks its PSK AUTH
+    (§2.15: over its first `message`, our `nonce` and `id_body`, with its SK_p `sk_p`) and that identity
+    against the configured remote ID: None when both hold, else what to add to the failure ("" for an
+    AUTH that did not verify)."""
+    assert sa.spec is not None
+    prf_alg = sa.spec.prf[0]
+    id_type, id_data = m.decode_id(id_body)
+    sa.peer_id = (id_type, id_data)
+    method, auth = m.decode_auth(auth_body)
+    expected = psk_auth(prf_alg, sa.cfg.psk, signed_octets(prf_alg, message, nonce, sk_p, id_body))
+    id_ok = sa.cfg.remote_id is None or identity(sa.cfg.remote_id, sa.cfg.remote_addr) == (id_type, id_data)
+    if method != AuthMethod.SHARED_KEY_MIC or not equal(auth, expected) or not id_ok:
+        return "" if id_ok else f" (identity {describe_id(id_type, id_data)} is not {sa.cfg.remote_id})"
+    return None
+
+
 def on_auth_request(
     ike: Ike, sa: IkeSa, hdr: m.Header, data: bytes, p: Payloads, local: Addr, remote: Addr, now: float
 ) -> None:
@@ -138,21 +157,14 @@ def on_auth_request(
         ike.drops["missing_payload"] += 1
         return
     sa.local, sa.remote = local, remote  # the initiator may have moved to 4500 (§2.23)
-    prf_alg = sa.spec.prf[0]
-    id_type, id_data = m.decode_id(idi)
-    sa.peer_id = (id_type, id_data)
-    method, auth = m.decode_auth(auth_body)
-    expected = psk_auth(
-        prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_request, sa.nr, sa.keys.sk_pi, idi)
-    )
-    id_ok = sa.cfg.remote_id is None or identity(sa.cfg.remote_id, sa.cfg.remote_addr) == (id_type, id_data)
-    if method != AuthMethod.SHARED_KEY_MIC or not equal(auth, expected) or not id_ok:
+    why = _peer_auth_failure(sa, idi, auth_body, sa.init_request, sa.nr, sa.keys.sk_pi)
+    if why is not None:
         respond(
             ike, sa, hdr.exchange, hdr.mid, [(Payload.NOTIFY, m.encode_notify(Notify.AUTHENTICATION_FAILED))]
         )
-        why = "" if id_ok else f" (identity {describe_id(id_type, id_data)} is not {sa.cfg.remote_id})"
         fail(ike, sa, "AUTHENTICATION_FAILED" + why)
         return
+    prf_alg = sa.spec.prf[0]
     my_type, my_data = identity(sa.cfg.local_id, sa.cfg.local_addr)
     idr = m.encode_id(my_type, my_data)
     my_auth = psk_auth(
@@ -218,16 +230,8 @@ def on_auth_response(
     if idr is None or auth_body is None:
         fail(ike, sa, notify_name(err.ntype) if err is not None else "IKE_AUTH response without IDr/AUTH")
         return
-    prf_alg = sa.spec.prf[0]
-    id_type, id_data = m.decode_id(idr)
-    sa.peer_id = (id_type, id_data)
-    method, auth = m.decode_auth(auth_body)
-    expected = psk_auth(
-        prf_alg, sa.cfg.psk, signed_octets(prf_alg, sa.init_response, sa.ni, sa.keys.sk_pr, idr)
-    )
-    id_ok = sa.cfg.remote_id is None or identity(sa.cfg.remote_id, sa.cfg.remote_addr) == (id_type, id_data)
-    if method != AuthMethod.SHARED_KEY_MIC or not equal(auth, expected) or not id_ok:
-        why = "" if id_ok else f" (identity {describe_id(id_type, id_data)} is not {sa.cfg.remote_id})"
+    why = _peer_auth_failure(sa, idr, auth_body, sa.init_response, sa.ni, sa.keys.sk_pr)
+    if why is not None:
         # authenticated on their side: tell them (§2.21.2)
         _abandon(ike, sa, entry, "AUTHENTICATION_FAILED (the responder's AUTH did not verify)" + why, now)
         return

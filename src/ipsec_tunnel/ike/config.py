@@ -73,22 +73,23 @@ class PeerConfig:
 
 
 def ike_specs(cfg: PeerConfig) -> list[Spec]:
-    out: list[Spec] = []
-    for p in cfg.proposals:
-        for part in p.split(","):
-            out += parse(part, Protocol.IKE)
-    if not out:
-        raise ProposalError("'': no IKE proposal")
-    return out
+    """The IKE SA proposals of `cfg`, parsed; ProposalError on a bad one or none."""
+    return _specs(cfg.proposals, Protocol.IKE)
 
 
 def esp_specs(cfg: PeerConfig) -> list[Spec]:
+    """The CHILD SA (ESP) proposals of `cfg`, parsed; ProposalError on a bad one or none."""
+    return _specs(cfg.esp_proposals, Protocol.ESP)
+
+
+def _specs(proposals: tuple[str, ...], protocol: Protocol) -> list[Spec]:
+    """`proposals` (each maybe a comma-separated list) parsed for `protocol`; ProposalError when none."""
     out: list[Spec] = []
-    for p in cfg.esp_proposals:
+    for p in proposals:
         for part in p.split(","):
-            out += parse(part, Protocol.ESP)
+            out += parse(part, protocol)
     if not out:
-        raise ProposalError("'': no ESP proposal")
+        raise ProposalError(f"'': no {protocol.name} proposal")
     return out
 
 

@@ -256,24 +256,35 @@ def decode_nonce(body: bytes) -> bytes:
 
 def decode_id(body: bytes) -> tuple[int, bytes]:
     """(ID type, data) of an IDi/IDr payload, §3.5."""
-    if len(body) < 5:
-        raise Malformed("id")
-    return body[0], body[4:]
+    return _decode_typed(body, "id")
 
 
 def encode_id(id_type: int, data: bytes) -> bytes:
-    return bytes([id_type, 0, 0, 0]) + data
+    """An IDi/IDr payload body, §3.5."""
+    return _encode_typed(id_type, data)
 
 
 def decode_auth(body: bytes) -> tuple[int, bytes]:
     """(method, data) of an AUTH payload, §3.8."""
-    if len(body) < 5:
-        raise Malformed("auth")
-    return body[0], body[4:]
+    return _decode_typed(body, "auth")
 
 
 def encode_auth(method: int, data: bytes) -> bytes:
-    return bytes([method, 0, 0, 0]) + data
+    """An AUTH payload body, §3.8."""
+    return _encode_typed(method, data)
+
+
+def _decode_typed(body: bytes, what: str) -> tuple[int, bytes]:
+    """(type, data) of a body laid out as one type octet, three reserved and at least one of data (the ID
+    payload, §3.5, and the AUTH payload, §3.8); Malformed(`what`) when shorter."""
+    if len(body) < 5:
+        raise Malformed(what)
+    return body[0], body[4:]
+
+
+def _encode_typed(kind: int, data: bytes) -> bytes:
+    """A type octet, three reserved (zero) and `data`: the ID (§3.5) and AUTH (§3.8) payload bodies."""
+    return bytes([kind, 0, 0, 0]) + data
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ import collections
 import errno
 import socket
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
+from ipsec_tunnel.linux._closing import Closing
 from ipsec_tunnel.linux._sockopt import (
     IP_MTU,
     IP_MTU_DISCOVER,
@@ -57,7 +56,7 @@ def _family(family: int) -> int:
     raise ValueError(f"unsupported address family: {family}")
 
 
-class Transport:
+class Transport(Closing):
     """What both transports share: the socket, buffers, device binding, error collection."""
 
     _ancillary = _ANCILLARY  # bytes of room for control messages per received datagram
@@ -159,14 +158,6 @@ class Transport:
     def closed(self) -> bool:
         """Whether ``close`` was called."""
         return self._sock.fileno() < 0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def local_address(self) -> tuple[str, int]:

@@ -15,11 +15,10 @@ import errno
 import fcntl
 import os
 import struct
-from types import TracebackType
-from typing import Self
 
 from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, VnetHeader
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
+from ipsec_tunnel.linux._closing import Closing
 
 __all__ = [
     "IFF_MULTI_QUEUE",
@@ -92,7 +91,7 @@ def tun_features() -> int:
         os.close(fd)
 
 
-class TunDevice:
+class TunDevice(Closing):
     """One queue (file descriptor) of a layer-3 TUN device; packets are bare IP, no packet info.
 
     ``read`` returns one whole packet, or None when nothing is queued (non-blocking mode).
@@ -233,14 +232,6 @@ class TunDevice:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
