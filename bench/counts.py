@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*, tests.*
 
@@ -36,6 +37,7 @@ from bench.lib.planes import OursConfig, OursPlane
 from bench.lib.topology import IN_A, IN_B
 from tests.support.hosts import IpsecHost
 
+R = TypeVar("R")
 SYSCALLS = [
     "epoll_wait",
     "recvmsg",
@@ -175,6 +177,29 @@ def measure(plane: Variant, seconds: float, work: Path) -> dict[str, float]:
     return row
 
 
+def interleaved(
+    planes: dict[str, Variant], rounds: int, take: Callable[[Variant], R], note: Callable[[R], str]
+) -> dict[str, list[R]]:
+    """Each plane (opened first) measured by `take` once a round, in the order given and then reversed
+    in every other round; `note` says on stderr what each measurement gave."""
+    for plane in planes.values():
+        plane.open()
+    names = list(planes)
+    results: dict[str, list[R]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            results[name].append(take(planes[name]))
+            print(f"round {i + 1} {name}: {note(results[name][-1])}", file=sys.stderr)
+    return results
+
+
+def close_all(planes: dict[str, Variant], work: Path) -> None:
+    """Close every plane and remove the work directory."""
+    for plane in planes.values():
+        plane.close()
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench/counts", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", action="append", required=True, metavar="NAME=SRC[:OPT,OPT]",
@@ -190,16 +215,13 @@ def main() -> int:
         for spec in args.variant:
             name, src, options = variant_spec(spec)
             planes[name] = Variant(f"{args.prefix}{len(planes)}", work, src, options)
-        for plane in planes.values():
-            plane.open()
+        results = interleaved(
+            planes,
+            args.rounds,
+            lambda plane: measure(plane, args.seconds, work),
+            lambda row: f"{row['Mbit/s (noisy)']:.0f} Mbit/s",
+        )
         names = list(planes)
-        results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-        for i in range(args.rounds):
-            for name in names if i % 2 == 0 else names[::-1]:
-                results[name].append(measure(planes[name], args.seconds, work))
-                print(
-                    f"round {i + 1} {name}: {results[name][-1]['Mbit/s (noisy)']:.0f} Mbit/s", file=sys.stderr
-                )
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
         keys = list(results[names[0]][0])
@@ -211,9 +233,7 @@ def main() -> int:
             )
         return 0
     finally:
-        for plane in planes.values():
-            plane.close()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        close_all(planes, work)
 
 
 if __name__ == "__main__":

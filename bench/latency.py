@@ -42,17 +42,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
 
 from bench.lib.planes import OursConfig, Plane, close_planes, open_planes, ours_variants
-from bench.lib.prerequisites import busy_note, check_prerequisites, ipsecadm_works, versions
+from bench.lib.prerequisites import check_prerequisites, ipsecadm_works, versions
 from bench.lib.processes import (
     BenchError,
     Interrupted,
     log,
-    raise_on_termination,
     shield_cleanup,
     stop_process,
     workdir,
 )
-from bench.lib.report import emit, fmt, table
+from bench.lib.report import fmt, table
+from bench.lib.runner import begin, finish
 from bench.lib.topology import IN_A, IN_B
 from bench.throughput import make_planes as throughput_planes
 from bench.throughput import selection
@@ -513,11 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the stream lasts through the warm-up, the loaded pings and a margin
     seconds = float(int(args.warmup + args.pings * INTERVAL * 1.2 + 2))
-    raise_on_termination()
-    started = time.time()
-    load, busy = busy_note()
-    if busy:
-        log(busy)
+    started, load, busy = begin()
     planes: list[Plane] = []
     results: dict[str, list[LatRun]] = {}
     turns: list[list[str]] = []
@@ -568,12 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if busy:
         text += "\n" + busy.replace("Mbit/s moves with other load, CPU-s/GB much less", "RTTs move with it")
-    if interrupted:
-        text = "INTERRUPTED: partial results\n" + text
-    emit(report, text, args.json)
-    if interrupted:
-        return 130
-    return 0 if all(s.load(50) is not None and s.mbps is not None for s in summaries) else 1
+    status = 0 if all(s.load(50) is not None and s.mbps is not None for s in summaries) else 1
+    return finish(report, text, args.json, interrupted, status)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*, tests.*
 
-from bench.counts import Host, Variant, variant_spec
+from bench.counts import Host, Variant, close_all, interleaved, variant_spec
 from bench.lib.planes import OursConfig
 from bench.lib.topology import IN_A, IN_B
 
@@ -167,22 +166,18 @@ def main() -> int:
             elif args.cbc:
                 plane.config = OursConfig(cipher, True)
             planes[name] = plane
-        for plane in planes.values():
-            plane.open()
-        names = list(planes)
-        results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        for i in range(args.rounds):
-            for name in names if i % 2 == 0 else names[::-1]:
-                results[name].append(measure(planes[name], args.seconds, work))
-                print(f"round {i + 1} {name}: {results[name][-1]['gb']:.2f} GB", file=sys.stderr)
+        results = interleaved(
+            planes,
+            args.rounds,
+            lambda plane: measure(plane, args.seconds, work),
+            lambda run: f"{run['gb']:.2f} GB",
+        )
         if args.json:
             args.json.write_text(json.dumps(results))
         report(results, args.top)
         return 0
     finally:
-        for plane in planes.values():
-            plane.close()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        close_all(planes, work)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 from bench.lib.planes import OursConfig, OursPlane, Plane
 from bench.lib.prerequisites import check_prerequisites, ipsecadm_works
 from bench.lib.processes import BenchError, log
-from bench.lib.report import Summary, failures, fmt, ratio, table
+from bench.lib.report import TCP_HEADER, Summary, failures, fmt, ratio, table, tcp_row
 from bench.lib.runner import check_common, common_args, run_bench
 from bench.lib.topology import PUB_A, PUB_B
 from ipsec_tunnel.control.client import Client
@@ -198,34 +198,15 @@ def render(summaries: list[Summary], planes: list[Plane], args: argparse.Namespa
     rows = []
     for s, p in zip(summaries, planes, strict=True):
         rss = [round(k / 1024) for k in p.notes.get("rss_kib", [])]
-        if s.error or s.mbps is None:
-            rows.append([s.label, "FAILED" if s.error or s.runs else "not run", *[""] * 7])
-            continue
-        rng = s.mbps_range
         rows.append(
-            [
-                s.label,
-                fmt(s.mbps),
-                f"{rng[0]:,.0f}-{rng[1]:,.0f}" if rng else "-",
-                fmt(s.cpu_s_per_gb),
-                fmt(s.rtt_ms, 3),
-                fmt(s.retransmits, 0),
+            tcp_row(
+                s,
                 fmt(s.idle_cpu_pct, 1),
                 "/".join(str(r) for r in rss) or "-",
                 ratio(s.mbps, plain.mbps if plain else None) if s.key != "plain" else "",
-            ]
+            )
         )
-    header = [
-        "data plane",
-        "Mbit/s",
-        "min-max",
-        "CPU-s/GB",
-        "RTT ms",
-        "retr",
-        "idle CPU%",
-        "RSS MiB A/B",
-        "vs plain",
-    ]
+    header = [*TCP_HEADER, "idle CPU%", "RSS MiB A/B", "vs plain"]
     lines = [
         f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds; "
         "medians.",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from bench.lib.planes import OursConfig, OursPlane, Plane, VethPlane, ours_variants
 from bench.lib.prerequisites import check_prerequisites, ipsecadm_works
-from bench.lib.report import Summary, failures, fmt, table
+from bench.lib.report import TCP_HEADER, Summary, failures, fmt, table, tcp_row
 from bench.lib.runner import check_common, common_args, run_bench
 from bench.peers import StrongSwanPlane, WireGuardPlane
 
@@ -143,25 +143,15 @@ def add_ratios(summaries: list[Summary]) -> None:
 
 
 def render(summaries: list[Summary], args: argparse.Namespace) -> str:
-    rows = []
-    for s in summaries:
-        rng = s.mbps_range
-        if s.error or s.mbps is None:
-            rows.append([s.label, "FAILED" if s.error or s.runs else "not run", *[""] * 6])
-            continue
-        rows.append(
-            [
-                s.label,
-                fmt(s.mbps),
-                f"{rng[0]:,.0f}-{rng[1]:,.0f}" if rng else "-",
-                fmt(s.cpu_s_per_gb),
-                fmt(s.rtt_ms, 3),
-                fmt(s.retransmits, 0),
-                fmt(s.ratios.get("strongswan"), 2) if s.group == "ours" else "",
-                fmt(s.ratios.get("wireguard-go"), 2) if s.group == "ours" else "",
-            ]
+    rows = [
+        tcp_row(
+            s,
+            fmt(s.ratios.get("strongswan"), 2) if s.group == "ours" else "",
+            fmt(s.ratios.get("wireguard-go"), 2) if s.group == "ours" else "",
         )
-    header = ["data plane", "Mbit/s", "min-max", "CPU-s/GB", "RTT ms", "retr", "ours/swan", "ours/wg-go"]
+        for s in summaries
+    ]
+    header = [*TCP_HEADER, "ours/swan", "ours/wg-go"]
     lines = [
         f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds; "
         "medians.",

@@ -98,6 +98,27 @@ def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
+TCP_HEADER = ["data plane", "Mbit/s", "min-max", "CPU-s/GB", "RTT ms", "retr"]
+
+
+def tcp_row(s: Summary, *more: str) -> list[str]:
+    """A table row: the plane's TCP figures (the columns of TCP_HEADER), then `more`; a plane without a
+    throughput says FAILED or "not run", its other cells empty."""
+    if s.error or s.mbps is None:
+        empty = [""] * (len(TCP_HEADER) - 2 + len(more))
+        return [s.label, "FAILED" if s.error or s.runs else "not run", *empty]
+    rng = s.mbps_range
+    return [
+        s.label,
+        fmt(s.mbps),
+        f"{rng[0]:,.0f}-{rng[1]:,.0f}" if rng else "-",
+        fmt(s.cpu_s_per_gb),
+        fmt(s.rtt_ms, 3),
+        fmt(s.retransmits, 0),
+        *more,
+    ]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], align_left: int = 1) -> str:
     """A plain-text table: the first `align_left` columns left-aligned, the rest right-aligned."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

@@ -39,6 +39,26 @@ def check_common(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--runs, --seconds and --pings must be at least 1")
 
 
+def begin() -> tuple[float, float, str | None]:
+    """Start a bench: SIGTERM raises (so that the clean-up runs); the start time, the load average and
+    the note on it when the machine is busy (logged)."""
+    raise_on_termination()
+    started = time.time()
+    load, busy = busy_note()
+    if busy:
+        log(busy)
+    return started, load, busy
+
+
+def finish(report: dict[str, Any], text: str, json_to: str | None, interrupted: bool, status: int) -> int:
+    """Print the table (and JSON), marked as partial when interrupted; the exit status: 130 when
+    interrupted, else `status`."""
+    if interrupted:
+        text = "INTERRUPTED: partial results\n" + text
+    emit(report, text, json_to)
+    return 130 if interrupted else status
+
+
 def run_bench(
     name: str,
     args: argparse.Namespace,
@@ -51,11 +71,7 @@ def run_bench(
 ) -> int:
     """Set up the planes, measure them in interleaved rounds, clean up and print the table (and JSON);
     the exit status: 0 when every plane gave a result, 1 when one failed, 130 when interrupted."""
-    raise_on_termination()
-    started = time.time()
-    load, busy = busy_note()
-    if busy:
-        log(busy)
+    started, load, busy = begin()
     planes: list[Plane] = []
     results: dict[str, list[Any]] = {k: [] for k in keys}
     interrupted = False
@@ -100,9 +116,5 @@ def run_bench(
     text = render(summaries, planes)
     if busy:
         text += "\n" + busy
-    if interrupted:
-        text = "INTERRUPTED: partial results\n" + text
-    emit(report, text, args.json)
-    if interrupted:
-        return 130
-    return 0 if all(s.mbps is not None for s in summaries) else 1
+    status = 0 if all(s.mbps is not None for s in summaries) else 1
+    return finish(report, text, args.json, interrupted, status)

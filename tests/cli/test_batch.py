@@ -36,6 +36,20 @@ def keys(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
+def _own_key_lines(tmp_path: Path, count: int, first_spi: int) -> list[str]:
+    """`count` SA_LINEs from SPI `first_spi` on, each with key files of its own (random, mode 0600)."""
+    lines = []
+    for i in range(count):
+        own = {}
+        for name, size in (("c", 16), ("d", 20)):
+            p = tmp_path / f"{name}{i}.key"
+            p.write_bytes(os.urandom(size))
+            os.chmod(p, 0o600)
+            own[name] = p
+        lines.append(SA_LINE.format(spi=hex(first_spi + i), **own))
+    return lines
+
+
 def _batch(tmp_path: Path, *lines: str) -> Path:
     p = tmp_path / "batch"
     p.write_text("\n".join(lines) + "\n")
@@ -179,15 +193,7 @@ def test_a_thousand_sas_from_one_batch_file(
 ) -> None:
     """Against the real control server and manager (state in SQLite, fake devices): every SA arrives.
     Each SA has keys of its own: ipsecd refuses a key another SA holds."""
-    lines = []
-    for i in range(1000):
-        own = {}
-        for name, size in (("c", 16), ("d", 20)):
-            p = tmp_path / f"{name}{i}.key"
-            p.write_bytes(os.urandom(size))
-            os.chmod(p, 0o600)
-            own[name] = p
-        lines.append(SA_LINE.format(spi=hex(0x10000 + i), **own))
+    lines = _own_key_lines(tmp_path, 1000, 0x10000)
     path = _batch(tmp_path, *lines)
     start = time.monotonic()
     rc = main([f"--socket={served.path}", "-b", str(path)])
@@ -254,15 +260,7 @@ def test_a_refused_add_undoes_the_whole_batch_in_ipsecd(
 ) -> None:
     """Against the real manager: a batch of adds whose fourth line is refused (the SA exists) leaves no
     SA, tunnel or device of the lines before it; the same batch without that line applies whole."""
-    lines = []
-    for i in range(2):
-        own = {}
-        for name, size in (("c", 16), ("d", 20)):
-            p = tmp_path / f"{name}{i}.key"
-            p.write_bytes(os.urandom(size))
-            os.chmod(p, 0o600)
-            own[name] = p
-        lines.append(SA_LINE.format(spi=hex(0x1000 + i), **own))
+    lines = _own_key_lines(tmp_path, 2, 0x1000)
     lines.append("tunnel add ipsec1 --local=1.2.3.4 --remote=5.6.7.8")
     path = _batch(tmp_path, *lines, lines[0])  # line 4: the SA of line 1 again
     assert main([f"--socket={served.path}", "-b", str(path)]) == 1

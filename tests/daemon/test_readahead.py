@@ -113,6 +113,23 @@ def _plane(pair: Pair, events: list[tuple[Any, ...]], read_ahead: int = READ_AHE
     return plane
 
 
+def _turn(
+    pair: Pair, reads: list[list[bytes]], fd: int, *, raw: bool = False, read_ahead: int = READ_AHEAD
+) -> list[tuple[Any, ...]]:
+    """B's data plane (`_plane`) after one turn reading `reads` from its UDP socket (`raw`: its raw ESP
+    socket): its opens and device writes in order."""
+    events: list[tuple[Any, ...]] = []
+    plane = _plane(pair, events, read_ahead)
+    try:
+        if raw:
+            plane.on_raw(_Raw(pair, reads, fd))  # type: ignore[arg-type]
+        else:
+            plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
+    finally:
+        plane.close()
+    return events
+
+
 def _sa(pair: Pair) -> SecurityAssociation:
     sa = pair.b.sad.get(packed(pair.b_addr), packed(pair.a_addr), 0x1001)
     assert sa is not None
@@ -148,13 +165,8 @@ def _bulk_and_ping(pair: Pair) -> tuple[list[bytes], list[bytes], list[list[byte
 def test_a_ping_behind_the_bulk_is_opened_and_written_first(window: int, fd: int) -> None:
     pair = make_pair(encap=UdpEncap(), replay_window=window)
     tcp, _wire, reads = _bulk_and_ping(pair)
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
     one_by_one = _one_by_one_counted(_sa(pair))
-    try:
-        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd)
     assert events[0] == ("open", [201]) and events[1] == ("write", {"t0": [PING]})
     assert [e[1] for e in events if e[0] == "open"][1:] == [
         list(range(1, 65)), list(range(65, 129)), list(range(129, 193)), list(range(193, 201)),
@@ -171,12 +183,7 @@ def test_the_ping_waits_until_the_bulk_before_it_fits_in_the_window(fd: int) -> 
     before it is within 128 numbers of it, never pushing the bulk out of the window."""
     pair = make_pair(encap=UdpEncap(), replay_window=128)
     tcp, _wire, reads = _bulk_and_ping(pair)
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd)
     opens = [e[1] for e in events if e[0] == "open"]
     assert opens[:3] == [list(range(1, 65)), list(range(65, 129)), [201]]
     assert events.index(("write", {"t0": [PING]})) == events.index(("open", [201])) + 1
@@ -187,12 +194,7 @@ def test_the_ping_waits_until_the_bulk_before_it_fits_in_the_window(fd: int) -> 
 def test_without_read_ahead_the_bulk_before_the_ping_is_opened_first(fd: int) -> None:
     pair = make_pair(encap=UdpEncap(), replay_window=4096)
     tcp, _wire, reads = _bulk_and_ping(pair)
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events, read_ahead=0)
-    try:
-        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd, read_ahead=0)
     assert [e[1] for e in events if e[0] == "open"][4] == [201]
     assert _written_tcp(events) == tcp
 
@@ -206,12 +208,7 @@ def test_a_small_tcp_segment_opened_ahead_keeps_its_place(fd: int) -> None:
     after = [_tcp(n, size=1000) for n in range(101, 120)]
     wire = _seal(pair, [*tcp, tail, *after])
     reads = [wire[0:64], wire[64:100], [wire[100]], wire[101:120]]
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd)
     assert events[0] == ("open", [101])
     assert _written_tcp(events) == [*tcp, tail, *after]
 
@@ -265,13 +262,8 @@ def test_raw_esp_a_ping_among_the_bulk_is_opened_first_and_the_runs_stay_in_orde
     tcp = [_tcp(n) for n in range(120)]
     wire = _seal(pair, [*tcp[:30], PING, *tcp[30:]])
     reads = [wire[0:64], wire[64:121]]  # the ping is number 31, inside the first recvmmsg batch
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
     one_by_one = _one_by_one_counted(_sa(pair))
-    try:
-        plane.on_raw(_Raw(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd, raw=True)
     assert events[0] == ("open", [31]) and events[1] == ("write", {"t0": [PING]})
     assert [e[1] for e in events if e[0] == "open"][1:] == [
         list(range(1, 31)),
@@ -286,12 +278,7 @@ def test_only_small_datagrams_read_nothing_goes_ahead(fd: int) -> None:
     """A stream of small datagrams alone (ACKs, say): nothing to go ahead of, opened in the order read."""
     pair = make_pair(replay_window=4096)
     wire = _seal(pair, [PING] * 40)
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_raw(_Raw(pair, [wire[:20], wire[20:]], fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, [wire[:20], wire[20:]], fd, raw=True)
     assert [e[1] for e in events if e[0] == "open"] == [list(range(1, 21)), list(range(21, 41))]
 
 
@@ -324,12 +311,7 @@ def test_raw_esp_small_ones_before_any_bulk_stay_in_their_run(fd: int) -> None:
     tcp = [_tcp(n) for n in range(20)]
     small_tcp = _tcp(99, size=40)
     wire = _seal(pair, [small_tcp, *tcp[:10], PING, *tcp[10:]])
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_raw(_Raw(pair, [wire], fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, [wire], fd, raw=True)
     assert [e[1] for e in events if e[0] == "open"] == [[12], list(range(1, 12)), list(range(13, 23))]
     assert events[1] == ("write", {"t0": [PING]})
     assert _written_tcp(events) == [small_tcp, *tcp]
@@ -344,12 +326,7 @@ def test_a_small_tcp_segment_held_back_by_the_window_keeps_its_place_when_it_goe
     after = [_tcp(n) for n in range(193, 257)]
     wire = _seal(pair, [*before, tail, *after])
     reads = [wire[0:64], wire[64:128], wire[128:192], [wire[192]], wire[193:257]]
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_udp(_Udp(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd)
     assert [e[1] for e in events if e[0] == "open"][:3] == [list(range(1, 65)), list(range(65, 129)), [193]]
     assert _written_tcp(events) == [*before, tail, *after]
     assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
@@ -364,12 +341,7 @@ def test_raw_esp_a_small_segment_held_back_by_the_window_keeps_its_place_when_it
     after = [_tcp(n) for n in range(193, 257)]
     wire = _seal(pair, [*before, tail, *after])
     reads = [wire[0:64], wire[64:128], wire[128:192], wire[192:257]]
-    events: list[tuple[Any, ...]] = []
-    plane = _plane(pair, events)
-    try:
-        plane.on_raw(_Raw(pair, reads, fd))  # type: ignore[arg-type]
-    finally:
-        plane.close()
+    events = _turn(pair, reads, fd, raw=True)
     assert [e[1] for e in events if e[0] == "open"] == [
         list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),
     ]  # fmt: skip

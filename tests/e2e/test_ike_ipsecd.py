@@ -7,12 +7,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.hosts import IpsecHost, TwoHosts
-from tests.support.netns import Netns, netns_available
 
 pytestmark = pytest.mark.root
 A_IN, B_IN = "10.62.1.1", "10.62.2.1"
@@ -20,23 +18,19 @@ A_NET, B_NET = "10.62.1.0/24", "10.62.2.0/24"
 
 
 @pytest.fixture
-def hosts() -> Iterator[TwoHosts]:
-    reason = netns_available()
-    if reason:
-        pytest.skip(reason)
-    h = TwoHosts()
-    h.a.ns, h.b.ns = Netns("ikda"), Netns("ikdb")
-    with h:
-        psk = h.tmp / "psk"
-        psk.write_text("ipsecd-to-ipsecd psk\n")
-        psk.chmod(0o600)
-        for host, mine, pub, other, lnet, rnet in ((h.a, A_IN, h.a_pub, h.b_pub, A_NET, B_NET),
-                                                    (h.b, B_IN, h.b_pub, h.a_pub, B_NET, A_NET)):  # fmt: skip
-            host.sh(f"ip addr add {mine}/32 dev lo")
-            host.adm("ike", "add", "peer", f"--local={pub}", f"--remote={other}", f"--psk-file={psk}",
-                     f"--local-net={lnet}", f"--remote-net={rnet}",
-                     "--proposals=aes256gcm16-prfsha384-ecp256", "--esp-proposals=aes256gcm16")  # fmt: skip
-        yield h
+def hosts(hosts: TwoHosts) -> TwoHosts:
+    """The e2e hosts (tests/e2e/conftest.py), each with an inner address and an IKE peer for the other."""
+    h = hosts
+    psk = h.tmp / "psk"
+    psk.write_text("ipsecd-to-ipsecd psk\n")
+    psk.chmod(0o600)
+    for host, mine, pub, other, lnet, rnet in ((h.a, A_IN, h.a_pub, h.b_pub, A_NET, B_NET),
+                                                (h.b, B_IN, h.b_pub, h.a_pub, B_NET, A_NET)):  # fmt: skip
+        host.sh(f"ip addr add {mine}/32 dev lo")
+        host.adm("ike", "add", "peer", f"--local={pub}", f"--remote={other}", f"--psk-file={psk}",
+                 f"--local-net={lnet}", f"--remote-net={rnet}",
+                 "--proposals=aes256gcm16-prfsha384-ecp256", "--esp-proposals=aes256gcm16")  # fmt: skip
+    return h
 
 
 def _show(host: IpsecHost) -> dict[str, object]:

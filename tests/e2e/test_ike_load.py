@@ -18,21 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.hosts import TwoHosts
-from tests.support.netns import Netns, netns_available
 
 pytestmark = pytest.mark.root
 RATE = 200  # IKE_SA_INIT per second
-
-
-@pytest.fixture
-def hosts() -> Iterator[TwoHosts]:
-    reason = netns_available()
-    if reason:
-        pytest.skip(reason)
-    h = TwoHosts()
-    h.a.ns, h.b.ns = Netns("ikda"), Netns("ikdb")
-    with h:
-        yield h
 
 
 def _tunnel(h: TwoHosts) -> tuple[str, str]:

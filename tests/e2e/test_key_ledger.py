@@ -7,45 +7,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.hosts import IpsecHost, TwoHosts
-from tests.support.netns import Netns, netns_available
-from tests.support.pcap import esp_headers
+from tests.support.pcap import capture_esp, esp_headers, stop_capture
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def hosts() -> Iterator[TwoHosts]:
-    """Hosts A and B (namespaces named sst*-PID-N) with ipsecd running, no SAs yet."""
-    reason = netns_available()
-    if reason:
-        pytest.skip(reason)
-    h = TwoHosts()
-    h.a.ns, h.b.ns = Netns("sstA"), Netns("sstB")
-    with h:
-        yield h
-
-
-def _capture(host: IpsecHost, dev: str, path: Path) -> subprocess.Popen[bytes]:
-    proc = host.popen(["tcpdump", "-i", dev, "-w", str(path), "-U", "--immediate-mode",
-                       "ip proto 50"],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..."
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=10)
 
 
 def _stats(host: IpsecHost) -> dict[str, int]:
@@ -68,19 +38,19 @@ def test_gcm_key_readded_never_repeats_an_iv_and_rejects_old_packets(hosts: TwoH
     h.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={key}")
     h.tunnels()
     before_pcap, after_pcap = h.tmp / "before.pcap", h.tmp / "after.pcap"
-    cap = _capture(h.b, h.links[1], before_pcap)
+    cap = capture_esp(h.b, h.links[1], before_pcap, immediate=True)
     try:
         assert _ping(h.a, "10.0.2.1", 3)
     finally:
-        _stop(cap)
+        stop_capture(cap)
     for host in (h.a, h.b):
         host.adm("sa", "del", "--spi=0x1000", f"--dst={h.b_pub}", "--duplex")
     h.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={key}")
-    cap = _capture(h.b, h.links[1], after_pcap)
+    cap = capture_esp(h.b, h.links[1], after_pcap, immediate=True)
     try:
         assert _ping(h.a, "10.0.2.1", 3)
     finally:
-        _stop(cap)
+        stop_capture(cap)
     old, new = _from_a(h, before_pcap), _from_a(h, after_pcap)
     assert len(old) >= 3 and len(new) >= 3
     assert min(s for s, _ in new) > max(s for s, _ in old), "sequence numbers started again under the key"

@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from tests.support.hosts import IpsecHost, TwoHosts
-from tests.support.pcap import esp_headers
+from tests.support.pcap import capture_esp, esp_headers, stop_capture
 
 pytestmark = pytest.mark.root
 
@@ -27,20 +26,6 @@ REPLAY_CHUNK = 1000
 def replayed(host: IpsecHost) -> int:
     count: int = json.loads(host.adm("-j", "stats").stdout)["receive"]["replayed"]
     return count
-
-
-def capture(host: IpsecHost, dev: str, path: Path) -> subprocess.Popen[bytes]:
-    proc = host.popen(["tcpdump", "-i", dev, "-w", str(path), "-U", "ip proto 50"],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..."
-    return proc
-
-
-def stop_capture(proc: subprocess.Popen[bytes]) -> None:
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=10)
 
 
 def restore_route(host: IpsecHost, theirs_net: str, mine: str) -> None:
@@ -75,7 +60,7 @@ def test_restarts_never_reuse_sequence_numbers_and_replays_are_rejected(hosts: T
     h.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={h.key('k', 20)}")
     h.tunnels(inner_on_lo=True)
     pcap = h.tmp / "wire.pcap"
-    cap = capture(h.b, h.links[1], pcap)
+    cap = capture_esp(h.b, h.links[1], pcap)
     try:
         transfer_with_restarts(h, [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL])
     finally:

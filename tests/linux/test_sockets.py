@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -15,7 +18,7 @@ from ipsec_tunnel.linux.raw import EspDatagram, RawEsp, SocketError
 from ipsec_tunnel.linux.udp import NAT_T_PORT, UdpDatagram, UdpSocket
 from tests.support.netns import Netns, netns_available, veth_pair
 
-from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
+from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Closable, Pair, opened, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -23,6 +26,8 @@ V4, V6 = socket.AF_INET, socket.AF_INET6
 ADDRS: dict[int, tuple[str, str]] = {V4: (ADDR_A4, ADDR_B4), V6: (ADDR_A6, ADDR_B6)}
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH = 3, 4, 3  # RFC 792
 ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, ICMPV6_PKT_TOOBIG = 1, 4, 2  # RFC 4443
+A = TypeVar("A", bound=Closable)
+B = TypeVar("B", bound=Closable)
 
 
 def packed(addr: str) -> bytes:
@@ -75,19 +80,24 @@ class Sniffer:
         self.sock.close()
 
 
+def _both_families(
+    pair: Pair, make_a: Callable[[int], A], make_b: Callable[[int], B]
+) -> Iterator[tuple[Pair, dict[int, tuple[A, B]]]]:
+    """For IPv4 and IPv6: a socket `make_a` opens in A and one `make_b` opens in B, closed at the end."""
+    with contextlib.ExitStack() as stack:
+        socks: dict[int, tuple[A, B]] = {
+            family: (
+                stack.enter_context(opened(pair.a, functools.partial(make_a, family))),
+                stack.enter_context(opened(pair.b, functools.partial(make_b, family))),
+            )
+            for family in (V4, V6)
+        }
+        yield pair, socks
+
+
 @pytest.fixture
 def esp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[RawEsp, RawEsp]]]]:
-    socks: dict[int, tuple[RawEsp, RawEsp]] = {}
-    for family in (V4, V6):
-        with pair.a.enter():
-            tx = RawEsp(family)
-        with pair.b.enter():
-            rx = RawEsp(family)
-        socks[family] = (tx, rx)
-    yield pair, socks
-    for tx, rx in socks.values():
-        tx.close()
-        rx.close()
+    yield from _both_families(pair, RawEsp, RawEsp)
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -110,11 +120,7 @@ def test_raw_esp_roundtrip(esp_pair: tuple[Pair, dict[int, tuple[RawEsp, RawEsp]
 
 def test_raw_esp_v4_header_on_the_wire(pair: Pair) -> None:
     """The outer IPv4 header as sent: TTL, DF, TOS as asked; checksum, length and ID filled by the kernel."""
-    with pair.a.enter():
-        tx = RawEsp(V4)
-    with pair.b.enter():
-        sniff = Sniffer(V4, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V4)) as tx, opened(pair.b, lambda: Sniffer(V4, 50)) as sniff:
         tx.send(ADDR_B4, esp_packet(), tos=0x2E, ttl=7, df=True)
         data, _ = sniff.recv()
         version_ihl, tos, total, ident, frag, ttl, proto, csum = struct.unpack_from("!BBHHHBBH", data)
@@ -128,9 +134,6 @@ def test_raw_esp_v4_header_on_the_wire(pair: Pair) -> None:
         _, _, _, _ident, frag, ttl, _, _ = struct.unpack_from("!BBHHHBBH", data)
         assert frag == 0 and ttl == 200  # without DF the kernel picks the ID
         assert _checksum(data[:20]) == 0
-    finally:
-        tx.close()
-        sniff.close()
 
 
 def _checksum(data: bytes) -> int:
@@ -141,19 +144,12 @@ def _checksum(data: bytes) -> int:
 
 
 def test_raw_esp_v6_hoplimit_and_tclass_on_the_wire(pair: Pair) -> None:
-    with pair.a.enter():
-        tx = RawEsp(V6)
-    with pair.b.enter():
-        sniff = Sniffer(V6, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V6)) as tx, opened(pair.b, lambda: Sniffer(V6, 50)) as sniff:
         tx.send(ADDR_B6, esp_packet(), tos=0xB9, ttl=9, df=True)
         data, values = sniff.recv()
         assert data == esp_packet()
         assert values[socket.IPV6_HOPLIMIT] == 9
         assert values[socket.IPV6_TCLASS] == 0xB9
-    finally:
-        tx.close()
-        sniff.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -174,17 +170,10 @@ def test_raw_esp_df_and_fragmentation(
 
 
 def test_raw_esp_v4_fragments_on_the_wire(pair: Pair) -> None:
-    with pair.a.enter():
-        tx = RawEsp(V4)
-    with pair.b.enter():
-        sniff = Sniffer(V4, 50)
-    try:
+    with opened(pair.a, lambda: RawEsp(V4)) as tx, opened(pair.b, lambda: Sniffer(V4, 50)) as sniff:
         tx.send(ADDR_B4, esp_packet(size=3000), ttl=20, df=False)
         data, _ = sniff.recv()  # raw sockets see the reassembled datagram
         assert len(data) == 20 + 3000 and data[8] == 20
-    finally:
-        tx.close()
-        sniff.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -192,11 +181,7 @@ def test_raw_esp_source_and_oif(pair: Pair, family: int) -> None:
     extra = "192.0.2.11" if family == V4 else "2001:db8::11"
     pair.a.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_a, "nodad"])
     a, b = ADDRS[family]
-    with pair.a.enter():
-        tx = RawEsp(family)
-    with pair.b.enter():
-        rx = RawEsp(family)
-    try:
+    with opened(pair.a, lambda: RawEsp(family)) as tx, opened(pair.b, lambda: RawEsp(family)) as rx:
         tx.send(b, esp_packet(seq=1), src=extra)
         assert recv_esp(rx).src == packed(extra)
         tx.send(b, esp_packet(seq=2), oif=pair.dev_a)
@@ -206,9 +191,6 @@ def test_raw_esp_source_and_oif(pair: Pair, family: int) -> None:
             index = link.ifindex(pair.dev_a)
         tx.send(b, esp_packet(seq=3), src=extra, oif=index)
         assert recv_esp(rx).src == packed(extra)
-    finally:
-        tx.close()
-        rx.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -216,12 +198,11 @@ def test_raw_esp_bind_addr_filters(pair: Pair, family: int) -> None:
     extra = "192.0.2.12" if family == V4 else "2001:db8::12"
     pair.b.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_b, "nodad"])
     b = ADDRS[family][1]
-    with pair.a.enter():
-        tx = RawEsp(family)
-    with pair.b.enter():
-        bound = RawEsp(family, bind_addr=extra)
-        catch_all = RawEsp(family)
-    try:
+    with (
+        opened(pair.a, lambda: RawEsp(family)) as tx,
+        opened(pair.b, lambda: RawEsp(family, bind_addr=extra)) as bound,
+        opened(pair.b, lambda: RawEsp(family)) as catch_all,
+    ):
         tx.send(b, esp_packet(seq=1))
         assert recv_esp(catch_all).dst == packed(b)
         tx.send(extra, esp_packet(seq=2))
@@ -229,9 +210,6 @@ def test_raw_esp_bind_addr_filters(pair: Pair, family: int) -> None:
         got = recv_esp(bound)
         assert got.dst == packed(extra) and got.esp == esp_packet(seq=2)
         assert bound.recv() is None, "the packet to the other address was not delivered here"
-    finally:
-        for sock in (tx, bound, catch_all):
-            sock.close()
 
 
 def test_device_bound_send_only_socket(pair: Pair) -> None:
@@ -274,17 +252,7 @@ def test_socket_basics(ns: Netns) -> None:
 
 @pytest.fixture
 def udp_pair(pair: Pair) -> Iterator[tuple[Pair, dict[int, tuple[UdpSocket, UdpSocket]]]]:
-    socks: dict[int, tuple[UdpSocket, UdpSocket]] = {}
-    for family in (V4, V6):
-        with pair.a.enter():
-            tx = UdpSocket(family)
-        with pair.b.enter():
-            rx = UdpSocket(family, NAT_T_PORT)
-        socks[family] = (tx, rx)
-    yield pair, socks
-    for tx, rx in socks.values():
-        tx.close()
-        rx.close()
+    yield from _both_families(pair, UdpSocket, lambda family: UdpSocket(family, NAT_T_PORT))
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
@@ -307,13 +275,12 @@ def test_udp_encap_roundtrip(
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
-    with pair.a.enter():
-        tx = UdpSocket(family, port=0)
-    with pair.b.enter():
-        rx = UdpSocket(family, port=4500)
-        sniff = Sniffer(family, socket.IPPROTO_UDP)
     b = ADDRS[family][1]
-    try:
+    with (
+        opened(pair.a, lambda: UdpSocket(family, port=0)) as tx,
+        opened(pair.b, lambda: UdpSocket(family, port=4500)) as rx,
+        opened(pair.b, lambda: Sniffer(family, socket.IPPROTO_UDP)) as sniff,
+    ):
         tx.send(b, 4500, b"x" * 100, tos=0xB8, ttl=5, df=True)
         data, values = sniff.recv()
         if family == V4:
@@ -335,29 +302,22 @@ def test_udp_encap_ttl_df_on_the_wire(pair: Pair, family: int) -> None:
         while (got := recv_udp(rx)).payload[:1] != b"z":
             pass
         assert len(got.payload) == 3000
-    finally:
-        for closable in (tx, rx, sniff):
-            closable.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
 def test_udp_encap_source_address(pair: Pair, family: int) -> None:
     extra = "192.0.2.13" if family == V4 else "2001:db8::13"
     pair.a.check(["ip", "addr", "add", f"{extra}/{24 if family == V4 else 64}", "dev", pair.dev_a, "nodad"])
-    with pair.a.enter():
-        tx = UdpSocket(family, port=4500)
-    with pair.b.enter():
-        rx = UdpSocket(family, port=4500)
-    try:
+    with (
+        opened(pair.a, lambda: UdpSocket(family, port=4500)) as tx,
+        opened(pair.b, lambda: UdpSocket(family, port=4500)) as rx,
+    ):
         tx.send(ADDRS[family][1], 4500, b"from extra", src=extra, oif=pair.dev_a)
         got = recv_udp(rx)
         assert got.src == packed(extra) and got.sport == 4500
         rx.send(got.src, got.sport, b"reply", tos=0x04)
         reply = recv_udp(tx)
         assert reply.dst == packed(extra) and reply.payload == b"reply" and reply.tos == 0x04
-    finally:
-        tx.close()
-        rx.close()
 
 
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])

@@ -123,7 +123,40 @@ class IpsecHost:
         return self.ns.popen(cmd, env=self.env, **kwargs)
 
 
-class TwoHosts:
+def stop_hosts(*hosts: IpsecHost) -> None:
+    """Stop each host's ipsecd and delete its namespace, the namespace even when the stop fails."""
+    for host in hosts:
+        try:
+            host.stop()
+        finally:
+            host.ns.delete()
+
+
+class Topology:
+    """Namespaces and daemons set up on entering (`open`) and torn down (`close`) on leaving, or at once
+    when setting up fails part way."""
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class TwoHosts(Topology):
     """The seed's hosts A and B, each running ipsecd, joined by a veth on the outer network."""
 
     def __init__(self, *, outer6: bool = False) -> None:
@@ -135,32 +168,17 @@ class TwoHosts:
         self.plen = 64 if outer6 else 24
         self.links: tuple[str, str] = ("", "")
 
-    def __enter__(self) -> Self:
-        try:
-            self.a.ns.create()
-            self.b.ns.create()
-            self.links = veth_pair(
-                self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}"
-            )
-            self.a.start()
-            self.b.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def open(self) -> None:
+        """Create both namespaces and the veth between them, start both daemons."""
+        self.a.ns.create()
+        self.b.ns.create()
+        self.links = veth_pair(self.a.ns, self.b.ns, f"{self.a_pub}/{self.plen}", f"{self.b_pub}/{self.plen}")
+        self.a.start()
+        self.b.start()
 
     def close(self) -> None:
         """Stop both daemons, delete the namespaces and the work directory."""
-        for host in (self.a, self.b):
-            try:
-                host.stop()
-            finally:
-                host.ns.delete()
+        stop_hosts(self.a, self.b)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def key(self, name: str, size: int) -> Path:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Self
+from typing import Any
 
 from .hosts import IpsecHost, TwoHosts
 from .netns import veth_pair
@@ -363,25 +363,21 @@ class LossyHosts(TwoHosts):
         self.relay: subprocess.Popen[str] | None = None
         self.relay_counters: dict[str, dict[str, int]] | None = None
 
-    def __enter__(self) -> Self:
-        try:
-            for host in (self.a, self.r, self.b):
-                host.ns.create()
-            a_if, r_a = veth_pair(self.a.ns, self.r.ns, f"{self.a_pub}/24", "192.0.2.254/24")
-            r_b, b_if = veth_pair(self.r.ns, self.b.ns, "198.51.100.254/24", f"{self.b_pub}/24")
-            self.links = (a_if, b_if)
-            self.r_links = (r_a, r_b)
-            self.a.sh("ip route add 198.51.100.0/24 via 192.0.2.254")
-            self.b.sh("ip route add 192.0.2.0/24 via 198.51.100.254")
-            self.r.sh("sysctl -qw net.ipv4.ip_forward=1")
-            self._nft()
-            self._start_relay()
-            self.a.start()
-            self.b.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def open(self) -> None:
+        """Create A, R and B with R routing between them through the impairing relay, start both daemons."""
+        for host in (self.a, self.r, self.b):
+            host.ns.create()
+        a_if, r_a = veth_pair(self.a.ns, self.r.ns, f"{self.a_pub}/24", "192.0.2.254/24")
+        r_b, b_if = veth_pair(self.r.ns, self.b.ns, "198.51.100.254/24", f"{self.b_pub}/24")
+        self.links = (a_if, b_if)
+        self.r_links = (r_a, r_b)
+        self.a.sh("ip route add 198.51.100.0/24 via 192.0.2.254")
+        self.b.sh("ip route add 192.0.2.0/24 via 198.51.100.254")
+        self.r.sh("sysctl -qw net.ipv4.ip_forward=1")
+        self._nft()
+        self._start_relay()
+        self.a.start()
+        self.b.start()
 
     def _nft(self) -> None:
         permille = round(self.impairment.loss * 1000)

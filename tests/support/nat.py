@@ -12,10 +12,8 @@ import socket
 import struct
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from .hosts import IpsecHost
+from .hosts import IpsecHost, Topology, stop_hosts
 from .netns import Netns, veth_pair
 
 A_PRIVATE, NAT_LAN, NAT_PUBLIC, B_PUBLIC = "10.77.0.2", "10.77.0.1", "203.0.113.254", "203.0.113.2"
@@ -41,7 +39,7 @@ def flush_conntrack() -> None:
             raise OSError(-error, "conntrack flush failed")
 
 
-class NatHosts:
+class NatHosts(Topology):
     """Hosts A (behind the NAT) and B (outside), each running ipsecd, and the NAT namespace N."""
 
     def __init__(self, prefix: str = "onat") -> None:
@@ -51,21 +49,17 @@ class NatHosts:
         self.n = Netns(f"{prefix}N")
         self.wan = ""
 
-    def __enter__(self) -> Self:
-        try:
-            for ns in (self.a.ns, self.b.ns, self.n):
-                ns.create()
-            veth_pair(self.a.ns, self.n, f"{A_PRIVATE}/24", f"{NAT_LAN}/24")
-            _, self.wan = veth_pair(self.b.ns, self.n, f"{B_PUBLIC}/24", f"{NAT_PUBLIC}/24")
-            self.a.ns.check(["ip", "route", "add", "default", "via", NAT_LAN])
-            self.n.check(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            self.masquerade("masquerade")
-            self.a.start()
-            self.b.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def open(self) -> None:
+        """Create the three namespaces and their links, N's NAT, start both daemons."""
+        for ns in (self.a.ns, self.b.ns, self.n):
+            ns.create()
+        veth_pair(self.a.ns, self.n, f"{A_PRIVATE}/24", f"{NAT_LAN}/24")
+        _, self.wan = veth_pair(self.b.ns, self.n, f"{B_PUBLIC}/24", f"{NAT_PUBLIC}/24")
+        self.a.ns.check(["ip", "route", "add", "default", "via", NAT_LAN])
+        self.n.check(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        self.masquerade("masquerade")
+        self.a.start()
+        self.b.start()
 
     def masquerade(self, udp: str) -> None:
         """(Re)make N's NAT table: UDP leaves with `udp` ("masquerade", "masquerade to :20000-20010"),
@@ -90,17 +84,8 @@ EOF""")
         with self.n.enter():
             flush_conntrack()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
-        """Stop both daemons, delete the namespaces and the work directory."""
-        for host in (self.a, self.b):
-            try:
-                host.stop()
-            finally:
-                host.ns.delete()
+        """Stop both daemons, delete the namespaces (N's too) and the work directory."""
+        stop_hosts(self.a, self.b)
         self.n.delete()
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,15 +1,39 @@
-"""Reading the packets of a pcap file (as tcpdump -w writes it) for tests: IP packets with timestamps."""
+"""Capturing ESP with tcpdump on a test host, and reading the packets of a pcap file (as tcpdump -w writes
+it) for tests: IP packets with timestamps."""
 
 from __future__ import annotations
 
+import signal
 import struct
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .hosts import IpsecHost
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
 LINKTYPE_LINUX_SLL = 113
 _ETH_IP = {0x0800, 0x86DD}
+
+
+def capture_esp(host: IpsecHost, dev: str, path: Path, *, immediate: bool = False) -> subprocess.Popen[bytes]:
+    """tcpdump on `dev` of `host` writing the ESP packets it sees to `path` (`immediate`: with
+    --immediate-mode), returned once it is listening."""
+    mode = ["--immediate-mode"] if immediate else []
+    proc = host.popen(["tcpdump", "-i", dev, "-w", str(path), "-U", *mode, "ip proto 50"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stderr is not None
+    proc.stderr.readline()  # "listening on ..."
+    return proc
+
+
+def stop_capture(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a capture (SIGINT) after a moment for the last packets to reach it."""
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
 
 
 def ip_packets(path: str | Path) -> Iterator[tuple[float, bytes]]:
