@@ -251,7 +251,6 @@ class DataPlane:
             return
         now = self.clock()
         name = queue.name
-        engine = self.engine
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
@@ -279,8 +278,16 @@ class DataPlane:
             return  # read alone: the short way (daemon.lone)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
-        results = engine.send_batch(name, packets, now, offloads) if packets else []
-        for result in results:
+        if packets:
+            self.seal_and_send(name, packets, offloads, now)
+
+    def seal_and_send(
+        self, name: str, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float
+    ) -> None:
+        """Seal `packets` read from tunnel device `name` (`offloads`: the offload headers asking for
+        work, by index) and send the bursts; what the engine hands back to a device (an ICMP error,
+        say) is delivered at once."""
+        for result in self.engine.send_batch(name, packets, now, offloads):
             if isinstance(result, Burst):
                 self.transmit(result)
             else:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core import fq, gso
-from ..core.plane import Burst
 from . import lone
 
 if TYPE_CHECKING:
@@ -45,12 +44,12 @@ _BULK = bytes(fq.QUANTUM + 1)  # a stand-in bulk packet (`_sparse_lead`)
 _Item = tuple[bytes, "gso.VnetHeader | None", int]  # packet, offload header asking for work, segments
 
 
-def _segments(packet: bytes, offload: gso.VnetHeader | None) -> int:
+def _segments(packet: bytes, work: gso.VnetHeader | None) -> int:
     """How many packets `packet` counts for in a batch (a super-packet: about its segments), as
-    `DataPlane.on_tun` counts them."""
-    if offload is None or not (offload.gso_type or offload.flags):
+    `DataPlane.on_tun` counts them; `work`: its offload header when that asks for work, else None."""
+    if work is None:
         return 1
-    return len(packet) // offload.gso_size + 1 if offload.gso_size else 1
+    return len(packet) // work.gso_size + 1 if work.gso_size else 1
 
 
 def _sparse_group(held: deque[_Item]) -> int:
@@ -79,13 +78,8 @@ def _serve_outer(plane: DataPlane) -> None:
 def _seal(plane: DataPlane, name: str, chunk: list[_Item], now: float) -> None:
     if len(chunk) == 1 and chunk[0][1] is None and lone.send(plane, name, chunk[0][0], now):
         return  # alone: the short way (daemon.lone)
-    packets = [item[0] for item in chunk]
     offloads = {i: item[1] for i, item in enumerate(chunk) if item[1] is not None}
-    for result in plane.engine.send_batch(name, packets, now, offloads):
-        if isinstance(result, Burst):
-            plane.transmit(result)
-        else:
-            plane.deliver_now(result)
+    plane.seal_and_send(name, [item[0] for item in chunk], offloads, now)
 
 
 @dataclass(eq=False)
@@ -147,9 +141,9 @@ def _read(plane: DataPlane, queue: TunEdge, turn: Turn, bytes_: int, packets: in
         reads -= 1
         turn.reads += 1
         offload, packet = got
-        work = offload is not None and bool(offload.gso_type or offload.flags)
-        segments = _segments(packet, offload)
-        turn.held.append((packet, offload if work else None, segments))
+        work = offload if offload is not None and (offload.gso_type or offload.flags) else None
+        segments = _segments(packet, work)
+        turn.held.append((packet, work, segments))
         turn.counted += segments
         turn.fresh = True
         turn.size += len(packet)
