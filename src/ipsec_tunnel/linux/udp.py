@@ -44,12 +44,7 @@ from ipsec_tunnel.linux._sockopt import (
     pack_addr,
 )
 from ipsec_tunnel.linux._transport import _MAX_ERRORS, DEFAULT_BUFFER, Transport
-
-try:  # the per-datagram calls in C (_udpio.c); the Python below is the reference and stays
-    from ipsec_tunnel.linux import _udpio as _io_built
-except ImportError:  # not built (no compiler or headers at install): the pure-Python path
-    _io_built = None  # type: ignore[assignment]
-_io = None if os.environ.get("IPSEC_TUNNEL_PURE") == "1" else _io_built
+from ipsec_tunnel.linux.pktio import native as _io
 
 __all__ = [
     "NAT_T_PORT",
@@ -155,7 +150,7 @@ class UdpSocket(Transport):
         self._one_key: tuple[object, ...] = ()  # send_one's last (dst, dport, tos, ttl, df, src, oif)
         self._one: tuple[list[tuple[int, int, bytes]], tuple[Any, ...]] = ([], ())  # cmsgs, address
         self._one_packed: tuple[bytes, bytes] | None = None  # the same packed, for `io`
-        self.io = _io  # the C calls (`_udpio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
+        self.io = _io  # the C calls (`_pktio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
         self._cmsgs: list[tuple[int, int, bytes]] = []
 
     @property
@@ -353,7 +348,7 @@ class UdpSocket(Transport):
     def _packed(
         self, cmsgs: list[tuple[int, int, bytes]], address: tuple[Any, ...]
     ) -> tuple[bytes, bytes] | None:
-        """`cmsgs` and `address` packed for `_udpio.send_udp` (ancillary buffer, struct sockaddr);
+        """`cmsgs` and `address` packed for `_pktio.send_udp` (ancillary buffer, struct sockaddr);
         None where sendmsg itself must read the address (a link-local one with a zone)."""
         assert self.io is not None
         head = _SOCKADDR_HEAD.pack(self.family)
@@ -369,7 +364,7 @@ class UdpSocket(Transport):
         return self.io.control(cmsgs), packed
 
     def _send_packed(self, payload: bytes, control: bytes, address: bytes) -> OSError | None:
-        """`send_one`'s sendmsg and its one retry, through `_udpio.send_udp` (the same outcomes)."""
+        """`send_one`'s sendmsg and its one retry, through `_pktio.send_udp` (the same outcomes)."""
         assert self.io is not None
         send, fd = self.io.send_udp, self._sock.fileno()
         error = send(fd, payload, control, address)
@@ -390,7 +385,7 @@ class UdpSocket(Transport):
         """The next datagram, or the next GRO batch split back into its datagrams: (the first's
         addresses and TOS, every payload); None when nothing is queued."""
         io = self.io
-        if io is not None:  # the same, one C call (_udpio.c)
+        if io is not None:  # the same, one C call (_pktio.c)
             for _ in range(_MAX_ERRORS):
                 try:
                     one = io.recv_udp(self._sock.fileno(), self._buf, self._v6, self._ancillary, UdpDatagram)

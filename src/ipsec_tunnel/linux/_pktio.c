@@ -1,4 +1,5 @@
-/* The ESP-in-UDP socket's per-datagram system calls in C, for the data plane's woken hops (issue 13):
+/* The data plane's per-packet system calls in C, for its woken hops (issue 13): the ESP-in-UDP socket's
+ * and the tunnel device's.
  *
  * recv_udp:  one recvmsg into the socket's buffer, its control messages (IP_PKTINFO / IPV6_PKTINFO,
  *            IP_TOS / IPV6_TCLASS, SCM_TIMESTAMPNS, UDP_GRO) and the sender's address parsed here, as
@@ -6,9 +7,13 @@
  * send_udp:  one sendmsg of one datagram with control messages and an address packed beforehand
  *            (`control`, `sockaddr_in`), as UdpSocket.send_one's socket.sendmsg.
  * control:   control messages packed as sendmsg's ancillary buffer (struct cmsghdr, CMSG_SPACE each).
+ * tun_read:  one read from a TUN queue into its buffer, the packet copied out once when no virtio-net
+ *            header asks for work (linux/tun.py TunQueue.read).
+ * tun_write: one packet written into a TUN queue behind an empty virtio-net header (TunQueue.write).
  *
- * The Python code stays the reference (IPSEC_TUNNEL_PURE=1 selects it): tests/linux/test_udpio.py holds
- * the two together result for result. No cryptography here; nothing but the socket calls and parsing.
+ * The Python code stays the reference (IPSEC_TUNNEL_PURE=1 selects it, linux/pktio.py):
+ * tests/linux/test_pktio.py holds the two together result for result. No cryptography here; nothing but
+ * the system calls and parsing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,7 +22,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -28,6 +35,7 @@
 #ifndef SCM_TIMESTAMPNS
 #define SCM_TIMESTAMPNS 35 /* asm-generic/socket.h */
 #endif
+#define VNET_HDR_LEN 10  /* struct virtio_net_hdr (linux/virtio_net.h), as core/gso.py VNET_HDR */
 #define MAX_CONTROL 1024 /* room for control messages at most (the Python path asks for 256) */
 
 PyDoc_STRVAR(recv_udp_doc,
@@ -334,20 +342,127 @@ control(PyObject *self, PyObject *arg)
     return out;
 }
 
+PyDoc_STRVAR(tun_read_doc,
+"tun_read(fd, buffer, vnet, /) -> bytes | tuple[bytes, bytes] | int | None\n\n"
+"One read from TUN queue `fd` into `buffer`: the packet (bytes) when `vnet` is false or its virtio-net\n"
+"header is all zero (the header cut off); (header, packet) for another header; the count of bytes read\n"
+"when it is shorter than a header; None when nothing is queued. Other errors raise OSError as os.read\n"
+"does; EINTR is retried.");
+
+static PyObject *
+tun_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tun_read takes 3 arguments");
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    int vnet = PyObject_IsTrue(args[2]);
+    if (vnet < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    ssize_t n;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        n = read(fd, view.buf, (size_t)view.len);
+        Py_END_ALLOW_THREADS
+        if (n >= 0)
+            break;
+        if (errno == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+            continue;
+        }
+        PyBuffer_Release(&view);
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    const char *at = view.buf;
+    PyObject *result;
+    if (!vnet) {
+        result = PyBytes_FromStringAndSize(at, n);
+    } else {
+        static const char zero[VNET_HDR_LEN];
+        if (n < VNET_HDR_LEN)
+            result = PyLong_FromSsize_t(n);
+        else if (memcmp(at, zero, VNET_HDR_LEN) == 0)
+            result = PyBytes_FromStringAndSize(at + VNET_HDR_LEN, n - VNET_HDR_LEN);
+        else
+            result = Py_BuildValue("(y#y#)", at, (Py_ssize_t)VNET_HDR_LEN, at + VNET_HDR_LEN,
+                                   (Py_ssize_t)(n - VNET_HDR_LEN));
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(tun_write_doc,
+"tun_write(fd, packet, vnet, /) -> int\n\n"
+"Write `packet` into TUN queue `fd`, behind an all-zero virtio-net header when `vnet` (one writev):\n"
+"the count of bytes written (the header's included). Errors raise OSError as os.write / os.writev\n"
+"do; EINTR is retried.");
+
+static PyObject *
+tun_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tun_write takes 3 arguments");
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    int vnet = PyObject_IsTrue(args[2]);
+    if (vnet < 0)
+        return NULL;
+    Py_buffer packet;
+    if (PyObject_GetBuffer(args[1], &packet, PyBUF_SIMPLE) < 0)
+        return NULL;
+    static char zero[VNET_HDR_LEN];
+    struct iovec iov[2] = {{zero, VNET_HDR_LEN}, {packet.buf, (size_t)packet.len}};
+    ssize_t n;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        n = vnet ? writev(fd, iov, 2) : write(fd, packet.buf, (size_t)packet.len);
+        Py_END_ALLOW_THREADS
+        if (n >= 0)
+            break;
+        if (errno == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                PyBuffer_Release(&packet);
+                return NULL;
+            }
+            continue;
+        }
+        PyBuffer_Release(&packet);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyBuffer_Release(&packet);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"recv_udp", (PyCFunction)(void (*)(void))recv_udp, METH_FASTCALL, recv_udp_doc},
     {"send_udp", (PyCFunction)(void (*)(void))send_udp, METH_FASTCALL, send_udp_doc},
     {"control", control, METH_O, control_doc},
+    {"tun_read", (PyCFunction)(void (*)(void))tun_read, METH_FASTCALL, tun_read_doc},
+    {"tun_write", (PyCFunction)(void (*)(void))tun_write, METH_FASTCALL, tun_write_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_udpio", "The ESP-in-UDP socket's per-datagram system calls in C.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_pktio", "The data plane's per-packet system calls in C.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
-PyInit__udpio(void)
+PyInit__pktio(void)
 {
     return PyModule_Create(&module);
 }

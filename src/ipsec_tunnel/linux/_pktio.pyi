@@ -1,4 +1,4 @@
-"""The ESP-in-UDP socket's per-datagram system calls in C (`_udpio.c`); no cryptography."""
+"""The ESP-in-UDP socket's per-datagram system calls in C (`_pktio.c`); no cryptography."""
 
 from typing import Any
 

@@ -1,6 +1,6 @@
-"""The ESP-in-UDP socket's per-datagram calls in C (`linux/_udpio.c`) against the Python path they
-replace (`UdpSocket.io = None`, as IPSEC_TUNNEL_PURE=1 selects it): result for result, over loopback
-UDP sockets of the test's own process (no root)."""
+"""The data plane's per-packet system calls in C (`linux/_pktio.c`) against the Python path they replace
+(`UdpSocket.io = None`, `TunQueue.io = None`, as IPSEC_TUNNEL_PURE=1 selects it): result for result,
+over loopback UDP sockets and socket pairs of the test's own process (no root), and a TUN device (root)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
-from ipsec_tunnel.linux import udp
+from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, VnetHeader
+from ipsec_tunnel.linux import pktio
+from ipsec_tunnel.linux.tun import TunQueue, open_offload_tun
 from ipsec_tunnel.linux.udp import UdpDatagram, UdpSocket
+from tests.support.netns import Netns
 
-io = udp._io_built  # type: ignore[attr-defined]
-needs_ext = pytest.mark.skipif(io is None, reason="the C extension _udpio is not built")
+io = pktio.available
+needs_ext = pytest.mark.skipif(io is None, reason="the C extension _pktio is not built")
 pytestmark = needs_ext
 
 LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
@@ -244,10 +247,124 @@ def test_control_packs_as_sendmsg_does() -> None:
 
 
 def test_pure_python_is_chosen_by_the_switch() -> None:
-    code = "from ipsec_tunnel.linux import udp; print(udp._io is None, udp._io_built is None)"
+    code = "from ipsec_tunnel.linux import pktio; print(pktio.native is None, pktio.available is None)"
     env = {**os.environ, "IPSEC_TUNNEL_PURE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
     del env["IPSEC_TUNNEL_PURE"]
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_build_has_it() -> None:
+    """`make test` sets IPSEC_REQUIRE_EXT=1: a build without the extension must not pass for one with it."""
+    if os.environ.get("IPSEC_REQUIRE_EXT") != "1":
+        pytest.skip("IPSEC_REQUIRE_EXT is not 1")
+    assert pktio.available is not None
+    if os.environ.get("IPSEC_TUNNEL_PURE") != "1":
+        assert pktio.native is pktio.available and pktio.NAME == "C extension"
+
+
+@contextlib.contextmanager
+def _queue_pair(vnet: bool) -> Iterator[tuple[TunQueue, socket.socket]]:
+    """A TunQueue over one end of a packet socket pair (the other end plays the kernel)."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    queue = TunQueue.__new__(TunQueue)
+    queue.fd, queue.vnet, queue._size = ours.fileno(), vnet, 65536 + VNET_HDR_LEN
+    queue.io, queue._buf = io, bytearray(queue._size)
+    try:
+        yield queue, kernel
+    finally:
+        ours.close()
+        kernel.close()
+
+
+FRAMES = [
+    bytes(VNET_HDR_LEN) + os.urandom(84),  # the common case: an all-zero header
+    bytes(VNET_HDR_LEN),  # a header and nothing
+    VNET_HDR.pack(1, 1, 40, 1000, 20, 16) + os.urandom(3000),  # a TCP super-packet asking for work
+    VNET_HDR.pack(1, 0, 0, 0, 20, 6) + os.urandom(60),  # a checksum to fill only
+    b"\x00\x01\x02",  # shorter than a header
+    b"",
+]
+
+
+@pytest.mark.parametrize("vnet", [True, False], ids=["vnet", "plain"])
+def test_a_tun_read_gives_the_same(vnet: bool) -> None:
+    with _queue_pair(vnet) as (queue, kernel):
+        for frame in FRAMES:
+            got = []
+            for way in (io, None):
+                kernel.send(frame)
+                queue.io = way
+                got.append(queue.read())
+            assert got[0] == got[1], frame[:12]
+            if vnet and frame[:VNET_HDR_LEN] == bytes(VNET_HDR_LEN):
+                assert got[0] == (NO_OFFLOAD, frame[VNET_HDR_LEN:])
+            if not vnet:
+                assert got[0] == (None, frame)
+        for way in (io, None):
+            queue.io = way
+            assert queue.read() is None  # nothing queued
+
+
+OFFLOADS = [None, NO_OFFLOAD, VnetHeader(), VnetHeader(1, 1, 40, 1000, 20, 16), VnetHeader(1, 0, 0, 0, 20, 6)]
+
+
+@pytest.mark.parametrize("vnet", [True, False], ids=["vnet", "plain"])
+@pytest.mark.parametrize("offload", OFFLOADS)
+def test_a_tun_write_writes_the_same(vnet: bool, offload: VnetHeader | None) -> None:
+    packet = os.urandom(1400)
+    with _queue_pair(vnet) as (queue, kernel):
+        got = []
+        for way in (io, None):
+            queue.io = way
+            count = queue.write(packet, offload)
+            got.append((count, kernel.recv(70000)))
+        assert got[0] == got[1]
+        assert got[0][1].endswith(packet) and got[0][0] == len(got[0][1])
+
+
+def test_tun_errors_are_raised_the_same() -> None:
+    raised = []
+    for way in (io, None):
+        with _queue_pair(True) as (queue, _kernel):
+            queue.io = way
+            queue.fd = -1
+            for call in (queue.read, lambda: queue.write(b"x")):
+                with pytest.raises(OSError) as error:
+                    call()
+                raised.append((type(error.value), error.value.errno, error.value.strerror))
+    assert raised[:2] == raised[2:]
+    assert raised[0][1] == errno.EBADF
+
+
+@pytest.mark.root
+def test_a_real_tun_device_reads_and_writes_the_same(ns: Netns) -> None:
+    with ns.enter():
+        dev = open_offload_tun("ipsec7", vnet=True)
+        queue = TunQueue(dev, tso=False, uso=False)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            ns.check("sysctl -qw net.ipv6.conf.ipsec7.disable_ipv6=1")
+            ns.check("ip addr add 10.9.0.1/24 dev ipsec7 && ip link set ipsec7 up")
+            read = []
+            for way in (io, None):
+                queue.io = way
+                sender.sendto(b"routed into the device", ("10.9.0.2", 9))
+                offload, packet = None, b""
+                while not packet.startswith(b"\x45"):  # an IPv6 router solicitation, say, is skipped
+                    select.select([queue.fd], [], [], 2.0)
+                    offload, packet = queue.read() or (None, b"\x45")
+                read.append((offload, packet[:4] + packet[6:10] + packet[12:]))  # IP ID and checksum vary
+            assert read[0] == read[1] and read[0][1].endswith(b"routed into the device")
+            rx = []
+            for way in (io, None):
+                queue.io = way
+                assert queue.write(packet) == len(packet) + VNET_HDR_LEN
+                rx.append(int(ns.check("cat /sys/class/net/ipsec7/statistics/rx_packets")))
+            assert rx[1] == rx[0] + 1
+        finally:
+            sender.close()
+            dev.close()
