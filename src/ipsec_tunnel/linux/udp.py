@@ -325,8 +325,10 @@ class UdpSocket(Transport):
             self._one_key = key
         elif df != self._df and not self._v6:  # send_burst switched it since
             self._set_df(df)
-        if self._one_packed is not None:
-            return self._send_packed(payload, *self._one_packed)
+        packed = self._one_packed
+        if packed is not None:  # the same sendmsg, one C call (_pktio.c)
+            error = self.io.send_udp(self._sock.fileno(), payload, *packed)  # type: ignore[union-attr]
+            return None if not error or error == errno.EAGAIN else self._send_failed(payload, error, packed)
         cmsgs, address = self._one
         sock = self._sock
         try:
@@ -363,17 +365,14 @@ class UdpSocket(Transport):
             packed = head + struct.pack("!H", port) + socket.inet_pton(self.family, host) + bytes(8)
         return self.io.control(cmsgs), packed
 
-    def _send_packed(self, payload: bytes, control: bytes, address: bytes) -> OSError | None:
-        """`send_one`'s sendmsg and its one retry, through `_pktio.send_udp` (the same outcomes)."""
+    def _send_failed(self, payload: bytes, error: int, packed: tuple[bytes, bytes]) -> OSError | None:
+        """`send_one`'s C send that failed with `error`: the same outcome as the Python path's (a network
+        error, as one the kernel stored from an ICMP message, gets one retry; a full buffer loses it)."""
         assert self.io is not None
-        send, fd = self.io.send_udp, self._sock.fileno()
-        error = send(fd, payload, control, address)
-        if not error or error == errno.EAGAIN:  # sent, or lost to a full buffer, as BlockingIOError
-            return None
         first = OSError(error, os.strerror(error))  # OSError picks the subclass, as sendmsg raises it
         if error not in NETWORK_ERRNOS:
             return first
-        again = send(fd, payload, control, address)
+        again = self.io.send_udp(self._sock.fileno(), payload, *packed)
         if again == errno.EAGAIN:
             return None
         if again:
