@@ -855,25 +855,31 @@ done:
 }
 
 PyDoc_STRVAR(seal_rows_cbc_doc,
-"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, /) -> list[bytes]\n\n"
+"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, esn=False, /) -> list[bytes]\n\n"
 "core/esp.py seal_rows_cbc after its one encryption: per `step` bytes of `sealed` (a row's IV and\n"
-"ciphertext), in order, SPI || sequence number || those bytes || the first icv_len bytes of the HMAC\n"
-"over all before it, computed by start() (a keyed `cryptography` HMAC), update() and finalize() (RFC\n"
-"4303 §2.8). ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+"ciphertext), in order, SPI || the low 32 bits of the sequence number || those bytes || the first\n"
+"icv_len bytes of the HMAC over all before it, computed by start() (a keyed `cryptography` HMAC),\n"
+"update() and finalize() (RFC 4303 §2.8); with `esn` the HMAC also covers each row's own high 32 bits\n"
+"of the sequence number, appended and never sent (RFC 4303 §2.2.1, §3.3.2.1). ValueError when the rows\n"
+"are not whole or a sequence number would pass 2^32 - 1 (with `esn`, 2^64 - 1).");
 
 static PyObject *
 seal_rows_cbc(PyObject *self, PyObject *args)
 {
-    PyObject *start, *out = NULL;
+    PyObject *start, *out = NULL, *tail = NULL;
     Py_ssize_t icv_len, step;
     unsigned long spi;
     unsigned long long first;
+    int esn = 0;
     Py_buffer sealed;
-    if (!PyArg_ParseTuple(args, "OnkKy*n:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step))
+    if (!PyArg_ParseTuple(args, "OnkKy*n|p:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step,
+                          &esn))
         return NULL;
+    /* the last number, first + count - 1, must fit 32 bits (64 with ESN) */
+    unsigned long long top = esn ? 0xFFFFFFFFFFFFFFFFull : 0xFFFFFFFFull;
     if (step <= 0 || step > IP_MAXPACKET + 40 || sealed.len % step || icv_len < 0 || icv_len > 64
-        || spi > 0xFFFFFFFFul || first > 0xFFFFFFFFull
-        || first + (unsigned long long)(sealed.len / step) > 0x100000000ull) {
+        || spi > 0xFFFFFFFFul || first > top
+        || (sealed.len > 0 && (unsigned long long)(sealed.len / step) - 1 > top - first)) {
         PyErr_SetString(PyExc_ValueError, "seal_rows_cbc: rows, SPI or sequence numbers out of range");
         goto done;
     }
@@ -881,16 +887,28 @@ seal_rows_cbc(PyObject *self, PyObject *args)
     out = PyList_New(count);
     if (out == NULL)
         goto done;
+    uint32_t tail_hi = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t seq = first + (uint64_t)i;
+        if (esn && (tail == NULL || (uint32_t)(seq >> 32) != tail_hi)) {
+            /* RFC 4303 §2.2.1: this row's high 32 bits, in the ICV and never sent (a new object only
+             * where a batch crosses a multiple of 2^32) */
+            uint8_t hi[4];
+            tail_hi = (uint32_t)(seq >> 32);
+            put32(hi, tail_hi);
+            Py_XDECREF(tail);
+            if ((tail = PyBytes_FromStringAndSize((const char *)hi, 4)) == NULL)
+                goto fail;
+        }
         PyObject *packet = PyBytes_FromStringAndSize(NULL, 8 + step + icv_len);
         if (packet == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, packet);
         uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
         put32(o, (uint32_t)spi);
-        put32(o + 4, (uint32_t)(first + (uint64_t)i));
+        put32(o + 4, (uint32_t)seq);
         memcpy(o + 8, (const uint8_t *)sealed.buf + i * step, step);
-        PyObject *digest = hmac_of(start, o, 8 + step, icv_len, NULL);
+        PyObject *digest = hmac_of(start, o, 8 + step, icv_len, tail);
         if (digest == NULL)
             goto fail;
         memcpy(o + 8 + step, PyBytes_AS_STRING(digest), icv_len);
@@ -900,6 +918,7 @@ seal_rows_cbc(PyObject *self, PyObject *args)
 fail:
     Py_CLEAR(out);
 done:
+    Py_XDECREF(tail);
     PyBuffer_Release(&sealed);
     return out;
 }

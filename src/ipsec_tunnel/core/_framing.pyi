@@ -62,7 +62,14 @@ def open_aead16_many(
     /,
 ) -> tuple[list[Any], int] | None: ...
 def seal_rows_cbc(
-    start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+    start: Callable[[], Any],
+    icv_len: int,
+    spi: int,
+    first_seq: int,
+    sealed: _Buffer,
+    step: int,
+    esn: bool = False,
+    /,
 ) -> list[bytes]: ...
 def open_cbc_many(
     start: Callable[[], Any],

@@ -45,6 +45,8 @@ _SEQHI = struct.Struct("!I")
 _IV64 = struct.Struct("!Q")
 _HDR_IV = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte IV
 _SPLIT_BIT = 1 << 63
+_SEQ_MAX = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
+_SEQ_MAX_ESN = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
 _TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding || pad length || next header
 
 
@@ -184,22 +186,30 @@ def seal_cbc(
     return body + h.finalize()[: auth.icv_len]
 
 
-def seal_rows_cbc(spi: int, first_seq: int, cipher: Any, auth: AuthTransform, rows: Any) -> list[bytes]:
+def seal_rows_cbc(
+    spi: int, first_seq: int, cipher: Any, auth: AuthTransform, rows: Any, esn: bool = False
+) -> list[bytes]:
     """`seal_cbc` for many inner packets at once, each already followed by its `block_trailer`: the rows
-    of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on, each with its
-    own fresh IV, all encrypted in one call (`cipher.encrypt_fresh_rows`)."""
+    of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on (with `esn`, the
+    full 64-bit numbers: each row's ICV covers its own high 32 bits, also where the rows cross a multiple
+    of 2^32), each with its own fresh IV, all encrypted in one call (`cipher.encrypt_fresh_rows`)."""
     count, width = rows.shape
     step = cipher.iv_len + width
     sealed = cipher.encrypt_fresh_rows(rows)  # per row: IV || ciphertext
     start, icv_len, pack = auth.start, auth.icv_len, _HDR.pack
     if _native is not None:  # the same loop in C (core/_framing.c), the HMAC calls the same
-        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step)
+        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, esn)
+    if count and not 0 <= first_seq <= first_seq + count - 1 <= (_SEQ_MAX_ESN if esn else _SEQ_MAX):
+        raise ValueError("seal_rows_cbc: sequence numbers out of range")  # as the C loop
     out: list[bytes] = []
     append = out.append
     for i in range(count):
-        body = pack(spi, first_seq + i) + sealed[i * step : (i + 1) * step]
+        seq = first_seq + i
+        body = pack(spi, seq & 0xFFFFFFFF) + sealed[i * step : (i + 1) * step]
         h = start()
-        h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext
+        h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext ...
+        if esn:
+            h.update(_SEQHI.pack(seq >> 32))  # ... and with ESN the high 32 bits, not sent (§3.3.2.1)
         append(body + h.finalize()[:icv_len])
     return out
 

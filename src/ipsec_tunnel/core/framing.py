@@ -86,7 +86,15 @@ class Framing(Protocol):
     ) -> tuple[list[Any], int] | None: ...
 
     def seal_rows_cbc(
-        self, start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+        self,
+        start: Callable[[], Any],
+        icv_len: int,
+        spi: int,
+        first_seq: int,
+        sealed: _Buffer,
+        step: int,
+        esn: bool = False,
+        /,
     ) -> list[bytes]: ...
 
     def open_cbc_many(

@@ -419,7 +419,7 @@ class SecurityAssociation:
         self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
         self._split = bool(self._iv_split)
         # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
-        # esp.open_cbc_many; without ESN also esp.seal_rows_cbc.
+        # esp.open_cbc_many and esp.seal_rows_cbc, with or without ESN.
         cipher = self.cipher
         self._cbc_hmac = (
             isinstance(self.auth, AuthTransform)
@@ -559,9 +559,9 @@ class SecurityAssociation:
 
     @property
     def seals_rows(self) -> bool:
-        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
-        HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or (self._cbc_hmac and not self._esn)) and not self._volume
+        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV and no ESN, or CBC
+        with an HMAC, with or without ESN; no volume lifetime)."""
+        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
@@ -591,7 +591,7 @@ class SecurityAssociation:
                     self._spi, first, self._iv_split, encrypt, self._salt, rows, self._aead_encrypt_into
                 )
             else:
-                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows)
+                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows, self._esn)
             first += len(rows)
             self.bytes += len(rows) * inner_len
         self.packets += count
