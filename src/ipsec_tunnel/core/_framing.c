@@ -650,12 +650,13 @@ call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObje
 }
 
 PyDoc_STRVAR(seal_rows_aead_doc,
-"seal_rows_aead(encrypt_into, spi, first_seq, split, salt, rows, width, /) -> list[bytes]\n\n"
+"seal_rows_aead(encrypt_into, spi, first_seq, split, salt, rows, width, esn=False, /) -> list[bytes]\n\n"
 "core/esp.py seal_rows with the AEAD's encrypt_into(nonce, data, aad, buf) (the `cryptography` call does\n"
 "all the cryptography): per row of `width` bytes of the buffer `rows`, in order, the ESP packet SPI ||\n"
-"sequence number || IV || ciphertext || 16-byte ICV, the IV the 64-bit counter (RFC 4106 §3.1) with its\n"
-"top bit set when `split`, the nonce salt || IV, the AAD SPI || sequence number (RFC 4106 §5).\n"
-"ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+"the low 32 bits of the sequence number || IV || ciphertext || 16-byte ICV, the IV the 64-bit counter\n"
+"(RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the AAD SPI || sequence number,\n"
+"with `esn` SPI || high 32 bits || low 32 bits (RFC 4106 §5, RFC 7634 §2.1). ValueError when the rows\n"
+"are not whole or a sequence number would pass 2^32 - 1 (with `esn`, 2^64 - 1; with `split`, 2^63 - 1).");
 
 static PyObject *
 seal_rows_aead(PyObject *self, PyObject *args)
@@ -663,14 +664,17 @@ seal_rows_aead(PyObject *self, PyObject *args)
     PyObject *encrypt_into, *out = NULL;
     unsigned long spi;
     unsigned long long first;
-    int split;
+    int split, esn = 0;
     Py_buffer salt, rows;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "OkKpy*y*n:seal_rows_aead", &encrypt_into, &spi, &first, &split, &salt, &rows,
-                          &width))
+    if (!PyArg_ParseTuple(args, "OkKpy*y*n|p:seal_rows_aead", &encrypt_into, &spi, &first, &split, &salt, &rows,
+                          &width, &esn))
         return NULL;
+    /* the last number, first + count - 1, must fit 32 bits (with ESN 64, below the IV's top bit with
+     * `split`: RFC 4106 §3.1, no counter twice) */
+    unsigned long long top = !esn ? 0xFFFFFFFFull : split ? 0x7FFFFFFFFFFFFFFFull : 0xFFFFFFFFFFFFFFFFull;
     if (salt.len != 4 || width <= 0 || width > IP_MAXPACKET + 40 || rows.len % width || spi > 0xFFFFFFFFul
-        || first > 0xFFFFFFFFull || first + (unsigned long long)(rows.len / width) > 0x100000000ull) {
+        || first > top || (rows.len > 0 && (unsigned long long)(rows.len / width) - 1 > top - first)) {
         PyErr_SetString(PyExc_ValueError, "seal_rows_aead: rows, SPI or sequence numbers out of range");
         goto done;
     }
@@ -694,9 +698,14 @@ seal_rows_aead(PyObject *self, PyObject *args)
             memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
             memcpy(PyBytes_AS_STRING(nonce) + 4, o + 8, 8);
         }
+        uint8_t aad[12]; /* RFC 4106 §5: SPI || [high 32 bits ||] low 32 bits of the sequence number */
+        put32(aad, (uint32_t)spi);
+        put32(aad + 4, esn ? (uint32_t)(seq >> 32) : (uint32_t)seq);
+        put32(aad + 8, (uint32_t)seq);
         PyObject *result;
         if (call4(encrypt_into, nonce, view_of((const uint8_t *)rows.buf + i * width, width, PyBUF_READ),
-                  PyBytes_FromStringAndSize((const char *)o, 8), view_of(o + 16, width + 16, PyBUF_WRITE), &result) < 0)
+                  PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8), view_of(o + 16, width + 16, PyBUF_WRITE),
+                  &result) < 0)
             goto fail;
         Py_ssize_t wrote = PyLong_AsSsize_t(result);
         Py_DECREF(result);

@@ -49,6 +49,7 @@ def seal_rows_aead(
     salt: bytes,
     rows: Any,
     width: int,
+    esn: bool = False,
     /,
 ) -> list[bytes]: ...
 def open_aead16_many(

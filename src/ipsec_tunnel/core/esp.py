@@ -153,22 +153,28 @@ def block_trailer(inner_len: int, next_header: int, block: int) -> bytes:
 def seal_rows(
     spi: int, first_seq: int, iv_split: int | None, encrypt: Callable[[bytes, Any, bytes], bytes],
     salt: bytes, rows: Any, encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
+    esn: bool = False,
 ) -> list[bytes]:  # fmt: skip
     """`seal_aead16` for many inner packets at once, each already followed by its `aead16_trailer`: the
-    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on. With the
-    library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
+    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on (with `esn`,
+    the full 64-bit numbers, each row's AAD with its own high 32 bits: RFC 4106 §5, RFC 7634 §2.1). With
+    the library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
     count, width = rows.shape
     if encrypt_into is not None and _native is not None and count:
-        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width)
+        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width, esn)
+    top = (_SEQ_MAX_ESN >> 1 if iv_split else _SEQ_MAX_ESN) if esn else _SEQ_MAX  # as the C loop
+    if count and not 0 <= first_seq <= first_seq + count - 1 <= top:
+        raise ValueError("seal_rows_aead: rows, SPI or sequence numbers out of range")
     flat = memoryview(rows).cast("B")
-    pack = _HDR_IV.pack
+    pack, hi = _HDR_IV.pack, _SEQHI.pack
     split = _SPLIT_BIT if iv_split else 0
     out: list[bytes] = []
     append = out.append
     for i in range(count):
         seq = first_seq + i
-        head = pack(spi, seq, seq | split)  # RFC 4106 §3.1: the IV is the counter
-        append(head + encrypt(salt + head[8:], flat[i * width : (i + 1) * width], head[:8]))
+        head = pack(spi, seq & 0xFFFFFFFF, seq | split)  # RFC 4106 §3.1: the IV is the counter
+        aad = head[:4] + hi(seq >> 32) + head[4:8] if esn else head[:8]  # RFC 4106 §5
+        append(head + encrypt(salt + head[8:], flat[i * width : (i + 1) * width], aad))
     return out
 
 

@@ -70,6 +70,7 @@ class Framing(Protocol):
         salt: bytes,
         rows: Any,
         width: int,
+        esn: bool = False,
         /,
     ) -> list[bytes]: ...
 

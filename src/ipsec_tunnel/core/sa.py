@@ -404,7 +404,8 @@ class SecurityAssociation:
         # of esp.seal_aead16 / esp.open_aead16 (the same bytes, checks and order as esp.seal / open_packet).
         aead_encrypt = getattr(self.cipher, "full_icv_encrypt", None)
         aead_decrypt = getattr(self.cipher, "full_icv_decrypt", None)
-        plain = self.auth is None and not config.esn and self.cipher.iv_len == 8 and self.cipher.block == 4
+        aead16 = self.auth is None and self.cipher.iv_len == 8 and self.cipher.block == 4
+        plain = aead16 and not config.esn
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
@@ -414,6 +415,11 @@ class SecurityAssociation:
         )
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
+        )
+        # The same AEAD with or without ESN sealing rows (esp.seal_rows, `encrypt_rows`)
+        self._rows_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if aead16 else None
+        self._rows_encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
+            getattr(self.cipher, "full_icv_encrypt_into", None) if aead16 else None
         )
         # a lone packet's seal in one C call (esp.seal_aead16 otherwise)
         self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
@@ -559,16 +565,16 @@ class SecurityAssociation:
 
     @property
     def seals_rows(self) -> bool:
-        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV and no ESN, or CBC
-        with an HMAC, with or without ESN; no volume lifetime)."""
-        return (self._aead_encrypt is not None or self._cbc_hmac) and not self._volume
+        """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
+        HMAC, with or without ESN; no volume lifetime)."""
+        return (self._rows_encrypt is not None or self._cbc_hmac) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
         AEAD, `esp.aead16_trailer`): per (array, inner length) group, in order. None, with nothing used
         up, where `encrypt` must decide packet by packet (an SA that is not `seals_rows`, dead, or at
         the end of its sequence numbers or reservation)."""
-        encrypt = self._aead_encrypt
+        encrypt = self._rows_encrypt
         if not self.seals_rows:
             return None
         if self._timed:
@@ -588,7 +594,14 @@ class SecurityAssociation:
         for rows, inner_len in groups:
             if encrypt is not None:
                 out += esp.seal_rows(
-                    self._spi, first, self._iv_split, encrypt, self._salt, rows, self._aead_encrypt_into
+                    self._spi,
+                    first,
+                    self._iv_split,
+                    encrypt,
+                    self._salt,
+                    rows,
+                    self._rows_encrypt_into,
+                    self._esn,
                 )
             else:
                 out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows, self._esn)
