@@ -1,20 +1,21 @@
-"""bench/esnrows: what sealing costs per packet for an SA with ESN and AES-CBC + HMAC, one by one against
-the batch way (rows), on the C loops and the pure-Python ones.
+"""bench/esnrows: what sealing costs per packet for an SA with ESN (AES-CBC + HMAC-SHA-256, AES-GCM), one by
+one against the batch way (rows), on the C loops and the pure-Python ones.
 
 Two measures, each both ways in one process, interleaved ABBA, the best round of each:
-- seal: `SecurityAssociation.encrypt` of each of a batch's inner packets (how ESN CBC SAs sealed
-  before) against `encrypt_rows` of the batch laid out as rows;
+- seal: `SecurityAssociation.encrypt` of each of a batch's inner packets (how ESN SAs sealed before)
+  against `encrypt_rows` of the batch laid out as rows;
 - send: a TCP super-packet (TSO) through the send pipeline, `Engine.send_batch` of the segments
-  `gso.split` cuts (before: an ESN CBC SA took no rows) against `send_batch` of the super-packet with its
+  `gso.split` cuts (before: an ESN SA took no rows) against `send_batch` of the super-packet with its
   virtio-net header (the rows branch, `send._rows`).
 Sequence numbers run on from just below 2^32 and cross it; never one used twice. Optionally the same
 for an SA without ESN, as the reference. Run: `.venv/bin/python bench/esnrows.py [--rounds 15]` (no
-root, no network). See docs/performance.md, "ESN CBC+HMAC sealed the batch way".
+root, no network). See docs/performance.md, "ESN SAs sealed the batch way".
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -33,9 +34,17 @@ MSS = 1386  # a super-packet's segment payload (TCP over a 1,500-byte path throu
 SEGMENTS = 45  # segments of a super-packet (at most 64 KiB)
 
 
-def _config(esn: bool) -> SAConfig:
+SUITES = {  # name: (cipher, key bytes, digest)
+    "AES-128-CBC + HMAC-SHA-256": ("aes-cbc", 16, "sha256"),
+    "AES-128-GCM": ("aes-gcm", 20, None),
+}
+
+
+def _config(suite: str, esn: bool) -> SAConfig:
+    cipher, key_len, digest = SUITES[suite]
+    digest_key = os.urandom(32) if digest else b""
     return SAConfig(
-        0x1000, "192.0.2.2", "192.0.2.1", "aes-cbc", os.urandom(16), "sha256", os.urandom(32), esn=esn
+        0x1000, "192.0.2.2", "192.0.2.1", cipher, os.urandom(key_len), digest, digest_key, esn=esn
     ).validated()
 
 
@@ -57,20 +66,24 @@ def _super_packet() -> tuple[bytes, gso.VnetHeader]:
     return bytes(ip + tcp) + payload, gso.VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
 
 
-def _engine(esn: bool, seq_out: int) -> Engine:
+def _engine(suite: str, esn: bool, seq_out: int) -> Engine:
     engine = Engine()
     engine.tunnels.add(Tunnel("t0", "192.0.2.1", "192.0.2.2"))
-    engine.sad.add(SecurityAssociation(_config(esn), 0.0, seq_out=seq_out))
+    engine.sad.add(SecurityAssociation(_config(suite, esn), 0.0, seq_out=seq_out))
     return engine
 
 
-def cases(esn: bool) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
-    """name: (one by one, the batch way), each sealing one round and returning how many packets."""
+def cases(suite: str, esn: bool, pure: bool) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
+    """name: (one by one, the batch way), each sealing one round and returning how many packets;
+    `pure`: a lone AEAD packet sealed in Python too (esp.seal_aead16, not the C seal_aead16_one)."""
     start = (1 << 32) - 20_000 if esn else 1  # crosses 2^32 in the first rounds
-    single = SecurityAssociation(_config(esn), 0.0, seq_out=start)
-    batch = SecurityAssociation(_config(esn), 0.0, seq_out=start)
+    single = SecurityAssociation(_config(suite, esn), 0.0, seq_out=start)
+    batch = SecurityAssociation(_config(suite, esn), 0.0, seq_out=start)
+    assert batch.seals_rows
+    if pure:
+        single._seal_one = None
     inner = [_inner(n) for n in range(SEAL_BATCH)]
-    trailer = esp.block_trailer(INNER, esp.NH_IPV4, 16)
+    trailer = esp.block_trailer(INNER, esp.NH_IPV4, max(4, batch.cipher.block))
     rows = np.frombuffer(b"".join(p + trailer for p in inner), np.uint8).reshape(SEAL_BATCH, -1)
 
     def seal_each() -> int:
@@ -87,7 +100,10 @@ def cases(esn: bool) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
 
     packet, offload = _super_packet()
     segments = gso.split(packet, offload)
-    split_engine, rows_engine = _engine(esn, start), _engine(esn, start)
+    split_engine, rows_engine = _engine(suite, esn, start), _engine(suite, esn, start)
+    if pure:
+        for sa in split_engine.sad:
+            sa._seal_one = None
 
     def send_split() -> int:  # what an ESN CBC SA did before: cut by gso.split, sealed one by one
         for _ in range(BATCHES):
@@ -109,36 +125,43 @@ def _us_per_packet(call: Callable[[], int]) -> float:
     return (time.perf_counter() - start) / count * 1e6
 
 
+def _measure(suite: str, esn: bool, pure: bool, rounds: int) -> dict[str, tuple[float, float]]:
+    """measure: (best one by one, best batch way), us per packet, on the C loops or (`pure`) the
+    pure-Python ones, as IPSEC_TUNNEL_PURE=1 chooses them."""
+    native = esp._native  # type: ignore[attr-defined]
+    if pure:
+        esp._native = None  # type: ignore[attr-defined]
+    try:
+        table = cases(suite, esn, pure)
+        best: dict[str, tuple[float, float]] = {}
+        for name, (each, rows) in table.items():
+            each(), rows()  # warm
+            a: list[float] = []
+            b: list[float] = []
+            for _ in range(rounds):
+                a.append(_us_per_packet(each))
+                b.append(_us_per_packet(rows))
+                b.append(_us_per_packet(rows))
+                a.append(_us_per_packet(each))
+            best[name] = (min(a), min(b))
+        return best
+    finally:
+        esp._native = native  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="ABBA rounds (default 15)")
-    parser.add_argument("--also-no-esn", action="store_true", help="also an SA without ESN, for reference")
+    parser.add_argument("--also-no-esn", action="store_true", help="also SAs without ESN, for reference")
     args = parser.parse_args()
-    native = framing.native
-    paths = (
-        [("C extension", native), ("pure Python", None)] if native is not None else [("pure Python", None)]
-    )
-    print(f"AES-128-CBC + HMAC-SHA-256, {INNER}-byte inner IPv4 packets, {SEGMENTS}x{MSS}-byte TSO segments;")
+    paths = [False, True] if framing.native is not None else [True]
+    print(f"{INNER}-byte inner IPv4 packets, {SEGMENTS}x{MSS}-byte TSO segments;")
     print(f"best of {args.rounds} ABBA rounds, us per packet")
-    print(f"{'SA':7s} {'path':12s} {'measure':11s} {'one by one':>11s} {'batch way':>10s}")
-    for esn in [True, False] if args.also_no_esn else [True]:
-        for path_name, path in paths:
-            esp._native = path  # type: ignore[attr-defined]  # the loops core/esp.py calls: IPSEC_TUNNEL_PURE=1 chooses None
-            try:
-                table = cases(esn)
-                for name, (each, rows) in table.items():
-                    each(), rows()  # warm
-                    a: list[float] = []
-                    b: list[float] = []
-                    for _ in range(args.rounds):
-                        a.append(_us_per_packet(each))
-                        b.append(_us_per_packet(rows))
-                        b.append(_us_per_packet(rows))
-                        a.append(_us_per_packet(each))
-                    sa = "ESN" if esn else "no ESN"
-                    print(f"{sa:7s} {path_name:12s} {name:11s} {min(a):8.2f} us {min(b):7.2f} us")
-            finally:
-                esp._native = native  # type: ignore[attr-defined]
+    print(f"{'suite':27s} {'SA':7s} {'path':12s} {'measure':11s} {'one by one':>11s} {'batch way':>10s}")
+    for suite, esn, pure in itertools.product(SUITES, [True, False] if args.also_no_esn else [True], paths):
+        for name, (each, rows) in _measure(suite, esn, pure, args.rounds).items():
+            sa, path = "ESN" if esn else "no ESN", "pure Python" if pure else "C extension"
+            print(f"{suite:27s} {sa:7s} {path:12s} {name:11s} {each:8.2f} us {rows:7.2f} us")
 
 
 if __name__ == "__main__":
