@@ -535,3 +535,80 @@ def test_scapy_opens_an_esn_aead_super_packet_sealed_as_rows(cipher: str, path: 
         theirs.decrypt(
             IP(bytes(IP(src=src, dst=dst, proto=50) / Raw(burst.payloads[-1]))), esn_en=True, esn=0
         )
+
+
+# -- a lone AEAD packet with ESN: esp.seal_aead16_esn and the C seal_aead16_one ---------------------------
+
+
+@pytest.mark.parametrize("first", [1, B - 2, (9 << 32) | 77, (1 << 63) - 4], ids=hex)
+@pytest.mark.parametrize("reverse", [False, True], ids=["split0", "split1"])
+@pytest.mark.parametrize("aead", AEADS, ids=lambda a: a[0])
+def test_esn_aead_encrypt_is_seal_with_esn(
+    aead: tuple[str, int], reverse: bool, first: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`encrypt` of an ESN AEAD SA gives `esp.seal`'s packet without calling it: in one C call for bytes
+    (the Python `seal_aead16_esn` on the pure path and for other buffers)."""
+    config = _aead_config(*aead, reverse=reverse)
+    sa = SecurityAssociation(config, 0.0, seq_out=first - 1)
+    cipher = sa.cipher
+    assert (sa._seal_one is not None) == (sa_module._SEAL_ONE is not None)  # None: IPSEC_TUNNEL_PURE=1
+    if path == "pure":
+        sa._seal_one = None
+    calls: list[int] = []
+    seal = esp.seal
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(args[1])
+        return seal(*args, **kwargs)
+
+    monkeypatch.setattr(esp, "seal", counted)
+    inner = [_ipv4(20 + 97 * i, i) for i in range(4)]
+    packets = [sa.encrypt(p if i % 2 else bytearray(p), 4, NOW, print) for i, p in enumerate(inner)]  # type: ignore[arg-type]
+    assert not calls
+    monkeypatch.setattr(esp, "seal", seal)
+    for i, (packet, p) in enumerate(zip(packets, inner, strict=True)):
+        seq = first + i
+        assert packet == esp.seal(0x3000, seq, True, cipher, None, p, 4, iv_split=config.iv_split)
+        assert isinstance(packet, bytes) and esp.open_packet(packet, seq, True, cipher, None) == (p, 4)
+
+
+@pytest.mark.skipif(ext is None, reason="the C extension is not built (IPSEC_REQUIRE_EXT=1 fails)")
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(AEADS),
+    st.one_of(st.integers(0, 1 << 33), st.integers(B - 50, B + 50), st.integers(0, (1 << 64) - 1)),
+    st.sampled_from([None, 0, 1]),
+    st.binary(max_size=300),
+    st.sampled_from([4, 41, 59]),
+)
+def test_seal_one_with_esn_in_c_is_the_python_seal(
+    aead: tuple[str, int], seq: int, split: int | None, inner: bytes, nh: int
+) -> None:
+    assert ext is not None
+    cipher = SecurityAssociation(_aead_config(*aead), 0.0).cipher
+    encrypt, salt = cipher.full_icv_encrypt, cipher.salt
+    if split and seq >> 63:  # into the IV's direction bit: refused, both ways
+        with pytest.raises(ValueError, match="out of range"):
+            ext.seal_aead16_one(encrypt, 0x3000, seq, True, salt, inner, nh, True)
+        with pytest.raises(ValueError, match="out of range"):
+            esp.seal_aead16_esn(0x3000, seq, split, encrypt, salt, inner, nh)
+        return
+    packet = ext.seal_aead16_one(encrypt, 0x3000, seq, bool(split), salt, inner, nh, True)
+    assert packet == esp.seal_aead16_esn(0x3000, seq, split, encrypt, salt, inner, nh)
+    assert packet == esp.seal(0x3000, seq, True, cipher, None, inner, nh, iv_split=split)
+
+
+def test_seal_one_with_esn_refuses_numbers_past_the_end() -> None:
+    cipher = SecurityAssociation(_aead_config(*AEADS[0]), 0.0).cipher
+    args = (cipher.full_icv_encrypt, 1)
+    for seq, split in (((1 << 64), None), (-1, None), ((1 << 63), 1)):
+        with pytest.raises(ValueError, match="out of range"):
+            esp.seal_aead16_esn(1, seq, split, cipher.full_icv_encrypt, cipher.salt, b"x", 4)
+        if ext is not None:
+            with pytest.raises((ValueError, OverflowError)):
+                ext.seal_aead16_one(*args, seq, bool(split), cipher.salt, b"x", 4, True)
+    if ext is not None:  # without ESN, 32 bits as before
+        with pytest.raises(ValueError, match="out of range"):
+            ext.seal_aead16_one(cipher.full_icv_encrypt, 1, B, False, cipher.salt, b"x", 4)
+        with pytest.raises(ValueError, match="out of range"):
+            ext.seal_aead16_one(cipher.full_icv_encrypt, 1, B, False, cipher.salt, b"x", 4, False)

@@ -1118,8 +1118,9 @@ inner_head(PyObject *self, PyObject *arg)
 
 static PyObject *seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* at the end */
 PyDoc_STRVAR(seal_aead16_one_doc,
-"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
-"core/esp.py seal_aead16 of one inner packet, the library's encrypt doing the AEAD.");
+"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, esn=False, /) -> bytes\n\n"
+"core/esp.py seal_aead16 (with `esn`, seal_aead16_esn) of one inner packet, the library's encrypt doing\n"
+"the AEAD.");
 
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
@@ -1155,9 +1156,9 @@ PyInit__framing(void)
  * (An open in one call was tried and left out: on cold caches it cost more than the Python it
  * replaced, a few slices; docs/performance.md.) */
 
-/* `n` as an unsigned number at most `max`, else -1 with ValueError (TypeError: not an int). */
-static long long
-lone_uint(PyObject *n, unsigned long long max)
+/* `n` as an unsigned number at most `max` into *out: 0, else -1 with ValueError (TypeError: not an int). */
+static int
+lone_u64(PyObject *n, unsigned long long max, unsigned long long *out)
 {
     unsigned long long v = PyLong_AsUnsignedLongLong(n);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -1171,23 +1172,34 @@ lone_uint(PyObject *n, unsigned long long max)
         PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
         return -1;
     }
-    return (long long)v;
+    *out = v;
+    return 0;
 }
 
-/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes
+/* `n` as an unsigned number at most `max` (below 2^63), else -1 with ValueError (TypeError: not an int). */
+static long long
+lone_uint(PyObject *n, unsigned long long max)
+{
+    unsigned long long v;
+    return lone_u64(n, max, &v) < 0 ? -1 : (long long)v;
+}
+
+/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, esn=False, /) -> bytes
  * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt(nonce, data, aad) -> ciphertext ||
  * 16-byte ICV (the `cryptography` call does all the cryptography; its plain form, not encrypt_into with
  * views, which costs more on cold caches): SPI || sequence number || IV || ciphertext || ICV, the payload
  * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
  * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
- * AAD SPI || sequence number (RFC 4106 §5). `salt` and `inner` are bytes. ValueError for a salt that is
- * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, or a ciphertext of the
- * wrong length. */
+ * AAD SPI || sequence number (RFC 4106 §5); with `esn` (core/esp.py seal_aead16_esn) the header carries
+ * the low 32 bits of the 64-bit sequence number and the AAD is SPI || high 32 bits || low 32 bits (RFC
+ * 4106 §5, RFC 7634 §2.1). `salt` and `inner` are bytes. ValueError for a salt that is not 4 bytes, an SPI
+ * past 2^32 - 1, a sequence number past 2^32 - 1 (with `esn` 2^64 - 1, and 2^63 - 1 with `split`: the IV's
+ * top bit), a next header past 255, or a ciphertext of the wrong length. */
 static PyObject *
 seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 or 8 arguments");
         return NULL;
     }
     PyObject *encrypt = args[0], *salt = args[4], *inner = args[5];
@@ -1195,10 +1207,14 @@ seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "seal_aead16_one: salt and inner packet must be bytes");
         return NULL;
     }
-    long long spi = lone_uint(args[1], 0xFFFFFFFFull), seq = spi < 0 ? -1 : lone_uint(args[2], 0xFFFFFFFFull),
-              next_header = seq < 0 ? -1 : lone_uint(args[6], 0xFF);
-    int split = next_header < 0 ? -1 : PyObject_IsTrue(args[3]);
+    int esn = nargs == 8 ? PyObject_IsTrue(args[7]) : 0;
+    int split = esn < 0 ? -1 : PyObject_IsTrue(args[3]);
     if (split < 0)
+        return NULL;
+    unsigned long long seq, seq_max = !esn ? 0xFFFFFFFFull : split ? 0x7FFFFFFFFFFFFFFFull : 0xFFFFFFFFFFFFFFFFull;
+    long long spi = lone_uint(args[1], 0xFFFFFFFFull),
+              next_header = spi < 0 || lone_u64(args[2], seq_max, &seq) < 0 ? -1 : lone_uint(args[6], 0xFF);
+    if (next_header < 0)
         return NULL;
     Py_ssize_t len = PyBytes_GET_SIZE(inner); /* any length, as esp.seal_aead16 (an IPv6 packet may pass 65,535) */
     if (PyBytes_GET_SIZE(salt) != 4) {
@@ -1207,13 +1223,19 @@ seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t pad = -(len + 2) & 3, body = len + pad + 2;
     uint8_t head[16];
+    uint8_t esn_aad[12]; /* RFC 4106 §5: SPI || high 32 bits || low 32 bits */
     uint64_t iv = (uint64_t)seq | (split ? (uint64_t)1 << 63 : 0);
     put32(head, (uint32_t)spi);
     put32(head + 4, (uint32_t)seq);
     put32(head + 8, (uint32_t)(iv >> 32));
     put32(head + 12, (uint32_t)iv);
+    put32(esn_aad, (uint32_t)spi);
+    put32(esn_aad + 4, (uint32_t)(seq >> 32));
+    put32(esn_aad + 8, (uint32_t)seq);
     PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *plain = PyBytes_FromStringAndSize(NULL, body),
-             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL, *packet = NULL;
+             *aad = esn ? PyBytes_FromStringAndSize((const char *)esn_aad, 12)
+                        : PyBytes_FromStringAndSize((const char *)head, 8),
+             *sealed = NULL, *packet = NULL;
     if (nonce != NULL && plain != NULL && aad != NULL) {
         memcpy(PyBytes_AS_STRING(nonce), PyBytes_AS_STRING(salt), 4);
         memcpy(PyBytes_AS_STRING(nonce) + 4, head + 8, 8);

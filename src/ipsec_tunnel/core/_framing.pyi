@@ -94,6 +94,7 @@ def seal_aead16_one(
     salt: bytes,
     inner: bytes,
     next_header: int,
+    esn: bool = False,
     /,
 ) -> bytes: ...
 def pure_requested() -> bool: ...

@@ -30,6 +30,7 @@ __all__ = [
     "open_packet",
     "seal",
     "seal_aead16",
+    "seal_aead16_esn",
     "seal_cbc",
     "seal_rows",
     "seal_rows_cbc",
@@ -44,6 +45,7 @@ _HDR = struct.Struct("!II")
 _SEQHI = struct.Struct("!I")
 _IV64 = struct.Struct("!Q")
 _HDR_IV = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte IV
+_HDR_HI = struct.Struct("!III")  # SPI, high and low 32 bits of an ESN sequence number (RFC 4106 §5's AAD)
 _SPLIT_BIT = 1 << 63
 _SEQ_MAX = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
 _SEQ_MAX_ESN = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
@@ -137,6 +139,20 @@ def seal_aead16(
     trailer = _trailer(-(len(inner) + 2) & 3, next_header)  # RFC 4303 §2.4: ESP's 4-byte alignment
     iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq)  # RFC 4106 §3.1: the counter
     return header + iv + encrypt(salt + iv, inner + trailer, header)
+
+
+def seal_aead16_esn(
+    spi: int, seq: int, iv_split: int | None, encrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes,
+    inner: bytes, next_header: int,
+) -> bytes:  # fmt: skip
+    """`seal_aead16` with ESN: `seq` the full 64-bit sequence number, its low 32 bits in the header, the AAD
+    SPI || high 32 bits || low 32 bits (RFC 4106 §5, RFC 7634 §2.1); the same packet as `seal` with ESN."""
+    if not 0 <= seq <= (_SEQ_MAX_ESN >> 1 if iv_split else _SEQ_MAX_ESN):  # as the C seal_aead16_one
+        raise ValueError("seal_aead16_one: SPI, sequence number or next header out of range")
+    aad = _HDR_HI.pack(spi, seq >> 32, seq & 0xFFFFFFFF)
+    trailer = _trailer(-(len(inner) + 2) & 3, next_header)  # RFC 4303 §2.4: ESP's 4-byte alignment
+    iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq)  # RFC 4106 §3.1: the counter
+    return aad[:4] + aad[8:] + iv + encrypt(salt + iv, inner + trailer, aad)
 
 
 def aead16_trailer(inner_len: int, next_header: int) -> bytes:

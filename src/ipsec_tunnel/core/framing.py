@@ -125,6 +125,7 @@ class Framing(Protocol):
         salt: bytes,
         inner: bytes,
         next_header: int,
+        esn: bool = False,
         /,
     ) -> bytes: ...
 

@@ -421,8 +421,12 @@ class SecurityAssociation:
         self._rows_encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_encrypt_into", None) if aead16 else None
         )
-        # a lone packet's seal in one C call (esp.seal_aead16 otherwise)
-        self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
+        # the same AEAD with ESN: esp.seal_aead16_esn
+        self._esn_aead_encrypt = aead_encrypt if aead16 and config.esn else None
+        # a lone packet's seal in one C call (esp.seal_aead16 or seal_aead16_esn otherwise)
+        self._seal_one = (
+            _SEAL_ONE if self._aead_encrypt is not None or self._esn_aead_encrypt is not None else None
+        )
         self._split = bool(self._iv_split)
         # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
         # esp.open_cbc_many and esp.seal_rows_cbc, with or without ESN.
@@ -551,6 +555,16 @@ class SecurityAssociation:
                 )
         elif self._cbc_hmac:
             packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
+        elif self._esn_aead_encrypt is not None:
+            seal_one = self._seal_one
+            if seal_one is not None and type(inner) is bytes:
+                packet = seal_one(
+                    self._esn_aead_encrypt, self._spi, seq, self._split, self._salt, inner, next_header, True
+                )
+            else:
+                packet = esp.seal_aead16_esn(
+                    self._spi, seq, self._iv_split, self._esn_aead_encrypt, self._salt, inner, next_header
+                )
         else:
             packet = esp.seal(
                 self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
