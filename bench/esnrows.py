@@ -1,9 +1,11 @@
 """bench/esnrows: what sealing costs per packet for an SA with ESN (AES-CBC + HMAC-SHA-256, AES-GCM), one by
 one against the batch way (rows), on the C loops and the pure-Python ones.
 
-Two measures, each both ways in one process, interleaved ABBA, the best round of each:
-- seal: `SecurityAssociation.encrypt` of each of a batch's inner packets (how ESN SAs sealed before)
-  against `encrypt_rows` of the batch laid out as rows;
+Two measures, each three ways in one process, interleaved (A B C C B A per round), the best round of
+each: before (one by one as before this change: an ESN AEAD SA through the generic `esp.seal`), one by one
+now, and the batch way:
+- seal: `SecurityAssociation.encrypt` of each of a batch's inner packets against `encrypt_rows` of the
+  batch laid out as rows;
 - send: a TCP super-packet (TSO) through the send pipeline, `Engine.send_batch` of the segments
   `gso.split` cuts (before: an ESN SA took no rows) against `send_batch` of the super-packet with its
   virtio-net header (the rows branch, `send._rows`).
@@ -73,25 +75,39 @@ def _engine(suite: str, esn: bool, seq_out: int) -> Engine:
     return engine
 
 
-def cases(suite: str, esn: bool, pure: bool) -> dict[str, tuple[Callable[[], int], Callable[[], int]]]:
-    """name: (one by one, the batch way), each sealing one round and returning how many packets;
-    `pure`: a lone AEAD packet sealed in Python too (esp.seal_aead16, not the C seal_aead16_one)."""
+def _as_before(sa: SecurityAssociation) -> None:
+    """`sa` seals one by one as before this change: an ESN AEAD SA by the generic `esp.seal` (a CBC SA,
+    and any SA without ESN, sealed the same way before)."""
+    if sa._esn:
+        sa._esn_aead_encrypt = None
+        sa._seal_one = None
+
+
+Case = tuple[Callable[[], int], Callable[[], int], Callable[[], int]]
+
+
+def cases(suite: str, esn: bool, pure: bool) -> dict[str, Case]:
+    """name: (one by one as before, one by one now, the batch way), each sealing one round and returning
+    how many packets; `pure`: a lone AEAD packet sealed in Python too (not the C seal_aead16_one)."""
     start = (1 << 32) - 20_000 if esn else 1  # crosses 2^32 in the first rounds
-    single = SecurityAssociation(_config(suite, esn), 0.0, seq_out=start)
-    batch = SecurityAssociation(_config(suite, esn), 0.0, seq_out=start)
+    old, single, batch = (SecurityAssociation(_config(suite, esn), 0.0, seq_out=start) for _ in range(3))
     assert batch.seals_rows
+    _as_before(old)
     if pure:
         single._seal_one = None
     inner = [_inner(n) for n in range(SEAL_BATCH)]
     trailer = esp.block_trailer(INNER, esp.NH_IPV4, max(4, batch.cipher.block))
     rows = np.frombuffer(b"".join(p + trailer for p in inner), np.uint8).reshape(SEAL_BATCH, -1)
 
-    def seal_each() -> int:
-        encrypt = single.encrypt
-        for _ in range(BATCHES):
-            for p in inner:
-                encrypt(p, esp.NH_IPV4, 1.0, print)
-        return BATCHES * SEAL_BATCH
+    def seal_each(sa: SecurityAssociation) -> Callable[[], int]:
+        def run() -> int:
+            encrypt = sa.encrypt
+            for _ in range(BATCHES):
+                for p in inner:
+                    encrypt(p, esp.NH_IPV4, 1.0, print)
+            return BATCHES * SEAL_BATCH
+
+        return run
 
     def seal_rows() -> int:
         for _ in range(BATCHES):
@@ -100,15 +116,20 @@ def cases(suite: str, esn: bool, pure: bool) -> dict[str, tuple[Callable[[], int
 
     packet, offload = _super_packet()
     segments = gso.split(packet, offload)
-    split_engine, rows_engine = _engine(suite, esn, start), _engine(suite, esn, start)
+    old_engine, split_engine, rows_engine = (_engine(suite, esn, start) for _ in range(3))
+    for sa in old_engine.sad:
+        _as_before(sa)
     if pure:
         for sa in split_engine.sad:
             sa._seal_one = None
 
-    def send_split() -> int:  # what an ESN CBC SA did before: cut by gso.split, sealed one by one
-        for _ in range(BATCHES):
-            split_engine.send_batch("t0", gso.split(packet, offload), 1.0)
-        return BATCHES * len(segments)
+    def send_split(engine: Engine) -> Callable[[], int]:  # cut by gso.split, sealed one by one
+        def run() -> int:
+            for _ in range(BATCHES):
+                engine.send_batch("t0", gso.split(packet, offload), 1.0)
+            return BATCHES * len(segments)
+
+        return run
 
     def send_rows() -> int:
         for _ in range(BATCHES):
@@ -116,7 +137,10 @@ def cases(suite: str, esn: bool, pure: bool) -> dict[str, tuple[Callable[[], int
             assert len(out) == 1 and len(out[0].payloads) == len(segments)  # type: ignore[union-attr]
         return BATCHES * len(segments)
 
-    return {"seal": (seal_each, seal_rows), "send (TSO)": (send_split, send_rows)}
+    return {
+        "seal": (seal_each(old), seal_each(single), seal_rows),
+        "send (TSO)": (send_split(old_engine), send_split(split_engine), send_rows),
+    }
 
 
 def _us_per_packet(call: Callable[[], int]) -> float:
@@ -125,25 +149,23 @@ def _us_per_packet(call: Callable[[], int]) -> float:
     return (time.perf_counter() - start) / count * 1e6
 
 
-def _measure(suite: str, esn: bool, pure: bool, rounds: int) -> dict[str, tuple[float, float]]:
-    """measure: (best one by one, best batch way), us per packet, on the C loops or (`pure`) the
-    pure-Python ones, as IPSEC_TUNNEL_PURE=1 chooses them."""
+def _measure(suite: str, esn: bool, pure: bool, rounds: int) -> dict[str, list[float]]:
+    """measure: best us per packet of (one by one as before, one by one now, the batch way), on the C
+    loops or (`pure`) the pure-Python ones, as IPSEC_TUNNEL_PURE=1 chooses them; each round runs the
+    three in the order A B C C B A."""
     native = esp._native  # type: ignore[attr-defined]
     if pure:
         esp._native = None  # type: ignore[attr-defined]
     try:
-        table = cases(suite, esn, pure)
-        best: dict[str, tuple[float, float]] = {}
-        for name, (each, rows) in table.items():
-            each(), rows()  # warm
-            a: list[float] = []
-            b: list[float] = []
+        best: dict[str, list[float]] = {}
+        for name, calls in cases(suite, esn, pure).items():
+            for call in calls:
+                call()  # warm
+            times: list[list[float]] = [[], [], []]
             for _ in range(rounds):
-                a.append(_us_per_packet(each))
-                b.append(_us_per_packet(rows))
-                b.append(_us_per_packet(rows))
-                a.append(_us_per_packet(each))
-            best[name] = (min(a), min(b))
+                for k in (0, 1, 2, 2, 1, 0):
+                    times[k].append(_us_per_packet(calls[k]))
+            best[name] = [min(t) for t in times]
         return best
     finally:
         esp._native = native  # type: ignore[attr-defined]
@@ -156,12 +178,13 @@ def main() -> None:
     args = parser.parse_args()
     paths = [False, True] if framing.native is not None else [True]
     print(f"{INNER}-byte inner IPv4 packets, {SEGMENTS}x{MSS}-byte TSO segments;")
-    print(f"best of {args.rounds} ABBA rounds, us per packet")
-    print(f"{'suite':27s} {'SA':7s} {'path':12s} {'measure':11s} {'one by one':>11s} {'batch way':>10s}")
+    print(f"best of {args.rounds} rounds (A B C C B A), us per packet")
+    head = ("suite", "SA", "path", "measure", "before", "one by one", "rows")
+    print("{:27s} {:7s} {:12s} {:11s} {:>9s} {:>10s} {:>9s}".format(*head))
     for suite, esn, pure in itertools.product(SUITES, [True, False] if args.also_no_esn else [True], paths):
-        for name, (each, rows) in _measure(suite, esn, pure, args.rounds).items():
+        for name, (before, each, rows) in _measure(suite, esn, pure, args.rounds).items():
             sa, path = "ESN" if esn else "no ESN", "pure Python" if pure else "C extension"
-            print(f"{suite:27s} {sa:7s} {path:12s} {name:11s} {each:8.2f} us {rows:7.2f} us")
+            print(f"{suite:27s} {sa:7s} {path:12s} {name:11s} {before:6.2f} us {each:7.2f} us {rows:6.2f} us")
 
 
 if __name__ == "__main__":
