@@ -94,7 +94,7 @@ def cases(suite: str, esn: bool, pure: bool) -> dict[str, Case]:
     assert batch.seals_rows
     _as_before(old)
     if pure:
-        single._seal_one = None
+        old._seal_one = single._seal_one = None
     inner = [_inner(n) for n in range(SEAL_BATCH)]
     trailer = esp.block_trailer(INNER, esp.NH_IPV4, max(4, batch.cipher.block))
     rows = np.frombuffer(b"".join(p + trailer for p in inner), np.uint8).reshape(SEAL_BATCH, -1)
@@ -120,7 +120,7 @@ def cases(suite: str, esn: bool, pure: bool) -> dict[str, Case]:
     for sa in old_engine.sad:
         _as_before(sa)
     if pure:
-        for sa in split_engine.sad:
+        for sa in [*old_engine.sad, *split_engine.sad]:
             sa._seal_one = None
 
     def send_split(engine: Engine) -> Callable[[], int]:  # cut by gso.split, sealed one by one
