@@ -146,10 +146,13 @@ def test_an_icmp_error_is_noted_and_the_read_goes_on_both_ways(pair: tuple[UdpSo
         closed = gone.getsockname()[1]
     for way in (io, None):
         tx.io = way
-        tx.send(LOOPBACK[tx.family], closed, b"to nobody")  # port unreachable comes back: a pending error
-        _wait(tx)
+        for _ in range(5):  # the kernel's ICMP rate limit may swallow one error on a busy host: send again
+            tx.send(LOOPBACK[tx.family], closed, b"to nobody")  # port unreachable comes back: a pending error
+            if select.select([tx.fileno()], [], [], 1.0)[0]:
+                break
         assert tx.recv_batch() is None  # the error is taken and noted; nothing else queued
-        assert [e.errno for e in tx.pop_errors()] == [errno.ECONNREFUSED]
+        errors = [e.errno for e in tx.pop_errors()]
+        assert errors and set(errors) == {errno.ECONNREFUSED}
 
 
 def test_a_closed_socket_raises_the_same(family: int) -> None:
