@@ -261,3 +261,20 @@ def test_device_aqm_refuses_bad_values_in_one_line(text: str) -> None:
     with pytest.raises(ValueError, match=r"^'") as info:
         parse_spec(text)
     assert "\n" not in str(info.value)
+
+
+def test_a_turn_is_judged_by_its_newest_bulk_segment() -> None:
+    aqm = RingAqm(TARGET, INTERVAL)
+    now = _standing(aqm)
+    # the head waited 9 ms, the newest 1 ms: the ring drained below target within the turn
+    packets = [_bulk(now, 0.009, seq=1), _bulk(now, 0.001, seq=1449)]
+    assert aqm.judge(packets, {}, now) == (packets, {}, 0, 0)
+    assert aqm.sojourn == pytest.approx(0.001, abs=0.001) and not aqm.codel.dropping
+
+
+def test_a_lone_small_tcp_segment_is_sparse_even_while_dropping() -> None:
+    aqm = RingAqm(TARGET, INTERVAL)
+    now = _standing(aqm)
+    assert _turn(aqm, now, 0.005) == (0, 1)  # dropping now
+    small = [_bulk(now + 0.1, 0.005, size=1000), _ping()]  # the biggest flow, but under a quantum
+    assert aqm.judge(small, {}, now + 0.1) == (small, {}, 0, 0)
