@@ -278,3 +278,13 @@ def test_a_lone_small_tcp_segment_is_sparse_even_while_dropping() -> None:
     assert _turn(aqm, now, 0.005) == (0, 1)  # dropping now
     small = [_bulk(now + 0.1, 0.005, size=1000), _ping()]  # the biggest flow, but under a quantum
     assert aqm.judge(small, {}, now + 0.1) == (small, {}, 0, 0)
+
+
+def test_a_turn_that_drained_the_ring_is_below_target() -> None:
+    aqm = RingAqm(TARGET, INTERVAL)
+    now = _standing(aqm)
+    packets = [_bulk(now, 0.009, seq=1), _bulk(now, 0.009, seq=1449)]
+    assert aqm.judge(packets, {}, now, drained=True) == (packets, {}, 0, 0)
+    assert not aqm.codel.dropping and aqm.codel.first_above == 0.0
+    assert aqm.sojourn == pytest.approx(0.009, abs=0.001)  # still estimated
+    assert aqm.judge(packets, {}, now + 0.001)[2:] == (0, 0)  # an interval must pass again

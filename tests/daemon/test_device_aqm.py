@@ -56,7 +56,7 @@ def _ping() -> bytes:
 class Pair:
     """Host A's data plane, with or without --device-aqm, sealing what t0 reads for host B's."""
 
-    def __init__(self, aqm: AqmOptions | None) -> None:
+    def __init__(self, aqm: AqmOptions | None, batch: int = 8) -> None:
         config = SAConfig(0x3000, B4, A4, "aes-gcm", KEY).validated()
         network = FakeNetwork()
         self.clock = Clock()
@@ -70,7 +70,7 @@ class Pair:
             self.kernels.append(kernel)
             plane = DataPlane(
                 engine, kernel=kernel, clock=self.clock, offloads=OffloadOptions(coalesce=False),
-                device_aqm=device_aqm,
+                device_aqm=device_aqm, batch_packets=batch,
             )  # fmt: skip
             plane.open_transports()
             plane.devices.create("t0")
@@ -80,7 +80,8 @@ class Pair:
 
     def turn(self, sojourn: float, ecn: int = ip.ECN_NOT_ECT) -> list[bytes]:
         """A turn of A's t0 reading a ping and two 4-segment super-packets whose newest waited
-        `sojourn`: what B wrote into its t0."""
+        `sojourn` (with the default --batch of 8 the turn ends at its bound, before the ring is found
+        empty): what B wrote into its t0."""
         tun = self.kernels[0].tun["t0"]
         tun.route(_ping())
         for _ in range(2):
@@ -132,6 +133,18 @@ def test_an_ecn_capable_flow_is_marked_not_cut(pair: Pair) -> None:
     ce = [p for p in written if IP(p).haslayer(TCP) and IP(p).tos & 3 == ip.ECN_CE]
     assert len(ce) == 4  # the head super-packet's four segments
     assert pair.a.engine.tx_ce_marked == 1 and pair.a.engine.tx_drops[Drop.DEVICE_AQM] == 0
+
+
+def test_a_ring_read_until_empty_is_never_judged_standing() -> None:
+    p = Pair(AqmOptions(TARGET, INTERVAL), batch=256)
+    try:
+        _standing(p)
+        for _ in range(5):
+            assert len(p.turn(0.010)) == 9
+            p.clock.now += INTERVAL
+        assert p.a.engine.tx_drops[Drop.DEVICE_AQM] == 0 and p.a.ring_aqm
+    finally:
+        p.close()
 
 
 def test_off_judges_nothing() -> None:

@@ -13,7 +13,11 @@ entered the ring; `now - TSval` is then the sojourn plus a fixed offset (the clo
 connection's random TSval offset), learnt per flow as its minimum (a ring that held the flow's packet
 for no time; forgotten after `OFFSET_WINDOW`, so that a drifting clock cannot mislead for long). The
 turn's sojourn is that of the bulk flow's last packet read: the newest, so the smallest of the turn,
-as CoDel asks for the queue's minimum over an interval. A flow without timestamps gives no signal.
+as CoDel asks for the queue's minimum over an interval. A turn that read the ring until it was empty
+counts as below target whatever that sojourn (RFC 8289 §5.6: no drop while the queue holds at most a
+packet): on a shared CPU the daemon's own waits for the CPU (a stall of A, during which TCP runs out of
+window and stops) make the newest packet's sojourn large while the ring is short, and a window cut
+then cannot shorten it (measured in docs/performance.md). A flow without timestamps gives no signal.
 
 The action hits only the bulk flow (the TCP flow holding most bytes of the turn, and more than a
 quantum, as `core.fq` would call it not sparse) and only its packets that carry data (never a SYN,
@@ -179,12 +183,13 @@ class RingAqm:
         return (delta - known[0]) / TS_HZ
 
     def judge(
-        self, packets: list[bytes], offloads: Mapping[int, VnetHeader], now: float
+        self, packets: list[bytes], offloads: Mapping[int, VnetHeader], now: float, drained: bool = False
     ) -> tuple[list[bytes], dict[int, VnetHeader], int, int]:
         """One device turn, `packets` read at `now` in this order (`offloads`: the offload headers
-        asking for work, by index): the packets to seal, their offload headers by index, and how many
-        segments were marked CE and dropped. Nothing changes unless CoDel, fed the bulk flow's
-        sojourn, says so."""
+        asking for work, by index; `drained`: the turn read until the ring was empty): the packets to
+        seal, their offload headers by index, and how many segments were marked CE and dropped.
+        Nothing changes unless CoDel, fed the bulk flow's sojourn, says so; a drained ring is below
+        target whatever the sojourn (RFC 8289 §5.6: no drop while the queue holds at most a packet)."""
         unchanged = packets, dict(offloads), 0, 0
         if not packets:
             return unchanged
@@ -202,7 +207,7 @@ class RingAqm:
         if ts is None:
             return unchanged  # no timestamps: no signal
         self.sojourn = self.estimate(bulk, ts, now)
-        due = self.codel.drops(now, self.sojourn, len(mine))
+        due = self.codel.drops(now, 0.0 if drained else self.sojourn, len(mine))
         if not due:
             return unchanged
         return self._signal(packets, offloads, mine[:due])

@@ -259,6 +259,7 @@ class DataPlane:
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
+        drained = False  # the ring was read until empty (EAGAIN)
         for _ in range(1 if self.woken else BATCH):
             try:
                 got = queue.read()
@@ -269,6 +270,7 @@ class DataPlane:
                 log.warning("read from %s failed: %s", name, exc.strerror)
                 break
             if got is None:
+                drained = True
                 break
             offload, packet = got
             if offload is None or not (offload.gso_type or offload.flags):
@@ -282,23 +284,25 @@ class DataPlane:
         if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
             return  # read alone: the short way (daemon.lone)
         if self.device_aqm is not None and packets:
-            packets, offloads = self.judge_ring(queue, packets, offloads, now)
+            packets, offloads = self.judge_ring(queue, packets, offloads, now, drained)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
         if packets:
             self.seal_and_send(name, packets, offloads, now)
 
     def judge_ring(
-        self, queue: TunEdge, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float
-    ) -> tuple[list[bytes], dict[int, gso.VnetHeader]]:
-        """`--device-aqm`: CoDel on device `queue`'s ring (`core.ringaqm`) for a turn's `packets`; the
-        packets to seal and their offload headers, what it marked and dropped counted."""
+        self, queue: TunEdge, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float,
+        drained: bool,
+    ) -> tuple[list[bytes], dict[int, gso.VnetHeader]]:  # fmt: skip
+        """`--device-aqm`: CoDel on device `queue`'s ring (`core.ringaqm`) for a turn's `packets`
+        (`drained`: read until the ring was empty); the packets to seal and their offload headers, what
+        it marked and dropped counted."""
         judge = self.ring_aqm.get(queue.fileno())
         if judge is None:
             assert self.device_aqm is not None
             judge = ringaqm.RingAqm(self.device_aqm.target, self.device_aqm.interval)
             self.ring_aqm[queue.fileno()] = judge
-        packets, offloads, marked, dropped = judge.judge(packets, offloads, now)
+        packets, offloads, marked, dropped = judge.judge(packets, offloads, now, drained)
         if marked:
             self.engine.tx_ce_marked += marked
         if dropped:
