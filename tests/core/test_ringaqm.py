@@ -288,3 +288,15 @@ def test_a_turn_that_drained_the_ring_is_below_target() -> None:
     assert not aqm.codel.dropping and aqm.codel.first_above == 0.0
     assert aqm.sojourn == pytest.approx(0.009, abs=0.001)  # still estimated
     assert aqm.judge(packets, {}, now + 0.001)[2:] == (0, 0)  # an interval must pass again
+
+
+def test_a_turn_after_a_wait_signals_once_and_the_next_is_a_spacing_later() -> None:
+    aqm = RingAqm(TARGET, INTERVAL)
+    now = _standing(aqm)
+    assert _turn(aqm, now, 0.005) == (0, 1)  # count 1, next due at now + 20 ms
+    late = now + 0.1  # the daemon waited: RFC 8289's schedule would have four drops due by now
+    assert _turn(aqm, late, 0.005, count=8) == (0, 1)  # one, however many were due
+    assert aqm.codel.count == 2
+    assert aqm.codel.drop_next == pytest.approx(late + INTERVAL / math.sqrt(2))
+    assert _turn(aqm, late + 0.001, 0.005, count=8) == (0, 0)
+    assert _turn(aqm, late + INTERVAL / math.sqrt(2), 0.005, count=8) == (0, 1)

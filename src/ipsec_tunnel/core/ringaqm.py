@@ -19,6 +19,11 @@ packet): on a shared CPU the daemon's own waits for the CPU (a stall of A, durin
 window and stops) make the newest packet's sojourn large while the ring is short, and a window cut
 then cannot shorten it (measured in docs/performance.md). A flow without timestamps gives no signal.
 
+At most one packet is signalled per turn, and the next signal is due the control law's spacing
+(interval / sqrt(count), RFC 8289 §5.6) after it: the daemon reads the ring in bursts after waiting for
+the CPU, and RFC 8289's catching up on the drops due meanwhile (a dequeue drops while `now >= drop_next`)
+dropped the retransmissions too, one after the other, in a first version (TCP stalled on timeouts).
+
 The action hits only the bulk flow (the TCP flow holding most bytes of the turn, and more than a
 quantum, as `core.fq` would call it not sparse) and only its packets that carry data (never a SYN,
 FIN, RST or pure ACK, never another flow, never anything but TCP): an ECN-capable one gets CE (RFC
@@ -207,10 +212,12 @@ class RingAqm:
         if ts is None:
             return unchanged  # no timestamps: no signal
         self.sojourn = self.estimate(bulk, ts, now)
-        due = self.codel.drops(now, 0.0 if drained else self.sojourn, len(mine))
-        if not due:
+        codel = self.codel
+        if not codel.drops(now, 0.0 if drained else self.sojourn, 1):
             return unchanged
-        return self._signal(packets, offloads, mine[:due])
+        if codel.drop_next < now:  # a turn after a wait: the next is due a spacing from now, not sooner
+            codel.drop_next = now + codel.interval / math.sqrt(codel.count)
+        return self._signal(packets, offloads, mine[:1])
 
     def _signal(
         self, packets: list[bytes], offloads: Mapping[int, VnetHeader], chosen: list[int]
