@@ -51,7 +51,17 @@ from .gso import (
     pseudo_sum,
 )
 
-__all__ = ["FLOWS", "INTERVAL", "OFFSET_WINDOW", "TARGET", "RingAqm", "cut_last_segment", "tsval"]
+__all__ = [
+    "FLOWS",
+    "INTERVAL",
+    "OFFSET_WINDOW",
+    "TARGET",
+    "TS_HZ",
+    "RingAqm",
+    "cut_last_segment",
+    "parse_spec",
+    "tsval",
+]
 
 # Defaults for a LAN-short path, as --aqm's: RFC 8289 §4.4 puts the target at 5-10% of the interval,
 # §4.3 the interval at a worst-case round trip (100 ms on the Internet, 20 ms is ample here)
