@@ -165,3 +165,11 @@ def test_the_switch() -> None:
     assert ipsecd.parse_args(["--device-aqm=codel:5/100"]).device_aqm == AqmOptions(0.005, 0.1)
     with pytest.raises(SystemExit):
         ipsecd.parse_args(["--device-aqm=red"])
+
+
+def test_a_removed_device_leaves_no_state(pair: Pair) -> None:
+    _standing(pair)
+    fd = pair.kernels[0].tun["t0"].fileno()
+    assert fd in pair.a.ring_aqm
+    pair.a.devices.remove("t0")
+    assert fd not in pair.a.ring_aqm

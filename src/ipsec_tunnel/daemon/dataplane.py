@@ -95,7 +95,6 @@ class KernelDevices(Devices):
         if queue is not None:
             self.fds.discard(queue.fileno())
             self.loop.unwatch(queue.fileno())
-            self.loop.ring_aqm.pop(queue.fileno(), None)
             queue.close()
 
     def exists(self, name: str) -> bool:
@@ -192,8 +191,9 @@ class DataPlane:
             self._epoll.modify(fd, select.EPOLLOUT if on else select.EPOLLIN)
 
     def unwatch(self, fd: int) -> None:
-        """Stop watching `fd`."""
+        """Stop watching `fd` (and forget its device AQM state, if a tunnel device's)."""
         self._drains.pop(fd, None)
+        self.ring_aqm.pop(fd, None)
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
