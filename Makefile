@@ -21,8 +21,9 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# setup.py builds the C framing extension (src/ipsec_tunnel/core/_framing.c) with gcc and python3-dev
-$(VENV)/.stamp: pyproject.toml setup.py src/ipsec_tunnel/core/_framing.c
+# setup.py builds the C extensions (src/ipsec_tunnel/core/_framing.c, src/ipsec_tunnel/linux/_pktio.c) with
+# gcc and python3-dev
+$(VENV)/.stamp: pyproject.toml setup.py src/ipsec_tunnel/core/_framing.c src/ipsec_tunnel/linux/_pktio.c
 	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV))
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev]'

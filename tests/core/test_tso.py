@@ -132,10 +132,9 @@ def _declined(pair: Pair, packet: bytes, offload: VnetHeader) -> None:
     assert (sa.seq_out, sa.packets, pair.a.tx_accepted) == before  # nothing used up, nothing counted
 
 
-def test_rows_decline_esn_and_volume_lifetimes() -> None:
+def test_rows_decline_volume_lifetimes() -> None:
+    """(SAs with ESN take the rows: tests/core/test_esn_seal_rows.py.)"""
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
-    _declined(make_pair(4, "aes-gcm", esn=True), packet, offload)
-    _declined(make_pair(4, "aes-cbc", esn=True), packet, offload)
     _declined(make_pair(4, "aes-gcm", hard=Limits(packets=1000)), packet, offload)
     _declined(make_pair(4, "aes-cbc", hard=Limits(packets=1000)), packet, offload)
 
@@ -280,7 +279,7 @@ def test_send_batch_seals_a_tso_read_as_rows_in_read_order() -> None:
 
 
 def test_send_batch_splits_what_cannot_be_rows_and_counts_what_split_refuses() -> None:
-    pair = make_pair(4, "aes-gcm", esn=True)  # ESN: no rows
+    pair = make_pair(4, "aes-gcm", hard=Limits(packets=10**6))  # a volume lifetime: no rows
     packet, offload = make_tso(v4_tcp(os.urandom(5000)), 1000)
     bad = VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 52, 1000, 24, 16)  # csum_start elsewhere
     out = pair.a.send_batch("t0", [packet, packet], 1.0, {0: offload, 1: bad})

@@ -59,18 +59,24 @@ def test_an_empty_receive_is_one_call_and_leaves_the_error_queue(loopback: Netns
     with UdpSocket(4, 0, "127.0.0.1") as udp:
         counting = Counting(udp.socket)
         udp._sock = counting  # type: ignore[assignment]
+        udp.io = None  # the Python path's calls (the C one, _pktio.recv_udp, is one recvmsg by construction)
         assert udp.recv() is None and udp.recv_batch() is None
         assert counting.receives == 2 and counting.error_reads == 0
 
 
-def test_an_icmp_error_is_epollerr_until_poll_errors_drains_it(loopback: Netns) -> None:
+@pytest.mark.parametrize("python", [False, True], ids=["c", "python"])
+def test_an_icmp_error_is_epollerr_until_poll_errors_drains_it(loopback: Netns, python: bool) -> None:
     with UdpSocket(4, 0, "127.0.0.1") as udp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        if python:
+            udp.io = None
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         closed.close()  # nobody listens there: the kernel answers port unreachable
         assert udp.send("127.0.0.1", port, b"x")
         assert _mask(udp.fileno()) & select.EPOLLERR
         assert udp.recv() is None  # reads nothing, drains nothing
+        assert _mask(udp.fileno()) & select.EPOLLERR
+        assert udp.recv_batch() is None  # nor does the batch read
         assert _mask(udp.fileno()) & select.EPOLLERR
         assert udp.poll_errors() == 1
         assert _mask(udp.fileno()) == 0

@@ -650,12 +650,13 @@ call4(PyObject *call, PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObje
 }
 
 PyDoc_STRVAR(seal_rows_aead_doc,
-"seal_rows_aead(encrypt_into, spi, first_seq, split, salt, rows, width, /) -> list[bytes]\n\n"
+"seal_rows_aead(encrypt_into, spi, first_seq, split, salt, rows, width, esn=False, /) -> list[bytes]\n\n"
 "core/esp.py seal_rows with the AEAD's encrypt_into(nonce, data, aad, buf) (the `cryptography` call does\n"
 "all the cryptography): per row of `width` bytes of the buffer `rows`, in order, the ESP packet SPI ||\n"
-"sequence number || IV || ciphertext || 16-byte ICV, the IV the 64-bit counter (RFC 4106 §3.1) with its\n"
-"top bit set when `split`, the nonce salt || IV, the AAD SPI || sequence number (RFC 4106 §5).\n"
-"ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+"the low 32 bits of the sequence number || IV || ciphertext || 16-byte ICV, the IV the 64-bit counter\n"
+"(RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the AAD SPI || sequence number,\n"
+"with `esn` SPI || high 32 bits || low 32 bits (RFC 4106 §5, RFC 7634 §2.1). ValueError when the rows\n"
+"are not whole or a sequence number would pass 2^32 - 1 (with `esn`, 2^64 - 1; with `split`, 2^63 - 1).");
 
 static PyObject *
 seal_rows_aead(PyObject *self, PyObject *args)
@@ -663,14 +664,17 @@ seal_rows_aead(PyObject *self, PyObject *args)
     PyObject *encrypt_into, *out = NULL;
     unsigned long spi;
     unsigned long long first;
-    int split;
+    int split, esn = 0;
     Py_buffer salt, rows;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "OkKpy*y*n:seal_rows_aead", &encrypt_into, &spi, &first, &split, &salt, &rows,
-                          &width))
+    if (!PyArg_ParseTuple(args, "OkKpy*y*n|p:seal_rows_aead", &encrypt_into, &spi, &first, &split, &salt, &rows,
+                          &width, &esn))
         return NULL;
+    /* the last number, first + count - 1, must fit 32 bits (with ESN 64, below the IV's top bit with
+     * `split`: RFC 4106 §3.1, no counter twice) */
+    unsigned long long top = !esn ? 0xFFFFFFFFull : split ? 0x7FFFFFFFFFFFFFFFull : 0xFFFFFFFFFFFFFFFFull;
     if (salt.len != 4 || width <= 0 || width > IP_MAXPACKET + 40 || rows.len % width || spi > 0xFFFFFFFFul
-        || first > 0xFFFFFFFFull || first + (unsigned long long)(rows.len / width) > 0x100000000ull) {
+        || first > top || (rows.len > 0 && (unsigned long long)(rows.len / width) - 1 > top - first)) {
         PyErr_SetString(PyExc_ValueError, "seal_rows_aead: rows, SPI or sequence numbers out of range");
         goto done;
     }
@@ -694,9 +698,14 @@ seal_rows_aead(PyObject *self, PyObject *args)
             memcpy(PyBytes_AS_STRING(nonce), salt.buf, 4);
             memcpy(PyBytes_AS_STRING(nonce) + 4, o + 8, 8);
         }
+        uint8_t aad[12]; /* RFC 4106 §5: SPI || [high 32 bits ||] low 32 bits of the sequence number */
+        put32(aad, (uint32_t)spi);
+        put32(aad + 4, esn ? (uint32_t)(seq >> 32) : (uint32_t)seq);
+        put32(aad + 8, (uint32_t)seq);
         PyObject *result;
         if (call4(encrypt_into, nonce, view_of((const uint8_t *)rows.buf + i * width, width, PyBUF_READ),
-                  PyBytes_FromStringAndSize((const char *)o, 8), view_of(o + 16, width + 16, PyBUF_WRITE), &result) < 0)
+                  PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8), view_of(o + 16, width + 16, PyBUF_WRITE),
+                  &result) < 0)
             goto fail;
         Py_ssize_t wrote = PyLong_AsSsize_t(result);
         Py_DECREF(result);
@@ -855,25 +864,31 @@ done:
 }
 
 PyDoc_STRVAR(seal_rows_cbc_doc,
-"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, /) -> list[bytes]\n\n"
+"seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, esn=False, /) -> list[bytes]\n\n"
 "core/esp.py seal_rows_cbc after its one encryption: per `step` bytes of `sealed` (a row's IV and\n"
-"ciphertext), in order, SPI || sequence number || those bytes || the first icv_len bytes of the HMAC\n"
-"over all before it, computed by start() (a keyed `cryptography` HMAC), update() and finalize() (RFC\n"
-"4303 §2.8). ValueError when the rows are not whole or a sequence number would pass 2^32 - 1.");
+"ciphertext), in order, SPI || the low 32 bits of the sequence number || those bytes || the first\n"
+"icv_len bytes of the HMAC over all before it, computed by start() (a keyed `cryptography` HMAC),\n"
+"update() and finalize() (RFC 4303 §2.8); with `esn` the HMAC also covers each row's own high 32 bits\n"
+"of the sequence number, appended and never sent (RFC 4303 §2.2.1, §3.3.2.1). ValueError when the rows\n"
+"are not whole or a sequence number would pass 2^32 - 1 (with `esn`, 2^64 - 1).");
 
 static PyObject *
 seal_rows_cbc(PyObject *self, PyObject *args)
 {
-    PyObject *start, *out = NULL;
+    PyObject *start, *out = NULL, *tail = NULL;
     Py_ssize_t icv_len, step;
     unsigned long spi;
     unsigned long long first;
+    int esn = 0;
     Py_buffer sealed;
-    if (!PyArg_ParseTuple(args, "OnkKy*n:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step))
+    if (!PyArg_ParseTuple(args, "OnkKy*n|p:seal_rows_cbc", &start, &icv_len, &spi, &first, &sealed, &step,
+                          &esn))
         return NULL;
+    /* the last number, first + count - 1, must fit 32 bits (64 with ESN) */
+    unsigned long long top = esn ? 0xFFFFFFFFFFFFFFFFull : 0xFFFFFFFFull;
     if (step <= 0 || step > IP_MAXPACKET + 40 || sealed.len % step || icv_len < 0 || icv_len > 64
-        || spi > 0xFFFFFFFFul || first > 0xFFFFFFFFull
-        || first + (unsigned long long)(sealed.len / step) > 0x100000000ull) {
+        || spi > 0xFFFFFFFFul || first > top
+        || (sealed.len > 0 && (unsigned long long)(sealed.len / step) - 1 > top - first)) {
         PyErr_SetString(PyExc_ValueError, "seal_rows_cbc: rows, SPI or sequence numbers out of range");
         goto done;
     }
@@ -881,16 +896,28 @@ seal_rows_cbc(PyObject *self, PyObject *args)
     out = PyList_New(count);
     if (out == NULL)
         goto done;
+    uint32_t tail_hi = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t seq = first + (uint64_t)i;
+        if (esn && (tail == NULL || (uint32_t)(seq >> 32) != tail_hi)) {
+            /* RFC 4303 §2.2.1: this row's high 32 bits, in the ICV and never sent (a new object only
+             * where a batch crosses a multiple of 2^32) */
+            uint8_t hi[4];
+            tail_hi = (uint32_t)(seq >> 32);
+            put32(hi, tail_hi);
+            Py_XDECREF(tail);
+            if ((tail = PyBytes_FromStringAndSize((const char *)hi, 4)) == NULL)
+                goto fail;
+        }
         PyObject *packet = PyBytes_FromStringAndSize(NULL, 8 + step + icv_len);
         if (packet == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, packet);
         uint8_t *o = (uint8_t *)PyBytes_AS_STRING(packet);
         put32(o, (uint32_t)spi);
-        put32(o + 4, (uint32_t)(first + (uint64_t)i));
+        put32(o + 4, (uint32_t)seq);
         memcpy(o + 8, (const uint8_t *)sealed.buf + i * step, step);
-        PyObject *digest = hmac_of(start, o, 8 + step, icv_len, NULL);
+        PyObject *digest = hmac_of(start, o, 8 + step, icv_len, tail);
         if (digest == NULL)
             goto fail;
         memcpy(o + 8 + step, PyBytes_AS_STRING(digest), icv_len);
@@ -900,6 +927,7 @@ seal_rows_cbc(PyObject *self, PyObject *args)
 fail:
     Py_CLEAR(out);
 done:
+    Py_XDECREF(tail);
     PyBuffer_Release(&sealed);
     return out;
 }
@@ -1090,8 +1118,9 @@ inner_head(PyObject *self, PyObject *arg)
 
 static PyObject *seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* at the end */
 PyDoc_STRVAR(seal_aead16_one_doc,
-"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes\n\n"
-"core/esp.py seal_aead16 of one inner packet, the library's encrypt doing the AEAD.");
+"seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, esn=False, /) -> bytes\n\n"
+"core/esp.py seal_aead16 (with `esn`, seal_aead16_esn) of one inner packet, the library's encrypt doing\n"
+"the AEAD.");
 
 static PyMethodDef methods[] = {
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
@@ -1127,9 +1156,9 @@ PyInit__framing(void)
  * (An open in one call was tried and left out: on cold caches it cost more than the Python it
  * replaced, a few slices; docs/performance.md.) */
 
-/* `n` as an unsigned number at most `max`, else -1 with ValueError (TypeError: not an int). */
-static long long
-lone_uint(PyObject *n, unsigned long long max)
+/* `n` as an unsigned number at most `max` into *out: 0, else -1 with ValueError (TypeError: not an int). */
+static int
+lone_u64(PyObject *n, unsigned long long max, unsigned long long *out)
 {
     unsigned long long v = PyLong_AsUnsignedLongLong(n);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -1143,23 +1172,34 @@ lone_uint(PyObject *n, unsigned long long max)
         PyErr_SetString(PyExc_ValueError, "seal_aead16_one: SPI, sequence number or next header out of range");
         return -1;
     }
-    return (long long)v;
+    *out = v;
+    return 0;
 }
 
-/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, /) -> bytes
+/* `n` as an unsigned number at most `max` (below 2^63), else -1 with ValueError (TypeError: not an int). */
+static long long
+lone_uint(PyObject *n, unsigned long long max)
+{
+    unsigned long long v;
+    return lone_u64(n, max, &v) < 0 ? -1 : (long long)v;
+}
+
+/* seal_aead16_one(encrypt, spi, seq, split, salt, inner, next_header, esn=False, /) -> bytes
  * core/esp.py seal_aead16 of one inner packet with the AEAD's encrypt(nonce, data, aad) -> ciphertext ||
  * 16-byte ICV (the `cryptography` call does all the cryptography; its plain form, not encrypt_into with
  * views, which costs more on cold caches): SPI || sequence number || IV || ciphertext || ICV, the payload
  * the inner packet, padding 1, 2, ... to ESP's 4 bytes, pad length and next header (RFC 4303 §2.4-2.6),
  * the IV the 64-bit counter (RFC 4106 §3.1) with its top bit set when `split`, the nonce salt || IV, the
- * AAD SPI || sequence number (RFC 4106 §5). `salt` and `inner` are bytes. ValueError for a salt that is
- * not 4 bytes, an SPI or sequence number past 2^32 - 1, a next header past 255, or a ciphertext of the
- * wrong length. */
+ * AAD SPI || sequence number (RFC 4106 §5); with `esn` (core/esp.py seal_aead16_esn) the header carries
+ * the low 32 bits of the 64-bit sequence number and the AAD is SPI || high 32 bits || low 32 bits (RFC
+ * 4106 §5, RFC 7634 §2.1). `salt` and `inner` are bytes. ValueError for a salt that is not 4 bytes, an SPI
+ * past 2^32 - 1, a sequence number past 2^32 - 1 (with `esn` 2^64 - 1, and 2^63 - 1 with `split`: the IV's
+ * top bit), a next header past 255, or a ciphertext of the wrong length. */
 static PyObject *
 seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "seal_aead16_one takes 7 or 8 arguments");
         return NULL;
     }
     PyObject *encrypt = args[0], *salt = args[4], *inner = args[5];
@@ -1167,10 +1207,14 @@ seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "seal_aead16_one: salt and inner packet must be bytes");
         return NULL;
     }
-    long long spi = lone_uint(args[1], 0xFFFFFFFFull), seq = spi < 0 ? -1 : lone_uint(args[2], 0xFFFFFFFFull),
-              next_header = seq < 0 ? -1 : lone_uint(args[6], 0xFF);
-    int split = next_header < 0 ? -1 : PyObject_IsTrue(args[3]);
+    int esn = nargs == 8 ? PyObject_IsTrue(args[7]) : 0;
+    int split = esn < 0 ? -1 : PyObject_IsTrue(args[3]);
     if (split < 0)
+        return NULL;
+    unsigned long long seq, seq_max = !esn ? 0xFFFFFFFFull : split ? 0x7FFFFFFFFFFFFFFFull : 0xFFFFFFFFFFFFFFFFull;
+    long long spi = lone_uint(args[1], 0xFFFFFFFFull),
+              next_header = spi < 0 || lone_u64(args[2], seq_max, &seq) < 0 ? -1 : lone_uint(args[6], 0xFF);
+    if (next_header < 0)
         return NULL;
     Py_ssize_t len = PyBytes_GET_SIZE(inner); /* any length, as esp.seal_aead16 (an IPv6 packet may pass 65,535) */
     if (PyBytes_GET_SIZE(salt) != 4) {
@@ -1179,13 +1223,19 @@ seal_aead16_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t pad = -(len + 2) & 3, body = len + pad + 2;
     uint8_t head[16];
+    uint8_t esn_aad[12]; /* RFC 4106 §5: SPI || high 32 bits || low 32 bits */
     uint64_t iv = (uint64_t)seq | (split ? (uint64_t)1 << 63 : 0);
     put32(head, (uint32_t)spi);
     put32(head + 4, (uint32_t)seq);
     put32(head + 8, (uint32_t)(iv >> 32));
     put32(head + 12, (uint32_t)iv);
+    put32(esn_aad, (uint32_t)spi);
+    put32(esn_aad + 4, (uint32_t)(seq >> 32));
+    put32(esn_aad + 8, (uint32_t)seq);
     PyObject *nonce = PyBytes_FromStringAndSize(NULL, 12), *plain = PyBytes_FromStringAndSize(NULL, body),
-             *aad = PyBytes_FromStringAndSize((const char *)head, 8), *sealed = NULL, *packet = NULL;
+             *aad = esn ? PyBytes_FromStringAndSize((const char *)esn_aad, 12)
+                        : PyBytes_FromStringAndSize((const char *)head, 8),
+             *sealed = NULL, *packet = NULL;
     if (nonce != NULL && plain != NULL && aad != NULL) {
         memcpy(PyBytes_AS_STRING(nonce), PyBytes_AS_STRING(salt), 4);
         memcpy(PyBytes_AS_STRING(nonce) + 4, head + 8, 8);

@@ -49,6 +49,7 @@ def seal_rows_aead(
     salt: bytes,
     rows: Any,
     width: int,
+    esn: bool = False,
     /,
 ) -> list[bytes]: ...
 def open_aead16_many(
@@ -62,7 +63,14 @@ def open_aead16_many(
     /,
 ) -> tuple[list[Any], int] | None: ...
 def seal_rows_cbc(
-    start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+    start: Callable[[], Any],
+    icv_len: int,
+    spi: int,
+    first_seq: int,
+    sealed: _Buffer,
+    step: int,
+    esn: bool = False,
+    /,
 ) -> list[bytes]: ...
 def open_cbc_many(
     start: Callable[[], Any],
@@ -86,6 +94,7 @@ def seal_aead16_one(
     salt: bytes,
     inner: bytes,
     next_header: int,
+    esn: bool = False,
     /,
 ) -> bytes: ...
 def pure_requested() -> bool: ...

@@ -30,6 +30,7 @@ __all__ = [
     "open_packet",
     "seal",
     "seal_aead16",
+    "seal_aead16_esn",
     "seal_cbc",
     "seal_rows",
     "seal_rows_cbc",
@@ -44,7 +45,10 @@ _HDR = struct.Struct("!II")
 _SEQHI = struct.Struct("!I")
 _IV64 = struct.Struct("!Q")
 _HDR_IV = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte IV
+_HDR_HI = struct.Struct("!III")  # SPI, high and low 32 bits of an ESN sequence number (RFC 4106 §5's AAD)
 _SPLIT_BIT = 1 << 63
+_SEQ_MAX = (1 << 32) - 1  # RFC 4303 §3.3.3: the counter must not cycle
+_SEQ_MAX_ESN = (1 << 64) - 1  # RFC 4303 §2.2.1: with ESN
 _TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding || pad length || next header
 
 
@@ -137,6 +141,20 @@ def seal_aead16(
     return header + iv + encrypt(salt + iv, inner + trailer, header)
 
 
+def seal_aead16_esn(
+    spi: int, seq: int, iv_split: int | None, encrypt: Callable[[bytes, bytes, bytes], bytes], salt: bytes,
+    inner: bytes, next_header: int,
+) -> bytes:  # fmt: skip
+    """`seal_aead16` with ESN: `seq` the full 64-bit sequence number, its low 32 bits in the header, the AAD
+    SPI || high 32 bits || low 32 bits (RFC 4106 §5, RFC 7634 §2.1); the same packet as `seal` with ESN."""
+    if not 0 <= seq <= (_SEQ_MAX_ESN >> 1 if iv_split else _SEQ_MAX_ESN):  # as the C seal_aead16_one
+        raise ValueError("seal_aead16_one: SPI, sequence number or next header out of range")
+    aad = _HDR_HI.pack(spi, seq >> 32, seq & 0xFFFFFFFF)
+    trailer = _trailer(-(len(inner) + 2) & 3, next_header)  # RFC 4303 §2.4: ESP's 4-byte alignment
+    iv = _IV64.pack(seq | _SPLIT_BIT if iv_split else seq)  # RFC 4106 §3.1: the counter
+    return aad[:4] + aad[8:] + iv + encrypt(salt + iv, inner + trailer, aad)
+
+
 def aead16_trailer(inner_len: int, next_header: int) -> bytes:
     """The trailer `seal_aead16` puts after an inner packet of `inner_len` bytes (RFC 4303 §2.4-2.6)."""
     return _trailer(-(inner_len + 2) & 3, next_header)
@@ -151,22 +169,28 @@ def block_trailer(inner_len: int, next_header: int, block: int) -> bytes:
 def seal_rows(
     spi: int, first_seq: int, iv_split: int | None, encrypt: Callable[[bytes, Any, bytes], bytes],
     salt: bytes, rows: Any, encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = None,
+    esn: bool = False,
 ) -> list[bytes]:  # fmt: skip
     """`seal_aead16` for many inner packets at once, each already followed by its `aead16_trailer`: the
-    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on. With the
-    library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
+    rows of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on (with `esn`,
+    the full 64-bit numbers, each row's AAD with its own high 32 bits: RFC 4106 §5, RFC 7634 §2.1). With
+    the library's `encrypt_into` (`encrypt` writing into a buffer), the loop runs in C (core/_framing.c)."""
     count, width = rows.shape
     if encrypt_into is not None and _native is not None and count:
-        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width)
+        return _native.seal_rows_aead(encrypt_into, spi, first_seq, bool(iv_split), salt, rows, width, esn)
+    top = (_SEQ_MAX_ESN >> 1 if iv_split else _SEQ_MAX_ESN) if esn else _SEQ_MAX  # as the C loop
+    if count and not 0 <= first_seq <= first_seq + count - 1 <= top:
+        raise ValueError("seal_rows_aead: rows, SPI or sequence numbers out of range")
     flat = memoryview(rows).cast("B")
-    pack = _HDR_IV.pack
+    pack, hi = _HDR_IV.pack, _SEQHI.pack
     split = _SPLIT_BIT if iv_split else 0
     out: list[bytes] = []
     append = out.append
     for i in range(count):
         seq = first_seq + i
-        head = pack(spi, seq, seq | split)  # RFC 4106 §3.1: the IV is the counter
-        append(head + encrypt(salt + head[8:], flat[i * width : (i + 1) * width], head[:8]))
+        head = pack(spi, seq & 0xFFFFFFFF, seq | split)  # RFC 4106 §3.1: the IV is the counter
+        aad = head[:4] + hi(seq >> 32) + head[4:8] if esn else head[:8]  # RFC 4106 §5
+        append(head + encrypt(salt + head[8:], flat[i * width : (i + 1) * width], aad))
     return out
 
 
@@ -184,22 +208,30 @@ def seal_cbc(
     return body + h.finalize()[: auth.icv_len]
 
 
-def seal_rows_cbc(spi: int, first_seq: int, cipher: Any, auth: AuthTransform, rows: Any) -> list[bytes]:
+def seal_rows_cbc(
+    spi: int, first_seq: int, cipher: Any, auth: AuthTransform, rows: Any, esn: bool = False
+) -> list[bytes]:
     """`seal_cbc` for many inner packets at once, each already followed by its `block_trailer`: the rows
-    of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on, each with its
-    own fresh IV, all encrypted in one call (`cipher.encrypt_fresh_rows`)."""
+    of a C-contiguous 2-D byte array (NumPy), sealed with sequence numbers `first_seq` on (with `esn`, the
+    full 64-bit numbers: each row's ICV covers its own high 32 bits, also where the rows cross a multiple
+    of 2^32), each with its own fresh IV, all encrypted in one call (`cipher.encrypt_fresh_rows`)."""
     count, width = rows.shape
     step = cipher.iv_len + width
     sealed = cipher.encrypt_fresh_rows(rows)  # per row: IV || ciphertext
     start, icv_len, pack = auth.start, auth.icv_len, _HDR.pack
     if _native is not None:  # the same loop in C (core/_framing.c), the HMAC calls the same
-        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step)
+        return _native.seal_rows_cbc(start, icv_len, spi, first_seq, sealed, step, esn)
+    if count and not 0 <= first_seq <= first_seq + count - 1 <= (_SEQ_MAX_ESN if esn else _SEQ_MAX):
+        raise ValueError("seal_rows_cbc: sequence numbers out of range")  # as the C loop
     out: list[bytes] = []
     append = out.append
     for i in range(count):
-        body = pack(spi, first_seq + i) + sealed[i * step : (i + 1) * step]
+        seq = first_seq + i
+        body = pack(spi, seq & 0xFFFFFFFF) + sealed[i * step : (i + 1) * step]
         h = start()
-        h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext
+        h.update(body)  # RFC 4303 §2.8: the ICV over header, IV and ciphertext ...
+        if esn:
+            h.update(_SEQHI.pack(seq >> 32))  # ... and with ESN the high 32 bits, not sent (§3.3.2.1)
         append(body + h.finalize()[:icv_len])
     return out
 

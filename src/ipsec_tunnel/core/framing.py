@@ -70,6 +70,7 @@ class Framing(Protocol):
         salt: bytes,
         rows: Any,
         width: int,
+        esn: bool = False,
         /,
     ) -> list[bytes]: ...
 
@@ -86,7 +87,15 @@ class Framing(Protocol):
     ) -> tuple[list[Any], int] | None: ...
 
     def seal_rows_cbc(
-        self, start: Callable[[], Any], icv_len: int, spi: int, first_seq: int, sealed: _Buffer, step: int, /
+        self,
+        start: Callable[[], Any],
+        icv_len: int,
+        spi: int,
+        first_seq: int,
+        sealed: _Buffer,
+        step: int,
+        esn: bool = False,
+        /,
     ) -> list[bytes]: ...
 
     def open_cbc_many(
@@ -116,6 +125,7 @@ class Framing(Protocol):
         salt: bytes,
         inner: bytes,
         next_header: int,
+        esn: bool = False,
         /,
     ) -> bytes: ...
 

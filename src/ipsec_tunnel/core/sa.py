@@ -404,7 +404,8 @@ class SecurityAssociation:
         # of esp.seal_aead16 / esp.open_aead16 (the same bytes, checks and order as esp.seal / open_packet).
         aead_encrypt = getattr(self.cipher, "full_icv_encrypt", None)
         aead_decrypt = getattr(self.cipher, "full_icv_decrypt", None)
-        plain = self.auth is None and not config.esn and self.cipher.iv_len == 8 and self.cipher.block == 4
+        aead16 = self.auth is None and self.cipher.iv_len == 8 and self.cipher.block == 4
+        plain = aead16 and not config.esn
         self._aead_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if plain else None
         self._aead_decrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_decrypt if plain else None
         self._salt: bytes = getattr(self.cipher, "salt", b"")
@@ -415,11 +416,20 @@ class SecurityAssociation:
         self._aead_decrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
             getattr(self.cipher, "full_icv_decrypt_into", None) if plain else None
         )
-        # a lone packet's seal in one C call (esp.seal_aead16 otherwise)
-        self._seal_one = _SEAL_ONE if self._aead_encrypt is not None else None
+        # The same AEAD with or without ESN sealing rows (esp.seal_rows, `encrypt_rows`)
+        self._rows_encrypt: Callable[[bytes, bytes, bytes], bytes] | None = aead_encrypt if aead16 else None
+        self._rows_encrypt_into: Callable[[bytes, Any, Any, Any], int] | None = (
+            getattr(self.cipher, "full_icv_encrypt_into", None) if aead16 else None
+        )
+        # the same AEAD with ESN: esp.seal_aead16_esn
+        self._esn_aead_encrypt = aead_encrypt if aead16 and config.esn else None
+        # a lone packet's seal in one C call (esp.seal_aead16 or seal_aead16_esn otherwise)
+        self._seal_one = (
+            _SEAL_ONE if self._aead_encrypt is not None or self._esn_aead_encrypt is not None else None
+        )
         self._split = bool(self._iv_split)
         # A CBC cipher (a random IV of one block, RFC 3602 §2) with an HMAC: esp.seal_cbc and
-        # esp.open_cbc_many; without ESN also esp.seal_rows_cbc.
+        # esp.open_cbc_many and esp.seal_rows_cbc, with or without ESN.
         cipher = self.cipher
         self._cbc_hmac = (
             isinstance(self.auth, AuthTransform)
@@ -545,6 +555,16 @@ class SecurityAssociation:
                 )
         elif self._cbc_hmac:
             packet = esp.seal_cbc(self._spi, seq, self.cipher, self.auth, inner, next_header, self._esn)
+        elif self._esn_aead_encrypt is not None:
+            seal_one = self._seal_one
+            if seal_one is not None and type(inner) is bytes:
+                packet = seal_one(
+                    self._esn_aead_encrypt, self._spi, seq, self._split, self._salt, inner, next_header, True
+                )
+            else:
+                packet = esp.seal_aead16_esn(
+                    self._spi, seq, self._iv_split, self._esn_aead_encrypt, self._salt, inner, next_header
+                )
         else:
             packet = esp.seal(
                 self._spi, seq, self._esn, self.cipher, self.auth, inner, next_header, iv_split=self._iv_split
@@ -560,15 +580,15 @@ class SecurityAssociation:
     @property
     def seals_rows(self) -> bool:
         """Whether `encrypt_rows` can take this SA's packets (AEAD with a 16-byte ICV, or CBC with an
-        HMAC; no ESN, no volume lifetime)."""
-        return (self._aead_encrypt is not None or (self._cbc_hmac and not self._esn)) and not self._volume
+        HMAC, with or without ESN; no volume lifetime)."""
+        return (self._rows_encrypt is not None or self._cbc_hmac) and not self._volume
 
     def encrypt_rows(self, groups: list[tuple[Any, int]], now: float, emit: Emit) -> list[bytes] | None:
         """`encrypt` for inner packets laid out as rows, each followed by its `esp.block_trailer` (for
         AEAD, `esp.aead16_trailer`): per (array, inner length) group, in order. None, with nothing used
         up, where `encrypt` must decide packet by packet (an SA that is not `seals_rows`, dead, or at
         the end of its sequence numbers or reservation)."""
-        encrypt = self._aead_encrypt
+        encrypt = self._rows_encrypt
         if not self.seals_rows:
             return None
         if self._timed:
@@ -588,10 +608,17 @@ class SecurityAssociation:
         for rows, inner_len in groups:
             if encrypt is not None:
                 out += esp.seal_rows(
-                    self._spi, first, self._iv_split, encrypt, self._salt, rows, self._aead_encrypt_into
+                    self._spi,
+                    first,
+                    self._iv_split,
+                    encrypt,
+                    self._salt,
+                    rows,
+                    self._rows_encrypt_into,
+                    self._esn,
                 )
             else:
-                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows)
+                out += esp.seal_rows_cbc(self._spi, first, self.cipher, self.auth, rows, self._esn)
             first += len(rows)
             self.bytes += len(rows) * inner_len
         self.packets += count

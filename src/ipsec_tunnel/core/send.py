@@ -14,7 +14,8 @@ one. The stages, in the order packets take them:
    packets (one it refuses is dropped as `NOT_IP`).
 3. Seal, packet by packet in order: the inner IPv4 (no options) or IPv6 header read in place, the packet
    trimmed to its IP length, `SecurityAssociation.encrypt` (`esp.seal_aead16` for AEAD with a 16-byte
-   ICV and no ESN, else `esp.seal`), gathered into bursts. A packet this does not read (not IP, IPv4
+   ICV, `esp.seal_aead16_esn` for the same with ESN, `esp.seal_cbc` for CBC with an HMAC, else
+   `esp.seal`), gathered into bursts. A packet this does not read (not IP, IPv4
    options, a length that lies, too big for the path with DF) and every packet without tunnel or SA
    takes `_one`: `ip.parse`, the path MTU check (`inner_mtu`; too big with DF: `ip.too_big`, an ICMP
    error back into the device, within the rate limits), then the same seal.

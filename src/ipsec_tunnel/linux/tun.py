@@ -19,6 +19,7 @@ import struct
 from ipsec_tunnel.core.gso import NO_OFFLOAD, VNET_HDR, VNET_HDR_LEN, VnetHeader
 from ipsec_tunnel.core.tunnel import IFNAMSIZ
 from ipsec_tunnel.linux._closing import Closing
+from ipsec_tunnel.linux.pktio import native as _io
 
 __all__ = [
     "IFF_MULTI_QUEUE",
@@ -300,6 +301,8 @@ class TunQueue:
             else:
                 dev.set_offload(0)
         self._size = 65536 + VNET_HDR_LEN
+        self.io = _io  # the C calls (`_pktio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
+        self._buf = bytearray(self._size) if _io is not None else bytearray()
 
     @property
     def name(self) -> str:
@@ -324,10 +327,21 @@ class TunQueue:
 
     def read(self) -> tuple[VnetHeader | None, bytes] | None:
         """The next packet with its offload header (None without vnet headers); None when none is queued."""
-        try:
-            data = os.read(self.fd, self._size)
-        except BlockingIOError:
-            return None
+        if self.io is not None:  # the same, one C call (_pktio.c): the plain packet copied out once
+            got = self.io.tun_read(self.fd, self._buf, self.vnet)
+            if got is None:
+                return None
+            if type(got) is bytes:
+                return (NO_OFFLOAD if self.vnet else None), got
+            if type(got) is int:  # shorter than a header
+                return VnetHeader(), b""
+            head, packet = got
+            return VnetHeader._make(VNET_HDR.unpack_from(head)), packet
+        else:
+            try:
+                data = os.read(self.fd, self._size)
+            except BlockingIOError:
+                return None
         if not self.vnet:
             return None, data
         if len(data) < VNET_HDR_LEN:
@@ -339,6 +353,8 @@ class TunQueue:
 
     def write(self, packet: bytes, offload: VnetHeader | None = None) -> int:
         """Hand one packet (or a GSO super-packet described by `offload`) to the kernel."""
+        if self.io is not None and (offload is None or not (offload.flags or offload.gso_type)):
+            return int(self.io.tun_write(self.fd, packet, self.vnet))  # the same, one C call (_pktio.c)
         if not self.vnet:
             return os.write(self.fd, packet)
         head = (

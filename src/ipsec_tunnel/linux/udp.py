@@ -11,6 +11,7 @@ drop reason. What is inside (SPI, non-ESP marker, keepalives) belongs to the cor
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -42,7 +43,8 @@ from ipsec_tunnel.linux._sockopt import (
     int_cmsg,
     pack_addr,
 )
-from ipsec_tunnel.linux._transport import DEFAULT_BUFFER, Transport
+from ipsec_tunnel.linux._transport import _MAX_ERRORS, DEFAULT_BUFFER, Transport
+from ipsec_tunnel.linux.pktio import native as _io
 
 __all__ = [
     "NAT_T_PORT",
@@ -62,6 +64,7 @@ GSO_MAX_BYTES = 65535 - 8 - 40  # one UDP datagram's payload at most, under the 
 _U16 = struct.Struct("=H")
 _GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 _GRO_ANCILLARY = socket.CMSG_SPACE(4) * 4 + 128
+_SOCKADDR_HEAD = struct.Struct("=H")  # sa_family, host order; then the port and addresses in network order
 
 
 class UdpDatagram(NamedTuple):
@@ -145,7 +148,9 @@ class UdpSocket(Transport):
                 pass
         self._cached: tuple[object, ...] = ()
         self._one_key: tuple[object, ...] = ()  # send_one's last (dst, dport, tos, ttl, df, src, oif)
-        self._one: tuple[list[tuple[int, int, bytes]], tuple[Any, ...] | None] = ([], None)  # cmsgs, address
+        self._one: tuple[list[tuple[int, int, bytes]], tuple[Any, ...]] = ([], ())  # cmsgs, address
+        self._one_packed: tuple[bytes, bytes] | None = None  # the same packed, for `io`
+        self.io = _io  # the C calls (`_pktio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
         self._cmsgs: list[tuple[int, int, bytes]] = []
 
     @property
@@ -316,9 +321,14 @@ class UdpSocket(Transport):
         key = (dst, dport, tos, ttl, df, src, oif)
         if key != self._one_key:
             self._one = self._burst_cmsgs(tos, ttl, df, src, oif), self._sockaddr(dst, dport)
+            self._one_packed = self._packed(*self._one) if self.io is not None else None
             self._one_key = key
         elif df != self._df and not self._v6:  # send_burst switched it since
             self._set_df(df)
+        packed = self._one_packed
+        if packed is not None:  # the same sendmsg, one C call (_pktio.c)
+            error = self.io.send_udp(self._sock.fileno(), payload, *packed)  # type: ignore[union-attr]
+            return None if not error or error == errno.EAGAIN else self._send_failed(payload, error, packed)
         cmsgs, address = self._one
         sock = self._sock
         try:
@@ -337,9 +347,63 @@ class UdpSocket(Transport):
             self._note(exc)
         return None
 
+    def _packed(
+        self, cmsgs: list[tuple[int, int, bytes]], address: tuple[Any, ...]
+    ) -> tuple[bytes, bytes] | None:
+        """`cmsgs` and `address` packed for `_pktio.send_udp` (ancillary buffer, struct sockaddr);
+        None where sendmsg itself must read the address (a link-local one with a zone)."""
+        assert self.io is not None
+        head = _SOCKADDR_HEAD.pack(self.family)
+        if self._v6:
+            host, port, flow, scope = address
+            if "%" in host:
+                return None
+            packed = head + struct.pack("!HI", port, flow) + socket.inet_pton(self.family, host)
+            packed += struct.pack("=I", scope)
+        else:
+            host, port = address
+            packed = head + struct.pack("!H", port) + socket.inet_pton(self.family, host) + bytes(8)
+        return self.io.control(cmsgs), packed
+
+    def _send_failed(self, payload: bytes, error: int, packed: tuple[bytes, bytes]) -> OSError | None:
+        """`send_one`'s C send that failed with `error`: the same outcome as the Python path's (a network
+        error, as one the kernel stored from an ICMP message, gets one retry; a full buffer loses it)."""
+        assert self.io is not None
+        first = OSError(error, os.strerror(error))  # OSError picks the subclass, as sendmsg raises it
+        if error not in NETWORK_ERRNOS:
+            return first
+        again = self.io.send_udp(self._sock.fileno(), payload, *packed)
+        if again == errno.EAGAIN:
+            return None
+        if again:
+            return OSError(again, os.strerror(again))
+        self._note(first)
+        return None
+
     def recv_batch(self) -> tuple[UdpDatagram, list[bytes]] | None:
         """The next datagram, or the next GRO batch split back into its datagrams: (the first's
         addresses and TOS, every payload); None when nothing is queued."""
+        io = self.io
+        if io is not None:  # the same, one C call (_pktio.c)
+            for _ in range(_MAX_ERRORS):
+                try:
+                    one = io.recv_udp(self._sock.fileno(), self._buf, self._v6, self._ancillary, UdpDatagram)
+                except OSError as exc:
+                    if self._note(exc):
+                        continue
+                    raise
+                if one is None:
+                    return None
+                if one is False:  # cut short: dropped, as _recvmsg does
+                    continue
+                dgram, count, size = one
+                if not size:
+                    return dgram, [dgram.payload]
+                if _native is not None:
+                    return dgram, _native.split(self._buf, count, size)
+                data = bytes(memoryview(self._buf)[:count])
+                return dgram, [data[i : i + size] for i in range(0, count, size)]
+            return None
         got = self._recvmsg()
         if got is None:
             return None
