@@ -22,7 +22,8 @@ then cannot shorten it (measured in docs/performance.md). A flow without timesta
 At most one packet is signalled per turn, and the next signal is due the control law's spacing
 (interval / sqrt(count), RFC 8289 §5.6) after it: the daemon reads the ring in bursts after waiting for
 the CPU, and RFC 8289's catching up on the drops due meanwhile (a dequeue drops while `now >= drop_next`)
-dropped the retransmissions too, one after the other, in a first version (TCP stalled on timeouts).
+would cut several segments of one window in one turn (by design, not measured on its own: see
+docs/performance.md).
 
 The action hits only the bulk flow (the TCP flow holding most bytes of the turn, and more than a
 quantum, as `core.fq` would call it not sparse) and only its packets that carry data (never a SYN,
