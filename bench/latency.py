@@ -379,6 +379,7 @@ def render(summaries: Sequence[LatSummary], args: argparse.Namespace, seconds: f
                 ]
             )
     cap = f" capped at {args.rate}" if getattr(args, "rate", None) else ""
+    cap += ", ECN negotiated" if getattr(args, "ecn", False) else ""
     lines = [
         f"RTT ms of pings 10.0.1.1 -> 10.0.2.1, {INTERVAL * 1000:g} ms apart, {args.pings} per round idle "
         f"and {args.pings} under load (one iperf3 TCP stream{cap}, {seconds:g} s, pings after "
@@ -432,6 +433,16 @@ def make_planes(
     return planes
 
 
+ECN_SYSCTL = "net.ipv4.tcp_ecn=1"  # RFC 3168: request ECN on outgoing connections, accept it on incoming
+
+
+def ecn(planes: Sequence[Plane]) -> None:
+    """--ecn: TCP asks for ECN in both namespaces of every plane (the same for all)."""
+    for plane in planes:
+        for ns in (plane.a, plane.b):
+            ns.check(["sysctl", "-qw", ECN_SYSCTL])
+
+
 def read_turns(work: Path, planes: Sequence[Plane]) -> list[list[str]]:
     """The rows of every turns file the stopped ipsecds wrote into `work`."""
     labels = {p.key: p.label for p in planes}
@@ -475,6 +486,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--queues", action="store_true", help="sample the tunnel device's qdisc and the socket queues"
+    )
+    p.add_argument(
+        "--ecn",
+        action="store_true",
+        help="negotiate ECN on the loading stream: net.ipv4.tcp_ecn=1 in both namespaces of every plane "
+        "(peers included; default: the kernel's 2, ECN only when asked)",
     )
     p.add_argument(
         "--ipsecd-args", default="", metavar="ARGS", help="extra ipsecd options, e.g. '--qdisc=none'"
@@ -527,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 planes = make_planes(keys, work, shlex.split(args.ipsecd_args), args.variant)
                 ready = open_planes(planes)
+                if args.ecn:
+                    ecn(ready)
                 if ready:
                     log(f"measuring {len(ready)} data planes: {args.runs} rounds")
                     run_rounds(ready, args, seconds, results)
@@ -551,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         "ipsecd_args": args.ipsecd_args,
         "rate": args.rate,
         "variants": args.variant,
+        "ecn": args.ecn,
         "interrupted": interrupted,
         "loadavg_at_start": round(load, 2),
         "versions": versions(),

@@ -154,3 +154,26 @@ def test_turns_files_name_their_plane_and_side_and_count_long_calls() -> None:
     assert rows[1] == ["label", "B", "on_udp", "15", "5", "2", "<= 16 ms"]
     assert rows[0][2:6] == ["on_tun", "7", "0", "0"]
     assert parse_turns({"argv": ["bench/latency.py"], "turns": {}}) is None
+
+
+def test_ecn_sets_tcp_ecn_in_both_namespaces_of_every_plane() -> None:
+    from bench.latency import ecn, parse_args
+
+    class Ns:
+        def __init__(self) -> None:
+            self.commands: list[list[str]] = []
+
+        def check(self, cmd: list[str]) -> str:
+            self.commands.append(cmd)
+            return ""
+
+    class FakePlane:
+        def __init__(self) -> None:
+            self.a, self.b = Ns(), Ns()
+
+    planes = [FakePlane(), FakePlane()]
+    ecn(planes)  # type: ignore[arg-type]
+    for plane in planes:
+        for ns in (plane.a, plane.b):
+            assert ns.commands == [["sysctl", "-qw", "net.ipv4.tcp_ecn=1"]]
+    assert parse_args(["--ecn"]).ecn and not parse_args([]).ecn

@@ -484,8 +484,9 @@ def test_every_send_drop_is_counted() -> None:
     assert {EventKind.SEQ_EXHAUSTED} == {e.kind for e in a.take_events()}
     assert a.take_events() == []
     counted = set(a.tx_drops) | set(other.tx_drops)
-    # the daemon's: the kernel says (NO_ROUTE, SEND_ERROR); OTHER unused since STORE_FAILED
-    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR, Drop.OTHER}
+    # the daemon's: the kernel says (NO_ROUTE, SEND_ERROR), --device-aqm (DEVICE_AQM, DataPlane.judge_ring);
+    # OTHER unused since STORE_FAILED
+    assert set(SEND_DROPS) - counted == {Drop.NO_ROUTE, Drop.SEND_ERROR, Drop.DEVICE_AQM, Drop.OTHER}
 
 
 def test_tick_raises_lifetime_events() -> None:

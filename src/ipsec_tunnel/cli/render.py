@@ -206,6 +206,8 @@ def stats_text(result: Mapping[str, Any]) -> str:
     lines.append(("ICMP errors sent", result.get("icmp_sent", 0)))
     if "ce_marked" in result:  # ipsecd with AQM (older daemons do not say)
         lines.append(("ECN CE marked (AQM)", result["ce_marked"]))
+    if "tx_ce_marked" in result:  # ipsecd with --device-aqm (older daemons do not say)
+        lines.append(("ECN CE marked (device AQM)", result["tx_ce_marked"]))
     ike = result.get("ike")
     if isinstance(ike, Mapping):  # ipsecd with IKEv2: messages handled and dropped, by reason
         lines.append(("IKE:", None))

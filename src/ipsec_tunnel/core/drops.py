@@ -34,6 +34,7 @@ class Drop(enum.Enum):
     NOT_IP = "not_ip"
     NO_ROUTE = "no_route"
     SEND_ERROR = "send_error"  # the kernel refused the outer datagram (a firewall, an unknown --nextdev)
+    DEVICE_AQM = "device_aqm"  # RFC 8289 CoDel on a tunnel device's ring: one TCP segment, not ECN-capable
     # Both sides: the state store could not commit the reservation a sequence number or a lifetime count
     # needs (disk full, read-only, I/O error); the packet is dropped rather than used unrecorded.
     STORE_FAILED = "store_failed"
@@ -71,6 +72,7 @@ _LABELS: dict[Drop, str] = {
     Drop.NOT_IP: "not IP",
     Drop.NO_ROUTE: "no route",
     Drop.SEND_ERROR: "send failed",
+    Drop.DEVICE_AQM: "queue too long (device AQM)",
     Drop.STORE_FAILED: "state store not writable",
     Drop.OTHER: "other",
 }
@@ -103,6 +105,7 @@ SEND_DROPS: tuple[Drop, ...] = (
     Drop.NOT_IP,
     Drop.NO_ROUTE,
     Drop.SEND_ERROR,
+    Drop.DEVICE_AQM,
     Drop.STORE_FAILED,
     Drop.OTHER,
 )

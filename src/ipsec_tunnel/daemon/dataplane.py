@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, fq, gro, gso
+from ..core import codel, fq, gro, gso, ringaqm
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -139,6 +139,7 @@ class DataPlane:
         sparse_first: bool = True,
         read_ahead: int = 0,
         tun_read_ahead: int = 0,
+        device_aqm: AqmOptions | None = None,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -156,6 +157,8 @@ class DataPlane:
         self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
         self.wall = wall  # the clock of the kernel's receive timestamps (CLOCK_REALTIME)
         self.codel: dict[int, codel.CoDel] = {}  # per raw ESP and ESP-in-UDP socket (its descriptor)
+        self.device_aqm = device_aqm  # CoDel on what the devices' rings held (core.ringaqm); None: off
+        self.ring_aqm: dict[int, ringaqm.RingAqm] = {}  # per TUN queue (its descriptor), made at first read
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self._drains: dict[int, Callable[[], int]] = {}  # what reads a socket's error queue (EPOLLERR)
@@ -188,8 +191,9 @@ class DataPlane:
             self._epoll.modify(fd, select.EPOLLOUT if on else select.EPOLLIN)
 
     def unwatch(self, fd: int) -> None:
-        """Stop watching `fd`."""
+        """Stop watching `fd` (and forget its device AQM state, if a tunnel device's)."""
         self._drains.pop(fd, None)
+        self.ring_aqm.pop(fd, None)
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -244,8 +248,9 @@ class DataPlane:
 
     def on_tun(self, queue: TunEdge) -> None:
         """Encrypt and send what the kernel routed into a tunnel device, up to `batch_packets` packets;
-        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`). With
-        `tun_read_ahead`, `txahead.serve_tun` instead: the ring read further, sealed in chunks."""
+        with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`); with
+        `device_aqm`, after CoDel on the ring judged the batch (`judge_ring`). With `tun_read_ahead`,
+        `txahead.serve_tun` instead: the ring read further, sealed in chunks (not judged)."""
         if self.tun_read_ahead:
             txahead.serve_tun(self, queue)
             return
@@ -254,6 +259,7 @@ class DataPlane:
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
         gathered = 0
+        drained = False  # the ring was read until empty (EAGAIN)
         for _ in range(1 if self.woken else BATCH):
             try:
                 got = queue.read()
@@ -264,6 +270,7 @@ class DataPlane:
                 log.warning("read from %s failed: %s", name, exc.strerror)
                 break
             if got is None:
+                drained = True
                 break
             offload, packet = got
             if offload is None or not (offload.gso_type or offload.flags):
@@ -276,10 +283,31 @@ class DataPlane:
                 break
         if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
             return  # read alone: the short way (daemon.lone)
+        if self.device_aqm is not None and packets:
+            packets, offloads = self.judge_ring(queue, packets, offloads, now, drained)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
         if packets:
             self.seal_and_send(name, packets, offloads, now)
+
+    def judge_ring(
+        self, queue: TunEdge, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float,
+        drained: bool,
+    ) -> tuple[list[bytes], dict[int, gso.VnetHeader]]:  # fmt: skip
+        """`--device-aqm`: CoDel on device `queue`'s ring (`core.ringaqm`) for a turn's `packets`
+        (`drained`: read until the ring was empty); the packets to seal and their offload headers, what
+        it marked and dropped counted."""
+        judge = self.ring_aqm.get(queue.fileno())
+        if judge is None:
+            assert self.device_aqm is not None
+            judge = ringaqm.RingAqm(self.device_aqm.target, self.device_aqm.interval)
+            self.ring_aqm[queue.fileno()] = judge
+        packets, offloads, marked, dropped = judge.judge(packets, offloads, now, drained)
+        if marked:
+            self.engine.tx_ce_marked += marked
+        if dropped:
+            self.engine.unsendable(queue.name, dropped, Drop.DEVICE_AQM)
+        return packets, offloads
 
     def seal_and_send(
         self, name: str, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float

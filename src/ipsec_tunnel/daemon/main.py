@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..control.protocol import DEFAULT_SOCKET
-from ..core import framing
+from ..core import framing, ringaqm
 from ..core.engine import Engine
 from ..core.tunnel import BASE_DEVICE
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
@@ -55,6 +55,7 @@ SEND_ORDERS = ("sparse", "fifo")
 DEFAULT_SEND_ORDER = "sparse"  # a ping or keystroke read among bulk super-packets is sealed first
 DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LAN-short (ipsecd(8), Queues)
 DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 100 ms on the Internet
+DEFAULT_DEVICE_AQM = "off"  # --device-aqm (core/ringaqm.py): see docs/performance.md for why
 DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
@@ -199,6 +200,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default {DEFAULT_AQM_INTERVAL_MS:g} ms)",
     )
     queues.add_argument(
+        "--device-aqm",
+        type=_device_aqm,
+        default=DEFAULT_DEVICE_AQM,
+        metavar="off|codel[:TARGET_MS/INTERVAL_MS]",
+        help=f"CoDel (RFC 8289) on what the tunnel devices' rings held, judged by the sojourn of the "
+        "bulk TCP flow's packets (their timestamps): its packets get ECN CE or lose one segment, so the "
+        f"sender's window shrinks (default {DEFAULT_DEVICE_AQM}; codel: "
+        f"{ringaqm.TARGET * 1e3:g}/{ringaqm.INTERVAL * 1e3:g} ms)",
+    )
+    queues.add_argument(
         "--nice",
         type=_nice,
         default=DEFAULT_NICE,
@@ -239,6 +250,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--aqm-target ({args.aqm_target:g} ms) must be below --aqm-interval "
                 f"({args.aqm_interval:g} ms)")  # fmt: skip
     return args
+
+
+def _device_aqm(text: str) -> AqmOptions | None:
+    """--device-aqm: None for off, else CoDel's target and interval."""
+    try:
+        times = ringaqm.parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return None if times is None else AqmOptions(target=times[0], interval=times[1])
 
 
 def _milliseconds(text: str) -> float:
@@ -448,6 +468,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         sparse_first=args.send_order == "sparse",
         read_ahead=args.read_ahead,
         tun_read_ahead=args.tun_read_ahead,
+        device_aqm=args.device_aqm,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
     server = None
