@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scapy.layers import ipsec as scapy_ipsec
 from scapy.layers.inet import IP
@@ -420,6 +420,7 @@ def test_seal_rows_with_esn_refuses_numbers_past_the_end(
     st.one_of(st.integers(0, 1 << 20), st.integers(0xFFFFFFE0, 0xFFFFFFFF)),
     st.sampled_from([None, 0, 1]),
 )
+@example(AEADS[0], 2, 4, 0x7FFFFFFF, 0xFFFFFFFF, 1)  # the last number before the duplex bit, and one past
 def test_seal_rows_with_esn_in_c_are_the_pure_rows(
     aead: tuple[str, int], count: int, width: int, hi: int, lo: int, split: int | None
 ) -> None:
@@ -436,13 +437,23 @@ def test_seal_rows_with_esn_in_c_are_the_pure_rows(
         cipher.full_icv_encrypt_into,
         True,
     )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(esp, "_native", None)
-        pure = esp.seal_rows(*args)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(esp, "_native", ext)
-        native = esp.seal_rows(*args)
-    assert native == pure and all(type(p) is bytes for p in native)
+
+    def sealed(native: object) -> list[bytes] | str:
+        """The rows sealed by one path, or its refusal (numbers into the duplex bit or past 2^64 - 1)."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(esp, "_native", native)
+            try:
+                return esp.seal_rows(*args)
+            except ValueError as exc:
+                return str(exc)
+
+    pure, native = sealed(None), sealed(ext)
+    assert native == pure
+    top = (1 << 63) - 1 if split else (1 << 64) - 1
+    if first + count - 1 <= top:
+        assert isinstance(native, list) and all(type(p) is bytes for p in native)
+    else:
+        assert isinstance(native, str) and "out of range" in native
 
 
 @pytest.mark.parametrize("seq_out", [0, B - 5, (3 << 32) - 30, (1 << 63) - 50], ids=hex)
