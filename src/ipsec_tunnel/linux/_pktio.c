@@ -38,6 +38,23 @@
 #define VNET_HDR_LEN 10  /* struct virtio_net_hdr (linux/virtio_net.h), as core/gso.py VNET_HDR */
 #define MAX_CONTROL 1024 /* room for control messages at most (the Python path asks for 256) */
 
+/* The arguments every call starts with: `want` of them, the first a descriptor, the third (when `flag`
+ * is not NULL) a truth value. 0 when taken, -1 with an exception set. */
+static int
+fd_and_flag(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, int *fd, int *flag)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, want);
+        return -1;
+    }
+    *fd = PyLong_AsLong(args[0]);
+    if (*fd == -1 && PyErr_Occurred())
+        return -1;
+    if (flag != NULL && (*flag = PyObject_IsTrue(args[2])) < 0)
+        return -1;
+    return 0;
+}
+
 PyDoc_STRVAR(recv_udp_doc,
 "recv_udp(fd, buffer, v6, ancillary, cls, /) -> tuple[cls, int, int] | bool | None\n\n"
 "One datagram from UDP socket `fd` into `buffer` (ancillary: bytes of room for control messages):\n"
@@ -49,15 +66,8 @@ PyDoc_STRVAR(recv_udp_doc,
 static PyObject *
 recv_udp(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "recv_udp takes 5 arguments");
-        return NULL;
-    }
-    int fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    int v6 = PyObject_IsTrue(args[2]);
-    if (v6 < 0)
+    int fd, v6;
+    if (fd_and_flag(args, nargs, 5, "recv_udp", &fd, &v6) < 0)
         return NULL;
     Py_ssize_t room = PyLong_AsSsize_t(args[3]);
     if (room == -1 && PyErr_Occurred())
@@ -229,12 +239,8 @@ PyDoc_STRVAR(send_udp_doc,
 static PyObject *
 send_udp(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "send_udp takes 4 arguments");
-        return NULL;
-    }
-    int fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred())
+    int fd;
+    if (fd_and_flag(args, nargs, 4, "send_udp", &fd, NULL) < 0)
         return NULL;
     Py_buffer payload, control, address;
     if (PyObject_GetBuffer(args[1], &payload, PyBUF_SIMPLE) < 0)
@@ -352,15 +358,8 @@ PyDoc_STRVAR(tun_read_doc,
 static PyObject *
 tun_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "tun_read takes 3 arguments");
-        return NULL;
-    }
-    int fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    int vnet = PyObject_IsTrue(args[2]);
-    if (vnet < 0)
+    int fd, vnet;
+    if (fd_and_flag(args, nargs, 3, "tun_read", &fd, &vnet) < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0)
@@ -411,15 +410,8 @@ PyDoc_STRVAR(tun_write_doc,
 static PyObject *
 tun_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "tun_write takes 3 arguments");
-        return NULL;
-    }
-    int fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    int vnet = PyObject_IsTrue(args[2]);
-    if (vnet < 0)
+    int fd, vnet;
+    if (fd_and_flag(args, nargs, 3, "tun_write", &fd, &vnet) < 0)
         return NULL;
     Py_buffer packet;
     if (PyObject_GetBuffer(args[1], &packet, PyBUF_SIMPLE) < 0)
