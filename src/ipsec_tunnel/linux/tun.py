@@ -302,7 +302,7 @@ class TunQueue:
                 dev.set_offload(0)
         self._size = 65536 + VNET_HDR_LEN
         self.io = _io  # the C calls (`_pktio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
-        self._buf = bytearray(self._size) if _io is not None else bytearray()
+        self._buf = bytearray(self._size)  # the C read's, made on the Python path too: `io` may be set later
 
     @property
     def name(self) -> str:
