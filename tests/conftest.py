@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import pytest
 
 from tests.support import userns
@@ -22,3 +25,13 @@ _WHY_NOT = userns.enter_user_namespace()
 def pytest_report_header(config: pytest.Config) -> str:
     """Says whether the session runs in a user namespace (shown unless -q)."""
     return f"user namespace: {userns.entered or f'not entered: {_WHY_NOT}'}"
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (`timeout`, `kill`, a CI runner giving up) stops the session as Ctrl-C does, so the
+    fixtures' teardown still deletes the network namespaces and stops the daemons the tests started."""
+    signal.signal(signal.SIGTERM, _interrupted)
