@@ -7,7 +7,6 @@ replay inside the batch are held to the one-by-one path."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +27,6 @@ NOW = 5.0
 # SAs opened the batch way: AES-CBC (3DES SAs carry the Sweet32 byte lifetime and go one by one)
 SUITES = [("aes-cbc", 16, "sha256"), ("aes-cbc", 32, "sha512")]
 CODECS = [*SUITES, ("des_ede3-cbc", 24, "sha1")]  # an 8-byte block and a 12-byte ICV for the codec
-PATHS = ["c", "pure"] if framing.available is not None else ["pure"]
 
 
 def _config(suite: tuple[str, int, str] = SUITES[0], window: int = 64) -> SAConfig:
@@ -61,16 +59,6 @@ def _forge(packet: bytes, at: int) -> bytes:
     out = bytearray(packet)
     out[at] ^= 0x20
     return bytes(out)
-
-
-@pytest.fixture(params=PATHS)
-def path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The C extension's loops, or the pure-Python ones (as IPSEC_TUNNEL_PURE=1 chooses)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if request.param == "pure":
-            mp.setattr(esp, "_native", None)
-            mp.setattr(sa_module, "_native", None)
-        yield request.param
 
 
 def _as_pairs(results: list[Any]) -> list[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,6 @@ from tests.core.test_gso import tso as make_tso
 from tests.core.test_gso import v4_tcp
 
 ext = framing.available
-PATHS = ["c", "pure"] if ext is not None else ["pure"]
 B = 1 << 32
 # (cipher, key bytes, digest): an AES block with SHA-256-128 and SHA-512-256, 3DES's 8-byte block with
 # SHA-1-96
@@ -45,16 +44,6 @@ SA_SUITES = SUITES[:2]  # 3DES SAs carry the Sweet32 byte lifetime and seal one 
 # first full sequence numbers: below, across and after a multiple of 2^32, far in
 FIRSTS = [1, B - 3, B - 1, B, (7 << 32) - 40, (0xFFFF << 32) | 0xFFFFFFF0]
 NOW = 1.0
-
-
-@pytest.fixture(params=PATHS)
-def path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The C extension's loop, or the pure-Python one (as IPSEC_TUNNEL_PURE=1 chooses)."""
-    with pytest.MonkeyPatch.context() as mp:
-        if request.param == "pure":
-            mp.setattr(esp, "_native", None)
-            mp.setattr(sa_module, "_native", None)
-        yield request.param
 
 
 class _Stream:
