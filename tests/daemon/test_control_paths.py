@@ -168,3 +168,13 @@ def _impostor(top: Path, uid: int, switch: bool) -> None:
     finally:
         os.close(read)
         os.waitpid(pid, 0)
+
+
+def test_a_symlinked_pid_file_or_journal_is_named_as_such(tmp_path: Path) -> None:
+    """The refusal says what is wrong ("is a symbolic link"), not the kernel's "too many levels of
+    symbolic links"."""
+    link = tmp_path / "ipsecd.pid"
+    link.symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError, match=r"ipsecd\.pid is a symbolic link: refused"):
+        PidFile(link)
+    assert not (tmp_path / "victim").exists()

@@ -374,3 +374,15 @@ def test_failed_reservations_are_logged_once_in_a_while(
     store.db.execute("PRAGMA query_only=OFF")
     assert isinstance(_send(sa, 1)[0], bytes)
     store.close()
+
+
+def test_full_disk_at_the_lock_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state directory made on a full disk: the lock file's pid cannot be written; a StateError (one
+    line from ipsecd), not an OSError's traceback."""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StateError, match=r"cannot write lock file .*No space left on device .*disk full"):
+        Store(tmp_path / "state")

@@ -78,6 +78,22 @@ def test_ambiguous_duplex_is_answered_with_a_warning(
     assert AES_KEY.hex() not in warning and SHA_KEY.hex() not in warning
 
 
+def test_a_64_bit_aead_icv_is_answered_with_a_warning(manager: Manager) -> None:
+    """Protocol review finding 9: aes-gcm-8 stays allowed (RFC 4106), with a warning naming the unbounded
+    forgery attempts; 96- and 128-bit ICVs get none."""
+    for spi, cipher in ((0x1000, "aes-gcm"), (0x1001, "aes-gcm-12")):
+        result = manager.handle(
+            "sa.add", _sa(spi=spi, cipher=cipher, cipher_key=bytes(range(spi % 256, 20 + spi % 256)).hex())
+        )
+        assert "warnings" not in result, cipher
+    result = manager.handle(
+        "sa.add", _sa(spi=0x1002, cipher="aes-gcm-8", cipher_key=bytes(range(50, 70)).hex())
+    )
+    (warning,) = result["warnings"]
+    assert warning.startswith("warning: aes-gcm with a 64-bit ICV: nothing limits how many forgeries")
+    assert "prefer the 128-bit ICV" in warning and bytes(range(50, 70)).hex() not in warning
+
+
 def test_ipsecadm_prints_the_daemons_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import socket
     import threading

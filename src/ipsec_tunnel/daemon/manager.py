@@ -92,6 +92,17 @@ def ambiguous_duplex_warning(config: SAConfig) -> str:
     )
 
 
+def short_icv_warning(config: SAConfig) -> str | None:
+    """What `sa add` answers for an AEAD SA with a 64-bit ICV (aes-gcm-8), else None: NIST SP 800-38D
+    Appendix C bounds the forgery attempts such a tag may face, and nothing here counts them."""
+    if config.digest is not None or config.digest_bits != 64:
+        return None
+    return (
+        f"warning: {config.cipher} with a 64-bit ICV: nothing limits how many forgeries are tried, and "
+        "one that succeeds makes the next easier (NIST SP 800-38D Appendix C); prefer the 128-bit ICV"
+    )
+
+
 def _twins(a: SAConfig, b: SAConfig) -> bool:
     """Whether `b` is `a`'s other direction: same SPI, algorithms and keys, addresses swapped."""
     return (
@@ -249,8 +260,12 @@ class Manager:
                 "SA added: spi %#x %s -> %s %s/%s", c.spi, c.src, c.dst, c.cipher or "null", c.digest or "-"
             )
         self.refresh_mtus()
-        if config.ambiguous_duplex:  # printed by ipsecadm on stderr
-            return {"added": added, "warnings": [ambiguous_duplex_warning(config)]}
+        warnings = [ambiguous_duplex_warning(config)] if config.ambiguous_duplex else []
+        short_icv = short_icv_warning(config)
+        if short_icv is not None:
+            warnings.append(short_icv)
+        if warnings:  # printed by ipsecadm on stderr
+            return {"added": added, "warnings": warnings}
         return {"added": added}
 
     def _fingerprints(self, c: SAConfig) -> list[str]:

@@ -5,6 +5,7 @@ symlinks."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -47,7 +48,14 @@ def _check_parent(parent: Path, what: str, path: Path) -> None:
 def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
     """A descriptor for `path` opened without following a symlink, close-on-exec, with `mode` set on the
     descriptor itself (never on whatever a path might point to by then)."""
-    fd = os.open(path, flags | OPEN_FLAGS, mode)
+    try:
+        fd = os.open(path, flags | OPEN_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink: say so, not "too many levels"
+            raise UntrustedPath(
+                f"{path} is a symbolic link: refused (ipsecd never follows one here)"
+            ) from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UntrustedPath(f"{path} is not a regular file")

@@ -184,7 +184,13 @@ class Store:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise StateError(f"state directory {self.dir} in use by pid {other}") from None
             raise StateError(f"cannot lock state directory {self.dir}: {exc.strerror}") from None
-        self._write_pid(fd)
+        try:
+            self._write_pid(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise StateError(
+                f"cannot write lock file in state directory {self.dir}: {exc.strerror or exc} (disk full?)"
+            ) from None
         return fd
 
     @staticmethod
