@@ -223,15 +223,25 @@ class QueueSampler(threading.Thread):
                 self.add(f"{side} socket Send-Q bytes", send)
 
 
-def iperf_argv(seconds: float, rate: str | None = None) -> list[str]:
+def iperf_argv(seconds: float, rate: str | None = None, window: str | None = None) -> list[str]:
     """The loading iperf3 client: one TCP stream IN_A -> IN_B for `seconds`, capped at `rate` (iperf3's
-    -b, e.g. 200M) when given, else as fast as it goes."""
+    -b, e.g. 200M) when given, else as fast as it goes; with `window`, both ends' socket buffers set to
+    it (iperf3's -w: the application bounds its own window)."""
     argv = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+    if window:
+        argv += ["-w", window]
     return [*argv, "-b", rate] if rate else argv
 
 
 def measure(
-    plane: Plane, run: int, count: int, seconds: float, warmup: float, queues: bool, rate: str | None = None
+    plane: Plane,
+    run: int,
+    count: int,
+    seconds: float,
+    warmup: float,
+    queues: bool,
+    rate: str | None = None,
+    window: str | None = None,
 ) -> LatRun:
     """Idle pings, then pings alongside one iperf3 stream (capped at `rate`); failures are recorded,
     never raised."""
@@ -243,7 +253,7 @@ def measure(
             r.qdisc = parse_qdisc(plane.a.run(["tc", "-j", "qdisc", "show", "dev", device]).stdout).get(
                 "kind"
             )
-        iperf = iperf_argv(seconds, rate)
+        iperf = iperf_argv(seconds, rate, window)
         proc = plane.a.popen(iperf, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = QueueSampler(plane, device) if queues else None
         try:
@@ -271,7 +281,7 @@ def run_rounds(
     """`--runs` rounds of every plane, the starting plane rotating from round to round."""
     for i in range(args.runs):
         for plane in list(planes[i % len(planes) :]) + list(planes[: i % len(planes)]):
-            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues, args.rate)
+            r = measure(plane, i + 1, args.pings, seconds, args.warmup, args.queues, args.rate, args.window)
             results.setdefault(plane.key, []).append(r)
             if r.error:
                 log(f"run {i + 1}/{args.runs} {plane.label}: FAILED: {r.error}")
@@ -379,6 +389,8 @@ def render(summaries: Sequence[LatSummary], args: argparse.Namespace, seconds: f
                 ]
             )
     cap = f" capped at {args.rate}" if getattr(args, "rate", None) else ""
+    if getattr(args, "window", None):
+        cap += f", iperf3 -w {args.window}"
     cap += ", ECN negotiated" if getattr(args, "ecn", False) else ""
     lines = [
         f"RTT ms of pings 10.0.1.1 -> 10.0.2.1, {INTERVAL * 1000:g} ms apart, {args.pings} per round idle "
@@ -479,6 +491,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "saturated (default: uncapped)",
     )
     p.add_argument(
+        "--window",
+        default=None,
+        metavar="SIZE",
+        help="the loading stream's socket buffers (iperf3 -w: 256K, 1M), so the application bounds its "
+        "own window: what a bounded in-flight does to the RTT (default: the kernel's autotuning)",
+    )
+    p.add_argument(
         "--turns",
         action="store_true",
         help="time every handler call in each ipsecd (bench/lib/turns): how long a source's turn keeps "
@@ -569,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "ipsecd_args": args.ipsecd_args,
         "rate": args.rate,
+        "window": args.window,
         "variants": args.variant,
         "ecn": args.ecn,
         "interrupted": interrupted,

@@ -141,6 +141,12 @@ def test_the_load_is_uncapped_unless_a_rate_is_given() -> None:
     assert argv[-2:] == ["-b", "200M"] and argv[argv.index("-t") + 1] == "5"
 
 
+def test_the_window_is_the_kernels_unless_given() -> None:
+    assert "-w" not in iperf_argv(5.0)
+    argv = iperf_argv(5.0, None, "256K")
+    assert argv[argv.index("-w") + 1] == "256K" and "-b" not in argv
+
+
 def test_turns_files_name_their_plane_and_side_and_count_long_calls() -> None:
     doc = {
         "argv": ["main.py", "-f", "--socket", "/tmp/w/ours-gcm-udp-v1-B/ipsecd.sock", "--log-level", "x"],

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, fq, gro, gso, ringaqm
+from ..core import codel, fq, gro, gso, ringaqm, tcpwin
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -140,6 +140,7 @@ class DataPlane:
         read_ahead: int = 0,
         tun_read_ahead: int = 0,
         device_aqm: AqmOptions | None = None,
+        tcp_queue: int = 0,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -159,6 +160,8 @@ class DataPlane:
         self.codel: dict[int, codel.CoDel] = {}  # per raw ESP and ESP-in-UDP socket (its descriptor)
         self.device_aqm = device_aqm  # CoDel on what the devices' rings held (core.ringaqm); None: off
         self.ring_aqm: dict[int, ringaqm.RingAqm] = {}  # per TUN queue (its descriptor), made at first read
+        # --tcp-queue: a local TCP sender's bytes in a device's ring bounded by its ACKs' window (core.tcpwin)
+        self.window = tcpwin.WindowBound(tcp_queue) if tcp_queue else None
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self._drains: dict[int, Callable[[], int]] = {}  # what reads a socket's error queue (EPOLLERR)
@@ -281,6 +284,9 @@ class DataPlane:
             packets.append(packet)
             if gathered >= self.batch_packets:
                 break
+        if self.window is not None:
+            for packet in packets:
+                self.window.sent(packet)
         if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
             return  # read alone: the short way (daemon.lone)
         if self.device_aqm is not None and packets:
@@ -384,6 +390,9 @@ class DataPlane:
             queue = self.devices.tun.get(device)
             if queue is None:
                 continue
+            if self.window is not None:
+                bound = self.window.delivering
+                batch = [bound(p) if len(p) <= tcpwin.ACK_MAX else p for p in batch]
             if self.offloads.coalesce and queue.vnet and len(batch) > 1:
                 items = gro.coalesce(batch)
             else:

@@ -59,6 +59,7 @@ DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 1
 DEFAULT_DEVICE_AQM = "off"  # --device-aqm (core/ringaqm.py): see docs/performance.md for why
 DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
 DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 10-25% lower, loaded p50 lower, Mbit/s unchanged
+DEFAULT_TCP_QUEUE = 0  # --tcp-queue (core/tcpwin.py): off
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -220,6 +221,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"for the CPU behind the applications they carry (default {DEFAULT_NICE}: the kernel's)",
     )
     queues.add_argument(
+        "--tcp-queue",
+        type=_tcp_queue,
+        default=DEFAULT_TCP_QUEUE,
+        metavar="BYTES",
+        help="the most bytes one local TCP sender may have waiting in a tunnel device's ring: the window "
+        "in the ACKs the tunnel delivers to it is lowered to that (k, m suffixes; at least 64k; "
+        f"default {DEFAULT_TCP_QUEUE}: off)",
+    )
+    queues.add_argument(
         "--sched-slice",
         type=_sched_slice,
         default=None,
@@ -330,6 +340,18 @@ def prioritize(nice: int) -> str | None:
     except OSError as exc:
         return f"cannot set the scheduling priority to {nice}: {exc.strerror}"
     return None
+
+
+def _tcp_queue(text: str) -> int:
+    """Bytes, 0 (off) or at least 64 KiB, with an optional k or m suffix."""
+    units = {"k": 1 << 10, "m": 1 << 20}
+    body, unit = (text[:-1], units[text[-1].lower()]) if text and text[-1].lower() in units else (text, 1)
+    if not body.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes (k, m suffixes): {text!r}")
+    value = int(body) * unit
+    if value and not (64 << 10) <= value <= (1 << 30):
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 64k and 1024m")
+    return value
 
 
 def _sched_slice(text: str) -> int:
@@ -496,6 +518,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         sparse_first=args.send_order == "sparse",
         read_ahead=args.read_ahead,
         tun_read_ahead=args.tun_read_ahead,
+        tcp_queue=args.tcp_queue,
         device_aqm=args.device_aqm,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)

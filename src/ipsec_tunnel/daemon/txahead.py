@@ -141,6 +141,8 @@ def _read(plane: DataPlane, queue: TunEdge, turn: Turn, bytes_: int, packets: in
         reads -= 1
         turn.reads += 1
         offload, packet = got
+        if plane.window is not None:
+            plane.window.sent(packet)
         work = offload if offload is not None and (offload.gso_type or offload.flags) else None
         segments = _segments(packet, work)
         turn.held.append((packet, work, segments))
