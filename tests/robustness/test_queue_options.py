@@ -1,5 +1,5 @@
-"""ipsecd's queue switches: --qdisc and --socket-buffer parsed, bad values refused in one line, and
-handed to the data plane."""
+"""ipsecd's queue switches: --qdisc and --socket-buffer parsed, bad values of these and of --batch,
+--tcp-queue and --sched-slice refused in one line naming the switch, and handed to the data plane."""
 
 from __future__ import annotations
 
@@ -44,14 +44,17 @@ def test_socket_buffer_sizes(text: str, size: int) -> None:
 @pytest.mark.parametrize(
     "arg", ["--qdisc=codel", "--qdisc=fq_codel limit 10", "--socket-buffer=1k", "--socket-buffer=1g",
             "--socket-buffer=-5", "--socket-buffer=lots", "--socket-buffer=",
-            "--batch=0", "--batch=5000", "--batch=x"],
+            "--batch=0", "--batch=5000", "--batch=x",
+            "--tcp-queue=63k", "--tcp-queue=2g", "--tcp-queue=x", "--tcp-queue=-1", "--tcp-queue=1025m",
+            "--sched-slice=99", "--sched-slice=100001", "--sched-slice=-5", "--sched-slice=1.5",
+            "--sched-slice="],
 )  # fmt: skip
 def test_bad_values_are_one_line_errors(arg: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         ipsecd.parse_args([arg])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "error:" in err and "Traceback" not in err
+    assert "error:" in err and arg.split("=")[0] in err and "Traceback" not in err
 
 
 def test_the_kernel_takes_the_qdisc_and_buffer() -> None:

@@ -58,7 +58,7 @@ DEFAULT_AQM_TARGET_MS = 1.0  # well below RFC 8289's 5 ms: the paths here are LA
 DEFAULT_AQM_INTERVAL_MS = 20.0  # RFC 8289 §4.3 sizes it to a worst-case RTT: 100 ms on the Internet
 DEFAULT_DEVICE_AQM = "off"  # --device-aqm (core/ringaqm.py): see docs/performance.md for why
 DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
-DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 10-25% lower, loaded p50 lower, Mbit/s unchanged
+DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 9-26% lower, Mbit/s unchanged (docs/performance.md)
 DEFAULT_TCP_QUEUE = 0  # --tcp-queue (core/tcpwin.py): off
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
@@ -343,15 +343,11 @@ def prioritize(nice: int) -> str | None:
 
 
 def _tcp_queue(text: str) -> int:
-    """Bytes, 0 (off) or at least 64 KiB, with an optional k or m suffix."""
-    units = {"k": 1 << 10, "m": 1 << 20}
-    body, unit = (text[:-1], units[text[-1].lower()]) if text and text[-1].lower() in units else (text, 1)
-    if not body.isdigit():
-        raise argparse.ArgumentTypeError(f"not a size in bytes (k, m suffixes): {text!r}")
-    value = int(body) * unit
-    if value and not (64 << 10) <= value <= (1 << 30):
+    """A bound in bytes: 0 (off), or 64 KiB to 1 GiB, with a k or m suffix (powers of 1024)."""
+    size = _bytes(text)
+    if size and not (64 << 10) <= size <= (1 << 30):
         raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 64k and 1024m")
-    return value
+    return size
 
 
 def _sched_slice(text: str) -> int:
