@@ -5,16 +5,19 @@ switch the ACKs arrive as B's sender wrote them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import IP, TCP
 
+from ipsec_tunnel.cli import render
 from ipsec_tunnel.core import gso
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import DataPlane, OffloadOptions
+from ipsec_tunnel.daemon.manager import Manager
 from tests.support.fakes import FakeKernel, FakeNetwork
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
@@ -116,6 +119,7 @@ def test_acks_to_the_local_sender_are_bounded(pair: Pair) -> None:
     sent = 1001 + 2 * 5 * 8 * MSS  # what A read of the flow from its device
     if pair.a.window is None:
         assert second.window == 0x8000
+        assert pair.a.engine.tcp_windows_lowered == 0
         return
     assert second.window < 0x8000
     edge = second.ack + (second.window << 7)
@@ -126,6 +130,10 @@ def test_acks_to_the_local_sender_are_bounded(pair: Pair) -> None:
     assert second.underlayer is not None
     assert IP(bytes(second.underlayer))[TCP].chksum == chksum  # valid as scapy computes it
     assert pair.a.window.lowered == 1
+    assert pair.a.engine.tcp_windows_lowered == 1  # counted for ipsecadm stats
+    result = Manager.op_stats(SimpleNamespace(engine=pair.a.engine), {})  # type: ignore[arg-type]
+    assert result["tcp_windows_lowered"] == 1
+    assert "TCP windows lowered (tcp queue)" in render.stats_text(result)
 
 
 def test_values() -> None:

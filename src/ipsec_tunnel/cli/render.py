@@ -208,6 +208,8 @@ def stats_text(result: Mapping[str, Any]) -> str:
         lines.append(("ECN CE marked (AQM)", result["ce_marked"]))
     if "tx_ce_marked" in result:  # ipsecd with --device-aqm (older daemons do not say)
         lines.append(("ECN CE marked (device AQM)", result["tx_ce_marked"]))
+    if "tcp_windows_lowered" in result:  # ipsecd with --tcp-queue (older daemons do not say)
+        lines.append(("TCP windows lowered (tcp queue)", result["tcp_windows_lowered"]))
     ike = result.get("ike")
     if isinstance(ike, Mapping):  # ipsecd with IKEv2: messages handled and dropped, by reason
         lines.append(("IKE:", None))

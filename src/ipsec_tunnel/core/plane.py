@@ -132,6 +132,7 @@ class Plane:
         self.keepalives = 0
         self.ce_marked = 0  # received packets the AQM marked with ECN CE instead of dropping (core/codel.py)
         self.tx_ce_marked = 0  # packets read from a device that --device-aqm marked CE (core/ringaqm.py)
+        self.tcp_windows_lowered = 0  # ACKs delivered whose window --tcp-queue lowered (core/tcpwin.py)
         # Takes (source, destination, source port, IKE message) for a datagram with the non-ESP marker on
         # the encapsulation port (RFC 3948 §2.2), the marker stripped; None: such datagrams are dropped.
         self.on_non_esp: Callable[[bytes, bytes, int | None, bytes], None] | None = None

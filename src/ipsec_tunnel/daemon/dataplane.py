@@ -391,8 +391,9 @@ class DataPlane:
             if queue is None:
                 continue
             if self.window is not None:
-                bound = self.window.delivering
+                bound, before = self.window.delivering, self.window.lowered
                 batch = [bound(p) if len(p) <= tcpwin.ACK_MAX else p for p in batch]
+                self.engine.tcp_windows_lowered += self.window.lowered - before
             if self.offloads.coalesce and queue.vnet and len(batch) > 1:
                 items = gro.coalesce(batch)
             else:
