@@ -311,12 +311,21 @@ def _buffer_size(text: str) -> int:
     return size
 
 
+def _optional_size(text: str, low: int, high: int) -> int:
+    """A size in bytes (k or m suffix): 0 (off), or `low` to `high`."""
+    size = _bytes(text)
+    if size and not low <= size <= high:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between {_kib(low)} and {_kib(high)}")
+    return size
+
+
+def _kib(size: int) -> str:
+    return f"{size >> 20}m" if size >= 1 << 20 and not size % (1 << 20) else f"{size >> 10}k"
+
+
 def _read_ahead(text: str) -> int:
     """A read-ahead in bytes: 0 (off), or 16 KiB to 64 MiB, with a k or m suffix (powers of 1024)."""
-    size = _bytes(text)
-    if size and not (16 << 10) <= size <= (64 << 20):
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 16k and 64m")
-    return size
+    return _optional_size(text, 16 << 10, 64 << 20)
 
 
 def _nice(text: str) -> int:
@@ -344,10 +353,7 @@ def prioritize(nice: int) -> str | None:
 
 def _tcp_queue(text: str) -> int:
     """A bound in bytes: 0 (off), or 64 KiB to 1 GiB, with a k or m suffix (powers of 1024)."""
-    size = _bytes(text)
-    if size and not (64 << 10) <= size <= (1 << 30):
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 (off) or between 64k and 1024m")
-    return size
+    return _optional_size(text, 64 << 10, 1 << 30)
 
 
 def _sched_slice(text: str) -> int:
