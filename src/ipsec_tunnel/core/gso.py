@@ -62,6 +62,8 @@ __all__ = [
     "split_tcp",
     "split_udp",
     "tcp_layout",
+    "tcp_option",
+    "tcp_packet",
 ]
 
 # struct virtio_net_hdr, linux/virtio_net.h (also include/uapi/linux/virtio_net.h)
@@ -278,6 +280,53 @@ def tcp_layout(packet: bytes, l4: int) -> tuple[int, int, int]:
     if end < hl:
         raise OffloadError("IP length shorter than the headers")
     return doff, hl, end
+
+
+def tcp_packet(packet: bytes) -> tuple[int, int, int] | None:
+    """(TCP header offset, headers' length, where the IP length says the packet ends) of an IPv4 or
+    IPv6 TCP packet (IPv6 without extension headers, IPv4 not a fragment); None for anything else."""
+    n = len(packet)
+    if n < 40:
+        return None
+    if packet[0] >> 4 == 4:
+        if packet[9] != PROTO_TCP or packet[6] & 0x3F or packet[7]:  # a fragment
+            return None
+        l4 = (packet[0] & 0x0F) * 4
+        end = int.from_bytes(packet[2:4], "big")
+    elif packet[0] >> 4 == 6:
+        if n < 60 or packet[6] != PROTO_TCP:
+            return None
+        l4 = 40  # RFC 8200 §3
+        end = l4 + int.from_bytes(packet[4:6], "big")
+    else:
+        return None
+    if l4 < 20 or n < l4 + 20:  # RFC 791 §3.1: at least 20
+        return None
+    hl = l4 + (packet[l4 + 12] >> 4) * 4
+    end = min(end, n)
+    if hl < l4 + 20 or end < hl:
+        return None
+    return l4, hl, end
+
+
+def tcp_option(packet: bytes, l4: int, hl: int, kind: int, length: int) -> int | None:
+    """Where the value of the TCP option `kind` of `length` bytes starts, in the TCP header at `l4`
+    whose options end at `hl` (RFC 9293 §3.1: end of list 0, no-operation 1, else kind and length);
+    None when it has none."""
+    i = l4 + 20
+    while i < hl:
+        kind_at = packet[i]
+        if kind_at == 0:  # end of options
+            return None
+        if kind_at == 1:  # NOP
+            i += 1
+            continue
+        if i + 1 >= hl or packet[i + 1] < 2:
+            return None
+        if kind_at == kind and packet[i + 1] == length and i + length <= hl:
+            return i + 2
+        i += packet[i + 1]
+    return None
 
 
 def _ipv4_parts(packet: bytes, l4: int) -> tuple[bytes, bytes, bytes, int, int]:

@@ -50,6 +50,8 @@ from .gso import (
     TCP_SYN,
     VnetHeader,
     pseudo_sum,
+    tcp_option,
+    tcp_packet,
 )
 
 __all__ = [
@@ -76,60 +78,22 @@ _TS_KIND, _TS_LEN = 8, 10  # RFC 7323 §3: the timestamps option, kind 8, length
 _NOT_DATA = TCP_SYN | TCP_FIN | TCP_RST
 
 
-def _tcp(packet: bytes) -> tuple[int, int, int] | None:
-    """(TCP header offset, headers' length, where the IP length says the packet ends) of an IPv4 or
-    IPv6 TCP packet (IPv6 without extension headers); None for anything else."""
-    n = len(packet)
-    if n < 40:
-        return None
-    if packet[0] >> 4 == 4:
-        if packet[9] != ip.PROTO_TCP or packet[6] & 0x3F or packet[7]:  # a fragment: not judged
-            return None
-        l4 = (packet[0] & 0x0F) * 4
-        end = int.from_bytes(packet[2:4], "big")
-    elif packet[0] >> 4 == 6:
-        if n < 60 or packet[6] != ip.PROTO_TCP:
-            return None
-        l4 = ip.IPV6_HEADER_LEN
-        end = l4 + int.from_bytes(packet[4:6], "big")
-    else:
-        return None
-    if l4 < ip.IPV4_HEADER_LEN or n < l4 + 20:
-        return None
-    hl = l4 + (packet[l4 + 12] >> 4) * 4
-    end = min(end, n)
-    if hl < l4 + 20 or end < hl:
-        return None
-    return l4, hl, end
-
-
 def tsval(packet: bytes) -> int | None:
     """The TSval of a TCP packet's timestamps option (RFC 7323 §3), or None without one."""
-    layout = _tcp(packet)
+    layout = tcp_packet(packet)
     if layout is None:
         return None
     l4, hl, _end = layout
     i = l4 + 20
     if hl - i >= 12 and packet[i : i + 4] == b"\x01\x01\x08\x0a":  # NOP NOP TS: what Linux sends
         return int.from_bytes(packet[i + 4 : i + 8], "big")
-    while i < hl:
-        kind = packet[i]
-        if kind == 0:  # end of options
-            return None
-        if kind == 1:  # NOP
-            i += 1
-            continue
-        if i + 1 >= hl or packet[i + 1] < 2:
-            return None
-        if kind == _TS_KIND and packet[i + 1] == _TS_LEN and i + _TS_LEN <= hl:
-            return int.from_bytes(packet[i + 2 : i + 6], "big")
-        i += packet[i + 1]
-    return None
+    at = tcp_option(packet, l4, hl, _TS_KIND, _TS_LEN)
+    return None if at is None else int.from_bytes(packet[at : at + 4], "big")
 
 
 def _data(packet: bytes) -> bool:
     """Whether `packet` is a TCP segment carrying data and no SYN, FIN or RST: one that can be signalled."""
-    layout = _tcp(packet)
+    layout = tcp_packet(packet)
     if layout is None:
         return False
     l4, hl, end = layout
@@ -147,7 +111,7 @@ def cut_last_segment(packet: bytes, offload: VnetHeader) -> bytes | None:
     IP length fixed (and the IPv4 header checksum); when one segment is left and its checksum is
     partial, the pseudo-header sum in the TCP checksum field fixed for the new length. None when the
     super-packet holds one segment only (or is not one)."""
-    layout = _tcp(packet)
+    layout = tcp_packet(packet)
     mss = offload.gso_size
     if layout is None or mss <= 0:
         return None

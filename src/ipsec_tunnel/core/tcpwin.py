@@ -26,56 +26,33 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .gso import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, tcp_option, tcp_packet
+
 __all__ = ["ACK_MAX", "FLOWS", "WindowBound", "window_scale"]
 
 ACK_MAX = 40 + 60  # the longest pure ACK: an IPv6 header and a TCP header with 40 bytes of options
 FLOWS = 1024  # flows followed (the least recently sent go first)
 _MOD = 1 << 32  # sequence numbers are modulo 2^32 (RFC 9293 §3.4)
-_SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _WSCALE = 3  # RFC 7323 §2.2: the window scale option, kind 3, length 3
 _MAX_SHIFT = 14  # RFC 7323 §2.3
 
 
-def _tcp(packet: bytes) -> tuple[bytes, bytes, int] | None:
-    """(source address, destination address, TCP header offset) of an IPv4 or IPv6 TCP packet with a
-    whole TCP header, else None (IPv6 extension headers and IPv4 fragments other than the first are
-    not followed)."""
-    if not packet:
+def _tcp(packet: bytes) -> tuple[bytes, bytes, int, int, int] | None:
+    """(source address, destination address, TCP header offset, headers' length, end) of an IPv4 or
+    IPv6 TCP packet (`gso.tcp_packet`), else None."""
+    layout = tcp_packet(packet)
+    if layout is None:
         return None
-    version = packet[0] >> 4
-    if version == 4:
-        ihl = (packet[0] & 0x0F) * 4
-        if len(packet) < ihl + 20 or ihl < 20 or packet[9] != 6 or (packet[6] & 0x1F) or packet[7]:
-            return None
-        return packet[12:16], packet[16:20], ihl
-    if version == 6:
-        if len(packet) < 60 or packet[6] != 6:
-            return None
-        return packet[8:24], packet[24:40], 40
-    return None
+    if packet[0] >> 4 == 4:
+        return (packet[12:16], packet[16:20], *layout)
+    return (packet[8:24], packet[24:40], *layout)
 
 
 def window_scale(packet: bytes, off: int) -> int | None:
     """The window scale option's shift count in the TCP header at `off` (at most 14, RFC 7323 §2.3),
     or None when it has none."""
-    end = off + (packet[off + 12] >> 4) * 4
-    i = off + 20
-    while i < end and i < len(packet):
-        kind = packet[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= end:
-            break
-        length = packet[i + 1]
-        if length < 2:
-            break
-        if kind == _WSCALE and length == 3 and i + 2 < end:
-            return min(packet[i + 2], _MAX_SHIFT)
-        i += length
-    return None
+    at = tcp_option(packet, off, off + (packet[off + 12] >> 4) * 4, _WSCALE, 3)
+    return None if at is None else min(packet[at], _MAX_SHIFT)
 
 
 def _after(a: int, b: int) -> bool:
@@ -120,28 +97,24 @@ class WindowBound:
         got = _tcp(packet)
         if got is None:
             return
-        src, dst, off = got
+        src, dst, off, hl, end = got
         flags = packet[off + 13]
         key = (src, dst, _port(packet, off), _port(packet, off + 2))
         flow = self.flows.get(key)
-        if flags & _SYN:
-            if flow is None or flow.local is not None or flags & _ACK == 0:
+        if flags & TCP_SYN:
+            if flow is None or flow.local is not None or flags & TCP_ACK == 0:
                 flow = self._new(key)  # a new connection (a SYN-ACK answers the remote's SYN, kept)
             flow.local = window_scale(packet, off) is not None
         elif flow is None:
             return
         self.flows.move_to_end(key)
-        if flags & _RST:
+        if flags & TCP_RST:
             del self.flows[key]
             return
-        payload = len(packet) - off - (packet[off + 12] >> 4) * 4
-        end = (
-            int.from_bytes(packet[off + 4 : off + 8], "big") + max(0, payload) + (flags & _SYN != 0)
-        ) % _MOD
-        if flags & _FIN:
-            end = (end + 1) % _MOD
-        if flow.sent is None or _after(end, flow.sent):
-            flow.sent = end
+        seq = int.from_bytes(packet[off + 4 : off + 8], "big")
+        last = (seq + end - hl + (flags & TCP_SYN != 0) + (flags & TCP_FIN != 0)) % _MOD
+        if flow.sent is None or _after(last, flow.sent):
+            flow.sent = last
 
     def delivering(self, packet: bytes) -> bytes:
         """A packet from the tunnel for a tunnel device: the same, or an ACK with its window lowered."""
@@ -150,20 +123,19 @@ class WindowBound:
         got = _tcp(packet)
         if got is None:
             return packet
-        src, dst, off = got
-        hlen = (packet[off + 12] >> 4) * 4
-        if len(packet) != off + hlen:  # carries data (or is cut short): left alone
+        src, dst, off, hl, _end = got
+        if len(packet) != hl:  # carries data: left alone
             return packet
         key = (dst, src, _port(packet, off + 2), _port(packet, off))
         flow = self.flows.get(key)
         flags = packet[off + 13]
-        if flags & _SYN:
-            if flow is None or not flags & _ACK:
+        if flags & TCP_SYN:
+            if flow is None or not flags & TCP_ACK:
                 flow = self._new(key)  # the remote opens: the local SYN-ACK comes next
             flow.remote = window_scale(packet, off)
             flow.remote_seen = True
             return packet  # a SYN's window is never scaled (RFC 7323 §2.2)
-        if flow is None or not flags & _ACK or flow.sent is None:
+        if flow is None or not flags & TCP_ACK or flow.sent is None:
             return packet
         shift = flow.shift
         if shift is None:
