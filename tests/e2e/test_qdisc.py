@@ -45,8 +45,9 @@ def kind_of(h: IpsecHost, device: str) -> str | None:
 
 
 def host_default(h: IpsecHost) -> str | None:
-    """The root qdisc a fresh TUN device gets on this host."""
-    h.sh("ip tuntap add dev latprobe mode tun && ip link set latprobe up")
+    """The root qdisc a fresh TUN device like ipsecd's tunnel devices gets on this host: one with
+    several queues (--flow-queues), mq on Linux."""
+    h.sh("ip tuntap add dev latprobe mode tun multi_queue && ip link set latprobe up")
     try:
         return kind_of(h, "latprobe")
     finally:

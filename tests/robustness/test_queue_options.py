@@ -1,5 +1,6 @@
 """ipsecd's queue switches: --qdisc and --socket-buffer parsed, bad values of these and of --batch,
---tcp-queue and --sched-slice refused in one line naming the switch, and handed to the data plane."""
+--tcp-queue, --sched-slice and --flow-queues refused in one line naming the switch, and handed to the
+data plane."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_socket_buffer_sizes(text: str, size: int) -> None:
             "--batch=0", "--batch=5000", "--batch=x",
             "--tcp-queue=63k", "--tcp-queue=2g", "--tcp-queue=x", "--tcp-queue=-1", "--tcp-queue=1025m",
             "--sched-slice=99", "--sched-slice=100001", "--sched-slice=-5", "--sched-slice=1.5",
-            "--sched-slice="],
+            "--sched-slice=", "--flow-queues=yes", "--flow-queues="],
 )  # fmt: skip
 def test_bad_values_are_one_line_errors(arg: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:

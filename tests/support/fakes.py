@@ -10,8 +10,9 @@ import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ipsec_tunnel.core import gso
+from ipsec_tunnel.core import gso, steer
 from ipsec_tunnel.core.gso import NO_OFFLOAD, VnetHeader
+from ipsec_tunnel.daemon.kernel import UdpEdge
 from ipsec_tunnel.daemon.manager import Devices
 from ipsec_tunnel.linux.udp import UdpDatagram
 
@@ -82,10 +83,15 @@ class Readable:
 
 class FakeTun:
     """A tunnel device's queue: `route` is the host's stack sending a packet into the device (the data
-    plane reads it), `written` what the data plane wrote (the host's stack received it). A device that
-    is `down` refuses writes as the kernel does (EIO)."""
+    plane reads it), `written` what the data plane wrote (the host's stack received it; one list for
+    all the device's queues). A device that is `down` refuses writes as the kernel does (EIO).
 
-    def __init__(self, name: str, *, vnet: bool) -> None:
+    Made `multi_queue`, `open_queue` opens more queues, and the device steers as the TUN driver does: a
+    routed packet goes to the queue its flow (`steer.key`, the same both ways) was last written
+    through, to the first queue when none was (the driver hashes those); `by_queue` counts the writes
+    through each queue."""
+
+    def __init__(self, name: str, *, vnet: bool, multi_queue: bool = False) -> None:
         self._name = name
         self.vnet = vnet
         self.inbox = Readable()
@@ -93,6 +99,11 @@ class FakeTun:
         self.down = False
         self.persist = False
         self.closed = False
+        self.multi_queue = multi_queue
+        self.queues: list[FakeTun] = [self]  # the device's queues, shared by all of them
+        self.flows: dict[bytes, int] = {}  # flow -> the queue it was last written through (shared)
+        self.by_queue: list[int] = [0]  # writes through each queue (shared)
+        self.index = 0
 
     @property
     def name(self) -> str:
@@ -102,7 +113,23 @@ class FakeTun:
         return self.inbox.fileno()
 
     def route(self, packet: bytes, offload: VnetHeader | None = None) -> None:
-        self.inbox.put((offload if offload is not None else NO_OFFLOAD, packet))
+        queue = self.queues[self.flows.get(steer.key(packet), 0)] if len(self.queues) > 1 else self
+        queue.inbox.put((offload if offload is not None else NO_OFFLOAD, packet))
+
+    def open_queue(self) -> FakeTun:
+        if not self.multi_queue:
+            raise ValueError("the device was opened without multi_queue")
+        other = FakeTun(self._name, vnet=self.vnet, multi_queue=True)
+        other.written, other.queues, other.flows, other.by_queue = (
+            self.written,
+            self.queues,
+            self.flows,
+            self.by_queue,
+        )
+        other.index = len(self.queues)
+        self.queues.append(other)
+        self.by_queue.append(0)
+        return other
 
     def read(self) -> tuple[VnetHeader | None, bytes] | None:
         got = self.inbox.take()
@@ -114,6 +141,9 @@ class FakeTun:
     def write(self, packet: bytes, offload: VnetHeader | None = None) -> int:
         if self.down:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if len(self.queues) > 1:
+            self.flows[steer.key(packet)] = self.index
+        self.by_queue[self.index] += 1
         if offload is not None and offload.gso_type:
             self.written += gso.split(packet, offload)  # what the kernel's GRO receive path would hand on
         else:
@@ -122,7 +152,8 @@ class FakeTun:
 
     def take(self) -> list[bytes]:
         """What was written since the last call."""
-        out, self.written = self.written, []
+        out = list(self.written)
+        self.written.clear()
         return out
 
     def set_persist(self, persist: bool) -> None:
@@ -171,6 +202,9 @@ class FakeNetwork:
         udp = host.udp.get((family, d.dport))
         if udp is None:
             return False
+        sparse = host.sparse_udp.get((family, d.dport))
+        if sparse is not None and len(d.payload) <= sparse.small:
+            udp = sparse
         udp.inbox.put((UdpDatagram(d.src, d.sport, d.dst, d.tos, b""), [d.payload]))
         return True
 
@@ -229,8 +263,9 @@ class FakeRaw:
 class FakeUdp:
     """A UDP socket bound to `port` on a `FakeNetwork`; each datagram arrives alone (no GRO)."""
 
-    def __init__(self, host: FakeKernel, family: int, port: int) -> None:
+    def __init__(self, host: FakeKernel, family: int, port: int, *, small: int = 0) -> None:
         self.host, self.family, self.port = host, family, port
+        self.small = small  # a sparse socket (`FakeKernel.open_sparse_udp`): the datagrams of at most this
         self.inbox = Readable()
         self.errors_polled = 0  # calls of poll_errors
         self.errors_queued = 0  # what the next poll_errors reads (tests set it)
@@ -281,7 +316,9 @@ class FakeUdp:
         return queued
 
     def close(self) -> None:
-        self.host.udp.pop((self.family, self.port), None)
+        mine = self.host.sparse_udp if self.small else self.host.udp
+        if mine.get((self.family, self.port)) is self:
+            del mine[self.family, self.port]
         self.inbox.close()
 
 
@@ -315,14 +352,17 @@ class FakeKernel:
         self.tun: dict[str, FakeTun] = {}
         self.raw: dict[int, FakeRaw] = {}
         self.udp: dict[tuple[int, int], FakeUdp] = {}
+        self.sparse_udp: dict[tuple[int, int], FakeUdp] = {}  # small datagrams (`open_sparse_udp`)
         self.icmp: dict[int, FakeIcmp] = {}
 
     def address(self, family: int) -> bytes:
         """The host's first address of IPv`family` (the outer source the route would pick)."""
         return next(a for a in self.addresses if len(a) == (4 if family == 4 else 16))
 
-    def open_tun(self, name: str, *, vnet: bool, tso: bool, txqueuelen: int) -> FakeTun:
-        queue = FakeTun(name, vnet=vnet)
+    def open_tun(
+        self, name: str, *, vnet: bool, tso: bool, txqueuelen: int, multi_queue: bool = False
+    ) -> FakeTun:
+        queue = FakeTun(name, vnet=vnet, multi_queue=multi_queue)
         self.tun[name] = queue
         return queue
 
@@ -339,11 +379,18 @@ class FakeKernel:
         gro: bool = False,
         buffer: int | None = None,
         timestamps: bool = False,
+        sparse: bool = False,
     ) -> FakeUdp:
         if (family, port) in self.udp:
             raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
         self.udp[family, port] = FakeUdp(self, family, port)
         return self.udp[family, port]
+
+    def open_sparse_udp(self, bulk: UdpEdge, small: int, *, timestamps: bool = False) -> FakeUdp:
+        assert isinstance(bulk, FakeUdp)
+        sparse = FakeUdp(self, bulk.family, bulk.port, small=small)
+        self.sparse_udp[bulk.family, bulk.port] = sparse
+        return sparse
 
     def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> FakeUdp:
         raise OSError(errno.ENETUNREACH, "no loopback on a FakeNetwork")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, fq, gro, gso, ringaqm, tcpwin
+from ..core import codel, fq, gro, gso, ringaqm, steer, tcpwin
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -30,6 +30,7 @@ from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
+from ..linux.udp import UdpDatagram
 from . import lone, readahead, txahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
@@ -39,6 +40,9 @@ from .spin import Rehearsal, Spin, in_use
 log = logging.getLogger(__name__)
 
 BATCH = 64  # reads per readable event before other sources get a turn
+CHUNK = 64  # packets sealed between two looks at the sparse flows' sources (with steering)
+SPARSE_LIVE = 1.0  # seconds after a sparse flows' source gave a packet during which bulk turns look at them
+SPARSE_EVERY = 200e-6  # seconds between two such looks at most
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
@@ -78,24 +82,45 @@ class KernelDevices(Devices):
 
     def __init__(self, loop: DataPlane) -> None:
         self.loop = loop
-        self.tun: dict[str, TunEdge] = {}
+        self.tun: dict[str, TunEdge] = {}  # each device's first queue (its bulk flows', with flow queues)
+        self.sparse: dict[str, TunEdge] = {}  # with flow queues: each device's second, for the other flows
         self.fds: set[int] = set()  # the queues' descriptors (DataPlane._answer looks them up per turn)
 
     def create(self, name: str) -> None:
         if name in self.tun:
             return
-        opts = self.loop.offloads
-        queue = self.loop.kernel.open_tun(name, vnet=opts.vnet, tso=opts.tso, txqueuelen=opts.txqueuelen)
+        loop, opts = self.loop, self.offloads
+        two = loop.steering is not None and name != BASE_DEVICE  # ipsec0 stays single: EBUSY to a 2nd daemon
+        queue = loop.kernel.open_tun(
+            name, vnet=opts.vnet, tso=opts.tso, txqueuelen=opts.txqueuelen, multi_queue=two
+        )
         self.tun[name] = queue
         self.fds.add(queue.fileno())
-        self.loop.watch(queue.fileno(), functools.partial(self.loop.on_tun, queue))
+        loop.watch(queue.fileno(), functools.partial(loop.on_tun, queue))
+        if two:
+            try:
+                sparse = queue.open_queue()
+            except ValueError:  # attached to a device made with one queue (by an older ipsecd)
+                log.info("%s was made with one queue: no flow queues until it is made again", name)
+                return
+            except OSError as exc:
+                log.info("%s: no second queue (%s): no flow queues", name, exc.strerror or exc)
+                return
+            self.sparse[name] = sparse
+            self.fds.add(sparse.fileno())
+            loop.watch_sparse(sparse.fileno(), functools.partial(loop.on_tun, sparse))
+
+    @property
+    def offloads(self) -> OffloadOptions:
+        return self.loop.offloads
 
     def remove(self, name: str) -> None:
-        queue = self.tun.pop(name, None)
-        if queue is not None:
-            self.fds.discard(queue.fileno())
-            self.loop.unwatch(queue.fileno())
-            queue.close()
+        for queues in (self.sparse, self.tun):
+            queue = queues.pop(name, None)
+            if queue is not None:
+                self.fds.discard(queue.fileno())
+                self.loop.unwatch(queue.fileno())
+                queue.close()
 
     def exists(self, name: str) -> bool:
         return self.loop.kernel.exists(name)
@@ -141,6 +166,7 @@ class DataPlane:
         tun_read_ahead: int = 0,
         device_aqm: AqmOptions | None = None,
         tcp_queue: int = 0,
+        flow_queues: bool = False,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -162,7 +188,22 @@ class DataPlane:
         self.ring_aqm: dict[int, ringaqm.RingAqm] = {}  # per TUN queue (its descriptor), made at first read
         # --tcp-queue: a local TCP sender's bytes in a device's ring bounded by its ACKs' window (core.tcpwin)
         self.window = tcpwin.WindowBound(tcp_queue) if tcp_queue else None
+        # --flow-queues: bulk flows and the others through a device's two queues (core.steer)
+        self.steering = steer.Steering() if flow_queues else None
         self._epoll = select.epoll()
+        self._sparse = select.epoll()  # the sparse flows' sources too (`serve_sparse`), with steering
+        self._sparse_fds: set[int] = set()
+        self._in_sparse = False
+        self.sparse_at = -math.inf  # when a sparse flows' source last gave a packet (`serve_sparse`)
+        self._sparse_next = 0.0  # the next look at them between chunks (`serve_sparse`)
+        self.sparse_udp: dict[int, UdpEdge] = {}
+        self._bulk_of: dict[int, int] = {}  # a sparse socket's descriptor -> its bulk socket's
+        # per bulk socket: what its sparse socket opened (TCP) or read (narrow windows) while it held a
+        # backlog, for the end of its first turn that reads it empty (`_after_bulk`, `_release`)
+        self._held: dict[int, dict[str, list[bytes]]] = {}
+        self._late: dict[int, list[tuple[UdpDatagram, list[bytes]]]] = {}
+        self.busy: set[int] = set()  # the bulk sockets in a turn now
+        self.sealing: set[int] = set()  # the device queues whose turn is sealing in chunks now
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self._drains: dict[int, Callable[[], int]] = {}  # what reads a socket's error queue (EPOLLERR)
         self.devices = KernelDevices(self)
@@ -188,6 +229,30 @@ class DataPlane:
         if errors is not None:
             self._drains[fd] = errors
 
+    def watch_sparse(self, fd: int, callback: Callable[[], None]) -> None:
+        """`watch` a source of sparse flows only (`core.steer`): served first, and between the chunks of
+        a bulk source's turn (`serve_sparse`)."""
+        self.watch(fd, callback)
+        self._sparse.register(fd, select.EPOLLIN)
+        self._sparse_fds.add(fd)
+
+    def serve_sparse(self) -> None:
+        """Serve the sparse flows' sources readable now (one look; not from within one of their turns),
+        while sparse flows are live (one gave a packet within SPARSE_LIVE), at most every SPARSE_EVERY."""
+        if self._in_sparse or not self._sparse_fds:
+            return
+        now = self.clock()
+        if now - self.sparse_at > SPARSE_LIVE or now < self._sparse_next:
+            return
+        self._sparse_next = now + SPARSE_EVERY
+        ready = self._sparse.poll(0)
+        if ready:
+            self._in_sparse = True
+            try:
+                self._dispatch(ready)
+            finally:
+                self._in_sparse = False
+
     def writable(self, fd: int, on: bool) -> None:
         """Call `fd`'s callback when it is writable (`on`) rather than readable, or back."""
         if fd in self._handlers:
@@ -197,6 +262,12 @@ class DataPlane:
         """Stop watching `fd` (and forget its device AQM state, if a tunnel device's)."""
         self._drains.pop(fd, None)
         self.ring_aqm.pop(fd, None)
+        if fd in self._sparse_fds:
+            self._sparse_fds.discard(fd)
+            try:
+                self._sparse.unregister(fd)
+            except (OSError, ValueError):
+                pass
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -220,8 +291,9 @@ class DataPlane:
                 self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
             try:
                 udp = kernel.open_udp(
-                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None
-                )
+                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None,
+                    sparse=self.steering is not None,
+                )  # fmt: skip
             except OSError as exc:
                 log.warning("no IPv%d ESP-in-UDP socket on port %d: %s", family, self.udp_port, exc.strerror)
             else:
@@ -229,6 +301,15 @@ class DataPlane:
                 if self.aqm is not None:
                     self.codel[udp.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
                 self.watch(udp.fileno(), functools.partial(self.on_udp, udp), udp.poll_errors)
+                if self.steering is not None:
+                    try:
+                        sparse = kernel.open_sparse_udp(udp, steer.SMALL, timestamps=self.aqm is not None)
+                    except OSError as exc:
+                        log.info("no sparse ESP-in-UDP socket: %s", exc.strerror or exc)
+                    else:
+                        self.sparse_udp[family] = sparse
+                        self._bulk_of[sparse.fileno()] = udp.fileno()
+                        self.watch_sparse(sparse.fileno(), functools.partial(self.on_udp, sparse))
         self.icmp[4] = kernel.open_icmp(4)
         try:
             self.icmp[6] = kernel.open_icmp(6)
@@ -241,11 +322,13 @@ class DataPlane:
         edges: list[RawEdge | UdpEdge | IcmpEdge] = [
             *self.raw.values(),
             *self.udp.values(),
+            *self.sparse_udp.values(),
             *self.icmp.values(),
         ]
         for edge in edges:
             edge.close()
         self._epoll.close()
+        self._sparse.close()
 
     # -- packet handlers -----------------------------------------------------------------------------------
 
@@ -254,6 +337,12 @@ class DataPlane:
         with `sparse_first`, the packets of the batch's sparse flows first (`core.fq`); with
         `device_aqm`, after CoDel on the ring judged the batch (`judge_ring`). With `tun_read_ahead`,
         `txahead.serve_tun` instead: the ring read further, sealed in chunks (not judged)."""
+        steering = self.steering
+        if steering is not None:
+            if queue.fileno() in self.sealing:
+                return  # its turn is sealing what it read: later packets wait for it to end
+            if queue.fileno() not in self._sparse_fds:
+                self.serve_sparse()  # the sparse flows first (core.steer)
         if self.tun_read_ahead:
             txahead.serve_tun(self, queue)
             return
@@ -287,14 +376,43 @@ class DataPlane:
         if self.window is not None:
             for packet in packets:
                 self.window.sent(packet)
+        if steering is not None and packets:
+            for i in offloads:
+                steering.note(packets[i], now)
+            if queue.fileno() in self._sparse_fds:  # sparse flows are live: bulk turns look at them
+                self.sparse_at = now  # (a device's: a sparse socket also carries a bulk flow's ACKs)
         if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
             return  # read alone: the short way (daemon.lone)
         if self.device_aqm is not None and packets:
             packets, offloads = self.judge_ring(queue, packets, offloads, now, drained)
         if self.sparse_first and len(packets) > 1:
             packets, offloads = fq.reorder(packets, offloads)
-        if packets:
+        if not packets:
+            return
+        if steering is None or gathered <= CHUNK or now - self.sparse_at > SPARSE_LIVE:
             self.seal_and_send(name, packets, offloads, now)
+            return
+        fd = queue.fileno()
+        self.sealing.add(fd)  # a nested turn (an answer served between chunks) must not pass what is held
+        try:
+            self._seal_chunks(name, packets, offloads, now)
+        finally:
+            self.sealing.discard(fd)
+
+    def _seal_chunks(
+        self, name: str, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float
+    ) -> None:
+        """`seal_and_send` in chunks of CHUNK packets, the sparse flows' sources served between them."""
+        start = counted = 0
+        for i, packet in enumerate(packets):
+            off = offloads.get(i)
+            counted += len(packet) // off.gso_size + 1 if off is not None and off.gso_size else 1
+            if counted >= CHUNK or i == len(packets) - 1:
+                chunk = {j - start: offloads[j] for j in range(start, i + 1) if j in offloads}
+                self.seal_and_send(name, packets[start : i + 1], chunk, now)
+                start, counted = i + 1, 0
+                if start < len(packets):
+                    self.serve_sparse()
 
     def judge_ring(
         self, queue: TunEdge, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float,
@@ -398,9 +516,13 @@ class DataPlane:
                 items = gro.coalesce(batch)
             else:
                 items = [(gso.NO_OFFLOAD, p) for p in batch]
+            sparse = self.devices.sparse.get(device) if self.steering is not None else None
             for offload, packet in items:
                 try:
-                    queue.write(packet, offload)
+                    if sparse is None:
+                        queue.write(packet, offload)
+                    else:
+                        self.queue_for(queue, sparse, packet).write(packet, offload)
                 except OSError as exc:
                     if offload.gso_type and exc.errno == errno.EINVAL:
                         self._refused(queue, packet, offload)
@@ -411,6 +533,16 @@ class DataPlane:
                         self._write_failed(device, max(1, segments), exc)
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
+
+    def queue_for(self, bulk: TunEdge, sparse: TunEdge, packet: bytes) -> TunEdge:
+        """The queue to write `packet` through: its flow's (`core.steer`); a super-packet makes it bulk."""
+        steering = self.steering
+        assert steering is not None
+        now = self.clock()
+        if len(packet) > fq.QUANTUM:
+            steering.note(packet, now)
+            return bulk
+        return bulk if steering.queue(packet, now) == steer.BULK else sparse
 
     def _refused(self, queue: TunEdge, packet: bytes, offload: gso.VnetHeader) -> None:
         """The kernel refused a super-packet: write its segments, and coalesce no more."""
@@ -568,11 +700,15 @@ class DataPlane:
         `read_ahead`, `readahead.serve_udp` instead: small datagrams behind the bulk read are opened first;
         but not in a woken turn, which reads once (nothing to go ahead of): an idle datagram read alone
         then takes `daemon.lone`'s direct write."""
-        if self.read_ahead and not self.woken:
+        fd = udp.fileno()
+        bulk = self._bulk_of.get(fd)  # a sparse socket's bulk socket (core.steer)
+        if self.read_ahead and not self.woken and bulk is None:
             readahead.serve_udp(self, udp)
             return
         now = self.clock()
-        queue = self.codel.get(udp.fileno())
+        queue = self.codel.get(fd)
+        if bulk is None and self._bulk_of:
+            self.busy.add(fd)  # until its turn has delivered what it read (`_backlog`)
         pending: dict[str, list[bytes]] = {}
         seen: dict[str, int] = {}  # per device, how much of its pending list holds TCP only
         gathered = 0
@@ -590,6 +726,9 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
+            if bulk is not None and self._narrow(d, payloads) and self._backlog(bulk):
+                self._late.setdefault(bulk, []).append(got)  # opened after the bulk's backlog
+                continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
             if one is True:
                 continue
@@ -607,8 +746,61 @@ class DataPlane:
             self._merge(pending, deliver, rejects)
             if pending and self._deliver_ahead(pending, seen):
                 self._answer()
+            if self._sparse_fds and bulk is None and not self.woken:
+                self.serve_sparse()
+        if bulk is not None:
+            if pending:
+                self._after_bulk(bulk, pending)
+            return
         if pending:
             self.deliver(pending)
+        if self._bulk_of:
+            self.busy.discard(fd)
+            if self._held or self._late:
+                self.release(fd)
+
+    def _narrow(self, d: UdpDatagram, payloads: list[bytes]) -> bool:
+        """Whether a datagram read from a sparse socket belongs to an SA whose replay window is too
+        narrow to open it ahead of the bulk socket's backlog (which could then fall behind the window)."""
+        esp = payloads[0]
+        if len(esp) < 8 or esp[:4] == bytes(4):
+            return False
+        sa = self.engine.sad.get(d.dst, d.src, int.from_bytes(esp[:4], "big"))
+        return sa is not None and 0 < sa.replay.size < steer.AHEAD_WINDOW
+
+    def _backlog(self, bulk: int) -> bool:
+        """Whether bulk socket `bulk` holds datagrams, or its turn datagrams not yet delivered (one look)."""
+        return bulk in self.busy or bool(select.select([bulk], [], [], 0)[0])
+
+    def _after_bulk(self, bulk: int, packets: dict[str, list[bytes]]) -> None:
+        """TCP packets a sparse socket opened: pure ACKs now; segments with data now if its bulk socket
+        `bulk` holds nothing, else after that backlog (sent before them), so a TCP flow's order holds."""
+        data: dict[str, list[bytes]] = {}
+        for device, batch in packets.items():
+            if any(map(steer.carries_data, batch)):
+                data[device] = batch
+        if data and self._backlog(bulk):
+            for device in data:
+                del packets[device]
+            self._merge(self._held.setdefault(bulk, {}), data, [])
+        if packets:
+            self.deliver(packets)
+
+    def release(self, fd: int) -> None:
+        """At the end of a turn of bulk socket `fd`, which delivered all it read: what its sparse socket
+        kept back goes, in order, if the socket holds nothing more (else after a later turn)."""
+        if (fd not in self._held and fd not in self._late) or select.select([fd], [], [], 0)[0]:
+            return
+        late = self._late.pop(fd, None)
+        held = self._held.pop(fd, None) or {}
+        now = self.clock()
+        for d, payloads in late or ():
+            deliver, rejects = self.engine.receive_batch(
+                d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
+            )
+            self._merge(held, deliver, rejects)
+        if held:
+            self.deliver(held)
 
     # -- the loop ------------------------------------------------------------------------------------------
 

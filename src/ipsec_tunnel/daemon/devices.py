@@ -174,6 +174,10 @@ class PersistentDevices(KernelDevices):
             return
         queue.renamed(new)
         self.tun[new] = queue
+        sparse = self.sparse.pop(old, None)
+        if sparse is not None:
+            sparse.renamed(new)
+            self.sparse[new] = sparse
         for index, known in list(self.index.items()):
             if known == old:
                 self.index[index] = new

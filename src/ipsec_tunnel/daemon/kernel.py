@@ -11,6 +11,7 @@ calls their bound methods directly: the protocols cost nothing per packet.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -62,6 +63,11 @@ class TunEdge(Protocol):
 
     def set_persist(self, persist: bool) -> None:
         """Keep the device when the queue closes, or stop keeping it."""
+        ...
+
+    def open_queue(self) -> TunEdge:
+        """Another queue of the same device (it was opened `multi_queue`); ValueError if it was not,
+        OSError if the kernel refuses."""
         ...
 
     def renamed(self, name: str) -> None:
@@ -179,8 +185,11 @@ class IcmpEdge(Protocol):
 class Kernel(Protocol):
     """Everything the data plane and its devices open or ask of the kernel."""
 
-    def open_tun(self, name: str, *, vnet: bool, tso: bool, txqueuelen: int) -> TunEdge:
-        """Create (or attach to) tunnel device `name` and open its queue."""
+    def open_tun(
+        self, name: str, *, vnet: bool, tso: bool, txqueuelen: int, multi_queue: bool = False
+    ) -> TunEdge:
+        """Create (or attach to) tunnel device `name` and open its queue; `multi_queue`: so that
+        `TunEdge.open_queue` can open more, unless the device exists without (made single-queue)."""
         ...
 
     def open_raw(self, family: int, *, mmsg: bool, timestamps: bool = False) -> RawEdge:
@@ -197,9 +206,16 @@ class Kernel(Protocol):
         gro: bool = False,
         buffer: int | None = None,
         timestamps: bool = False,
+        sparse: bool = False,
     ) -> UdpEdge:
         """A UDP socket of IPv`family` bound to `port`; OSError when it cannot be. `timestamps`: its
-        datagrams carry the kernel's receive time where it can (`UdpDatagram.stamp`)."""
+        datagrams carry the kernel's receive time where it can (`UdpDatagram.stamp`). `sparse`: it can
+        be joined by `open_sparse_udp`."""
+        ...
+
+    def open_sparse_udp(self, bulk: UdpEdge, small: int, *, timestamps: bool = False) -> UdpEdge:
+        """A second socket on `bulk`'s port (opened `sparse`) that receives the datagrams of at most
+        `small` bytes, `bulk` the others; OSError when the kernel refuses."""
         ...
 
     def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> UdpEdge:
@@ -242,8 +258,10 @@ class LinuxKernel:
         self.qdisc = qdisc or Qdisc()
         self.socket_buffer = socket_buffer
 
-    def open_tun(self, name: str, *, vnet: bool, tso: bool, txqueuelen: int) -> TunQueue:
-        dev = open_offload_tun(name, vnet=vnet)
+    def open_tun(
+        self, name: str, *, vnet: bool, tso: bool, txqueuelen: int, multi_queue: bool = False
+    ) -> TunQueue:
+        dev = open_offload_tun(name, vnet=vnet, multi_queue=multi_queue)
         try:
             link.no_ipv6_autoconf(name)
             if txqueuelen and not link.set_txqueuelen(name, txqueuelen):
@@ -270,9 +288,23 @@ class LinuxKernel:
         gro: bool = False,
         buffer: int | None = None,
         timestamps: bool = False,
+        sparse: bool = False,
     ) -> UdpSocket:
         size = self.socket_buffer if buffer is None else buffer
-        return UdpSocket(family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size, timestamps=timestamps)
+        return UdpSocket(
+            family, port, gso=gso, gro=gro, rcvbuf=size, sndbuf=size, timestamps=timestamps, reuse_port=sparse
+        )
+
+    def open_sparse_udp(self, bulk: UdpEdge, small: int, *, timestamps: bool = False) -> UdpSocket:
+        assert isinstance(bulk, UdpSocket)
+        family = 6 if bulk.family == socket.AF_INET6 else 4
+        sparse = UdpSocket(family, bulk.port, gro=bulk.gro, timestamps=timestamps, reuse_port=True)
+        try:
+            bulk.split_small(small)
+        except BaseException:
+            sparse.close()
+            raise
+        return sparse
 
     def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> UdpSocket:
         return UdpSocket(4, 0, LOOPBACK, gro=gro, timestamps=timestamps, rcvbuf=None, sndbuf=None)

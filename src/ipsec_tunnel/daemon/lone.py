@@ -81,6 +81,9 @@ def _arrived(plane: DataPlane, got: Deliver, alone: bool) -> dict[str, list[byte
         return {got.device: [packet]}
     queue = plane.devices.tun.get(got.device)
     if queue is not None:  # as DataPlane.deliver writes it
+        sparse = plane.devices.sparse.get(got.device) if plane.steering is not None else None
+        if sparse is not None:
+            queue = plane.queue_for(queue, sparse, packet)
         try:
             queue.write(packet)
         except OSError as exc:

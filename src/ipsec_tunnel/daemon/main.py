@@ -60,6 +60,7 @@ DEFAULT_DEVICE_AQM = "off"  # --device-aqm (core/ringaqm.py): see docs/performan
 DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); below 0: ahead of applications
 DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 9-26% lower, Mbit/s unchanged (docs/performance.md)
 DEFAULT_TCP_QUEUE = 0  # --tcp-queue (core/tcpwin.py): off
+DEFAULT_FLOW_QUEUES = "on"  # --flow-queues (core/steer.py): loaded p99 below the peers' (docs/performance.md)
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -228,6 +229,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the most bytes one local TCP sender may have waiting in a tunnel device's ring: the window "
         "in the ACKs the tunnel delivers to it is lowered to that (k, m suffixes; at least 64k; "
         f"default {DEFAULT_TCP_QUEUE}: off)",
+    )
+    queues.add_argument(
+        "--flow-queues",
+        choices=("on", "off"),
+        default=DEFAULT_FLOW_QUEUES,
+        help="bulk flows apart: two queues on each tunnel device and a second socket on each ESP-in-UDP "
+        "port for the other flows, served first and between the bulk's chunks "
+        f"(default {DEFAULT_FLOW_QUEUES})",
     )
     queues.add_argument(
         "--sched-slice",
@@ -521,6 +530,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         read_ahead=args.read_ahead,
         tun_read_ahead=args.tun_read_ahead,
         tcp_queue=args.tcp_queue,
+        flow_queues=args.flow_queues == "on",
         device_aqm=args.device_aqm,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)

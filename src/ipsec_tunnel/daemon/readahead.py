@@ -203,6 +203,11 @@ class _Turn:
     def finish(self) -> None:
         if self.pending:
             self.plane.deliver(self.pending)
+        plane = self.plane
+        if plane._bulk_of:
+            plane.busy.discard(self.fd)
+            if plane._held or plane._late:
+                plane.release(self.fd)
 
 
 def _open_udp(plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
@@ -276,6 +281,8 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
     waiting or opens it ahead; the small datagrams the window now lets go are opened, the answers
     served, then the oldest read waiting is opened; until nothing waits."""
     turn = _Turn(plane, fd)
+    if plane._bulk_of:
+        plane.busy.add(fd)  # until the turn has delivered what it read (`DataPlane._backlog`)
     limit = plane.read_ahead
     while True:
         answered = False
@@ -300,6 +307,8 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
             break
         count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
         turn.opened(_open(plane, entry, turn.now), entry.stamp, count)
+        if plane._sparse_fds:
+            plane.serve_sparse()
     turn.finish()
 
 

@@ -287,12 +287,14 @@ class TunQueue:
     super-packets for `core.gso.split`. `write` takes a VnetHeader from `core.gro.coalesce`.
     """
 
-    def __init__(self, dev: TunDevice, *, tso: bool, uso: bool) -> None:
+    def __init__(self, dev: TunDevice, *, tso: bool, uso: bool, first: bool = True) -> None:
         self.dev = dev
         self.fd = dev.fileno()
         self.vnet = dev.vnet_hdr
         self.tso = self.uso = False
-        if self.vnet:
+        if not first:  # a further queue: the offloads are the device's, set through its first
+            self.tso, self.uso = tso, uso
+        elif self.vnet:
             flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0
             if tso and uso and dev.set_offload(flags | TUN_F_USO4 | TUN_F_USO6):
                 self.tso = self.uso = True
@@ -324,6 +326,13 @@ class TunQueue:
     def close(self) -> None:
         """Close the queue (`TunDevice.close`)."""
         self.dev.close()
+
+    def open_queue(self) -> TunQueue:
+        """Another queue of this multi-queue device, with the same offloads; ValueError if the device
+        was opened without multi_queue, OSError if the kernel refuses."""
+        other = TunQueue(self.dev.open_queue(), tso=self.tso, uso=self.uso, first=False)
+        other.io = self.io
+        return other
 
     def read(self) -> tuple[VnetHeader | None, bytes] | None:
         """The next packet with its offload header (None without vnet headers); None when none is queued."""
@@ -365,12 +374,14 @@ class TunQueue:
         return os.writev(self.fd, (head, packet))
 
 
-def open_offload_tun(name: str, *, vnet: bool) -> TunDevice:
-    """Open TUN device `name` with virtio-net headers when `vnet` and the kernel allows, else without."""
-    if vnet:
+def open_offload_tun(name: str, *, vnet: bool, multi_queue: bool = False) -> TunDevice:
+    """Open TUN device `name` with virtio-net headers when `vnet` and the kernel allows, else without;
+    `multi_queue` or not as asked, unless the device exists the other way (made so earlier: EINVAL)."""
+    tries = [(v, m) for v in dict.fromkeys((vnet, False)) for m in (multi_queue, not multi_queue)]
+    for vnet_hdr, multi in tries[:-1]:
         try:
-            return open_tun(name, vnet_hdr=True)
+            return open_tun(name, vnet_hdr=vnet_hdr, multi_queue=multi)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-    return open_tun(name)
+    return open_tun(name, vnet_hdr=tries[-1][0], multi_queue=tries[-1][1])

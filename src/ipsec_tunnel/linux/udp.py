@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from ipsec_tunnel.core.framing import native as _native
 from ipsec_tunnel.core.sa import NAT_T_PORT
+from ipsec_tunnel.linux import sizebpf
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
     IN_PKTINFO,
@@ -102,6 +103,7 @@ class UdpSocket(Transport):
         sndbuf: int | None = DEFAULT_BUFFER,
         recverr: bool = True,
         reuse_addr: bool = False,
+        reuse_port: bool = False,
         gso: bool = False,
         gro: bool = False,
         timestamps: bool = False,
@@ -118,6 +120,8 @@ class UdpSocket(Transport):
         try:
             if reuse_addr:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # a group of sockets on one port (linux.sizebpf.steer_small splits it)
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self._v6:
                 self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_V6ONLY, 1)
                 self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -152,6 +156,11 @@ class UdpSocket(Transport):
         self._one_packed: tuple[bytes, bytes] | None = None  # the same packed, for `io`
         self.io = _io  # the C calls (`_pktio`) or None: the Python path (IPSEC_TUNNEL_PURE=1)
         self._cmsgs: list[tuple[int, int, bytes]] = []
+
+    def split_small(self, small: int) -> None:
+        """Of this socket's reuseport group: datagrams of at most `small` bytes to the second socket
+        bound, the others to this (the first); OSError if the kernel refuses (`linux.sizebpf`)."""
+        sizebpf.steer_small(self._sock, small)
 
     @property
     def port(self) -> int:

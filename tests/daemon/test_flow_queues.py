@@ -1,0 +1,297 @@
+"""`--flow-queues` on the fakes (core/steer.py): two hosts' data planes over ESP-in-UDP, each tunnel
+device with two queues and each encapsulation port with a second socket for small datagrams.
+
+- A bulk flow's packets are written through the device's first queue once it moved a super-packet, so
+  the device routes the rest of it there; a ping's echo reply through the second, so the next request
+  is routed there, and read before the bulk.
+- What a device turn reads beyond a chunk is sealed in chunks, and an answer served between them does
+  not let a nested turn pass what the turn holds (the TCP order at the receiver holds).
+- The receiver's small-datagram socket: a ping is delivered at once; TCP it opened while the bulk socket
+  holds datagrams goes after them; an SA whose replay window is narrower than `AHEAD_WINDOW` has its
+  small datagrams opened only after the bulk.
+- Without the switch: one queue, one socket, as before.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+
+from ipsec_tunnel.core import gso, steer
+from ipsec_tunnel.core.engine import Engine
+from ipsec_tunnel.core.plane import Burst
+from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
+from ipsec_tunnel.core.tunnel import Tunnel
+from ipsec_tunnel.daemon import dataplane as dp
+from ipsec_tunnel.daemon.dataplane import DataPlane, OffloadOptions
+from tests.support.fakes import FakeKernel, FakeNetwork, FakeTun
+
+A4, B4 = "192.0.2.1", "192.0.2.2"
+KEY = bytes(range(20))
+MSS = 1000
+LOCAL, REMOTE = ("10.0.1.1", 40000), ("10.0.2.1", 5201)
+
+
+def _data(seq: int, size: int) -> bytes:
+    return bytes(IP(src=LOCAL[0], dst=REMOTE[0]) / TCP(sport=LOCAL[1], dport=REMOTE[1], seq=seq, flags="A")
+                 / bytes(size))  # fmt: skip
+
+
+def _ack(ack: int) -> bytes:
+    return bytes(IP(src=REMOTE[0], dst=LOCAL[0]) / TCP(sport=REMOTE[1], dport=LOCAL[1], seq=1, ack=ack,
+                                                       flags="A"))  # fmt: skip
+
+
+def _ping(seq: int, reply: bool = False) -> bytes:
+    src, dst = (REMOTE[0], LOCAL[0]) if reply else (LOCAL[0], REMOTE[0])
+    return bytes(IP(src=src, dst=dst) / ICMP(type=0 if reply else 8, id=9, seq=seq) / bytes(16))
+
+
+def _super(seq: int, segments: int) -> tuple[bytes, gso.VnetHeader]:
+    """A TSO super-packet of `segments` MSS-sized segments from `seq`, as TUN hands it over."""
+    packet = _data(seq, segments * MSS)
+    return packet, gso.VnetHeader(gso.F_NEEDS_CSUM, gso.GSO_TCPV4, 40, MSS, 20, 16)
+
+
+class Pair:
+    """Host A's and host B's data planes over ESP-in-UDP, `flow_queues` on both."""
+
+    def __init__(self, flow_queues: bool = True, window: int = 4096) -> None:
+        network = FakeNetwork()
+        self.planes: list[DataPlane] = []
+        self.kernels: list[FakeKernel] = []
+        for local, remote in ((A4, B4), (B4, A4)):
+            engine = Engine()
+            engine.tunnels.add(Tunnel("t0", local, remote))
+            for spi, src, dst in ((0x3000, A4, B4), (0x3001, B4, A4)):
+                config = SAConfig(spi, dst, src, "aes-gcm", KEY, encap=UdpEncap(), replay_window=window)
+                engine.sad.add(SecurityAssociation(config.validated(), 0.0))
+            kernel = FakeKernel(network, [local])
+            self.kernels.append(kernel)
+            plane = DataPlane(engine, kernel=kernel, offloads=OffloadOptions(), flow_queues=flow_queues)
+            plane.open_transports()
+            plane.devices.create("t0")
+            self.planes.append(plane)
+        self.a, self.b = self.planes
+        self.network = network
+
+    def tun(self, host: int) -> FakeTun:
+        return self.kernels[host].tun["t0"]
+
+    def queues(self, host: int) -> list[FakeTun]:
+        return self.tun(host).queues
+
+    def close(self) -> None:
+        for plane in self.planes:
+            plane.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _serve(*planes: DataPlane) -> None:
+    """Serve the planes until none has anything to do."""
+    while sum(plane.poll(0) for plane in planes):
+        pass
+
+
+def test_each_device_gets_a_second_queue_and_each_port_a_second_socket(pair: Pair) -> None:
+    assert len(pair.queues(0)) == 2 and pair.tun(0).multi_queue
+    assert set(pair.kernels[0].sparse_udp) == {(4, 4500), (6, 4500)}
+    assert pair.a.devices.sparse["t0"] is pair.queues(0)[steer.SPARSE]
+
+
+def test_without_the_switch_one_queue_and_one_socket() -> None:
+    p = Pair(flow_queues=False)
+    try:
+        assert len(p.queues(0)) == 1 and not p.tun(0).multi_queue
+        assert p.kernels[0].sparse_udp == {}
+        assert p.a.steering is None
+    finally:
+        p.close()
+
+
+def test_the_base_device_keeps_one_queue(pair: Pair) -> None:
+    pair.a.devices.create("ipsec0")  # a second daemon must find it held (EBUSY), not open a queue
+    assert not pair.kernels[0].tun["ipsec0"].multi_queue
+    assert "ipsec0" not in pair.a.devices.sparse
+
+
+def test_a_bulk_flow_is_routed_to_the_first_queue_and_a_ping_to_the_second(pair: Pair) -> None:
+    a, b = pair.tun(0), pair.tun(1)
+    packet, offload = _super(1, 8)
+    a.route(packet, offload)  # no flow written yet: the first queue (the driver hashes it)
+    _serve(pair.a, pair.b)
+    assert len(b.take()) == 8
+    assert pair.a.steering is not None and pair.a.steering.moved == 1
+    b.route(_ack(1 + 8 * MSS))  # B's receiver answers
+    a.route(_ping(1))
+    _serve(pair.a, pair.b)
+    assert b.take() == [_ping(1)]
+    b.route(_ping(1, reply=True))
+    _serve(pair.a, pair.b)
+    assert a.take() == [_ack(1 + 8 * MSS), _ping(1, reply=True)]
+    # A wrote the ACK through the bulk queue and the echo reply through the sparse one: the device now
+    # routes the flow's next data to the first, the next echo request to the second
+    assert a.flows[steer.key(_ack(1))] == steer.BULK
+    assert a.flows[steer.key(_ping(2))] == steer.SPARSE
+    a.route(*_super(1 + 8 * MSS, 8))
+    a.route(_ping(2))
+    assert len(pair.queues(0)[steer.BULK].inbox.items) == 1
+    assert len(pair.queues(0)[steer.SPARSE].inbox.items) == 1
+
+
+def _live(pair: Pair) -> None:
+    """A ping through A's sparse queue: sparse flows are live, so bulk turns look at their sources."""
+    pair.queues(0)[steer.SPARSE].inbox.put((gso.NO_OFFLOAD, _ping(99)))
+    _serve(pair.a, pair.b)
+    pair.tun(1).take()
+
+
+def test_a_device_turn_reads_the_sparse_queue_first(pair: Pair) -> None:
+    _live(pair)
+    bulk, sparse = pair.queues(0)
+    bulk.inbox.put(_super(1, 8)[::-1])
+    sparse.inbox.put((gso.NO_OFFLOAD, _ping(1)))
+    del pair.network.wire[:]
+    pair.a.on_tun(bulk)  # the bulk queue's turn: the sparse queue is served before it reads
+    first = pair.network.wire[0]
+    assert len(first.payload) <= steer.SMALL  # the echo request's datagram left first
+    assert sum(len(d.payload) > steer.SMALL for d in pair.network.wire) == 8
+
+
+def test_a_turn_seals_in_chunks_and_an_answer_between_them_passes_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn holding more than a chunk; between two chunks an echo reply arrives in A's sparse socket
+    and, as A's stack answers it, more of the flow is routed into the bulk queue. The reply is
+    delivered then (not after the turn), and the data routed meanwhile leaves after what the turn
+    held: B gets the flow in order."""
+    monkeypatch.setattr(dp, "SPARSE_EVERY", 0.0)  # a look between any two chunks, however fast they go
+    _live(pair)
+    bulk = pair.queues(0)[steer.BULK]
+    segments = dp.CHUNK  # two super-packets of a chunk each: two chunks
+    for k in range(2):
+        bulk.inbox.put(_super(1 + k * segments * MSS, segments)[::-1])
+    sealed: list[int] = []
+    real = pair.a.seal_and_send
+
+    def seal(name: str, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float) -> None:
+        real(name, packets, offloads, now)
+        sealed.append(len(packets))
+        if len(sealed) == 1:  # between the chunks
+            reply = pair.b.engine.send_batch("t0", [_ping(1, reply=True)], now)
+            assert isinstance(reply[0], Burst)
+            pair.kernels[1].udp[4, 4500].send_burst(reply[0].dst, 4500, reply[0].payloads)
+            bulk.inbox.put(_super(1 + 2 * segments * MSS, 4)[::-1])  # routed meanwhile
+
+    monkeypatch.setattr(pair.a, "seal_and_send", seal)
+    pair.a.on_tun(bulk)
+    assert sealed[:2] == [1, 1]  # chunk by chunk
+    assert pair.tun(0).take() == [_ping(1, reply=True)]  # delivered between the chunks
+    _serve(pair.a, pair.b)
+    seqs = [TCP(bytes(IP(p).payload)).seq for p in pair.tun(1).take() if p[9] == 6]
+    assert seqs == [1 + i * MSS for i in range(2 * segments + 4)]
+
+
+def test_without_sparse_traffic_a_turn_is_sealed_whole(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sparse flow has given a packet for SPARSE_LIVE: a bulk turn seals all it read in one call
+    and looks at nothing between (no cost when there is nothing to protect)."""
+    bulk = pair.queues(0)[steer.BULK]
+    for k in range(3):
+        bulk.inbox.put(_super(1 + k * dp.CHUNK * MSS, dp.CHUNK)[::-1])
+    sealed: list[int] = []
+    real = pair.a.seal_and_send
+
+    def seal(name: str, packets: list[bytes], offloads: dict[int, gso.VnetHeader], now: float) -> None:
+        sealed.append(len(packets))
+        real(name, packets, offloads, now)
+
+    class Looks:
+        """The sparse sources' epoll, its looks counted."""
+
+        def __init__(self, real: select.epoll) -> None:
+            self.real, self.count = real, 0
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            self.count += 1
+            return self.real.poll(timeout)
+
+    looks = Looks(pair.a._sparse)
+    monkeypatch.setattr(pair.a, "seal_and_send", seal)
+    monkeypatch.setattr(pair.a, "_sparse", looks)
+    pair.a.on_tun(bulk)
+    assert sealed == [3] and looks.count == 0
+    pair.a.sparse_at = pair.a.clock() - dp.SPARSE_LIVE / 2  # a ping half a second ago
+    for k in range(3, 6):
+        bulk.inbox.put(_super(1 + k * dp.CHUNK * MSS, dp.CHUNK)[::-1])
+    pair.a.on_tun(bulk)
+    assert sealed == [3, 1, 1, 1] and looks.count > 0
+
+
+def _arrive(pair: Pair, inner: list[bytes]) -> list[bytes]:
+    """A's ESP datagrams of `inner`, carried to B's sockets (not yet read)."""
+    payloads: list[bytes] = []
+    for result in pair.a.engine.send_batch("t0", inner, 1.0):
+        assert isinstance(result, Burst)
+        payloads += result.payloads
+    udp = pair.kernels[0].udp[4, 4500]
+    udp.send_burst(bytes([192, 0, 2, 2]), 4500, payloads)
+    return payloads
+
+
+def test_the_small_datagram_socket_delivers_a_ping_at_once(pair: Pair) -> None:
+    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ping(1)])
+    sparse = pair.kernels[1].sparse_udp[4, 4500]
+    assert len(sparse.inbox.items) == 1  # the ping's datagram; the bulk waits in the other socket
+    pair.b.on_udp(sparse)
+    assert pair.tun(1).take() == [_ping(1)]
+    pair.b.on_udp(pair.kernels[1].udp[4, 4500])
+    assert len(pair.tun(1).take()) == 4
+
+
+def test_tcp_from_the_small_datagram_socket_waits_for_the_bulk(pair: Pair) -> None:
+    tail = _data(1 + 4 * MSS, 100)  # a short segment at the end of a burst: its datagram is small
+    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
+    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])  # served first, as a sparse source is
+    assert pair.tun(1).take() == []  # held: the bulk socket holds what was sent before it
+    pair.b.on_udp(pair.kernels[1].udp[4, 4500])
+    seqs = [TCP(bytes(IP(p).payload)).seq for p in pair.tun(1).take()]
+    assert seqs == [1 + i * MSS for i in range(5)]
+
+
+def test_a_pure_ack_from_the_small_datagram_socket_goes_at_once(pair: Pair) -> None:
+    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ack(7)])
+    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
+    assert pair.tun(1).take() == [_ack(7)]  # no data to keep in order: not held
+
+
+def test_tcp_from_the_small_datagram_socket_goes_at_once_when_nothing_waits(pair: Pair) -> None:
+    tail = _data(1, 100)
+    _arrive(pair, [tail])
+    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
+    assert pair.tun(1).take() == [tail]
+
+
+def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk() -> None:
+    p = Pair(window=64)
+    try:
+        bulk = [_data(1 + i * MSS, MSS) for i in range(100)]
+        _arrive(p, [*bulk, _ping(1)])
+        p.b.on_udp(p.kernels[1].sparse_udp[4, 4500])
+        assert p.tun(1).take() == []  # opened ahead, it would put the bulk behind the window
+        _serve(p.b)
+        got = p.tun(1).take()
+        assert len(got) == 101 and got[-1] == _ping(1)
+        assert p.b.engine.rx_drops.total() == 0
+    finally:
+        p.close()
