@@ -726,7 +726,8 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            if bulk is not None and self._narrow(d, payloads) and self._backlog(bulk):
+            # (not after an idle poll: nothing waits in the bulk socket for a small datagram to pass)
+            if bulk is not None and not self.woken and self._narrow(d, payloads) and self._backlog(bulk):
                 self._late.setdefault(bulk, []).append(got)  # opened after the bulk's backlog
                 continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
