@@ -295,3 +295,15 @@ def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk() -> None:
         assert p.b.engine.rx_drops.total() == 0
     finally:
         p.close()
+
+
+def test_what_was_kept_back_goes_within_a_second_if_the_bulk_socket_gets_no_turn(pair: Pair) -> None:
+    tail = _data(1 + 4 * MSS, 100)
+    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
+    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
+    assert pair.tun(1).take() == []
+    bulk = pair.kernels[1].udp[4, 4500]
+    while bulk.inbox.take() is not None:  # the backlog gone without a turn of B's (as an error read)
+        pass
+    pair.b.periodic()
+    assert pair.tun(1).take() == [tail]

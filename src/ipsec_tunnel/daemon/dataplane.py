@@ -198,8 +198,8 @@ class DataPlane:
         self._sparse_next = 0.0  # the next look at them between chunks (`serve_sparse`)
         self.sparse_udp: dict[int, UdpEdge] = {}
         self._bulk_of: dict[int, int] = {}  # a sparse socket's descriptor -> its bulk socket's
-        # per bulk socket: what its sparse socket opened (TCP) or read (narrow windows) while it held a
-        # backlog, for the end of its first turn that reads it empty (`_after_bulk`, `_release`)
+        # per bulk socket: what its sparse socket opened (TCP data) or read (narrow windows) while it held
+        # a backlog, for the end of its first turn that leaves it empty (`_after_bulk`, `release`)
         self._held: dict[int, dict[str, list[bytes]]] = {}
         self._late: dict[int, list[tuple[UdpDatagram, list[bytes]]]] = {}
         self.busy: set[int] = set()  # the bulk sockets in a turn now
@@ -806,8 +806,12 @@ class DataPlane:
     # -- the loop ------------------------------------------------------------------------------------------
 
     def periodic(self) -> None:
-        """Once a second: time-based lifetimes, the base device's state, events to the log."""
+        """Once a second: time-based lifetimes, the base device's state, events to the log; what a
+        sparse socket kept back for a bulk socket that has had no turn since (an error, not data, made
+        it readable) goes if that socket is empty."""
         self.engine.tick(self.clock())
+        for fd in [*self._held, *self._late]:
+            self.release(fd)
         try:
             self.engine.tunnels.base_up = self.kernel.is_up(BASE_DEVICE)
         except OSError:
