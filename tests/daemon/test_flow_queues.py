@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
+from ipsec_tunnel.cli import render
 from ipsec_tunnel.core import gso, steer
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.plane import Burst
@@ -27,6 +29,7 @@ from ipsec_tunnel.core.sa import SAConfig, SecurityAssociation, UdpEncap
 from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import dataplane as dp
 from ipsec_tunnel.daemon.dataplane import DataPlane, OffloadOptions
+from ipsec_tunnel.daemon.manager import Manager
 from tests.support.fakes import FakeKernel, FakeNetwork, FakeTun
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
@@ -133,6 +136,10 @@ def test_a_bulk_flow_is_routed_to_the_first_queue_and_a_ping_to_the_second(pair:
     _serve(pair.a, pair.b)
     assert len(b.take()) == 8
     assert pair.a.steering is not None and pair.a.steering.moved == 1
+    assert pair.a.engine.bulk_flows == 1 and pair.b.engine.bulk_flows == 1  # read at A, written at B
+    result = Manager.op_stats(SimpleNamespace(engine=pair.a.engine), {})  # type: ignore[arg-type]
+    assert result["bulk_flows"] == 1 and result["sparse_held"] == 0
+    assert "bulk flows moved apart (flow queues)" in render.stats_text(result)
     b.route(_ack(1 + 8 * MSS))  # B's receiver answers
     a.route(_ping(1))
     _serve(pair.a, pair.b)
@@ -264,6 +271,7 @@ def test_tcp_from_the_small_datagram_socket_waits_for_the_bulk(pair: Pair) -> No
     _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
     pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])  # served first, as a sparse source is
     assert pair.tun(1).take() == []  # held: the bulk socket holds what was sent before it
+    assert pair.b.engine.sparse_held == 1  # counted for ipsecadm stats
     pair.b.on_udp(pair.kernels[1].udp[4, 4500])
     seqs = [TCP(bytes(IP(p).payload)).seq for p in pair.tun(1).take()]
     assert seqs == [1 + i * MSS for i in range(5)]

@@ -5,6 +5,7 @@ every ping is answered, and nothing is dropped."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -50,3 +51,5 @@ def test_a_transfer_with_pings_alongside_arrives_whole_and_in_order(
     assert " 0% packet loss" in out, out
     assert out_of_order(h.b) == before
     assert drops(h.a) == {} and drops(h.b) == {}
+    for host in (h.a, h.b):  # the transfer's flow was moved apart at both ends (read at A, written at B)
+        assert json.loads(host.adm("-j", "stats").stdout)["bulk_flows"] >= 1

@@ -210,6 +210,9 @@ def stats_text(result: Mapping[str, Any]) -> str:
         lines.append(("ECN CE marked (device AQM)", result["tx_ce_marked"]))
     if "tcp_windows_lowered" in result:  # ipsecd with --tcp-queue (older daemons do not say)
         lines.append(("TCP windows lowered (tcp queue)", result["tcp_windows_lowered"]))
+    if "bulk_flows" in result:  # ipsecd with --flow-queues (older daemons do not say)
+        lines.append(("bulk flows moved apart (flow queues)", result["bulk_flows"]))
+        lines.append(("kept behind the bulk (flow queues)", result.get("sparse_held", 0)))
     ike = result.get("ike")
     if isinstance(ike, Mapping):  # ipsecd with IKEv2: messages handled and dropped, by reason
         lines.append(("IKE:", None))

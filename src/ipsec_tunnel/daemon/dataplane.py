@@ -377,8 +377,10 @@ class DataPlane:
             for packet in packets:
                 self.window.sent(packet)
         if steering is not None and packets:
-            for i in offloads:
-                steering.note(packets[i], now)
+            if offloads:
+                for i in offloads:
+                    steering.note(packets[i], now)
+                self.engine.bulk_flows = steering.moved
             if queue.fileno() in self._sparse_fds:  # sparse flows are live: bulk turns look at them
                 self.sparse_at = now  # (a device's: a sparse socket also carries a bulk flow's ACKs)
         if len(packets) == 1 and not offloads and lone.send(self, name, packets[0], now):
@@ -541,6 +543,7 @@ class DataPlane:
         now = self.clock()
         if len(packet) > fq.QUANTUM:
             steering.note(packet, now)
+            self.engine.bulk_flows = steering.moved
             return bulk
         return bulk if steering.queue(packet, now) == steer.BULK else sparse
 
@@ -729,6 +732,7 @@ class DataPlane:
             # (not after an idle poll: nothing waits in the bulk socket for a small datagram to pass)
             if bulk is not None and not self.woken and self._narrow(d, payloads) and self._backlog(bulk):
                 self._late.setdefault(bulk, []).append(got)  # opened after the bulk's backlog
+                self.engine.sparse_held += len(payloads)
                 continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
             if one is True:
@@ -784,6 +788,7 @@ class DataPlane:
             for device in data:
                 del packets[device]
             self._merge(self._held.setdefault(bulk, {}), data, [])
+            self.engine.sparse_held += sum(map(len, data.values()))
         if packets:
             self.deliver(packets)
 
