@@ -298,7 +298,10 @@ class LinuxKernel:
     def open_sparse_udp(self, bulk: UdpEdge, small: int, *, timestamps: bool = False) -> UdpSocket:
         assert isinstance(bulk, UdpSocket)
         family = 6 if bulk.family == socket.AF_INET6 else 4
-        sparse = UdpSocket(family, bulk.port, gro=bulk.gro, timestamps=timestamps, reuse_port=True)
+        size = self.socket_buffer  # --socket-buffer, as the bulk socket's
+        sparse = UdpSocket(
+            family, bulk.port, gro=bulk.gro, timestamps=timestamps, reuse_port=True, rcvbuf=size, sndbuf=size
+        )
         try:
             bulk.split_small(small)
         except BaseException:
