@@ -20,7 +20,7 @@ first, so its order holds unless that queue held more than a turn reads.
 from __future__ import annotations
 
 from . import ip
-from .fq import QUANTUM
+from .fq import QUANTUM, flow_key
 
 __all__ = ["AHEAD_WINDOW", "BULK", "HOLD", "LIMIT", "SMALL", "SPARSE", "Steering", "carries_data", "key"]
 
@@ -32,32 +32,18 @@ AHEAD_WINDOW = 4096  # an SA's replay window at least this wide (the default) le
 HOLD = 1.0  # seconds a flow stays bulk after its last super-packet
 LIMIT = 4096  # flows remembered at most (the TUN driver's own table holds 4096, MAX_TAP_FLOWS)
 
-_PORTS = (ip.PROTO_TCP, ip.PROTO_UDP)
-
 
 def key(packet: bytes) -> bytes:
     """The flow of an IPv4 or IPv6 packet, the same both ways: protocol, then the two (address, port)
-    ends in byte order (ports for TCP and UDP, not in a later IPv4 fragment). b"" when unparsable."""
-    if len(packet) < ip.IPV4_HEADER_LEN:
+    ends in byte order (ports for TCP and UDP, not in a later IPv4 fragment). b"" when unparsable. It is
+    `fq.flow_key` (one direction's) with the ends ordered."""
+    flow = flow_key(packet)  # protocol, source, destination, then the two ports when there are ports
+    if not flow:
         return b""
-    if packet[0] >> 4 == 4:
-        proto = packet[9]
-        ihl = (packet[0] & 0x0F) * 4
-        if proto in _PORTS and not (packet[6] & 0x1F or packet[7]) and len(packet) >= ihl + 4:
-            a = packet[12:16] + packet[ihl : ihl + 2]
-            b = packet[16:20] + packet[ihl + 2 : ihl + 4]
-        else:
-            a, b = packet[12:16], packet[16:20]
-        return packet[9:10] + (a + b if a <= b else b + a)
-    if len(packet) < ip.IPV6_HEADER_LEN:
-        return b""
-    proto = packet[6]  # the first next header: extension headers make a flow of their own
-    if proto in _PORTS and len(packet) >= ip.IPV6_HEADER_LEN + 4:
-        a = packet[8:24] + packet[40:42]
-        b = packet[24:40] + packet[42:44]
-    else:
-        a, b = packet[8:24], packet[24:40]
-    return packet[6:7] + (a + b if a <= b else b + a)
+    size = 4 if len(flow) < 1 + 2 * 16 else 16  # the address length: IPv4's or IPv6's
+    ports = flow[1 + 2 * size :]
+    a, b = flow[1 : 1 + size] + ports[:2], flow[1 + size : 1 + 2 * size] + ports[2:]
+    return flow[:1] + (a + b if a <= b else b + a)
 
 
 def carries_data(packet: bytes) -> bool:
