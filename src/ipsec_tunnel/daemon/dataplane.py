@@ -25,7 +25,7 @@ from ..core import codel, fq, gro, gso, ringaqm, steer, tcpwin
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
-from ..core.plane import Burst, Deliver, Reject
+from ..core.plane import NON_ESP_MARKER, Burst, Deliver, Reject
 from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
@@ -47,6 +47,11 @@ BATCH_PACKETS = 256  # packets gathered from one source before they go through t
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
 TUN_READ_AHEAD = 0  # --tun-read-ahead's default, off: not borne out by the measurements (txahead)
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read now (one look, no waiting)."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 @dataclass(frozen=True)
@@ -768,14 +773,14 @@ class DataPlane:
         """Whether a datagram read from a sparse socket belongs to an SA whose replay window is too
         narrow to open it ahead of the bulk socket's backlog (which could then fall behind the window)."""
         esp = payloads[0]
-        if len(esp) < 8 or esp[:4] == bytes(4):
+        if len(esp) < 8 or esp[:4] == NON_ESP_MARKER:
             return False
         sa = self.engine.sad.get(d.dst, d.src, int.from_bytes(esp[:4], "big"))
         return sa is not None and 0 < sa.replay.size < steer.AHEAD_WINDOW
 
     def _backlog(self, bulk: int) -> bool:
         """Whether bulk socket `bulk` holds datagrams, or its turn datagrams not yet delivered (one look)."""
-        return bulk in self.busy or bool(select.select([bulk], [], [], 0)[0])
+        return bulk in self.busy or _readable(bulk)
 
     def _after_bulk(self, bulk: int, packets: dict[str, list[bytes]]) -> None:
         """TCP packets a sparse socket opened: pure ACKs now; segments with data now if its bulk socket
@@ -795,7 +800,7 @@ class DataPlane:
     def release(self, fd: int) -> None:
         """At the end of a turn of bulk socket `fd`, which delivered all it read: what its sparse socket
         kept back goes, in order, if the socket holds nothing more (else after a later turn)."""
-        if (fd not in self._held and fd not in self._late) or select.select([fd], [], [], 0)[0]:
+        if (fd not in self._held and fd not in self._late) or _readable(fd):
             return
         late = self._late.pop(fd, None)
         held = self._held.pop(fd, None) or {}
