@@ -141,5 +141,13 @@ class IkePair:
         return " established " in out and "/0x" in out
 
     def ping_both(self, count: int = 3) -> None:
-        self.d.sh(f"ping -c {count} -i 0.2 -W 2 -I {self.D_IN} {self.C_IN}")
-        self.cns.check(["ping", "-c", str(count), "-i", "0.2", "-W", "2", "-I", self.C_IN, self.D_IN])
+        """`count` pings each way, all answered; AssertionError with both ends' logs and SAs if not."""
+        try:
+            self.d.sh(f"ping -c {count} -i 0.2 -W 2 -I {self.D_IN} {self.C_IN}")
+            self.cns.check(["ping", "-c", str(count), "-i", "0.2", "-W", "2", "-I", self.C_IN, self.D_IN])
+        except (AssertionError, RuntimeError) as exc:  # sh's and check's failures
+            raise AssertionError(
+                f"{exc}\n--- ipsecd log ---\n{self.dlog()}\n--- ipsecd SAs ---\n"
+                f"{self.d.adm('sa', 'show', check=False).stdout}\n--- charon log ---\n{self.charon.log()}\n"
+                f"--- charon SAs ---\n{self.charon.sas()}"
+            ) from exc
