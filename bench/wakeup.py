@@ -13,21 +13,27 @@ prints, side by side in one run between two network namespaces joined by a veth:
   50 ms asleep), in this process; and the same after shorter and longer gaps, asleep or busy (a loop
   that never sleeps), which tells whether keeping the process awake would keep its caches warm;
 - with --ipsecd, where the time of an idle ping through ipsecd (AES-GCM, ESP-in-UDP) goes: tcpdump on
-  every interface of both namespaces timestamps each hop, and the medians of each are printed.
+  every interface of both namespaces timestamps each hop, and the medians of each are printed;
+- with --load as well, the same for pings of 300 bytes alongside one iperf3 TCP stream A -> B (a size no
+  TCP segment or ACK of the stream has, so tcpdump can keep to the pings), and, for the slowest tenth
+  of them, the mean of each hop: where a loaded ping's p99 goes. --ipsecd-args starts ipsecd with
+  options, or a NAME=VALUE in its environment (PYTHONPATH=<another checkout>/src).
 
-Figures only; nothing is asserted. Run as root: bench/wakeup [--rounds 40] [--ipsecd].
+Figures only; nothing is asserted. Run as root: bench/wakeup [--rounds 40] [--ipsecd [--load]].
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench.*
@@ -35,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.lib.measure import ping_rtts as tunnel_rtts
-from bench.lib.planes import OursConfig, OursPlane
-from bench.lib.topology import PUB_A, PUB_B, Pair
+from bench.lib.planes import OursConfig, OursWithArgs
+from bench.lib.topology import IN_A, IN_B, PUB_A, PUB_B, Pair
 from tests.support.netns import Netns
 
 PORT = 9  # inside the bench's own namespaces only
@@ -149,23 +155,51 @@ HOPS: dict[tuple[str, str, str], str] = {
 
 
 TCPDUMP = ["tcpdump", "-i", "any", "-n", "-tt", "-l", "--time-stamp-precision=nano", "icmp or udp port 4500"]
+LOADED_PING = 300  # ICMP payload bytes of the pings under load: ESP-in-UDP datagrams of 392 bytes (AES-GCM)
+# under load: the pings alone (on the wire, the only datagrams between 300 and 500 bytes)
+TCPDUMP_LOADED = [*TCPDUMP[:-1], "icmp or (udp port 4500 and ip[2:2] > 300 and ip[2:2] < 500)"]
 
 
-def ipsecd_hops(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
-    """Ping RTTs (ms) through ipsecd and, per hop of HOPS, the microseconds it took (tcpdump's clock)."""
+def ipsecd_hops(
+    rounds: int, *, load: bool = False, extra: Sequence[str] = ()
+) -> tuple[list[float], list[dict[str, float]]]:
+    """Ping RTTs (ms) through ipsecd and, per ping, the microseconds each hop of HOPS took (tcpdump's
+    clock); with `load`, pings of LOADED_PING bytes alongside one iperf3 stream A -> B."""
     work = Path(tempfile.mkdtemp(prefix="bench-wakeup-"))
-    plane = OursPlane(f"wk{os.getpid()}", work, OursConfig("gcm", True))
+    plane = OursWithArgs(f"wk{os.getpid()}", work, OursConfig("gcm", True), extra)
     dumps: list[tuple[str, subprocess.Popen[str]]] = []
+    iperf: subprocess.Popen[str] | None = None
     try:
-        plane.pair.build()
-        plane.setup()
+        plane.open()  # the tunnel and an iperf3 server in B
         tunnel_rtts(plane.a, 3, 0.05)
-        dumps += [
-            (side, ns.popen(TCPDUMP, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-            for side, ns in (("A", plane.a), ("B", plane.b))
-        ]
+        tcpdump = TCPDUMP_LOADED if load else TCPDUMP
+        for side, ns in (("A", plane.a), ("B", plane.b)):
+            dump = ns.popen(tcpdump, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            dumps.append((side, dump))
         time.sleep(1.5)  # tcpdump listening
-        rtts = tunnel_rtts(plane.a, rounds, 0.05)
+        if load:
+            seconds = f"{rounds * 0.06 + 3:.0f}"
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            iperf = plane.a.popen(["iperf3", "-c", IN_B, "-B", IN_A, "-t", seconds], text=True, **quiet)
+            time.sleep(1.5)  # the stream at full speed
+            ping = [
+                "ping",
+                "-n",
+                "-c",
+                str(rounds),
+                "-i",
+                "0.05",
+                "-W",
+                "2",
+                "-s",
+                str(LOADED_PING),
+                "-I",
+                IN_A,
+            ]
+            out = plane.a.run([*ping, IN_B], timeout=rounds + 20).stdout
+            rtts = [float(line.split("time=")[1].split()[0]) for line in out.splitlines() if "time=" in line]
+        else:
+            rtts = tunnel_rtts(plane.a, rounds, 0.05)
         time.sleep(0.5)
         lines: list[tuple[float, str, str]] = []
         for side, dump in dumps:
@@ -173,35 +207,58 @@ def ipsecd_hops(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
             text, _ = dump.communicate(timeout=10)
             lines += [(float(line.split()[0]), side, line) for line in text.splitlines() if line.strip()]
     finally:
-        for _, dump in dumps:
-            if dump.poll() is None:
-                dump.kill()
-                dump.wait()
+        for proc in [iperf, *(dump for _, dump in dumps)]:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         plane.close()
         shutil.rmtree(work, ignore_errors=True)  # its keys too
     return rtts, _hop_times(sorted(lines))
 
 
-def _hop_times(lines: list[tuple[float, str, str]]) -> dict[str, list[float]]:
-    """Per hop of HOPS, the microseconds since the event before it, of `-i any -tt` tcpdump lines of both
-    namespaces in time order: (timestamp, namespace, line)."""
-    hops: dict[str, list[float]] = {label: [] for label in HOPS.values()}
+def _hop_times(lines: list[tuple[float, str, str]]) -> list[dict[str, float]]:
+    """Per ping seen through all of HOPS, the microseconds each took since the event before it, of `-i any
+    -tt` tcpdump lines of both namespaces in time order: (timestamp, namespace, line)."""
+    pings: list[dict[str, float]] = []
+    hops: dict[str, float] = {}
     previous: float | None = None
     for stamp, side, line in lines:
         fields = line.split()
         key = (side, "tun" if fields[1].startswith("ipsec") else "wire", fields[2])
         if key == ("A", "tun", "Out"):  # a ping leaves A's stack
-            previous = stamp
+            previous, hops = stamp, {}
         elif previous is not None and key in HOPS:
-            hops[HOPS[key]].append((stamp - previous) * 1e6)
-            previous = None if key == ("A", "tun", "In") else stamp
-    return hops
+            hops[HOPS[key]] = (stamp - previous) * 1e6
+            previous = stamp
+            if key == ("A", "tun", "In"):
+                if len(hops) == len(HOPS):
+                    pings.append(hops)
+                previous = None
+    return pings
+
+
+def _hop_report(times: list[dict[str, float]]) -> list[str]:
+    """Per hop, the median over all pings, and the mean over the slowest tenth (by their sum of hops)."""
+    slow = sorted(times, key=lambda hops: sum(hops.values()))[-max(1, len(times) // 10) :]
+    lines = [f"    {'hop':52s} {'median':>8s} {'slowest tenth':>14s}"]
+    for label in HOPS.values():
+        lines.append(
+            f"    {label:52s} {statistics.median(t[label] for t in times):6.1f} us"
+            f" {statistics.fmean(t[label] for t in slow):10.1f} us"
+        )
+    total = [sum(t.values()) / 1e3 for t in slow]
+    lines.append(f"    (the slowest tenth: {len(slow)} pings, {min(total):.2f}-{max(total):.2f} ms)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/wakeup", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=40, help="round trips and seals measured (default 40)")
     p.add_argument("--ipsecd", action="store_true", help="also time each hop of a ping through ipsecd")
+    p.add_argument("--load", action="store_true", help="with --ipsecd: the pings alongside an iperf3 stream")
+    p.add_argument(
+        "--ipsecd-args", default="", help="ipsecd's options or NAME=VALUE environment (shell words)"
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/wakeup: needs root (network namespaces)", file=sys.stderr)
@@ -214,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         echo = echo_rtts(pair, args.rounds)
     finally:
         pair.close()
-    hops: tuple[list[float], dict[str, list[float]]] | str | None = None
+    hops: tuple[list[float], list[dict[str, float]]] | str | None = None
+    what = "a ping alongside one iperf3 stream" if args.load else "an idle ping"
     if args.ipsecd:
         try:
-            hops = ipsecd_hops(args.rounds)
+            hops = ipsecd_hops(args.rounds, load=args.load, extra=shlex.split(args.ipsecd_args))
         except Exception as exc:  # a report line, not a traceback: the other figures still stand
             hops = f"{type(exc).__name__}: {exc}"
     warm, cold = seal_us(args.rounds)
@@ -232,16 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     for gap, asleep, busy in gaps:
         print(f"    {gap:5.1f} ms                                {asleep:7.1f} us  {busy:7.1f} us")
     if isinstance(hops, str):
-        print(f"an idle ping through ipsecd: not measured ({hops})")
+        print(f"{what} through ipsecd: not measured ({hops})")
     elif hops is not None:
         rtts, times = hops
         print(
-            f"an idle ping through ipsecd (AES-GCM, ESP-in-UDP): {statistics.median(rtts):.3f} ms median RTT"
+            f"{what} through ipsecd (AES-GCM, ESP-in-UDP): RTT median {statistics.median(rtts):.3f} ms,"
+            f" p99 {sorted(rtts)[min(len(rtts) - 1, int(len(rtts) * 0.99))]:.3f} ms,"
+            f" {len(rtts)} of {args.rounds} answered; {len(times)} seen at every hop"
         )
-        print("  per hop, the median (tcpdump's clock, which adds its own wake-ups)")
-        for label, values in times.items():
-            if values:
-                print(f"    {label:52s} {statistics.median(values):7.1f} us")
+        print("  per hop (tcpdump's clock, which adds its own wake-ups)")
+        if times:
+            print("\n".join(_hop_report(times)))
     print(f"(addresses {PUB_A} and {PUB_B}, inside this bench's own namespaces)")
     return 0
 
