@@ -98,22 +98,23 @@ typecheck: venv
 PURE_TESTS = tests/core tests/linux/test_raw_parse.py
 # TEST_JOBS: pytest-xdist workers, each given whole files (--dist loadfile: a file's module and session
 # fixtures are made once). The tests mostly wait on daemons and namespaces, and each makes its own
-# uniquely named ones, so two workers halve the suite's time on a 2-core machine; TEST_JOBS=0 runs it in
-# this one process. SERIAL_TESTS, the suites against other IPsec stacks (the UML guest's kernel, charon),
-# run after the rest, one at a time: beside other test files in two workers, their peer twice left an
+# uniquely named ones, so two workers take a third off the suite's time on a 2-core machine; TEST_JOBS=0
+# runs it in this one process. SERIAL_TESTS, the interop suites against the UML guest's kernel and
+# charon, run first, one at a time: beside other test files in two workers, their peer twice left an
 # echo request decrypted and unanswered (the cause is not found yet: README.md, Development).
 TEST_JOBS ?= 2
 XDIST = $(if $(filter 0,$(TEST_JOBS)),-p no:xdist,-n $(TEST_JOBS) --dist loadfile)
-SERIAL_TESTS = tests/kernel tests/e2e/test_ike_charon.py tests/e2e/test_ike_tshark.py tests/ike/test_charon.py
+SERIAL_TESTS = tests/kernel/test_interop.py tests/e2e/test_ike_charon.py tests/e2e/test_ike_tshark.py \
+               tests/ike/test_charon.py
 PYTEST = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
 RUN_PYTEST = IPSEC_REQUIRE_EXT=1 $(PYTEST)
 pytest: venv
 ifeq ($(PYTEST_ARGS),)
 	@status=0; \
-	echo '$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS))'; \
-	$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS)) || status=1; \
 	echo '$(RUN_PYTEST) -p no:xdist $(SERIAL_TESTS)'; \
 	$(RUN_PYTEST) -p no:xdist $(SERIAL_TESTS) || status=1; \
+	echo '$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS))'; \
+	$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS)) || status=1; \
 	echo 'IPSEC_TUNNEL_PURE=1 $(PYTEST) $(XDIST) -q $(PURE_TESTS)'; \
 	IPSEC_TUNNEL_PURE=1 $(PYTEST) $(XDIST) -q $(PURE_TESTS) || status=1; \
 	exit $$status
