@@ -96,30 +96,32 @@ typecheck: venv
 # IPSEC_REQUIRE_EXT=1: tests/core/test_framing.py fails when the C framing extension was not built;
 # then (without PYTEST_ARGS) the core's tests once more on the pure-Python framing (IPSEC_TUNNEL_PURE=1)
 PURE_TESTS = tests/core tests/linux/test_raw_parse.py
-# Two lanes side by side, so the suite takes about the time of its real-kernel half: that half (daemons,
-# namespaces, the UML guest's kernel and charon as peers: REAL_TESTS) runs one test at a time, as before;
-# the rest, which needs neither (sans-I/O core, CLI, daemon logic on fakes, IKE on fakes: UNIT_TESTS),
-# runs beside it, then the core's tests once more on the pure-Python framing. Both lanes' outputs are
-# printed; any failure fails. Real-kernel tests were tried in pytest-xdist workers beside each other:
-# three runs, three different tests failed under the load (README.md, Development).
-REAL_TESTS = tests/e2e tests/kernel tests/linux tests/robustness tests/ike/test_charon.py
-UNIT_TESTS = tests/core tests/cli tests/daemon tests/ike tests/bench tests/support --ignore=tests/ike/test_charon.py
+# TEST_JOBS: pytest-xdist workers, each given whole files (--dist loadfile: a file's module and session
+# fixtures are made once). The tests mostly wait on daemons and namespaces, and each makes its own
+# uniquely named ones, so two workers take a sixth off CI's time on a 2-core machine; TEST_JOBS=0
+# runs it in this one process. SERIAL_TESTS run first, one at a time, beside .ci/nonroot only, as they
+# ran before the workers: the interop suites against the UML guest's kernel and charon (beside other
+# test files in two workers, their peer twice left an echo request decrypted and unanswered) and the
+# flow queues' pings under a transfer (which lost pings there twice). Causes not found yet: README.md,
+# Development.
+TEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(TEST_JOBS)),-p no:xdist,-n $(TEST_JOBS) --dist loadfile)
+SERIAL_TESTS = tests/kernel/test_interop.py tests/e2e/test_ike_charon.py tests/e2e/test_ike_tshark.py \
+               tests/ike/test_charon.py tests/e2e/test_flow_queues.py
 PYTEST = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
 RUN_PYTEST = IPSEC_REQUIRE_EXT=1 $(PYTEST)
 pytest: venv
 ifeq ($(PYTEST_ARGS),)
-	@log=$$(mktemp /tmp/ipsec-unit-lane.XXXXXX); status=0; \
-	( s=0; $(RUN_PYTEST) -p no:cacheprovider $(UNIT_TESTS) || s=1; \
-	  echo 'IPSEC_TUNNEL_PURE=1 $(PYTEST) -q $(PURE_TESTS)'; \
-	  IPSEC_TUNNEL_PURE=1 $(PYTEST) -p no:cacheprovider -q $(PURE_TESTS) || s=1; exit $$s ) >"$$log" 2>&1 & lane=$$!; \
-	echo '$(RUN_PYTEST) $(REAL_TESTS)  (beside it: $(RUN_PYTEST) $(UNIT_TESTS), then the pure framing)'; \
-	$(RUN_PYTEST) $(REAL_TESTS) || status=1; \
-	wait $$lane || status=1; \
-	echo "=== the other lane: $(UNIT_TESTS), then IPSEC_TUNNEL_PURE=1 $(PURE_TESTS) ==="; \
-	cat "$$log"; rm -f "$$log"; \
+	@status=0; \
+	echo '$(RUN_PYTEST) -p no:xdist $(SERIAL_TESTS)'; \
+	$(RUN_PYTEST) -p no:xdist $(SERIAL_TESTS) || status=1; \
+	echo '$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS))'; \
+	$(RUN_PYTEST) $(XDIST) $(addprefix --ignore=,$(SERIAL_TESTS)) || status=1; \
+	echo 'IPSEC_TUNNEL_PURE=1 $(PYTEST) $(XDIST) -q $(PURE_TESTS)'; \
+	IPSEC_TUNNEL_PURE=1 $(PYTEST) $(XDIST) -q $(PURE_TESTS) || status=1; \
 	exit $$status
 else
-	$(RUN_PYTEST) $(PYTEST_ARGS)
+	$(RUN_PYTEST) $(XDIST) $(PYTEST_ARGS)
 endif
 
 test: deps venv lint typecheck pytest

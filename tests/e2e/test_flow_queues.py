@@ -30,6 +30,16 @@ def out_of_order(host: IpsecHost) -> int:
     return int(match.group(1))
 
 
+def where_lost(h: TwoHosts) -> str:
+    """Both ends' counted drops, tunnel device counters and UDP receive-buffer overflows."""
+    lines = []
+    for host in (h.a, h.b):
+        links = host.sh("ip -s link show ipsec1", check=False).stdout
+        udp = host.sh("nstat -az UdpRcvbufErrors Udp6RcvbufErrors", check=False).stdout
+        lines.append(f"--- {host.label}: drops {drops(host)}\n{links}{udp}")
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize("inner6", [False, True], ids=["inner4", "inner6"])
 @pytest.mark.parametrize("encap", ["udp", "raw"])
 def test_a_transfer_with_pings_alongside_arrives_whole_and_in_order(
@@ -48,7 +58,7 @@ def test_a_transfer_with_pings_alongside_arrives_whole_and_in_order(
                      stdout=subprocess.PIPE, text=True)  # fmt: skip
     transfer(h, b_in, 16 * 1024 * 1024)
     out, _ = ping.communicate(timeout=30)
-    assert " 0% packet loss" in out, out
+    assert " 0% packet loss" in out, f"{out}\n{where_lost(h)}"
     assert out_of_order(h.b) == before
     assert drops(h.a) == {} and drops(h.b) == {}
     for host in (h.a, h.b):  # the transfer's flow was moved apart at both ends (read at A, written at B)
