@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout:
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.latency import percentile
 from bench.lib.measure import ping_rtts as tunnel_rtts
 from bench.lib.planes import OursConfig, OursWithArgs
 from bench.lib.topology import IN_A, IN_B, PUB_A, PUB_B, Pair
@@ -182,24 +183,7 @@ def ipsecd_hops(
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             iperf = plane.a.popen(["iperf3", "-c", IN_B, "-B", IN_A, "-t", seconds], text=True, **quiet)
             time.sleep(1.5)  # the stream at full speed
-            ping = [
-                "ping",
-                "-n",
-                "-c",
-                str(rounds),
-                "-i",
-                "0.05",
-                "-W",
-                "2",
-                "-s",
-                str(LOADED_PING),
-                "-I",
-                IN_A,
-            ]
-            out = plane.a.run([*ping, IN_B], timeout=rounds + 20).stdout
-            rtts = [float(line.split("time=")[1].split()[0]) for line in out.splitlines() if "time=" in line]
-        else:
-            rtts = tunnel_rtts(plane.a, rounds, 0.05)
+        rtts = tunnel_rtts(plane.a, rounds, 0.05, size=LOADED_PING if load else None)
         time.sleep(0.5)
         lines: list[tuple[float, str, str]] = []
         for side, dump in dumps:
@@ -295,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         rtts, times = hops
         print(
             f"{what} through ipsecd (AES-GCM, ESP-in-UDP): RTT median {statistics.median(rtts):.3f} ms,"
-            f" p99 {sorted(rtts)[min(len(rtts) - 1, int(len(rtts) * 0.99))]:.3f} ms,"
+            f" p99 {percentile(rtts, 99) or 0:.3f} ms,"
             f" {len(rtts)} of {args.rounds} answered; {len(times)} seen at every hop"
         )
         print("  per hop (tcpdump's clock, which adds its own wake-ups)")

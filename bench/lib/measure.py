@@ -53,10 +53,11 @@ class Run:
     error: str | None = None
 
 
-def ping_rtts(ns: Netns, count: int, interval: float) -> list[float]:
-    """Round-trip times (ms) of `count` pings IN_A -> IN_B, `interval` s apart."""
+def ping_rtts(ns: Netns, count: int, interval: float, size: int | None = None) -> list[float]:
+    """Round-trip times (ms) of `count` pings IN_A -> IN_B, `interval` s apart (`size`: payload bytes)."""
+    sized = ["-s", str(size)] if size is not None else []
     res = ns.run(
-        ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", "-I", IN_A, IN_B],
+        ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", *sized, "-I", IN_A, IN_B],
         timeout=count * interval + 10,
     )
     rtts = []
