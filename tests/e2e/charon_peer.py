@@ -14,6 +14,7 @@ from typing import Any, Self
 
 from tests.ike.charon import Charon
 from tests.ike.charon import charon_missing as ike_charon_missing
+from tests.support import icmp
 from tests.support.hosts import IpsecHost
 from tests.support.netns import Netns, netns_available, veth_pair
 
@@ -141,13 +142,26 @@ class IkePair:
         return " established " in out and "/0x" in out
 
     def ping_both(self, count: int = 3) -> None:
-        """`count` pings each way, all answered; AssertionError with both ends' logs and SAs if not."""
-        try:
-            self.d.sh(f"ping -c {count} -i 0.2 -W 2 -I {self.D_IN} {self.C_IN}")
-            self.cns.check(["ping", "-c", str(count), "-i", "0.2", "-W", "2", "-I", self.C_IN, self.D_IN])
-        except (AssertionError, RuntimeError) as exc:  # sh's and check's failures
-            raise AssertionError(
-                f"{exc}\n--- ipsecd log ---\n{self.dlog()}\n--- ipsecd SAs ---\n"
-                f"{self.d.adm('sa', 'show', check=False).stdout}\n--- charon log ---\n{self.charon.log()}\n"
-                f"--- charon SAs ---\n{self.charon.sas()}"
-            ) from exc
+        """`count` pings each way, all answered (tried again only when the replying kernel failed to send
+        its replies: tests/support/icmp.py); AssertionError with both ends' logs and SAs if not."""
+        self._ping(self.d.ns, self.D_IN, self.C_IN, self.cns, count)
+        self._ping(self.cns, self.C_IN, self.D_IN, self.d.ns, count)
+
+    def _ping(self, src_ns: Netns, src: str, dst: str, replier: Netns, count: int) -> None:
+        argv = ["ping", "-c", str(count), "-i", "0.2", "-W", "2", "-I", src, dst]
+        runs: list[subprocess.CompletedProcess[str]] = []
+        if icmp.answered(lambda: _ran(runs, src_ns.run(argv)), lambda: icmp.counters(replier)):
+            return
+        sas = self.d.adm("sa", "show", check=False).stdout
+        raise AssertionError(
+            f"{src_ns.name}# {' '.join(argv)} -> {runs[-1].returncode}\n{runs[-1].stdout}{runs[-1].stderr}\n"
+            f"--- the replier's ICMP counters ---\n{icmp.counters(replier)}\n"
+            f"--- ipsecd log ---\n{self.dlog()}\n--- ipsecd SAs ---\n{sas}\n"
+            f"--- charon log ---\n{self.charon.log()}\n--- charon SAs ---\n{self.charon.sas()}"
+        )
+
+
+def _ran(runs: list[subprocess.CompletedProcess[str]], proc: subprocess.CompletedProcess[str]) -> bool:
+    """Keep `proc` in `runs`; whether it succeeded."""
+    runs.append(proc)
+    return proc.returncode == 0

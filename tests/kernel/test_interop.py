@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, icmp
 from tests.support.hosts import IpsecHost
 from tests.support.uml import UmlPeer
 
@@ -188,31 +188,18 @@ class Link:
         self.guest_ping(count)
 
     def guest_ping(self, count: int, size: int = 56) -> None:
-        """`ping` from B to A, every request answered.
-
-        A's echo replies come from A's kernel, whose ICMP sockets are per CPU and shared by every network
-        namespace of the machine (Linux 6.x): when other workloads fill one's send buffer, the replies fail
-        there (counted as A's Icmp[6]OutErrors) although the tunnel carried the requests. Only such an
-        attempt is tried again."""
+        """`ping` from B to A, every request answered. A's echo replies come from A's kernel, whose replies
+        other namespaces of the machine can make fail (tests/support/icmp.py): only such an attempt is
+        tried again."""
         cmd = f"ping -{self.inner} -c {count} -i 0.2 -W 1 -s {size} -I {self.b_in} {self.a_in}"
-        for _ in range(5):
-            errors = self.a_icmp_out_errors()
-            out = self.peer.run(cmd, timeout=30)[1]
-            if f" {count} received" in out:
-                return
-            if self.a_icmp_out_errors() == errors:
-                break
-            time.sleep(0.5)
-        raise AssertionError(out + self.diagnostics())
+        outs: list[str] = []
 
-    def a_icmp_out_errors(self) -> int:
-        """A's kernel's ICMP (or ICMPv6, for an IPv6 inner) OutErrors counter."""
-        if self.inner == 6:
-            snmp6 = self.host.sh("cat /proc/net/snmp6").stdout.split()
-            return int(snmp6[snmp6.index("Icmp6OutErrors") + 1])
-        lines = [line.split() for line in self.host.sh("cat /proc/net/snmp").stdout.splitlines()]
-        names, values = (line for line in lines if line[0] == "Icmp:")
-        return int(values[names.index("OutErrors")])
+        def ping() -> bool:
+            outs.append(self.peer.run(cmd, timeout=30)[1])
+            return f" {count} received" in outs[-1]
+
+        if not icmp.answered(ping, lambda: icmp.counters(self.host.ns, self.inner)):
+            raise AssertionError(outs[-1] + self.diagnostics())
 
     def transfer_to_guest(self, nbytes: int = TRANSFER_BYTES, port: int = 5001) -> None:
         """TCP A -> B: a receiver in the guest, the sender in A's namespace; same size and SHA-256."""
