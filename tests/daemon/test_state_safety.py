@@ -386,3 +386,75 @@ def test_full_disk_at_the_lock_file_is_one_line(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(StateError, match=r"cannot write lock file .*No space left on device .*disk full"):
         Store(tmp_path / "state")
+
+
+# -- reservations committed ahead ------------------------------------------------------------------------
+
+
+def _reservations(directory: Path) -> dict[int, tuple[int, int]]:
+    """Each SA's stored (seq_out, seq_in) reservations by SPI, as another process would read them."""
+    db = sqlite3.connect(directory / DB_NAME)
+    try:
+        rows = db.execute("SELECT spi, seq_out, seq_in FROM sa").fetchall()
+    finally:
+        db.close()
+    return {spi: (int(seq_out), int(seq_in)) for spi, seq_out, seq_in in rows}
+
+
+def test_reserve_ahead_commits_the_next_block_before_it_is_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within half a block of a limit, `Store.reserve_ahead` commits the next block (durable before the
+    call returns): to send, past the limit, as the next packet would have; to accept, from the next
+    number, a block of the size `reserve` would give, not grown, so a crash still costs at most one
+    block. A restart after it sends no number again."""
+    monkeypatch.setattr(state, "OUT_BLOCK", 64)
+    back = make_config(GCM, spi=0x2000, src=B4, dst=A4)
+    peer = SecurityAssociation(back, NOW)
+    store = Store(tmp_path)
+    tx = SecurityAssociation(make_config(GCM), NOW)
+    rx = SecurityAssociation(make_config(GCM, spi=0x2000, src=B4, dst=A4, key=(back.cipher_key, b"")), NOW)
+    store.add_sa(tx)
+    store.add_sa(rx)
+    assert (tx.seq_limit, rx.in_limit) == (64, state.IN_BLOCK_MIN)
+    sent = _packets(_send(tx, 31))
+    assert store.reserve_ahead([tx, rx]) == 0  # 33 numbers left to send, all 32 to accept
+    sent += _packets(_send(tx, 1))
+    block = state.IN_BLOCK_MIN
+    for packet in _packets(_send(peer, block + 1 + block // 2)):  # one reservation in the path, at 33
+        assert rx.decrypt(packet, NOW, _ignore) == (INNER, NH_IPV4)
+    assert rx.in_limit == 2 * block + 1
+    assert store.reserve_ahead([tx, rx]) == 2  # 32 and 16 left: half a block each
+    in_limit = block + 1 + block // 2 + 1 + block  # from the next number, a block not grown (it would
+    # double, a second reservation within a second, were it one in a packet's path)
+    assert (tx.seq_limit, rx.in_limit) == (64 + 1 + 64, in_limit)  # to send: past the limit
+    stored = _reservations(tmp_path)
+    assert stored[tx.config.spi][0] == 129 and stored[0x2000][1] == in_limit
+    sent += _packets(_send(tx, 90))  # up to 122: no reservation in any packet's path
+    assert tx.seq_limit == 129
+    store.close()  # kill -9
+    store = Store(tmp_path)
+    restored = {sa.config.spi: sa for sa in store.load_sas(NOW)}
+    again = _packets(_send(restored[tx.config.spi], 3))
+    seqs = [int.from_bytes(p[4:8], "big") for p in sent + again]
+    assert len(set(seqs)) == len(seqs) == 125  # no number sent twice across the crash
+    store.close()
+
+
+def test_reserve_ahead_looks_at_a_slice_of_the_sas_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AHEAD_SLICE SAs per call, the next ones at the next call, round the list."""
+    monkeypatch.setattr(state, "OUT_BLOCK", 4)
+    monkeypatch.setattr(state, "AHEAD_SLICE", 2)
+    store = Store(tmp_path)
+    sas = [SecurityAssociation(make_config(GCM, spi=0x3000 + i), NOW) for i in range(3)]
+    for sa in sas:
+        store.add_sa(sa)
+        _send(sa, 3)  # 1 left before the limit of 4
+    assert store.reserve_ahead(sas) == 2 * 1  # SAs 0 and 1 (their inbound limits are far)
+    assert [sa.seq_limit for sa in sas] == [9, 9, 4]
+    assert store.reserve_ahead(sas) == 1  # SA 2, then SA 0 (6 left: nothing)
+    assert store.reserve_ahead(sas) == 0  # SAs 1 and 2
+    assert [sa.seq_limit for sa in sas] == [9, 9, 9]
+    store.close()

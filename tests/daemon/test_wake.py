@@ -19,6 +19,7 @@ from ipsec_tunnel.cli import ipsecadm
 from ipsec_tunnel.core.engine import Engine
 from ipsec_tunnel.core.gso import VnetHeader
 from ipsec_tunnel.core.tunnel import BASE_DEVICE
+from ipsec_tunnel.daemon import dataplane
 from ipsec_tunnel.daemon.dataplane import DataPlane
 from ipsec_tunnel.daemon.manager import Manager
 from ipsec_tunnel.daemon.state import Store
@@ -236,5 +237,32 @@ def test_timer_runs_after_served_turns_and_when_due_only(hosts: tuple[Host, Host
         plane._epoll = Script(plane, [[], [], []])  # type: ignore[assignment]
         plane.run()
         assert len(ticks) == 4
+    finally:
+        plane._epoll = epoll
+
+
+def test_idle_work_runs_on_empty_turns_past_the_spin_budget(
+    hosts: tuple[Host, Host], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run`'s idle work (the store's top-ups) runs when a poll found nothing and no spin budget runs,
+    never on a served turn, and at most every IDLE_EVERY seconds."""
+    a, _ = hosts
+    plane = a.plane
+    plane._handlers[99] = lambda: None
+    plane.periodic = lambda: None  # type: ignore[method-assign]
+    epoll = plane._epoll
+    calls: list[int] = []
+    try:
+        for spin, every, expected in ((0.0, 0.0, 4), (0.0, 1000.0, 1), (0.1, 0.0, 1)):
+            # empty, served, empty, empty, served, then the empty turn that stops: with no spin budget
+            # every empty turn qualifies; a budget longer than the script leaves only the first, before
+            # anything was served
+            monkeypatch.setattr(dataplane, "IDLE_EVERY", every)
+            plane.spin = spin
+            calls.clear()
+            plane.running = True
+            plane._epoll = Script(plane, [[], [(99, 1)], [], [], [(99, 1)]])  # type: ignore[assignment]
+            plane.run(idle=lambda: calls.append(1))
+            assert len(calls) == expected, (spin, every)
     finally:
         plane._epoll = epoll

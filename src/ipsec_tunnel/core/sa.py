@@ -700,6 +700,23 @@ class SecurityAssociation:
         the sequence number in the header (RFC 4106 §3.1: the IV is the counter)."""
         return len(packet) >= 16 and packet[8] >> 7 == self._own and packet[12:16] == packet[4:8]
 
+    def reserve_ahead(self, direction: Direction, margin: int) -> bool:
+        """Have the store reserve past the limit of `direction` ("out": to send, "in": to accept) now,
+        while no packet waits on its commit, when at most `margin` numbers remain before that limit;
+        whether it did. To send, the reservation starts past the limit, where the next packet's would
+        (as many commits as in the packets' path); to accept, from the next number, as `reserve` counts
+        a block (a crash treats as seen at most what a reservation in a packet's path would). A dead SA,
+        one without a store, or one whose limit is its last number reserves nothing."""
+        if self.store is None or self.dead:
+            return False
+        if direction == "out":
+            position, limit = self.seq_out, self.seq_limit
+        else:
+            position, limit = self.replay.top, self.in_limit
+        if limit >= self.config.seq_max or limit - position > margin:
+            return False
+        return self._reserved(direction, (limit if direction == "out" else position) + 1)
+
     def _reserved(self, direction: Direction, seq: int) -> bool:
         """Whether the store reserved sequence numbers up to `seq` ("out": to send, "in": to accept);
         the new limit is kept. False without a store answer (no store, a refusal, a failed write)."""

@@ -46,6 +46,7 @@ SPARSE_EVERY = 200e-6  # seconds between two such looks at most
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
+IDLE_EVERY = 0.25  # seconds between two runs of `run`'s idle work at least
 TUN_READ_AHEAD = 0  # --tun-read-ahead's default, off: not borne out by the measurements (txahead)
 
 
@@ -894,12 +895,14 @@ class DataPlane:
                     self._failure_logged = time.monotonic()
                     log.exception("data plane handler failed (%d so far)", self.failures)
 
-    def run(self, every: Callable[[], None] | None = None) -> None:
+    def run(self, every: Callable[[], None] | None = None, idle: Callable[[], object] | None = None) -> None:
         """Serve until `running` turns false. After each turn that served something the loop keeps
         polling, without sleeping but yielding the CPU, for `spin` seconds (`daemon.spin`): what follows
         within that time is taken without a wake-up. With `warm`, while traffic flows the loop wakes at
-        least that often and rehearses the data path when nothing came."""
-        last = 0.0
+        least that often and rehearses the data path when nothing came. `every` runs about once a second;
+        `idle` at most every IDLE_EVERY seconds, when a poll past the spin budget found nothing to do
+        (never while every poll finds something: the loop is never idle under a saturating load)."""
+        last = last_idle = 0.0
         spin = Spin(self.spin, self.monotonic, warm=self.warm)
         rehearse = Rehearsal(self._loopback()) if self.warm else None
         moved: dict[str, int] = {}  # packets per tunnel at the last look (spin.in_use)
@@ -926,6 +929,9 @@ class DataPlane:
             if spin.turn(len(events)) and rehearse is not None:
                 rehearse(self.clock())
             mono = time.monotonic()
+            if idle is not None and not events and mono - last_idle >= IDLE_EVERY and not spin.spinning():
+                last_idle = mono
+                idle()
             if mono - last >= 1.0:
                 last = mono
                 self.periodic()

@@ -576,7 +576,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
             if ike is not None:
                 ike.runner.every_second()
 
-        plane.run(every)
+        plane.run(every, idle=lambda: store.reserve_ahead(list(engine.sad)))  # commits off packets' path
         if ike is not None:
             ike.runner.shutdown()
         notify("STOPPING=1")

@@ -33,7 +33,7 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ WHOLE_SPACE = 2  # the ledger domain of a key whose IVs carry no direction bit
 OUT_BLOCK = 1 << 16  # outbound numbers reserved per commit
 IN_BLOCK_MIN = 32  # inbound reservation grows from this ...
 IN_BLOCK_MAX = 1 << 16  # ... to this while the SA is busy
+AHEAD_SLICE = 256  # SAs `Store.reserve_ahead` looks at per call at most
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -139,6 +140,8 @@ class Store:
         self._in: dict[tuple[bytes, bytes, int], _InState] = {}
         self._error_logged = -STORE_ERROR_EVERY
         self._atomic = False  # inside `atomic`: transactions are savepoints of its one
+        self._ahead = False  # inside `reserve_ahead`: reservations are top-ups
+        self._ahead_at = 0  # where the next `reserve_ahead` looks first
         self._lock = self._take_lock()
         try:
             self.db = self._open()
@@ -538,9 +541,10 @@ class Store:
             )
             return limit
         st = self._in.setdefault(sa.key, _InState())
-        now = time.monotonic()
-        st.block = min(st.block * 2, IN_BLOCK_MAX) if now - st.stamp < 1.0 else IN_BLOCK_MIN
-        st.stamp = now
+        if not self._ahead:  # a top-up (`reserve_ahead`) neither grows the block nor counts as one
+            now = time.monotonic()
+            st.block = min(st.block * 2, IN_BLOCK_MAX) if now - st.stamp < 1.0 else IN_BLOCK_MIN
+            st.stamp = now
         limit = min(max(needed, sa.replay.top) + st.block, c.seq_max)  # never below what was accepted
         self._transaction(
             [
@@ -552,6 +556,30 @@ class Store:
             ]
         )
         return limit
+
+    def reserve_ahead(self, sas: Sequence[SecurityAssociation]) -> int:
+        """Commit now the next block of each SA of this store that is within half a block of a limit, to
+        send or to accept, so that no packet waits on the commit (called while the data plane has nothing
+        to do); how many commits. AHEAD_SLICE of `sas` at most are looked at per call, the next ones at
+        the next call. A block so committed is the size `reserve` would commit, grown no further: a
+        crash still costs at most one block."""
+        count = len(sas)
+        start = self._ahead_at % count if count else 0
+        chosen = list(sas[start : start + AHEAD_SLICE])
+        chosen += sas[: min(start, AHEAD_SLICE - len(chosen))]
+        self._ahead_at = start + len(chosen)
+        done = 0
+        self._ahead = True
+        try:
+            for sa in chosen:
+                if sa.store is not self:
+                    continue
+                done += sa.reserve_ahead("out", OUT_BLOCK // 2)
+                st = self._in.get(sa.key)
+                done += sa.reserve_ahead("in", (st.block if st else IN_BLOCK_MIN) // 2)
+        finally:
+            self._ahead = False
+        return done
 
     def reserve_volume(self, sa: SecurityAssociation, packets: int, nbytes: int) -> tuple[int, int]:
         """Commit lifetime counts covering `packets` and `nbytes`; return the new limits
