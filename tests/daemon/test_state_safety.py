@@ -10,9 +10,10 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -457,4 +458,32 @@ def test_reserve_ahead_looks_at_a_slice_of_the_sas_per_call(
     assert store.reserve_ahead(sas) == 1  # SA 2, then SA 0 (6 left: nothing)
     assert store.reserve_ahead(sas) == 0  # SAs 1 and 2
     assert [sa.seq_limit for sa in sas] == [9, 9, 9]
+    store.close()
+
+
+def test_a_top_up_keeps_a_busy_sas_inbound_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inbound block grows while reservations in the packets' path come less than a second apart and
+    starts small again after a quiet second. A top-up counts as activity: the reservation in a packet's
+    path after it grows the block rather than shrinking it to the smallest (a run of small commits)."""
+    clock = [100.0]
+    monkeypatch.setattr(state, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    back = make_config(GCM, spi=0x2000, src=B4, dst=A4)
+    peer = SecurityAssociation(back, NOW)
+    rx = SecurityAssociation(make_config(GCM, spi=0x2000, src=B4, dst=A4, key=(back.cipher_key, b"")), NOW)
+    store = Store(tmp_path)
+    store.add_sa(rx)
+    block = state.IN_BLOCK_MIN
+
+    def accept(n: int) -> None:
+        for packet in _packets(_send(peer, n)):
+            assert rx.decrypt(packet, NOW, _ignore) == (INNER, NH_IPV4)
+
+    accept(block + 1)  # past the first limit: reserved in the path, the smallest block
+    assert rx.in_limit == block + 1 + block
+    clock[0] += 0.9
+    accept(block // 2)
+    assert store.reserve_ahead([rx]) == 1 and rx.in_limit == rx.replay.top + 1 + block
+    clock[0] += 0.6  # 1.5 s after the reservation in the path, 0.6 s after the top-up
+    accept(rx.in_limit - rx.replay.top + 1)
+    assert rx.in_limit == rx.replay.top + 2 * block  # grown, not back to the smallest
     store.close()

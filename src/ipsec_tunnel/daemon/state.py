@@ -541,10 +541,10 @@ class Store:
             )
             return limit
         st = self._in.setdefault(sa.key, _InState())
-        if not self._ahead:  # a top-up (`reserve_ahead`) neither grows the block nor counts as one
-            now = time.monotonic()
+        now = time.monotonic()
+        if not self._ahead:  # a top-up (`reserve_ahead`) keeps the block; the SA is busy all the same
             st.block = min(st.block * 2, IN_BLOCK_MAX) if now - st.stamp < 1.0 else IN_BLOCK_MIN
-            st.stamp = now
+        st.stamp = now
         limit = min(max(needed, sa.replay.top) + st.block, c.seq_max)  # never below what was accepted
         self._transaction(
             [
