@@ -244,8 +244,8 @@ def test_timer_runs_after_served_turns_and_when_due_only(hosts: tuple[Host, Host
 def test_idle_work_runs_on_empty_turns_past_the_spin_budget(
     hosts: tuple[Host, Host], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`run`'s idle work (the store's top-ups) runs when a poll found nothing and no spin budget runs,
-    never on a served turn, and at most every IDLE_EVERY seconds."""
+    """`run`'s idle work (the store's top-ups) runs when a poll found nothing and none had for
+    IDLE_QUIET seconds, never on a served turn, and at most every IDLE_EVERY seconds."""
     a, _ = hosts
     plane = a.plane
     plane._handlers[99] = lambda: None
@@ -253,16 +253,16 @@ def test_idle_work_runs_on_empty_turns_past_the_spin_budget(
     epoll = plane._epoll
     calls: list[int] = []
     try:
-        for spin, every, expected in ((0.0, 0.0, 4), (0.0, 1000.0, 1), (0.1, 0.0, 1)):
-            # empty, served, empty, empty, served, then the empty turn that stops: with no spin budget
-            # every empty turn qualifies; a budget longer than the script leaves only the first, before
+        for quiet, every, expected in ((0.0, 0.0, 4), (0.0, 1000.0, 1), (0.5, 0.0, 1)):
+            # empty, served, empty, empty, served, then the empty turn that stops: with no quiet time
+            # every empty turn qualifies; one longer than the script leaves only the first, before
             # anything was served
             monkeypatch.setattr(dataplane, "IDLE_EVERY", every)
-            plane.spin = spin
+            monkeypatch.setattr(dataplane, "IDLE_QUIET", quiet)
             calls.clear()
             plane.running = True
             plane._epoll = Script(plane, [[], [(99, 1)], [], [], [(99, 1)]])  # type: ignore[assignment]
             plane.run(idle=lambda: calls.append(1))
-            assert len(calls) == expected, (spin, every)
+            assert len(calls) == expected, (quiet, every)
     finally:
         plane._epoll = epoll

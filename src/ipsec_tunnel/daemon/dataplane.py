@@ -47,6 +47,8 @@ BATCH_PACKETS = 256  # packets gathered from one source before they go through t
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
 IDLE_EVERY = 0.25  # seconds between two runs of `run`'s idle work at least
+IDLE_QUIET = 0.005  # seconds without a packet before it: longer than a LAN round trip, so the idle work
+# does not fall between a request sent and its answer (it would wait behind a commit)
 TUN_READ_AHEAD = 0  # --tun-read-ahead's default, off: not borne out by the measurements (txahead)
 
 
@@ -900,8 +902,9 @@ class DataPlane:
         polling, without sleeping but yielding the CPU, for `spin` seconds (`daemon.spin`): what follows
         within that time is taken without a wake-up. With `warm`, while traffic flows the loop wakes at
         least that often and rehearses the data path when nothing came. `every` runs about once a second;
-        `idle` at most every IDLE_EVERY seconds, when a poll past the spin budget found nothing to do
-        (never while every poll finds something: the loop is never idle under a saturating load)."""
+        `idle` at most every IDLE_EVERY seconds, when a poll found nothing to do and none had for
+        IDLE_QUIET seconds (never under a steady load). The loop wakes to nothing that soon only with
+        `warm` (the default); else at its longest sleep."""
         last = last_idle = 0.0
         spin = Spin(self.spin, self.monotonic, warm=self.warm)
         rehearse = Rehearsal(self._loopback()) if self.warm else None
@@ -929,7 +932,7 @@ class DataPlane:
             if spin.turn(len(events)) and rehearse is not None:
                 rehearse(self.clock())
             mono = time.monotonic()
-            if idle is not None and not events and mono - last_idle >= IDLE_EVERY and not spin.spinning():
+            if idle is not None and not events and mono - last_idle >= IDLE_EVERY and spin.quiet(IDLE_QUIET):
                 last_idle = mono
                 idle()
             if mono - last >= 1.0:

@@ -64,6 +64,10 @@ class Spin:
         """Whether the budget of the last busy turn still runs."""
         return self.budget > 0 and self.clock() < self.until
 
+    def quiet(self, seconds: float) -> bool:
+        """Whether no poll found anything for `seconds`."""
+        return self.clock() - self.last >= seconds
+
     def warming(self) -> bool:
         """Whether the data path is kept warm now (a warm period, a packet within WARM_WINDOW)."""
         return self.warm > 0 and self.clock() < self.last + WARM_WINDOW
