@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.support import icmp
 from tests.support.hosts import IpsecHost, TwoHosts
 
 pytestmark = pytest.mark.root
@@ -54,8 +55,8 @@ def _up(h: TwoHosts) -> bool:
 
 
 def _ping(h: TwoHosts) -> None:
-    h.a.sh(f"ping -c 2 -i 0.2 -W 2 -I {A_IN} {B_IN}")
-    h.b.sh(f"ping -c 2 -i 0.2 -W 2 -I {B_IN} {A_IN}")
+    assert icmp.all_answered(h.a.ns, B_IN, h.b.ns, 2, "-i", "0.2", "-W", "2", "-I", A_IN)
+    assert icmp.all_answered(h.b.ns, A_IN, h.a.ns, 2, "-i", "0.2", "-W", "2", "-I", B_IN)
 
 
 @pytest.mark.parametrize("initiator", ["a", "b"])

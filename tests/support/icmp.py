@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tests.support.netns import Netns
 
-__all__ = ["EchoCounters", "answered", "counters"]
+__all__ = ["EchoCounters", "all_answered", "answered", "counters"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,14 @@ def answered(
             return False
         time.sleep(pause)
     return False
+
+
+def all_answered(src: Netns, dst: str, replier: Netns, count: int, *options: str) -> bool:
+    """Whether `count` pings from `src` to `dst` (`options` before it: -I, -s, -M ...) were all
+    answered, each attempt run as `answered` runs it, with `replier` the namespace whose kernel replies."""
+    family = 6 if ":" in dst else 4
+    argv = ["ping", "-n", "-c", str(count), *options, dst]
+    return answered(
+        lambda: f" {count} received" in src.run(argv, timeout=count * 2 + 30).stdout,
+        lambda: counters(replier, family),
+    )
