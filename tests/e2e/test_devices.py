@@ -51,11 +51,7 @@ def h6() -> Iterator[TwoHosts]:
 def ping(h: TwoHosts, dst: str, *extra: str) -> bool:
     """One ping from A to `dst` (on B) answered; tried again only when B's kernel failed to send the
     reply (tests/support/icmp.py)."""
-    family = 6 if ":" in dst else 4
-    return icmp.answered(
-        lambda: h.a.sh(["ping", "-c", "1", "-W", "1", *extra, dst], check=False).returncode == 0,
-        lambda: icmp.counters(h.b.ns, family),
-    )
+    return icmp.all_answered(h.a.ns, dst, h.b.ns, 1, "-W", "1", *extra)
 
 
 def tunnel_names(host: IpsecHost) -> list[str]:
