@@ -25,7 +25,7 @@ def test_a_firewall_dropping_esp_is_a_counted_and_logged_send_error(nat: NatHost
     _setup(nat)
     rules = "table ip onatfw { chain out { type filter hook output priority 0; udp dport 4500 drop; }; }"
     nat.a.sh(f"nft '{rules}'")
-    assert not _ping(nat.a, B_INNER, count=2)
+    assert not _ping(nat.a, B_INNER, nat.b, count=2)
     send = _stats(nat.a)["send"]
     assert send["send_error"] >= 2 and send["accepted"] == 0
     assert _logged(nat.a, "send to 203.0.113.2 failed: Operation not permitted")
@@ -35,10 +35,10 @@ def test_a_firewall_dropping_esp_is_a_counted_and_logged_send_error(nat: NatHost
 
 def test_packets_for_a_device_that_is_down_are_drops(nat: NatHosts) -> None:
     _setup(nat)
-    assert _ping(nat.a, B_INNER, count=1)
+    assert _ping(nat.a, B_INNER, nat.b, count=1)
     before = _stats(nat.b)["receive"]
     nat.b.sh("ip link set ipsec1 down")
-    assert not _ping(nat.a, B_INNER, count=2)
+    assert not _ping(nat.a, B_INNER, nat.b, count=2)
     after = _stats(nat.b)["receive"]
     assert after["accepted"] == before["accepted"] and after["device_down"] >= 2
     assert _logged(nat.b, "packet for ipsec1 dropped: the device is down")

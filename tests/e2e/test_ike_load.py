@@ -44,9 +44,13 @@ def _init_message(h: TwoHosts, proposal: str) -> bytes:
     return sends[0].data
 
 
-def _rtts(h: TwoHosts, b_in: str, count: int = 60) -> list[float]:
-    out = h.a.sh(f"ping -c {count} -i 0.05 -W 1 -I 10.0.1.1 {b_in}").stdout
-    return [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+def _rtts(h: TwoHosts, b_in: str, count: int = 60) -> tuple[list[float], int]:
+    """The RTTs of `count` pings A -> B, and how many of the missing ones B's kernel failed to reply to
+    (the replies another namespace's queued ICMP can make fail: tests/support/icmp.py)."""
+    before = icmp.counters(h.b.ns)
+    out = h.a.sh(f"ping -c {count} -i 0.05 -W 1 -I 10.0.1.1 {b_in}", check=False).stdout
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+    return rtts, min(count - len(rtts), (icmp.counters(h.b.ns) - before).out_errors)
 
 
 _FLOOD = """
@@ -79,11 +83,12 @@ def test_ike_sa_init_flood_does_not_stall_the_data_plane(
     psk.write_text("flood-psk")
     h.a.adm("ike", "add", "flood", f"--local={h.a_pub}", f"--remote={h.b_pub}", f"--psk-file={psk}",
             "--local-net=10.0.1.0/24", "--remote-net=10.0.2.0/24", f"--proposals={proposal}")  # fmt: skip
-    idle = _rtts(h, b_in)
+    idle, idle_excused = _rtts(h, b_in)
+    assert len(idle) == 60 - idle_excused
     msg = _init_message(h, proposal)
     flood = h.b.popen([sys.executable, "-c", textwrap.dedent(_FLOOD), msg.hex(), h.a_pub, str(RATE), "6"],
                       stdout=subprocess.PIPE, text=True)  # fmt: skip
-    loaded = _rtts(h, b_in, 80)
+    loaded, excused = _rtts(h, b_in, 80)
     sent, _ = flood.communicate(timeout=30)
     stats = json.loads(h.a.adm("stats", "-j").stdout)
     print(
@@ -91,7 +96,7 @@ def test_ike_sa_init_flood_does_not_stall_the_data_plane(
         f"{statistics.median(idle):.3f} max {max(idle):.3f}; under flood median "
         f"{statistics.median(loaded):.3f} max {max(loaded):.3f}; ipsecd IKE {stats.get('ike')}"
     )
-    assert len(loaded) >= 78  # no ping lost
+    assert len(loaded) >= 80 - excused  # no ping lost but replies B's kernel failed to send
     assert stats["ike"]["received"] > 0
     assert statistics.median(loaded) < statistics.median(idle) + slack_ms
     # A liveness bound, not a speed figure: a ping held for a second is a stalled data plane. (250 ms

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import icmp
 from tests.support.hosts import IpsecHost
 from tests.support.nat import A_INNER, A_PRIVATE, B_INNER, B_PUBLIC, NAT_PUBLIC, NatHosts
 from tests.support.netns import netns_available
@@ -79,25 +80,26 @@ def _logged(host: IpsecHost, text: str, wait: float = 3.0) -> bool:
     return True
 
 
-def _ping(host: IpsecHost, dst: str, count: int = 3) -> bool:
-    out = host.sh(f"ping -c {count} -i 0.2 -W 1 {dst}", check=False)
-    return " 0% packet loss" in out.stdout
+def _ping(host: IpsecHost, dst: str, replier: IpsecHost, count: int = 3) -> bool:
+    """Whether `count` pings from `host` to `dst` were all answered by `replier` (tried again only on
+    replies `replier`'s kernel failed to send: tests/support/icmp.py)."""
+    return icmp.all_answered(host.ns, dst, replier.ns, count, "-i", "0.2", "-W", "1")
 
 
 def test_a_nat_that_maps_4500_to_another_port(nat: NatHosts) -> None:
     nat.masquerade("masquerade to :20000-20010")
     _setup(nat)
-    assert _ping(nat.a, B_INNER), nat.b.log.read_text()[-3000:]
-    assert _ping(nat.b, A_INNER)
+    assert _ping(nat.a, B_INNER, nat.b), nat.b.log.read_text()[-3000:]
+    assert _ping(nat.b, A_INNER, nat.a)
     assert _logged(nat.b, "ESP-in-UDP peer 203.0.113.254 (SPI 0x1000) now sends from port 200")
 
 
 def test_traffic_in_resumes_after_the_nat_lost_its_mapping(nat: NatHosts) -> None:
     _setup(nat)
-    assert _ping(nat.a, B_INNER)
+    assert _ping(nat.a, B_INNER, nat.b)
     nat.flush()  # the mapping is gone; A's next keepalive (1 s) makes it anew
     time.sleep(3.5)  # A keepalive goes within 2 s of the last packet, once a second after
-    assert _ping(nat.b, A_INNER), nat.a.log.read_text()[-3000:]
+    assert _ping(nat.b, A_INNER, nat.a), nat.a.log.read_text()[-3000:]
     stats = nat.a.adm("stats").stdout
     assert "NAT keepalives sent" in stats
 
@@ -105,7 +107,7 @@ def test_traffic_in_resumes_after_the_nat_lost_its_mapping(nat: NatHosts) -> Non
 def test_an_unknown_spi_through_the_nat_is_named_in_the_log(nat: NatHosts) -> None:
     _setup(nat)
     nat.b.adm("sa", "del", "--spi=0x1000", f"--src={NAT_PUBLIC}", f"--dst={B_PUBLIC}")
-    _ping(nat.a, B_INNER, count=1)
+    _ping(nat.a, B_INNER, nat.b, count=1)
     assert _logged(nat.b, "dropped, unknown SA: SPI 0x1000 from 203.0.113.254:")
     shown = nat.b.adm("stats", "--last-drops").stdout
     assert "unknown SA: SPI 0x1000 from 203.0.113.254:" in shown

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support import tshark
+from tests.support import icmp, tshark
 from tests.support.hosts import TwoHosts
 from tests.support.tshark import EspSa
 
@@ -50,19 +50,25 @@ def test_tshark_decrypts_and_authenticates_our_packets(hosts: TwoHosts, case: st
     h.sa_pair(*args)
     a_in, b_in = h.tunnels()
     pcap = h.tmp / "wire.pcap"
-    cap = h.b.popen(
-        ["tcpdump", "-i", h.links[1], "-w", str(pcap), "-U", "--immediate-mode", "esp or udp port 4500"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert cap.stderr is not None
-    cap.stderr.readline()
-    try:
-        h.a.sh(f"ping -c 5 -i 0.1 -W 2 -s 300 -I {a_in} {b_in}")
-    finally:
-        time.sleep(0.3)
-        cap.send_signal(signal.SIGINT)
-        cap.wait(timeout=10)
+
+    def captured() -> bool:
+        """Five pings A -> B captured on B's link (a new capture each attempt); whether all were answered."""
+        cap = h.b.popen(
+            ["tcpdump", "-i", h.links[1], "-w", str(pcap), "-U", "--immediate-mode", "esp or udp port 4500"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert cap.stderr is not None
+        cap.stderr.readline()
+        try:
+            return h.a.sh(f"ping -c 5 -i 0.1 -W 2 -s 300 -I {a_in} {b_in}", check=False).returncode == 0
+        finally:
+            time.sleep(0.3)
+            cap.send_signal(signal.SIGINT)
+            cap.wait(timeout=10)
+
+    # tried again only on replies B's kernel failed to send (tests/support/icmp.py)
+    assert icmp.answered(captured, lambda: icmp.counters(h.b.ns)), "the pings were not all answered"
     if encap == "udp":  # one SA per direction, each with its own keys (h.sa_pair)
         crev = (h.tmp / "c.key.rev").read_bytes() if cipher else b""
         drev = (h.tmp / "d.key.rev").read_bytes() if digest else b""
