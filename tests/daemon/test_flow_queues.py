@@ -14,6 +14,7 @@ device with two queues and each encapsulation port with a second socket for smal
 
 from __future__ import annotations
 
+import os
 import select
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -315,3 +316,63 @@ def test_what_was_kept_back_goes_within_a_second_if_the_bulk_socket_gets_no_turn
         pass
     pair.b.periodic()
     assert pair.tun(1).take() == [tail]
+
+
+def test_a_bulk_turn_yields_the_cpu_while_sparse_flows_are_live(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--turn-yield-us`: between the chunks of a bulk turn, while sparse flows are live, the loop gives
+    the CPU up (sched_yield) once `turn_yield` has passed since it last did, and notes when; never
+    without live sparse flows, never sooner, never with the switch at 0."""
+    yields: list[float] = []
+    clock = [10.0]
+    plane = pair.a
+    plane.monotonic = lambda: clock[0]
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(clock[0]))
+    monkeypatch.setattr(dp, "SPARSE_EVERY", 0.0)
+    bulk = pair.queues(0)[steer.BULK]
+
+    def turn(first_seq: int) -> None:
+        for k in range(3):
+            bulk.inbox.put(_super(first_seq + k * dp.CHUNK * MSS, dp.CHUNK)[::-1])
+        plane.on_tun(bulk)
+
+    plane.turn_yield, plane.yielded = 120e-6, 0.0
+    turn(1)  # no sparse flow live: sealed whole, nothing looked at
+    assert yields == []
+    _live(pair)
+    plane.yielded = clock[0] - 100e-6  # gave the CPU up 100 us ago: not yet
+    turn(1 + 3 * dp.CHUNK * MSS)
+    assert yields == [] and plane.engine.turn_yields == 0
+    clock[0] += 30e-6  # 130 us since: the next look between chunks yields, once (the clock stands still)
+    turn(1 + 6 * dp.CHUNK * MSS)
+    assert yields == [clock[0]] and plane.engine.turn_yields == 1 and plane.yielded == clock[0]
+    result = Manager.op_stats(SimpleNamespace(engine=plane.engine), {})  # type: ignore[arg-type]
+    assert result["turn_yields"] == 1
+    assert "CPU given up by bulk turns (turn yield)" in render.stats_text(result)
+    plane.turn_yield = 0.0
+    clock[0] += 1.0
+    turn(1 + 9 * dp.CHUNK * MSS)
+    assert yields == [clock[0] - 1.0]  # switched off
+    _serve(pair.a, pair.b)
+    seqs = [TCP(bytes(IP(p).payload)).seq for p in pair.tun(1).take() if p[9] == 6]
+    assert seqs == [1 + i * MSS for i in range(3 * dp.CHUNK, 12 * dp.CHUNK)]  # the last three turns, in order
+
+
+def test_a_long_delivery_serves_the_sparse_flows_between_its_writes(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a socket's turn writes what it held (megabytes of TCP under a bulk transfer, each write
+    waking the receiving application): a ping waiting in the small datagrams' socket is delivered
+    between those writes, not after the last; without live sparse flows, not at all (not looked at)."""
+    monkeypatch.setattr(dp, "SPARSE_EVERY", 0.0)
+    held = [_data(1 + i * MSS, MSS) for i in range(3 * 64)]  # three coalesced writes of 64 segments
+    _arrive(pair, [_ping(1)])  # waits in B's small datagrams' socket
+    pair.b.deliver({"t0": list(held)})
+    written = pair.tun(1).take()
+    assert _ping(1) not in written and len(written) == len(held)  # no sparse flow live: not looked at
+    pair.b.sparse_at = pair.b.clock()  # an echo reply left through B's second queue just now
+    pair.b.deliver({"t0": list(held)})
+    written = pair.tun(1).take()
+    assert len(written) == len(held) + 1
+    assert 0 < written.index(_ping(1)) < len(held)  # after the first write, before the last

@@ -266,3 +266,37 @@ def test_idle_work_runs_on_empty_turns_past_the_spin_budget(
             assert len(calls) == expected, (quiet, every)
     finally:
         plane._epoll = epoll
+
+
+def test_the_loop_notes_when_it_gave_the_cpu_up(
+    hosts: tuple[Host, Host], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`yielded` (what `--turn-yield-us` counts from) moves when a poll found nothing (the loop yielded
+    or slept) or woke the loop, not on a busy turn that followed another without a pause."""
+    a, _ = hosts
+    plane = a.plane
+    clock = [100.0]
+    seen: list[float] = []
+    yields: list[float] = []
+    plane.monotonic = lambda: clock[0]
+    plane.spin = 0.05  # after a served turn, poll without sleeping
+    plane.periodic = lambda: None  # type: ignore[method-assign]
+    plane._handlers[99] = lambda: seen.append(plane.yielded)
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(clock[0]))
+
+    class Ticking(Script):
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            clock[0] += 10e-6  # each poll returns at once
+            return super().poll(timeout)
+
+    epoll = plane._epoll
+    try:
+        plane._epoll = Ticking(plane, [[(99, 1)], [(99, 1)], [], [(99, 1)]])  # type: ignore[assignment]
+        plane.run()
+    finally:
+        plane._epoll = epoll
+    first, fourth = 100.0 + 10e-6, 100.0 + 40e-6
+    # the first turn follows the loop's start (woken); the second, busy, keeps it; the third found
+    # nothing and yielded; the fourth follows that (the script's end is one more empty poll)
+    assert seen == [pytest.approx(first), pytest.approx(first), pytest.approx(fourth)]
+    assert yields == [pytest.approx(100.0 + 30e-6), pytest.approx(100.0 + 50e-6)]  # the third, the last

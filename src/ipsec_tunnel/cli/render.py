@@ -213,6 +213,8 @@ def stats_text(result: Mapping[str, Any]) -> str:
     if "bulk_flows" in result:  # ipsecd with --flow-queues (older daemons do not say)
         lines.append(("bulk flows moved apart (flow queues)", result["bulk_flows"]))
         lines.append(("kept behind the bulk (flow queues)", result.get("sparse_held", 0)))
+    if "turn_yields" in result:  # ipsecd with --turn-yield-us (older daemons do not say)
+        lines.append(("CPU given up by bulk turns (turn yield)", result["turn_yields"]))
     ike = result.get("ike")
     if isinstance(ike, Mapping):  # ipsecd with IKEv2: messages handled and dropped, by reason
         lines.append(("IKE:", None))

@@ -43,6 +43,7 @@ BATCH = 64  # reads per readable event before other sources get a turn
 CHUNK = 64  # packets sealed between two looks at the sparse flows' sources (with steering)
 SPARSE_LIVE = 1.0  # seconds after a sparse flows' source gave a packet during which bulk turns look at them
 SPARSE_EVERY = 200e-6  # seconds between two such looks at most
+MAX_TURN_YIELD_US = 10_000  # --turn-yield-us upper bound: two and a half ticks of a 250 Hz kernel
 BATCH_PACKETS = 256  # packets gathered from one source before they go through the engine (--batch)
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 READ_AHEAD = 1 << 20  # bytes an outer socket is read ahead of decryption (--read-ahead; daemon.readahead)
@@ -175,6 +176,7 @@ class DataPlane:
         device_aqm: AqmOptions | None = None,
         tcp_queue: int = 0,
         flow_queues: bool = False,
+        turn_yield: float = 0.0,
     ) -> None:
         self.engine = engine
         self.kernel: Kernel = kernel if kernel is not None else LinuxKernel()
@@ -187,6 +189,9 @@ class DataPlane:
         self.warm = warm  # keep the data path warm: rehearse this often while traffic flows (daemon.spin)
         self.warm_loopback = warm_loopback  # ... through a loopback UDP socket of its own (Rehearsal.wire)
         self.monotonic: Callable[[], float] = time.monotonic  # the spin budget's clock
+        # while sparse flows are live, a bulk turn yields the CPU at least this often (seconds; 0: never)
+        self.turn_yield = turn_yield
+        self.yielded = 0.0  # when the loop last gave the CPU up (slept or yielded; `monotonic`)
         self.clock = clock
         self.offloads = offloads or OffloadOptions()
         self.aqm = aqm  # None: no AQM, the sockets' arrival times are not even asked for
@@ -246,11 +251,16 @@ class DataPlane:
 
     def serve_sparse(self) -> None:
         """Serve the sparse flows' sources readable now (one look; not from within one of their turns),
-        while sparse flows are live (one gave a packet within SPARSE_LIVE), at most every SPARSE_EVERY."""
+        while sparse flows are live (one gave a packet within SPARSE_LIVE), at most every SPARSE_EVERY;
+        and with `turn_yield`, give the CPU to whatever else is runnable (`take_turns`)."""
         if self._in_sparse or not self._sparse_fds:
             return
         now = self.clock()
-        if now - self.sparse_at > SPARSE_LIVE or now < self._sparse_next:
+        if now - self.sparse_at > SPARSE_LIVE:
+            return
+        if self.turn_yield:
+            self.take_turns()
+        if now < self._sparse_next:
             return
         self._sparse_next = now + SPARSE_EVERY
         ready = self._sparse.poll(0)
@@ -260,6 +270,19 @@ class DataPlane:
                 self._dispatch(ready)
             finally:
                 self._in_sparse = False
+
+    def take_turns(self) -> None:
+        """Yield the CPU (sched_yield) when the loop has not given it up for `turn_yield` seconds.
+
+        Between the chunks of a bulk turn, while sparse flows are live. A process that shares this CPU
+        and has a ping to pass on (the application, the other end of the tunnel on the same host) would
+        otherwise wait until the kernel's tick takes the CPU from a turn that never sleeps: 4 ms at
+        250 Hz. With nothing else runnable the call returns at once."""
+        mono = self.monotonic()
+        if mono - self.yielded >= self.turn_yield:
+            os.sched_yield()
+            self.engine.turn_yields += 1  # for ipsecadm stats
+            self.yielded = self.monotonic()
 
     def writable(self, fd: int, on: bool) -> None:
         """Call `fd`'s callback when it is writable (`on`) rather than readable, or back."""
@@ -513,7 +536,10 @@ class DataPlane:
 
     def deliver(self, packets: dict[str, list[bytes]], *, counted: bool = True) -> None:
         """Write inner packets into their tunnel devices, TCP segments coalesced where allowed. Those
-        refused are dropped from the received counts (`counted`: they are in them)."""
+        refused are dropped from the received counts (`counted`: they are in them). Between writes, the
+        sparse flows are served as between a bulk turn's chunks (`serve_sparse`): the end of a socket's
+        turn writes up to megabytes of held TCP segments, each write waking the receiving application."""
+        between = bool(self._sparse_fds) and not self._in_sparse
         for device, batch in packets.items():
             queue = self.devices.tun.get(device)
             if queue is None:
@@ -543,6 +569,8 @@ class DataPlane:
                         self._write_failed(device, max(1, segments), exc)
                     else:
                         log.debug("write to %s failed: %s", device, exc.strerror)
+                if between:
+                    self.serve_sparse()
 
     def queue_for(self, bulk: TunEdge, sparse: TunEdge, packet: bytes) -> TunEdge:
         """The queue to write `packet` through: its flow's (`core.steer`); a super-packet makes it bulk."""
@@ -926,6 +954,8 @@ class DataPlane:
             if not events and not timeout:
                 os.sched_yield()  # whatever else is runnable here (the other end, an application) goes first
             self.woken = spin.woken()
+            if not events or self.woken:
+                self.yielded = self.monotonic()  # the CPU was given up: a yield, or a sleep in the poll
             dispatch(events)
             self.woken = False
             served = bool(events)

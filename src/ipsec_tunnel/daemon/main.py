@@ -25,6 +25,7 @@ from ..linux import sched
 from ..linux.qdisc import DEFAULT_QDISC, KINDS, Qdisc
 from .dataplane import (
     BATCH_PACKETS,
+    MAX_TURN_YIELD_US,
     NAT_T_PORT,
     READ_AHEAD,
     TUN_READ_AHEAD,
@@ -61,6 +62,7 @@ DEFAULT_NICE = 0  # the scheduling priority of the daemon (setpriority(2)); belo
 DEFAULT_SCHED_SLICE_US = 400  # --sched-slice: idle RTT 9-26% lower, Mbit/s unchanged (docs/performance.md)
 DEFAULT_TCP_QUEUE = 0  # --tcp-queue (core/tcpwin.py): off
 DEFAULT_FLOW_QUEUES = "on"  # --flow-queues (core/steer.py): loaded p99 below the peers' (docs/performance.md)
+DEFAULT_TURN_YIELD_US = 120  # --turn-yield-us: no loaded ping held for a 4 ms tick (docs/performance.md)
 GC_THRESHOLD = 50_000  # new container objects between collections of the youngest generation
 
 
@@ -239,6 +241,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default {DEFAULT_FLOW_QUEUES})",
     )
     queues.add_argument(
+        "--turn-yield-us",
+        type=_turn_yield_us,
+        default=DEFAULT_TURN_YIELD_US,
+        metavar="US",
+        help="while sparse flows are live, a bulk turn gives the CPU to anything else runnable at least this "
+        "often, so that a packet another process on the same CPU has to pass on does not wait for the "
+        f"kernel's tick (default {DEFAULT_TURN_YIELD_US}; 0: never; at most {MAX_TURN_YIELD_US})",
+    )
+    queues.add_argument(
         "--sched-slice",
         type=_sched_slice,
         default=None,
@@ -381,6 +392,15 @@ def _spin_us(text: str) -> int:
     """A busy-polling budget in microseconds, 0 to MAX_SPIN_US."""
     if not text.isdigit() or not 0 <= int(text) <= MAX_SPIN_US:
         raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to {MAX_SPIN_US}: {text!r}")
+    return int(text)
+
+
+def _turn_yield_us(text: str) -> int:
+    """A yield period in microseconds, 0 (never) to MAX_TURN_YIELD_US."""
+    if not text.isdigit() or not 0 <= int(text) <= MAX_TURN_YIELD_US:
+        raise argparse.ArgumentTypeError(
+            f"not a number of microseconds from 0 to {MAX_TURN_YIELD_US}: {text!r}"
+        )
     return int(text)
 
 
@@ -531,6 +551,7 @@ def _serve(args: argparse.Namespace, store: Store, starter: Starter) -> int:
         tun_read_ahead=args.tun_read_ahead,
         tcp_queue=args.tcp_queue,
         flow_queues=args.flow_queues == "on",
+        turn_yield=args.turn_yield_us / 1e6,
         device_aqm=args.device_aqm,
     )
     plane.devices = devices = PersistentDevices(plane, remove_on_exit=args.remove_devices_on_exit)
