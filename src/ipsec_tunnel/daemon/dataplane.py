@@ -539,7 +539,7 @@ class DataPlane:
         refused are dropped from the received counts (`counted`: they are in them). Between writes, the
         sparse flows are served as between a bulk turn's chunks (`serve_sparse`): the end of a socket's
         turn writes up to megabytes of held TCP segments, each write waking the receiving application."""
-        between = bool(self._sparse_fds) and not self._in_sparse
+        between = bool(self._sparse_fds) and not self._in_sparse and not self.woken  # a woken turn is short
         for device, batch in packets.items():
             queue = self.devices.tun.get(device)
             if queue is None:
