@@ -279,6 +279,9 @@ class Link:
                 f"\n--- xfrm_stat {self.peer.xfrm_stat()}\n--- ipsecd stats {self.ipsecd_stats()}"
                 f"\n--- ipsecadm sa show -s\n{self.host.adm('sa', 'show', '-s', check=False).stdout}"
                 f"\n--- ipsecd log (tail)\n{''.join(self.host.log.read_text().splitlines(True)[-15:])}"
+                # where a packet stopped: each side's interface counters and neighbour entries
+                f"\n--- guest ip -s link; ip neigh\n{self.peer.run('ip -s link; ip neigh')[1]}"
+                f"\n--- host ip -s link; ip neigh\n{self.host.sh('ip -s link; ip neigh', check=False).stdout}"
             )
         except Exception as exc:  # diagnostics must not hide the failure
             return f"(no diagnostics: {exc})"
