@@ -274,7 +274,8 @@ class DataPlane:
     def take_turns(self) -> None:
         """Yield the CPU (sched_yield) when the loop has not given it up for `turn_yield` seconds.
 
-        Between the chunks of a bulk turn, while sparse flows are live. A process that shares this CPU
+        Where a bulk turn looks at the sparse flows (between its chunks, reads and writes), while they
+        are live. A process that shares this CPU
         and has a ping to pass on (the application, the other end of the tunnel on the same host) would
         otherwise wait until the kernel's tick takes the CPU from a turn that never sleeps: 4 ms at
         250 Hz. With nothing else runnable the call returns at once."""

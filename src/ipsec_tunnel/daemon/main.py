@@ -388,20 +388,19 @@ def _sched_slice(text: str) -> int:
     return value
 
 
-def _spin_us(text: str) -> int:
-    """A busy-polling budget in microseconds, 0 to MAX_SPIN_US."""
-    if not text.isdigit() or not 0 <= int(text) <= MAX_SPIN_US:
-        raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to {MAX_SPIN_US}: {text!r}")
-    return int(text)
+def _us_up_to(limit: int) -> Callable[[str], int]:
+    """A parser of a number of microseconds from 0 to `limit`."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 0 <= int(text) <= limit:
+            raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to {limit}: {text!r}")
+        return int(text)
+
+    return parse
 
 
-def _turn_yield_us(text: str) -> int:
-    """A yield period in microseconds, 0 (never) to MAX_TURN_YIELD_US."""
-    if not text.isdigit() or not 0 <= int(text) <= MAX_TURN_YIELD_US:
-        raise argparse.ArgumentTypeError(
-            f"not a number of microseconds from 0 to {MAX_TURN_YIELD_US}: {text!r}"
-        )
-    return int(text)
+_spin_us = _us_up_to(MAX_SPIN_US)  # a busy-polling budget
+_turn_yield_us = _us_up_to(MAX_TURN_YIELD_US)  # a yield period (0: never)
 
 
 def _warm_us(text: str) -> int:
