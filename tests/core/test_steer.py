@@ -125,3 +125,19 @@ def test_the_table_is_bounded_and_forgets_stale_flows_first() -> None:
 )  # fmt: skip
 def test_pure_acks_carry_no_data(packet: bytes, data: bool) -> None:
     assert steer.carries_data(packet) is data
+
+
+@pytest.mark.parametrize(
+    ("packet", "data"),
+    [
+        (_v4("10.0.2.1", "10.0.1.1", TCP(flags="A")), False),  # a pure ACK
+        (_v4("10.0.2.1", "10.0.1.1", TCP(flags="PA"), b"x"), True),
+        (_v6("2001:db8::2", "2001:db8::1", TCP(flags="A"), b"xyz"), True),
+        (_v6("2001:db8::2", "2001:db8::1", TCP(flags="A")), False),
+        (_v4("10.0.2.1", "10.0.1.1", UDP(), b"voice"), False),  # not TCP at all
+        (_v4("10.0.2.1", "10.0.1.1", ICMP(), b"ping"), False),
+        (b"\x45\x00", False),  # too short to say: not TCP
+    ],
+)  # fmt: skip
+def test_tcp_data_is_tcp_that_carries_data(packet: bytes, data: bool) -> None:
+    assert steer.tcp_data(packet) is data

@@ -18,6 +18,7 @@ import os
 import select
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
@@ -31,7 +32,7 @@ from ipsec_tunnel.core.tunnel import Tunnel
 from ipsec_tunnel.daemon import dataplane as dp
 from ipsec_tunnel.daemon.dataplane import DataPlane, OffloadOptions
 from ipsec_tunnel.daemon.manager import Manager
-from tests.support.fakes import FakeKernel, FakeNetwork, FakeTun
+from tests.support.fakes import FakeKernel, FakeNetwork, FakeRaw, FakeTun, FakeUdp
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
 KEY = bytes(range(20))
@@ -61,9 +62,9 @@ def _super(seq: int, segments: int) -> tuple[bytes, gso.VnetHeader]:
 
 
 class Pair:
-    """Host A's and host B's data planes over ESP-in-UDP, `flow_queues` on both."""
+    """Host A's and host B's data planes over ESP-in-UDP (or raw ESP: not `udp`), `flow_queues` on both."""
 
-    def __init__(self, flow_queues: bool = True, window: int = 4096) -> None:
+    def __init__(self, flow_queues: bool = True, window: int = 4096, *, udp: bool = True) -> None:
         network = FakeNetwork()
         self.planes: list[DataPlane] = []
         self.kernels: list[FakeKernel] = []
@@ -71,7 +72,8 @@ class Pair:
             engine = Engine()
             engine.tunnels.add(Tunnel("t0", local, remote))
             for spi, src, dst in ((0x3000, A4, B4), (0x3001, B4, A4)):
-                config = SAConfig(spi, dst, src, "aes-gcm", KEY, encap=UdpEncap(), replay_window=window)
+                encap = UdpEncap() if udp else None
+                config = SAConfig(spi, dst, src, "aes-gcm", KEY, encap=encap, replay_window=window)
                 engine.sad.add(SecurityAssociation(config.validated(), 0.0))
             kernel = FakeKernel(network, [local])
             self.kernels.append(kernel)
@@ -81,6 +83,25 @@ class Pair:
             self.planes.append(plane)
         self.a, self.b = self.planes
         self.network = network
+        self.udp = udp
+
+    def bulk(self, host: int) -> FakeUdp | FakeRaw:
+        """Host `host`'s IPv4 socket for the datagrams longer than `steer.SMALL`."""
+        return self.kernels[host].udp[4, 4500] if self.udp else self.kernels[host].raw[4]
+
+    def small(self, host: int) -> FakeUdp | FakeRaw:
+        """Host `host`'s IPv4 socket for the others."""
+        return self.kernels[host].sparse_udp[4, 4500] if self.udp else self.kernels[host].sparse_raw[4]
+
+    def serve(self, host: int, sock: FakeUdp | FakeRaw) -> None:
+        """A turn of host `host`'s socket `sock`."""
+        plane = self.planes[host]
+        if isinstance(sock, FakeUdp):
+            plane.on_udp(sock)
+        elif sock.small:
+            plane.on_small_raw(sock)
+        else:
+            plane.on_raw(sock)
 
     def tun(self, host: int) -> FakeTun:
         return self.kernels[host].tun["t0"]
@@ -111,6 +132,7 @@ def _serve(*planes: DataPlane) -> None:
 def test_each_device_gets_a_second_queue_and_each_port_a_second_socket(pair: Pair) -> None:
     assert len(pair.queues(0)) == 2 and pair.tun(0).multi_queue
     assert set(pair.kernels[0].sparse_udp) == {(4, 4500), (6, 4500)}
+    assert set(pair.kernels[0].sparse_raw) == {4, 6}  # raw ESP too
     assert pair.a.devices.sparse["t0"] is pair.queues(0)[steer.SPARSE]
 
 
@@ -118,7 +140,7 @@ def test_without_the_switch_one_queue_and_one_socket() -> None:
     p = Pair(flow_queues=False)
     try:
         assert len(p.queues(0)) == 1 and not p.tun(0).multi_queue
-        assert p.kernels[0].sparse_udp == {}
+        assert p.kernels[0].sparse_udp == {} and p.kernels[0].sparse_raw == {}
         assert p.a.steering is None
     finally:
         p.close()
@@ -252,52 +274,126 @@ def _arrive(pair: Pair, inner: list[bytes]) -> list[bytes]:
     for result in pair.a.engine.send_batch("t0", inner, 1.0):
         assert isinstance(result, Burst)
         payloads += result.payloads
-    udp = pair.kernels[0].udp[4, 4500]
-    udp.send_burst(bytes([192, 0, 2, 2]), 4500, payloads)
+    sock = pair.bulk(0)
+    if isinstance(sock, FakeUdp):
+        sock.send_burst(bytes([192, 0, 2, 2]), 4500, payloads)
+    else:
+        sock.send_burst(bytes([192, 0, 2, 2]), payloads)
     return payloads
 
 
-def test_the_small_datagram_socket_delivers_a_ping_at_once(pair: Pair) -> None:
-    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ping(1)])
-    sparse = pair.kernels[1].sparse_udp[4, 4500]
-    assert len(sparse.inbox.items) == 1  # the ping's datagram; the bulk waits in the other socket
-    pair.b.on_udp(sparse)
-    assert pair.tun(1).take() == [_ping(1)]
-    pair.b.on_udp(pair.kernels[1].udp[4, 4500])
-    assert len(pair.tun(1).take()) == 4
+@pytest.fixture(params=["udp", "raw"])
+def either(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """A `Pair` over ESP-in-UDP, then one over raw ESP."""
+    p = Pair(udp=request.param == "udp")
+    try:
+        yield p
+    finally:
+        p.close()
 
 
-def test_tcp_from_the_small_datagram_socket_waits_for_the_bulk(pair: Pair) -> None:
+def test_the_small_datagram_socket_delivers_a_ping_at_once(either: Pair) -> None:
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ping(1)])
+    assert len(either.small(1).inbox.items) == 1  # the ping's datagram; the bulk waits in the other socket
+    either.serve(1, either.small(1))
+    assert either.tun(1).take() == [_ping(1)]
+    either.serve(1, either.bulk(1))
+    assert len(either.tun(1).take()) == 4
+
+
+def test_what_is_not_tcp_goes_at_once_however_many_are_read(either: Pair) -> None:
+    """Pings (and a UDP flow's datagrams) read from the small datagrams' socket in one turn, behind the
+    bulk socket's backlog, all go at once: only TCP data keeps the bulk's order."""
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ping(1), _ping(2), _ping(3)])
+    either.serve(1, either.small(1))
+    assert either.tun(1).take() == [_ping(1), _ping(2), _ping(3)]
+    assert either.b.engine.sparse_held == 0
+
+
+def test_tcp_from_the_small_datagram_socket_waits_for_the_bulk(either: Pair) -> None:
     tail = _data(1 + 4 * MSS, 100)  # a short segment at the end of a burst: its datagram is small
-    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
-    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])  # served first, as a sparse source is
-    assert pair.tun(1).take() == []  # held: the bulk socket holds what was sent before it
-    assert pair.b.engine.sparse_held == 1  # counted for ipsecadm stats
-    pair.b.on_udp(pair.kernels[1].udp[4, 4500])
-    seqs = [TCP(bytes(IP(p).payload)).seq for p in pair.tun(1).take()]
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
+    either.serve(1, either.small(1))  # served first, as a sparse source is
+    assert either.tun(1).take() == []  # held: the bulk socket holds what was sent before it
+    assert either.b.engine.sparse_held == 1  # counted for ipsecadm stats
+    either.serve(1, either.bulk(1))
+    seqs = [TCP(bytes(IP(p).payload)).seq for p in either.tun(1).take()]
     assert seqs == [1 + i * MSS for i in range(5)]
 
 
-def test_a_pure_ack_from_the_small_datagram_socket_goes_at_once(pair: Pair) -> None:
-    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ack(7)])
-    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
-    assert pair.tun(1).take() == [_ack(7)]  # no data to keep in order: not held
+def test_tcp_from_the_small_datagram_socket_waits_for_the_bulk_turn_it_was_read_in(
+    either: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk socket's turn has read all the socket held and not yet delivered it when it serves the
+    sparse flows: a short segment found there waits for the turn's end (the socket is `busy`), while a
+    ping read with it goes at once."""
+    monkeypatch.setattr(dp, "SPARSE_EVERY", 0.0)
+    either.b.sparse_at = either.b.clock()  # sparse flows are live
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(16)])
+    tail = _data(1 + 16 * MSS, 100)
+    reads = either.bulk(1)
+    if isinstance(reads, FakeRaw):
+        reads.batch = 8  # two reads of eight datagrams
+    real = reads.recv_batch
+
+    def recv() -> Any:
+        got = real()
+        if got is not None and not reads.inbox.items:  # the read that emptied the socket: meanwhile the
+            _arrive(either, [tail, _ping(1)])  # end of the burst and a ping reach the sparse socket
+        return got
+
+    monkeypatch.setattr(reads, "recv_batch", recv)
+    either.serve(1, reads)
+    got = either.tun(1).take()
+    assert got[0] == _ping(1)  # served between the reads
+    seqs = [TCP(bytes(IP(p).payload)).seq for p in got[1:]]
+    assert seqs == [1 + i * MSS for i in range(17)]  # the short segment after the whole turn
+    assert either.b.engine.sparse_held == 1 and not either.b.busy
 
 
-def test_tcp_from_the_small_datagram_socket_goes_at_once_when_nothing_waits(pair: Pair) -> None:
+@pytest.mark.parametrize("read_ahead", [0, 1 << 20], ids=["one-read-at-a-time", "read-ahead"])
+def test_a_short_segment_goes_between_the_bulk_sent_before_and_after_it(read_ahead: int) -> None:
+    """Raw ESP: a burst's short last segment lands in the small datagrams' socket, between two bursts in
+    the bulk socket, and the bulk socket's turn comes first. The short segment is read before the bulk
+    datagrams are opened and goes between the two bursts (`core.inorder`): the flow arrives in order."""
+    p = Pair(udp=False)
+    try:
+        p.b.read_ahead = read_ahead
+        first = [_data(1 + i * MSS, MSS) for i in range(4)]
+        tail = _data(1 + 4 * MSS, 100)
+        second = [_data(101 + (4 + i) * MSS, MSS) for i in range(4)]
+        _arrive(p, [*first, tail, *second])
+        assert len(p.small(1).inbox.items) == 1
+        p.serve(1, p.bulk(1))  # the bulk socket's turn, the small datagram not yet read
+        seqs = [TCP(bytes(IP(q).payload)).seq for q in p.tun(1).take()]
+        assert seqs == [1 + i * MSS for i in range(5)] + [101 + (4 + i) * MSS for i in range(4)]
+        assert p.b.engine.sparse_held == 1 and not p.b._inorder
+    finally:
+        p.close()
+
+
+def test_a_pure_ack_from_the_small_datagram_socket_goes_at_once(either: Pair) -> None:
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ack(7)])
+    either.serve(1, either.small(1))
+    assert either.tun(1).take() == [_ack(7)]  # no data to keep in order: not held
+
+
+def test_tcp_from_the_small_datagram_socket_goes_at_once_when_nothing_waits(either: Pair) -> None:
     tail = _data(1, 100)
-    _arrive(pair, [tail])
-    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
-    assert pair.tun(1).take() == [tail]
+    _arrive(either, [tail])
+    either.serve(1, either.small(1))
+    assert either.tun(1).take() == [tail]
 
 
-def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk() -> None:
-    p = Pair(window=64)
+@pytest.mark.parametrize("udp", [True, False], ids=["udp", "raw"])
+def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk(udp: bool) -> None:
+    p = Pair(window=64, udp=udp)
     try:
         bulk = [_data(1 + i * MSS, MSS) for i in range(100)]
         _arrive(p, [*bulk, _ping(1)])
-        p.b.on_udp(p.kernels[1].sparse_udp[4, 4500])
+        p.serve(1, p.small(1))
         assert p.tun(1).take() == []  # opened ahead, it would put the bulk behind the window
+        assert p.b.engine.sparse_held == 1
         _serve(p.b)
         got = p.tun(1).take()
         assert len(got) == 101 and got[-1] == _ping(1)
@@ -306,16 +402,42 @@ def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk() -> None:
         p.close()
 
 
-def test_what_was_kept_back_goes_within_a_second_if_the_bulk_socket_gets_no_turn(pair: Pair) -> None:
+def test_a_narrow_window_holds_only_its_own_datagrams_of_a_raw_read() -> None:
+    """One read of the small raw ESP socket holds datagrams of two SAs: the one of the SA with a narrow
+    replay window waits for the bulk socket's backlog, the other is delivered at once."""
+    p = Pair(window=64, udp=False)
+    try:
+        wide = SAConfig(0x3002, B4, A4, "aes-gcm", KEY, replay_window=4096).validated()
+        p.b.engine.sad.add(SecurityAssociation(wide, 0.0))
+        sender = Engine()  # A's second SA into B, with its own tunnel
+        sender.tunnels.add(Tunnel("t0", A4, B4))
+        sender.sad.add(SecurityAssociation(wide, 0.0))
+        _arrive(p, [_data(1 + i * MSS, MSS) for i in range(100)] + [_ping(1)])  # SA 0x3000: narrow
+        esp = sender.send_batch("t0", [_ping(2)], 1.0)
+        assert isinstance(esp[0], Burst)
+        p.kernels[0].raw[4].send_burst(bytes([192, 0, 2, 2]), esp[0].payloads)
+        assert len(p.small(1).inbox.items) == 2
+        p.serve(1, p.small(1))
+        assert p.tun(1).take() == [_ping(2)]
+        assert p.b.engine.sparse_held == 1
+        _serve(p.b)
+        got = p.tun(1).take()
+        assert len(got) == 101 and got[-1] == _ping(1)
+        assert p.b.engine.rx_drops.total() == 0
+    finally:
+        p.close()
+
+
+def test_what_was_kept_back_goes_within_a_second_if_the_bulk_socket_gets_no_turn(either: Pair) -> None:
     tail = _data(1 + 4 * MSS, 100)
-    _arrive(pair, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
-    pair.b.on_udp(pair.kernels[1].sparse_udp[4, 4500])
-    assert pair.tun(1).take() == []
-    bulk = pair.kernels[1].udp[4, 4500]
-    while bulk.inbox.take() is not None:  # the backlog gone without a turn of B's (as an error read)
-        pass
-    pair.b.periodic()
-    assert pair.tun(1).take() == [tail]
+    _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [tail])
+    either.serve(1, either.small(1))
+    assert either.tun(1).take() == []
+    bulk = either.bulk(1)
+    while bulk.inbox.items:  # the backlog gone without a turn of B's (as an error read)
+        bulk.inbox.take()
+    either.b.periodic()
+    assert either.tun(1).take() == [tail]
 
 
 def test_a_bulk_turn_yields_the_cpu_while_sparse_flows_are_live(

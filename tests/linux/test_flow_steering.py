@@ -4,7 +4,9 @@
   last written through (the driver's flow table, drivers/net/tun.c);
 - of two UDP sockets sharing a port (SO_REUSEPORT), `split_small`'s classic BPF program gives the
   datagrams of at most `small` bytes to the second, the others to the first; a UDP GSO burst counts
-  its whole length.
+  its whole length;
+- of two raw ESP sockets (`LinuxKernel.open_sparse_raw`), the second gets the ESP packets of at most
+  `small` bytes, the first the others, over IPv4 (whose filter sees the IP header) and IPv6.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import struct
 
 import pytest
 
+from ipsec_tunnel.daemon.kernel import LinuxKernel
+from ipsec_tunnel.linux.raw import IPPROTO_ESP, RawEsp
 from ipsec_tunnel.linux.tun import open_tun
 from ipsec_tunnel.linux.udp import SOL_UDP, UDP_SEGMENT, UdpSocket
 from tests.support.netns import Netns
@@ -97,6 +101,45 @@ def test_small_datagrams_go_to_the_second_socket(ns: Netns, family: int) -> None
         wait_for(done)
         assert got_sparse == [8, 100, 512, 60]
         assert got_bulk == [513, 1400] + [100] * 10
+    finally:
+        sender.close()
+        sparse.close()
+        bulk.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_small_esp_packets_go_to_the_second_raw_socket(ns: Netns, family: int) -> None:
+    """`open_sparse_raw`: every raw ESP socket gets its copy of each packet; the two filters leave the
+    packets of at most `small` bytes of ESP to the second socket only, the others to the first."""
+    host = "127.0.0.1" if family == 4 else "::1"
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    kernel = LinuxKernel()
+    with ns.enter():
+        bulk = kernel.open_raw(family, mmsg=True)
+        sparse = kernel.open_sparse_raw(bulk, 512)
+        sender = socket.socket(af, socket.SOCK_RAW, IPPROTO_ESP)
+    try:
+        sizes = [8, 100, 512, 513, 1400, 60]
+        for size in sizes:
+            sender.sendto(struct.pack("!II", 0x1000, size) + bytes(size - 8 if size > 8 else 0), (host, 0))
+
+        def take(sock: RawEsp) -> list[int]:
+            out = []
+            while (got := sock.recv_batch()) is not None:
+                out += [len(datagram[3]) for datagram in got]
+            return out
+
+        got_sparse: list[int] = []
+        got_bulk: list[int] = []
+
+        def done() -> bool:
+            got_sparse.extend(take(sparse))
+            got_bulk.extend(take(bulk))
+            return len(got_sparse) + len(got_bulk) >= len(sizes) or None  # type: ignore[return-value]
+
+        wait_for(done)
+        assert got_sparse == [8, 100, 512, 60]
+        assert got_bulk == [513, 1400]
     finally:
         sender.close()
         sparse.close()

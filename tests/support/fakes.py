@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from ipsec_tunnel.core import gso, steer
 from ipsec_tunnel.core.gso import NO_OFFLOAD, VnetHeader
-from ipsec_tunnel.daemon.kernel import UdpEdge
+from ipsec_tunnel.daemon.kernel import RawEdge, UdpEdge
 from ipsec_tunnel.daemon.manager import Devices
 from ipsec_tunnel.linux.udp import UdpDatagram
 
@@ -197,6 +197,9 @@ class FakeNetwork:
             raw = host.raw.get(family)
             if raw is None:
                 return False
+            sparse_raw = host.sparse_raw.get(family)
+            if sparse_raw is not None and len(d.payload) <= sparse_raw.small:
+                raw = sparse_raw
             raw.inbox.put((d.src, d.dst, d.tos, d.payload))
             return True
         udp = host.udp.get((family, d.dport))
@@ -220,8 +223,9 @@ def _unreachable(count: int) -> list[tuple[int, OSError]]:
 class FakeRaw:
     """A raw ESP socket of one family on a `FakeNetwork`."""
 
-    def __init__(self, host: FakeKernel, family: int, batch: int = 64) -> None:
+    def __init__(self, host: FakeKernel, family: int, batch: int = 64, *, small: int = 0) -> None:
         self.host, self.family, self.batch = host, family, batch
+        self.small = small  # a sparse socket (`FakeKernel.open_sparse_raw`): the ESP of at most this
         self.inbox = Readable()
         self.stamp = 0.0  # the receive time the next batches report (tests set it)
         self.errors_polled = 0  # calls of poll_errors
@@ -257,6 +261,8 @@ class FakeRaw:
         return queued
 
     def close(self) -> None:
+        if self.small and self.host.sparse_raw.get(self.family) is self:
+            del self.host.sparse_raw[self.family]
         self.inbox.close()
 
 
@@ -353,6 +359,7 @@ class FakeKernel:
         self.raw: dict[int, FakeRaw] = {}
         self.udp: dict[tuple[int, int], FakeUdp] = {}
         self.sparse_udp: dict[tuple[int, int], FakeUdp] = {}  # small datagrams (`open_sparse_udp`)
+        self.sparse_raw: dict[int, FakeRaw] = {}  # small raw ESP (`open_sparse_raw`)
         self.icmp: dict[int, FakeIcmp] = {}
 
     def address(self, family: int) -> bytes:
@@ -390,6 +397,12 @@ class FakeKernel:
         assert isinstance(bulk, FakeUdp)
         sparse = FakeUdp(self, bulk.family, bulk.port, small=small)
         self.sparse_udp[bulk.family, bulk.port] = sparse
+        return sparse
+
+    def open_sparse_raw(self, bulk: RawEdge, small: int, *, timestamps: bool = False) -> FakeRaw:
+        assert isinstance(bulk, FakeRaw)
+        sparse = FakeRaw(self, bulk.family, small=small)
+        self.sparse_raw[bulk.family] = sparse
         return sparse
 
     def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> FakeUdp:

@@ -22,7 +22,18 @@ from __future__ import annotations
 from . import ip
 from .fq import QUANTUM, flow_key
 
-__all__ = ["AHEAD_WINDOW", "BULK", "HOLD", "LIMIT", "SMALL", "SPARSE", "Steering", "carries_data", "key"]
+__all__ = [
+    "AHEAD_WINDOW",
+    "BULK",
+    "HOLD",
+    "LIMIT",
+    "SMALL",
+    "SPARSE",
+    "Steering",
+    "carries_data",
+    "key",
+    "tcp_data",
+]
 
 BULK = 0  # the queue bulk flows are written through
 SPARSE = 1  # ... and the others: read first
@@ -59,6 +70,14 @@ def carries_data(packet: bytes) -> bool:
     if len(packet) < ip.IPV6_HEADER_LEN + 20 or packet[6] != ip.PROTO_TCP:
         return True
     return len(packet) > ip.IPV6_HEADER_LEN + (packet[ip.IPV6_HEADER_LEN + 12] >> 4) * 4
+
+
+def tcp_data(packet: bytes) -> bool:
+    """Whether `packet` is a TCP segment (by its IPv4 protocol or IPv6 next header) that carries data, or
+    might (`carries_data`)."""
+    return (
+        len(packet) > 9 and packet[9 if packet[0] >> 4 == 4 else 6] == ip.PROTO_TCP and carries_data(packet)
+    )
 
 
 class Steering:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core import codel, fq, gro, gso, ringaqm, steer, tcpwin
+from ..core import codel, fq, gro, gso, inorder, ringaqm, steer, tcpwin
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
@@ -31,7 +31,7 @@ from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
 from ..linux.udp import UdpDatagram
-from . import lone, readahead, txahead
+from . import lone, readahead, smallraw, txahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -210,11 +210,15 @@ class DataPlane:
         self.sparse_at = -math.inf  # when a sparse flows' source last gave a packet (`serve_sparse`)
         self._sparse_next = 0.0  # the next look at them between chunks (`serve_sparse`)
         self.sparse_udp: dict[int, UdpEdge] = {}
+        self.sparse_raw: dict[int, RawEdge] = {}
+        self._small_of: dict[int, int] = {}  # a bulk raw ESP socket's descriptor -> its sparse socket's
+        # per bulk raw ESP socket: TCP data its sparse socket opened, to go in its order (core.inorder)
+        self._inorder: dict[int, inorder.InOrder] = {}
         self._bulk_of: dict[int, int] = {}  # a sparse socket's descriptor -> its bulk socket's
         # per bulk socket: what its sparse socket opened (TCP data) or read (narrow windows) while it held
         # a backlog, for the end of its first turn that leaves it empty (`_after_bulk`, `release`)
         self._held: dict[int, dict[str, list[bytes]]] = {}
-        self._late: dict[int, list[tuple[UdpDatagram, list[bytes]]]] = {}
+        self._late: dict[int, list[Callable[[float], dict[str, list[bytes]]]]] = {}  # each opens at `now`
         self.busy: set[int] = set()  # the bulk sockets in a turn now
         self.sealing: set[int] = set()  # the device queues whose turn is sealing in chunks now
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
@@ -321,6 +325,16 @@ class DataPlane:
             self.watch(raw.fileno(), functools.partial(self.on_raw, raw), raw.poll_errors)
             if self.aqm is not None:
                 self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
+            if self.steering is not None:
+                try:
+                    small = kernel.open_sparse_raw(raw, steer.SMALL, timestamps=self.aqm is not None)
+                except OSError as exc:
+                    log.info("no sparse raw ESP socket: %s", exc.strerror or exc)
+                else:
+                    self.sparse_raw[family] = small
+                    self._bulk_of[small.fileno()] = raw.fileno()
+                    self._small_of[raw.fileno()] = small.fileno()
+                    self.watch_sparse(small.fileno(), functools.partial(self.on_small_raw, small))
             try:
                 udp = kernel.open_udp(
                     family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None,
@@ -355,6 +369,7 @@ class DataPlane:
             *self.raw.values(),
             *self.udp.values(),
             *self.sparse_udp.values(),
+            *self.sparse_raw.values(),
             *self.icmp.values(),
         ]
         for edge in edges:
@@ -647,8 +662,11 @@ class DataPlane:
         if self.read_ahead and not self.woken:
             readahead.serve_raw(self, raw)
             return
+        fd = raw.fileno()
         now = self.clock()
-        queue = self.codel.get(raw.fileno())
+        queue = self.codel.get(fd)
+        if self._bulk_of:
+            self.busy.add(fd)  # until its turn has delivered what it read (`_backlog`)
         pending: dict[str, list[bytes]] = {}
         for _ in range(1 if self.woken else max(1, self.batch_packets // MMSG_BATCH)):
             try:
@@ -658,6 +676,12 @@ class DataPlane:
                 break
             if got is None:
                 break
+            if self._small_of and (pieces := smallraw.in_order(self, fd, got)) is not None:
+                for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
+                    self._merge(
+                        pending, piece if isinstance(piece, dict) else self._receive_runs(piece, now), []
+                    )
+                continue
             one = lone.receive_raw(self, got, now, queue is None and not pending)  # daemon.lone
             if one is True:
                 continue
@@ -670,8 +694,17 @@ class DataPlane:
             ):
                 self._flush(pending)
             self._merge(pending, deliver, [])
+            if self._sparse_fds and not self.woken:
+                self.serve_sparse()
         if pending:
             self.deliver(pending)
+        if self._bulk_of:
+            self.busy.discard(fd)
+            self.release(fd)
+
+    def on_small_raw(self, raw: RawEdge) -> None:
+        """Decrypt ESP packets from the raw socket of the small ones (`--flow-queues`, `daemon.smallraw`)."""
+        smallraw.serve(self, raw)
 
     def _flush(self, pending: dict[str, list[bytes]]) -> None:
         """Deliver what is pending now, before packets that follow a hole the AQM made: each side of
@@ -767,8 +800,13 @@ class DataPlane:
             d, payloads = got
             gathered += len(payloads)
             # (not after an idle poll: nothing waits in the bulk socket for a small datagram to pass)
-            if bulk is not None and not self.woken and self._narrow(d, payloads) and self._backlog(bulk):
-                self._late.setdefault(bulk, []).append(got)  # opened after the bulk's backlog
+            if (
+                bulk is not None
+                and not self.woken
+                and self._narrow(d.src, d.dst, payloads[0])
+                and self._backlog(bulk)
+            ):
+                self._late.setdefault(bulk, []).append(functools.partial(self.open_udp, d, payloads))
                 self.engine.sparse_held += len(payloads)
                 continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
@@ -801,29 +839,52 @@ class DataPlane:
             if self._held or self._late:
                 self.release(fd)
 
-    def _narrow(self, d: UdpDatagram, payloads: list[bytes]) -> bool:
+    def open_udp(self, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
+        """The inner packets of one UDP read, per device (the ICMP errors are sent); a datagram read
+        alone takes the short way (`core.lone`) where it can."""
+        if len(payloads) == 1 and (one := self.engine.receive_one(d.src, d.dst, payloads[0], now, d.tos,
+                                                                   d.sport)) is not False:  # fmt: skip
+            return {} if one is True else {one.device: [one.packet]}
+        deliver, rejects = self.engine.receive_batch(
+            d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
+        )
+        for r in rejects:
+            self.reject(r)
+        return deliver
+
+    def _narrow(self, src: bytes, dst: bytes, esp: bytes) -> bool:
         """Whether a datagram read from a sparse socket belongs to an SA whose replay window is too
         narrow to open it ahead of the bulk socket's backlog (which could then fall behind the window)."""
-        esp = payloads[0]
         if len(esp) < 8 or esp[:4] == NON_ESP_MARKER:
             return False
-        sa = self.engine.sad.get(d.dst, d.src, int.from_bytes(esp[:4], "big"))
+        sa = self.engine.sad.get(dst, src, int.from_bytes(esp[:4], "big"))
         return sa is not None and 0 < sa.replay.size < steer.AHEAD_WINDOW
+
+    @staticmethod
+    def readable(fd: int) -> bool:
+        """Whether `fd` has something to read now (one look, no waiting)."""
+        return _readable(fd)
 
     def _backlog(self, bulk: int) -> bool:
         """Whether bulk socket `bulk` holds datagrams, or its turn datagrams not yet delivered (one look)."""
         return bulk in self.busy or _readable(bulk)
 
     def _after_bulk(self, bulk: int, packets: dict[str, list[bytes]]) -> None:
-        """TCP packets a sparse socket opened: pure ACKs now; segments with data now if its bulk socket
-        `bulk` holds nothing, else after that backlog (sent before them), so a TCP flow's order holds."""
+        """Packets a sparse socket opened: TCP segments with data now if its bulk socket `bulk` holds
+        nothing, else after that backlog (sent before them), so a TCP flow's order holds; the others
+        (pure ACKs, a ping) now."""
         data: dict[str, list[bytes]] = {}
         for device, batch in packets.items():
-            if any(map(steer.carries_data, batch)):
-                data[device] = batch
+            segments = [p for p in batch if steer.tcp_data(p)]
+            if segments:
+                data[device] = segments
         if data and self._backlog(bulk):
             for device in data:
-                del packets[device]
+                rest = [p for p in packets[device] if not steer.tcp_data(p)]
+                if rest:
+                    packets[device] = rest
+                else:
+                    del packets[device]
             self._merge(self._held.setdefault(bulk, {}), data, [])
             self.engine.sparse_held += sum(map(len, data.values()))
         if packets:
@@ -832,16 +893,16 @@ class DataPlane:
     def release(self, fd: int) -> None:
         """At the end of a turn of bulk socket `fd`, which delivered all it read: what its sparse socket
         kept back goes, in order, if the socket holds nothing more (else after a later turn)."""
-        if (fd not in self._held and fd not in self._late) or _readable(fd):
+        if (fd not in self._held and fd not in self._late and not self._inorder.get(fd)) or _readable(fd):
             return
         late = self._late.pop(fd, None)
         held = self._held.pop(fd, None) or {}
+        placed = self._inorder.pop(fd, None)
+        for packets in placed.take() if placed else ():
+            self._merge(held, packets, [])
         now = self.clock()
-        for d, payloads in late or ():
-            deliver, rejects = self.engine.receive_batch(
-                d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
-            )
-            self._merge(held, deliver, rejects)
+        for opened in late or ():
+            self._merge(held, opened(now), [])
         if held:
             self.deliver(held)
 
@@ -852,7 +913,7 @@ class DataPlane:
         sparse socket kept back for a bulk socket that has had no turn since (an error, not data, made
         it readable) goes if that socket is empty."""
         self.engine.tick(self.clock())
-        for fd in [*self._held, *self._late]:
+        for fd in {*self._held, *self._late, *self._inorder}:
             self.release(fd)
         try:
             self.engine.tunnels.base_up = self.kernel.is_up(BASE_DEVICE)
@@ -921,6 +982,7 @@ class DataPlane:
                     continue  # errors read, nothing else; an error the queue did not hold: the read takes it
                 handler()
             except Exception:  # a bug must not take every tunnel down: what it was handling is lost
+                self.busy.discard(fd)  # a bulk socket's turn ended (its sparse socket holds no more for it)
                 self.failures += 1
                 if time.monotonic() - self._failure_logged >= 1.0:
                     self._failure_logged = time.monotonic()

@@ -218,6 +218,11 @@ class Kernel(Protocol):
         `small` bytes, `bulk` the others; OSError when the kernel refuses."""
         ...
 
+    def open_sparse_raw(self, bulk: RawEdge, small: int, *, timestamps: bool = False) -> RawEdge:
+        """A second raw ESP socket of `bulk`'s family that receives the ESP packets of at most `small`
+        bytes, `bulk` from then on only the others; OSError when the kernel refuses."""
+        ...
+
     def open_loopback(self, *, gro: bool = False, timestamps: bool = False) -> UdpEdge:
         """A UDP socket of its own on 127.0.0.1 (a free port), opened as `open_udp` opens the
         encapsulation socket but never watched by the loop: the warm rehearsal (`daemon.spin`) sends
@@ -304,6 +309,20 @@ class LinuxKernel:
         )
         try:
             bulk.split_small(small)
+        except BaseException:
+            sparse.close()
+            raise
+        return sparse
+
+    def open_sparse_raw(self, bulk: RawEdge, small: int, *, timestamps: bool = False) -> RawEsp:
+        assert isinstance(bulk, RawEsp)
+        size = self.socket_buffer
+        # ICMP errors reach every raw ESP socket: the bulk one reads them (recverr), this one never sends
+        sparse = RawEsp(bulk.family, rcvbuf=size, sndbuf=None, recverr=False, mmsg=bulk.batched,
+                        timestamps=timestamps)  # fmt: skip
+        try:
+            sparse.keep_sizes(small, smalls=True)
+            bulk.keep_sizes(small, smalls=False)
         except BaseException:
             sparse.close()
             raise

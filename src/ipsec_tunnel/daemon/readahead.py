@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..core.replay import SEQ32
 from ..linux.udp import UdpDatagram
+from . import smallraw
 
 if TYPE_CHECKING:
     from ..core.sad import SADatabase
@@ -206,26 +207,13 @@ class _Turn:
         plane = self.plane
         if plane._bulk_of:
             plane.busy.discard(self.fd)
-            if plane._held or plane._late:
-                plane.release(self.fd)
-
-
-def _open_udp(plane: DataPlane, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
-    """The inner packets of one UDP read, per device (the ICMP errors are sent); a datagram read alone
-    takes the short way (`core.lone`) where it can."""
-    if len(payloads) == 1 and (one := plane.engine.receive_one(d.src, d.dst, payloads[0], now, d.tos,
-                                                                d.sport)) is not False:  # fmt: skip
-        return {} if one is True else {one.device: [one.packet]}
-    deliver, rejects = plane.engine.receive_batch(d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport)
-    for r in rejects:
-        plane.reject(r)
-    return deliver
+            plane.release(self.fd)
 
 
 def _open(plane: DataPlane, entry: _Read, now: float) -> dict[str, list[bytes]]:
     """The inner packets of a waiting read, per device: a UDP read, or raw ESP datagrams by outer header."""
     if entry.udp is not None:
-        return _open_udp(plane, entry.udp, entry.payloads, now)
+        return plane.open_udp(entry.udp, entry.payloads, now)
     return plane._receive_runs(entry.raw, now)
 
 
@@ -237,7 +225,7 @@ def _take_udp(turn: _Turn, got: tuple[UdpDatagram, list[bytes]]) -> bool:
     size = sum(map(len, payloads))
     small = turn.big > 0 and len(payloads) == 1 and size <= SMALL  # alone in its read, behind bulk
     if small and inside(plane.engine.sad, turn.waiting, d.src, d.dst, payloads[0]):
-        return turn.ahead(_open_udp(plane, d, payloads, turn.now))
+        return turn.ahead(plane.open_udp(d, payloads, turn.now))
     turn.wait(_Read(udp=d, payloads=payloads, size=size, big=size > SMALL, stamp=d.stamp, small=small))
     return False
 
@@ -305,8 +293,19 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
         entry = turn.next_waiting()
         if entry is None:
             break
-        count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
-        turn.opened(_open(plane, entry, turn.now), entry.stamp, count)
+        if (
+            entry.udp is None
+            and plane._small_of
+            and (pieces := smallraw.in_order(plane, fd, entry.raw)) is not None
+        ):
+            for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
+                if isinstance(piece, dict):
+                    plane._merge(turn.pending, piece, [])
+                else:
+                    turn.opened(plane._receive_runs(piece, turn.now), entry.stamp, len(piece))
+        else:
+            count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
+            turn.opened(_open(plane, entry, turn.now), entry.stamp, count)
         if plane._sparse_fds:
             plane.serve_sparse()
     turn.finish()

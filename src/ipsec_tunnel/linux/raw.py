@@ -20,6 +20,7 @@ from typing import NamedTuple, cast
 
 from ipsec_tunnel.core.framing import native as _native
 from ipsec_tunnel.core.ip import IPV4_HEADER
+from ipsec_tunnel.linux import sizebpf
 from ipsec_tunnel.linux._sockopt import (
     IN6_PKTINFO,
     IN_PKTINFO,
@@ -151,6 +152,12 @@ class RawEsp(Transport):
         self._view = memoryview(self._buf)
         self.batch = batch
         self._mmsg = _Mmsg(self, batch) if mmsg and not self._v6 and _Mmsg.supported() else None
+
+    def keep_sizes(self, small: int, *, smalls: bool) -> None:
+        """Receive only the ESP packets of at most `small` bytes (`smalls`), or only the others: the
+        two raw ESP sockets of `--flow-queues` (`linux.sizebpf`). OSError if the kernel refuses."""
+        # an IPv4 raw socket's filter sees the IP header too (one without options); IPv6's the ESP only
+        sizebpf.keep_sizes(self._sock, small if self._v6 else small + _IPV4_HEADER.size, smalls=smalls)
 
     @property
     def batched(self) -> bool:

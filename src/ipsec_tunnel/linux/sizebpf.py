@@ -1,8 +1,11 @@
-"""Small datagrams apart from the bulk, chosen by the kernel on arrival (`--flow-queues`): of the
-sockets sharing a UDP port through SO_REUSEPORT, a datagram whose payload is at most `small` bytes goes
-to the second socket bound, any other to the first. A classic BPF program (filter.h's `struct
-sock_filter`) attached with SO_ATTACH_REUSEPORT_CBPF (Linux 4.5) decides; a UDP GSO/GRO super-datagram
-(the bulk, coalesced) counts its whole length.
+"""Small datagrams apart from the bulk, chosen by the kernel on arrival (`--flow-queues`).
+
+- UDP: of the sockets sharing a port through SO_REUSEPORT, a datagram whose payload is at most `small`
+  bytes goes to the second socket bound, any other to the first. A classic BPF program (filter.h's
+  `struct sock_filter`) attached with SO_ATTACH_REUSEPORT_CBPF (Linux 4.5) decides; a UDP GSO/GRO
+  super-datagram (the bulk, coalesced) counts its whole length.
+- Raw sockets: every raw socket of a protocol gets its own copy of each packet, so each of the two
+  drops the other's share with a socket filter (SO_ATTACH_FILTER) on the packet's length.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import ctypes
 import socket
 import struct
 
-__all__ = ["steer_small"]
+from ipsec_tunnel.linux._sockopt import SO_ATTACH_FILTER
+
+__all__ = ["keep_sizes", "steer_small"]
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h (Linux 4.5)
+_WHOLE = 0xFFFFFFFF  # a socket filter's verdict: keep this many bytes of the packet (all); 0 drops it
 
 # linux/filter.h, linux/bpf_common.h: the classic BPF opcodes used here
 _LD_W_LEN = 0x00 | 0x00 | 0x80  # BPF_LD | BPF_W | BPF_LEN: A = the packet's length
@@ -51,3 +57,9 @@ def steer_small(sock: socket.socket, small: int) -> None:
     """Of the reuseport group `sock` belongs to: payloads of at most `small` bytes to its second socket,
     the others to its first. OSError if the kernel refuses."""
     _attach(sock, SO_ATTACH_REUSEPORT_CBPF, _program(small, 1, 0))
+
+
+def keep_sizes(sock: socket.socket, small: int, *, smalls: bool) -> None:
+    """Let `sock` receive only the packets of at most `small` bytes as its filter sees them (`smalls`),
+    or only the others. OSError if the kernel refuses."""
+    _attach(sock, SO_ATTACH_FILTER, _program(small, _WHOLE, 0) if smalls else _program(small, 0, _WHOLE))
