@@ -385,6 +385,14 @@ def test_tcp_from_the_small_datagram_socket_goes_at_once_when_nothing_waits(eith
     assert either.tun(1).take() == [tail]
 
 
+def _bulk_then_the_ping(p: Pair) -> None:
+    """B's turns: the 100 bulk segments arrive, then the ping kept back, and nothing is dropped."""
+    _serve(p.b)
+    got = p.tun(1).take()
+    assert len(got) == 101 and got[-1] == _ping(1)
+    assert p.b.engine.rx_drops.total() == 0
+
+
 @pytest.mark.parametrize("udp", [True, False], ids=["udp", "raw"])
 def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk(udp: bool) -> None:
     p = Pair(window=64, udp=udp)
@@ -394,10 +402,7 @@ def test_a_narrow_replay_window_opens_small_datagrams_after_the_bulk(udp: bool) 
         p.serve(1, p.small(1))
         assert p.tun(1).take() == []  # opened ahead, it would put the bulk behind the window
         assert p.b.engine.sparse_held == 1
-        _serve(p.b)
-        got = p.tun(1).take()
-        assert len(got) == 101 and got[-1] == _ping(1)
-        assert p.b.engine.rx_drops.total() == 0
+        _bulk_then_the_ping(p)
     finally:
         p.close()
 
@@ -420,10 +425,7 @@ def test_a_narrow_window_holds_only_its_own_datagrams_of_a_raw_read() -> None:
         p.serve(1, p.small(1))
         assert p.tun(1).take() == [_ping(2)]
         assert p.b.engine.sparse_held == 1
-        _serve(p.b)
-        got = p.tun(1).take()
-        assert len(got) == 101 and got[-1] == _ping(1)
-        assert p.b.engine.rx_drops.total() == 0
+        _bulk_then_the_ping(p)
     finally:
         p.close()
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +28,8 @@ from .conftest import wait_for
 from .test_tun import checksum
 
 pytestmark = pytest.mark.root
+
+_Sock = TypeVar("_Sock", UdpSocket, RawEsp)
 
 
 def _udp4(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
@@ -68,6 +72,22 @@ def test_a_flow_is_routed_to_the_queue_it_was_written_through(ns: Netns) -> None
         first.close()
 
 
+def _split_reads(
+    take: Callable[[_Sock], list[int]], sparse: _Sock, bulk: _Sock, count: int
+) -> tuple[list[int], list[int]]:
+    """The sizes `take` read from each of the two sockets, once at least `count` arrived in all."""
+    got_sparse: list[int] = []
+    got_bulk: list[int] = []
+
+    def done() -> bool:
+        got_sparse.extend(take(sparse))
+        got_bulk.extend(take(bulk))
+        return len(got_sparse) + len(got_bulk) >= count or None  # type: ignore[return-value]
+
+    wait_for(done)
+    return got_sparse, got_bulk
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_small_datagrams_go_to_the_second_socket(ns: Netns, family: int) -> None:
     host = "127.0.0.1" if family == 4 else "::1"
@@ -90,15 +110,7 @@ def test_small_datagrams_go_to_the_second_socket(ns: Netns, family: int) -> None
                 out += [len(p) for p in got[1]]
             return out
 
-        got_sparse: list[int] = []
-        got_bulk: list[int] = []
-
-        def done() -> bool:
-            got_sparse.extend(take(sparse))
-            got_bulk.extend(take(bulk))
-            return len(got_sparse) + len(got_bulk) == len(sizes) + 10 or None  # type: ignore[return-value]
-
-        wait_for(done)
+        got_sparse, got_bulk = _split_reads(take, sparse, bulk, len(sizes) + 10)
         assert got_sparse == [8, 100, 512, 60]
         assert got_bulk == [513, 1400] + [100] * 10
     finally:
@@ -129,15 +141,7 @@ def test_small_esp_packets_go_to_the_second_raw_socket(ns: Netns, family: int) -
                 out += [len(datagram[3]) for datagram in got]
             return out
 
-        got_sparse: list[int] = []
-        got_bulk: list[int] = []
-
-        def done() -> bool:
-            got_sparse.extend(take(sparse))
-            got_bulk.extend(take(bulk))
-            return len(got_sparse) + len(got_bulk) >= len(sizes) or None  # type: ignore[return-value]
-
-        wait_for(done)
+        got_sparse, got_bulk = _split_reads(take, sparse, bulk, len(sizes))
         assert got_sparse == [8, 100, 512, 60]
         assert got_bulk == [513, 1400]
     finally:

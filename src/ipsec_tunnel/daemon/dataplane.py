@@ -18,8 +18,9 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..core import codel, fq, gro, gso, inorder, ringaqm, steer, tcpwin
 from ..core.diag import RateLimit
@@ -56,6 +57,9 @@ TUN_READ_AHEAD = 0  # --tun-read-ahead's default, off: not borne out by the meas
 def _readable(fd: int) -> bool:
     """Whether `fd` has something to read now (one look, no waiting)."""
     return bool(select.select([fd], [], [], 0)[0])
+
+
+_Edge = TypeVar("_Edge", RawEdge, UdpEdge)
 
 
 @dataclass(frozen=True)
@@ -313,9 +317,10 @@ class DataPlane:
     def open_transports(self) -> None:
         """Open the raw ESP and UDP-encapsulation sockets for IPv4 and, where available, IPv6."""
         kernel, opts = self.kernel, self.offloads
+        stamps = self.aqm is not None  # the kernel's receive times asked for
         for family in (4, 6):
             try:
-                raw = kernel.open_raw(family, mmsg=opts.mmsg, timestamps=self.aqm is not None)
+                raw = kernel.open_raw(family, mmsg=opts.mmsg, timestamps=stamps)
             except OSError as exc:
                 if family == 4:
                     raise
@@ -326,18 +331,14 @@ class DataPlane:
             if self.aqm is not None:
                 self.codel[raw.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
             if self.steering is not None:
-                try:
-                    small = kernel.open_sparse_raw(raw, steer.SMALL, timestamps=self.aqm is not None)
-                except OSError as exc:
-                    log.info("no sparse raw ESP socket: %s", exc.strerror or exc)
-                else:
-                    self.sparse_raw[family] = small
-                    self._bulk_of[small.fileno()] = raw.fileno()
-                    self._small_of[raw.fileno()] = small.fileno()
-                    self.watch_sparse(small.fileno(), functools.partial(self.on_small_raw, small))
+                small = functools.partial(kernel.open_sparse_raw, raw, steer.SMALL, timestamps=stamps)
+                opened = self._sparse_socket("raw ESP", raw.fileno(), self.on_small_raw, small)
+                if opened is not None:
+                    self.sparse_raw[family] = opened
+                    self._small_of[raw.fileno()] = opened.fileno()
             try:
                 udp = kernel.open_udp(
-                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=self.aqm is not None,
+                    family, self.udp_port, gso=opts.gso, gro=opts.gro, timestamps=stamps,
                     sparse=self.steering is not None,
                 )  # fmt: skip
             except OSError as exc:
@@ -348,19 +349,29 @@ class DataPlane:
                     self.codel[udp.fileno()] = codel.CoDel(self.aqm.target, self.aqm.interval)
                 self.watch(udp.fileno(), functools.partial(self.on_udp, udp), udp.poll_errors)
                 if self.steering is not None:
-                    try:
-                        sparse = kernel.open_sparse_udp(udp, steer.SMALL, timestamps=self.aqm is not None)
-                    except OSError as exc:
-                        log.info("no sparse ESP-in-UDP socket: %s", exc.strerror or exc)
-                    else:
+                    small_udp = functools.partial(kernel.open_sparse_udp, udp, steer.SMALL, timestamps=stamps)
+                    sparse = self._sparse_socket("ESP-in-UDP", udp.fileno(), self.on_udp, small_udp)
+                    if sparse is not None:
                         self.sparse_udp[family] = sparse
-                        self._bulk_of[sparse.fileno()] = udp.fileno()
-                        self.watch_sparse(sparse.fileno(), functools.partial(self.on_udp, sparse))
         self.icmp[4] = kernel.open_icmp(4)
         try:
             self.icmp[6] = kernel.open_icmp(6)
         except OSError:
             pass
+
+    def _sparse_socket(
+        self, what: str, bulk: int, serve: Callable[[_Edge], None], open_it: Callable[[], _Edge]
+    ) -> _Edge | None:
+        """The small datagrams' socket of bulk socket `bulk` (`--flow-queues`), opened by `open_it`,
+        watched as a sparse source with `serve`; None when the kernel refuses (logged)."""
+        try:
+            sparse = open_it()
+        except OSError as exc:
+            log.info("no sparse %s socket: %s", what, exc.strerror or exc)
+            return None
+        self._bulk_of[sparse.fileno()] = bulk
+        self.watch_sparse(sparse.fileno(), functools.partial(serve, sparse))
+        return sparse
 
     def close(self) -> None:
         """Close every socket and remove every device."""
@@ -668,14 +679,7 @@ class DataPlane:
         if self._bulk_of:
             self.busy.add(fd)  # until its turn has delivered what it read (`_backlog`)
         pending: dict[str, list[bytes]] = {}
-        for _ in range(1 if self.woken else max(1, self.batch_packets // MMSG_BATCH)):
-            try:
-                got = raw.recv_batch()
-            except OSError as exc:
-                log.debug("raw receive failed: %s", exc)
-                break
-            if got is None:
-                break
+        for got in self.raw_reads(raw):
             if self._small_of and (pieces := smallraw.in_order(self, fd, got)) is not None:
                 for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
                     self._merge(
@@ -701,6 +705,19 @@ class DataPlane:
         if self._bulk_of:
             self.busy.discard(fd)
             self.release(fd)
+
+    def raw_reads(self, raw: RawEdge) -> Iterator[list[tuple[bytes, bytes, int, bytes]]]:
+        """The reads of one turn of raw socket `raw`: up to `batch_packets` datagrams (one read in a woken
+        turn), until it is empty or a read fails (logged)."""
+        for _ in range(1 if self.woken else max(1, self.batch_packets // MMSG_BATCH)):
+            try:
+                got = raw.recv_batch()
+            except OSError as exc:
+                log.debug("raw receive failed: %s", exc)
+                return
+            if got is None:
+                return
+            yield got
 
     def on_small_raw(self, raw: RawEdge) -> None:
         """Decrypt ESP packets from the raw socket of the small ones (`--flow-queues`, `daemon.smallraw`)."""

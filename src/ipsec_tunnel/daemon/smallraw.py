@@ -19,7 +19,6 @@ import select
 from typing import TYPE_CHECKING
 
 from ..core import inorder, steer
-from ..linux.raw import MMSG_BATCH
 from . import lone
 
 if TYPE_CHECKING:
@@ -40,14 +39,7 @@ def serve(plane: DataPlane, raw: RawEdge) -> None:
     bulk = plane._bulk_of[raw.fileno()]
     now = plane.clock()
     pending: dict[str, list[bytes]] = {}
-    for _ in range(1 if plane.woken else max(1, plane.batch_packets // MMSG_BATCH)):
-        try:
-            got = raw.recv_batch()
-        except OSError as exc:
-            log.debug("raw receive failed: %s", exc)
-            break
-        if got is None:
-            break
+    for got in plane.raw_reads(raw):
         if not plane.woken and not (got := _hold_narrow(plane, bulk, got)):
             continue
         one = lone.receive_raw(plane, got, now, not pending)  # daemon.lone
