@@ -126,6 +126,17 @@ def socket_drops(pid: int) -> dict[str, int]:
     return out
 
 
+def raw_sockets(pid: int) -> int:
+    """How many IPv4 raw ESP sockets the daemon has: two with `--flow-queues` (the small datagrams'
+    socket beside the bulk one, each filtering out the other's share). The kernel then counts a drop at
+    a full socket before its filter looks, so a packet the other socket took can be counted too: the
+    raw drop column is an upper bound of what was lost, no longer the exact count."""
+    return sum(
+        int(line.split()[1].split(":")[1], 16) == 50
+        for line in Path(f"/proc/{pid}/net/raw").read_text().splitlines()[1:]
+    )
+
+
 def backlog_drops() -> int:
     """Packets the kernel dropped from full per-CPU input queues (netdev_max_backlog), the whole machine:
     the second column of /proc/net/softnet_stat."""
@@ -478,7 +489,10 @@ def lossy_transfer(h: LossyHosts, size: int, encap: bool) -> dict[str, Any]:
     with contextlib.suppress(AssertionError):
         wait_until("B to count what reached it", lambda: reached_b() >= a_to_b["sent"], 10)
     rx, drops = stats(h.b), socket_drops(pid)["udp" if encap else "raw"]
-    assert reached_b() == a_to_b["sent"], (rx, figures)
+    if encap or raw_sockets(pid) == 1:
+        assert reached_b() == a_to_b["sent"], (rx, figures)
+    else:  # the raw drop count is an upper bound (`raw_sockets`)
+        assert reached_b() - drops <= a_to_b["sent"] <= reached_b(), (rx, drops, figures)
     receive = rx["receive"]
     assert rx_total(rx) == receive["accepted"] + receive["replayed"] + receive.get("aqm", 0), rx
     assert 0 < rx["receive"]["replayed"] <= a_to_b["duplicated"], (rx, figures)
@@ -699,7 +713,11 @@ def live_fuzz(h: TwoHosts, count: int, chunk: int = 1000, seed: int = 6) -> dict
                 lambda want=want: counted_since(h.b, start) >= delivered(pid, drops0, want),  # type: ignore[misc]
             )
             got, expected = counted_since(h.b, start), delivered(pid, drops0, want)
-            assert got == expected, f"B counted {got} datagrams, the kernel delivered {expected}"
+            if raw_sockets(pid) == 1:
+                assert got == expected, f"B counted {got} datagrams, the kernel delivered {expected}"
+            else:  # the raw drop count is an upper bound (`raw_sockets`): so is what it takes off
+                udp_lost = socket_drops(pid)["udp"] - drops0["udp"]
+                assert expected <= got <= want - udp_lost, f"B counted {got} of {want}, at least {expected}"
     finally:
         raw.close()
     seconds = time.monotonic() - t0
@@ -781,8 +799,11 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
     total = sum(g["sent"] for g in generated)
     dropped = sum(d1[k] - d0[k] for k in d1)
     # Every datagram that reached B (the flood and the tunnel's own, less what B's sockets had no room
-    # for) was counted once; a difference would be packets lost on the way (the veth's backlog).
+    # for) was counted once; a difference would be packets lost on the way (the veth's backlog). With two
+    # raw ESP sockets the raw drops are an upper bound (`raw_sockets`): counted too often by at most one
+    # per raw packet that reached B.
     unaccounted = total + (a1 - a0) - dropped - (rx_total(s1) - rx_total(s0))
+    over = 0 if raw_sockets(pid) == 1 else generated[0]["sent"] + (a1 - a0)
     figures = {
         "seconds": seconds,
         "generated": total,
@@ -799,7 +820,7 @@ def flood(h: TwoHosts, seconds: float, name: str) -> dict[str, Any]:
         "ipsecadm_stats_s_max": round(max(control, default=0), 2),
     }
     report(name, figures)
-    assert 0 <= unaccounted <= b1 - b0, f"B's counters do not add up: {figures}"
+    assert -over <= unaccounted <= b1 - b0, f"B's counters do not add up: {figures}"
     assert mem["VmHWM"] < 200 * 1024, figures
     assert mem["VmHWM"] - base["VmRSS"] < 50 * 1024, figures
     assert after_pings == 5, figures
