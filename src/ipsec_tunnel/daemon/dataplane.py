@@ -224,6 +224,7 @@ class DataPlane:
         self._held: dict[int, dict[str, list[bytes]]] = {}
         self._late: dict[int, list[Callable[[float], dict[str, list[bytes]]]]] = {}  # each opens at `now`
         self.busy: set[int] = set()  # the bulk sockets in a turn now
+        self._looks: dict[int, select.epoll] = {}  # `readable`'s epoll per outer socket with a sparse one
         self.sealing: set[int] = set()  # the device queues whose turn is sealing in chunks now
         self._handlers: dict[int, Callable[[], None]] = {}  # what to call when a descriptor is readable
         self._drains: dict[int, Callable[[], int]] = {}  # what reads a socket's error queue (EPOLLERR)
@@ -371,6 +372,8 @@ class DataPlane:
             return None
         self._bulk_of[sparse.fileno()] = bulk
         self.watch_sparse(sparse.fileno(), functools.partial(serve, sparse))
+        for fd in (bulk, sparse.fileno()):
+            self._look(fd)
         return sparse
 
     def close(self) -> None:
@@ -387,6 +390,9 @@ class DataPlane:
             edge.close()
         self._epoll.close()
         self._sparse.close()
+        for look in self._looks.values():
+            look.close()
+        self._looks.clear()
 
     # -- packet handlers -----------------------------------------------------------------------------------
 
@@ -877,14 +883,22 @@ class DataPlane:
         sa = self.engine.sad.get(dst, src, int.from_bytes(esp[:4], "big"))
         return sa is not None and 0 < sa.replay.size < steer.AHEAD_WINDOW
 
-    @staticmethod
-    def readable(fd: int) -> bool:
-        """Whether `fd` has something to read now (one look, no waiting)."""
-        return _readable(fd)
+    def readable(self, fd: int) -> bool:
+        """Whether `fd` has something to read now (one look, no waiting): through an epoll of its own for
+        the outer sockets (`_look`, less than half select's cost), else select."""
+        look = self._looks.get(fd)
+        return bool(look.poll(0)) if look is not None else _readable(fd)
+
+    def _look(self, fd: int) -> None:
+        """An epoll of outer socket `fd` alone, for `readable`: it is asked between the reads of every
+        turn (`daemon.smallraw.in_order`)."""
+        look = select.epoll()
+        look.register(fd, select.EPOLLIN)
+        self._looks[fd] = look
 
     def _backlog(self, bulk: int) -> bool:
         """Whether bulk socket `bulk` holds datagrams, or its turn datagrams not yet delivered (one look)."""
-        return bulk in self.busy or _readable(bulk)
+        return bulk in self.busy or self.readable(bulk)
 
     def _after_bulk(self, bulk: int, packets: dict[str, list[bytes]]) -> None:
         """Packets a sparse socket opened: TCP segments with data now if its bulk socket `bulk` holds
@@ -910,7 +924,7 @@ class DataPlane:
     def release(self, fd: int) -> None:
         """At the end of a turn of bulk socket `fd`, which delivered all it read: what its sparse socket
         kept back goes, in order, if the socket holds nothing more (else after a later turn)."""
-        if (fd not in self._held and fd not in self._late and not self._inorder.get(fd)) or _readable(fd):
+        if (fd not in self._held and fd not in self._late and not self._inorder.get(fd)) or self.readable(fd):
             return
         late = self._late.pop(fd, None)
         held = self._held.pop(fd, None) or {}
