@@ -162,7 +162,10 @@ def test_a_bulk_flow_is_routed_to_the_first_queue_and_a_ping_to_the_second(pair:
     assert pair.a.engine.bulk_flows == 1 and pair.b.engine.bulk_flows == 1  # read at A, written at B
     result = Manager.op_stats(SimpleNamespace(engine=pair.a.engine), {})  # type: ignore[arg-type]
     assert result["bulk_flows"] == 1 and result["sparse_held"] == 0
-    assert "bulk flows moved apart (flow queues)" in render.stats_text(result)
+    assert result["sparse_read"] == pair.a.engine.sparse_read
+    text = render.stats_text(result)
+    assert "bulk flows moved apart (flow queues)" in text
+    assert "read from the small-datagram sockets (flow queues)" in text
     b.route(_ack(1 + 8 * MSS))  # B's receiver answers
     a.route(_ping(1))
     _serve(pair.a, pair.b)
@@ -297,8 +300,10 @@ def test_the_small_datagram_socket_delivers_a_ping_at_once(either: Pair) -> None
     assert len(either.small(1).inbox.items) == 1  # the ping's datagram; the bulk waits in the other socket
     either.serve(1, either.small(1))
     assert either.tun(1).take() == [_ping(1)]
+    assert either.b.engine.sparse_read == 1  # counted for ipsecadm stats
     either.serve(1, either.bulk(1))
     assert len(either.tun(1).take()) == 4
+    assert either.b.engine.sparse_read == 1
 
 
 def test_what_is_not_tcp_goes_at_once_however_many_are_read(either: Pair) -> None:

@@ -73,3 +73,6 @@ def test_a_transfer_with_pings_alongside_arrives_whole_and_in_order(
     assert drops(h.a) == {} and drops(h.b) == {}
     for host in (h.a, h.b):  # the transfer's flow was moved apart at both ends (read at A, written at B)
         assert json.loads(host.adm("-j", "stats").stdout)["bulk_flows"] >= 1
+    # the echo requests reached B's small-datagram socket, the replies A's (with the transfer's ACKs)
+    assert json.loads(h.b.adm("-j", "stats").stdout)["sparse_read"] >= 40, why
+    assert json.loads(h.a.adm("-j", "stats").stdout)["sparse_read"] >= int(received.group(1)), why

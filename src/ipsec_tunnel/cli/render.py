@@ -212,6 +212,7 @@ def stats_text(result: Mapping[str, Any]) -> str:
         lines.append(("TCP windows lowered (tcp queue)", result["tcp_windows_lowered"]))
     if "bulk_flows" in result:  # ipsecd with --flow-queues (older daemons do not say)
         lines.append(("bulk flows moved apart (flow queues)", result["bulk_flows"]))
+        lines.append(("read from the small-datagram sockets (flow queues)", result.get("sparse_read", 0)))
         lines.append(("kept behind the bulk (flow queues)", result.get("sparse_held", 0)))
     if "turn_yields" in result:  # ipsecd with --turn-yield-us (older daemons do not say)
         lines.append(("CPU given up by bulk turns (turn yield)", result["turn_yields"]))

@@ -135,6 +135,7 @@ class Plane:
         self.tcp_windows_lowered = 0  # ACKs delivered whose window --tcp-queue lowered (core/tcpwin.py)
         self.bulk_flows = 0  # flows --flow-queues moved to a device's first queue, bulk (core/steer.py)
         self.sparse_held = 0  # TCP segments and datagrams of the small-datagram socket kept behind the bulk
+        self.sparse_read = 0  # datagrams read from the small-datagram sockets (--flow-queues)
         self.turn_yields = 0  # times a bulk turn gave the CPU up for others (--turn-yield-us)
         # Takes (source, destination, source port, IKE message) for a datagram with the non-ESP marker on
         # the encapsulation port (RFC 3948 §2.2), the marker stripped; None: such datagrams are dropped.

@@ -822,6 +822,8 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
+            if bulk is not None:
+                self.engine.sparse_read += len(payloads)
             # (not after an idle poll: nothing waits in the bulk socket for a small datagram to pass)
             if (
                 bulk is not None

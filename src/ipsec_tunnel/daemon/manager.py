@@ -535,7 +535,8 @@ class Manager:
             "receive": receive, "send": send, "keepalives": e.keepalives,
             "keepalives_sent": e.nat.keepalives_sent, "icmp_sent": e.icmp_sent, "ce_marked": e.ce_marked,
             "tx_ce_marked": e.tx_ce_marked, "tcp_windows_lowered": e.tcp_windows_lowered,
-            "bulk_flows": e.bulk_flows, "sparse_held": e.sparse_held, "turn_yields": e.turn_yields,
+            "bulk_flows": e.bulk_flows, "sparse_held": e.sparse_held, "sparse_read": e.sparse_read,
+            "turn_yields": e.turn_yields,
         }  # fmt: skip
         if arg(args, "last_drops", bool, False):
             out["last_drops"] = [r.to_dict() for r in e.drop_log.ring]

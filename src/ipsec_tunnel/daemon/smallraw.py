@@ -40,6 +40,7 @@ def serve(plane: DataPlane, raw: RawEdge) -> None:
     now = plane.clock()
     pending: dict[str, list[bytes]] = {}
     for got in plane.raw_reads(raw):
+        plane.engine.sparse_read += len(got)
         if not plane.woken and not (got := _hold_narrow(plane, bulk, got)):
             continue
         one = lone.receive_raw(plane, got, now, not pending)  # daemon.lone
