@@ -24,6 +24,12 @@ def stats(host: IpsecHost) -> dict[str, Any]:
     return result
 
 
+def _retransmitted(host: IpsecHost) -> int:
+    """The TCP segments the host's kernel retransmitted so far (TcpRetransSegs, its namespace)."""
+    out = host.sh("nstat -az TcpRetransSegs").stdout.split()
+    return int(out[out.index("TcpRetransSegs") + 1])
+
+
 @pytest.mark.parametrize("ecn", [False, True], ids=["drop", "ecn"])
 def test_a_tcp_transfer_survives_the_device_aqm(hosts: TwoHosts, ecn: bool) -> None:
     h = hosts
@@ -33,11 +39,15 @@ def test_a_tcp_transfer_survives_the_device_aqm(hosts: TwoHosts, ecn: bool) -> N
             host.sh("sysctl -qw net.ipv4.tcp_ecn=1")
     h.sa_pair("--cipher=aes-gcm", f"--cipher-keyfile={h.key('k', 20)}", "--encap=udp")
     _a_in, b_in = h.tunnels()
+    retrans = _retransmitted(h.a)
     transfer(h, b_in, 16 * 1024 * 1024)
     a = stats(h.a)
     send = a["send"]
     if ecn:
-        assert a["tx_ce_marked"] > 0 and send["device_aqm"] == 0
+        # the data is marked, never dropped; a packet TCP sends without ECT (the handshake's and the
+        # close's ACK and FIN, a retransmitted segment: RFC 3168 §6.1.5) can only be dropped
+        non_ect = 3 + _retransmitted(h.a) - retrans
+        assert a["tx_ce_marked"] > 0 and send["device_aqm"] <= non_ect, (a, non_ect)
     else:
         assert send["device_aqm"] > 0 and a["tx_ce_marked"] == 0
     others = {k: v for k, v in send.items() if k not in ("accepted", "device_aqm") and v}
