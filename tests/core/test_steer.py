@@ -141,3 +141,13 @@ def test_pure_acks_carry_no_data(packet: bytes, data: bool) -> None:
 )  # fmt: skip
 def test_tcp_data_is_tcp_that_carries_data(packet: bytes, data: bool) -> None:
     assert steer.tcp_data(packet) is data
+
+
+def test_split_data_keeps_each_devices_order() -> None:
+    data1 = _v4("10.0.2.1", "10.0.1.1", TCP(flags="PA", seq=1), b"x")
+    data2 = _v4("10.0.2.1", "10.0.1.1", TCP(flags="PA", seq=2), b"y")
+    ack = _v4("10.0.2.1", "10.0.1.1", TCP(flags="A"))
+    ping = _v4("10.0.2.1", "10.0.1.1", ICMP(), b"ping")
+    data, rest = steer.split_data({"t0": [data1, ping, data2, ack], "t1": [data1], "t2": [ping]})
+    assert data == {"t0": [data1, data2], "t1": [data1]}
+    assert rest == {"t0": [ping, ack], "t2": [ping]}

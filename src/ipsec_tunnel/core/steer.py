@@ -32,6 +32,7 @@ __all__ = [
     "Steering",
     "carries_data",
     "key",
+    "split_data",
     "tcp_data",
 ]
 
@@ -78,6 +79,22 @@ def tcp_data(packet: bytes) -> bool:
     return (
         len(packet) > 9 and packet[9 if packet[0] >> 4 == 4 else 6] == ip.PROTO_TCP and carries_data(packet)
     )
+
+
+def split_data(packets: dict[str, list[bytes]]) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]]]:
+    """(the TCP segments with data, the other packets), per device, each in order (`tcp_data`)."""
+    data: dict[str, list[bytes]] = {}
+    rest: dict[str, list[bytes]] = {}
+    for device, batch in packets.items():
+        segments = [p for p in batch if tcp_data(p)]
+        if segments:
+            data[device] = segments
+            others = [p for p in batch if not tcp_data(p)] if len(segments) < len(batch) else []
+            if others:
+                rest[device] = others
+        else:
+            rest[device] = batch
+    return data, rest
 
 
 class Steering:

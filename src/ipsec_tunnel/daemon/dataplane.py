@@ -906,18 +906,9 @@ class DataPlane:
         """Packets a sparse socket opened: TCP segments with data now if its bulk socket `bulk` holds
         nothing, else after that backlog (sent before them), so a TCP flow's order holds; the others
         (pure ACKs, a ping) now."""
-        data: dict[str, list[bytes]] = {}
-        for device, batch in packets.items():
-            segments = [p for p in batch if steer.tcp_data(p)]
-            if segments:
-                data[device] = segments
+        data, rest = steer.split_data(packets)
         if data and self._backlog(bulk):
-            for device in data:
-                rest = [p for p in packets[device] if not steer.tcp_data(p)]
-                if rest:
-                    packets[device] = rest
-                else:
-                    del packets[device]
+            packets = rest
             self._merge(self._held.setdefault(bulk, {}), data, [])
             self.engine.sparse_held += sum(map(len, data.values()))
         if packets:

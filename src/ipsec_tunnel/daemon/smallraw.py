@@ -62,18 +62,12 @@ def _place(
 ) -> None:
     """The `packets` a read gave, `first` its first datagram: TCP data held for bulk socket `bulk` when it
     holds datagrams or is in a turn, to go where `first` goes among them; the rest into `pending`."""
-    data = {}
     if len(first[3]) >= 8 and plane._backlog(bulk):  # (one look a read, not one parse a packet)
-        for device, batch in packets.items():
-            segments = [p for p in batch if steer.tcp_data(p)]
-            if segments:
-                data[device] = segments
-    if data:
-        plane._inorder.setdefault(bulk, inorder.InOrder()).hold(first[0], first[1], first[3], data)
-        plane.engine.sparse_held += sum(map(len, data.values()))
-        packets = {
-            d: rest for d, batch in packets.items() if (rest := [p for p in batch if not steer.tcp_data(p)])
-        }
+        data, rest = steer.split_data(packets)
+        if data:
+            plane._inorder.setdefault(bulk, inorder.InOrder()).hold(first[0], first[1], first[3], data)
+            plane.engine.sparse_held += sum(map(len, data.values()))
+            packets = rest
     plane._merge(pending, packets, [])
 
 
