@@ -112,9 +112,35 @@ def test_packets_for_a_down_device_are_dropped_not_accepted(caplog: pytest.LogCa
         assert receiver.stats_for("t0").rx_packets == 0
         assert receiver.stats_for("t0").rx_drops[Drop.DEVICE_DOWN] == 3
         assert [r.getMessage() for r in caplog.records] == ["packet for t0 dropped: the device is down"]
+        # in `stats --last-drops` too, once per refused write (three), without a second log line
+        assert [r.text() for r in receiver.drop_log.ring] == [f"device down: from {A4} to {B4}, into t0"] * 3
+        record = receiver.drop_log.ring[-1]
+        assert record.to_dict()["into"] == "t0" and "device" not in record.to_dict()
+        assert render.stats_text({"last_drops": [record.to_dict()]}).splitlines()[-1] == (
+            f"  device down: from {A4} to {B4}, into t0"
+        )
+        assert receiver.drop_log.take_lines() == []
     finally:
         plane.devices.tun.clear()
         plane.close()
+
+
+def test_drops_counted_outside_the_engine_are_in_the_drop_log() -> None:
+    """The device AQM's drops on the way out and the receive AQM's are listed by `stats --last-drops`
+    with the tunnel's addresses and device, one record per call; an unknown device has no addresses."""
+    engine = _engine()
+    engine.tick(NOW)
+    engine.unsendable("t0", 4, Drop.DEVICE_AQM)
+    engine.congested("t0", 1, 2)
+    engine.undelivered("gone", 1, Drop.DEVICE_DOWN)
+    assert [r.text() for r in engine.drop_log.ring] == [
+        f"queue too long (device AQM): from {A4} to {B4}, sending on t0",
+        f"queue too long (AQM): from {B4} to {A4}, into t0",
+        "device down: from ? to ?, into gone",
+    ]
+    assert [r.time for r in engine.drop_log.ring] == [NOW] * 3
+    assert engine.tx_drops[Drop.DEVICE_AQM] == 4 and engine.rx_drops[Drop.AQM] == 2
+    assert engine.drop_log.take_lines() == []
 
 
 @pytest.fixture

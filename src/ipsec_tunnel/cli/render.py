@@ -233,13 +233,16 @@ def stats_text(result: Mapping[str, Any]) -> str:
 
 def _drop_line(d: Mapping[str, Any]) -> str:
     """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2' (or, for a drop on the way out,
-    '... to 192.0.2.2, sending on ipsec1'), as ipsecd logs it."""
+    '... to 192.0.2.2, sending on ipsec1'; for a decrypted packet its device did not take, '... to
+    192.0.2.1, into ipsec1'), as ipsecd logs it."""
     src = _text(d.get("src"), "?")
     if d.get("sport") is not None:
         src = f"[{src}]:{d['sport']}" if ":" in src else f"{src}:{d['sport']}"
     spi = f"SPI {spi_text(d['spi'])} " if d.get("spi") is not None else ""
     reason = str(d.get("reason"))
     where = f"{spi}from {src} to {_text(d.get('dst'), '?')}"
+    if d.get("into") is not None:
+        return f"{_LABELS.get(reason, reason)}: {where}, into {d['into']}"
     if d.get("device") is None:
         return f"{_LABELS.get(reason, reason)}: {where}"
     where = f"{where}, " if d.get("src") is not None else spi

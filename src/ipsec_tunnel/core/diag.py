@@ -1,7 +1,8 @@
 """Drop diagnostics without I/O: the last drops with who sent them and which SPI, and rate-limited log
 lines naming them ("unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2"); a send-side drop
 names the tunnel device it was read from ("state store not writable: SPI 0x1000 from 192.0.2.1 to
-192.0.2.2, sending on ipsec1")."""
+192.0.2.2, sending on ipsec1"), a decrypted packet its device did not take the device it was for
+("device down: from 192.0.2.2 to 192.0.2.1, into ipsec1")."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class DropRecord:
     dst: bytes
     sport: int | None = None  # the UDP source port, for ESP-in-UDP
     device: str | None = None  # send side: the tunnel device the packet was read from
+    into: str | None = None  # receive side, decrypted: the tunnel device that did not take it
 
     def text(self) -> str:
         """'unknown SA: SPI 0x1000 from 203.0.113.254:4500 to 192.0.2.2' (received), 'no route: SPI
@@ -56,13 +58,16 @@ class DropRecord:
             src = f"[{src}]:{self.sport}" if ":" in src else f"{src}:{self.sport}"
         dst = str(ipaddress.ip_address(self.dst)) if self.dst else "?"
         spi = f"SPI {self.spi:#x} " if self.spi is not None else ""
+        if self.into is not None:
+            return f"{self.reason.label}: {spi}from {src} to {dst}, into {self.into}"
         if self.device is None:
             return f"{self.reason.label}: {spi}from {src} to {dst}"
         where = f"{spi}from {src} to {dst}, " if self.src else spi
         return f"{self.reason.label}: {where}sending on {self.device}"
 
     def to_dict(self) -> dict[str, object]:
-        """The record for the control protocol ("device" only for a send-side drop)."""
+        """The record for the control protocol ("device" only for a send-side drop, "into" only for a
+        decrypted packet its device did not take)."""
         out: dict[str, object] = {
             "time": self.time, "reason": self.reason.value, "spi": self.spi,
             "src": str(ipaddress.ip_address(self.src)) if self.src else None,
@@ -71,6 +76,8 @@ class DropRecord:
         }  # fmt: skip
         if self.device is not None:
             out["device"] = self.device
+        if self.into is not None:
+            out["into"] = self.into
         return out
 
 
@@ -89,6 +96,10 @@ class DropLog:
         if held is not None:
             more = f" ({held} more since the last line)" if held else ""
             self.lines.append(f"dropped, {record.text()}{more}")
+
+    def remember(self, record: DropRecord) -> None:
+        """Remember `record` without a log line (its drop is logged where it happened)."""
+        self.ring.append(record)
 
     def take_lines(self) -> list[str]:
         """The log lines queued since the last call."""

@@ -241,13 +241,17 @@ class Plane:
         self.drop_log.add(DropRecord(self._ticked, reason, spi, burst.src, burst.dst, None, device))
 
     def undelivered(self, device: str, count: int, reason: Drop) -> None:
-        """`count` packets counted as received that device `device` refused: count them as dropped."""
+        """`count` packets counted as received that device `device` refused: count them as dropped, and
+        note the first in the drop log (not logged: the data plane logs the refusal)."""
         self.rx_accepted -= count
         self.rx_drops[reason] += count
         stats = self.tunnel_stats.get(device)
         if stats is not None:
             stats.rx_packets -= count
             stats.rx_drops[reason] += count
+        tunnel = self.tunnels.get(device)  # the packets' SAs are not known here: no SPI
+        src, dst = (tunnel.remote_packed, tunnel.local_packed) if tunnel is not None else (b"", b"")
+        self.drop_log.remember(DropRecord(self._ticked, reason, None, src, dst, into=device))
 
     def congested(self, device: str, marked: int, dropped: int) -> None:
         """The AQM signalled congestion on packets counted as received for device `device`: `marked` got
@@ -260,9 +264,12 @@ class Plane:
 
     def unsendable(self, device: str, count: int, reason: Drop) -> None:
         """`count` packets read from device `device` that never reached the engine: count them as dropped
-        for `reason`, for the tunnel too."""
+        for `reason`, for the tunnel too, and note the first in the drop log (not logged)."""
         self.tx_drops[reason] += count
         self.stats_for(device).tx_drops[reason] += count
+        tunnel = self.tunnels.get(device)
+        src, dst = (tunnel.local_packed, tunnel.remote_packed) if tunnel is not None else (b"", b"")
+        self.drop_log.remember(DropRecord(self._ticked, reason, None, src, dst, None, device))
 
     def tx_drop(self, stats: TunnelStats, reason: Drop, device: str, now: float) -> Drop:
         """Count a packet read from device `device` that is not sent, for `reason`, on the plane and
