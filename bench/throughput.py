@@ -100,6 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure each ipsecd plane once more, started with ARGS added, in the same interleaved rounds "
         "(repeatable), e.g. --variant='--spin-us=0'",
     )
+    p.add_argument(
+        "--rate",
+        default=None,
+        metavar="RATE",
+        help="pace the stream at RATE (iperf3 -b: 800M, 1G), below what every plane moves: CPU-s/GB then "
+        "compares the work per byte at one offered load, apart from how each plane shares a saturated "
+        "machine (default: unpaced)",
+    )
     common_args(p)
     args = p.parse_args(argv)
     check_common(p, args)
@@ -153,8 +161,9 @@ def render(summaries: list[Summary], args: argparse.Namespace) -> str:
     ]
     header = [*TCP_HEADER, "ours/swan", "ours/wg-go"]
     lines = [
-        f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds; "
-        "medians.",
+        f"TCP, one stream 10.0.1.1 -> 10.0.2.1, {args.seconds:g} s x {args.runs} interleaved rounds"
+        + (f", paced at {rate} (iperf3 -b)" if (rate := getattr(args, "rate", None)) else "")
+        + "; medians.",
         "Mbit/s: iperf3 receiver side. CPU-s/GB: utime+stime of the tunnel processes at both ends",
         "(ipsecd, charon, wireguard-go) per 10^9 bytes received. RTT: idle ping, median.",
         "retr: TCP retransmits per run. ours/swan: throughput over strongSwan with the same algorithms",

@@ -67,18 +67,21 @@ def ping_rtts(ns: Netns, count: int, interval: float, size: int | None = None) -
     return rtts
 
 
-def measure(plane: Plane, run: int, seconds: float, pings: int, interval: float) -> Run:
-    """Idle ping RTT, then one iperf3 TCP stream A -> B for `seconds` with the tunnel's CPU time.
-    A failure (a tunnel process gone, iperf3 hanging or failing) is recorded in the run, never raised."""
+def measure(
+    plane: Plane, run: int, seconds: float, pings: int, interval: float, rate: str | None = None
+) -> Run:
+    """Idle ping RTT, then one iperf3 TCP stream A -> B for `seconds` (paced at `rate`, iperf3 -b, when
+    given) with the tunnel's CPU time. A failure (a tunnel process gone, iperf3 hanging or failing) is
+    recorded in the run, never raised."""
     r = Run(run)
     try:
-        _measure(r, plane, seconds, pings, interval)
+        _measure(r, plane, seconds, pings, interval, rate)
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         r.error = f"{type(exc).__name__}: {exc}"
     return r
 
 
-def _measure(r: Run, plane: Plane, seconds: float, pings: int, interval: float) -> None:
+def _measure(r: Run, plane: Plane, seconds: float, pings: int, interval: float, rate: str | None) -> None:
     pids = plane.pids()
     p0, w0 = [cpu_ticks(p) for p in pids], time.monotonic()
     r.rtts_ms = ping_rtts(plane.a, pings, interval)
@@ -87,6 +90,8 @@ def _measure(r: Run, plane: Plane, seconds: float, pings: int, interval: float) 
         r.idle_cpu_pct = round((sum(p1) - sum(p0)) / HZ / (w1 - w0) * 100, 2)
     t0, h0 = [cpu_ticks(p) for p in pids], host_ticks()
     iperf = ["iperf3", "-c", IN_B, "-B", IN_A, "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+    if rate is not None:
+        iperf += ["-b", rate]
     res = plane.a.run(iperf, timeout=seconds + 30)
     t1, h1 = [cpu_ticks(p) for p in pids], host_ticks()
     total = h1[1] - h0[1] or 1
@@ -117,13 +122,15 @@ def run_rounds(
     pings: int,
     interval: float,
     results: dict[str, list[Run]],
+    *,
+    rate: str | None = None,
 ) -> None:
     """`runs` rounds; each round measures every plane once, the starting plane rotating from round to round
     so that slow drifts of the machine (other load, CPU steal, thermal) fall on all planes alike."""
     for i in range(runs):
         order = list(planes[i % len(planes) :]) + list(planes[: i % len(planes)])
         for plane in order:
-            r = measure(plane, i + 1, seconds, pings, interval)
+            r = measure(plane, i + 1, seconds, pings, interval, rate)
             results[plane.key].append(r)
             rtt = f"{statistics.median(r.rtts_ms):.3f} ms" if r.rtts_ms else "no reply"
             if r.error:

@@ -84,7 +84,8 @@ def run_bench(
                 ready = open_planes(planes)
                 if ready:
                     log(f"measuring {len(ready)} data planes: {args.runs} rounds of {args.seconds:g} s each")
-                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results)
+                    rate = getattr(args, "rate", None)
+                    run_rounds(ready, args.runs, args.seconds, args.pings, 0.05, results, rate=rate)
                 for p in ready:
                     if isinstance(p, OursPlane):
                         p.notes["rss_kib"] = p.rss_kib()
@@ -107,6 +108,7 @@ def run_bench(
         "seconds": args.seconds,
         "runs": args.runs,
         "pings": args.pings,
+        "rate": getattr(args, "rate", None),
         "interrupted": interrupted,
         **(extra or {}),
         "loadavg_at_start": round(load, 2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,12 @@ def test_run_bench_keeps_the_rounds_of_variant_planes(tmp_path: Path, monkeypatc
     monkeypatch.setattr(runner, "close_planes", lambda ps: None)
     monkeypatch.setattr(OursPlane, "rss_kib", lambda self: [1])
 
-    def rounds(ready: list[Any], runs: int, seconds: float, pings: int, gap: float, results: Any) -> None:
+    paced: list[str | None] = []
+
+    def rounds(
+        ready: list[Any], runs: int, seconds: float, pings: int, gap: float, results: Any, *, rate: str | None
+    ) -> None:
+        paced.append(rate)
         for plane in ready:
             results[plane.key].append(Run(1, mbps=100.0))
 
@@ -48,10 +55,43 @@ def test_run_bench_keeps_the_rounds_of_variant_planes(tmp_path: Path, monkeypatc
         seen.extend(summaries)
         return ""
 
-    args = parse_args(["--only", "ours-gcm-udp", "--variant=--spin-us=0", "--json", str(tmp_path / "r.json")])
+    report = tmp_path / "r.json"
+    args = parse_args(
+        ["--only", "ours-gcm-udp", "--variant=--spin-us=0", "--rate", "800M", "--json", str(report)]
+    )
     status = runner.run_bench("throughput", args, lambda work: planes, render, keys=["ours-gcm-udp"])
     assert status == 0
     assert [(s.key, s.mbps) for s in seen] == [("ours-gcm-udp", 100.0), ("ours-gcm-udp-v1", 100.0)]
+    assert paced == ["800M"] and json.loads(report.read_text())["rate"] == "800M"
+
+
+def test_rate_paces_the_iperf3_stream() -> None:
+    """--rate RATE: iperf3 -b RATE; without it, no -b (the stream as fast as the plane goes)."""
+    from bench.lib import measure
+
+    class Host:
+        def __init__(self) -> None:
+            self.commands: list[list[str]] = []
+
+        def run(self, command: list[str], timeout: float) -> Any:
+            self.commands.append(command)
+            end = {"sum_received": {"bits_per_second": 8e8, "bytes": 10**9, "seconds": 10.0}, "sum_sent": {}}
+            out = json.dumps({"end": end}) if command[0] == "iperf3" else ""
+            return subprocess.CompletedProcess(command, 0, out, "")
+
+    class Plane:
+        def __init__(self) -> None:
+            self.a = Host()
+
+        def pids(self) -> list[int]:
+            return []
+
+    for rate, expected in (("800M", ["-b", "800M"]), (None, [])):
+        plane = Plane()
+        r = measure.measure(plane, 1, 10, 1, 0.05, rate)  # type: ignore[arg-type]
+        assert r.error is None and r.mbps == 800.0
+        (iperf,) = [c for c in plane.a.commands if c[0] == "iperf3"]
+        assert iperf[-len(expected) :] == expected if expected else "-b" not in iperf
 
 
 def test_a_name_value_variant_goes_into_ipsecds_environment(tmp_path: Path, monkeypatch: Any) -> None:
