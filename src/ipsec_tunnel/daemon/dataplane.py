@@ -215,13 +215,12 @@ class DataPlane:
         self._sparse_next = 0.0  # the next look at them between chunks (`serve_sparse`)
         self.sparse_udp: dict[int, UdpEdge] = {}
         self.sparse_raw: dict[int, RawEdge] = {}
-        self._small_of: dict[int, int] = {}  # a bulk raw ESP socket's descriptor -> its sparse socket's
-        # per bulk raw ESP socket: TCP data its sparse socket opened, to go in its order (core.inorder)
+        self._small_of: dict[int, int] = {}  # a bulk socket's descriptor -> its sparse socket's
+        # per bulk socket: TCP data its sparse socket opened, to go in its order (core.inorder)
         self._inorder: dict[int, inorder.InOrder] = {}
         self._bulk_of: dict[int, int] = {}  # a sparse socket's descriptor -> its bulk socket's
-        # per bulk socket: what its sparse socket opened (TCP data) or read (narrow windows) while it held
-        # a backlog, for the end of its first turn that leaves it empty (`_after_bulk`, `release`)
-        self._held: dict[int, dict[str, list[bytes]]] = {}
+        # per bulk socket: what its sparse socket read (narrow windows) while it held a backlog, for the
+        # end of its first turn that leaves it empty (`release`)
         self._late: dict[int, list[Callable[[float], dict[str, list[bytes]]]]] = {}  # each opens at `now`
         self.busy: set[int] = set()  # the bulk sockets in a turn now
         self._looks: dict[int, select.epoll] = {}  # `readable`'s epoll per outer socket with a sparse one
@@ -354,6 +353,7 @@ class DataPlane:
                     sparse = self._sparse_socket("ESP-in-UDP", udp.fileno(), self.on_udp, small_udp)
                     if sparse is not None:
                         self.sparse_udp[family] = sparse
+                        self._small_of[udp.fileno()] = sparse.fileno()
         self.icmp[4] = kernel.open_icmp(4)
         try:
             self.icmp[6] = kernel.open_icmp(6)
@@ -822,6 +822,13 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
+            if bulk is None and self._small_of and (pieces := smallraw.in_order_udp(self, fd, d, payloads)):
+                for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
+                    opened = (
+                        piece if isinstance(piece, dict) else self.open_udp(d, [p[3] for p in piece], now)
+                    )
+                    self._merge(pending, opened, [])
+                continue
             if bulk is not None:
                 self.engine.sparse_read += len(payloads)
             # (not after an idle poll: nothing waits in the bulk socket for a small datagram to pass)
@@ -840,29 +847,29 @@ class DataPlane:
             deliver, rejects = one or self.engine.receive_batch(
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
-            if (
-                queue is not None
-                and d.stamp
-                and deliver
-                and self._signal(queue, deliver, d.stamp, len(payloads))
-            ):
-                self._flush(pending)
-                seen.clear()
-            self._merge(pending, deliver, rejects)
+            if bulk is not None:  # TCP data held to go in the bulk socket's order, the rest at once
+                smallraw.place(self, bulk, d.src, d.dst, payloads[0], deliver, pending)
+                for r in rejects:
+                    self.reject(r)
+            else:
+                if (
+                    queue is not None
+                    and d.stamp
+                    and deliver
+                    and self._signal(queue, deliver, d.stamp, len(payloads))
+                ):
+                    self._flush(pending)
+                    seen.clear()
+                self._merge(pending, deliver, rejects)
             if pending and self._deliver_ahead(pending, seen):
                 self._answer()
             if self._sparse_fds and bulk is None and not self.woken:
                 self.serve_sparse()
-        if bulk is not None:
-            if pending:
-                self._after_bulk(bulk, pending)
-            return
         if pending:
             self.deliver(pending)
-        if self._bulk_of:
+        if bulk is None and self._bulk_of:
             self.busy.discard(fd)
-            if self._held or self._late:
-                self.release(fd)
+            self.release(fd)
 
     def open_udp(self, d: UdpDatagram, payloads: list[bytes], now: float) -> dict[str, list[bytes]]:
         """The inner packets of one UDP read, per device (the ICMP errors are sent); a datagram read
@@ -902,25 +909,13 @@ class DataPlane:
         """Whether bulk socket `bulk` holds datagrams, or its turn datagrams not yet delivered (one look)."""
         return bulk in self.busy or self.readable(bulk)
 
-    def _after_bulk(self, bulk: int, packets: dict[str, list[bytes]]) -> None:
-        """Packets a sparse socket opened: TCP segments with data now if its bulk socket `bulk` holds
-        nothing, else after that backlog (sent before them), so a TCP flow's order holds; the others
-        (pure ACKs, a ping) now."""
-        data, rest = steer.split_data(packets)
-        if data and self._backlog(bulk):
-            packets = rest
-            self._merge(self._held.setdefault(bulk, {}), data, [])
-            self.engine.sparse_held += sum(map(len, data.values()))
-        if packets:
-            self.deliver(packets)
-
     def release(self, fd: int) -> None:
         """At the end of a turn of bulk socket `fd`, which delivered all it read: what its sparse socket
         kept back goes, in order, if the socket holds nothing more (else after a later turn)."""
-        if (fd not in self._held and fd not in self._late and not self._inorder.get(fd)) or self.readable(fd):
+        if (fd not in self._late and not self._inorder.get(fd)) or self.readable(fd):
             return
         late = self._late.pop(fd, None)
-        held = self._held.pop(fd, None) or {}
+        held: dict[str, list[bytes]] = {}
         placed = self._inorder.pop(fd, None)
         for packets in placed.take() if placed else ():
             self._merge(held, packets, [])
@@ -937,7 +932,7 @@ class DataPlane:
         sparse socket kept back for a bulk socket that has had no turn since (an error, not data, made
         it readable) goes if that socket is empty."""
         self.engine.tick(self.clock())
-        for fd in {*self._held, *self._late, *self._inorder}:
+        for fd in {*self._late, *self._inorder}:
             self.release(fd)
         try:
             self.engine.tunnels.base_up = self.kernel.is_up(BASE_DEVICE)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from ..core import inorder
 from ..core.replay import SEQ32
 from ..linux.udp import UdpDatagram
 from . import smallraw
@@ -217,6 +218,13 @@ def _open(plane: DataPlane, entry: _Read, now: float) -> dict[str, list[bytes]]:
     return plane._receive_runs(entry.raw, now)
 
 
+def _in_order(plane: DataPlane, fd: int, entry: _Read) -> list[inorder.Piece] | None:
+    """`daemon.smallraw`'s cut of a waiting read of bulk socket `fd` (None: open it as it is)."""
+    if entry.udp is not None:
+        return smallraw.in_order_udp(plane, fd, entry.udp, entry.payloads)
+    return smallraw.in_order(plane, fd, entry.raw)
+
+
 def _take_udp(turn: _Turn, got: tuple[UdpDatagram, list[bytes]]) -> bool:
     """Keep one UDP read waiting, or open it now: a small datagram alone in its read behind the bulk,
     inside its SA's window. Whether anything was delivered."""
@@ -293,14 +301,14 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
         entry = turn.next_waiting()
         if entry is None:
             break
-        if (
-            entry.udp is None
-            and plane._small_of
-            and (pieces := smallraw.in_order(plane, fd, entry.raw)) is not None
-        ):
+        if plane._small_of and (pieces := _in_order(plane, fd, entry)) is not None:
             for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
                 if isinstance(piece, dict):
                     plane._merge(turn.pending, piece, [])
+                elif entry.udp is not None:
+                    turn.opened(
+                        plane.open_udp(entry.udp, [p[3] for p in piece], turn.now), entry.stamp, len(piece)
+                    )
                 else:
                     turn.opened(plane._receive_runs(piece, turn.now), entry.stamp, len(piece))
         else:

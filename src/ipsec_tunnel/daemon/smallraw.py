@@ -1,13 +1,15 @@
-"""The raw ESP socket of the small datagrams (`--flow-queues`, issue 13).
+"""The small datagrams' sockets (`--flow-queues`, issue 13): raw ESP's, and how TCP data read from
+either keeps its place in its flow.
 
 The kernel hands every raw ESP socket its own copy of each packet; two length filters split them
-(`linux.sizebpf`): ESP of at most `steer.SMALL` bytes to this socket, the rest to the bulk one. A ping
-read here goes into its device at once, however much the bulk socket holds. TCP data read here (a
-burst's short last segment) goes at once too when the bulk socket holds nothing and is in no turn;
-else it is held with its ESP sequence number and goes between the bulk datagrams of its SA sent
-before it and those sent after it (`core.inorder`): before each read of the bulk socket is opened,
-this socket is read if it holds anything (what it holds arrived first), and the read is cut where the
-held data goes (`in_order`). Datagrams of an SA whose replay window is too narrow to open them ahead
+(`linux.sizebpf`): ESP of at most `steer.SMALL` bytes to the small datagrams' socket, the rest to the
+bulk one (ESP-in-UDP: a reuseport program picks one of two sockets by size). A ping read there goes
+into its device at once, however much the bulk socket holds. TCP data read there (a burst's short last
+segment) goes at once too when the bulk socket holds nothing and is in no turn; else it is held with
+its ESP sequence number and goes between the bulk datagrams of its SA sent before it and those sent
+after it (`core.inorder`, `place`): before each read of the bulk socket is opened, the small one is
+read if it holds anything (what it holds arrived first), and the read is cut where the held data goes
+(`in_order`, `in_order_udp`). Datagrams of an SA whose replay window is too narrow to open them ahead
 of the bulk go after the bulk socket's backlog, unopened (`DataPlane._narrow`).
 """
 
@@ -22,10 +24,11 @@ from ..core import inorder, steer
 from . import lone
 
 if TYPE_CHECKING:
+    from ..linux.udp import UdpDatagram
     from .dataplane import DataPlane
     from .kernel import RawEdge
 
-__all__ = ["in_order", "serve"]
+__all__ = ["in_order", "in_order_udp", "look", "place", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +51,37 @@ def serve(plane: DataPlane, raw: RawEdge) -> None:
             continue
         # opened together (a bulk flow's ACKs, many a read); TCP data among them is placed as their
         # first datagram is: exact for the short segment read alone, as one mostly is
-        _place(plane, bulk, got[0], plane._receive_runs(got, now) if one is False else one, pending)
+        src, dst, _tos, esp = got[0]
+        place(plane, bulk, src, dst, esp, plane._receive_runs(got, now) if one is False else one, pending)
     if pending:
         plane.deliver(pending)
 
 
-def _place(
+def place(
     plane: DataPlane,
     bulk: int,
-    first: Datagram,
+    src: bytes,
+    dst: bytes,
+    esp: bytes,
     packets: dict[str, list[bytes]],
     pending: dict[str, list[bytes]],
 ) -> None:
-    """The `packets` a read gave, `first` its first datagram: TCP data held for bulk socket `bulk` when it
-    holds datagrams or is in a turn, to go where `first` goes among them; the rest into `pending`."""
-    if len(first[3]) >= 8 and plane._backlog(bulk):  # (one look a read, not one parse a packet)
+    """The `packets` one read of a small datagrams' socket gave, `esp` its first datagram (from `src` to
+    `dst`): TCP data held for bulk socket `bulk` when it holds datagrams or is in a turn, to go where
+    `esp` goes among them; the rest into `pending`."""
+    if len(esp) >= 8 and plane._backlog(bulk):  # (one look a read, not one parse a packet)
         data, rest = steer.split_data(packets)
         if data:
-            plane._inorder.setdefault(bulk, inorder.InOrder()).hold(first[0], first[1], first[3], data)
+            plane._inorder.setdefault(bulk, inorder.InOrder()).hold(src, dst, esp, data)
             plane.engine.sparse_held += sum(map(len, data.values()))
             packets = rest
     plane._merge(pending, packets, [])
 
 
-def in_order(plane: DataPlane, fd: int, got: list[Datagram]) -> list[inorder.Piece] | None:
-    """Before datagrams `got` read from bulk raw socket `fd` are opened: its small datagrams' socket
-    served if readable (what it holds arrived before `got` was read), then `got` cut where the TCP
-    data held for it goes; None: open `got` as it is."""
+def look(plane: DataPlane, fd: int) -> inorder.InOrder | None:
+    """Before a read of bulk socket `fd` is opened: its small datagrams' socket served if readable (what
+    it holds arrived before the read); what is then held for `fd` to go among its datagrams (None:
+    nothing, or `fd` has no such socket)."""
     small = plane._small_of.get(fd)
     if small is None:
         return None
@@ -84,13 +91,30 @@ def in_order(plane: DataPlane, fd: int, got: list[Datagram]) -> list[inorder.Pie
             plane._dispatch([(small, select.EPOLLIN)])
         finally:
             plane._in_sparse = False
-    held = plane._inorder.get(fd)
-    if not held:
-        return None
+    return plane._inorder.get(fd) or None
+
+
+def _cut(plane: DataPlane, fd: int, held: inorder.InOrder, got: list[Datagram]) -> list[inorder.Piece]:
     pieces = held.pieces(got)
     if not held:
         del plane._inorder[fd]
     return pieces
+
+
+def in_order(plane: DataPlane, fd: int, got: list[Datagram]) -> list[inorder.Piece] | None:
+    """Before datagrams `got` read from bulk raw socket `fd` are opened (`look`): `got` cut where the TCP
+    data held for it goes; None: open `got` as it is."""
+    held = look(plane, fd)
+    return None if held is None else _cut(plane, fd, held, got)
+
+
+def in_order_udp(
+    plane: DataPlane, fd: int, d: UdpDatagram, payloads: list[bytes]
+) -> list[inorder.Piece] | None:
+    """`in_order` for one read of bulk ESP-in-UDP socket `fd` (`payloads`, from `d`'s sender); a piece of
+    datagrams is opened as a read of their payloads (`DataPlane.open_udp`)."""
+    held = look(plane, fd)
+    return None if held is None else _cut(plane, fd, held, [(d.src, d.dst, d.tos, esp) for esp in payloads])
 
 
 def _hold_narrow(plane: DataPlane, bulk: int, got: list[Datagram]) -> list[Datagram]:
