@@ -69,3 +69,18 @@ def test_nothing_held_leaves_the_read_whole() -> None:
     got = _datagrams(1, 2, 3)
     pieces = InOrder().pieces(got)
     assert len(pieces) == 1 and pieces[0] is got
+
+
+def test_lead_takes_everything_held_only_when_all_of_it_goes_before_the_datagram() -> None:
+    """`lead`, the short way of a read that carries the rest of the held packets' flow: all of them before
+    the datagram, oldest first; else nothing taken (another SA, another sender, or one sent after it)."""
+    order = InOrder()
+    for seq in (5, 9):
+        order.hold(A, B, _esp(seq), {"t0": [str(seq).encode()]})
+    assert order.lead(A, B, _esp(9)) is None and len(order.items) == 2  # 9 is not sent after 9
+    assert order.lead(A, B, _esp(10, OTHER)) is None and len(order.items) == 2
+    assert order.lead(C, B, _esp(10)) is None and len(order.items) == 2
+    assert order.lead(A, B, _esp(10)) == [{"t0": [b"5"]}, {"t0": [b"9"]}]
+    assert not order
+    order.hold(A, B, _esp(0xFFFF_FFFE), {"t0": [b"wrap"]})
+    assert order.lead(A, B, _esp(1)) == [{"t0": [b"wrap"]}]  # after, across the 32-bit wrap

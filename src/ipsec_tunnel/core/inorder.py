@@ -47,6 +47,18 @@ class InOrder:
         """Hold `packets`, opened from datagram `esp` (at least 8 bytes) of `src` -> `dst`."""
         self.items.append(Held(src, dst, esp[:4], int.from_bytes(esp[4:8], "big"), packets))
 
+    def lead(self, src: bytes, dst: bytes, esp: bytes) -> list[dict[str, list[bytes]]] | None:
+        """When every held packet goes before datagram `esp` (at least 8 bytes) of `src` -> `dst`, as
+        when its read carries the rest of their flow: all of them, oldest first, taken out of the hold;
+        else None and nothing taken (`pieces` then cuts the read)."""
+        spi, seq = esp[:4], int.from_bytes(esp[4:8], "big")
+        items = self.items
+        if all(h.spi == spi and h.src == src and h.dst == dst and _after(seq, h.seq) for h in items):
+            out = [h.packets for h in items]
+            items.clear()
+            return out
+        return None
+
     def pieces(self, datagrams: list[Datagram]) -> list[Piece]:
         """`datagrams` (read from the bulk socket, in order) cut where held packets go between them: the
         pieces in order, each a list of datagrams or held packets (taken out of the hold)."""

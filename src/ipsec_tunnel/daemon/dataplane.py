@@ -824,10 +824,9 @@ class DataPlane:
             gathered += len(payloads)
             if bulk is None and self._small_of and (pieces := smallraw.in_order_udp(self, fd, d, payloads)):
                 for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
-                    opened = (
-                        piece if isinstance(piece, dict) else self.open_udp(d, [p[3] for p in piece], now)
+                    self._merge(
+                        pending, piece if isinstance(piece, dict) else self.open_udp(d, piece, now), []
                     )
-                    self._merge(pending, opened, [])
                 continue
             if bulk is not None:
                 self.engine.sparse_read += len(payloads)

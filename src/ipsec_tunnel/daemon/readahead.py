@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core import inorder
 from ..core.replay import SEQ32
@@ -218,11 +218,20 @@ def _open(plane: DataPlane, entry: _Read, now: float) -> dict[str, list[bytes]]:
     return plane._receive_runs(entry.raw, now)
 
 
-def _in_order(plane: DataPlane, fd: int, entry: _Read) -> list[inorder.Piece] | None:
+def _in_order(
+    plane: DataPlane, fd: int, entry: _Read
+) -> list[list[bytes] | dict[str, list[bytes]]] | list[inorder.Piece] | None:
     """`daemon.smallraw`'s cut of a waiting read of bulk socket `fd` (None: open it as it is)."""
     if entry.udp is not None:
         return smallraw.in_order_udp(plane, fd, entry.udp, entry.payloads)
     return smallraw.in_order(plane, fd, entry.raw)
+
+
+def _open_piece(plane: DataPlane, entry: _Read, piece: list[Any], now: float) -> dict[str, list[bytes]]:
+    """The inner packets of a piece of a waiting read: UDP payloads, or raw ESP datagrams."""
+    if entry.udp is not None:
+        return plane.open_udp(entry.udp, piece, now)
+    return plane._receive_runs(piece, now)
 
 
 def _take_udp(turn: _Turn, got: tuple[UdpDatagram, list[bytes]]) -> bool:
@@ -305,12 +314,8 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
             for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
                 if isinstance(piece, dict):
                     plane._merge(turn.pending, piece, [])
-                elif entry.udp is not None:
-                    turn.opened(
-                        plane.open_udp(entry.udp, [p[3] for p in piece], turn.now), entry.stamp, len(piece)
-                    )
                 else:
-                    turn.opened(plane._receive_runs(piece, turn.now), entry.stamp, len(piece))
+                    turn.opened(_open_piece(plane, entry, piece, turn.now), entry.stamp, len(piece))
         else:
             count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
             turn.opened(_open(plane, entry, turn.now), entry.stamp, count)

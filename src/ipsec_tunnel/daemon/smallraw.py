@@ -110,11 +110,18 @@ def in_order(plane: DataPlane, fd: int, got: list[Datagram]) -> list[inorder.Pie
 
 def in_order_udp(
     plane: DataPlane, fd: int, d: UdpDatagram, payloads: list[bytes]
-) -> list[inorder.Piece] | None:
-    """`in_order` for one read of bulk ESP-in-UDP socket `fd` (`payloads`, from `d`'s sender); a piece of
-    datagrams is opened as a read of their payloads (`DataPlane.open_udp`)."""
+) -> list[list[bytes] | dict[str, list[bytes]]] | None:
+    """`in_order` for one read of bulk ESP-in-UDP socket `fd` (`payloads`, from `d`'s sender): the
+    pieces, each payloads to open as a read (`DataPlane.open_udp`) or held packets; None: open the read
+    as it is."""
     held = look(plane, fd)
-    return None if held is None else _cut(plane, fd, held, [(d.src, d.dst, d.tos, esp) for esp in payloads])
+    if held is None:
+        return None
+    if len(payloads[0]) >= 8 and (lead := held.lead(d.src, d.dst, payloads[0])) is not None:
+        del plane._inorder[fd]  # the common case: all that is held goes before this read
+        return [*lead, payloads]
+    pieces = _cut(plane, fd, held, [(d.src, d.dst, d.tos, esp) for esp in payloads])
+    return [piece if isinstance(piece, dict) else [esp for *_, esp in piece] for piece in pieces]
 
 
 def _hold_narrow(plane: DataPlane, bulk: int, got: list[Datagram]) -> list[Datagram]:
