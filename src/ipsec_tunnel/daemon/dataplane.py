@@ -32,7 +32,7 @@ from ..core.tunnel import BASE_DEVICE
 from ..linux.link import DEFAULT_TXQUEUELEN
 from ..linux.raw import MMSG_BATCH
 from ..linux.udp import UdpDatagram
-from . import lone, readahead, smallraw, txahead
+from . import lone, readahead, smallsock, txahead
 from .clock import steady
 from .kernel import IcmpEdge, Kernel, LinuxKernel, RawEdge, TunEdge, UdpEdge
 from .manager import Devices
@@ -686,7 +686,7 @@ class DataPlane:
             self.busy.add(fd)  # until its turn has delivered what it read (`_backlog`)
         pending: dict[str, list[bytes]] = {}
         for got in self.raw_reads(raw):
-            if self._small_of and (pieces := smallraw.in_order(self, fd, got)) is not None:
+            if self._small_of and (pieces := smallsock.in_order(self, fd, got)) is not None:
                 for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
                     self._merge(
                         pending, piece if isinstance(piece, dict) else self._receive_runs(piece, now), []
@@ -726,8 +726,8 @@ class DataPlane:
             yield got
 
     def on_small_raw(self, raw: RawEdge) -> None:
-        """Decrypt ESP packets from the raw socket of the small ones (`--flow-queues`, `daemon.smallraw`)."""
-        smallraw.serve(self, raw)
+        """Decrypt ESP packets from the raw socket of the small ones (`--flow-queues`, `daemon.smallsock`)."""
+        smallsock.serve(self, raw)
 
     def _flush(self, pending: dict[str, list[bytes]]) -> None:
         """Deliver what is pending now, before packets that follow a hole the AQM made: each side of
@@ -822,7 +822,7 @@ class DataPlane:
                 break
             d, payloads = got
             gathered += len(payloads)
-            if bulk is None and self._small_of and (pieces := smallraw.in_order_udp(self, fd, d, payloads)):
+            if bulk is None and self._small_of and (pieces := smallsock.in_order_udp(self, fd, d, payloads)):
                 for piece in pieces:  # TCP data the sparse socket holds goes between (core.inorder)
                     self._merge(
                         pending, piece if isinstance(piece, dict) else self.open_udp(d, piece, now), []
@@ -847,7 +847,7 @@ class DataPlane:
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
             if bulk is not None:  # TCP data held to go in the bulk socket's order, the rest at once
-                smallraw.place(self, bulk, d.src, d.dst, payloads[0], deliver, pending)
+                smallsock.place(self, bulk, d.src, d.dst, payloads[0], deliver, pending)
                 for r in rejects:
                     self.reject(r)
             else:
@@ -899,7 +899,7 @@ class DataPlane:
 
     def _look(self, fd: int) -> None:
         """An epoll of outer socket `fd` alone, for `readable`: it is asked between the reads of every
-        turn (`daemon.smallraw.in_order`)."""
+        turn (`daemon.smallsock.in_order`)."""
         look = select.epoll()
         look.register(fd, select.EPOLLIN)
         self._looks[fd] = look

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..core import inorder
 from ..core.replay import SEQ32
 from ..linux.udp import UdpDatagram
-from . import smallraw
+from . import smallsock
 
 if TYPE_CHECKING:
     from ..core.sad import SADatabase
@@ -221,10 +221,10 @@ def _open(plane: DataPlane, entry: _Read, now: float) -> dict[str, list[bytes]]:
 def _in_order(
     plane: DataPlane, fd: int, entry: _Read
 ) -> list[list[bytes] | dict[str, list[bytes]]] | list[inorder.Piece] | None:
-    """`daemon.smallraw`'s cut of a waiting read of bulk socket `fd` (None: open it as it is)."""
+    """`daemon.smallsock`'s cut of a waiting read of bulk socket `fd` (None: open it as it is)."""
     if entry.udp is not None:
-        return smallraw.in_order_udp(plane, fd, entry.udp, entry.payloads)
-    return smallraw.in_order(plane, fd, entry.raw)
+        return smallsock.in_order_udp(plane, fd, entry.udp, entry.payloads)
+    return smallsock.in_order(plane, fd, entry.raw)
 
 
 def _open_piece(plane: DataPlane, entry: _Read, piece: list[Any], now: float) -> dict[str, list[bytes]]:
