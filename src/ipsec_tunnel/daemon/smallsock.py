@@ -94,6 +94,17 @@ def look(plane: DataPlane, fd: int) -> inorder.InOrder | None:
     return plane._inorder.get(fd) or None
 
 
+def _lead(
+    plane: DataPlane, fd: int, held: inorder.InOrder, src: bytes, dst: bytes, esp: bytes
+) -> list[dict[str, list[bytes]]] | None:
+    """The common case, a read that carries the rest of the held packets' flow from its first datagram
+    `esp` on: all that is held for bulk socket `fd`, to go before the read whole (`InOrder.lead`)."""
+    if len(esp) < 8 or (lead := held.lead(src, dst, esp)) is None:
+        return None
+    del plane._inorder[fd]
+    return lead
+
+
 def _cut(plane: DataPlane, fd: int, held: inorder.InOrder, got: list[Datagram]) -> list[inorder.Piece]:
     pieces = held.pieces(got)
     if not held:
@@ -105,7 +116,12 @@ def in_order(plane: DataPlane, fd: int, got: list[Datagram]) -> list[inorder.Pie
     """Before datagrams `got` read from bulk raw socket `fd` are opened (`look`): `got` cut where the TCP
     data held for it goes; None: open `got` as it is."""
     held = look(plane, fd)
-    return None if held is None else _cut(plane, fd, held, got)
+    if held is None:
+        return None
+    src, dst, _tos, esp = got[0]
+    if (lead := _lead(plane, fd, held, src, dst, esp)) is not None:
+        return [*lead, got]
+    return _cut(plane, fd, held, got)
 
 
 def in_order_udp(
@@ -117,8 +133,7 @@ def in_order_udp(
     held = look(plane, fd)
     if held is None:
         return None
-    if len(payloads[0]) >= 8 and (lead := held.lead(d.src, d.dst, payloads[0])) is not None:
-        del plane._inorder[fd]  # the common case: all that is held goes before this read
+    if (lead := _lead(plane, fd, held, d.src, d.dst, payloads[0])) is not None:
         return [*lead, payloads]
     pieces = _cut(plane, fd, held, [(d.src, d.dst, d.tos, esp) for esp in payloads])
     return [piece if isinstance(piece, dict) else [esp for *_, esp in piece] for piece in pieces]
