@@ -4,9 +4,10 @@
 On a shared machine wall-clock throughput and even CPU seconds per GB swing by 10% or more from run to
 run. Counts per GB moved do not: system calls by kind (perf's syscall tracepoints), context switches,
 user and system CPU, packets per tunnel-device read and write, datagrams on the veth. Each variant is
-an ipsecd pair (AES-128-GCM, ESP-in-UDP, as bench/throughput's ours-gcm-udp) running the code under
-its source directory with its own options; variants are measured in turn, the order reversed every
-round (ABBA), one iperf3 stream of --seconds each. Medians per variant, and each run's figure.
+an ipsecd pair (AES-128-GCM, ESP-in-UDP, as bench/throughput's ours-gcm-udp; raw ESP with --esp)
+running the code under its source directory with its own options; variants are measured in turn, the
+order reversed every round (ABBA), one iperf3 stream of --seconds each. Medians per variant, and each
+run's figure.
 
     bench/counts --variant base=/path/to/old/src --variant main=src \\
                  --variant nocap=src:--batch=4096,--spin-us=0 --rounds 4 --seconds 5
@@ -73,18 +74,20 @@ def variant_spec(spec: str) -> tuple[str, str, list[str]]:
 
 
 class Variant(OursPlane):
-    """ours-gcm-udp with the code under `src` and extra ipsecd options."""
+    """ours-gcm-udp (with `esp`, ours-gcm-esp: raw ESP) with the code under `src` and extra ipsecd
+    options."""
 
     def __init__(
-        self, key: str, work: Path, src: str, options: list[str], host: type[Host] | None = None
-    ) -> None:
+        self, key: str, work: Path, src: str, options: list[str], host: type[Host] | None = None,
+        esp: bool = False,
+    ) -> None:  # fmt: skip
         self.options = options
-        self.config = OursConfig("gcm", True)
+        self.config = OursConfig("gcm", not esp)
         self.work = work
         make = host or Host
         self.hosts = (make(f"{key}-A", work, src), make(f"{key}-B", work, src))
         super(OursPlane, self).__init__(key, f"{key} ({src} {' '.join(options)})", work, "gcm")
-        self.encap_filter = "udp port 4500"
+        self.encap_filter = "ip proto 50" if esp else "udp port 4500"
 
     def setup(self) -> None:
         for host in self.hosts:
@@ -206,6 +209,7 @@ def main() -> int:
                    help="a name, the src directory to import ipsec_tunnel from, ipsecd options")  # fmt: skip
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--esp", action="store_true", help="raw ESP instead of ESP-in-UDP")
     p.add_argument("--prefix", default="cn", help="namespace-name prefix")
     p.add_argument("--json", type=Path, help="write every run's figures here")
     args = p.parse_args()
@@ -214,7 +218,7 @@ def main() -> int:
     try:
         for spec in args.variant:
             name, src, options = variant_spec(spec)
-            planes[name] = Variant(f"{args.prefix}{len(planes)}", work, src, options)
+            planes[name] = Variant(f"{args.prefix}{len(planes)}", work, src, options, esp=args.esp)
         results = interleaved(
             planes,
             args.rounds,

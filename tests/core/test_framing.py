@@ -393,3 +393,117 @@ def test_inner_head_in_c_reads_the_fields() -> None:
     assert ext.inner_head(b"\x46" + v4[1:]) is None and ext.inner_head(b"") is None
     with pytest.raises(TypeError):
         ext.inner_head(bytearray(v4))  # type: ignore[arg-type]
+
+
+@st.composite
+def spi_batches(draw: st.DrawFn) -> list[bytes]:
+    """ESP datagrams that mostly share an SPI, some not, some shorter than the ESP header or the SPI."""
+    spi = draw(st.sampled_from([b"\x00\x00\x10\x00", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff"]))
+    count = draw(st.integers(0, 6))
+    packets = [spi + draw(st.binary(min_size=4, max_size=20)) for _ in range(count)]
+    spoil: bool = draw(st.booleans())
+    if packets and spoil:
+        which = draw(st.integers(0, count - 1))
+        packets[which] = draw(st.one_of(st.binary(max_size=12), st.just(b"\x00\x00\x10\x01" + bytes(8))))
+    return packets
+
+
+def _python_one_spi(datagrams: list[bytes]) -> bytes:
+    """The SPI `receive._one_sa` takes a batch to share, by its own Python test (b"" when none)."""
+    from ipsec_tunnel.core import receive
+
+    class _Sad:
+        def get(self, dst: bytes, src: bytes, spi: int) -> int:
+            return spi
+
+    class _Plane:
+        sad = _Sad()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(receive, "_native", None)
+        got: Any = receive._one_sa(_Plane(), b"", b"", datagrams)  # type: ignore[arg-type]
+    return b"" if got is None else got.to_bytes(4, "big")
+
+
+@needs_ext
+@settings(max_examples=500, deadline=None)
+@given(spi_batches())
+def test_one_spi_in_c_is_the_python_test(datagrams: list[bytes]) -> None:
+    """core/receive.py's test of one SPI for a batch: the same SPI, or none, in C (the non-ESP marker
+    is refused after it, as before)."""
+    assert ext is not None
+    found = ext.one_spi(datagrams, esp.HEADER_LEN)
+    expected = _python_one_spi(datagrams)
+    assert (b"" if found == b"\x00\x00\x00\x00" else found) == expected
+    assert ext.one_spi([bytearray(d) for d in datagrams], esp.HEADER_LEN) is None or not datagrams  # type: ignore[misc]
+
+
+@needs_ext
+def test_one_spi_in_c_reads_the_field() -> None:
+    assert ext is not None
+    a, b = b"\x00\x00\x10\x00" + bytes(8), b"\x00\x00\x10\x00" + b"\x01" * 20
+    assert ext.one_spi([a, b], 8) == b"\x00\x00\x10\x00"
+    assert ext.one_spi([a], 8) == b""  # one datagram: not a batch
+    assert ext.one_spi([a, b[:7]], 8) == b""  # shorter than the ESP header
+    assert ext.one_spi([a, b"\x00\x00\x10\x01" + bytes(8)], 8) == b""
+    with pytest.raises(ValueError):
+        ext.one_spi([a, b], 3)
+
+
+def _tcp_test(p: bytes) -> bool:
+    return len(p) > 9 and p[9 if p[0] >> 4 == 4 else 6] == 6
+
+
+@needs_ext
+@settings(max_examples=500, deadline=None)
+@given(st.lists(inner_packets(), max_size=6), st.integers(-1, 7))
+def test_all_tcp_in_c_is_the_python_test(packets: list[bytes], start: int) -> None:
+    """daemon/dataplane.py _deliver_ahead's test of the packets not yet looked at."""
+    assert ext is not None
+    assert ext.all_tcp(packets, start) == all(_tcp_test(p) for p in packets[max(start, 0) :])
+    v4_tcp_ = bytes([0x45]) + bytes(8) + b"\x06"
+    v6_tcp_ = bytes([0x60]) + bytes(5) + b"\x06" + bytes(40)
+    assert ext.all_tcp([v4_tcp_, v6_tcp_], 0) is True
+    assert ext.all_tcp([v4_tcp_, v6_tcp_[:6]], 0) is False
+    assert ext.all_tcp([bytes([0x45]) + bytes(8) + b"\x11", v4_tcp_], 1) is True  # from `start` on
+    assert ext.all_tcp([v4_tcp_, bytearray(v4_tcp_)], 0) is None  # type: ignore[list-item]
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 1500), max_size=8), st.integers(0, 1500))
+def test_small_ones_in_c_are_the_python_sizes(sizes: list[int], small: int) -> None:
+    """daemon/readahead.py _take_raw's sizes of a recvmmsg batch: the ESP bytes and the small ones."""
+    assert ext is not None
+    got = [(b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02", 0, bytes(n)) for n in sizes]
+    assert ext.small_ones(got, small) == (sum(sizes), [i for i, n in enumerate(sizes) if n <= small])
+    assert ext.small_ones([*got, (b"", b"", 0)], small) is None  # type: ignore[list-item]
+    assert ext.small_ones([*got, (b"", b"", 0, bytearray(1))], small) is None  # type: ignore[list-item]
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 1, 7, 100, 1400, 1401, 20000, 40000]), max_size=80),
+    st.integers(1, 70),
+    st.integers(1, 70000),
+)
+def test_gso_runs_in_c_are_the_python_runs(sizes: list[int], segments: int, most: int) -> None:
+    """linux/udp.py _gso_groups: the same runs of datagrams a UDP GSO send carries, from C as from the
+    Python loop, whatever the sizes, segment limit and byte limit."""
+    from ipsec_tunnel.linux import udp
+
+    assert ext is not None
+    payloads = [bytes(n) for n in sizes]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(udp, "UDP_MAX_SEGMENTS", segments)
+        mp.setattr(udp, "GSO_MAX_BYTES", most)
+        mp.setattr(udp, "_native", None)
+        expected = [(list(map(len, group)), size) for group, size in udp._gso_groups(payloads)]
+        mp.setattr(udp, "_native", ext)
+        got = [(list(map(len, group)), size) for group, size in udp._gso_groups(payloads)]
+    assert got == expected
+    assert sum(len(group) for group, _ in got) == len(payloads)
+    assert ext.gso_runs([*payloads, bytearray(1)], segments, most) is None  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        ext.gso_runs(payloads, 0, most)

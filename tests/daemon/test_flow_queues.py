@@ -271,6 +271,40 @@ def test_without_sparse_traffic_a_turn_is_sealed_whole(pair: Pair, monkeypatch: 
     assert sealed == [3, 1, 1, 1] and looks.count > 0
 
 
+def test_a_turn_that_began_with_no_sparse_flow_live_reads_no_clock_to_look(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve_sparse(since)`: a turn that began more than SPARSE_LIVE after the last sparse packet
+    neither reads the clock nor looks at the sparse sources; one that began within it does both."""
+    plane = pair.a
+    reads: list[float] = []
+    clock = plane.clock
+
+    def counted() -> float:
+        reads.append(clock())
+        return reads[-1]
+
+    looks: list[float] = []
+    real = plane._sparse
+
+    class Looks:
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            looks.append(timeout)
+            return real.poll(timeout)
+
+    monkeypatch.setattr(plane, "clock", counted)
+    monkeypatch.setattr(plane, "_sparse", Looks())
+    start = clock()
+    plane.sparse_at = start - 2 * dp.SPARSE_LIVE
+    plane.serve_sparse(start)
+    assert reads == [] and looks == []
+    plane.serve_sparse()  # no turn's time: the clock says
+    assert len(reads) == 1 and looks == []
+    plane.sparse_at = start - dp.SPARSE_LIVE / 2  # a ping half a second before the turn began
+    plane.serve_sparse(start)
+    assert len(reads) == 2 and looks == [0]
+
+
 def _arrive(pair: Pair, inner: list[bytes]) -> list[bytes]:
     """A's ESP datagrams of `inner`, carried to B's sockets (not yet read)."""
     payloads: list[bytes] = []

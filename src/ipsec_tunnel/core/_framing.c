@@ -9,6 +9,10 @@
  * ipv4_gather:  a sendmmsg batch's outer IPv4 headers and iovecs, the ESP not copied (as linux/raw.py _gather).
  * whole_inner:  a decrypted ESP payload's inner IP packet when its trailer is exactly what it must be.
  * in_order:     whether a batch of ESP packets carries consecutive sequence numbers (as core/sa.py _in_order).
+ * one_spi:      the SPI a batch of ESP datagrams shares, if it shares one (as core/receive.py _one_sa).
+ * all_tcp:      whether a list of inner packets holds TCP alone (as daemon/dataplane.py _deliver_ahead).
+ * small_ones:   a recvmmsg batch's ESP bytes and its small datagrams (as daemon/readahead.py _take_raw).
+ * gso_runs:     the runs of datagrams one UDP GSO send carries each (as linux/udp.py _gso_groups).
  * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
  *               the views of packet memory handed to it are checked not to outlive the call.
@@ -587,6 +591,157 @@ in_order(PyObject *self, PyObject *args)
     return Py_BuildValue("(KK)", (unsigned long long)first, (unsigned long long)last);
 }
 
+PyDoc_STRVAR(one_spi_doc,
+"one_spi(datagrams, min_len, /) -> bytes | None\n\n"
+"core/receive.py _one_sa's test: the first 4 bytes of two or more ESP datagrams (the SPI field, RFC\n"
+"4303 §2.1) when all of them start with the same 4 bytes and each is at least min_len (4 or more)\n"
+"bytes long, else b\"\"; None when one is not bytes (the Python code decides then).");
+
+static PyObject *
+one_spi(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t min_len;
+    if (!PyArg_ParseTuple(args, "O!n:one_spi", &PyList_Type, &list, &min_len))
+        return NULL;
+    if (min_len < 4) {
+        PyErr_SetString(PyExc_ValueError, "one_spi: min_len below the SPI field's 4 bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    if (count < 2 || PyBytes_GET_SIZE(items[0]) < min_len)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    const char *first = PyBytes_AS_STRING(items[0]);
+    for (Py_ssize_t i = 1; i < count; i++)
+        if (PyBytes_GET_SIZE(items[i]) < min_len || memcmp(PyBytes_AS_STRING(items[i]), first, 4) != 0)
+            return PyBytes_FromStringAndSize(NULL, 0);
+    return PyBytes_FromStringAndSize(first, 4);
+}
+
+/* Whether `p` (len bytes) is a TCP packet by its IP version's protocol field: IPv4's protocol (byte 9),
+ * else IPv6's next header (byte 6); at least 10 bytes (daemon/readahead.py _is_tcp). */
+static int
+is_tcp(const uint8_t *p, Py_ssize_t len)
+{
+    return len > 9 && p[(p[0] >> 4) == 4 ? 9 : 6] == PROTO_TCP;
+}
+
+PyDoc_STRVAR(all_tcp_doc,
+"all_tcp(packets, start, /) -> bool | None\n\n"
+"daemon/dataplane.py _deliver_ahead's test: whether every packet of packets[start:] is TCP by its IP\n"
+"header (IPv4's protocol, else IPv6's next header, RFC 9293; at least 10 bytes); None when one is not\n"
+"bytes (the Python code decides then).");
+
+static PyObject *
+all_tcp(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!n:all_tcp", &PyList_Type, &list, &start))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    if (start < 0)
+        start = 0;
+    for (Py_ssize_t i = start; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    for (Py_ssize_t i = start; i < count; i++)
+        if (!is_tcp((const uint8_t *)PyBytes_AS_STRING(items[i]), PyBytes_GET_SIZE(items[i])))
+            Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(gso_runs_doc,
+"gso_runs(payloads, max_segments, max_bytes, /) -> list[tuple[int, int, int]] | None\n\n"
+"linux/udp.py _gso_groups' runs: (start, end, size) per run of payloads one UDP GSO send carries,\n"
+"in order: equal sizes (the first's), the last one may be shorter, at most max_segments of them and\n"
+"max_bytes // size (at least 1); None when one is not bytes (the Python code decides then).");
+
+static PyObject *
+gso_runs(PyObject *self, PyObject *args)
+{
+    PyObject *list, *out;
+    Py_ssize_t max_segments, max_bytes;
+    if (!PyArg_ParseTuple(args, "O!nn:gso_runs", &PyList_Type, &list, &max_segments, &max_bytes))
+        return NULL;
+    if (max_segments < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "gso_runs: at least one segment and one byte a send");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            Py_RETURN_NONE;
+    if ((out = PyList_New(0)) == NULL)
+        return NULL;
+    Py_ssize_t i = 0;
+    while (i < count) {
+        Py_ssize_t size = PyBytes_GET_SIZE(items[i]), j = i + 1;
+        Py_ssize_t by_bytes = max_bytes / (size > 1 ? size : 1);
+        Py_ssize_t limit = count;
+        if (i + max_segments < limit)
+            limit = i + max_segments;
+        if (i + (by_bytes > 1 ? by_bytes : 1) < limit)
+            limit = i + (by_bytes > 1 ? by_bytes : 1);
+        while (j < limit && PyBytes_GET_SIZE(items[j]) == size)
+            j++;
+        if (j < limit && PyBytes_GET_SIZE(items[j]) < size)
+            j++; /* a shorter one may end the run */
+        PyObject *run = Py_BuildValue("(nnn)", i, j, size);
+        if (run == NULL || PyList_Append(out, run) < 0) {
+            Py_XDECREF(run);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(run);
+        i = j;
+    }
+    return out;
+}
+
+PyDoc_STRVAR(small_ones_doc,
+"small_ones(got, small, /) -> tuple[int, list[int]] | None\n\n"
+"daemon/readahead.py _take_raw's sizes: for a recvmmsg batch of (source, destination, TOS, ESP)\n"
+"tuples, the bytes of ESP in all and the positions of those of at most `small` bytes, in order; None\n"
+"when one is not such a tuple with bytes last (the Python code decides then).");
+
+static PyObject *
+small_ones(PyObject *self, PyObject *args)
+{
+    PyObject *list, *smalls;
+    Py_ssize_t small, total = 0;
+    if (!PyArg_ParseTuple(args, "O!n:small_ones", &PyList_Type, &list, &small))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyTuple_CheckExact(items[i]) || PyTuple_GET_SIZE(items[i]) != 4
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(items[i], 3)))
+            Py_RETURN_NONE;
+    if ((smalls = PyList_New(0)) == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = PyBytes_GET_SIZE(PyTuple_GET_ITEM(items[i], 3));
+        total += n;
+        if (n <= small) {
+            PyObject *at = PyLong_FromSsize_t(i);
+            if (at == NULL || PyList_Append(smalls, at) < 0) {
+                Py_XDECREF(at);
+                Py_DECREF(smalls);
+                return NULL;
+            }
+            Py_DECREF(at);
+        }
+    }
+    return Py_BuildValue("(nN)", total, smalls);
+}
+
 static void
 put32(uint8_t *p, uint32_t v)
 {
@@ -1129,6 +1284,10 @@ static PyMethodDef methods[] = {
     {"ipv4_gather", ipv4_gather, METH_VARARGS, ipv4_gather_doc},
     {"whole_inner", whole_inner, METH_VARARGS, whole_inner_doc},
     {"in_order", in_order, METH_VARARGS, in_order_doc},
+    {"one_spi", one_spi, METH_VARARGS, one_spi_doc},
+    {"all_tcp", all_tcp, METH_VARARGS, all_tcp_doc},
+    {"small_ones", small_ones, METH_VARARGS, small_ones_doc},
+    {"gso_runs", gso_runs, METH_VARARGS, gso_runs_doc},
     {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},
     {"open_aead16_many", open_aead16_many_c, METH_VARARGS, open_aead16_many_doc},
     {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},

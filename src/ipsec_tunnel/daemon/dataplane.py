@@ -26,6 +26,7 @@ from ..core import codel, fq, gro, gso, inorder, ringaqm, steer, tcpwin
 from ..core.diag import RateLimit
 from ..core.drops import Drop
 from ..core.engine import Engine
+from ..core.framing import native as _native
 from ..core.plane import NON_ESP_MARKER, Burst, Deliver, Reject
 from ..core.sa import NAT_T_PORT as NAT_T_PORT  # re-exported for daemon.main
 from ..core.tunnel import BASE_DEVICE
@@ -257,11 +258,14 @@ class DataPlane:
         self._sparse.register(fd, select.EPOLLIN)
         self._sparse_fds.add(fd)
 
-    def serve_sparse(self) -> None:
+    def serve_sparse(self, since: float | None = None) -> None:
         """Serve the sparse flows' sources readable now (one look; not from within one of their turns),
         while sparse flows are live (one gave a packet within SPARSE_LIVE), at most every SPARSE_EVERY;
-        and with `turn_yield`, give the CPU to whatever else is runnable (`take_turns`)."""
+        and with `turn_yield`, give the CPU to whatever else is runnable (`take_turns`). `since`: a time
+        of the calling turn (its start) at which they were not live means they are not (no clock read)."""
         if self._in_sparse or not self._sparse_fds:
+            return
+        if since is not None and since - self.sparse_at > SPARSE_LIVE:
             return
         now = self.clock()
         if now - self.sparse_at > SPARSE_LIVE:
@@ -402,15 +406,15 @@ class DataPlane:
         `device_aqm`, after CoDel on the ring judged the batch (`judge_ring`). With `tun_read_ahead`,
         `txahead.serve_tun` instead: the ring read further, sealed in chunks (not judged)."""
         steering = self.steering
+        now = self.clock()
         if steering is not None:
             if queue.fileno() in self.sealing:
                 return  # its turn is sealing what it read: later packets wait for it to end
             if queue.fileno() not in self._sparse_fds:
-                self.serve_sparse()  # the sparse flows first (core.steer)
+                self.serve_sparse(now)  # the sparse flows first (core.steer)
         if self.tun_read_ahead:
             txahead.serve_tun(self, queue)
             return
-        now = self.clock()
         name = queue.name
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
@@ -705,7 +709,7 @@ class DataPlane:
                 self._flush(pending)
             self._merge(pending, deliver, [])
             if self._sparse_fds and not self.woken:
-                self.serve_sparse()
+                self.serve_sparse(now)
         if pending:
             self.deliver(pending)
         if self._bulk_of:
@@ -756,6 +760,9 @@ class DataPlane:
         ahead: dict[str, list[bytes]] = {}
         for device, batch in pending.items():
             start = seen.get(device, 0)
+            if _native is not None and _native.all_tcp(batch, start):  # as the test below, in C
+                seen[device] = len(batch)
+                continue
             tail = batch[start:] if start else batch
             tcp = [p for p in tail if len(p) > 9 and p[9 if p[0] >> 4 == 4 else 6] == IPPROTO_TCP]
             if len(tcp) != len(tail):
@@ -863,7 +870,7 @@ class DataPlane:
             if pending and self._deliver_ahead(pending, seen):
                 self._answer()
             if self._sparse_fds and bulk is None and not self.woken:
-                self.serve_sparse()
+                self.serve_sparse(now)
         if pending:
             self.deliver(pending)
         if bulk is None and self._bulk_of:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core import inorder
+from ..core.framing import native as _native
 from ..core.replay import SEQ32
 from ..linux.udp import UdpDatagram
 from . import smallsock
@@ -251,6 +252,10 @@ def _take_raw(turn: _Turn, got: list[tuple[bytes, bytes, int, bytes]], stamp: fl
     """Keep one recvmmsg batch waiting, cut where a small datagram behind the bulk was taken out: opened
     now when inside its SA's window, else kept waiting alone. Whether anything was delivered."""
     plane = turn.plane
+    found = _native.small_ones(got, SMALL) if _native is not None else None
+    if found is not None and not found[1] and got:  # no small one, the common case (in C)
+        turn.wait(_Read(raw=got, size=found[0], big=len(got), stamp=stamp))
+        return False
     answered = False
     sizes = [len(datagram[3]) for datagram in got]
     smalls = [i for i, n in enumerate(sizes) if n <= SMALL]
@@ -320,7 +325,7 @@ def _serve(plane: DataPlane, fd: int, what: str, recv: Callable[[], _Got | None]
             count = len(entry.payloads) if entry.udp is not None else len(entry.raw)
             turn.opened(_open(plane, entry, turn.now), entry.stamp, count)
         if plane._sparse_fds:
-            plane.serve_sparse()
+            plane.serve_sparse(turn.now)
     turn.finish()
 
 
