@@ -507,3 +507,34 @@ def test_gso_runs_in_c_are_the_python_runs(sizes: list[int], segments: int, most
     assert ext.gso_runs([*payloads, bytearray(1)], segments, most) is None  # type: ignore[list-item]
     with pytest.raises(ValueError):
         ext.gso_runs(payloads, 0, most)
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02"]),
+            st.sampled_from([b"\xc6\x33\x64\x01"]),
+            st.sampled_from([0, 2]),
+            st.binary(max_size=12),
+        ),
+        max_size=8,
+    )
+)
+def test_one_run_in_c_is_a_single_group_of_the_python_runs(
+    datagrams: list[tuple[bytes, bytes, int, bytes]],
+) -> None:
+    """daemon/dataplane.py _receive_runs groups datagrams by (source, destination, TOS): `one_run` gives
+    the ESP of the batch exactly when that makes one group, and in order."""
+    import itertools
+
+    assert ext is not None
+    groups = [[d[3] for d in run] for _, run in itertools.groupby(datagrams, key=lambda d: d[:3])]
+    got = ext.one_run(datagrams)
+    assert got == (groups[0] if len(groups) == 1 else None)
+    copies = [
+        (bytes(bytearray(s)), bytes(bytearray(d)), t, e) for s, d, t, e in datagrams
+    ]  # equal, not the same
+    assert ext.one_run(copies) == got
+    assert ext.one_run([*datagrams, (b"", b"", 0)]) is None  # type: ignore[list-item]

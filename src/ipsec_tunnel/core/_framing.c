@@ -12,6 +12,7 @@
  * one_spi:      the SPI a batch of ESP datagrams shares, if it shares one (as core/receive.py _one_sa).
  * all_tcp:      whether a list of inner packets holds TCP alone (as daemon/dataplane.py _deliver_ahead).
  * small_ones:   a recvmmsg batch's ESP bytes and its small datagrams (as daemon/readahead.py _take_raw).
+ * one_run:      the ESP of a batch of datagrams with one outer header (as daemon/dataplane.py _receive_runs).
  * gso_runs:     the runs of datagrams one UDP GSO send carries each (as linux/udp.py _gso_groups).
  * seal_rows_aead, open_aead16_many, seal_rows_cbc, open_cbc_many: the loops of core/esp.py around each
  *               AES-GCM, HMAC and AES-CBC call, which stays a call into `cryptography` (made from here);
@@ -656,6 +657,54 @@ all_tcp(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* Whether two fields of a datagram's outer header are equal (bytes by value; anything else by ==);
+ * -1 with an exception set. */
+static int
+same_field(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    if (PyBytes_CheckExact(a) && PyBytes_CheckExact(b))
+        return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b)
+               && memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), PyBytes_GET_SIZE(a)) == 0;
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+PyDoc_STRVAR(one_run_doc,
+"one_run(datagrams, /) -> list[bytes] | None\n\n"
+"daemon/dataplane.py _receive_runs' common case: for a batch of (source, destination, TOS, ESP)\n"
+"tuples that all share their source, destination and TOS, the ESP of each, in order; None when they\n"
+"do not, when there are none, or when one is not such a 4-tuple (the Python code groups them then).");
+
+static PyObject *
+one_run(PyObject *self, PyObject *args)
+{
+    PyObject *list, *out;
+    if (!PyArg_ParseTuple(args, "O!:one_run", &PyList_Type, &list))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    PyObject **items = PySequence_Fast_ITEMS(list);
+    if (count == 0)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (!PyTuple_CheckExact(items[i]) || PyTuple_GET_SIZE(items[i]) != 4)
+            Py_RETURN_NONE;
+    PyObject *first = items[0];
+    for (Py_ssize_t i = 1; i < count; i++)
+        for (Py_ssize_t f = 0; f < 3; f++) {
+            int same = same_field(PyTuple_GET_ITEM(first, f), PyTuple_GET_ITEM(items[i], f));
+            if (same < 0)
+                return NULL;
+            if (!same)
+                Py_RETURN_NONE;
+        }
+    if ((out = PyList_New(count)) == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++)
+        PyList_SET_ITEM(out, i, Py_NewRef(PyTuple_GET_ITEM(items[i], 3)));
+    return out;
+}
+
 PyDoc_STRVAR(gso_runs_doc,
 "gso_runs(payloads, max_segments, max_bytes, /) -> list[tuple[int, int, int]] | None\n\n"
 "linux/udp.py _gso_groups' runs: (start, end, size) per run of payloads one UDP GSO send carries,\n"
@@ -1288,6 +1337,7 @@ static PyMethodDef methods[] = {
     {"all_tcp", all_tcp, METH_VARARGS, all_tcp_doc},
     {"small_ones", small_ones, METH_VARARGS, small_ones_doc},
     {"gso_runs", gso_runs, METH_VARARGS, gso_runs_doc},
+    {"one_run", one_run, METH_VARARGS, one_run_doc},
     {"seal_rows_aead", seal_rows_aead, METH_VARARGS, seal_rows_aead_doc},
     {"open_aead16_many", open_aead16_many_c, METH_VARARGS, open_aead16_many_doc},
     {"seal_rows_cbc", seal_rows_cbc, METH_VARARGS, seal_rows_cbc_doc},
