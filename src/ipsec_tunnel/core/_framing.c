@@ -560,6 +560,16 @@ whole_inner(PyObject *self, PyObject *args)
     return out;
 }
 
+/* Whether every one of items[start:count] is exactly bytes (else the Python code decides). */
+static int
+all_bytes(PyObject *const *items, Py_ssize_t start, Py_ssize_t count)
+{
+    for (Py_ssize_t i = start; i < count; i++)
+        if (!PyBytes_CheckExact(items[i]))
+            return 0;
+    return 1;
+}
+
 PyDoc_STRVAR(in_order_doc,
 "in_order(packets, /) -> tuple[int, int] | None\n\n"
 "core/sa.py _in_order: (first, last) when the ESP packets carry the sequence numbers first, first + 1,\n"
@@ -574,9 +584,8 @@ in_order(PyObject *self, PyObject *args)
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(list);
     PyObject **items = PySequence_Fast_ITEMS(list);
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyBytes_CheckExact(items[i]))
-            Py_RETURN_NONE;
+    if (!all_bytes(items, 0, count))
+        Py_RETURN_NONE;
     if (count == 0)
         return Py_BuildValue("(nn)", (Py_ssize_t)0, (Py_ssize_t)-1);
     for (Py_ssize_t i = 0; i < count; i++)
@@ -611,9 +620,8 @@ one_spi(PyObject *self, PyObject *args)
     }
     Py_ssize_t count = PyList_GET_SIZE(list);
     PyObject **items = PySequence_Fast_ITEMS(list);
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyBytes_CheckExact(items[i]))
-            Py_RETURN_NONE;
+    if (!all_bytes(items, 0, count))
+        Py_RETURN_NONE;
     if (count < 2 || PyBytes_GET_SIZE(items[0]) < min_len)
         return PyBytes_FromStringAndSize(NULL, 0);
     const char *first = PyBytes_AS_STRING(items[0]);
@@ -648,9 +656,8 @@ all_tcp(PyObject *self, PyObject *args)
     PyObject **items = PySequence_Fast_ITEMS(list);
     if (start < 0)
         start = 0;
-    for (Py_ssize_t i = start; i < count; i++)
-        if (!PyBytes_CheckExact(items[i]))
-            Py_RETURN_NONE;
+    if (!all_bytes(items, start, count))
+        Py_RETURN_NONE;
     for (Py_ssize_t i = start; i < count; i++)
         if (!is_tcp((const uint8_t *)PyBytes_AS_STRING(items[i]), PyBytes_GET_SIZE(items[i])))
             Py_RETURN_FALSE;
@@ -724,9 +731,8 @@ gso_runs(PyObject *self, PyObject *args)
     }
     Py_ssize_t count = PyList_GET_SIZE(list);
     PyObject **items = PySequence_Fast_ITEMS(list);
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyBytes_CheckExact(items[i]))
-            Py_RETURN_NONE;
+    if (!all_bytes(items, 0, count))
+        Py_RETURN_NONE;
     if ((out = PyList_New(0)) == NULL)
         return NULL;
     Py_ssize_t i = 0;
@@ -1161,9 +1167,8 @@ open_cbc_many_c(PyObject *self, PyObject *args)
     }
     Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
     PyObject **items = PySequence_Fast_ITEMS(list);
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyBytes_CheckExact(items[i]))
-            Py_RETURN_NONE;
+    if (!all_bytes(items, 0, count))
+        Py_RETURN_NONE;
     if (seq_hi >= 0) { /* RFC 4303 §2.2.1: the high 32 bits, in the ICV and never sent */
         uint8_t hi[4];
         put32(hi, (uint32_t)seq_hi);
