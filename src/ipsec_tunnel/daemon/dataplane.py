@@ -406,15 +406,15 @@ class DataPlane:
         `device_aqm`, after CoDel on the ring judged the batch (`judge_ring`). With `tun_read_ahead`,
         `txahead.serve_tun` instead: the ring read further, sealed in chunks (not judged)."""
         steering = self.steering
-        now = self.clock()
         if steering is not None:
             if queue.fileno() in self.sealing:
                 return  # its turn is sealing what it read: later packets wait for it to end
             if queue.fileno() not in self._sparse_fds:
-                self.serve_sparse(now)  # the sparse flows first (core.steer)
+                self.serve_sparse()  # the sparse flows first (core.steer)
         if self.tun_read_ahead:
             txahead.serve_tun(self, queue)
             return
+        now = self.clock()
         name = queue.name
         packets: list[bytes] = []  # read, not yet through the engine
         offloads: dict[int, gso.VnetHeader] = {}  # the offload headers asking for work, by index in packets
