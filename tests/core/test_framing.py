@@ -538,3 +538,5 @@ def test_one_run_in_c_is_a_single_group_of_the_python_runs(
     ]  # equal, not the same
     assert ext.one_run(copies) == got
     assert ext.one_run([*datagrams, (b"", b"", 0)]) is None  # type: ignore[list-item]
+    assert ext.one_run([*datagrams, (b"", b"", 0.0, b"")]) is None  # type: ignore[list-item]
+    assert ext.one_run([*datagrams, (bytearray(4), b"", 0, b"")]) is None  # type: ignore[list-item]

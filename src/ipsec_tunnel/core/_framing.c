@@ -664,8 +664,8 @@ all_tcp(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
-/* Whether two fields of a datagram's outer header are equal (bytes by value; anything else by ==);
- * -1 with an exception set. */
+/* Whether two fields of a datagram's outer header are equal: bytes by value, exact ints by == (which
+ * runs no Python code); -1 with an exception set. */
 static int
 same_field(PyObject *a, PyObject *b)
 {
@@ -681,7 +681,8 @@ PyDoc_STRVAR(one_run_doc,
 "one_run(datagrams, /) -> list[bytes] | None\n\n"
 "daemon/dataplane.py _receive_runs' common case: for a batch of (source, destination, TOS, ESP)\n"
 "tuples that all share their source, destination and TOS, the ESP of each, in order; None when they\n"
-"do not, when there are none, or when one is not such a 4-tuple (the Python code groups them then).");
+"do not, when there are none, or when one is not such a 4-tuple of bytes, bytes, int and anything\n"
+"(the Python code groups them then).");
 
 static PyObject *
 one_run(PyObject *self, PyObject *args)
@@ -693,8 +694,11 @@ one_run(PyObject *self, PyObject *args)
     PyObject **items = PySequence_Fast_ITEMS(list);
     if (count == 0)
         Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (!PyTuple_CheckExact(items[i]) || PyTuple_GET_SIZE(items[i]) != 4)
+    for (Py_ssize_t i = 0; i < count; i++) /* so that no comparison below runs Python code */
+        if (!PyTuple_CheckExact(items[i]) || PyTuple_GET_SIZE(items[i]) != 4
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(items[i], 0))
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(items[i], 1))
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(items[i], 2)))
             Py_RETURN_NONE;
     PyObject *first = items[0];
     for (Py_ssize_t i = 1; i < count; i++)
