@@ -270,6 +270,40 @@ def test_open_cbc_many_in_c_is_the_pure_open(cipher: str, key_len: int, digest: 
 
 
 @needs_ext
+def test_open_cbc_many_in_c_decrypts_a_batch_in_one_call_after_every_icv() -> None:
+    """The authentic packets of a batch are decrypted in one call, over their IV and ciphertext joined,
+    only once every ICV was checked (RFC 4303 §3.4.4); a decryption that gives back another length is
+    an error, not a misplaced packet."""
+    assert ext is not None
+    key, alg = os.urandom(16), find_auth("sha256")
+    auth = make_auth(alg, os.urandom(alg.key_len))
+    sender = make_cipher(find_cipher("aes-cbc")[0], key)
+    inners = [_v4(b"x" * n) for n in (10, 200, 1300, 3)]
+    packets = [esp.seal_cbc(0x99, i, sender, auth, inner, 4) for i, inner in enumerate(inners, 1)]
+    forged = packets[1][:-1] + bytes([packets[1][-1] ^ 1])
+    batch = [packets[0], forged, packets[2], packets[3]]
+    receiver = make_cipher(find_cipher("aes-cbc")[0], key)
+    events: list[Any] = []
+
+    def start() -> Any:
+        events.append("icv")
+        return auth.start()
+
+    def decrypt(joined: Any) -> bytes:
+        events.append(len(bytes(joined)))
+        plain: bytes = receiver.decrypt_joined(joined)
+        return plain
+
+    done = ext.open_cbc_many(start, 16, decrypt, 16, batch, Drop.MALFORMED, Drop.AUTH_FAILED, repr)
+    assert done is not None
+    opened, others = done
+    assert opened == [inners[0], Drop.AUTH_FAILED, inners[2], inners[3]] and others == 1
+    assert events == ["icv"] * 4 + [sum(len(p) - 8 - 16 for p in (packets[0], packets[2], packets[3]))]
+    with pytest.raises(ValueError):
+        ext.open_cbc_many(auth.start, 16, lambda joined: bytes(16), 16, packets, 1, 2, repr)
+
+
+@needs_ext
 def test_views_given_to_an_hmac_must_not_outlive_the_call() -> None:
     assert ext is not None
     kept: list[Any] = []

@@ -1152,15 +1152,34 @@ PyDoc_STRVAR(open_cbc_many_doc,
 "core/esp.py open_cbc_many: per packet, in order, `malformed` for a body that is not a whole number of\n"
 "blocks (at least 4 bytes), `auth_failed` when the first icv_len bytes of the HMAC (start(), update(),\n"
 "finalize()) over all but the ICV, then with ESN (seq_hi >= 0) the high 32 bits of the sequence number\n"
-"(RFC 4303 §2.2.1), differ from it (compared in constant time, before any decryption),\n"
-"else decrypt_joined(IV || ciphertext) and the inner packet alone where whole_inner(plain, block)\n"
+"(RFC 4303 §2.2.1), differ from it (compared in constant time, every ICV before any decryption),\n"
+"else its part of one decrypt_joined call over the IV || ciphertext of all such packets joined (a view\n"
+"of the packet when it is the only one), and the inner packet alone where whole_inner(plain, block)\n"
 "finds it, or unpadded(plain[block:]); and how many are not such bytes. None when a packet is not bytes.");
+
+/* One decrypted packet's result for open_cbc_many: its whole inner packet alone where whole_inner finds
+ * it, else unpadded(plain[block:]) (counted in `others`); `q`, `plen`: what decryption gave for it, one
+ * block of no meaning first. A new reference, or NULL. */
+static PyObject *
+cbc_opened(const uint8_t *q, Py_ssize_t plen, Py_ssize_t block, PyObject *unpadded, Py_ssize_t *others)
+{
+    Py_ssize_t ip_len = inner_length(q, plen, block);
+    if (ip_len >= 0)
+        return PyBytes_FromStringAndSize((const char *)q + block, ip_len);
+    Py_ssize_t at = plen < block ? plen : block; /* CBC gives at least a block: as Python would */
+    PyObject *rest = PyBytes_FromStringAndSize((const char *)q + at, plen - at), *result;
+    result = rest == NULL ? NULL : PyObject_CallOneArg(unpadded, rest);
+    Py_XDECREF(rest);
+    (*others)++;
+    return result;
+}
 
 static PyObject *
 open_cbc_many_c(PyObject *self, PyObject *args)
 {
     PyObject *start, *decrypt, *list, *malformed, *auth_failed, *unpadded, *out = NULL, *tail = NULL;
-    Py_ssize_t icv_len, block;
+    PyObject *plain = NULL;
+    Py_ssize_t icv_len, block, *bodies = NULL;
     long long seq_hi = -1;
     if (!PyArg_ParseTuple(args, "OnOnO!OOO|L:open_cbc_many", &start, &icv_len, &decrypt, &block,
                           &PyList_Type, &list, &malformed, &auth_failed, &unpadded, &seq_hi))
@@ -1169,7 +1188,7 @@ open_cbc_many_c(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "open_cbc_many: an ICV or block length or seq_hi out of range");
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(list), others = 0;
+    Py_ssize_t count = PyList_GET_SIZE(list), others = 0, total = 0, authentic = 0, last = -1;
     PyObject **items = PySequence_Fast_ITEMS(list);
     if (!all_bytes(items, 0, count))
         Py_RETURN_NONE;
@@ -1180,20 +1199,23 @@ open_cbc_many_c(PyObject *self, PyObject *args)
             return NULL;
     }
     out = PyList_New(count);
-    if (out == NULL) {
-        Py_XDECREF(tail);
-        return NULL;
+    bodies = PyMem_New(Py_ssize_t, count > 0 ? count : 1);
+    if (out == NULL || bodies == NULL) {
+        if (bodies == NULL)
+            PyErr_NoMemory();
+        goto fail;
     }
+    /* First every length and every ICV, before anything is decrypted (RFC 4303 §3.4.4) */
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = items[i], *result;
-        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(item);
-        Py_ssize_t len = PyBytes_GET_SIZE(item), body = len - 8 - block - icv_len, icv_at = len - icv_len;
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(items[i]);
+        Py_ssize_t len = PyBytes_GET_SIZE(items[i]), body = len - 8 - block - icv_len, icv_at = len - icv_len;
+        bodies[i] = -1;
         if (body < 4 || body % block) {
             PyList_SET_ITEM(out, i, Py_NewRef(malformed));
             others++;
             continue;
         }
-        PyObject *digest = hmac_of(start, p, icv_at, icv_len, tail); /* RFC 4303 §3.4.4: the ICV first */
+        PyObject *digest = hmac_of(start, p, icv_at, icv_len, tail);
         if (digest == NULL)
             goto fail;
         int forged = differ((const uint8_t *)PyBytes_AS_STRING(digest), p + icv_at, icv_len);
@@ -1203,38 +1225,67 @@ open_cbc_many_c(PyObject *self, PyObject *args)
             others++;
             continue;
         }
-        PyObject *view = view_of(p + 8, icv_at - 8, PyBUF_READ);
+        bodies[i] = icv_at - 8; /* IV || ciphertext */
+        total += bodies[i];
+        authentic++;
+        last = i;
+    }
+    if (authentic == 1) { /* decrypted alone, from a view of the packet */
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(items[last]);
+        PyObject *view = view_of(p + 8, bodies[last], PyBUF_READ);
         if (view == NULL)
             goto fail;
-        PyObject *plain = PyObject_CallOneArg(decrypt, view);
+        plain = PyObject_CallOneArg(decrypt, view);
         int kept = let_go(view);
         if (plain == NULL || kept || !PyBytes_Check(plain)) {
-            Py_XDECREF(plain);
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "open_cbc_many: decrypt_joined gave an unexpected result");
             goto fail;
         }
         const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(plain);
-        Py_ssize_t plen = PyBytes_GET_SIZE(plain), ip_len = inner_length(q, plen, block);
-        if (ip_len >= 0) {
-            result = PyBytes_FromStringAndSize((const char *)q + block, ip_len);
-        } else {
-            Py_ssize_t at = plen < block ? plen : block; /* CBC gives at least a block: as Python would */
-            PyObject *rest = PyBytes_FromStringAndSize((const char *)q + at, plen - at);
-            result = rest == NULL ? NULL : PyObject_CallOneArg(unpadded, rest);
-            Py_XDECREF(rest);
-            others++;
-        }
-        Py_DECREF(plain);
+        PyObject *result = cbc_opened(q, PyBytes_GET_SIZE(plain), block, unpadded, &others);
         if (result == NULL)
             goto fail;
-        PyList_SET_ITEM(out, i, result);
+        PyList_SET_ITEM(out, last, result);
+    } else if (authentic > 1) {
+        /* One call for all of them: IV || ciphertext of each, joined. CBC decryption XORs each block's
+         * decryption with the ciphertext block before it, so every packet's blocks after its IV come
+         * out under its own IV, and only each IV's block has no meaning (core/algorithms.py _Cbc). */
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+        if (joined == NULL)
+            goto fail;
+        uint8_t *j = (uint8_t *)PyBytes_AS_STRING(joined);
+        for (Py_ssize_t i = 0; i < count; i++)
+            if (bodies[i] >= 0) {
+                memcpy(j, PyBytes_AS_STRING(items[i]) + 8, bodies[i]);
+                j += bodies[i];
+            }
+        plain = PyObject_CallOneArg(decrypt, joined);
+        Py_DECREF(joined);
+        if (plain == NULL || !PyBytes_Check(plain) || PyBytes_GET_SIZE(plain) != total) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "open_cbc_many: decrypt_joined gave an unexpected result");
+            goto fail;
+        }
+        const uint8_t *q = (const uint8_t *)PyBytes_AS_STRING(plain);
+        for (Py_ssize_t i = 0; i < count; i++)
+            if (bodies[i] >= 0) {
+                PyObject *result = cbc_opened(q, bodies[i], block, unpadded, &others);
+                if (result == NULL)
+                    goto fail;
+                PyList_SET_ITEM(out, i, result);
+                q += bodies[i];
+            }
     }
+    Py_XDECREF(plain);
     Py_XDECREF(tail);
+    PyMem_Free(bodies);
     return Py_BuildValue("(Nn)", out, others);
 fail:
+    Py_XDECREF(plain);
     Py_XDECREF(tail);
-    Py_DECREF(out);
+    Py_XDECREF(out);
+    PyMem_Free(bodies);
     return NULL;
 }
 
