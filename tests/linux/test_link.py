@@ -12,7 +12,7 @@ from ipsec_tunnel.linux import link
 from ipsec_tunnel.linux.tun import open_tun
 from tests.support.netns import Netns
 
-from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair
+from .conftest import ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, Pair, wait_for
 
 
 def test_invalid_names() -> None:
@@ -121,7 +121,9 @@ def test_route_lookup_restricted_to_oif(pair: Pair) -> None:
 @pytest.mark.root
 def test_link_local_with_zone(pair: Pair) -> None:
     with pair.a.enter():
-        assert link.route_mtu(f"fe80::1%{pair.dev_a}") == 1500
+        # the kernel adds fe80::/64 only once the veth has carrier, i.e. once its peer in the other
+        # namespace is up too; on a loaded machine that can come after the fixture returns
+        assert wait_for(lambda: link.route_mtu(f"fe80::1%{pair.dev_a}")) == 1500
         # the link-local address may still be tentative (DAD), so the global one may be chosen
         assert link.route_source(f"fe80::1%{pair.dev_a}") is not None
 
