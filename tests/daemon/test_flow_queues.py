@@ -413,6 +413,44 @@ def test_a_short_segment_goes_between_the_bulk_sent_before_and_after_it(read_ahe
         p.close()
 
 
+def _one_read(sock: FakeUdp | FakeRaw) -> None:
+    """What `sock` holds becomes one read, as UDP GRO joins datagrams (a raw socket reads many anyway)."""
+    if isinstance(sock, FakeUdp):
+        items = list(sock.inbox.items)
+        while sock.inbox.take() is not None:
+            pass
+        sock.inbox.put((items[0][0], [payload for _d, payloads in items for payload in payloads]))
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["raw", "udp"])
+@pytest.mark.parametrize("read_ahead", [0, 1 << 20], ids=["one-read-at-a-time", "read-ahead"])
+def test_a_short_segment_read_after_a_ping_goes_by_its_own_number(read_ahead: int, udp: bool) -> None:
+    """One read of the small datagrams' socket holds a ping, then a short segment sent after two bulk
+    segments that wait in the bulk socket. Each is placed by its own ESP sequence number: the short
+    segment goes after those two (placed by the read's first datagram, the ping's, it went before them,
+    and TCP saw it out of order: tests/e2e/test_flow_queues.py, once in CI)."""
+    p = Pair(udp=udp)
+    try:
+        p.b.read_ahead = read_ahead
+        first = [_data(1 + i * MSS, MSS) for i in range(4)]
+        between = [_data(1 + (4 + i) * MSS, MSS) for i in range(2)]
+        tail = _data(1 + 6 * MSS, 100)
+        after = [_data(101 + (6 + i) * MSS, MSS) for i in range(4)]
+        _arrive(p, [*first, _ping(1), *between, tail, *after])
+        _one_read(p.small(1))
+        assert len(p.small(1).inbox.items) == (1 if udp else 2)
+        p.serve(1, p.bulk(1))  # the bulk socket's turn, the small datagrams not yet read
+        _serve(p.b)
+        got = p.tun(1).take()
+        assert _ping(1) in got
+        seqs = [TCP(bytes(IP(q).payload)).seq for q in got if q != _ping(1)]
+        assert seqs == [1 + i * MSS for i in range(7)] + [101 + (6 + i) * MSS for i in range(4)]
+        assert p.b.engine.sparse_held == 1 and not p.b._inorder
+        assert p.b.engine.rx_drops.total() == 0
+    finally:
+        p.close()
+
+
 def test_a_pure_ack_from_the_small_datagram_socket_goes_at_once(either: Pair) -> None:
     _arrive(either, [_data(1 + i * MSS, MSS) for i in range(4)] + [_ack(7)])
     either.serve(1, either.small(1))

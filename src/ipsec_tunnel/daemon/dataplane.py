@@ -853,6 +853,12 @@ class DataPlane:
                 self._late.setdefault(bulk, []).append(functools.partial(self.open_udp, d, payloads))
                 self.engine.sparse_held += len(payloads)
                 continue
+            backlog = None
+            if bulk is not None and len(payloads) > 1:
+                backlog = self._backlog(bulk)
+                if backlog:  # each placed by its own number (`smallsock.place_each`)
+                    smallsock.place_each(self, bulk, d, payloads, now, pending)
+                    continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
             if one is True:
                 continue
@@ -860,7 +866,7 @@ class DataPlane:
                 d.src, d.dst, payloads, now, d.tos, udp=True, sport=d.sport
             )
             if bulk is not None:  # TCP data held to go in the bulk socket's order, the rest at once
-                smallsock.place(self, bulk, d.src, d.dst, payloads[0], deliver, pending)
+                smallsock.place(self, bulk, d.src, d.dst, payloads[0], deliver, pending, backlog)
                 for r in rejects:
                     self.reject(r)
             else:

@@ -7,9 +7,10 @@ bulk one (ESP-in-UDP: a reuseport program picks one of two sockets by size). A p
 into its device at once, however much the bulk socket holds. TCP data read there (a burst's short last
 segment) goes at once too when the bulk socket holds nothing and is in no turn; else it is held with
 its ESP sequence number and goes between the bulk datagrams of its SA sent before it and those sent
-after it (`core.inorder`, `place`): before each read of the bulk socket is opened, the small one is
-read if it holds anything (what it holds arrived first), and the read is cut where the held data goes
-(`in_order`, `in_order_udp`). Datagrams of an SA whose replay window is too narrow to open them ahead
+after it (`core.inorder`, `place`; a read of several is then opened one by one, each placed by its own
+number): before each read of the bulk socket is opened, the small one is read if it holds anything
+(what it holds arrived first), and the read is cut where the held data goes (`in_order`,
+`in_order_udp`). Datagrams of an SA whose replay window is too narrow to open them ahead
 of the bulk go after the bulk socket's backlog, unopened (`DataPlane._narrow`).
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from .dataplane import DataPlane
     from .kernel import RawEdge
 
-__all__ = ["in_order", "in_order_udp", "look", "place", "serve"]
+__all__ = ["in_order", "in_order_udp", "look", "place", "place_each", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,23 @@ def serve(plane: DataPlane, raw: RawEdge) -> None:
         plane.engine.sparse_read += len(got)
         if not plane.woken and not (got := _hold_narrow(plane, bulk, got)):
             continue
+        backlog = None
+        if len(got) > 1:
+            backlog = plane._backlog(bulk)
+            if backlog:
+                # opened one by one, so that TCP data among them is placed by its own datagram's number
+                # (a ping then a short segment, with bulk segments sent between them, read together)
+                for datagram in got:
+                    src, dst, _tos, esp = datagram
+                    place(plane, bulk, src, dst, esp, plane._receive_runs([datagram], now), pending, True)
+                continue
         one = lone.receive_raw(plane, got, now, not pending)  # daemon.lone
         if one is True:
             continue
-        # opened together (a bulk flow's ACKs, many a read); TCP data among them is placed as their
-        # first datagram is: exact for the short segment read alone, as one mostly is
+        # alone, or nothing to place among (a bulk flow's ACKs, many a read): opened together
         src, dst, _tos, esp = got[0]
-        place(plane, bulk, src, dst, esp, plane._receive_runs(got, now) if one is False else one, pending)
+        packets = plane._receive_runs(got, now) if one is False else one
+        place(plane, bulk, src, dst, esp, packets, pending, backlog)
     if pending:
         plane.deliver(pending)
 
@@ -65,17 +76,39 @@ def place(
     esp: bytes,
     packets: dict[str, list[bytes]],
     pending: dict[str, list[bytes]],
+    backlog: bool | None = None,
 ) -> None:
     """The `packets` one read of a small datagrams' socket gave, `esp` its first datagram (from `src` to
-    `dst`): TCP data held for bulk socket `bulk` when it holds datagrams or is in a turn, to go where
-    `esp` goes among them; the rest into `pending`."""
-    if len(esp) >= 8 and plane._backlog(bulk):  # (one look a read, not one parse a packet)
+    `dst`): TCP data held for bulk socket `bulk` when it holds datagrams or is in a turn (`backlog`, when
+    already looked at for this read), to go where `esp` goes among them; the rest into `pending`."""
+    # (one look a read, not one parse a packet)
+    if len(esp) >= 8 and (plane._backlog(bulk) if backlog is None else backlog):
         data, rest = steer.split_data(packets)
         if data:
             plane._inorder.setdefault(bulk, inorder.InOrder()).hold(src, dst, esp, data)
             plane.engine.sparse_held += sum(map(len, data.values()))
             packets = rest
     plane._merge(pending, packets, [])
+
+
+def place_each(
+    plane: DataPlane,
+    bulk: int,
+    d: UdpDatagram,
+    payloads: list[bytes],
+    now: float,
+    pending: dict[str, list[bytes]],
+) -> None:
+    """`place` for each of `payloads`, one read of a small datagrams' UDP socket (from `d`'s sender) while
+    bulk socket `bulk` holds datagrams or is in a turn: each opened alone, so that TCP data among them
+    goes where its own datagram goes."""
+    for esp in payloads:
+        deliver, rejects = plane.engine.receive_batch(
+            d.src, d.dst, [esp], now, d.tos, udp=True, sport=d.sport
+        )
+        place(plane, bulk, d.src, d.dst, esp, deliver, pending, True)
+        for r in rejects:
+            plane.reject(r)
 
 
 def look(plane: DataPlane, fd: int) -> inorder.InOrder | None:
