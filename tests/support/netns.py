@@ -12,10 +12,12 @@ import ctypes
 import ctypes.util
 import functools
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -202,4 +204,20 @@ def veth_pair(
             extra = ["nodad"] if ":" in addr else []
             ns.check(["ip", "addr", "add", addr, "dev", name, *extra])
         ns.check(["ip", "link", "set", name, "up"])
+    for ns, name in ((ns_a, name_a), (ns_b, name_b)):
+        _wait_operstate_up(ns, name)
     return name_a, name_b
+
+
+def _wait_operstate_up(ns: Netns, name: str, timeout: float = 5.0) -> None:
+    """Wait until the kernel's link watch has seen the carrier of veth `name` come up (operstate UP):
+    until then its queueing discipline drops what is sent, and its IPv6 link-local route is missing
+    (the link watch runs deferred, and later on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        links = json.loads(ns.check(["ip", "-j", "link", "show", "dev", name]))
+        if links and links[0].get("operstate") == "UP":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} in {ns.name} is not up after {timeout:g} s: {links}")
+        time.sleep(0.01)
