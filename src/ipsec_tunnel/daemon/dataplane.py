@@ -858,6 +858,8 @@ class DataPlane:
                 backlog = self._backlog(bulk)
                 if backlog:  # each placed by its own number (`smallsock.place_each`)
                     smallsock.place_each(self, bulk, d, payloads, now, pending)
+                    if pending and self._deliver_ahead(pending, seen):  # as below
+                        self._answer()
                     continue
             one = lone.receive(self, d, payloads, now, queue is None and not pending)  # daemon.lone
             if one is True:
