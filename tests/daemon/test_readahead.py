@@ -18,6 +18,7 @@ from ipsec_tunnel.core.plane import Outbound
 from ipsec_tunnel.core.sa import SecurityAssociation, UdpEncap
 from ipsec_tunnel.daemon import main as ipsecd
 from ipsec_tunnel.daemon.dataplane import READ_AHEAD, DataPlane
+from ipsec_tunnel.daemon.readahead import JOIN
 from ipsec_tunnel.linux.udp import UdpDatagram
 from tests.core.test_engine import Pair, make_pair
 
@@ -279,7 +280,7 @@ def test_only_small_datagrams_read_nothing_goes_ahead(fd: int) -> None:
     pair = make_pair(replay_window=4096)
     wire = _seal(pair, [PING] * 40)
     events = _turn(pair, [wire[:20], wire[20:]], fd, raw=True)
-    assert [e[1] for e in events if e[0] == "open"] == [list(range(1, 21)), list(range(21, 41))]
+    assert [e[1] for e in events if e[0] == "open"] == [list(range(1, 41))]  # the two reads joined
 
 
 @pytest.mark.parametrize(("text", "size"), [("0", 0), ("16k", 16 << 10), ("1m", 1 << 20), ("65536", 65536)])
@@ -341,6 +342,48 @@ def test_raw_esp_a_small_segment_held_back_by_the_window_keeps_its_place_when_it
     after = [_tcp(n) for n in range(193, 257)]
     wire = _seal(pair, [*before, tail, *after])
     reads = [wire[0:64], wire[64:128], wire[128:192], wire[192:257]]
+    events = _turn(pair, reads, fd, raw=True)
+    assert [e[1] for e in events if e[0] == "open"] == [
+        list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),
+    ]  # fmt: skip
+    assert _written_tcp(events) == [*before, tail, *after]
+    assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
+
+
+@pytest.mark.parametrize(
+    ("lost", "runs"),
+    [
+        (None, [range(1, 64), range(64, 121)]),
+        (30, [range(1, 30), range(31, 94), range(94, 121)]),  # the gap ends a join
+    ],
+)
+def test_raw_esp_reads_of_a_few_datagrams_are_opened_together_up_to_a_full_batch(
+    lost: int | None, runs: list[range], fd: int
+) -> None:
+    """A burst the raw socket gave three datagrams a read: reads that go on one another's sequence are
+    opened as one run of at most JOIN (64) datagrams, the batch way, in the order read; a datagram lost
+    on the way ends a run. Every segment that came is written once, in order."""
+    pair = make_pair(replay_window=4096)
+    tcp = [_tcp(n) for n in range(120)]
+    wire = _seal(pair, tcp)
+    reads = [[d for d in wire[i : i + 3] if _seq(d) != lost] for i in range(0, 120, 3)]
+    one_by_one = _one_by_one_counted(_sa(pair))
+    events = _turn(pair, reads, fd, raw=True)
+    assert JOIN == 64
+    assert [e[1] for e in events if e[0] == "open"] == [list(r) for r in runs]
+    assert _written_tcp(events) == [t for n, t in enumerate(tcp, 1) if n != lost] and not one_by_one
+    assert (_sa(pair).replay.top, sum(pair.b.rx_drops.values())) == (120, 0)
+
+
+def test_raw_esp_a_small_datagram_kept_waiting_ends_a_join(fd: int) -> None:
+    """Reads of 16 datagrams, window 128: the reads are joined in runs of 64, but never across the small
+    segment (193) kept waiting for the window, which is opened ahead of 129-192 and written in place."""
+    pair = make_pair(replay_window=128)
+    before = [_tcp(n) for n in range(192)]
+    tail = _tcp(192, size=40)
+    after = [_tcp(n) for n in range(193, 257)]
+    wire = _seal(pair, [*before, tail, *after])
+    reads = [*(wire[i : i + 16] for i in range(0, 192, 16)), *(wire[i : i + 16] for i in range(192, 257, 16))]
     events = _turn(pair, reads, fd, raw=True)
     assert [e[1] for e in events if e[0] == "open"] == [
         list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SMALL = 512  # bytes of ESP: a ping, a keystroke, a DNS query, a voice packet; not a full-sized segment
 READS = 64  # reads (UDP GRO batches, recvmmsg batches) in one turn at most, as without read-ahead
+JOIN = 64  # raw ESP datagrams of consecutive reads opened together at most: one full recvmmsg batch
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
 _NON_ESP = bytes(4)  # RFC 3948 §2.2: the non-ESP marker (IKE) where an SPI would be
 _Got = TypeVar("_Got")  # what one read gives: a UDP read, or a recvmmsg batch of raw ESP
@@ -75,6 +76,17 @@ def _split(deliver: dict[str, list[bytes]]) -> tuple[dict[str, list[bytes]], dic
         if len(rest) != len(batch):
             tcp[device] = [p for p in batch if _is_tcp(p)]
     return ahead, tcp
+
+
+def _follows(last: tuple[bytes, bytes, int, bytes], first: tuple[bytes, bytes, int, bytes]) -> bool:
+    """Whether raw ESP datagram `first` is the next of `last`'s SA: the same outer header and SPI, the
+    next sequence number (RFC 4303 §2.2; the low 32 bits, so a wrap with ESN joins nothing)."""
+    a, b = last[3], first[3]
+    return (
+        last[:3] == first[:3]
+        and a[:4] == b[:4]
+        and int.from_bytes(b[4:8], "big") == int.from_bytes(a[4:8], "big") + 1
+    )
 
 
 def _first_key(entry: _Read) -> tuple[bytes, bytes, bytes] | None:
@@ -192,16 +204,48 @@ class _Turn:
         return False
 
     def next_waiting(self) -> _Read | None:
-        """The oldest read still waiting (a small datagram's TCP packets go into pending on the way)."""
+        """The oldest read still waiting (a small datagram's TCP packets go into pending on the way),
+        with the raw ESP reads right behind it joined to it (`_join`)."""
         while self.waiting:
             entry = self.waiting.popleft()
             if entry.opened is None:
-                self.held -= entry.size
-                self.big -= entry.big
-                self.smalls -= entry.small
+                self._taken(entry)
+                if entry.udp is None and not entry.small and self.waiting:
+                    self._join(entry)
                 return entry
             self.plane._merge(self.pending, entry.opened, [])
         return None
+
+    def _taken(self, entry: _Read) -> None:
+        """`entry` leaves the reads waiting, to be opened."""
+        self.held -= entry.size
+        self.big -= entry.big
+        self.smalls -= entry.small
+
+    def _join(self, entry: _Read) -> None:
+        """Append to raw ESP read `entry` the raw bulk reads waiting right behind it that go on its
+        sequence, up to JOIN datagrams: a burst the socket gave a few datagrams a read is opened many at
+        a time (still the batch way), in the order read. A small datagram kept waiting, or one's TCP
+        packets, ends the join, as does a gap (one taken ahead, or lost)."""
+        waiting = self.waiting
+        raw: list[tuple[bytes, bytes, int, bytes]] | None = None
+        count = len(entry.raw)
+        while waiting:
+            after = waiting[0]
+            if after.opened is not None or after.small or after.udp is not None:
+                break  # a small datagram's place (kept waiting, or its TCP packets opened ahead)
+            if count + len(after.raw) > JOIN or not _follows((raw or entry.raw)[-1], after.raw[0]):
+                break
+            waiting.popleft()
+            self._taken(after)
+            if raw is None:
+                raw = entry.raw.copy()
+            raw += after.raw
+            count += len(after.raw)
+            entry.size += after.size
+            entry.big += after.big
+        if raw is not None:
+            entry.raw = raw  # the stamp stays the first read's: CoDel judges by the longest wait
 
     def finish(self) -> None:
         if self.pending:
