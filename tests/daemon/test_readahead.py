@@ -375,6 +375,18 @@ def test_raw_esp_reads_of_a_few_datagrams_are_opened_together_up_to_a_full_batch
     assert (_sa(pair).replay.top, sum(pair.b.rx_drops.values())) == (120, 0)
 
 
+def test_raw_esp_a_datagram_cut_short_at_a_join_is_dropped_and_counted(fd: int) -> None:
+    """An ESP datagram of 4 bytes (no sequence number) first in a read behind a ping: no join across it,
+    no error; it is dropped as malformed and the rest delivered in order."""
+    pair = make_pair(replay_window=4096)
+    tcp = [_tcp(n) for n in range(9)]
+    wire = _seal(pair, [PING, *tcp])
+    events = _turn(pair, [[wire[0]], [wire[1][:4], *wire[1:]]], fd, raw=True)
+    assert [e[1] for e in events if e[0] == "open"] == [[1], [0, *range(2, 11)]]  # 0: no number
+    assert _written_tcp(events) == tcp and events[1] == ("write", {"t0": [PING]})
+    assert pair.b.rx_drops[Drop.MALFORMED] == 1 and _sa(pair).replay.top == 10
+
+
 def test_raw_esp_a_small_datagram_kept_waiting_ends_a_join(fd: int) -> None:
     """Reads of 16 datagrams, window 128: the reads are joined in runs of 64, but never across the small
     segment (193) kept waiting for the window, which is opened ahead of 129-192 and written in place."""

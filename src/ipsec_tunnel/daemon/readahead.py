@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ SMALL = 512  # bytes of ESP: a ping, a keystroke, a DNS query, a voice packet; n
 READS = 64  # reads (UDP GRO batches, recvmmsg batches) in one turn at most, as without read-ahead
 JOIN = 64  # raw ESP datagrams of consecutive reads opened together at most: one full recvmmsg batch
 IPPROTO_TCP = 6  # IPv4 protocol / IPv6 next header (RFC 9293)
+_SPI_SEQ = struct.Struct("!II")  # RFC 4303 §2: an ESP packet opens with its SPI and sequence number
 _NON_ESP = bytes(4)  # RFC 3948 §2.2: the non-ESP marker (IKE) where an SPI would be
 _Got = TypeVar("_Got")  # what one read gives: a UDP read, or a recvmmsg batch of raw ESP
 
@@ -81,11 +83,16 @@ def _split(deliver: dict[str, list[bytes]]) -> tuple[dict[str, list[bytes]], dic
 def _follows(last: tuple[bytes, bytes, int, bytes], first: tuple[bytes, bytes, int, bytes]) -> bool:
     """Whether raw ESP datagram `first` is the next of `last`'s SA: the same outer header and SPI, the
     next sequence number (RFC 4303 §2.2; the low 32 bits, so a wrap with ESN joins nothing)."""
-    a, b = last[3], first[3]
+    if len(last[3]) < 8 or len(first[3]) < 8:
+        return False  # cut short: opened apart, and dropped as malformed
+    spi, seq = _SPI_SEQ.unpack_from(last[3])
+    next_spi, next_seq = _SPI_SEQ.unpack_from(first[3])
     return (
-        last[:3] == first[:3]
-        and a[:4] == b[:4]
-        and int.from_bytes(b[4:8], "big") == int.from_bytes(a[4:8], "big") + 1
+        next_seq == seq + 1
+        and next_spi == spi
+        and last[0] == first[0]
+        and last[1] == first[1]
+        and last[2] == first[2]
     )
 
 
