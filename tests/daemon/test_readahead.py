@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from operator import length_hint
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP
 
 from ipsec_tunnel.core.drops import Drop
@@ -442,3 +445,87 @@ def test_a_failed_read_ends_the_reading_and_what_was_read_is_opened(transport: s
     assert failing.reads == 2  # no read after the failed one in this turn
     assert [e[1] for e in events if e[0] == "open"] == [list(range(1, 21))]
     assert _written_tcp(events) == tcp[:20]
+
+
+class _Written:
+    """A tunnel device's queue that logs what is written into it as `_plane`'s deliveries are."""
+
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+
+    def write(self, packet: bytes) -> None:
+        self.events.append(("write", {"t0": [packet]}))
+
+
+def _ping(n: int) -> bytes:
+    return bytes(IP(src="192.168.1.1", dst="192.168.2.1") / ICMP(id=7, seq=n) / (b"p" * 56))
+
+
+@st.composite
+def _arrivals(draw: st.DrawFn) -> tuple[list[bytes], list[int | tuple[str, int]], list[int]]:
+    """Inner packets (bulk and short TCP segments, pings), the datagrams as they arrive (an index into
+    the sealed list; or a replay, or a copy cut short or with its ICV changed), and the read sizes."""
+    kinds = draw(st.lists(st.sampled_from("bbbbsp"), min_size=1, max_size=150))
+    inner = [_tcp(n) if k == "b" else _tcp(n, size=40) if k == "s" else _ping(n) for n, k in enumerate(kinds)]
+    order: list[int | tuple[str, int]] = []
+    for i in range(len(inner)):
+        fate = draw(st.sampled_from("kkkkkkkklrcf"))  # kept, lost, replayed later, cut short, forged
+        if fate != "l":
+            order.append(i)
+        if fate in "rcf":
+            order.append((fate, i))
+    sizes = draw(st.lists(st.integers(1, 64), min_size=len(order), max_size=len(order)))
+    return inner, order, sizes
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_arrivals(), raw=st.booleans())
+def test_any_reads_deliver_each_authentic_packet_once_tcp_in_the_order_read(
+    case: tuple[list[bytes], list[int | tuple[str, int]], list[int]], raw: bool
+) -> None:
+    """Whatever the reads (sizes, losses, replays, datagrams cut short or forged), a turn reading ahead
+    (and joining raw reads) delivers each authentic datagram's packet once, TCP in the order read, and
+    counts every other datagram as one drop; the same packets as a turn without read-ahead."""
+    inner, order, sizes = case
+    results = []
+    for read_ahead in (READ_AHEAD, 0):
+        pair = make_pair(replay_window=4096) if raw else make_pair(encap=UdpEncap(), replay_window=4096)
+        wire = _seal(pair, inner)
+        datagrams = []
+        for item in order:
+            if isinstance(item, int):
+                datagrams.append(wire[item])
+            else:
+                fate, i = item
+                d = wire[i]
+                datagrams.append(d if fate == "r" else d[:6] if fate == "c" else d[:-1] + bytes([d[-1] ^ 1]))
+        reads, at = [], 0
+        for size in sizes:
+            if at < len(datagrams):
+                reads.append(datagrams[at : at + size])
+                at += size
+        events: list[tuple[Any, ...]] = []
+        plane = _plane(pair, events, read_ahead)
+        plane.devices.tun["t0"] = _Written(events)  # type: ignore[assignment]  # a lone packet's direct write
+        a, b = socket.socketpair()
+        try:
+            source = _Raw(pair, reads, a.fileno()) if raw else _Udp(pair, reads, a.fileno())
+            while length_hint(source.reads):  # turns until every read was taken
+                plane.on_raw(source) if raw else plane.on_udp(source)  # type: ignore[arg-type]
+        finally:
+            plane.devices.tun.clear()
+            plane.close()
+            a.close()
+            b.close()
+        written = [p for kind, what in events if kind == "write" for p in what.get("t0", [])]
+        results.append(written)
+        kept = sorted({item for item in order if isinstance(item, int)})
+        assert sorted(written) == sorted(inner[i] for i in kept)  # each authentic one once
+        first_read: dict[int, int] = {}
+        for item in order:
+            if isinstance(item, int):
+                first_read.setdefault(item, len(first_read))
+        tcp_read = [inner[i] for i in sorted(kept, key=first_read.__getitem__) if inner[i][9] == 6]
+        assert [p for p in written if p[9] == 6] == tcp_read  # TCP in the order read
+        assert pair.b.rx_accepted == len(kept) and sum(pair.b.rx_drops.values()) == len(datagrams) - len(kept)
+    assert sorted(results[0]) == sorted(results[1])
