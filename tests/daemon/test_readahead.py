@@ -336,19 +336,28 @@ def test_a_small_tcp_segment_held_back_by_the_window_keeps_its_place_when_it_goe
     assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
 
 
-def test_raw_esp_a_small_segment_held_back_by_the_window_keeps_its_place_when_it_goes_ahead(fd: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "runs"),
+    [
+        (64, [range(1, 65), range(65, 129), [193], range(129, 193), range(194, 258)]),
+        (20, [range(1, 61), range(61, 121), [193], range(121, 181), range(181, 193), range(194, 258)]),
+    ],
+)
+def test_raw_esp_a_small_segment_held_back_by_the_window_keeps_its_place_when_it_goes_ahead(
+    size: int, runs: list[Any], fd: int
+) -> None:
     """The same over raw ESP: the small segment (193) first in its recvmmsg batch waits alone until the
-    bulk before it fits in the window of 128, then is opened ahead of 129-192, and written in place."""
+    bulk before it fits in the window of 128, then is opened ahead of the bulk still waiting, and written
+    in place. In reads of 20 datagrams the reads are joined up to 64, but never across that segment."""
     pair = make_pair(replay_window=128)
     before = [_tcp(n) for n in range(192)]
     tail = _tcp(192, size=40)
     after = [_tcp(n) for n in range(193, 257)]
     wire = _seal(pair, [*before, tail, *after])
-    reads = [wire[0:64], wire[64:128], wire[128:192], wire[192:257]]
+    parts = ((0, 192), (192, 257))  # the small segment first in its read
+    reads = [wire[i : min(i + size, end)] for start, end in parts for i in range(start, end, size)]
     events = _turn(pair, reads, fd, raw=True)
-    assert [e[1] for e in events if e[0] == "open"] == [
-        list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),
-    ]  # fmt: skip
+    assert [e[1] for e in events if e[0] == "open"] == [list(r) for r in runs]
     assert _written_tcp(events) == [*before, tail, *after]
     assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
 
@@ -388,23 +397,6 @@ def test_raw_esp_a_datagram_cut_short_at_a_join_is_dropped_and_counted(fd: int) 
     assert [e[1] for e in events if e[0] == "open"] == [[1], [0, *range(2, 11)]]  # 0: no number
     assert _written_tcp(events) == tcp and events[1] == ("write", {"t0": [PING]})
     assert pair.b.rx_drops[Drop.MALFORMED] == 1 and _sa(pair).replay.top == 10
-
-
-def test_raw_esp_a_small_datagram_kept_waiting_ends_a_join(fd: int) -> None:
-    """Reads of 16 datagrams, window 128: the reads are joined in runs of 64, but never across the small
-    segment (193) kept waiting for the window, which is opened ahead of 129-192 and written in place."""
-    pair = make_pair(replay_window=128)
-    before = [_tcp(n) for n in range(192)]
-    tail = _tcp(192, size=40)
-    after = [_tcp(n) for n in range(193, 257)]
-    wire = _seal(pair, [*before, tail, *after])
-    reads = [*(wire[i : i + 16] for i in range(0, 192, 16)), *(wire[i : i + 16] for i in range(192, 257, 16))]
-    events = _turn(pair, reads, fd, raw=True)
-    assert [e[1] for e in events if e[0] == "open"] == [
-        list(range(1, 65)), list(range(65, 129)), [193], list(range(129, 193)), list(range(194, 258)),
-    ]  # fmt: skip
-    assert _written_tcp(events) == [*before, tail, *after]
-    assert (_sa(pair).packets, sum(pair.b.rx_drops.values())) == (257, 0)
 
 
 class _Failing:
