@@ -515,6 +515,7 @@ def test_single_flow_run_merges_exactly_as_the_general_path(segments: list[bytes
     sums = gso.packet_sums(segments)
     run = _run(segments)
     assert run == gro._coalesce_flows(segments, sums) or run is None
+    assert gro._coalesce_flows(segments) == gro._coalesce_flows(segments, sums)  # the sums taken when needed
     out = gro.coalesce(segments)
     assert [seg for o, p in out for seg in gso.split(p, o)] == segments  # GSO gives back what came
 
@@ -760,6 +761,25 @@ def _cancelling(count: int, v6: bool = False) -> tuple[list[bytes], list[bytes]]
     up[-1] += 1  # a zero payload: the last word goes from 0x0000 to 0x0001 ...
     down[-2:] = b"\xff\xfe"  # ... and from 0x0000 to 0xFFFE (-1 in one's complement)
     return good, [good[0], bytes(up), *good[2:-2], bytes(down), good[-1]]
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 40])
+def test_a_batch_of_bare_acks_passes_unchanged_without_summing_it(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ACKs a transfer's sender gets: nothing to merge, so no sums are taken (NumPy's, for 8 or more);
+    the same packets as with the sums given. A data segment among them takes them, for the batch."""
+    acks = [bytes(v4_tcp(b"", seq=1, ident=n)) for n in range(count)]
+    summed: list[int] = []
+
+    def counted(packets: list[bytes]) -> list[int]:
+        summed.append(len(packets))
+        return gso.packet_sums(packets)
+
+    monkeypatch.setattr(gro, "packet_sums", counted)
+    assert gro.coalesce(acks) == [(NO_OFFLOAD, p) for p in acks] and summed == []
+    data = [*acks, bytes(v4_tcp(b"x" * 100, seq=1, ident=99)), bytes(v6_tcp(b"y" * 100))]
+    assert gro.coalesce(data) == gro._coalesce_flows(data, gso.packet_sums(data)) and summed == [count + 2]
 
 
 @pytest.mark.parametrize("count", [4, 16])

@@ -83,7 +83,7 @@ def coalesce(packets: list[bytes]) -> list[tuple[VnetHeader, bytes]]:
             run = _coalesce_run(packets, lengths, b"".join(packets))
             if run is not None:
                 return run
-    return _coalesce_flows(packets, packet_sums(packets))
+    return _coalesce_flows(packets)
 
 
 @functools.lru_cache(maxsize=64)
@@ -215,12 +215,15 @@ class _Flow:
         self.bad = False  # a segment whose checksums do not verify
 
 
-def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[VnetHeader, bytes]]:
-    """`coalesce`, one packet at a time, for any mix of flows and packets."""
+def _coalesce_flows(packets: list[bytes], sums: list[int] | None = None) -> list[tuple[VnetHeader, bytes]]:
+    """`coalesce`, one packet at a time, for any mix of flows and packets; `sums` are `packet_sums`,
+    taken when a segment with data first needs them when not given (a batch of bare ACKs needs none)."""
     out: list[tuple[VnetHeader, bytes] | _Flow] = []
     flows: dict[tuple[tuple[bytes, ...], bytes], _Flow] = {}
     from_bytes = int.from_bytes
-    for packet, value in zip(packets, sums, strict=True):
+    if sums is not None and len(sums) != len(packets):
+        raise ValueError("_coalesce_flows: a sum per packet")
+    for i, packet in enumerate(packets):
         size = len(packet)
         b0 = packet[0] if size >= 40 else 0
         if b0 == 0x45 and packet[9] == PROTO_TCP and not packet[6] & 0x3F and not packet[7]:
@@ -236,6 +239,9 @@ def _coalesce_flows(packets: list[bytes], sums: list[int]) -> list[tuple[VnetHea
         if n <= 0 or hl < l4 + 20 or flags & _NO_COALESCE:
             out.append((NO_OFFLOAD, packet))
             continue
+        if sums is None:
+            sums = packet_sums(packets)
+        value = sums[i]
         seq = from_bytes(packet[l4 + 4 : l4 + 8], "big")
         if l4 == 20:
             key = (_KEY4(packet), packet[40:hl])
