@@ -249,8 +249,6 @@ class _Turn:
                 raw = entry.raw.copy()
             raw += after.raw
             count += len(after.raw)
-            entry.size += after.size
-            entry.big += after.big
         if raw is not None:
             entry.raw = raw  # the stamp stays the first read's: CoDel judges by the longest wait
 
